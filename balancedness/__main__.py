@@ -1,0 +1,3 @@
+from balancedness.cli import main
+
+main()

@@ -1,0 +1,202 @@
+"""The η → 0 limiting flows ż = d(z) of the optimizers, solved with scipy (spec §2.9).
+
+The field d is the same ``Optimizer.direction`` the discrete simulator steps with, on a
+deterministic loss: α = 0, or one noise sample drawn from ``seed`` and then frozen (the paper's
+"limiting flow" freezes the minibatch function f_t, spec §8.9).
+
+Discontinuous fields. SAM and SNGD on OP carry sgn f′ (eq. (7)), nBAR switches where
+‖g_{X_l}‖ = ‖g_{Y_l}‖ and oBAR where ‖X_l‖ = ‖Y_l‖. Where trajectories *cross* such a surface,
+the adaptive solver shortens its step and crosses it; crossings are located with events and
+counted. Where the field points *into* the surface from both sides, the flow is not defined in
+the classical sense (a Filippov sliding mode): the discrete method chatters across the surface
+with an amplitude O(η), and the adaptive solver would stall. We detect the stall (``patience``
+accepted steps shorter than ``stall_step`` on average) and continue from there with fixed
+classical RK4 steps of size ``sliding_step``: the small-step limit of that chattering, which
+approximates the sliding motion to O(sliding_step). The result says so: ``settings["status"]``
+is ``"sliding"`` and ``settings["sliding_from"]`` the time the fallback began (per trajectory).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import numpy as np
+from scipy.integrate import DOP853, RK23, RK45, Radau, LSODA, BDF
+
+from balancedness.sims.discrete import _as_list, _Recorder, _seed_list
+from balancedness.sims.optimizers import Optimizer, make_optimizer
+from balancedness.sims.problems import Problem
+from balancedness.sims.results import SimResult
+
+METHODS = {"DOP853": DOP853, "RK45": RK45, "RK23": RK23, "Radau": Radau, "BDF": BDF, "LSODA": LSODA}
+
+
+class _Field:
+    """ż = d(z) for one trajectory, packed into a flat vector for the solver."""
+
+    def __init__(self, problem: Problem, opt: Optimizer, alpha: float, noise: np.ndarray | None, t_end: float):
+        self.problem, self.opt, self.t_end = problem, opt, t_end
+        self.alpha = np.array([alpha])
+        # chunk means of the frozen sample, shape (m, 1, *noise_shape)
+        self.noise = None if noise is None else noise.reshape((opt.m, -1) + noise.shape[1:]).mean(axis=1)[:, None]
+        self.nx = problem.x0.size
+        self.shape_x, self.shape_y = (1,) + problem.x0.shape, (1,) + problem.y0.shape
+        self.nfev = 0
+
+    def unpack(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return v[: self.nx].reshape(self.shape_x), v[self.nx:].reshape(self.shape_y)
+
+    def __call__(self, t: float, v: np.ndarray) -> np.ndarray:
+        self.nfev += 1
+        X, Y = self.unpack(v)
+        dX, dY, _, _ = self.opt.direction(self.problem, X, Y, self.alpha, self.noise, t / self.t_end)
+        return np.concatenate([dX.ravel(), dY.ravel()])
+
+    def grads(self, v: np.ndarray):
+        X, Y = self.unpack(v)
+        _, _, gX, gY = self.opt.direction(self.problem, X, Y, self.alpha, self.noise, 0.0)
+        return X, Y, gX, gY
+
+    def switching(self, v: np.ndarray) -> np.ndarray | None:
+        X, Y = self.unpack(v)
+        s = self.opt.switching(self.problem, X, Y, self.alpha, self.noise)
+        return None if s is None else s[0]
+
+
+def _rk4(fun: _Field, t: float, v: np.ndarray, h: float) -> np.ndarray:
+    k1 = fun(t, v)
+    k2 = fun(t + h / 2, v + h / 2 * k1)
+    k3 = fun(t + h / 2, v + h / 2 * k2)
+    k4 = fun(t + h, v + h * k3)
+    return v + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+
+def _integrate_one(fun: _Field, v0: np.ndarray, t_rec: np.ndarray, *, method: str, rtol: float, atol: float,
+                   max_step: float, stall_step: float, patience: int, sliding_step: float) -> tuple[np.ndarray, dict]:
+    """Values at ``t_rec`` (R, dim) and diagnostics (status, switches, sliding_from, nfev)."""
+    t_end = float(t_rec[-1])
+    out = np.full((len(t_rec), v0.size), np.nan)
+    out[0] = v0
+    solver = METHODS[method](fun, 0.0, v0, t_end, rtol=rtol, atol=atol, max_step=max_step)
+    info: dict = {"status": "ok", "switches": 0, "sliding_from": None, "message": ""}
+    sw_prev = fun.switching(v0)
+    nxt = 1
+    window = [0.0]
+    while solver.status == "running":
+        msg = solver.step()
+        if solver.status == "failed":
+            info.update(status="failed", message=str(msg))
+            break
+        dense = solver.dense_output()
+        while nxt < len(t_rec) and t_rec[nxt] <= solver.t:
+            out[nxt] = dense(t_rec[nxt])
+            nxt += 1
+        sw = fun.switching(solver.y)
+        if sw is not None and sw_prev is not None:
+            info["switches"] += int(np.sum(np.sign(sw) != np.sign(sw_prev)))
+            sw_prev = sw
+        window.append(solver.t)
+        if len(window) > patience and (solver.t - window.pop(0)) < patience * stall_step and solver.t < t_end:
+            info.update(status="sliding", sliding_from=float(solver.t))
+            break
+    if info["status"] != "ok":
+        # fixed-step continuation (see module docstring); records by linear interpolation
+        t, v = solver.t, solver.y.copy()
+        while t < t_end and np.all(np.isfinite(v)):
+            h = min(sliding_step, t_end - t)
+            v_new = _rk4(fun, t, v, h)
+            while nxt < len(t_rec) and t_rec[nxt] <= t + h + 1e-15:
+                w = (t_rec[nxt] - t) / h
+                out[nxt] = (1 - w) * v + w * v_new
+                nxt += 1
+            t, v = t + h, v_new
+    info["nfev"] = fun.nfev
+    return out, info
+
+
+def solve_flow(
+    problem: Problem,
+    optimizer: Optimizer | str = "sgd",
+    *,
+    t_end: float = 10.0,
+    alpha: float | Sequence[float] = 0.0,
+    seeds: int | Sequence[int] = 1,
+    batch: int = 1,
+    n_records: int = 201,
+    t_eval: np.ndarray | None = None,
+    rho: float = 0.0,
+    m: int = 1,
+    mu: float = 0.0,
+    schedule: str = "constant",
+    method: str = "DOP853",
+    rtol: float = 1e-10,
+    atol: float = 1e-12,
+    max_step: float = np.inf,
+    stall_step: float | None = None,
+    patience: int = 200,
+    sliding_step: float | None = None,
+) -> SimResult:
+    """Solve the limiting flow ż = d(z) for each (α, seed): a deterministic loss per trajectory.
+
+    With α = 0 the loss is the noise-free toy; with α > 0 the minibatch noise of the seed's first
+    step (``batch`` draws, as the simulator would draw them) is frozen for the whole flow. BAR
+    schedules use progress t / t_end. Returns a :class:`SimResult` whose ``t`` are times.
+
+    Args:
+        t_end: the horizon T (η·steps of the matching discrete run).
+        n_records / t_eval: record times (``t_eval`` must start at 0 and increase).
+        method, rtol, atol, max_step: passed to the scipy solver (default DOP853, 1e-10, 1e-12).
+        stall_step, patience, sliding_step: the sliding-mode fallback (module docstring);
+            defaults t_end·5e-7, 200 and t_end·2e-4.
+    """
+    opt = optimizer if isinstance(optimizer, Optimizer) else make_optimizer(
+        optimizer, rho=rho, m=m, mu=mu, schedule=schedule)
+    if not np.isfinite(t_end) or t_end <= 0:
+        raise ValueError(f"t_end must be a finite number > 0, got {t_end!r}")
+    if method not in METHODS:
+        raise ValueError(f"unknown ODE method {method!r}; expected one of {', '.join(METHODS)}")
+    if batch % opt.m:
+        raise ValueError(f"m={opt.m} must divide the batch size {batch}")
+    if t_eval is None:
+        if n_records < 2:
+            raise ValueError(f"n_records must be at least 2 (0 and t_end), got {n_records}")
+        t_rec = np.linspace(0.0, t_end, n_records)
+    else:
+        t_rec = np.asarray(t_eval, dtype=float)
+        if t_rec[0] != 0 or np.any(np.diff(t_rec) <= 0) or not np.isclose(t_rec[-1], t_end):
+            raise ValueError("t_eval must start at 0, increase strictly and end at t_end")
+    alphas, seed_list = _as_list(alpha, "alpha"), _seed_list(seeds)
+    if not problem.noisy and any(a != 0 for a in alphas):
+        raise ValueError(f"problem {problem.name!r} has no noise term; alpha must be 0, got {alphas}")
+    stall_step = t_end * 5e-7 if stall_step is None else stall_step
+    sliding_step = t_end * 2e-4 if sliding_step is None else sliding_step
+
+    traj = [(a, s) for a in alphas for s in seed_list]
+    rec = _Recorder(problem, len(traj), len(t_rec))
+    infos = []
+    started = time.perf_counter()
+    v0 = np.concatenate([problem.x0.ravel(), problem.y0.ravel()])
+    all_rows = []
+    for a, s in traj:
+        noise = problem.noise_sequence(s, 1, batch)[0] if (a > 0 and problem.noisy) else None
+        fun = _Field(problem, opt, a, noise, t_end)
+        with np.errstate(all="ignore"):
+            rows, info = _integrate_one(fun, v0, t_rec, method=method, rtol=rtol, atol=atol, max_step=max_step,
+                                        stall_step=stall_step, patience=patience, sliding_step=sliding_step)
+        infos.append(info)
+        all_rows.append((fun, rows))
+    for k in range(len(t_rec)):
+        Xs, Ys, gXs, gYs = zip(*(fun.grads(rows[k]) for fun, rows in all_rows))
+        rec.add(np.concatenate(Xs), np.concatenate(Ys), np.concatenate(gXs), np.concatenate(gYs))
+    statuses = {i["status"] for i in infos}
+    settings = {
+        "kind": "flow", "problem": problem.name, "problem_kind": problem.kind, "layers": problem.layers,
+        "rank": problem.rank, "scale": problem.scale, "optimizer": opt.settings(), "t_end": t_end,
+        "batch": batch, "alpha": alphas, "seeds": seed_list, "method": method, "rtol": rtol, "atol": atol,
+        "status": "ok" if statuses == {"ok"} else ("failed" if "failed" in statuses else "sliding"),
+        "runs": [{"alpha": a, "seed": s, **i} for (a, s), i in zip(traj, infos)],
+        "x0": problem.x0.tolist(), "y0": problem.y0.tolist(),
+        "seconds": time.perf_counter() - started,
+    }
+    return rec.result(t_rec, [a for a, _ in traj], [s for _, s in traj], settings)

@@ -1,0 +1,109 @@
+"""The simulator's result: named arrays plus the settings that produced them (STYLE §4)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from balancedness.io import atomic_write, write_json
+
+ARRAYS = ("t", "x", "y", "balancedness", "balancedness_layers", "grad_gap", "loss", "alpha", "seed")
+
+
+@dataclass
+class SimResult:
+    """Trajectories of one simulator or flow run.
+
+    Attributes (n trajectories, R records, L layers):
+        t: (R,) recorded step indices (discrete) or times (flow), 0 and the end included.
+        x, y: (n, R, L, d, r) the factors.
+        balancedness: (n, R) signed B = Σ_l ½(‖X_l‖² − ‖Y_l‖²) (spec §1.2).
+        balancedness_layers: (n, R, L) the per-layer B_l.
+        grad_gap: (n, R) Σ_l ‖g_{X_l}‖² − ‖g_{Y_l}‖² of the stochastic gradient at the point.
+        loss: (n, R) excess population loss k‖W − A‖² (noise floor removed).
+        alpha, seed: (n,) the noise level and seed of each trajectory.
+        settings: everything that produced the run (problem, optimizer, lr, …).
+    """
+
+    t: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    balancedness: np.ndarray
+    balancedness_layers: np.ndarray
+    grad_gap: np.ndarray
+    loss: np.ndarray
+    alpha: np.ndarray
+    seed: np.ndarray
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def n_runs(self) -> int:
+        return self.balancedness.shape[0]
+
+    def select(self, alpha: float | None = None, seed: int | None = None) -> np.ndarray:
+        """Boolean mask of the trajectories with this α and/or seed."""
+        mask = np.ones(self.n_runs, dtype=bool)
+        if alpha is not None:
+            mask &= np.isclose(self.alpha, alpha)
+        if seed is not None:
+            mask &= self.seed == seed
+        return mask
+
+    # -- (de)serialization ----------------------------------------------------------------
+    def to_json_dict(self) -> dict:
+        """``settings``, ``t`` and one object per trajectory in ``runs`` (the CLI's JSON)."""
+        runs = []
+        for i in range(self.n_runs):
+            run = {
+                "alpha": float(self.alpha[i]),
+                "seed": int(self.seed[i]),
+                "balancedness": self.balancedness[i].tolist(),
+                "grad_gap": self.grad_gap[i].tolist(),
+                "loss": self.loss[i].tolist(),
+                "balancedness_layers": self.balancedness_layers[i].tolist(),
+                "x": self.x[i].tolist(),
+                "y": self.y[i].tolist(),
+            }
+            runs.append(run)
+        return {"settings": self.settings, "t": self.t.tolist(), "runs": runs}
+
+    def save(self, path: str | Path) -> Path:
+        """Write JSON (``.json``) or NPZ (``.npz``), atomically."""
+        path = Path(path)
+        if path.suffix == ".json":
+            return write_json(path, self.to_json_dict(), indent=None)
+        if path.suffix == ".npz":
+            arrays = {k: getattr(self, k) for k in ARRAYS}
+            arrays["settings"] = np.array(json.dumps(self.settings))
+            return atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays), mode="wb")
+        raise ValueError(f"cannot save to {str(path)!r}: expected a .json or .npz file name")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SimResult":
+        path = Path(path)
+        if path.suffix == ".npz":
+            with np.load(path) as z:
+                data = {k: z[k] for k in ARRAYS}
+                settings = json.loads(str(z["settings"]))
+            return cls(**data, settings=settings)
+        if path.suffix == ".json":
+            obj = json.loads(path.read_text())
+            runs = obj["runs"]
+
+            def arr(key: str) -> np.ndarray:
+                return np.array([[np.nan if v is None else v for v in np.ravel(r[key])] for r in runs]).reshape(
+                    (len(runs),) + np.shape(runs[0][key]))
+
+            return cls(
+                t=np.asarray(obj["t"], dtype=float),
+                x=arr("x"), y=arr("y"),
+                balancedness=arr("balancedness"), balancedness_layers=arr("balancedness_layers"),
+                grad_gap=arr("grad_gap"), loss=arr("loss"),
+                alpha=np.array([r["alpha"] for r in runs], dtype=float),
+                seed=np.array([r["seed"] for r in runs], dtype=int),
+                settings=obj["settings"],
+            )
+        raise ValueError(f"cannot load {str(path)!r}: expected a .json or .npz file")
