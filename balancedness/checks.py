@@ -561,8 +561,8 @@ def _(ctx):
 @check("toy-bar-balances", "Fig 2b, Algs 2-3", "NOP toy a=1, mu=1: nBAR and oBAR reduce 2|B| and fit better than SGD")
 def _(ctx):
     p = nop_problem()
-    steps = 20_000 if ctx.quick else 100_000
-    kw = dict(alpha=1.0, seeds=[0], lr=1e-4, steps=steps, record_every=steps)
+    steps, lr = (20_000, 5e-4) if ctx.quick else (100_000, 1e-4)  # same horizon eta*T = 10
+    kw = dict(alpha=1.0, seeds=[0], lr=lr, steps=steps, record_every=steps)
     res = {o: simulate(p, o, mu=1.0, **kw) for o in ("sgd", "nbar", "obar")}
     b = {o: 2 * abs(r.balancedness[0, -1]) for o, r in res.items()}
     loss = {o: r.loss[0, -1] for o, r in res.items()}

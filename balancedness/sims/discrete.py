@@ -80,13 +80,14 @@ class _Recorder:
         self.loss[:, i] = self.problem.excess_loss(X, Y)
         self.count += 1
 
-    def result(self, t, alpha, seed, settings) -> SimResult:
+    def result(self, t, alpha, seed, settings, rho=None) -> SimResult:
         k = self.count
         return SimResult(
             t=np.asarray(t[:k], dtype=float), x=self.x[:, :k], y=self.y[:, :k],
             balancedness=self.bl[:, :k].sum(axis=2), balancedness_layers=self.bl[:, :k],
             grad_gap=self.gap[:, :k], loss=self.loss[:, :k],
             alpha=np.asarray(alpha, dtype=float), seed=np.asarray(seed, dtype=int), settings=settings,
+            rho=None if rho is None else np.asarray(rho, dtype=float),
         )
 
 
@@ -100,7 +101,7 @@ def simulate(
     steps: int = 100_000,
     record_every: int = 100,
     batch: int = 1,
-    rho: float = 0.0,
+    rho: float | Sequence[float] = 0.0,
     m: int = 1,
     mu: float = 0.0,
     schedule: str = "constant",
@@ -111,7 +112,8 @@ def simulate(
     Args:
         problem: a :class:`Problem` (``nop_problem()``, ``op_problem()``, …).
         optimizer: an :class:`Optimizer` or its name (then ``rho``, ``m``, ``mu``, ``schedule`` apply).
-        alpha: noise level(s) α ≥ 0; trajectories are the grid alpha × seeds (alpha-major).
+        alpha: noise level(s) α ≥ 0; trajectories are the grid rho × alpha × seeds (rho-major).
+        rho: SAM radius, or several radii for sam/msam (ρ = 0 is exactly SGD), run side by side.
         seeds: a count n (seeds 0..n−1) or explicit seeds.
         lr: step size η > 0.
         steps: number of steps T.
@@ -121,14 +123,19 @@ def simulate(
 
     An interrupt (Ctrl-C) returns the records made so far, with ``settings["interrupted"]``.
     """
+    rhos = _as_list(rho, "rho")
     opt = optimizer if isinstance(optimizer, Optimizer) else make_optimizer(
-        optimizer, rho=rho, m=m, mu=mu, schedule=schedule)
+        optimizer, rho=rhos[0], m=m, mu=mu, schedule=schedule)
+    if len(rhos) > 1 and opt.name not in ("sam", "msam"):
+        raise ValueError(f"several rho values {rhos} only apply to sam/msam, not {opt.name!r}")
     validate_run(steps, lr, record_every, batch, opt)
     alphas, seed_list = _as_list(alpha, "alpha"), _seed_list(seeds)
     if not problem.noisy and any(a != 0 for a in alphas):
         raise ValueError(f"problem {problem.name!r} has no noise term; alpha must be 0, got {alphas}")
-    traj_alpha = np.repeat(alphas, len(seed_list))
-    traj_seed = np.tile(seed_list, len(alphas))
+    per_rho = len(alphas) * len(seed_list)
+    traj_rho = np.repeat(rhos, per_rho) if len(rhos) > 1 else None
+    traj_alpha = np.tile(np.repeat(alphas, len(seed_list)), len(rhos))
+    traj_seed = np.tile(seed_list, len(alphas) * len(rhos))
     unique = sorted(set(seed_list))
     seed_idx = np.array([unique.index(s) for s in traj_seed])
     n = len(traj_alpha)
@@ -142,21 +149,21 @@ def simulate(
         "kind": "discrete", "problem": problem.name, "problem_kind": problem.kind,
         "layers": problem.layers, "rank": problem.rank, "scale": problem.scale,
         "optimizer": opt.settings(), "lr": lr, "steps": steps, "record_every": record_every,
-        "batch": batch, "alpha": alphas, "seeds": seed_list,
+        "batch": batch, "alpha": alphas, "seeds": seed_list, "rho_grid": rhos if len(rhos) > 1 else None,
         "x0": problem.x0.tolist(), "y0": problem.y0.tolist(),
     }
     bar = _progress(steps, progress, f"{opt.name} on {problem.name}")
     started = time.perf_counter()
-    next_rec, chunks = 0, None
+    next_rec, targets = 0, None
     try:
         with np.errstate(all="ignore"):
             for t in range(steps + 1):
                 if stream is not None and t % NOISE_BLOCK == 0:
-                    chunks = _chunk_means(stream.next_block(), seed_idx, opt.m)
+                    targets = _chunk_targets(problem, stream.next_block(), seed_idx, traj_alpha, opt.m)
                     if bar is not None and t:
                         bar.update(NOISE_BLOCK)
-                cm = None if chunks is None else chunks[t % NOISE_BLOCK]
-                dX, dY, gX, gY = opt.direction(problem, X, Y, traj_alpha, cm, t / steps)
+                C = None if targets is None else targets[t % NOISE_BLOCK]
+                dX, dY, gX, gY = opt.field(problem, X, Y, C, t / steps, traj_rho)
                 if t == t_rec[next_rec]:
                     rec.add(X, Y, gX, gY)
                     next_rec += 1
@@ -171,16 +178,21 @@ def simulate(
             bar.close()
     settings["seconds"] = time.perf_counter() - started
     settings["diverged"] = int(np.sum(~np.isfinite(rec.bl[:, : rec.count].sum(axis=2)).all(axis=1) == False))  # noqa: E712
-    return rec.result(t_rec, traj_alpha, traj_seed, settings)
+    return rec.result(t_rec, traj_alpha, traj_seed, settings, traj_rho)
 
 
-def _chunk_means(block: np.ndarray, seed_idx: np.ndarray, m: int) -> np.ndarray:
-    """(S, K, b, *s) noise → per-step chunk means (K, m, n, *s), contiguous per step."""
+def _chunk_targets(problem: Problem, block: np.ndarray, seed_idx: np.ndarray, alpha: np.ndarray, m: int) -> np.ndarray:
+    """(S, K, b, *s) noise → effective targets A + α N̄_i per step and chunk, (K, m, n, *s).
+
+    Done once per block of K steps, so the per-step work is only the optimizer's field.
+    """
     S, K, b = block.shape[:3]
     rest = block.shape[3:]
     per_traj = block[seed_idx]  # (n, K, b, *s)
     means = per_traj.reshape((len(seed_idx), K, m, b // m) + rest).mean(axis=3)  # (n, K, m, *s)
-    return np.ascontiguousarray(np.moveaxis(means, 0, 2))  # (K, m, n, *s)
+    means = np.moveaxis(means, 0, 2)  # (K, m, n, *s)
+    a = alpha.reshape((1, 1, -1) + (1,) * len(rest))
+    return np.ascontiguousarray(problem.target + a * means)
 
 
 def _progress(total: int, enabled: bool, desc: str):

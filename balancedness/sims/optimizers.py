@@ -47,11 +47,9 @@ def layer_sq_norms(Z: np.ndarray) -> np.ndarray:
     return np.einsum("nlij,nlij->nl", Z, Z)
 
 
-def _safe_scale(num: float, nrm: np.ndarray) -> np.ndarray:
-    """num/‖g‖ where ‖g‖ > 0, else 0 (no perturbation at a zero gradient)."""
-    out = np.zeros_like(nrm)
-    np.divide(num, nrm, out=out, where=nrm > 0)
-    return out[:, None, None, None]
+def _safe_scale(num, nrm: np.ndarray) -> np.ndarray:
+    """num/‖g‖ where ‖g‖ > 0, else 0 (no perturbation at a zero gradient, never NaN)."""
+    return (num / np.where(nrm > 0, nrm, np.inf))[:, None, None, None]
 
 
 @dataclass(frozen=True)
@@ -102,18 +100,42 @@ class Optimizer:
         progress: float = 0.0,
     ) -> Field:
         """(d_X, d_Y, g_X, g_Y): the field and the whole-batch stochastic gradient at z."""
-        full = None if chunk_means is None else chunk_means.mean(axis=0)
+        targets = None if chunk_means is None else np.stack(
+            [problem.effective_target(alpha, c) for c in chunk_means])
+        return self.field(problem, X, Y, targets, progress)
+
+    def field(
+        self,
+        problem: Problem,
+        X: np.ndarray,
+        Y: np.ndarray,
+        targets: Optional[np.ndarray],
+        progress: float = 0.0,
+        rho: Optional[np.ndarray] = None,
+    ) -> Field:
+        """The field for effective targets C_i = A + α N̄_i of the m chunks, shape (m, n, …).
+
+        ``targets=None`` is the noise-free loss. ``rho`` optionally overrides ρ per trajectory
+        (shape (n,)); ρ = 0 makes SAM exactly SGD, which lets one run hold both.
+        """
+        rho = self.rho if rho is None else rho
         if self.name == "msam":
-            return _msam(problem, X, Y, alpha, chunk_means, self.rho)
-        gX, gY, _ = problem.grads(X, Y, alpha, full)
+            return _msam(problem, X, Y, targets, rho)
+        if targets is None:
+            C = problem.target
+        elif len(targets) == 1:
+            C = targets[0]
+        else:
+            C = targets.mean(axis=0)
+        gX, gY = problem.grads_at(X, Y, C)
         if self.name == "sgd":
             return -gX, -gY, gX, gY
         if self.name == "sngd":
             s = _safe_scale(1.0, global_norm(gX, gY))
             return -s * gX, -s * gY, gX, gY
         if self.name == "sam":
-            s = _safe_scale(self.rho, global_norm(gX, gY))
-            gXt, gYt, _ = problem.grads(X + s * gX, Y + s * gY, alpha, full)
+            s = _safe_scale(rho, global_norm(gX, gY))
+            gXt, gYt = problem.grads_at(X + s * gX, Y + s * gY, C)
             return -gXt, -gYt, gX, gY
         mu = self.mu_t(progress)
         if self.name == "nbar":
@@ -145,15 +167,15 @@ class Optimizer:
         return None
 
 
-def _msam(problem: Problem, X, Y, alpha, chunk_means, rho) -> Field:
+def _msam(problem: Problem, X, Y, targets, rho) -> Field:
     """Eq. (38): each chunk i perturbs with its own gradient; the descent gradients are averaged."""
-    chunks = [None] if chunk_means is None else list(chunk_means)
+    chunks = [problem.target] if targets is None else list(targets)
     dX, dY = np.zeros_like(X), np.zeros_like(Y)
     gX_full, gY_full = np.zeros_like(X), np.zeros_like(Y)
-    for c in chunks:
-        gX, gY, _ = problem.grads(X, Y, alpha, c)
+    for C in chunks:
+        gX, gY = problem.grads_at(X, Y, C)
         s = _safe_scale(rho, global_norm(gX, gY))
-        gXt, gYt, _ = problem.grads(X + s * gX, Y + s * gY, alpha, c)
+        gXt, gYt = problem.grads_at(X + s * gX, Y + s * gY, C)
         dX -= gXt
         dY -= gYt
         gX_full += gX

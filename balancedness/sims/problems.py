@@ -100,24 +100,31 @@ class Problem:
     def product(self, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
         """W = Σ_l X_l Y_lᵀ, shape (n, d1, d2) (NOP), or w = Σ_l ⟨X_l, Y_l⟩, shape (n,) (OP)."""
         if self.kind == "nop":
-            return np.matmul(X, np.swapaxes(Y, -1, -2)).sum(axis=1)
+            W = np.matmul(X, np.swapaxes(Y, -1, -2))
+            return W[:, 0] if W.shape[1] == 1 else W.sum(axis=1)
         return np.einsum("nlir,nlir->n", X, Y)
+
+    def effective_target(self, alpha: np.ndarray, noise_mean: np.ndarray | None) -> np.ndarray:
+        """C_t = A + α N̄ (NOP) or a + α n̄ (OP): the target the minibatch gradient sees."""
+        if noise_mean is None:
+            return self.target
+        a = np.asarray(alpha).reshape((-1,) + (1,) * (noise_mean.ndim - 1))
+        return self.target + a * noise_mean
 
     def outer_grad(self, W: np.ndarray, alpha: np.ndarray, noise_mean: np.ndarray | None) -> np.ndarray:
         """∇f_t at the product: G = 2k(W − A − α N̄) (NOP) or f′ = 2k(w − a − α n̄) (OP)."""
-        resid = W - self.target
-        if noise_mean is not None:
-            a = alpha.reshape((-1,) + (1,) * (resid.ndim - 1))
-            resid = resid - a * noise_mean
-        return (2.0 * self.scale) * resid
+        return (2.0 * self.scale) * (W - self.effective_target(alpha, noise_mean))
 
     def factor_grads(self, X: np.ndarray, Y: np.ndarray, G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """g_X = G Y, g_Y = Gᵀ X for each layer (eq. (3)); g_X = f′ Y, g_Y = f′ X for OP (eq. (14))."""
         if self.kind == "nop":
-            Gl = G[:, None]
-            return np.matmul(Gl, Y), np.matmul(np.swapaxes(Gl, -1, -2), X)
+            return np.einsum("nij,nljr->nlir", G, Y), np.einsum("nij,nlir->nljr", G, X)
         f = G[:, None, None, None]
         return f * Y, f * X
+
+    def grads_at(self, X: np.ndarray, Y: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(g_X, g_Y) of k‖W − C‖² (or k(w − C)²) for an effective target C (the hot path)."""
+        return self.factor_grads(X, Y, (2.0 * self.scale) * (self.product(X, Y) - C))
 
     def grads(
         self, X: np.ndarray, Y: np.ndarray, alpha: np.ndarray, noise_mean: np.ndarray | None

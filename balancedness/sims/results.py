@@ -10,7 +10,7 @@ import numpy as np
 
 from balancedness.io import atomic_write, write_json
 
-ARRAYS = ("t", "x", "y", "balancedness", "balancedness_layers", "grad_gap", "loss", "alpha", "seed")
+ARRAYS = ("t", "x", "y", "balancedness", "balancedness_layers", "grad_gap", "loss", "alpha", "seed", "rho")
 
 
 @dataclass
@@ -24,7 +24,7 @@ class SimResult:
         balancedness_layers: (n, R, L) the per-layer B_l.
         grad_gap: (n, R) Σ_l ‖g_{X_l}‖² − ‖g_{Y_l}‖² of the stochastic gradient at the point.
         loss: (n, R) excess population loss k‖W − A‖² (noise floor removed).
-        alpha, seed: (n,) the noise level and seed of each trajectory.
+        alpha, seed, rho: (n,) the noise level, seed and SAM radius of each trajectory.
         settings: everything that produced the run (problem, optimizer, lr, …).
     """
 
@@ -38,14 +38,22 @@ class SimResult:
     alpha: np.ndarray
     seed: np.ndarray
     settings: dict = field(default_factory=dict)
+    rho: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.rho is None:
+            rho = float(self.settings.get("optimizer", {}).get("rho", 0.0))
+            self.rho = np.full(len(self.alpha), rho)
 
     @property
     def n_runs(self) -> int:
         return self.balancedness.shape[0]
 
-    def select(self, alpha: float | None = None, seed: int | None = None) -> np.ndarray:
-        """Boolean mask of the trajectories with this α and/or seed."""
+    def select(self, alpha: float | None = None, seed: int | None = None, rho: float | None = None) -> np.ndarray:
+        """Boolean mask of the trajectories with this α, seed and/or ρ."""
         mask = np.ones(self.n_runs, dtype=bool)
+        if rho is not None:
+            mask &= np.isclose(self.rho, rho)
         if alpha is not None:
             mask &= np.isclose(self.alpha, alpha)
         if seed is not None:
@@ -60,6 +68,7 @@ class SimResult:
             run = {
                 "alpha": float(self.alpha[i]),
                 "seed": int(self.seed[i]),
+                "rho": float(self.rho[i]),
                 "balancedness": self.balancedness[i].tolist(),
                 "grad_gap": self.grad_gap[i].tolist(),
                 "loss": self.loss[i].tolist(),
@@ -105,5 +114,6 @@ class SimResult:
                 alpha=np.array([r["alpha"] for r in runs], dtype=float),
                 seed=np.array([r["seed"] for r in runs], dtype=int),
                 settings=obj["settings"],
+                rho=np.array([r.get("rho", np.nan) for r in runs], dtype=float),
             )
         raise ValueError(f"cannot load {str(path)!r}: expected a .json or .npz file")

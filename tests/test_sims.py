@@ -1,0 +1,236 @@
+"""The simulator against plain reference loops, its invariances, the flows, and bad input."""
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from balancedness.metrics import balancedness
+from balancedness.schedules import mu_at
+from balancedness.sims import (Optimizer, SimResult, make_optimizer, make_problem, nop_problem, op_problem,
+                               simulate, solve_flow)
+from balancedness.sims.problems import NOISE_BLOCK
+
+
+def reference_loop(kind, opt, steps, lr, alpha, seed, rho=0.1, mu=1.0, batch=1, m=1):
+    """A plain per-step loop over one trajectory, written from the paper's equations only."""
+    x = np.array([0.2, -0.1, 0.3])
+    y = -3 * x
+    A = np.diag([0.5, 0, 0])
+    D = np.array([1.0, 0.8, 0.5])
+    rng = np.random.default_rng(seed)
+    shape = (NOISE_BLOCK, batch, 3, 3) if kind == "nop" else (NOISE_BLOCK, batch)
+    Bs = []
+
+    def grad(x, y, noise):
+        if kind == "nop":
+            G = 2 * (np.outer(x, y) - A - alpha * noise)
+            return G @ y, G.T @ x
+        f = 2 * (x @ y - 0.5 - alpha * noise)
+        return f * y, f * x
+
+    for t in range(steps):
+        if t % NOISE_BLOCK == 0:
+            block = rng.standard_normal(shape)
+            if kind == "nop":
+                block = block * D[:, None]
+        noise_b = block[t % NOISE_BLOCK]
+        chunks = noise_b.reshape((m, batch // m) + noise_b.shape[1:]).mean(axis=1)
+        Bs.append(0.5 * (x @ x - y @ y))
+        full = chunks.mean(axis=0)
+        gx, gy = grad(x, y, full)
+        if opt == "sgd":
+            dx, dy = -gx, -gy
+        elif opt == "sam" or opt == "msam":
+            dx, dy = np.zeros(3), np.zeros(3)
+            for c in chunks:
+                gx, gy = grad(x, y, c)
+                n = np.sqrt(gx @ gx + gy @ gy)
+                e = rho / n if n > 0 else 0.0
+                tx, ty = grad(x + e * gx, y + e * gy, c)
+                dx, dy = dx - tx / m, dy - ty / m
+        elif opt == "nbar":
+            s = 1.0 if np.linalg.norm(gx) >= np.linalg.norm(gy) else -1.0
+            x, y = (1 + s * mu * lr) * x, (1 - s * mu * lr) * y  # Alg. 2 lines 4-10, then SGD
+            dx, dy = -gx, -gy
+        elif opt == "obar":
+            s = 1.0 if np.linalg.norm(x) >= np.linalg.norm(y) else -1.0
+            x, y = (1 - s * mu * lr) * x, (1 + s * mu * lr) * y  # Alg. 3
+            dx, dy = -gx, -gy
+        x, y = x + lr * dx, y + lr * dy
+    Bs.append(0.5 * (x @ x - y @ y))
+    return np.array(Bs), x, y
+
+
+@pytest.mark.parametrize("kind", ["nop", "op"])
+@pytest.mark.parametrize("opt,kw", [("sgd", {}), ("sam", {"rho": 0.1}), ("msam", {"rho": 0.1, "m": 2, "batch": 4}),
+                                    ("nbar", {"mu": 1.0}), ("obar", {"mu": 2.0})])
+def test_vectorized_simulator_equals_reference_loop(kind, opt, kw):
+    steps, lr = 1500, 1e-3  # crosses a noise block boundary
+    p = nop_problem() if kind == "nop" else op_problem()
+    kw = dict(kw)
+    batch = kw.pop("batch", 1)
+    res = simulate(p, opt, alpha=[0.5, 1.0], seeds=[3, 4], lr=lr, steps=steps, record_every=1, batch=batch, **kw)
+    for i, (a, s) in enumerate([(0.5, 3), (0.5, 4), (1.0, 3), (1.0, 4)]):
+        B, x, y = reference_loop(kind, opt, steps, lr, a, s, batch=batch, **kw)
+        assert res.alpha[i] == a and res.seed[i] == s
+        np.testing.assert_allclose(res.balancedness[i], B, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(res.x[i, -1, 0, :, 0], x, atol=1e-12)
+
+
+def test_noise_depends_only_on_the_seed():
+    p = nop_problem()
+    a = simulate(p, "sam", rho=0.1, alpha=1.0, seeds=[5], lr=1e-3, steps=300, record_every=10)
+    b = simulate(p, "sam", rho=0.1, alpha=[0.5, 1.0], seeds=[2, 5, 9], lr=1e-3, steps=300, record_every=10)
+    np.testing.assert_array_equal(a.balancedness[0], b.balancedness[b.select(alpha=1.0, seed=5)][0])
+    seq = p.noise_sequence(5, 2 * NOISE_BLOCK + 7, batch=2)
+    assert seq.shape == (2 * NOISE_BLOCK + 7, 2, 3, 3)
+    np.testing.assert_array_equal(seq[:10], p.noise_sequence(5, 10, batch=2))
+
+
+def test_record_times_include_zero_and_end():
+    res = simulate(op_problem(), "sgd", steps=1001, record_every=100, lr=1e-3)
+    assert res.t[0] == 0 and res.t[-1] == 1001 and len(res.t) == 12
+
+
+def test_zero_gradient_gives_no_perturbation_and_no_nan():
+    p = nop_problem(x0=np.zeros(3), y0=np.zeros(3))
+    for name in ("sam", "msam", "sngd", "nbar", "obar"):
+        res = simulate(p, name, rho=0.1, mu=1.0, steps=5, record_every=1, lr=1e-2)
+        assert np.all(np.isfinite(res.x)) and np.all(res.x == 0), name
+    # SAM at an exact minimizer of the noise-free OP toy: g = 0, so the step is zero
+    q = op_problem(x0=[1.0, 0, 0], y0=[0.5, 0, 0])
+    res = simulate(q, "sam", rho=0.2, steps=3, record_every=1, lr=0.1)
+    np.testing.assert_array_equal(res.x[0, -1], res.x[0, 0])
+
+
+def test_msam_with_one_chunk_is_sam():
+    p = op_problem()
+    a = simulate(p, "sam", rho=0.2, alpha=1.0, seeds=2, steps=500, lr=1e-3, batch=4, record_every=50)
+    b = simulate(p, "msam", rho=0.2, m=1, alpha=1.0, seeds=2, steps=500, lr=1e-3, batch=4, record_every=50)
+    np.testing.assert_allclose(a.balancedness, b.balancedness, atol=1e-14)
+
+
+def test_layered_problem_with_one_layer_is_the_toy():
+    a = simulate(nop_problem(), "sam", rho=0.1, alpha=1.0, steps=300, lr=1e-3, record_every=30)
+    b = simulate(make_problem("nop-layered", layers=1), "sam", rho=0.1, alpha=1.0, steps=300, lr=1e-3, record_every=30)
+    np.testing.assert_allclose(a.balancedness, b.balancedness, atol=1e-14)
+
+
+def test_layered_sam_uses_the_global_gradient_norm():
+    p = make_problem("nop-layered", layers=3)
+    opt = Optimizer("sam", rho=0.1)
+    X, Y = p.x0[None].copy(), p.y0[None].copy()
+    gX, gY, _ = p.grads(X, Y, np.zeros(1), None)
+    u = 1 / np.sqrt((gX**2).sum() + (gY**2).sum())
+    gXt, gYt, _ = p.grads(X + 0.1 * u * gX, Y + 0.1 * u * gY, np.zeros(1), None)
+    dX, dY, _, _ = opt.direction(p, X, Y, np.zeros(1), None)
+    np.testing.assert_allclose(dX, -gXt, atol=1e-14)
+
+
+def test_bar_schedules():
+    assert mu_at(2.0, "constant", 0.7) == 2.0
+    assert mu_at(2.0, "linear", 0.25) == pytest.approx(1.5)
+    assert mu_at(2.0, "cosine", 0.5) == pytest.approx(1.0)
+    assert mu_at(2.0, "cosine", 1.0) == pytest.approx(0.0)
+    lin = simulate(nop_problem(), "nbar", mu=1.0, schedule="linear", alpha=1.0, steps=2000, lr=1e-3)
+    const = simulate(nop_problem(), "nbar", mu=1.0, schedule="constant", alpha=1.0, steps=2000, lr=1e-3)
+    # the decaying coefficient moves B less than the constant one
+    assert abs(lin.balancedness[0, -1] - lin.balancedness[0, 0]) < abs(const.balancedness[0, -1] - const.balancedness[0, 0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(c=st.floats(0.2, 5.0), seed=st.integers(0, 10_000))
+def test_loss_is_scale_invariant(c, seed):
+    rng = np.random.default_rng(seed)
+    for p in (nop_problem(), op_problem()):
+        X, Y = rng.standard_normal((2, 1) + p.x0.shape)
+        np.testing.assert_allclose(p.excess_loss(c * X, Y / c), p.excess_loss(X, Y), rtol=1e-10)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), lr=st.floats(1e-4, 0.1), alpha=st.floats(0, 3))
+def test_sgd_step_changes_b_by_exactly_eta_squared_gap(seed, lr, alpha):
+    rng = np.random.default_rng(seed)
+    p = nop_problem()
+    X, Y = rng.standard_normal((2, 1) + p.x0.shape)
+    noise = rng.standard_normal((1, 1, 3, 3))
+    dX, dY, gX, gY = Optimizer("sgd").direction(p, X, Y, np.array([alpha]), noise)
+    dB = balancedness(X + lr * dX, Y + lr * dY) - balancedness(X, Y)
+    np.testing.assert_allclose(dB, 0.5 * lr**2 * ((gX**2).sum() - (gY**2).sum()), rtol=1e-8, atol=1e-14)
+
+
+@pytest.mark.parametrize("kind", ["nop", "op"])
+def test_discrete_converges_to_flow_linearly_in_eta(kind):
+    p, rho = (nop_problem(), 0.1) if kind == "nop" else (op_problem(), 0.2)
+    flow = solve_flow(p, "sam", rho=rho, t_end=1.0, n_records=2).balancedness[0, -1]
+    errs = []
+    for lr in (1e-2, 1e-3, 1e-4):
+        d = simulate(p, "sam", rho=rho, lr=lr, steps=round(1 / lr), record_every=round(1 / lr))
+        errs.append(abs(d.balancedness[0, -1] - flow))
+    assert 7 < errs[0] / errs[1] < 13 and 7 < errs[1] / errs[2] < 13, errs
+
+
+def test_flow_reports_sliding_on_the_discontinuous_sam_op_field():
+    res = solve_flow(op_problem(), "sam", rho=0.2, t_end=10.0, n_records=51)
+    assert res.settings["status"] == "sliding"
+    run = res.settings["runs"][0]
+    assert 0 < run["sliding_from"] < 10
+    # the fallback continues to the end, near the discrete run at eta = 1e-4 (both O(eta) from the limit)
+    d = simulate(op_problem(), "sam", rho=0.2, lr=1e-4, steps=100_000, record_every=100_000)
+    assert abs(res.balancedness[0, -1] - d.balancedness[0, -1]) < 0.01
+    assert np.all(np.isfinite(res.balancedness))
+
+
+def test_flow_with_frozen_noise_and_bar():
+    res = solve_flow(nop_problem(), "nbar", mu=1.0, alpha=[0.0, 1.0], seeds=[0], t_end=2.0, n_records=21)
+    assert res.balancedness.shape == (2, 21)
+    assert np.all(np.isfinite(res.balancedness))
+    assert res.balancedness[1, 0] == pytest.approx(-0.56)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".npz"])
+def test_result_round_trip(tmp_path, suffix):
+    res = simulate(nop_problem(2, 2), "sam", rho=0.1, alpha=[0, 1.0], seeds=2, steps=200, lr=1e-3, record_every=20)
+    path = res.save(tmp_path / f"r{suffix}")
+    back = SimResult.load(path)
+    for key in ("t", "x", "y", "balancedness", "balancedness_layers", "grad_gap", "loss", "alpha", "seed"):
+        np.testing.assert_allclose(getattr(back, key), getattr(res, key), atol=1e-15)
+    assert back.settings["optimizer"]["name"] == "sam"
+    assert not list(tmp_path.glob(".*tmp"))  # no temp file left behind
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: make_optimizer("sam", rho=-0.1), "rho must be .*-0.1"),
+    (lambda: make_optimizer("nbar", mu=-1.0), "mu must be .*-1.0"),
+    (lambda: make_optimizer("adam"), "unknown optimizer 'adam'"),
+    (lambda: make_problem("lstm"), "unknown problem 'lstm'"),
+    (lambda: simulate(nop_problem(), "sgd", lr=-1e-3), "lr must be .*-0.001"),
+    (lambda: simulate(nop_problem(), "msam", m=3, batch=4), "m=3 must divide the batch size 4"),
+    (lambda: nop_problem(x0=[0.2, np.nan, 0.3]), "x0 must be finite"),
+    (lambda: nop_problem(x0=[1.0, 2.0]), "x0 has 2 entries"),
+    (lambda: simulate(nop_problem(), "sgd", alpha=-1.0), "alpha values must be .*-1.0"),
+    (lambda: simulate(make_problem("toy2d"), "sgd", alpha=1.0), "no noise term"),
+    (lambda: make_problem("op", rank=2), "rank applies to NOP"),
+    (lambda: solve_flow(nop_problem(), "sgd", t_end=-1.0), "t_end must be"),
+])
+def test_bad_input_is_a_clear_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_interrupt_returns_partial_result(monkeypatch):
+    calls = {"n": 0}
+    original = Optimizer.direction
+
+    def interrupting(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 250:
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(Optimizer, "direction", interrupting)
+    res = simulate(nop_problem(), "sgd", steps=1000, record_every=100, lr=1e-3)
+    assert res.settings["interrupted"] and len(res.t) == 3 and res.t[-1] == 200
