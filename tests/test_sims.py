@@ -223,7 +223,7 @@ def test_bad_input_is_a_clear_error(call, match):
 
 def test_interrupt_returns_partial_result(monkeypatch):
     calls = {"n": 0}
-    original = Optimizer.direction
+    original = Optimizer.field
 
     def interrupting(self, *a, **k):
         calls["n"] += 1
@@ -231,6 +231,6 @@ def test_interrupt_returns_partial_result(monkeypatch):
             raise KeyboardInterrupt
         return original(self, *a, **k)
 
-    monkeypatch.setattr(Optimizer, "direction", interrupting)
+    monkeypatch.setattr(Optimizer, "field", interrupting)
     res = simulate(nop_problem(), "sgd", steps=1000, record_every=100, lr=1e-3)
     assert res.settings["interrupted"] and len(res.t) == 3 and res.t[-1] == 200
