@@ -79,32 +79,30 @@ ZERO = None  # noise-free (α = 0) evaluations
 
 
 # ============================================================== §7.1 exact identities
+def _flow_conserves(problem, optimizer: str, t_end: float):
+    r = solve_flow(problem, optimizer, t_end=t_end, n_records=101)
+    v = float(np.max(np.abs(r.balancedness - r.balancedness[:, :1])))
+    return v, 1e-8, f"max|B_t - B_0| = {v:.1e} over t in [0, {t_end:g}]"
+
+
 @check("thm1-sgd-flow-nop", "Thm 1", "SGD flow on NOP keeps B_t = B_0")
 def _(ctx):
-    r = solve_flow(nop_problem(), "sgd", t_end=10.0, n_records=101)
-    v = float(np.max(np.abs(r.balancedness - r.balancedness[:, :1])))
-    return v, 1e-8, f"max|B_t - B_0| = {v:.1e} over t in [0, 10]"
+    return _flow_conserves(nop_problem(), "sgd", 10.0)
 
 
 @check("thm6-sgd-flow-op", "Thm 6", "SGD flow on OP keeps B_t = B_0")
 def _(ctx):
-    r = solve_flow(op_problem(), "sgd", t_end=10.0, n_records=101)
-    v = float(np.max(np.abs(r.balancedness - r.balancedness[:, :1])))
-    return v, 1e-8, f"max|B_t - B_0| = {v:.1e} over t in [0, 10]"
+    return _flow_conserves(op_problem(), "sgd", 10.0)
 
 
 @check("thm4-sngd-flow-nop", "Thm 4", "SNGD flow on NOP keeps B_t = B_0 (until it reaches a minimizer)")
 def _(ctx):
-    r = solve_flow(nop_problem(), "sngd", t_end=0.5, n_records=51)
-    v = float(np.max(np.abs(r.balancedness - r.balancedness[:, :1])))
-    return v, 1e-8, f"max|B_t - B_0| = {v:.1e} over t in [0, 0.5]"
+    return _flow_conserves(nop_problem(), "sngd", 0.5)
 
 
 @check("thm6-sngd-flow-op", "Thm 6 (31)", "SNGD flow on OP keeps B_t = B_0 (until f' = 0)")
 def _(ctx):
-    r = solve_flow(op_problem(), "sngd", t_end=0.5, n_records=51)
-    v = float(np.max(np.abs(r.balancedness - r.balancedness[:, :1])))
-    return v, 1e-8, f"max|B_t - B_0| = {v:.1e} over t in [0, 0.5]"
+    return _flow_conserves(op_problem(), "sngd", 0.5)
 
 
 @check("sam-nop-identity", "(16a)", "SAM-NOP flow: dB/dt = rho*u*[y'G~'G y - x'G~ G'x] exactly")
