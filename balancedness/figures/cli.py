@@ -1,0 +1,53 @@
+"""``balancedness figures NAME --out DIR``: regenerate the paper's figures (registered by ``balancedness.cli``)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import typer
+from rich.console import Console
+
+from balancedness.figures import FIGURES, FigureConfig, check_names, make_figure
+from balancedness.figures.runs import DEFAULT_ALPHAS, DEFAULT_SEEDS, QUICK_SEEDS
+
+
+def render(names: Sequence[str], cfg: FigureConfig, out: Path, formats: Sequence[str],
+           console: Console | None = None) -> dict[str, list[Path]]:
+    """Build and save each figure in ``names`` (already validated); prints one line per figure."""
+    console = console or Console(stderr=True)
+    written: dict[str, list[Path]] = {}
+    for i, name in enumerate(names, 1):
+        started = time.perf_counter()
+        with console.status(f"[{i}/{len(names)}] {name}: {FIGURES[name]}…"):
+            written[name] = make_figure(name, cfg, out, formats)
+        files = ", ".join(p.name for p in written[name])
+        console.print(f"[green]✓[/] {name} ({time.perf_counter() - started:.1f} s): {files}")
+    return written
+
+
+def figures(
+    name: str = typer.Argument(..., help=f"Figure to make: {', '.join(FIGURES)} or all."),
+    out: Path = typer.Option(Path("figures"), "--out", help="Output folder (created if missing)."),
+    format: str = typer.Option("png", "--format", help="Image format(s), comma-separated: png, pdf, svg."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help=f"Seeds per noise level (default {DEFAULT_SEEDS}; "
+                                        f"{QUICK_SEEDS} with --quick)."),
+    alpha: Optional[List[float]] = typer.Option(None, "--alpha", help="Noise level α of Fig. 1/2(a) (repeatable; "
+                                                f"default {', '.join(map(str, DEFAULT_ALPHAS))}; the paper's are unknown)."),
+    quick: bool = typer.Option(False, "--quick", help="Small runs for tests: T = 2e4 steps, 2 seeds, short flows."),
+) -> None:
+    """Regenerate the paper's Figures 1, 2, 4 and the flow/rates/msharp figures, each with its data (JSON)."""
+    from balancedness.cli import fail_usage
+    from balancedness.figures.style import check_formats
+
+    try:
+        names = check_names([name])
+        formats = check_formats(format.split(","))
+        cfg = FigureConfig.make(quick=quick, seeds=seeds, alphas=alpha, progress=sys.stderr.isatty())
+    except ValueError as e:
+        fail_usage(str(e))
+    started = time.perf_counter()
+    render(names, cfg, out, formats)
+    Console(stderr=True).print(f"{len(names)} figure(s) in {out} ({time.perf_counter() - started:.1f} s)")

@@ -1,0 +1,47 @@
+"""The demo driver: sections, the extension point, and the report's markdown (quick)."""
+
+from __future__ import annotations
+
+import json
+
+from balancedness import demo
+from balancedness.checks import results_as_json, run_checks
+from balancedness.report import checks_table, figure_gallery
+
+
+def test_checks_table_has_one_row_per_claim():
+    rows = results_as_json(run_checks(quick=True, only=["sam-op-identity", "lemma1-lambda-max"]))
+    table = checks_table(rows)
+    assert table.splitlines()[0] == "| id | paper | claim | measured | tolerance | result |"
+    assert sum(line.startswith("| sam-op-identity |") for line in table.splitlines()) == 1
+    assert "2 of 2 checks passed" in table
+
+
+def test_checks_table_marks_failures():
+    row = {"id": "x", "ref": "Thm 9", "claim": "a|b", "measured": "1", "tolerance": "<= 0", "status": "FAIL"}
+    table = checks_table([row])
+    assert "**FAIL**" in table and "a\\|b" in table and "1 failed" in table
+
+
+def test_gallery_links_images_relative_to_report(tmp_path):
+    figs = tmp_path / "figures"
+    figs.mkdir()
+    (figs / "fig1.json").write_text(json.dumps({"title": "T", "caption": "C 0.22"}))
+    md = figure_gallery(figs, tmp_path, ["fig1"])
+    assert "![fig1](figures/fig1.png)" in md and "C 0.22" in md
+
+
+def test_run_writes_report_with_registered_sections(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "SECTIONS", [])
+
+    def failing(ctx):
+        ctx.failures.append("thing")
+        (ctx.out / "x.txt").write_text("x")
+        return "## Extra\n\nhello"
+
+    demo.register_section(failing)
+    demo.register_section(lambda ctx: "## First", before=failing)
+    ctx = demo.run(tmp_path / "out", quick=True)
+    text = (tmp_path / "out" / "REPORT.md").read_text()
+    assert text.index("## First") < text.index("## Extra")
+    assert "Failed: thing." in text and ctx.failures == ["thing"]
