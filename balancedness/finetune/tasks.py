@@ -1,0 +1,275 @@
+"""Task heads: tokenization, collation, the label-word loss, and evaluation for each task kind.
+
+``make_head`` (called by ``models.load_for_task``) picks one of four modes:
+
+=================  ==========================================================================
+``classifier``     encoder + sequence-classification head; the peft model computes the loss.
+``label-words``    causal LM; logits over the label words' first tokens at the last prompt
+                   position, cross-entropy over those C logits (``ChoiceScorer``).
+``choices``        causal LM, per-example continuations (COPA): each choice's summed token
+                   log-probability is its logit, cross-entropy over the choices (``ChoiceScorer``).
+``generation``     causal LM; next-token cross-entropy on the reference text only (prompt masked).
+=================  ==========================================================================
+
+The training loop hands ``head.module`` to the HF Trainer as ``model``, ``head.dataset(task.train)``
+as ``train_dataset`` and ``head.collate`` as ``data_collator``; ``evaluate(head)`` scores the eval set.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from .data import Example, TaskData
+from .data.core import eval_subset
+from .prompts import Prompt, encoder_texts, prompt_for
+
+HeadMode = Literal["classifier", "label-words", "choices", "generation"]
+SHORT_TASKS = {"sst2", "sst5", "trec"}
+
+
+def default_max_length(task: TaskData) -> int:
+    """128 tokens for single-sentence tasks, 256 for pairs, BBC articles, BoolQ and WebNLG."""
+    short = task.name in SHORT_TASKS or (task.name not in {"bbc-news", "webnlg"} and len(task.text_fields) == 1)
+    return 128 if short else 256
+
+
+def label_word_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
+    """The first token id of each label word; a ValueError when two words share their first token."""
+    ids = []
+    for word in words:
+        tokens = tokenizer.encode(word, add_special_tokens=False)
+        if not tokens:
+            raise ValueError(f"label word {word!r} encodes to no token")
+        ids.append(tokens[0])
+    clashes = [w for w, i in zip(words, ids) if ids.count(i) > 1]
+    if clashes:
+        raise ValueError(f"label words {clashes} start with the same token for this tokenizer; choose words "
+                         f"whose first tokens differ (or use an encoder with a classification head)")
+    return ids
+
+
+class ChoiceScorer(nn.Module):
+    """Causal-LM classification by scoring candidate continuations; what the Trainer trains.
+
+    Label words (``choice_mask`` absent): logits_c = z_T[w_c], the LM's next-token logit of label word
+    c's first token at the last prompt position T. Choices (``choice_mask`` of shape [B, C, L]):
+    logits_c = Σ_t log p(x_t | x_<t) over the tokens of choice c. Loss: cross-entropy of these C
+    logits against ``labels``. Parameters are the wrapped peft model's, so lora_A/lora_B names stay
+    visible (``model.base_model.model...lora_A.default.weight``).
+    """
+
+    def __init__(self, model: nn.Module, word_ids: Sequence[int] | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("word_ids", torch.tensor(list(word_ids or []), dtype=torch.long), persistent=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None,
+                choice_mask: torch.Tensor | None = None) -> SequenceClassifierOutput:
+        """Return ``loss`` (when ``labels`` is given) and ``logits`` of shape [B, C]."""
+        if choice_mask is None:
+            logits = self._label_word_logits(input_ids, attention_mask)
+        else:
+            logits = self._choice_logits(input_ids, attention_mask, choice_mask)
+        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    def _label_word_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # [B, L, V]
+        last = attention_mask.sum(dim=1) - 1  # right padding: the last real token
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last][:, self.word_ids]
+
+    def _choice_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       choice_mask: torch.Tensor) -> torch.Tensor:
+        b, c, length = input_ids.shape
+        flat = lambda t: t.reshape(b * c, length)  # noqa: E731
+        ids = flat(input_ids)
+        logits = self.model(input_ids=ids, attention_mask=flat(attention_mask)).logits[:, :-1]
+        token_logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        return (token_logp * flat(choice_mask)[:, 1:]).sum(dim=1).reshape(b, c)
+
+
+class TokenizedDataset(torch.utils.data.Dataset):
+    """A list of feature dicts (lists of ints) the HF Trainer can index; ``head.collate`` pads them."""
+
+    def __init__(self, features: list[dict[str, Any]]) -> None:
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.features[i]
+
+
+def _pad(rows: Sequence[Sequence[int]], value: int, length: int, left: bool = False) -> list[list[int]]:
+    return [([value] * (length - len(r)) + list(r)) if left else (list(r) + [value] * (length - len(r)))
+            for r in rows]
+
+
+@dataclass
+class TaskHead:
+    """How one model meets one task: tokenization, collation, the trainable module, prediction.
+
+    ``module`` is what the Trainer trains: the peft model itself (``classifier``, ``generation``) or
+    a :class:`ChoiceScorer` around it (``label-words``, ``choices``).
+    """
+
+    mode: HeadMode
+    module: nn.Module
+    model: nn.Module
+    tokenizer: Any
+    task: TaskData
+    max_length: int
+    prompt: Prompt | None = None
+
+    # ---- tokenization -------------------------------------------------------------------------
+    def _ids(self, text: str, budget: int) -> list[int]:
+        """Token ids of a prompt, truncated from the left to ``budget`` (the template end survives)."""
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        bos = self.tokenizer.bos_token_id
+        prefix = [bos] if bos is not None and getattr(self.tokenizer, "add_bos_token", False) else []
+        return prefix + ids[max(0, len(ids) - (budget - len(prefix))):]
+
+    def features(self, example: Example, *, train: bool = True) -> list[dict[str, Any]]:
+        """Feature dicts for one example (generation training: one per reference)."""
+        tok, n = self.tokenizer, self.max_length
+        if self.mode == "classifier":
+            enc = tok(*encoder_texts(self.task, example), truncation=True, max_length=n)
+            return [{**{k: list(v) for k, v in enc.items()}, "labels": example.label}]
+        prompt_text = self.prompt.render(example)
+        if self.mode == "label-words":
+            return [{"input_ids": self._ids(prompt_text, n), "labels": example.label}]
+        if self.mode == "choices":
+            rows, masks = [], []
+            for choice in self.prompt.choices(example):
+                cont = tok.encode(choice, add_special_tokens=False)[: n // 2]
+                ids = self._ids(prompt_text, n - len(cont)) + cont
+                rows.append(ids)
+                masks.append([0] * (len(ids) - len(cont)) + [1] * len(cont))
+            return [{"input_ids": rows, "choice_mask": masks, "labels": example.label}]
+        if not train:
+            return [{"input_ids": self._ids(prompt_text, n)}]
+        out = []
+        for ref in example.references or []:
+            target = tok.encode(" " + ref, add_special_tokens=False)[: n // 2] + [tok.eos_token_id]
+            ids = self._ids(prompt_text, n - len(target)) + target
+            out.append({"input_ids": ids, "labels": [-100] * (len(ids) - len(target)) + target})
+        return out
+
+    def dataset(self, examples: Sequence[Example], *, train: bool = True) -> TokenizedDataset:
+        """A torch Dataset of the examples' features (see :meth:`features`), for the HF Trainer."""
+        return TokenizedDataset([f for ex in examples for f in self.features(ex, train=train)])
+
+    # ---- collation ----------------------------------------------------------------------------
+    def collate(self, features: list[dict[str, Any]], *, left: bool = False) -> dict[str, torch.Tensor]:
+        """Pad a list of features into a batch: input_ids, attention_mask (, token_type_ids), labels."""
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        if self.mode == "choices":
+            length = max(len(r) for f in features for r in f["input_ids"])
+            ids = torch.tensor([_pad(f["input_ids"], pad_id, length) for f in features])
+            mask = torch.tensor([_pad([[1] * len(r) for r in f["input_ids"]], 0, length) for f in features])
+            cmask = torch.tensor([_pad(f["choice_mask"], 0, length) for f in features], dtype=torch.float32)
+            batch = {"input_ids": ids, "attention_mask": mask, "choice_mask": cmask}
+            if "labels" in features[0]:
+                batch["labels"] = torch.tensor([f["labels"] for f in features])
+            return batch
+        length = max(len(f["input_ids"]) for f in features)
+        batch = {"input_ids": torch.tensor(_pad([f["input_ids"] for f in features], pad_id, length, left)),
+                 "attention_mask": torch.tensor(_pad([[1] * len(f["input_ids"]) for f in features], 0, length, left))}
+        if "token_type_ids" in features[0]:
+            batch["token_type_ids"] = torch.tensor(_pad([f["token_type_ids"] for f in features], 0, length, left))
+        if "labels" in features[0]:
+            labels = [f["labels"] for f in features]
+            batch["labels"] = (torch.tensor(_pad(labels, -100, length, left)) if isinstance(labels[0], list)
+                               else torch.tensor(labels))
+        return batch
+
+    # ---- prediction ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, examples: Sequence[Example], *, batch_size: int = 16,
+                max_new_tokens: int = 64) -> list[int] | list[str]:
+        """Class ids (classification) or greedy generations (generation) for ``examples``."""
+        was_training = self.module.training
+        self.module.eval()
+        device = next(self.module.parameters()).device
+        out: list = []
+        try:
+            for start in range(0, len(examples), batch_size):
+                chunk = examples[start:start + batch_size]
+                feats = [f for ex in chunk for f in self.features(ex, train=False)]
+                if self.mode == "generation":
+                    out.extend(self._generate(feats, device, max_new_tokens))
+                    continue
+                for f in feats:
+                    f.pop("labels", None)
+                batch = {k: v.to(device) for k, v in self.collate(feats).items()}
+                out.extend(self.module(**batch).logits.argmax(dim=-1).tolist())
+        finally:
+            self.module.train(was_training)
+        return out
+
+    def _generate(self, feats: list[dict[str, Any]], device: torch.device, max_new_tokens: int) -> list[str]:
+        batch = {k: v.to(device) for k, v in self.collate(feats, left=True).items()}
+        gen = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                  pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
+        texts = self.tokenizer.batch_decode(gen[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        return [" ".join(t.strip().split("\n")[0].split()) for t in texts]
+
+
+def make_head(model: nn.Module, tokenizer: Any, task: TaskData, *, family: str,
+              max_length: int | None = None) -> TaskHead:
+    """The :class:`TaskHead` for ``model`` (``family`` "encoder" or "causal") on ``task``."""
+    n = max_length or default_max_length(task)
+    if family == "encoder":
+        return TaskHead("classifier", model, model, tokenizer, task, n)
+    prompt = prompt_for(task)
+    if task.kind == "generation":
+        return TaskHead("generation", model, model, tokenizer, task, n, prompt)
+    if prompt.choices is not None:
+        return TaskHead("choices", ChoiceScorer(model), model, tokenizer, task, n, prompt)
+    ids = label_word_ids(tokenizer, prompt.label_words)
+    return TaskHead("label-words", ChoiceScorer(model, ids), model, tokenizer, task, n, prompt)
+
+
+def bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """Corpus BLEU (sacrebleu, default 13a tokenization) with a variable number of references."""
+    import sacrebleu
+
+    width = max(len(r) for r in references)
+    streams = [[refs[i] if i < len(refs) else None for refs in references] for i in range(width)]
+    return float(sacrebleu.corpus_bleu(list(hypotheses), streams).score)
+
+
+def evaluate(head: TaskHead, examples: Sequence[Example] | None = None, *, batch_size: int = 16,
+             max_examples: int | None = None, max_new_tokens: int = 64) -> dict[str, float]:
+    """The task metric on ``examples`` (default: the task's eval set).
+
+    Returns ``{"metric": name, name: value, "n": count}`` with accuracy in [0, 1] for classification
+    and BLEU in [0, 100] (greedy decoding) for generation. ``max_examples`` keeps a fixed subset
+    (seed 0) to keep evaluation cheap. Before training this is the zero-shot baseline.
+    """
+    examples = eval_subset(list(head.task.eval if examples is None else examples), max_examples)
+    if not examples:
+        raise ValueError("evaluate() got no examples")
+    preds = head.predict(examples, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    if head.task.kind == "generation":
+        value = bleu(preds, [ex.references or [""] for ex in examples])
+    else:
+        value = sum(int(p == ex.label) for p, ex in zip(preds, examples)) / len(examples)
+    return {"metric": head.task.metric, head.task.metric: value, "n": len(examples)}  # type: ignore[dict-item]
+
+
+def majority_accuracy(task: TaskData) -> float:
+    """Accuracy of always predicting the most frequent eval label (the majority baseline)."""
+    if task.kind != "classification":
+        raise ValueError(f"task {task.name!r} is a {task.kind} task; the majority baseline needs classification")
+    counts = Counter(ex.label for ex in task.eval)
+    return max(counts.values()) / len(task.eval)

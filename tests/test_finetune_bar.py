@@ -1,0 +1,208 @@
+"""BAR (Algs. 2/3) against hand-computed steps, on the toy and on MiniLM."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from balancedness.finetune import add_bar, create_bar_optimizer, lora_pairs
+from balancedness.finetune.schedules import scheduled_mu
+from finetune_fixtures import ToyLoRA, batch_loss, minilm_lora, sst2_batch, trainable
+
+X0 = torch.tensor([[0.2], [-0.1], [0.3]], dtype=torch.float64)
+C = torch.diag(torch.tensor([0.5, 0.0, 0.0], dtype=torch.float64))
+
+
+def _toy(x0=X0, y0=-3 * X0, head=False):
+    return ToyLoRA(x0.clone(), y0.clone(), head=head)
+
+
+def _grads(model):
+    model.zero_grad()
+    (model.product() - C).square().sum().backward()
+    return model.toy.lora_A["default"].weight.grad.T.clone(), model.toy.lora_B["default"].weight.grad.clone()
+
+
+@pytest.mark.parametrize("variant", ["nbar", "obar"])
+@pytest.mark.parametrize("y_scale", [-3.0, -0.2])  # both branches of each decision
+def test_sgd_base_reproduces_algorithm(variant, y_scale):
+    lr, mu = 0.01, 0.5
+    model = _toy(y0=y_scale * X0)
+    opt = create_bar_optimizer(model, torch.optim.SGD, lr=lr, mu=mu, variant=variant)
+    for _ in range(3):
+        x, y = model.x.detach().clone(), model.y.detach().clone()
+        gx, gy = _grads(model)
+        if variant == "nbar":
+            s = 1.0 if gx.norm() >= gy.norm() else -1.0
+        else:
+            s = -1.0 if x.norm() >= y.norm() else 1.0
+        opt.step()
+        torch.testing.assert_close(model.x, (1 + s * mu * lr) * x - lr * gx, rtol=0, atol=1e-15)
+        torch.testing.assert_close(model.y, (1 - s * mu * lr) * y - lr * gy, rtol=0, atol=1e-15)
+
+
+def test_ties_follow_the_ge():
+    x0 = torch.tensor([[1.0], [0.0], [0.0]], dtype=torch.float64)
+    model = _toy(x0=x0, y0=x0.clone())  # ‖x‖ = ‖y‖, and g_x = G y, g_y = Gᵀx equal in norm (G symmetric)
+    opt = create_bar_optimizer(model, torch.optim.SGD, lr=0.1, mu=1.0, variant="obar")
+    gx, gy = _grads(model)
+    opt.step()  # oBAR tie: shrink x
+    torch.testing.assert_close(model.x, 0.9 * x0 - 0.1 * gx)
+    model = _toy(x0=x0, y0=x0.clone())
+    opt = create_bar_optimizer(model, torch.optim.SGD, lr=0.1, mu=1.0, variant="nbar")
+    gx, gy = _grads(model)
+    assert gx.norm() == gy.norm()
+    opt.step()  # nBAR tie: grow x
+    torch.testing.assert_close(model.x, 1.1 * x0 - 0.1 * gx)
+
+
+def test_schedules():
+    assert scheduled_mu(2.0, "constant", 7, None) == 2.0
+    assert scheduled_mu(2.0, "linear", 25, 100) == pytest.approx(1.5)
+    assert scheduled_mu(2.0, "cosine", 50, 100) == pytest.approx(1.0)
+    assert scheduled_mu(2.0, "cosine", 0, 100) == 2.0 and scheduled_mu(2.0, "linear", 200, 100) == 0.0
+    model = _toy()
+    opt = create_bar_optimizer(model, torch.optim.SGD, lr=0.01, mu=1.0, schedule="cosine", total_steps=4)
+    seen = []
+    for _ in range(4):
+        seen.append(opt.bar_mu)
+        _grads(model)
+        opt.step()
+    assert seen == pytest.approx([0.5 * (1 + math.cos(math.pi * t / 4)) for t in range(4)])
+
+
+def test_lr_scheduler_drives_eta_and_head_is_plain_sgd():
+    model = _toy(head=True)
+    opt = create_bar_optimizer(model, torch.optim.SGD, lr=0.1, mu=1.0, variant="obar")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 ** t)
+    _grads(model); opt.step(); sched.step()
+    x, head = model.x.detach().clone(), model.head.detach().clone()
+    gx, _ = _grads(model)
+    hg = model.head.grad.clone()
+    s = -1.0 if model.x.norm() >= model.y.norm() else 1.0
+    opt.step()
+    torch.testing.assert_close(model.x, (1 + s * 0.05) * x - 0.05 * gx)  # η_t = 0.05 after one decay
+    torch.testing.assert_close(model.head, head - 0.05 * hg, rtol=0, atol=0)
+
+
+def test_pairs_without_grads_are_skipped():
+    model = _toy()
+    opt = create_bar_optimizer(model, torch.optim.SGD, lr=0.1, mu=1.0, variant="obar")
+    before = trainable(model)
+    opt.step()  # no backward: no grads anywhere
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n])
+
+
+def test_errors():
+    model = _toy()
+    kw = dict(lr=0.1, mu=1.0)
+    with pytest.raises(ValueError, match="-1"):
+        create_bar_optimizer(model, torch.optim.SGD, lr=0.1, mu=-1.0)
+    with pytest.raises(ValueError, match="lr"):
+        create_bar_optimizer(model, torch.optim.SGD, lr=0.0, mu=1.0)
+    with pytest.raises(ValueError, match="'xbar'"):
+        create_bar_optimizer(model, torch.optim.SGD, variant="xbar", **kw)
+    with pytest.raises(ValueError, match="'step'"):
+        create_bar_optimizer(model, torch.optim.SGD, schedule="step", **kw)
+    with pytest.raises(ValueError, match="total_steps"):
+        create_bar_optimizer(model, torch.optim.SGD, schedule="linear", **kw)
+    with pytest.raises(TypeError, match="Optimizer subclass"):
+        create_bar_optimizer(model, "adamw", **kw)
+    with pytest.raises(TypeError, match="mu"):
+        create_bar_optimizer(model, torch.optim.SGD, lr=0.1, mu="big")
+    with pytest.raises(ValueError, match="lora_A/lora_B"):
+        create_bar_optimizer(torch.nn.Linear(3, 3), torch.optim.SGD, **kw)
+
+
+def test_state_dict_round_trip_keeps_schedule_position():
+    def run(split):
+        model = _toy()
+        make = lambda m: create_bar_optimizer(m, torch.optim.Adam, lr=0.01, mu=2.0, schedule="linear",
+                                              total_steps=6)
+        opt = make(model)
+        for t in range(6):
+            if t == split:
+                state = copy.deepcopy(opt.state_dict())
+                assert state["bar"]["step"] == split
+                opt = make(model)
+                opt.load_state_dict(state)
+            _grads(model)
+            opt.step()
+        return model.x.detach(), opt.bar_step_count
+
+    (x_full, n_full), (x_resumed, n_resumed) = run(None), run(3)
+    assert n_full == n_resumed == 6
+    assert torch.equal(x_full, x_resumed)
+
+
+def test_adam_moments_untouched_and_minilm_step_matches_manual():
+    """BAR-AdamW step == (rescale by hand, then plain AdamW step); Adam's m, v equal plain AdamW's."""
+    batch = sst2_batch(4)
+    model = minilm_lora(seed=1)
+    reference = copy.deepcopy(model)
+    opt = create_bar_optimizer(model, torch.optim.AdamW, lr=1e-3, mu=5.0, weight_decay=0.01)
+    ref_opt = torch.optim.AdamW([p for p in reference.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.01)
+    for step in range(2):
+        for m in (model, reference):
+            m.zero_grad()
+            batch_loss(m, batch).backward()
+        with torch.no_grad():
+            for pair in lora_pairs(reference):
+                s = 1.0 if pair.lora_A.grad.norm() >= pair.lora_B.grad.norm() else -1.0
+                pair.lora_A.mul_(1 + s * 5.0 * 1e-3)
+                pair.lora_B.mul_(1 - s * 5.0 * 1e-3)
+        opt.step()
+        ref_opt.step()
+    for (n, p), q in zip(trainable(model).items(), trainable(reference).values()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=n)
+    for p, q in zip([p for p in model.parameters() if p.requires_grad],
+                    [p for p in reference.parameters() if p.requires_grad]):
+        torch.testing.assert_close(opt.state[p]["exp_avg_sq"], ref_opt.state[q]["exp_avg_sq"], rtol=1e-5, atol=1e-12)
+    assert type(opt).__name__ == "BARAdamW" and isinstance(opt, torch.optim.AdamW)
+
+
+def test_bf16_params_use_fp32_math():
+    x0, y0 = torch.randn(8, 2, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64)
+    model = ToyLoRA(x0.to(torch.bfloat16), y0.to(torch.bfloat16))
+    opt = create_bar_optimizer(model, torch.optim.SGD, lr=0.01, mu=3.0, variant="obar")
+    a = model.toy.lora_A["default"].weight
+    a_before = a.detach().float().clone()
+    s = -1.0 if a_before.norm() >= model.y.detach().float().norm() else 1.0
+    a.grad = torch.zeros_like(a)
+    model.toy.lora_B["default"].weight.grad = torch.zeros_like(model.toy.lora_B["default"].weight)
+    opt.step()
+    assert a.dtype == torch.bfloat16
+    assert torch.equal(a.detach(), (a_before * (1 + s * 0.03)).to(torch.bfloat16))
+
+
+def test_gradscaler_overflow_skips_rescaling_bit_identically():
+    model = _toy()
+    opt = create_bar_optimizer(model, torch.optim.SGD, lr=0.1, mu=1.0, variant="nbar")
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    before = trainable(model)
+    model.zero_grad()
+    scaler.scale((model.product() - C).square().sum() * float("inf")).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert scaler.get_scale() == 512.0 and opt.bar_step_count == 0
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n])
+    # The rescaling alone also refuses non-finite gradient norms (fused optimizers step with scaled grads).
+    opt.bar_rescale_()
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n])
+
+
+def test_add_bar_turns_an_existing_optimizer_into_bar():
+    model = _toy()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    add_bar(opt, model, mu=1.0, variant="obar")
+    x, y = model.x.detach().clone(), model.y.detach().clone()
+    gx, _ = _grads(model)
+    opt.step()
+    s = -1.0 if x.norm() >= y.norm() else 1.0
+    torch.testing.assert_close(model.x, (1 + s * 0.1) * x - 0.1 * gx)
