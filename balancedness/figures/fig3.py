@@ -1,0 +1,125 @@
+"""Figure 3: implicit regularization of SAM on LoRA — 2|B_{t,l}| of a query layer, SAM vs the base optimizer.
+
+The paper (spec §5) plots RTE layer 1, SST-5 layer 12 and MNLI layer 24 of RoBERTa-large. MiniLM has 6
+layers, so we plot the early (0), middle (3) and last (5) query LoRA pair. B_l = ½(‖A_l‖² − ‖B_l‖²)
+(spec §1.2) comes from ``balancedness.jsonl`` (``BalancednessCallback``); at LoRA init B = 0, so
+2|B_l| = ‖A_l‖² there. The base optimizer is AdamW (our LoRA), not SGD.
+
+``make_fig3(out_dir)`` runs the six short finetunes itself; ``make_fig3(out_dir, logs=[...])`` plots
+existing runs (each log's ``metrics.json`` beside it says task and method). With one task the three
+panels are three layers of that task.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+from balancedness.io import write_text
+
+__all__ = ["make_fig3", "load_logs", "FIG3_TASKS"]
+
+FIG3_TASKS = ("rte", "sst5", "mnli")
+_LAYER = re.compile(r"layers?\.(\d+)\.")
+_QUERY = ("query", "q_proj")
+METHOD_STYLE = {"sam": ("#1f5fa8", "SAM"), "lora": ("#555555", "LoRA (AdamW)"), "msam": ("#17becf", "m-SAM"),
+                "nbar": ("#2ca02c", "nBAR"), "obar": ("#b04bb0", "oBAR")}
+
+
+def load_logs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """``[{"task", "method", "seed", "steps": [...], "layers": {index: [2|B_l| per step]}}]`` for query pairs."""
+    runs = []
+    for path in map(Path, paths):
+        path = path / "balancedness.jsonl" if path.is_dir() else path
+        if not path.is_file():
+            raise FileNotFoundError(f"balancedness log {str(path)!r} does not exist")
+        meta_path = path.with_name("metrics.json")
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        layers: dict[int, list[float]] = {}
+        for record in records:
+            for name, b in record["balancedness"].items():
+                match = _LAYER.search(name)
+                if match and any(q in name.split(".") for q in _QUERY):
+                    layers.setdefault(int(match.group(1)), []).append(2.0 * abs(b))
+        if not layers:
+            raise ValueError(f"{str(path)!r} has no query-layer LoRA records")
+        runs.append({"task": meta.get("task", path.parent.name), "method": meta.get("method", "?"),
+                     "seed": meta.get("seed"), "steps": [r["step"] for r in records], "layers": layers,
+                     "path": str(path)})
+    return runs
+
+
+def _panels(runs: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    """(task, layer) per panel: early/middle/last layer over the tasks in order (three layers for one task)."""
+    tasks = list(dict.fromkeys(r["task"] for r in runs))
+    n_layers = max(max(r["layers"]) for r in runs) + 1
+    picks = [0, n_layers // 2, n_layers - 1]
+    if len(tasks) == 1:
+        return [(tasks[0], layer) for layer in picks]
+    return [(task, picks[min(i, 2)] if len(tasks) <= 3 else picks[i % 3]) for i, task in enumerate(tasks)]
+
+
+def _run_default(out_dir: Path, quick: bool, data_root: str | None, steps: int | None, seed: int) -> list[Path]:
+    from balancedness.finetune.run import FinetuneConfig, run_finetune
+
+    steps = steps or (20 if quick else 100)
+    logs = []
+    for task in FIG3_TASKS:
+        for method in ("lora", "sam"):
+            run = out_dir / "fig3_runs" / task / method
+            run_finetune(FinetuneConfig(task=task, method=method, data_root=data_root, shots=16, seed=seed,
+                                        steps=steps, log_every=1, max_eval=32, out=str(run), resume=True,
+                                        progress=False))
+            logs.append(run / "balancedness.jsonl")
+    return logs
+
+
+def make_fig3(out_dir: str | Path, logs: Sequence[str | Path] | None = None, formats: Sequence[str] = ("png",),
+              quick: bool = False, *, data_root: str | None = None, steps: int | None = None,
+              seed: int = 42) -> list[Path]:
+    """Draw Figure 3 into ``out_dir/fig3.<fmt>`` with the data as ``fig3.json`` and ``fig3.csv``.
+
+    Args:
+        out_dir: output folder.
+        logs: ``balancedness.jsonl`` files (or run folders); None runs LoRA and SAM on rte, sst5, mnli
+            (MiniLM, 16 shots, ``steps`` steps, default 100, 20 with ``quick``) under ``out_dir/fig3_runs``.
+        formats: image formats (png, pdf, svg).
+        data_root, steps, seed: for the self-run.
+    Returns the written paths.
+    """
+    from balancedness.figures.style import apply_style, new_figure, panel_label, save_figure
+
+    out_dir = Path(out_dir)
+    if logs is None:
+        logs = _run_default(out_dir, quick, data_root, steps, seed)
+    runs = load_logs(logs)
+    panels = _panels(runs)
+    apply_style()
+    fig, axes = new_figure(1, len(panels), width=3.3 * len(panels), height=3.0)
+    rows = []
+    for i, (ax, (task, layer)) in enumerate(zip(axes.ravel(), panels)):
+        for run in (r for r in runs if r["task"] == task and layer in r["layers"]):
+            color, label = METHOD_STYLE.get(run["method"], ("#d62728", run["method"]))
+            values = run["layers"][layer]
+            ax.plot(run["steps"][:len(values)], values, color=color, label=label)
+            rows += [(task, run["method"], run["seed"], layer, s, v) for s, v in zip(run["steps"], values)]
+        ax.set_title(f"{task}: query layer {layer}")
+        ax.set_xlabel("step t")
+        ax.set_ylabel(r"$2|B_{t,l}|$")
+        ax.legend(loc="best")
+        panel_label(ax, f"({chr(97 + i)})")
+    fig.suptitle("Implicit regularization of SAM on LoRA (MiniLM): $2|B_{t,l}|$, SAM vs AdamW", fontsize=10)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["task", "method", "seed", "layer", "step", "two_abs_b"])
+    writer.writerows(rows)
+    write_text(out_dir / "fig3.csv", buf.getvalue())
+    data = {"panels": [{"task": t, "layer": l} for t, l in panels],
+            "runs": [{k: v for k, v in r.items() if k != "layers"} | {"layers": {str(k): v for k, v in r["layers"].items()}}
+                     for r in runs]}
+    return save_figure(fig, out_dir, "fig3", formats, data) + [out_dir / "fig3.csv"]

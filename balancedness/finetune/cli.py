@@ -1,0 +1,135 @@
+"""``balancedness finetune`` and ``balancedness sweep`` (registered by ``balancedness/cli.py``).
+
+Thin typer wrappers: options map 1:1 onto :class:`~balancedness.finetune.run.FinetuneConfig`; bad input
+(ValueError/FileNotFoundError from validation, task loading or model resolution) exits 2 before any model
+loads. Heavy imports (torch, transformers) happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+MODEL_HELP = "minilm | smollm2 | a local model folder | a hub id (must be in the local HF cache: no internet)"
+
+
+def _split(values: Optional[List[str]]) -> tuple[str, ...]:
+    """Repeatable and comma-separated options, flattened: ``-t a,b -t c`` → ``(a, b, c)``."""
+    return tuple(v.strip() for item in values or [] for v in item.split(",") if v.strip())
+
+
+def _fail(message: str) -> None:
+    from balancedness.cli import fail_usage  # lazy: balancedness.cli imports this module
+
+    fail_usage(message)
+
+
+def finetune(
+    model: str = typer.Option("minilm", help=MODEL_HELP),
+    task: Optional[str] = typer.Option(None, help="built-in task: bbc-news (default), sst2, sst5, trec, rte, snli, "
+                                                  "mnli, cb, copa, boolq, webnlg"),
+    data_root: Optional[Path] = typer.Option(None, help="folder laid out like shared/data (default $BALANCEDNESS_DATA, "
+                                                        "else ../shared/data)"),
+    train_file: Optional[Path] = typer.Option(None, help="your own CSV/TSV/JSONL training file (header row)"),
+    eval_file: Optional[Path] = typer.Option(None, help="your own evaluation file (same columns)"),
+    text_column: Optional[List[str]] = typer.Option(None, help="text column(s) of --train-file (repeat for pairs)"),
+    label_column: Optional[str] = typer.Option(None, help="label column of --train-file"),
+    method: str = typer.Option("lora", help="lora (AdamW) | sam | msam (m-sharpness) | nbar | obar"),
+    shots: Optional[int] = typer.Option(None, help="K training examples per class (default: the whole split)"),
+    seed: int = typer.Option(42, help="split folder 16-<seed> for LM-BFF tasks, sampling, init and data order"),
+    steps: int = typer.Option(100, help="optimizer steps"),
+    lr: float = typer.Option(1e-3, help="AdamW learning rate (linear decay to 0)"),
+    rho: float = typer.Option(0.05, help="SAM radius ρ"),
+    m: int = typer.Option(4, help="m-SAM: chunks per batch, each perturbed with its own gradient"),
+    mu: float = typer.Option(0.5, help="BAR coefficient μ₀"),
+    schedule: str = typer.Option("linear", help="μ schedule for BAR: constant | linear | cosine"),
+    batch_size: int = typer.Option(16, help="global examples per optimizer step (split over workers/micro-batches)"),
+    grad_accum: int = typer.Option(1, help="micro-batches per optimizer step per worker"),
+    precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (fp16 needs a GPU)"),
+    lora_r: int = typer.Option(8, help="LoRA rank r"),
+    lora_alpha: int = typer.Option(16, help="LoRA α (scale α/r)"),
+    target_modules: Optional[List[str]] = typer.Option(None, help="modules to adapt, comma-separated or repeated "
+                                                                  "(default query,value / q_proj,v_proj)"),
+    dropout: Optional[float] = typer.Option(None, help="override the model's dropout probability (e.g. 0)"),
+    max_eval: Optional[int] = typer.Option(None, help="evaluate on a fixed subset of at most N examples"),
+    zero_shot: bool = typer.Option(False, help="also evaluate before training (zero-shot baseline)"),
+    log_every: int = typer.Option(10, help="write per-layer balancedness every K steps"),
+    save_every: int = typer.Option(0, help="checkpoint every N steps (0: only on Ctrl-C)"),
+    out: Path = typer.Option(Path("runs/finetune"), help="output folder"),
+    resume: bool = typer.Option(False, help="continue from the last checkpoint in --out (skip if complete)"),
+    as_json: bool = typer.Option(False, "--json", help="print metrics.json instead of a summary"),
+) -> None:
+    """Finetune a model with LoRA and SAM / m-SAM / nBAR / oBAR on one task; writes metrics.json,
+    balancedness.jsonl and the adapter into --out."""
+    from balancedness.finetune.run import FinetuneConfig, prepare, run_finetune
+
+    config = FinetuneConfig(
+        model=model, task=task, data_root=str(data_root) if data_root else None,
+        train_file=str(train_file) if train_file else None, eval_file=str(eval_file) if eval_file else None,
+        text_columns=_split(text_column), label_column=label_column, method=method, shots=shots, seed=seed,
+        steps=steps, lr=lr, rho=rho, m=m, mu=mu, schedule=schedule, batch_size=batch_size, grad_accum=grad_accum,
+        precision=precision, lora_r=lora_r, lora_alpha=lora_alpha, target_modules=_split(target_modules),
+        dropout=dropout, max_eval=max_eval, zero_shot=zero_shot, log_every=log_every, save_every=save_every,
+        out=str(out), resume=resume)
+    try:
+        prepare(config)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        _fail(str(exc))
+    try:
+        metrics = run_finetune(config)
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: checkpoint and partial metrics in {out}; continue with --resume", err=True)
+        raise typer.Exit(130)
+    except ValueError as exc:  # target modules matching nothing: raised after the weights load, before training
+        _fail(str(exc))
+    if not metrics:  # a non-zero torchrun rank
+        return
+    if as_json:
+        typer.echo(json.dumps(metrics, indent=1))
+        return
+    name = metrics["metric"]
+    base = f", majority {metrics['majority']:.3f}" if "majority" in metrics else ""
+    typer.echo(f"{metrics['task']} {metrics['method']} seed {metrics['seed']}: {name} {metrics[name]:.4f}{base}; "
+               f"{metrics['seconds_per_step']:.3f} s/step; outputs in {out}")
+
+
+def sweep(
+    tasks: List[str] = typer.Option(["sst2", "sst5", "trec", "rte", "snli", "mnli"], help="tasks (repeat or comma)"),
+    methods: List[str] = typer.Option(["lora", "sam", "obar", "nbar"], help="methods (repeat or comma)"),
+    seeds: List[str] = typer.Option(["13", "21", "42", "87", "100"], help="seeds (repeat or comma)"),
+    out: Path = typer.Option(Path("runs/sweep"), help="output folder: <task>/<method>/seed<k>/ per run, table.md/csv"),
+    model: str = typer.Option("minilm", help=MODEL_HELP),
+    data_root: Optional[Path] = typer.Option(None, help="folder laid out like shared/data"),
+    shots: Optional[int] = typer.Option(None, help="K training examples per class (default: whole split)"),
+    steps: int = typer.Option(100, help="optimizer steps per run"),
+    lr: float = typer.Option(1e-3, help="AdamW learning rate"),
+    rho: float = typer.Option(0.05, help="SAM radius ρ"),
+    m: int = typer.Option(4, help="m-SAM chunks"),
+    mu: float = typer.Option(0.5, help="BAR μ₀"),
+    schedule: str = typer.Option("linear", help="BAR μ schedule"),
+    batch_size: int = typer.Option(16, help="examples per optimizer step"),
+    max_eval: Optional[int] = typer.Option(None, help="evaluate on at most N examples"),
+    log_every: int = typer.Option(10, help="balancedness logging period"),
+) -> None:
+    """Run the grid tasks × methods × seeds in-process (resumable) and write table.md / table.csv."""
+    from balancedness.finetune.run import FinetuneConfig
+    from balancedness.finetune.sweep import run_sweep
+
+    base = FinetuneConfig(model=model, data_root=str(data_root) if data_root else None, shots=shots, steps=steps,
+                          lr=lr, rho=rho, m=m, mu=mu, schedule=schedule, batch_size=batch_size, max_eval=max_eval,
+                          log_every=log_every, progress=False)
+    try:
+        seed_values = [int(s) for s in _split(seeds)]
+    except ValueError:
+        _fail(f"--seeds must be integers, got {seeds!r}")
+    try:
+        result = run_sweep(base, tasks=list(_split(tasks)), methods=list(_split(methods)), seeds=seed_values, out=out)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(result.markdown)
+    if result.failed:
+        typer.echo(f"{len(result.failed)} run(s) failed: see {out / 'failures.json'}", err=True)
+        raise typer.Exit(1)
