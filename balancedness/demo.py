@@ -68,8 +68,19 @@ def figures_section(ctx: DemoContext) -> str:
     return head + "\n\n" + figure_gallery(fig_dir, ctx.out, list(FIGURES))
 
 
+def finetune_demo_section(ctx: DemoContext) -> str:
+    """LoRA vs SAM vs oBAR vs nBAR on MiniLM / BBC News, with Figure 3 (``finetune.demo_section``)."""
+    from balancedness.finetune.demo_section import finetune_section
+
+    started = time.perf_counter()
+    with ctx.console.status("finetuning MiniLM on BBC News: LoRA, SAM, oBAR, nBAR…"):
+        text = finetune_section(ctx.out, quick=ctx.quick)
+    ctx.console.print(f"finetune comparison: {time.perf_counter() - started:.0f} s → {ctx.out / 'finetune'}")
+    return text
+
+
 #: The report's sections, in order. Extension point: see the module docstring.
-SECTIONS: list[Section] = [checks_section, figures_section]
+SECTIONS: list[Section] = [checks_section, figures_section, finetune_demo_section]
 
 
 def register_section(section: Section, *, before: Section | None = None) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from balancedness import demo
 from balancedness.checks import results_as_json, run_checks
 from balancedness.report import checks_table, figure_gallery
@@ -45,3 +47,27 @@ def test_run_writes_report_with_registered_sections(tmp_path, monkeypatch):
     text = (tmp_path / "out" / "REPORT.md").read_text()
     assert text.index("## First") < text.index("## Extra")
     assert "Failed: thing." in text and ctx.failures == ["thing"]
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end(tmp_path):
+    """`python -m balancedness.demo --quick`: checks, figures and the LoRA comparison, into REPORT.md."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "demo"
+    p = subprocess.run([sys.executable, "-m", "balancedness.demo", "--out", str(out), "--quick"],
+                       capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    report = (out / "REPORT.md").read_text()
+    checks = json.loads((out / "checks.json").read_text())
+    assert len(checks) >= 25 and all(r["status"] == "PASS" for r in checks)
+    assert "| id | paper | claim | measured | tolerance | result |" in report
+    for name in ("fig1", "fig2", "fig4", "flow", "rates", "msharp"):
+        assert f"figures/{name}.png" in report and (out / "figures" / f"{name}.png").is_file()
+    assert "LoRA vs SAM vs oBAR vs nBAR" in report
+    for method in ("lora", "sam", "obar", "nbar"):
+        metrics = json.loads((out / "finetune" / "bbc-news" / method / "seed13" / "metrics.json").read_text())
+        assert metrics["status"] == "complete" and 0 <= metrics["accuracy"] <= 1
+    assert (out / "finetune" / "fig3.png").is_file() and "fig3.png" in report

@@ -1,8 +1,10 @@
-"""Figure 3 from balancedness logs (synthetic logs in the BalancednessCallback format; no training)."""
+"""Figure 3 from balancedness logs: synthetic logs (format, panels) and two real short finetunes (the CLI)."""
 
 from __future__ import annotations
 
 import json
+
+import pytest
 
 from balancedness.figures.fig3 import load_logs, make_fig3
 
@@ -28,3 +30,35 @@ def test_fig3_from_logs(tmp_path):
     data = json.loads((tmp_path / "fig" / "fig3.json").read_text())
     assert data["panels"] == [{"task": "rte", "layer": 0}, {"task": "sst5", "layer": 3}, {"task": "mnli", "layer": 5}]
     assert len((tmp_path / "fig" / "fig3.csv").read_text().splitlines()) == 1 + 6 * 5
+
+
+@pytest.mark.slow
+def test_fig3_cli_from_real_runs(tmp_path):
+    """Two real short MiniLM finetunes (AdamW LoRA and SAM) logged by BalancednessCallback, then the CLI."""
+    import os
+    import subprocess
+    import sys
+
+
+
+    from data_fixtures import data_root_or_skip
+
+    root = data_root_or_skip()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for method in ("lora", "sam"):
+        subprocess.run([sys.executable, "-m", "balancedness", "finetune", "--model", "minilm", "--task", "rte",
+                        "--data-root", str(root), "--method", method, "--steps", "6", "--batch-size", "8",
+                        "--log-every", "1", "--max-eval", "16", "--out", str(tmp_path / method)],
+                       check=True, capture_output=True, env=env)
+    out = tmp_path / "fig"
+    p = subprocess.run([sys.executable, "-m", "balancedness", "figures", "fig3", "--log", str(tmp_path / "lora"),
+                        "--log", str(tmp_path / "sam"), "--out", str(out)], capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr
+    data = json.loads((out / "fig3.json").read_text())
+    assert [pnl["layer"] for pnl in data["panels"]] == [0, 3, 5]
+    assert (out / "fig3.png").stat().st_size > 10_000
+    # LoRA init has B_l = ½‖A‖² > 0 (B = 0), and the logged steps are 1..6 for both runs
+    for run in load_logs([tmp_path / "lora", tmp_path / "sam"]):
+        assert run["steps"] == [1, 2, 3, 4, 5, 6]
+        assert all(v[0] > 0 for v in run["layers"].values())
+

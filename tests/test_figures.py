@@ -93,7 +93,10 @@ def test_msharp_larger_m_balances_at_least_as_fast(figs):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["figures", "fig3"], "unknown figure"),
+    (["figures", "fig9"], "unknown figure"),
+    (["figures", "fig1", "--log", "run/balancedness.jsonl"], "--log applies to fig3 only"),
+    (["figures", "fig3", "--log", "no/such/run"], "no balancedness.jsonl there"),
+    (["figures", "fig3", "--format", "gif"], "unknown image format"),
     (["figures", "fig1", "--format", "png,jpg"], "unknown image format"),
     (["figures", "fig1", "--seeds", "0"], "seeds must be a positive integer"),
     (["figures", "fig1", "--alpha", "-1"], "alpha values must be finite"),

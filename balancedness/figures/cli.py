@@ -29,7 +29,7 @@ def render(names: Sequence[str], cfg: FigureConfig, out: Path, formats: Sequence
 
 
 def figures(
-    name: str = typer.Argument(..., help=f"Figure to make: {', '.join(FIGURES)} or all."),
+    name: str = typer.Argument(..., help=f"Figure to make: {', '.join(FIGURES)}, all (these), or fig3 (LoRA)."),
     out: Path = typer.Option(Path("figures"), "--out", help="Output folder (created if missing)."),
     format: str = typer.Option("png", "--format", help="Image format(s), comma-separated: png, pdf, svg."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help=f"Seeds per noise level (default {DEFAULT_SEEDS}; "
@@ -37,11 +37,20 @@ def figures(
     alpha: Optional[List[float]] = typer.Option(None, "--alpha", help="Noise level α of Fig. 1/2(a) (repeatable; "
                                                 f"default {', '.join(map(str, DEFAULT_ALPHAS))}; the paper's are unknown)."),
     quick: bool = typer.Option(False, "--quick", help="Small runs for tests: T = 2e4 steps, 2 seeds, short flows."),
+    log: Optional[List[Path]] = typer.Option(None, "--log", help="fig3 only: a run's balancedness.jsonl (or its "
+                                             "folder), repeatable; without it fig3 runs short SAM and AdamW "
+                                             "finetunes of MiniLM on rte, sst5, mnli itself."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="fig3 self-run only: the data folder."),
 ) -> None:
     """Regenerate the paper's Figures 1, 2, 4 and the flow/rates/msharp figures, each with its data (JSON)."""
     from balancedness.cli import fail_usage
     from balancedness.figures.style import check_formats
 
+    if name == "fig3":
+        _fig3(out, format, log, data_root, quick)
+        return
+    if log:
+        fail_usage(f"--log applies to fig3 only, not to {name!r}")
     try:
         names = check_names([name])
         formats = check_formats(format.split(","))
@@ -51,3 +60,25 @@ def figures(
     started = time.perf_counter()
     render(names, cfg, out, formats)
     Console(stderr=True).print(f"{len(names)} figure(s) in {out} ({time.perf_counter() - started:.1f} s)")
+
+
+def _fig3(out: Path, format: str, logs: Optional[List[Path]], data_root: Optional[Path], quick: bool) -> None:
+    """Figure 3 (spec §5): 2|B_l| of an early, a middle and the last query layer, SAM vs AdamW."""
+    from balancedness.cli import fail_usage
+    from balancedness.figures.style import check_formats
+
+    try:
+        formats = check_formats(format.split(","))
+        for path in logs or []:
+            log_file = path / "balancedness.jsonl" if path.is_dir() else path
+            if not log_file.is_file():
+                raise ValueError(f"--log {str(path)!r}: no balancedness.jsonl there")
+    except ValueError as e:
+        fail_usage(str(e))
+    from balancedness.figures.fig3 import make_fig3
+
+    started = time.perf_counter()
+    paths = make_fig3(out, logs=logs or None, formats=formats, quick=quick,
+                      data_root=None if data_root is None else str(data_root))
+    Console(stderr=True).print(f"[green]✓[/] fig3 ({time.perf_counter() - started:.1f} s): "
+                               + ", ".join(p.name for p in paths))

@@ -2,16 +2,13 @@
 
 Math for each method lives in one module: ``pairs`` (B_l, spec §1.2), ``sam`` (Alg. 1, eqs. (4), (22), (38)),
 ``bar`` (Algs. 2/3), ``schedules`` (μ_t), ``amp`` (GradScaler semantics), ``trainer`` and ``callbacks``
-(HF Trainer). ``trainer``/``callbacks`` import transformers and are loaded on first use.
+(HF Trainer). Every name is loaded on first use, so ``balancedness`` commands that need no torch (check,
+simulate, figures) start without importing it.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-from balancedness.finetune.bar import add_bar, create_bar_optimizer
-from balancedness.finetune.pairs import LoraPair, lora_balancedness, lora_grad_gap, lora_pairs
-from balancedness.finetune.sam import SAM, sam_step_accumulated, sam_step_msharpness
 
 __all__ = [
     "LoraPair", "lora_pairs", "lora_balancedness", "lora_grad_gap",
@@ -20,7 +17,12 @@ __all__ = [
     "SAMTrainer", "BARTrainer", "BalancednessCallback",
 ]
 
-_LAZY = {"SAMTrainer": "trainer", "BARTrainer": "trainer", "BalancednessCallback": "callbacks"}
+_LAZY = {
+    "LoraPair": "pairs", "lora_pairs": "pairs", "lora_balancedness": "pairs", "lora_grad_gap": "pairs",
+    "create_bar_optimizer": "bar", "add_bar": "bar",
+    "SAM": "sam", "sam_step_accumulated": "sam", "sam_step_msharpness": "sam",
+    "SAMTrainer": "trainer", "BARTrainer": "trainer", "BalancednessCallback": "callbacks",
+}
 
 
 def __getattr__(name: str) -> Any:
