@@ -85,24 +85,14 @@ def _flow_conserves(problem, optimizer: str, t_end: float):
     return v, 1e-8, f"max|B_t - B_0| = {v:.1e} over t in [0, {t_end:g}]"
 
 
-@check("thm1-sgd-flow-nop", "Thm 1", "SGD flow on NOP keeps B_t = B_0")
-def _(ctx):
-    return _flow_conserves(nop_problem(), "sgd", 10.0)
-
-
-@check("thm6-sgd-flow-op", "Thm 6", "SGD flow on OP keeps B_t = B_0")
-def _(ctx):
-    return _flow_conserves(op_problem(), "sgd", 10.0)
-
-
-@check("thm4-sngd-flow-nop", "Thm 4", "SNGD flow on NOP keeps B_t = B_0 (until it reaches a minimizer)")
-def _(ctx):
-    return _flow_conserves(nop_problem(), "sngd", 0.5)
-
-
-@check("thm6-sngd-flow-op", "Thm 6 (31)", "SNGD flow on OP keeps B_t = B_0 (until f' = 0)")
-def _(ctx):
-    return _flow_conserves(op_problem(), "sngd", 0.5)
+for _id, _ref, _claim, _problem, _opt, _t_end in (
+    ("thm1-sgd-flow-nop", "Thm 1", "SGD flow on NOP keeps B_t = B_0", nop_problem, "sgd", 10.0),
+    ("thm6-sgd-flow-op", "Thm 6", "SGD flow on OP keeps B_t = B_0", op_problem, "sgd", 10.0),
+    ("thm4-sngd-flow-nop", "Thm 4", "SNGD flow on NOP keeps B_t = B_0 (until it reaches a minimizer)",
+     nop_problem, "sngd", 0.5),
+    ("thm6-sngd-flow-op", "Thm 6 (31)", "SNGD flow on OP keeps B_t = B_0 (until f' = 0)", op_problem, "sngd", 0.5),
+):
+    check(_id, _ref, _claim)(lambda ctx, p=_problem, o=_opt, t=_t_end: _flow_conserves(p(), o, t))
 
 
 @check("sam-nop-identity", "(16a)", "SAM-NOP flow: dB/dt = rho*u*[y'G~'G y - x'G~ G'x] exactly")

@@ -15,6 +15,20 @@ import typer
 
 MODEL_HELP = "minilm | smollm2 | a local model folder | a hub id (must be in the local HF cache: no internet)"
 
+# Options shared by `finetune` and `sweep` (typer reads the same OptionInfo in both signatures).
+MODEL = typer.Option("minilm", help=MODEL_HELP)
+DATA_ROOT = typer.Option(None, help="folder laid out like shared/data (default $BALANCEDNESS_DATA, else ../shared/data)")
+SHOTS = typer.Option(None, help="K training examples per class (default: the whole split)")
+STEPS = typer.Option(100, help="optimizer steps per run")
+LR = typer.Option(1e-3, help="AdamW learning rate (linear decay to 0)")
+RHO = typer.Option(0.05, help="SAM radius ρ")
+M = typer.Option(4, help="m-SAM: chunks per batch, each perturbed with its own gradient")
+MU = typer.Option(0.5, help="BAR coefficient μ₀")
+SCHEDULE = typer.Option("linear", help="μ schedule for BAR: constant | linear | cosine")
+BATCH_SIZE = typer.Option(16, help="global examples per optimizer step (split over workers/micro-batches)")
+MAX_EVAL = typer.Option(None, help="evaluate on a fixed subset of at most N examples")
+LOG_EVERY = typer.Option(10, help="write per-layer balancedness every K steps")
+
 
 def _split(values: Optional[List[str]]) -> tuple[str, ...]:
     """Repeatable and comma-separated options, flattened: ``-t a,b -t c`` → ``(a, b, c)``."""
@@ -28,25 +42,24 @@ def _fail(message: str) -> None:
 
 
 def finetune(
-    model: str = typer.Option("minilm", help=MODEL_HELP),
+    model: str = MODEL,
     task: Optional[str] = typer.Option(None, help="built-in task: bbc-news (default), sst2, sst5, trec, rte, snli, "
                                                   "mnli, cb, copa, boolq, webnlg"),
-    data_root: Optional[Path] = typer.Option(None, help="folder laid out like shared/data (default $BALANCEDNESS_DATA, "
-                                                        "else ../shared/data)"),
+    data_root: Optional[Path] = DATA_ROOT,
     train_file: Optional[Path] = typer.Option(None, help="your own CSV/TSV/JSONL training file (header row)"),
     eval_file: Optional[Path] = typer.Option(None, help="your own evaluation file (same columns)"),
     text_column: Optional[List[str]] = typer.Option(None, help="text column(s) of --train-file (repeat for pairs)"),
     label_column: Optional[str] = typer.Option(None, help="label column of --train-file"),
     method: str = typer.Option("lora", help="lora (AdamW) | sam | msam (m-sharpness) | nbar | obar"),
-    shots: Optional[int] = typer.Option(None, help="K training examples per class (default: the whole split)"),
+    shots: Optional[int] = SHOTS,
     seed: int = typer.Option(42, help="split folder 16-<seed> for LM-BFF tasks, sampling, init and data order"),
-    steps: int = typer.Option(100, help="optimizer steps"),
-    lr: float = typer.Option(1e-3, help="AdamW learning rate (linear decay to 0)"),
-    rho: float = typer.Option(0.05, help="SAM radius ρ"),
-    m: int = typer.Option(4, help="m-SAM: chunks per batch, each perturbed with its own gradient"),
-    mu: float = typer.Option(0.5, help="BAR coefficient μ₀"),
-    schedule: str = typer.Option("linear", help="μ schedule for BAR: constant | linear | cosine"),
-    batch_size: int = typer.Option(16, help="global examples per optimizer step (split over workers/micro-batches)"),
+    steps: int = STEPS,
+    lr: float = LR,
+    rho: float = RHO,
+    m: int = M,
+    mu: float = MU,
+    schedule: str = SCHEDULE,
+    batch_size: int = BATCH_SIZE,
     grad_accum: int = typer.Option(1, help="micro-batches per optimizer step per worker"),
     precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (fp16 needs a GPU)"),
     lora_r: int = typer.Option(8, help="LoRA rank r"),
@@ -54,9 +67,9 @@ def finetune(
     target_modules: Optional[List[str]] = typer.Option(None, help="modules to adapt, comma-separated or repeated "
                                                                   "(default query,value / q_proj,v_proj)"),
     dropout: Optional[float] = typer.Option(None, help="override the model's dropout probability (e.g. 0)"),
-    max_eval: Optional[int] = typer.Option(None, help="evaluate on a fixed subset of at most N examples"),
+    max_eval: Optional[int] = MAX_EVAL,
     zero_shot: bool = typer.Option(False, help="also evaluate before training (zero-shot baseline)"),
-    log_every: int = typer.Option(10, help="write per-layer balancedness every K steps"),
+    log_every: int = LOG_EVERY,
     save_every: int = typer.Option(0, help="checkpoint every N steps (0: only on Ctrl-C)"),
     out: Path = typer.Option(Path("runs/finetune"), help="output folder"),
     resume: bool = typer.Option(False, help="continue from the last checkpoint in --out (skip if complete)"),
@@ -101,18 +114,18 @@ def sweep(
     methods: List[str] = typer.Option(["lora", "sam", "obar", "nbar"], help="methods (repeat or comma)"),
     seeds: List[str] = typer.Option(["13", "21", "42", "87", "100"], help="seeds (repeat or comma)"),
     out: Path = typer.Option(Path("runs/sweep"), help="output folder: <task>/<method>/seed<k>/ per run, table.md/csv"),
-    model: str = typer.Option("minilm", help=MODEL_HELP),
-    data_root: Optional[Path] = typer.Option(None, help="folder laid out like shared/data"),
-    shots: Optional[int] = typer.Option(None, help="K training examples per class (default: whole split)"),
-    steps: int = typer.Option(100, help="optimizer steps per run"),
-    lr: float = typer.Option(1e-3, help="AdamW learning rate"),
-    rho: float = typer.Option(0.05, help="SAM radius ρ"),
-    m: int = typer.Option(4, help="m-SAM chunks"),
-    mu: float = typer.Option(0.5, help="BAR μ₀"),
-    schedule: str = typer.Option("linear", help="BAR μ schedule"),
-    batch_size: int = typer.Option(16, help="examples per optimizer step"),
-    max_eval: Optional[int] = typer.Option(None, help="evaluate on at most N examples"),
-    log_every: int = typer.Option(10, help="balancedness logging period"),
+    model: str = MODEL,
+    data_root: Optional[Path] = DATA_ROOT,
+    shots: Optional[int] = SHOTS,
+    steps: int = STEPS,
+    lr: float = LR,
+    rho: float = RHO,
+    m: int = M,
+    mu: float = MU,
+    schedule: str = SCHEDULE,
+    batch_size: int = BATCH_SIZE,
+    max_eval: Optional[int] = MAX_EVAL,
+    log_every: int = LOG_EVERY,
 ) -> None:
     """Run the grid tasks × methods × seeds in-process (resumable) and write table.md / table.csv."""
     from balancedness.finetune.run import FinetuneConfig
