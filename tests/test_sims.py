@@ -234,3 +234,10 @@ def test_interrupt_returns_partial_result(monkeypatch):
     monkeypatch.setattr(Optimizer, "field", interrupting)
     res = simulate(nop_problem(), "sgd", steps=1000, record_every=100, lr=1e-3)
     assert res.settings["interrupted"] and len(res.t) == 3 and res.t[-1] == 200
+
+
+def test_divergence_is_counted():
+    ok = simulate(nop_problem(), "sgd", steps=100, lr=1e-3, record_every=10)
+    assert ok.settings["diverged"] == 0
+    bad = simulate(nop_problem(), "sgd", alpha=[0.0], seeds=2, steps=200, lr=5.0, record_every=10)
+    assert bad.settings["diverged"] == 2 and not np.all(np.isfinite(bad.balancedness))

@@ -177,7 +177,8 @@ def simulate(
         if bar is not None:
             bar.close()
     settings["seconds"] = time.perf_counter() - started
-    settings["diverged"] = int(np.sum(~np.isfinite(rec.bl[:, : rec.count].sum(axis=2)).all(axis=1) == False))  # noqa: E712
+    # trajectories whose recorded B became non-finite at some point
+    settings["diverged"] = int(np.sum(~np.all(np.isfinite(rec.bl[:, : rec.count]), axis=(1, 2))))
     return rec.result(t_rec, traj_alpha, traj_seed, settings, traj_rho)
 
 
