@@ -61,7 +61,7 @@ def finetune(
     schedule: str = SCHEDULE,
     batch_size: int = BATCH_SIZE,
     grad_accum: int = typer.Option(1, help="micro-batches per optimizer step per worker"),
-    precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (fp16 needs a GPU)"),
+    precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (fp16 needs a GPU) | fp64 (exactness tests)"),
     lora_r: int = typer.Option(8, help="LoRA rank r"),
     lora_alpha: int = typer.Option(16, help="LoRA α (scale α/r)"),
     target_modules: Optional[List[str]] = typer.Option(None, help="modules to adapt, comma-separated or repeated "

@@ -33,7 +33,7 @@ __all__ = ["METHODS", "PRECISIONS", "FinetuneConfig", "check_config", "prepare",
            "world_size", "micro_batch"]
 
 METHODS = ("lora", "sam", "msam", "nbar", "obar")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
 LR_SCHEDULE = "linear"  # HF Trainer's linear decay to 0, no warm-up (few-shot, ≤ a few hundred steps)
 
 
@@ -342,7 +342,8 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
             _trim_log(log_path, int(Path(resume_from).name.rsplit("-", 1)[1]))
 
     set_seed(config.seed)
-    dtype = torch.bfloat16 if config.precision == "bf16" and torch.cuda.is_available() else torch.float32
+    dtype = {"fp64": torch.float64, "bf16": torch.bfloat16 if torch.cuda.is_available() else torch.float32}.get(
+        config.precision, torch.float32)
     model, _tok, head = load_for_task(model_path, task, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
                                       target_modules=list(config.target_modules) or None, dtype=dtype,
                                       max_length=config.max_length)

@@ -78,7 +78,7 @@ class ChoiceScorer(nn.Module):
             logits = self._label_word_logits(input_ids, attention_mask)
         else:
             logits = self._choice_logits(input_ids, attention_mask, choice_mask)
-        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
+        loss = F.cross_entropy(_at_least_fp32(logits), labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
     def _label_word_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -92,8 +92,13 @@ class ChoiceScorer(nn.Module):
         flat = lambda t: t.reshape(b * c, length)  # noqa: E731
         ids = flat(input_ids)
         logits = self.model(input_ids=ids, attention_mask=flat(attention_mask)).logits[:, :-1]
-        token_logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        token_logp = torch.log_softmax(_at_least_fp32(logits), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
         return (token_logp * flat(choice_mask)[:, 1:]).sum(dim=1).reshape(b, c)
+
+
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` upcast to fp32 when it is bf16/fp16; fp32 and fp64 stay as they are."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 class TokenizedDataset(torch.utils.data.Dataset):
