@@ -1,4 +1,5 @@
-"""Atomic output: write to a temporary file in the same folder, then rename over the target."""
+"""Atomic output (write to a temporary file in the same folder, then rename over the target), and reading
+back a JSON object with an error that names the damaged file."""
 
 from __future__ import annotations
 
@@ -52,3 +53,18 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return obj
+
+
+def read_json_object(path: str | os.PathLike, remedy: str) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None when the file is absent; ValueError naming the file and ``remedy``
+    when it is unreadable, not UTF-8, not JSON or not an object."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{str(path)!r} is damaged ({exc}); {remedy}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{str(path)!r} does not hold a JSON object; {remedy}")
+    return record

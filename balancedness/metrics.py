@@ -1,8 +1,10 @@
-"""Balancedness and the gradient gap (spec §1.2), for batches of factor pairs (numpy).
+"""Balancedness, the gradient gap and the norms they are made of (spec §1.2), for batches of factor pairs (numpy).
 
 B = ½(‖x‖² − ‖y‖²), and for layers B = Σ_l B_l with B_l = ½(‖X_l‖²_F − ‖Y_l‖²_F). The
 figures plot 2|B| = |‖x‖² − ‖y‖²|, as the paper does. The torch versions for LoRA models are
-``balancedness.finetune.lora_balancedness`` and ``lora_grad_gap``.
+``balancedness.optim.lora_balancedness`` and ``lora_grad_gap``.
+
+Shapes: X (n, L, d1, r), Y (n, L, d2, r), a batch of n points with L layers of rank-r factors.
 """
 
 from __future__ import annotations
@@ -10,9 +12,25 @@ from __future__ import annotations
 import numpy as np
 
 
+def sq_norms(Z: np.ndarray) -> np.ndarray:
+    """‖Z_i‖² summed over all axes but the first, shape (n,)."""
+    flat = Z.reshape(Z.shape[0], -1)
+    return np.einsum("ij,ij->i", flat, flat)
+
+
+def layer_sq_norms(Z: np.ndarray) -> np.ndarray:
+    """‖Z_l‖²_F per point and layer for Z of shape (n, L, d, r): shape (n, L)."""
+    return np.einsum("nlij,nlij->nl", Z, Z)
+
+
+def global_norm(gX: np.ndarray, gY: np.ndarray) -> np.ndarray:
+    """‖g‖ = sqrt(Σ_l ‖g_{X_l}‖² + ‖g_{Y_l}‖²) per point, shape (n,): u_t⁻¹ of eqs. (4) and (22)."""
+    return np.sqrt(sq_norms(gX) + sq_norms(gY))
+
+
 def balancedness_layers(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
     """B_l = ½(‖X_l‖² − ‖Y_l‖²) for X (n, L, d1, r), Y (n, L, d2, r): shape (n, L)."""
-    return 0.5 * (np.einsum("nlij,nlij->nl", X, X) - np.einsum("nlij,nlij->nl", Y, Y))
+    return 0.5 * (layer_sq_norms(X) - layer_sq_norms(Y))
 
 
 def balancedness(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
@@ -23,9 +41,3 @@ def balancedness(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
 def grad_gap(gX: np.ndarray, gY: np.ndarray) -> np.ndarray:
     """Σ_l ‖g_{X_l}‖² − ‖g_{Y_l}‖², shape (n,): the numerator of Thm 2 (5)."""
     return sq_norms(gX) - sq_norms(gY)
-
-
-def sq_norms(Z: np.ndarray) -> np.ndarray:
-    """‖Z_i‖² summed over all axes but the first, shape (n,)."""
-    flat = Z.reshape(Z.shape[0], -1)
-    return np.einsum("ij,ij->i", flat, flat)

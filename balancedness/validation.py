@@ -12,7 +12,7 @@ import math
 import numbers
 from typing import Any, Iterable, Optional
 
-__all__ = ["InvalidValue", "integer", "number", "choice", "flag_name"]
+__all__ = ["InvalidValue", "integer", "number", "choice", "boolean", "flag_name"]
 
 
 def flag_name(param: str) -> str:
@@ -66,4 +66,11 @@ def choice(param: str, value: Any, choices: Iterable[str]) -> str:
     options = tuple(choices)
     if value not in options:
         raise InvalidValue(param, "one of " + ", ".join(map(str, options)), value)
+    return value
+
+
+def boolean(param: str, value: Any) -> bool:
+    """``value`` if it is a bool (0/1 and strings are refused)."""
+    if not isinstance(value, bool):
+        raise InvalidValue(param, "True or False", value)
     return value

@@ -22,7 +22,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from balancedness.finetune import SAM, create_bar_optimizer, sam_step_accumulated, sam_step_msharpness  # noqa: E402
+from balancedness.optim import SAM, create_bar_optimizer, sam_step_accumulated, sam_step_msharpness  # noqa: E402
 
 METHODS = ("lora", "nbar", "obar", "sam", "msam2", "msam4")
 

@@ -71,7 +71,7 @@ def ddp_sam_worker(rank: int, world: int, port: int, out_dir: str, rho: float, l
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from balancedness.finetune import SAM, sam_step_accumulated
+    from balancedness.optim import SAM, sam_step_accumulated
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from balancedness.finetune import SAM, create_bar_optimizer, sam_step_accumulated, sam_step_msharpness
+from balancedness.optim import SAM, create_bar_optimizer, sam_step_accumulated, sam_step_msharpness
 from balancedness.sims import nop_problem, op_problem, simulate
 from finetune_fixtures import ToyLoRA
 

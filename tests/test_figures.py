@@ -98,7 +98,7 @@ def test_msharp_larger_m_balances_at_least_as_fast(figs):
     (["figures", "fig3", "--log", "no/such/run"], "no balancedness.jsonl there"),
     (["figures", "fig3", "--format", "gif"], "unknown image format"),
     (["figures", "fig1", "--format", "png,jpg"], "unknown image format"),
-    (["figures", "fig1", "--seeds", "0"], "seeds must be a positive integer"),
+    (["figures", "fig1", "--seeds", "0"], "--seeds must be an integer >= 1, got 0"),
     (["figures", "fig1", "--alpha", "-1"], "alpha values must be finite"),
 ])
 def test_bad_input_exits_2(tmp_path, args, message):

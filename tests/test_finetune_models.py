@@ -94,7 +94,7 @@ def test_encoder_on_a_generation_task_raises_before_loading(root: Path) -> None:
 
 
 def test_bad_lora_rank_and_offline_hub_id_raise(sst2) -> None:
-    with pytest.raises(ValueError, match="lora_r must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match="lora_r must be an integer >= 1, got 0"):
         load_for_task("minilm", sst2, lora_r=0)
     with pytest.raises(OSError, match="no internet here"):
         load_for_task("nobody-xyz/no-such-model-xyz", sst2)

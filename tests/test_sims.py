@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 
 from balancedness.metrics import balancedness
 from balancedness.schedules import mu_at
-from balancedness.sims import (Optimizer, SimResult, make_optimizer, make_problem, nop_problem, op_problem,
-                               simulate, solve_flow)
+from balancedness.sims import (DIRECTIONS, Optimizer, SimResult, make_optimizer, make_problem, nop_problem,
+                               op_problem, register_direction, simulate, solve_flow, unregister_direction)
+from balancedness.sims.directions import sam
 from balancedness.sims.problems import NOISE_BLOCK
 
 
@@ -241,3 +242,19 @@ def test_divergence_is_counted():
     assert ok.settings["diverged"] == 0
     bad = simulate(nop_problem(), "sgd", alpha=[0.0], seeds=2, steps=200, lr=5.0, record_every=10)
     assert bad.settings["diverged"] == 2 and not np.all(np.isfinite(bad.balancedness))
+
+
+def test_a_registered_direction_runs_in_the_simulator():
+    @register_direction("sam-half", uses={"rho"})
+    def sam_half(problem, X, Y, targets, hp):
+        return sam(problem, X, Y, targets, hp._replace(rho=hp.rho / 2))
+
+    try:
+        half = simulate(nop_problem(), "sam-half", rho=0.2, alpha=1.0, seeds=2, steps=300, lr=1e-3, record_every=30)
+    finally:
+        unregister_direction("sam-half")
+    full = simulate(nop_problem(), "sam", rho=0.1, alpha=1.0, seeds=2, steps=300, lr=1e-3, record_every=30)
+    np.testing.assert_array_equal(half.balancedness, full.balancedness)
+    assert half.settings["optimizer"]["name"] == "sam-half" and "sam-half" not in DIRECTIONS
+    with pytest.raises(ValueError, match="unknown optimizer 'sam-half'"):
+        make_optimizer("sam-half")

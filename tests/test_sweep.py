@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from balancedness.cli import app
-from balancedness.finetune.report import csv_text, markdown_tables, summarize
+from balancedness.finetune.report import MixedSettingsError, csv_text, markdown_tables, settings_text, summarize
 from data_fixtures import data_root_or_skip
 
 
@@ -36,22 +36,47 @@ def test_sweep_rejects_bad_grid(tmp_path):
 
 @pytest.mark.slow
 def test_sweep_tiny_grid_writes_tables_and_resumes(tmp_path, monkeypatch):
-    args = ["sweep", "--tasks", "sst2,rte", "--methods", "lora,nbar", "--seeds", "42", "--steps", "2",
-            "--batch-size", "4", "--shots", "2", "--max-eval", "16", "--data-root", str(data_root_or_skip()),
-            "--out", str(tmp_path)]
+    def sweep_args(methods, steps):
+        return ["sweep", "--tasks", "sst2,rte", "--methods", methods, "--seeds", "42", "--steps", steps,
+                "--batch-size", "4", "--shots", "2", "--max-eval", "16", "--data-root", str(data_root_or_skip()),
+                "--out", str(tmp_path)]
+
+    args = sweep_args("lora,nbar", "2")
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     table = (tmp_path / "table.md").read_text()
     assert "| method | SST-2 | RTE | avg |" in table and "LoRA-nBAR" in table and "x |" in table
     assert len((tmp_path / "table.csv").read_text().splitlines()) == 5
-    assert json.loads((tmp_path / "rte" / "nbar" / "seed42" / "metrics.json").read_text())["status"] == "complete"
+    [run] = (tmp_path / "rte" / "nbar").glob("seed42-*")
+    assert json.loads((run / "metrics.json").read_text())["status"] == "complete"
+    assert "Settings of every run:" in table and "steps 2" in table
 
-    import balancedness.finetune.sweep as sweep
+    import balancedness.finetune.models as models
 
-    def must_not_run(config):
-        raise AssertionError(f"re-ran {config.task} {config.method}")
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("a complete run was trained again")
 
-    monkeypatch.setattr(sweep, "run_finetune", must_not_run)
+    monkeypatch.setattr(models, "load_for_task", must_not_load)
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
     assert (tmp_path / "table.md").read_text() == table
+    monkeypatch.undo()
+
+    changed = CliRunner().invoke(app, sweep_args("lora", "3"))
+    assert changed.exit_code == 0, changed.output
+    assert len(list((tmp_path / "rte" / "lora").glob("seed42-*"))) == 2  # a new run beside the old one
+    assert (run / "metrics.json").is_file()  # the old evidence is kept
+    new_table = (tmp_path / "table.md").read_text()
+    assert "steps 3" in new_table and "steps 2" not in new_table and "LoRA-nBAR" not in new_table
+
+
+def test_tables_refuse_to_mix_settings():
+    def run(method, seed, steps, **extra):
+        return {**_record("sst2", method, seed, 0.6, 0.1), "config": {"steps": steps, "lr": 1e-3, **extra}}
+
+    summarize([run("lora", 1, 100), run("sam", 2, 100, rho=0.05)])  # one protocol: fine
+    with pytest.raises(MixedSettingsError, match=r"column sst2: steps: 100 .* vs 200"):
+        summarize([run("lora", 1, 100), run("lora", 2, 200)])
+    with pytest.raises(MixedSettingsError, match=r"cell sst2 × sam: rho"):
+        summarize([run("sam", 1, 100, rho=0.05), run("sam", 2, 100, rho=0.1)])
+    assert "rho 0.05" in settings_text([run("sam", 1, 100, rho=0.05)])

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import importlib
 import os
+import time
 from pathlib import Path
 from typing import Sequence
+
+from rich.console import Console
 
 from balancedness.figures.runs import FigureConfig
 
@@ -34,7 +37,7 @@ FIGURES: dict[str, str] = {
     "msharp": "m-sharpness balances faster for larger m (Lemma 3, beyond the paper)",
 }
 
-__all__ = ["FIGURES", "FigureConfig", "make_figure", "check_names"]
+__all__ = ["FIGURES", "FigureConfig", "make_figure", "check_names", "render"]
 
 
 def check_names(names: Sequence[str]) -> list[str]:
@@ -61,3 +64,17 @@ def make_figure(name: str, cfg: FigureConfig, out_dir: str | os.PathLike, format
     data.setdefault("figure", name)
     data.setdefault("title", FIGURES[name])
     return style.save_figure(fig, out_dir, name, formats, data)
+
+
+def render(names: Sequence[str], cfg: FigureConfig, out: Path, formats: Sequence[str],
+           console: Console | None = None) -> dict[str, list[Path]]:
+    """Build and save each figure in ``names`` (already validated); prints one line per figure."""
+    console = console or Console(stderr=True)
+    written: dict[str, list[Path]] = {}
+    for i, name in enumerate(names, 1):
+        started = time.perf_counter()
+        with console.status(f"[{i}/{len(names)}] {name}: {FIGURES[name]}…"):
+            written[name] = make_figure(name, cfg, out, formats)
+        files = ", ".join(p.name for p in written[name])
+        console.print(f"[green]✓[/] {name} ({time.perf_counter() - started:.1f} s): {files}")
+    return written

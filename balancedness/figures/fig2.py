@@ -18,9 +18,8 @@ import numpy as np
 
 from balancedness.figures import style
 from balancedness.figures.runs import RHO, FigureConfig, settings_of, toy_problem, toy_run, two_abs_b
-from balancedness.metrics import sq_norms
 from balancedness.sims import SimResult
-from balancedness.sims.theory import cor2_threshold
+from balancedness.sims.theory import cor2_threshold, nop_expected_grad_sq_norms
 
 #: Fig. 2(b): the noise level and the BAR coefficient μ₀ (constant schedule).
 BAR_ALPHA, BAR_MU = 1.0, 1.0
@@ -29,15 +28,8 @@ BAR_OPTIMIZERS = ("sgd", "sam", "obar", "nbar")
 
 def expected_grad_sq_norms(res: SimResult, i: int) -> tuple[np.ndarray, np.ndarray]:
     """E_ξ‖g_x‖², E_ξ‖g_y‖² along trajectory i of the rank-1 NOP toy (one draw per step):
-    ‖G₀y‖² + 4α²tr(D²)‖y‖² and ‖G₀ᵀx‖² + 4α²·d2·xᵀD²x, with G₀ = 2(xyᵀ − A) (spec §1.5, §3)."""
-    p = toy_problem("nop")
-    X, Y, a = res.x[i], res.y[i], float(res.alpha[i])
-    gX, gY, _ = p.grads(X, Y, np.full(len(X), a), None)
-    D2 = p.noise_rows**2
-    x = X[:, 0, :, 0]
-    ex = sq_norms(gX) + 4 * a**2 * D2.sum() * sq_norms(Y)
-    ey = sq_norms(gY) + 4 * a**2 * p.d2 * (x * x * D2).sum(1)
-    return ex, ey
+    ‖G₀y‖² + 4α²tr(D²)‖y‖² and ‖G₀ᵀx‖² + 4α²·d2·xᵀD²x (``theory.nop_expected_grad_sq_norms``)."""
+    return nop_expected_grad_sq_norms(toy_problem("nop"), res.x[i], res.y[i], float(res.alpha[i]))
 
 
 def thresholds(res: SimResult, i: int, steps: int) -> dict[str, np.ndarray]:

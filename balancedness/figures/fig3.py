@@ -5,9 +5,10 @@ layers, so we plot the early (0), middle (3) and last (5) query LoRA pair. B_l =
 (spec §1.2) comes from ``balancedness.jsonl`` (``BalancednessCallback``); at LoRA init B = 0, so
 2|B_l| = ‖A_l‖² there. The base optimizer is AdamW (our LoRA), not SGD.
 
-``make_fig3(out_dir)`` runs the six short finetunes itself; ``make_fig3(out_dir, logs=[...])`` plots
-existing runs (each log's ``metrics.json`` beside it says task and method). With one task the three
-panels are three layers of that task.
+``make_fig3(out_dir, logs=[...])`` plots existing runs (each log's ``metrics.json`` beside it says task
+and method); it reads logs only. ``balancedness figures fig3`` without ``--log`` first has the finetune
+application produce them (``balancedness.finetune.fig3_runs``). With one task the three panels are three
+layers of that task.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from typing import Any, Sequence
 
 from balancedness.io import write_text
 
-__all__ = ["make_fig3", "load_logs", "FIG3_TASKS"]
+__all__ = ["make_fig3", "load_logs"]
 
-FIG3_TASKS = ("rte", "sst5", "mnli")
 _LAYER = re.compile(r"layers?\.(\d+)\.")
 _QUERY = ("query", "q_proj")
 METHOD_STYLE = {"sam": ("#1f5fa8", "SAM"), "lora": ("#555555", "LoRA (AdamW)"), "msam": ("#17becf", "m-SAM"),
@@ -64,39 +64,19 @@ def _panels(runs: list[dict[str, Any]]) -> list[tuple[str, int]]:
     return [(task, picks[min(i, 2)] if len(tasks) <= 3 else picks[i % 3]) for i, task in enumerate(tasks)]
 
 
-def _run_default(out_dir: Path, quick: bool, data_root: str | None, steps: int | None, seed: int) -> list[Path]:
-    from balancedness.finetune.run import FinetuneConfig, run_finetune
-
-    steps = steps or (20 if quick else 100)
-    logs = []
-    for task in FIG3_TASKS:
-        for method in ("lora", "sam"):
-            run = out_dir / "fig3_runs" / task / method
-            run_finetune(FinetuneConfig(task=task, method=method, data_root=data_root, shots=16, seed=seed,
-                                        steps=steps, log_every=1, max_eval=32, out=str(run), resume=True,
-                                        progress=False))
-            logs.append(run / "balancedness.jsonl")
-    return logs
-
-
-def make_fig3(out_dir: str | Path, logs: Sequence[str | Path] | None = None, formats: Sequence[str] = ("png",),
-              quick: bool = False, *, data_root: str | None = None, steps: int | None = None,
-              seed: int = 42) -> list[Path]:
+def make_fig3(out_dir: str | Path, logs: Sequence[str | Path], formats: Sequence[str] = ("png",)) -> list[Path]:
     """Draw Figure 3 into ``out_dir/fig3.<fmt>`` with the data as ``fig3.json`` and ``fig3.csv``.
 
     Args:
         out_dir: output folder.
-        logs: ``balancedness.jsonl`` files (or run folders); None runs LoRA and SAM on rte, sst5, mnli
-            (MiniLM, 16 shots, ``steps`` steps, default 100, 20 with ``quick``) under ``out_dir/fig3_runs``.
+        logs: ``balancedness.jsonl`` files (or run folders). Producing them is the finetune application's job
+            (``balancedness.finetune.fig3_runs``); this module only reads them.
         formats: image formats (png, pdf, svg).
-        data_root, steps, seed: for the self-run.
     Returns the written paths.
     """
     from balancedness.figures.style import apply_style, new_figure, panel_label, save_figure
 
     out_dir = Path(out_dir)
-    if logs is None:
-        logs = _run_default(out_dir, quick, data_root, steps, seed)
     runs = load_logs(logs)
     panels = _panels(runs)
     apply_style()

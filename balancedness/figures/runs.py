@@ -15,6 +15,7 @@ import numpy as np
 
 from balancedness.sims import SimResult, nop_problem, op_problem, simulate
 from balancedness.sims.problems import Problem
+from balancedness.validation import integer
 
 #: SAM radius per toy (spec §1.5, Fig. 1).
 RHO = {"nop": 0.1, "op": 0.2}
@@ -57,9 +58,7 @@ class FigureConfig:
         """Paper scale, or ``quick``; ``seeds``/``alphas`` override the defaults (validated here)."""
         base = cls(steps=QUICK_STEPS, seeds=QUICK_SEEDS, quick=True) if quick else cls()
         if seeds is not None:
-            if isinstance(seeds, bool) or not isinstance(seeds, (int, np.integer)) or seeds < 1:
-                raise ValueError(f"seeds must be a positive integer, got {seeds!r}")
-            base = replace(base, seeds=int(seeds))
+            base = replace(base, seeds=integer("seeds", seeds))
         if alphas:
             vals = tuple(sorted(dict.fromkeys(float(a) for a in alphas)))
             bad = [a for a in vals if not np.isfinite(a) or a < 0]

@@ -23,6 +23,8 @@ from typing import Literal
 
 import torch
 
+from balancedness.validation import integer
+
 from .data import TaskData
 from .tasks import TaskHead, make_head
 
@@ -109,7 +111,7 @@ def resolve_model(name_or_path: str) -> str:
                      f"and not a hub id of the form owner/name")
 
 
-def _config(path: str):
+def model_config(path: str):
     from transformers import AutoConfig
 
     try:
@@ -146,7 +148,7 @@ def _check_targets(model: torch.nn.Module, targets: list[str]) -> None:
     linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
     hits = [t for t in targets if any(n == t or n.endswith("." + t) for n, _ in model.named_modules())]
     if not hits:
-        raise ValueError(f"--target-modules {targets} match no module of the model; "
+        raise ValueError(f"target_modules {targets} match no module of the model; "
                          f"Linear modules available: {linear[:20]}")
 
 
@@ -172,11 +174,10 @@ def load_for_task(model_name: str, task: TaskData, *, lora_r: int = 8, lora_alph
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    for name, value in (("lora_r", lora_r), ("lora_alpha", lora_alpha)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    integer("lora_r", lora_r)
+    integer("lora_alpha", lora_alpha)
     path = resolve_model(model_name)
-    config = _config(path)
+    config = model_config(path)
     family = model_family(config)
     check_compatible(family, task, model_name)
     targets = list(target_modules) if target_modules else DEFAULT_TARGETS[family]
@@ -197,5 +198,5 @@ def load_for_task(model_name: str, task: TaskData, *, lora_r: int = 8, lora_alph
     return model, tokenizer, make_head(model, tokenizer, task, family=family, max_length=max_length)
 
 
-__all__ = ["SHORT_NAMES", "TaskHead", "cache_dir", "check_compatible", "load_for_task", "model_family",
+__all__ = ["SHORT_NAMES", "TaskHead", "cache_dir", "check_compatible", "load_for_task", "model_config", "model_family",
            "resolve_model"]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-__all__ = ["Cell", "collect", "summarize", "markdown_tables", "csv_text", "METHOD_LABELS", "TASK_LABELS"]
+__all__ = ["Cell", "MixedSettingsError", "check_settings", "settings_text", "collect", "summarize", "markdown_tables", "csv_text", "METHOD_LABELS", "TASK_LABELS"]
 
 METHOD_LABELS = {"lora": "LoRA", "sam": "LoRA-SAM", "msam": "LoRA-mSAM", "obar": "LoRA-oBAR", "nbar": "LoRA-nBAR"}
 TASK_LABELS = {"sst2": "SST-2", "sst5": "SST-5", "trec": "TREC", "rte": "RTE", "snli": "SNLI", "mnli": "MNLI",
@@ -66,8 +66,61 @@ def _display(record: dict[str, Any]) -> float:
     return 100.0 * value if record["metric"] == "accuracy" else value
 
 
+class MixedSettingsError(ValueError):
+    """Runs made with different settings would be averaged into one cell or compared in one column."""
+
+
+def _settings(record: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(protocol options shared by a whole column, the method's own options) of a run's ``config``."""
+    from balancedness.finetune.provenance import NOT_COUNTED
+    from balancedness.finetune.run import METHOD_OPTIONS
+
+    config = record.get("config") or {}
+    own = METHOD_OPTIONS.get(record["method"], ())
+    every_method_option = {name for names in METHOD_OPTIONS.values() for name in names}
+    skip = set(NOT_COUNTED) | every_method_option | {"method", "seed"}
+    protocol = {k: v for k, v in config.items() if k not in skip}
+    return protocol, {k: config[k] for k in own if k in config}
+
+
+def check_settings(runs: Iterable[dict[str, Any]]) -> None:
+    """MixedSettingsError naming the option, unless every column (task) shares one protocol and every
+    cell (task, method) one set of method options (ρ, m, μ, schedule)."""
+    first: dict[tuple[str, ...], tuple[dict[str, Any], dict[str, Any]]] = {}
+    for r in runs:
+        protocol, own = _settings(r)
+        for key, mine in (((r["task"],), protocol), ((r["task"], r["method"]), own)):
+            seen = first.setdefault(key, (r, mine))
+            differing = sorted(k for k in set(seen[1]) | set(mine) if seen[1].get(k) != mine.get(k))
+            if differing:
+                where = "column " + key[0] if len(key) == 1 else f"cell {key[0]} × {key[1]}"
+                detail = "; ".join(f"{k}: {seen[1].get(k)!r} (seed {seen[0]['seed']}, {seen[0]['method']}) vs "
+                                   f"{mine.get(k)!r} (seed {r['seed']}, {r['method']})" for k in differing)
+                raise MixedSettingsError(f"refusing to mix runs made with different settings in the {where}: {detail}")
+
+
+def settings_text(runs: Sequence[dict[str, Any]]) -> str:
+    """A paragraph naming the settings the table's runs were made with (after :func:`check_settings`)."""
+    check_settings(runs)
+    if not runs:
+        return ""
+    protocols = [_settings(r)[0] for r in runs]
+    shared = {k: v for k, v in protocols[0].items() if k != "task" and all(p.get(k) == v for p in protocols)}
+    per_task = sorted({k for p in protocols for k in p if k != "task" and k not in shared})
+    text = "Settings of every run: " + ", ".join(f"{k} {v}" for k, v in sorted(shared.items()) if v not in (None, (), []))
+    if per_task:
+        text += f"; per task: {', '.join(per_task)}"
+    own = {}
+    for r in runs:
+        own.setdefault(r["method"], _settings(r)[1])
+    extras = [f"{METHOD_LABELS.get(m, m)}: " + ", ".join(f"{k} {v}" for k, v in o.items()) for m, o in own.items() if o]
+    return text + (". " + "; ".join(extras) if extras else "") + ".\n"
+
+
 def summarize(runs: Iterable[dict[str, Any]]) -> dict[tuple[str, str], Cell]:
-    """Group runs by (task, method)."""
+    """Group runs by (task, method); MixedSettingsError when settings differ within a column or cell."""
+    runs = list(runs)
+    check_settings(runs)
     cells: dict[tuple[str, str], Cell] = {}
     for r in runs:
         key = (r["task"], r["method"])

@@ -5,10 +5,14 @@ name (:func:`prepare`, before any weights load), loads the model with LoRA (``mo
 the torch backend's ``Trainer`` / ``SAMTrainer`` / ``BARTrainer``, evaluates (``tasks.evaluate``) and writes, into
 ``config.out`` (rank 0 only, atomically):
 
+* ``run.json``: the run's fingerprint (``provenance.py``), written before training; what may happen to a
+  folder that already holds a run is decided by ``runfolder.plan_run`` (docs/finetune.md "Run folders");
 * ``metrics.json``: task, method, seed, the task metric (key named by ``metric``), majority baseline, timing,
-  steps, trainable parameters, the config, ``status`` (``complete`` or ``interrupted``);
+  steps, ``train_loss``, trainable parameters, the config, ``fingerprint_id``, ``status`` (``complete`` or
+  ``interrupted``);
 * ``balancedness.jsonl``: per-layer B_l and the gradient gap every ``log_every`` steps (``BalancednessCallback``);
-* ``adapter/``: the peft adapter (``save_pretrained``), plus ``checkpoints/`` while a run is unfinished.
+* ``adapter/``: the peft adapter (``save_pretrained``), plus ``checkpoints/`` while a run is unfinished (only
+  those marked ``COMPLETE`` count, ``checkpoints.py``).
 
 Batch semantics: ``batch_size`` is the *global* number of examples per optimizer step. Each of the W workers
 (torchrun) runs ``grad_accum`` micro-batches (``grad_accum·m`` for m-SAM: one m-sharpness chunk each) of
@@ -17,7 +21,6 @@ Batch semantics: ``batch_size`` is the *global* number of examples per optimizer
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import signal
@@ -27,13 +30,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from balancedness.finetune.provenance import fingerprint_id
+from balancedness.finetune.runfolder import RunFolderError, begin_run, plan_run, read_metrics
 from balancedness.io import write_json
+from balancedness.validation import choice, integer, number
 
-__all__ = ["METHODS", "PRECISIONS", "FinetuneConfig", "check_config", "prepare", "run_finetune", "read_metrics",
-           "world_size", "micro_batch"]
+__all__ = ["METHODS", "TABLE_METHODS", "PRECISIONS", "FinetuneConfig", "RunFolderError", "check_config", "prepare",
+           "run_finetune", "read_metrics", "world_size", "micro_batch"]
 
 METHODS = ("lora", "sam", "msam", "nbar", "obar")
+#: The methods of the paper's Table 1, in its column order: what ``sweep`` and the demo compare by default.
+TABLE_METHODS = ("lora", "sam", "obar", "nbar")
 PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
+#: The hyper-parameters only some methods read (they do not count in other methods' fingerprints).
+METHOD_OPTIONS = {"lora": (), "sam": ("rho",), "msam": ("rho", "m"), "nbar": ("mu", "schedule"),
+                  "obar": ("mu", "schedule")}
 LR_SCHEDULE = "linear"  # HF Trainer's linear decay to 0, no warm-up (few-shot, ≤ a few hundred steps)
 
 
@@ -73,14 +84,24 @@ class FinetuneConfig:
     save_every: int = 0
     out: str = "runs/finetune"
     resume: bool = False
+    overwrite: bool = False
     keep_checkpoints: bool = False
     progress: bool = True
     extra_callbacks: list[Any] = field(default_factory=list, repr=False)  # tests: TrainerCallbacks to add
 
     def to_json(self) -> dict[str, Any]:
+        """The fields as JSON values (tuples as lists), exactly as ``metrics.json`` reads back."""
+        import json
+
         d = asdict(self)
         d.pop("extra_callbacks")
-        return d
+        return json.loads(json.dumps(d))
+
+    def result_options(self) -> dict[str, Any]:
+        """The options the run's fingerprint counts: all but those of other methods (ρ only for SAM, ...)."""
+        unused = {name for method, names in METHOD_OPTIONS.items() if method != self.method for name in names}
+        unused -= set(METHOD_OPTIONS[self.method])
+        return {k: v for k, v in self.to_json().items() if k not in unused}
 
 
 def world_size() -> int:
@@ -99,37 +120,22 @@ def micro_batch(config: FinetuneConfig, world: int | None = None) -> tuple[int, 
     return config.batch_size // (world * accum), accum
 
 
-def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _finite(name: str, value: Any, *, strict: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if value < 0 or (strict and value == 0):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} 0, got {value!r}")
-
-
 def check_config(config: FinetuneConfig) -> None:
-    """Cheap checks of every numeric and named option (no files, no models); ValueError naming the value."""
+    """Cheap checks of every numeric and named option (no files, no models); InvalidValue naming the field."""
     from balancedness.schedules import SCHEDULES
 
-    if config.method not in METHODS:
-        raise ValueError(f"unknown method {config.method!r}; expected one of {', '.join(METHODS)}")
-    if config.precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {config.precision!r}; expected one of {', '.join(PRECISIONS)}")
-    if config.schedule not in SCHEDULES:
-        raise ValueError(f"unknown μ schedule {config.schedule!r}; expected one of {', '.join(SCHEDULES)}")
+    choice("method", config.method, METHODS)
+    choice("precision", config.precision, PRECISIONS)
+    choice("schedule", config.schedule, SCHEDULES)
     for name in ("steps", "batch_size", "grad_accum", "m", "lora_r", "lora_alpha", "log_every", "eval_batch_size"):
-        _positive_int(name.replace("_", "-"), getattr(config, name))
-    _positive_int("save-every", config.save_every, minimum=0)
-    _finite("lr", config.lr, strict=True)
-    _finite("rho", config.rho, strict=True)
-    _finite("mu", config.mu, strict=False)
-    _finite("weight-decay", config.weight_decay, strict=False)
-    if config.dropout is not None and not (0.0 <= config.dropout < 1.0):
-        raise ValueError(f"dropout must be in [0, 1), got {config.dropout!r}")
+        integer(name, getattr(config, name))
+    integer("save_every", config.save_every, minimum=0)
+    number("lr", config.lr, strict=True)
+    number("rho", config.rho, strict=True)
+    number("mu", config.mu)
+    number("weight_decay", config.weight_decay)
+    if config.dropout is not None:
+        number("dropout", config.dropout, maximum=1.0, strict_max=True)
     world = world_size()
     per_device, accum = micro_batch(config, world)
     if per_device < 1 or per_device * world * accum != config.batch_size:
@@ -151,7 +157,7 @@ def prepare(config: FinetuneConfig):
     Returns ``(task, model_path)``. Raises ValueError / FileNotFoundError naming the bad value.
     """
     from balancedness.finetune.data import load_task
-    from balancedness.finetune.models import check_compatible, model_family, resolve_model, _config
+    from balancedness.finetune.models import check_compatible, model_config, model_family, resolve_model
 
     check_config(config)
     task = load_task(config.task, data_root=config.data_root, seed=config.seed, shots=config.shots,
@@ -159,18 +165,8 @@ def prepare(config: FinetuneConfig):
                      text_columns=list(config.text_columns) or None, label_column=config.label_column,
                      max_eval=config.max_eval)
     path = resolve_model(config.model)
-    check_compatible(model_family(_config(path)), task, config.model)
+    check_compatible(model_family(model_config(path)), task, config.model)
     return task, path
-
-
-def read_metrics(out: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """``out/metrics.json`` as a dict, or None when absent or unreadable."""
-    import json
-
-    try:
-        return json.loads((Path(out) / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
 
 
 # --------------------------------------------------------------------------------------------- callbacks
@@ -232,18 +228,22 @@ def _training_args(config: FinetuneConfig, ckpt_dir: Path):
         dataloader_num_workers=0, remove_unused_columns=False)
 
 
-def _make_trainer(config: FinetuneConfig, head: Any, train_dataset: Any, args: Any, callbacks: list[Any]):
-    from balancedness.finetune.trainer import BARTrainer, SAMTrainer
+def _make_trainer(config: FinetuneConfig, head: Any, train_dataset: Any, args: Any, callbacks: list[Any],
+                  recorder: Any):
     from transformers import Trainer
 
+    from balancedness.finetune.checkpoints import recording_trainer
+    from balancedness.optim.trainer import BARTrainer, SAMTrainer
+
     common = dict(model=head.module, args=args, train_dataset=train_dataset, data_collator=head.collate,
-                  callbacks=callbacks)
+                  callbacks=[*callbacks, recorder])  # the recorder last: its checkpoint marker follows all else
     if config.method in ("sam", "msam"):
-        trainer = SAMTrainer(rho=config.rho, msharpness=config.method == "msam", **common)
+        base, extra = SAMTrainer, dict(rho=config.rho, msharpness=config.method == "msam")
     elif config.method in ("nbar", "obar"):
-        trainer = BARTrainer(bar_mu=config.mu, bar_variant=config.method, bar_schedule=config.schedule, **common)
+        base, extra = BARTrainer, dict(bar_mu=config.mu, bar_variant=config.method, bar_schedule=config.schedule)
     else:
-        trainer = Trainer(**common)
+        base, extra = Trainer, {}
+    trainer = recording_trainer(base, recorder)(**extra, **common)
     if not config.progress:
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -259,24 +259,6 @@ def _set_dropout(module: Any, p: float) -> None:
     for sub in module.modules():
         if isinstance(sub, nn.Dropout):
             sub.p = p
-
-
-def _last_checkpoint(ckpt_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
-
-
-def _trim_log(path: Path, max_step: int) -> None:
-    """Keep the records of steps ≤ ``max_step`` (resuming from checkpoint ``max_step``)."""
-    import json
-
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= max_step]
-    from balancedness.io import write_text
-
-    write_text(path, "".join(line + "\n" for line in keep))
 
 
 def _save_adapter(model: Any, target: Path) -> None:
@@ -308,38 +290,38 @@ def _eval_sorted(head: Any, task: Any, batch_size: int) -> dict[str, Any]:
 def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     """Train, evaluate and write the outputs of one run; returns the metrics dict (see module docstring).
 
-    ``config.resume``: when ``out/metrics.json`` says ``complete``, return it without training; otherwise
-    continue from the last checkpoint in ``out/checkpoints`` (same final weights as an uninterrupted run).
-    Ctrl-C: the first finishes the current step, the second interrupts it; either way a checkpoint and
-    ``metrics.json`` with ``"status": "interrupted"`` are written and KeyboardInterrupt is re-raised.
+    What happens to ``config.out`` is decided first, before any weights load (:func:`plan_run`, docs/finetune.md
+    "Run folders"): a new folder starts a run; a folder holding a complete run with the same fingerprint is
+    skipped (the returned metrics carry ``"skipped": True``); an unfinished one of the same fingerprint
+    continues from its last complete checkpoint with ``resume``; anything else raises :class:`RunFolderError`
+    and touches nothing, unless ``overwrite`` replaces the folder. Ctrl-C: the first finishes the current
+    step and checkpoints it, the second aborts at once (keeping the last complete checkpoint); either way
+    ``metrics.json`` says ``"status": "interrupted"`` and KeyboardInterrupt is re-raised.
     Non-zero torchrun ranks train but write nothing and return ``{}``.
     """
     task, model_path = prepare(config)
+    plan = plan_run(config.result_options(), task, model_path, out=config.out, resume=config.resume,
+                    overwrite=config.overwrite, world_size=world_size(), main=is_main_process())
+    if plan.action == "skip":
+        return {**plan.previous, "skipped": True}
     out = Path(config.out)
     main = is_main_process()
-    previous = read_metrics(out) if config.resume else None
-    if previous and previous.get("status") == "complete":
-        return previous
     import torch
     from transformers import set_seed
     from transformers.utils import logging as hf_logging
 
-    from balancedness.finetune.callbacks import BalancednessCallback
+    from balancedness.finetune.checkpoints import RunRecorder
     from balancedness.finetune.models import load_for_task
     from balancedness.finetune.tasks import majority_accuracy
+    from balancedness.optim.callbacks import BalancednessCallback
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     ckpt_dir = out / "checkpoints"
     log_path = out / "balancedness.jsonl"
-    resume_from = _last_checkpoint(ckpt_dir) if config.resume else None
+    recorder = RunRecorder.resume(plan.checkpoint)
     if main:
-        out.mkdir(parents=True, exist_ok=True)
-        if resume_from is None:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
-            log_path.unlink(missing_ok=True)
-        else:
-            _trim_log(log_path, int(Path(resume_from).name.rsplit("-", 1)[1]))
+        begin_run(plan, out)
 
     set_seed(config.seed)
     dtype = {"fp64": torch.float64, "bf16": torch.bfloat16 if torch.cuda.is_available() else torch.float32}.get(
@@ -352,7 +334,8 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     StepTimer, GracefulStop = _callback_classes()
     timer, stop = StepTimer(), GracefulStop()
     callbacks = [BalancednessCallback(every=config.log_every, path=log_path), timer, stop, *config.extra_callbacks]
-    trainer = _make_trainer(config, head, head.dataset(task.train), _training_args(config, ckpt_dir), callbacks)
+    trainer = _make_trainer(config, head, head.dataset(task.train), _training_args(config, ckpt_dir), callbacks,
+                            recorder)
 
     trainable = sum(p.numel() for p in head.module.parameters() if p.requires_grad)
     record: dict[str, Any] = {
@@ -360,26 +343,21 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
         "metric": task.metric, "steps": config.steps, "trainable_params": trainable,
         "total_params": sum(p.numel() for p in head.module.parameters()), "world_size": world_size(),
         "n_train": len(task.train), "n_eval": len(task.eval), "source": task.source, "notes": task.notes,
-        "config": config.to_json(),
+        "fingerprint_id": fingerprint_id(plan.fingerprint), "config": config.to_json(),
     }
     if task.kind == "classification":
         record["majority"] = majority_accuracy(task)
-    if config.zero_shot and main and resume_from is None:
-        record["zero_shot"] = _eval_sorted(head, task, config.eval_batch_size)[task.metric]
-    elif previous and "zero_shot" in previous:
-        record["zero_shot"] = previous["zero_shot"]
+    if config.zero_shot and main:
+        record["zero_shot"] = _zero_shot(out, head, task, config.eval_batch_size)
 
-    prior_seconds = float(previous.get("train_seconds", 0.0)) if previous and resume_from else 0.0
+    prior_seconds = float((plan.previous or {}).get("train_seconds") or 0.0) if plan.checkpoint else 0.0
     use_handler = main and world_size() == 1 and _in_main_thread()
     old_handler = signal.signal(signal.SIGINT, _sigint_handler(stop)) if use_handler else None
     t0 = time.perf_counter()
     try:
-        result = trainer.train(resume_from_checkpoint=resume_from)
-    except KeyboardInterrupt:
-        if world_size() == 1:
-            if trainer.state.global_step > 0 and _last_checkpoint(ckpt_dir) != str(
-                    ckpt_dir / f"checkpoint-{trainer.state.global_step}"):
-                trainer._save_checkpoint(trainer.model, trial=None)
+        trainer.train(resume_from_checkpoint=None if plan.checkpoint is None else str(plan.checkpoint))
+    except KeyboardInterrupt:  # a second Ctrl-C: the step in flight is lost, the last complete checkpoint stays
+        if main:
             _write_partial(out, record, trainer, timer, prior_seconds + time.perf_counter() - t0)
         raise
     finally:
@@ -392,7 +370,7 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
         raise KeyboardInterrupt
     if not main:
         return {}
-    record.update(_timing(timer, train_seconds), train_loss=float(result.training_loss))
+    record.update(_timing(timer, train_seconds), train_loss=recorder.train_loss)
     record.update(_eval_sorted(head, task, config.eval_batch_size))
     _save_adapter(head.model, out / "adapter")
     record["status"] = "complete"
@@ -400,6 +378,19 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     if not config.keep_checkpoints:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return record
+
+
+def _zero_shot(out: Path, head: Any, task: Any, batch_size: int) -> float:
+    """The metric before training, computed once per run folder and kept in ``zero_shot.json``."""
+    import json
+
+    path = out / "zero_shot.json"
+    try:
+        return float(json.loads(path.read_text())[task.metric])
+    except (OSError, ValueError, KeyError, TypeError):
+        value = _eval_sorted(head, task, batch_size)[task.metric]
+        write_json(path, {task.metric: value})
+        return value
 
 
 def _in_main_thread() -> bool:
@@ -414,6 +405,9 @@ def _timing(timer: Any, train_seconds: float) -> dict[str, float]:
 
 
 def _write_partial(out: Path, record: dict[str, Any], trainer: Any, timer: Any, seconds: float) -> None:
-    ckpt = _last_checkpoint(out / "checkpoints")
+    from balancedness.finetune.checkpoints import last_complete_checkpoint
+
+    ckpt = last_complete_checkpoint(out / "checkpoints")
     write_json(out / "metrics.json", {**record, **_timing(timer, seconds), "status": "interrupted",
-                                      "step_reached": trainer.state.global_step, "checkpoint": ckpt})
+                                      "step_reached": trainer.state.global_step,
+                                      "checkpoint": None if ckpt is None else str(ckpt)})

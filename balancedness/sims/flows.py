@@ -24,10 +24,12 @@ from typing import Sequence
 import numpy as np
 from scipy.integrate import DOP853, RK23, RK45, Radau, LSODA, BDF
 
-from balancedness.sims.discrete import _as_list, _Recorder, _seed_list
+from balancedness.sims.grid import check_batch, noise_levels, seed_list
 from balancedness.sims.optimizers import Optimizer, make_optimizer
 from balancedness.sims.problems import Problem
+from balancedness.sims.recording import Recorder
 from balancedness.sims.results import SimResult
+from balancedness.validation import choice, integer, number
 
 METHODS = {"DOP853": DOP853, "RK45": RK45, "RK23": RK23, "Radau": Radau, "BDF": BDF, "LSODA": LSODA}
 
@@ -152,28 +154,21 @@ def solve_flow(
     """
     opt = optimizer if isinstance(optimizer, Optimizer) else make_optimizer(
         optimizer, rho=rho, m=m, mu=mu, schedule=schedule)
-    if not np.isfinite(t_end) or t_end <= 0:
-        raise ValueError(f"t_end must be a finite number > 0, got {t_end!r}")
-    if method not in METHODS:
-        raise ValueError(f"unknown ODE method {method!r}; expected one of {', '.join(METHODS)}")
-    if batch % opt.m:
-        raise ValueError(f"m={opt.m} must divide the batch size {batch}")
+    t_end = number("t_end", t_end, strict=True)
+    choice("method", method, METHODS)
+    check_batch(batch, opt.m)
     if t_eval is None:
-        if n_records < 2:
-            raise ValueError(f"n_records must be at least 2 (0 and t_end), got {n_records}")
-        t_rec = np.linspace(0.0, t_end, n_records)
+        t_rec = np.linspace(0.0, t_end, integer("n_records", n_records, minimum=2))
     else:
         t_rec = np.asarray(t_eval, dtype=float)
         if t_rec[0] != 0 or np.any(np.diff(t_rec) <= 0) or not np.isclose(t_rec[-1], t_end):
             raise ValueError("t_eval must start at 0, increase strictly and end at t_end")
-    alphas, seed_list = _as_list(alpha, "alpha"), _seed_list(seeds)
-    if not problem.noisy and any(a != 0 for a in alphas):
-        raise ValueError(f"problem {problem.name!r} has no noise term; alpha must be 0, got {alphas}")
+    alphas, seed_ids = noise_levels(problem, alpha), seed_list(seeds)
     stall_step = t_end * 5e-7 if stall_step is None else stall_step
     sliding_step = t_end * 2e-4 if sliding_step is None else sliding_step
 
-    traj = [(a, s) for a in alphas for s in seed_list]
-    rec = _Recorder(problem, len(traj), len(t_rec))
+    traj = [(a, s) for a in alphas for s in seed_ids]
+    rec = Recorder(problem, len(traj), len(t_rec))
     infos = []
     started = time.perf_counter()
     v0 = np.concatenate([problem.x0.ravel(), problem.y0.ravel()])
@@ -193,7 +188,7 @@ def solve_flow(
     settings = {
         "kind": "flow", "problem": problem.name, "problem_kind": problem.kind, "layers": problem.layers,
         "rank": problem.rank, "scale": problem.scale, "optimizer": opt.settings(), "t_end": t_end,
-        "batch": batch, "alpha": alphas, "seeds": seed_list, "method": method, "rtol": rtol, "atol": atol,
+        "batch": batch, "alpha": alphas, "seeds": seed_ids, "method": method, "rtol": rtol, "atol": atol,
         "status": "ok" if statuses == {"ok"} else ("failed" if "failed" in statuses else "sliding"),
         "runs": [{"alpha": a, "seed": s, **i} for (a, s), i in zip(traj, infos)],
         "x0": problem.x0.tolist(), "y0": problem.y0.tolist(),

@@ -1,24 +1,8 @@
-"""The paper's optimizers as direction fields d(z) (STYLE §3).
+"""An optimizer of the paper with its hyper-parameters: a name in the direction registry plus ρ, m, μ₀, schedule.
 
-One definition each. The discrete simulator steps z⁺ = z + η·d(z) and the limiting flow solves
-ż = d(z), so "discrete" and "ODE" cannot disagree about what an optimizer is. Each field takes
-the minibatch noise of the step, already averaged per m-sharpness chunk (``chunk_means`` has
-shape (m, n, *noise_shape); the full-batch mean is the mean over chunks since they are equal).
-
-=======  =============================================================  ===================
-name     d(z), g = ∇f_t(z) the stochastic gradient of the whole batch   spec
-=======  =============================================================  ===================
-sgd      −g                                                              (2)
-sngd     −g / ‖g‖                                                        (15)
-sam      −∇f_t(z + ρ g/‖g‖)  (global ‖g‖ over all layers)                (4), (7), (22), (41)
-msam     −(1/m) Σ_i ∇f_{t,i}(z + ρ g_i/‖g_i‖), g_i of chunk i            (38)
-nbar     −g + s μ_t (X, −Y),  s_l = +1 if ‖g_{X_l}‖ ≥ ‖g_{Y_l}‖ else −1   Alg. 2, SGD base
-obar     −g − s μ_t (X, −Y),  s_l = +1 if ‖X_l‖ ≥ ‖Y_l‖ else −1           Alg. 3, SGD base
-=======  =============================================================  ===================
-
-With step η, nBAR/oBAR give X⁺ = (1 ± μη)X − ηg with g taken at the unscaled point, which is
-exactly Alg. 2/3 followed by an SGD step (spec §4.5.1). A zero gradient gives no perturbation
-(ε = 0) and no normalized step, never NaN.
+The math of each optimizer is its direction function in ``balancedness.sims.directions`` (written
+once, registered by name); :class:`Optimizer` validates the hyper-parameters, turns the step's noise
+into effective targets and the progress t/T into μ_t, and calls the registered function.
 """
 
 from __future__ import annotations
@@ -28,28 +12,13 @@ from typing import Optional
 
 import numpy as np
 
-from balancedness.metrics import sq_norms
 from balancedness.schedules import check_schedule, mu_at
+from balancedness.sims.directions import DIRECTIONS, Field, HyperParams, lookup
 from balancedness.sims.problems import Problem
+from balancedness.validation import integer, number
 
+#: The built-in optimizers, in the paper's order (``DIRECTIONS`` holds these and any registered later).
 OPTIMIZERS = ("sgd", "sngd", "sam", "msam", "nbar", "obar")
-
-Field = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-
-
-def global_norm(gX: np.ndarray, gY: np.ndarray) -> np.ndarray:
-    """‖g‖ = sqrt(Σ_l ‖g_{X_l}‖² + ‖g_{Y_l}‖²) per trajectory, shape (n,) (u_t⁻¹ of eq. (22))."""
-    return np.sqrt(sq_norms(gX) + sq_norms(gY))
-
-
-def layer_sq_norms(Z: np.ndarray) -> np.ndarray:
-    """‖Z_l‖²_F per trajectory and layer, shape (n, L)."""
-    return np.einsum("nlij,nlij->nl", Z, Z)
-
-
-def _safe_scale(num, nrm: np.ndarray) -> np.ndarray:
-    """num/‖g‖ where ‖g‖ > 0, else 0 (no perturbation at a zero gradient, never NaN)."""
-    return (num / np.where(nrm > 0, nrm, np.inf))[:, None, None, None]
 
 
 @dataclass(frozen=True)
@@ -57,7 +26,7 @@ class Optimizer:
     """An optimizer of the paper with its hyper-parameters (validated on construction).
 
     Attributes:
-        name: one of ``OPTIMIZERS``.
+        name: a registered direction (``OPTIMIZERS`` or one added with ``register_direction``).
         rho: SAM radius ρ ≥ 0 (sam, msam).
         m: number of m-sharpness chunks (msam); must divide the batch.
         mu: BAR coefficient μ₀ ≥ 0 (nbar, obar).
@@ -71,16 +40,13 @@ class Optimizer:
     schedule: str = "constant"
 
     def __post_init__(self) -> None:
-        if self.name not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.name!r}; expected one of {', '.join(OPTIMIZERS)}")
-        for key in ("rho", "mu"):
-            v = getattr(self, key)
-            if not np.isfinite(v) or v < 0:
-                raise ValueError(f"{key} must be a finite number >= 0, got {v!r}")
-        if not isinstance(self.m, (int, np.integer)) or self.m < 1:
-            raise ValueError(f"m must be a positive integer, got {self.m!r}")
-        if self.name != "msam" and self.m != 1:
-            raise ValueError(f"m={self.m} only applies to optimizer 'msam', not {self.name!r}")
+        uses = lookup(self.name).uses
+        number("rho", self.rho)
+        number("mu", self.mu)
+        integer("m", self.m)
+        if self.m != 1 and "m" not in uses:
+            raise ValueError(f"m={self.m} does not apply to optimizer {self.name!r} (it uses: "
+                             f"{', '.join(sorted(uses)) or 'no hyper-parameter'})")
         check_schedule(self.schedule)
 
     def settings(self) -> dict:
@@ -88,6 +54,11 @@ class Optimizer:
 
     def mu_t(self, progress: float) -> float:
         return mu_at(self.mu, self.schedule, progress)
+
+    def hyper(self, progress: float = 0.0, rho: Optional[np.ndarray] = None) -> HyperParams:
+        """What the direction function is told: ρ (or per-trajectory radii), m, μ_t and t/T."""
+        mu = self.mu_t(progress) if self.mu else 0.0  # every schedule keeps μ₀ = 0 at 0
+        return HyperParams(self.rho if rho is None else rho, self.m, mu, progress)
 
     # ------------------------------------------------------------------------------------
     def direction(
@@ -99,10 +70,11 @@ class Optimizer:
         chunk_means: Optional[np.ndarray],
         progress: float = 0.0,
     ) -> Field:
-        """(d_X, d_Y, g_X, g_Y): the field and the whole-batch stochastic gradient at z."""
-        targets = None if chunk_means is None else np.stack(
-            [problem.effective_target(alpha, c) for c in chunk_means])
-        return self.field(problem, X, Y, targets, progress)
+        """(d_X, d_Y, g_X, g_Y) for noise level(s) α and the chunk means N̄_i of the step's noise.
+
+        ``chunk_means`` has shape (m, n, *noise_shape), or is None for the noise-free loss.
+        """
+        return self.field(problem, X, Y, _targets(problem, alpha, chunk_means), progress)
 
     def field(
         self,
@@ -113,37 +85,13 @@ class Optimizer:
         progress: float = 0.0,
         rho: Optional[np.ndarray] = None,
     ) -> Field:
-        """The field for effective targets C_i = A + α N̄_i of the m chunks, shape (m, n, …).
+        """The registered field for effective targets C_i = A + α N̄_i of the m chunks, shape (m, n, …).
 
         ``targets=None`` is the noise-free loss. ``rho`` optionally overrides ρ per trajectory
         (shape (n,)); ρ = 0 makes SAM exactly SGD, which lets one run hold both.
         """
-        rho = self.rho if rho is None else rho
-        if self.name == "msam":
-            return _msam(problem, X, Y, targets, rho)
-        if targets is None:
-            C = problem.target
-        elif len(targets) == 1:
-            C = targets[0]
-        else:
-            C = targets.mean(axis=0)
-        gX, gY = problem.grads_at(X, Y, C)
-        if self.name == "sgd":
-            return -gX, -gY, gX, gY
-        if self.name == "sngd":
-            s = _safe_scale(1.0, global_norm(gX, gY))
-            return -s * gX, -s * gY, gX, gY
-        if self.name == "sam":
-            s = _safe_scale(rho, global_norm(gX, gY))
-            gXt, gYt = problem.grads_at(X + s * gX, Y + s * gY, C)
-            return -gXt, -gYt, gX, gY
-        mu = self.mu_t(progress)
-        if self.name == "nbar":
-            sign = np.where(layer_sq_norms(gX) >= layer_sq_norms(gY), 1.0, -1.0)
-        else:
-            sign = np.where(layer_sq_norms(X) >= layer_sq_norms(Y), -1.0, 1.0)
-        c = (mu * sign)[:, :, None, None]
-        return c * X - gX, -c * Y - gY, gX, gY
+        entry = DIRECTIONS.get(self.name) or lookup(self.name)  # unregistered since construction: a clear error
+        return entry.field(problem, X, Y, targets, self.hyper(progress, rho))
 
     def switching(
         self, problem: Problem, X: np.ndarray, Y: np.ndarray, alpha: np.ndarray, chunk_means: Optional[np.ndarray]
@@ -154,47 +102,27 @@ class Optimizer:
         ‖g_{X_l}‖ = ‖g_{Y_l}‖; oBAR where ‖X_l‖ = ‖Y_l‖. The NOP SAM field is continuous
         away from g = 0.
         """
-        if self.name == "nbar":
-            gX, gY, _ = problem.grads(X, Y, alpha, None if chunk_means is None else chunk_means.mean(0))
-            return layer_sq_norms(gX) - layer_sq_norms(gY)
-        if self.name == "obar":
-            return layer_sq_norms(X) - layer_sq_norms(Y)
-        if problem.kind == "op" and self.name in ("sam", "sngd", "msam"):
-            W = problem.product(X, Y)
-            if chunk_means is None:
-                return problem.outer_grad(W, alpha, None)[:, None]
-            return np.stack([problem.outer_grad(W, alpha, c) for c in chunk_means], axis=1)
+        switching = lookup(self.name).switching
+        if switching is None:
+            return None
+        return switching(problem, X, Y, _targets(problem, alpha, chunk_means), self.hyper())
+
+
+def _targets(problem: Problem, alpha: np.ndarray, chunk_means: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """C_i = A + α N̄_i per chunk, shape (m, n, *noise_shape), or None (noise-free)."""
+    if chunk_means is None:
         return None
-
-
-def _msam(problem: Problem, X, Y, targets, rho) -> Field:
-    """Eq. (38): each chunk i perturbs with its own gradient; the descent gradients are averaged."""
-    chunks = [problem.target] if targets is None else list(targets)
-    dX, dY = np.zeros_like(X), np.zeros_like(Y)
-    gX_full, gY_full = np.zeros_like(X), np.zeros_like(Y)
-    for C in chunks:
-        gX, gY = problem.grads_at(X, Y, C)
-        s = _safe_scale(rho, global_norm(gX, gY))
-        gXt, gYt = problem.grads_at(X + s * gX, Y + s * gY, C)
-        dX -= gXt
-        dY -= gYt
-        gX_full += gX
-        gY_full += gY
-    k = len(chunks)
-    return dX / k, dY / k, gX_full / k, gY_full / k
+    return np.stack([problem.effective_target(alpha, c) for c in chunk_means])
 
 
 def make_optimizer(name: str, *, rho: float = 0.0, m: int = 1, mu: float = 0.0, schedule: str = "constant") -> Optimizer:
     """Build an :class:`Optimizer`, keeping only the hyper-parameters ``name`` uses."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
-    for key, v in (("rho", rho), ("mu", mu)):
-        if not np.isfinite(v) or v < 0:
-            raise ValueError(f"{key} must be a finite number >= 0, got {v!r}")
+    uses = lookup(name).uses
+    rho, mu = number("rho", rho), number("mu", mu)
     return Optimizer(
         name,
-        rho=rho if name in ("sam", "msam") else 0.0,
-        m=m if name == "msam" else 1,
-        mu=mu if name in ("nbar", "obar") else 0.0,
-        schedule=schedule if name in ("nbar", "obar") else "constant",
+        rho=rho if "rho" in uses else 0.0,
+        m=m if "m" in uses else 1,
+        mu=mu if "mu" in uses else 0.0,
+        schedule=schedule if "mu" in uses else "constant",
     )

@@ -27,6 +27,8 @@ from typing import Literal
 
 import numpy as np
 
+from balancedness.validation import InvalidValue, integer, number
+
 Kind = Literal["nop", "op"]
 
 #: The paper's initialization x₀ (App. A.4); y₀ = −3 x₀.
@@ -113,7 +115,11 @@ class Problem:
 
     def outer_grad(self, W: np.ndarray, alpha: np.ndarray, noise_mean: np.ndarray | None) -> np.ndarray:
         """∇f_t at the product: G = 2k(W − A − α N̄) (NOP) or f′ = 2k(w − a − α n̄) (OP)."""
-        return (2.0 * self.scale) * (W - self.effective_target(alpha, noise_mean))
+        return self.outer_grad_at(W, self.effective_target(alpha, noise_mean))
+
+    def outer_grad_at(self, W: np.ndarray, C: np.ndarray) -> np.ndarray:
+        """G = 2k(W − C) (NOP) or f′ = 2k(w − C) (OP) for an effective target C."""
+        return (2.0 * self.scale) * (W - C)
 
     def factor_grads(self, X: np.ndarray, Y: np.ndarray, G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """g_X = G Y, g_Y = Gᵀ X for each layer (eq. (3)); g_X = f′ Y, g_Y = f′ X for OP (eq. (14))."""
@@ -124,7 +130,7 @@ class Problem:
 
     def grads_at(self, X: np.ndarray, Y: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(g_X, g_Y) of k‖W − C‖² (or k(w − C)²) for an effective target C (the hot path)."""
-        return self.factor_grads(X, Y, (2.0 * self.scale) * (self.product(X, Y) - C))
+        return self.factor_grads(X, Y, self.outer_grad_at(self.product(X, Y), C))
 
     def grads(
         self, X: np.ndarray, Y: np.ndarray, alpha: np.ndarray, noise_mean: np.ndarray | None
@@ -177,7 +183,7 @@ def _as_init(v: np.ndarray | list | None, shape: tuple[int, ...], name: str) -> 
         raise ValueError(f"{name} has {arr.size} entries (shape {arr.shape}); expected shape {shape}")
     arr = arr.reshape(shape)
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be finite, got {arr.ravel().tolist()}")
+        raise InvalidValue(name, "finite", arr.ravel().tolist())
     return arr
 
 
@@ -200,12 +206,6 @@ def _default_init(layers: int, d1: int, rank: int) -> np.ndarray:
     return X
 
 
-def _check_positive_int(value: int, name: str) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def nop_problem(
     rank: int = 1,
     layers: int = 1,
@@ -223,8 +223,7 @@ def nop_problem(
     x₀ = [0.2, −0.1, 0.3], y₀ = −3 x₀ (B₀ = −0.56). ``x0``/``y0`` may be given with shape
     (d1,), (d1, r) or (L, d1, r).
     """
-    rank, layers = _check_positive_int(rank, "rank"), _check_positive_int(layers, "layers")
-    d1, d2 = _check_positive_int(d1, "d1"), _check_positive_int(d2, "d2")
+    rank, layers, d1, d2 = integer("rank", rank), integer("layers", layers), integer("d1", d1), integer("d2", d2)
     if rank > min(d1, d2):
         raise ValueError(f"rank must be at most min(d1, d2) = {min(d1, d2)}, got {rank}")
     A = np.zeros((d1, d2))
@@ -256,9 +255,8 @@ def op_problem(
     name: str | None = None,
 ) -> Problem:
     """Scalar fitting (Σ_l x_lᵀ y_l − (a + α n))²: toy (12) by default (a = 0.5, x, y ∈ ℝ³)."""
-    layers, dim = _check_positive_int(layers, "layers"), _check_positive_int(dim, "dim")
-    if not np.isfinite(target) or not np.isfinite(scale) or scale <= 0:
-        raise ValueError(f"target must be finite and scale positive, got target={target}, scale={scale}")
+    layers, dim = integer("layers", layers), integer("dim", dim)
+    target, scale = number("target", target, minimum=None), number("scale", scale, strict=True)
     X0 = _as_init(x0, (layers, dim, 1), "x0")
     X0 = _default_init(layers, dim, 1) if X0 is None else X0
     Y0 = _as_init(y0, (layers, dim, 1), "y0")
@@ -282,7 +280,7 @@ def make_problem(name: str, *, rank: int = 1, layers: int | None = None,
     if name not in PROBLEMS:
         raise ValueError(f"unknown problem {name!r}; expected one of {', '.join(PROBLEMS)}")
     if name != "nop" and name != "nop-layered" and rank != 1:
-        raise ValueError(f"--rank applies to NOP problems only; got rank={rank} for problem {name!r}")
+        raise ValueError(f"rank applies to NOP problems only; got rank={rank} for problem {name!r}")
     if name in ("nop", "op") and layers not in (None, 1):
         raise ValueError(f"problem {name!r} has one layer; use {name}-layered for layers={layers}")
     if name == "nop":

@@ -1,31 +1,105 @@
-"""Closed-form predictions and bounds of the paper (spec §3), for batches of points.
+"""Closed-form predictions, identities and bounds of the paper (spec §3, §4.5.5, §7.1), for batches of points.
 
-Points are factor batches X (n, L, d1, r), Y (n, L, d2, r) as in ``problems``. ``dB_dt`` is the
-exact rate ⟨X, Ẋ⟩ − ⟨Y, Ẏ⟩ of the flow of any optimizer, so every "leading term + A_t"
-statement can be checked as A_t = dB_dt − leading term.
+Points are factor batches X (n, L, d1, r), Y (n, L, d2, r) as in ``problems``; G (n, d1, d2) is the
+outer gradient ∇f at the product (NOP) and f′ (n,) its OP counterpart, G̃ and f̃′ the same at SAM's
+perturbed point z̃, and ‖g‖ the global gradient norm (u_t = 1/‖g‖). Every formula is written here
+once; ``balancedness check`` and the figures call these functions.
+
+``dB_dt`` is the exact rate ⟨X, Ẋ⟩ − ⟨Y, Ẏ⟩ of the flow of any optimizer, so every "leading term +
+A_t" statement can be checked as A_t = dB_dt − leading term.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from balancedness.metrics import balancedness, sq_norms
-from balancedness.sims.optimizers import Optimizer, layer_sq_norms
+from balancedness.metrics import balancedness, balancedness_layers, layer_sq_norms, sq_norms
+from balancedness.sims.directions import bar_sign
+from balancedness.sims.optimizers import Optimizer
 from balancedness.sims.problems import Problem
+
+
+# -- exact rates of any field ------------------------------------------------------------------
+def dB_dt_layers(problem: Problem, opt: Optimizer, X, Y, alpha, chunk_means=None, progress: float = 0.0) -> np.ndarray:
+    """Exact dB_l/dt = ⟨X_l, Ẋ_l⟩ − ⟨Y_l, Ẏ_l⟩ along the flow of ``opt``, shape (n, L)."""
+    dX, dY, _, _ = opt.direction(problem, X, Y, np.atleast_1d(alpha), chunk_means, progress)
+    return np.einsum("nlij,nlij->nl", X, dX) - np.einsum("nlij,nlij->nl", Y, dY)
 
 
 def dB_dt(problem: Problem, opt: Optimizer, X, Y, alpha, chunk_means=None, progress: float = 0.0) -> np.ndarray:
     """Exact dB/dt = Σ_l ⟨X_l, Ẋ_l⟩ − ⟨Y_l, Ẏ_l⟩ along the flow of ``opt``, shape (n,)."""
-    dX, dY, _, _ = opt.direction(problem, X, Y, np.atleast_1d(alpha), chunk_means, progress)
-    n = len(X)
-    return np.einsum("ij,ij->i", X.reshape(n, -1), dX.reshape(n, -1)) - np.einsum(
-        "ij,ij->i", Y.reshape(n, -1), dY.reshape(n, -1))
+    return dB_dt_layers(problem, opt, X, Y, alpha, chunk_means, progress).sum(axis=1)
 
 
-def dB_dt_layers(problem: Problem, opt: Optimizer, X, Y, alpha, chunk_means=None) -> np.ndarray:
-    """Exact dB_l/dt per layer, shape (n, L)."""
-    dX, dY, _, _ = opt.direction(problem, X, Y, np.atleast_1d(alpha), chunk_means)
-    return np.einsum("nlij,nlij->nl", X, dX) - np.einsum("nlij,nlij->nl", Y, dY)
+# -- SAM: the exact rate identities (16a), (27a), (33), (41) -----------------------------------
+def sam_nop_rate_layers(X: np.ndarray, Y: np.ndarray, G: np.ndarray, G_tilde: np.ndarray, grad_norm: np.ndarray,
+                        rho) -> np.ndarray:
+    """(27a): dB_l/dt = ρu [tr(Y_lᵀG̃ᵀG Y_l) − tr(X_lᵀG̃ GᵀX_l)], u = 1/‖g‖ global, shape (n, L).
+
+    One layer of rank 1 is (16a), ρu[yᵀG̃ᵀGy − xᵀG̃Gᵀx]; rank r is spec §7.1.11.
+    """
+    u = 1.0 / grad_norm
+    return (rho * u)[:, None] * (np.einsum("nlir,nji,njk,nlkr->nl", Y, G_tilde, G, Y)
+                                 - np.einsum("nlir,nij,nkj,nlkr->nl", X, G_tilde, G, X))
+
+
+def sam_nop_rate(X, Y, G, G_tilde, grad_norm, rho) -> np.ndarray:
+    """(16a) summed over layers: dB/dt of the SAM-NOP flow, shape (n,)."""
+    return sam_nop_rate_layers(X, Y, G, G_tilde, grad_norm, rho).sum(axis=1)
+
+
+def sam_op_rate_layers(X: np.ndarray, Y: np.ndarray, fprime: np.ndarray, fprime_tilde: np.ndarray,
+                       grad_norm: np.ndarray, rho) -> np.ndarray:
+    """(41), exact [DERIVED]: dB_l/dt = −ρu f′ f̃′ (‖x_l‖² − ‖y_l‖²), u = 1/‖g‖, shape (n, L)."""
+    return -rho * (fprime * fprime_tilde / grad_norm)[:, None] * 2 * balancedness_layers(X, Y)
+
+
+def sam_op_rate(X, Y, fprime, fprime_tilde, grad_norm, rho) -> np.ndarray:
+    """(33): dB/dt = −2ρ f′ f̃′ B / ‖g‖ along the SAM-OP flow, shape (n,)."""
+    return -2 * rho * fprime * fprime_tilde * balancedness(X, Y) / grad_norm
+
+
+def op_u(fprime: np.ndarray, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """u_t of (7)/(38) on OP: sgn(f′)/sqrt(‖x‖² + ‖y‖²), shape (n,)."""
+    return np.sign(fprime) / np.sqrt(sq_norms(X) + sq_norms(Y))
+
+
+def op_sam_point(X: np.ndarray, Y: np.ndarray, fprime: np.ndarray, rho) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(7a)/(38a): x̃ = x + ρu y, ỹ = y + ρu x with u = :func:`op_u`; returns (X̃, Ỹ, u)."""
+    u = op_u(fprime, X, Y)
+    s = (rho * u)[:, None, None, None]
+    return X + s * Y, Y + s * X, u
+
+
+# -- one discrete step (spec §7.1.5–§7.1.9) ------------------------------------------------------
+def sgd_discrete_drift(gX: np.ndarray, gY: np.ndarray, lr) -> np.ndarray:
+    """§7.1.5: B_{t+1} − B_t = (η²/2)(‖g_x‖² − ‖g_y‖²) for one SGD step (η/‖g‖ for SNGD)."""
+    return 0.5 * lr**2 * (sq_norms(gX) - sq_norms(gY))
+
+
+def sgd_op_step_factor(fprime: np.ndarray, lr: float) -> np.ndarray:
+    """§7.1.6: B_{t+1} = (1 − η² f′²) B_t for one SGD step on OP."""
+    return 1 - lr**2 * fprime**2
+
+
+def sam_op_step_factor(fprime_tilde: np.ndarray, u: np.ndarray, rho: float, lr: float) -> np.ndarray:
+    """§7.1.7: B_{t+1} = [1 − 2ηρu f̃′ − η² f̃′² (1 − ρ²u²)] B_t, u = sgn(f′)/sqrt(‖x‖² + ‖y‖²)."""
+    return 1 - 2 * lr * rho * u * fprime_tilde - lr**2 * fprime_tilde**2 * (1 - rho**2 * u**2)
+
+
+def sam_nop_step_change(X, Y, G, G_tilde, grad_norm, gX_tilde, gY_tilde, rho: float, lr: float) -> np.ndarray:
+    """§7.1.8: B_{t+1} − B_t = ηρu[yᵀG̃ᵀGy − xᵀG̃Gᵀx] + (η²/2)(‖g_x̃‖² − ‖g_ỹ‖²) for one SAM step on NOP."""
+    return lr * sam_nop_rate(X, Y, G, G_tilde, grad_norm, rho) + sgd_discrete_drift(gX_tilde, gY_tilde, lr)
+
+
+def msam_op_step_factor(fprime_tildes: np.ndarray, us: np.ndarray, rho: float, lr: float) -> np.ndarray:
+    """§7.1.9: B_{t+1} = [(1 − ηb)² − η²a²] B_t for one m-sharpness step on OP, with
+    a = (1/m)Σ_i f̃′_i and b = (1/m)Σ_i ρu_i f̃′_i; ``fprime_tildes`` and ``us`` are (m, n)."""
+    m = len(fprime_tildes)
+    a = b = 0.0
+    for ft, u in zip(fprime_tildes, us):
+        a, b = a + ft / m, b + rho * u * ft / m
+    return (1 - lr * b) ** 2 - lr**2 * a**2
 
 
 # -- Theorem 2 / Theorem 5 (NOP) -------------------------------------------------------------
@@ -45,6 +119,12 @@ def thm2_A_bound(X: np.ndarray, Y: np.ndarray, rho: float, L: float) -> np.ndarr
     """Explicit |A_t| ≤ Lρ²(‖x‖+‖y‖)² + Lρ³(‖x‖+‖y‖)/2 (spec §3, derived from (16a–b))."""
     s = np.sqrt(sq_norms(X)) + np.sqrt(sq_norms(Y))
     return L * rho**2 * s**2 + L * rho**3 * s / 2
+
+
+def thm2_sandwich(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The chain behind (6), for a, b ≥ 0: |a − b| ≤ |a² − b²|/sqrt(a² + b²) ≤ sqrt(|a² − b²|) (the three terms)."""
+    diff = np.abs(a**2 - b**2)
+    return np.abs(a - b), diff / np.sqrt(a**2 + b**2), np.sqrt(diff)
 
 
 def thm2_bounds(gX: np.ndarray, gY: np.ndarray, rho: float) -> tuple[np.ndarray, np.ndarray]:
@@ -102,10 +182,17 @@ def lemma2_A_bound(X: np.ndarray, Y: np.ndarray, rho: float, L: float) -> np.nda
     return 2 * L * rho**2 * np.abs(balancedness(X, Y)) * (1 + rho / (2 * np.sqrt(sq_norms(X) + sq_norms(Y))))
 
 
+def thm3_sandwich(X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(36)–(37): C_t ≤ 2|B|/sqrt(‖x‖² + ‖y‖²) ≤ sqrt(2|B|) with C_t = |‖x‖ − ‖y‖| (the three terms)."""
+    C = np.abs(np.sqrt(sq_norms(X)) - np.sqrt(sq_norms(Y)))
+    B = np.abs(balancedness(X, Y))
+    return C, 2 * B / np.sqrt(sq_norms(X) + sq_norms(Y)), np.sqrt(2 * B)
+
+
 def thm3_bounds(fprime: np.ndarray, X: np.ndarray, Y: np.ndarray, rho: float) -> tuple[np.ndarray, np.ndarray]:
     """Thm 3 without its O(ρ²L|B|) terms: (ρ|f′|C_t, ρ|f′|sqrt(2|B|)), C_t = |‖x‖ − ‖y‖|."""
-    C = np.abs(np.sqrt(sq_norms(X)) - np.sqrt(sq_norms(Y)))
-    return rho * np.abs(fprime) * C, rho * np.abs(fprime) * np.sqrt(2 * np.abs(balancedness(X, Y)))
+    C, _, upper = thm3_sandwich(X, Y)
+    return rho * np.abs(fprime) * C, rho * np.abs(fprime) * upper
 
 
 def lemma3_leading(chunk_fprimes: np.ndarray, X: np.ndarray, Y: np.ndarray, rho: float) -> np.ndarray:
@@ -131,33 +218,39 @@ def lemma1_min_sharpness(w: float, f2: float) -> float:
     return 2 * abs(w) * f2
 
 
-# -- BAR and SGD ---------------------------------------------------------------------------
+# -- BAR, and SGD with noise -------------------------------------------------------------------
 def bar_flow_rate(opt: Optimizer, X: np.ndarray, Y: np.ndarray, gX: np.ndarray, gY: np.ndarray,
                   progress: float = 0.0) -> np.ndarray:
-    """dB/dt of nBAR/oBAR with an SGD base (spec §4.5.5), per layer summed: s_l μ_t(‖x_l‖² + ‖y_l‖²)."""
-    mu = opt.mu_t(progress)
-    if opt.name == "nbar":
-        s = np.where(layer_sq_norms(gX) >= layer_sq_norms(gY), 1.0, -1.0)
-    else:
-        s = np.where(layer_sq_norms(X) >= layer_sq_norms(Y), -1.0, 1.0)
-    return (s * mu * (layer_sq_norms(X) + layer_sq_norms(Y))).sum(1)
+    """dB/dt of nBAR/oBAR with an SGD base (spec §4.5.5), summed over layers: Σ_l s_l μ_t(‖x_l‖² + ‖y_l‖²)."""
+    s = bar_sign(opt.name, X, Y, gX, gY)
+    return (s * opt.mu_t(progress) * (layer_sq_norms(X) + layer_sq_norms(Y))).sum(1)
 
 
-def sgd_discrete_drift(gX: np.ndarray, gY: np.ndarray, lr: float) -> np.ndarray:
-    """B_{t+1} − B_t = (η²/2)(‖g_x‖² − ‖g_y‖²) for one SGD step (spec §7.1 item 5)."""
-    return 0.5 * lr**2 * (sq_norms(gX) - sq_norms(gY))
+def obar_flow_rate(X: np.ndarray, Y: np.ndarray, mu: float) -> np.ndarray:
+    """dB/dt of one-layer oBAR with an SGD base (spec §4.5.5): −sign(B) μ (‖x‖² + ‖y‖²)."""
+    return -np.sign(balancedness(X, Y)) * mu * (sq_norms(X) + sq_norms(Y))
+
+
+def nop_noise_sq_norms(problem: Problem, X: np.ndarray, Y: np.ndarray, alpha, batch: int = 1
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """The noise parts of E_ξ‖g_X‖² and E_ξ‖g_Y‖² on NOP (spec §1.5, §7.3 (c)), shape (n,) each:
+    4k²α² tr(D²) ‖Y‖²/b and 4k²α² d2 Σ_i D_i² ‖X_{i,:}‖²/b (the gradient's noise is 2kα N̄, N = D U)."""
+    D2 = problem.noise_rows**2
+    c = 4 * problem.scale**2 * np.asarray(alpha) ** 2 / batch
+    return c * D2.sum() * sq_norms(Y), c * problem.d2 * np.einsum("nlir,i->n", X * X, D2)
+
+
+def nop_expected_grad_sq_norms(problem: Problem, X: np.ndarray, Y: np.ndarray, alpha, batch: int = 1
+                               ) -> tuple[np.ndarray, np.ndarray]:
+    """E_ξ‖g_X‖², E_ξ‖g_Y‖² on NOP: ‖G₀Y‖² + noise, ‖G₀ᵀX‖² + noise, G₀ = 2k(W − A) (:func:`nop_noise_sq_norms`)."""
+    gX, gY, _ = problem.grads(X, Y, np.zeros(len(X)), None)
+    nx, ny = nop_noise_sq_norms(problem, X, Y, alpha, batch)
+    return sq_norms(gX) + nx, sq_norms(gY) + ny
 
 
 def sgd_expected_drift_nop(problem: Problem, X: np.ndarray, Y: np.ndarray, alpha: float, lr: float,
                            batch: int = 1) -> np.ndarray:
-    """E[B_{t+1} − B_t] for SGD on the NOP toy (spec §7.3 (c)), rank 1, one layer:
-    (η²/2)(‖G₀y‖² − ‖G₀ᵀx‖²) + 2η²α²(tr(D²)‖y‖² − d2·xᵀD²x)/b, with G₀ = 2k(xyᵀ − A)."""
-    G0 = problem.outer_grad(problem.product(X, Y), np.zeros(len(X)), None)
-    gX, gY = problem.factor_grads(X, Y, G0)
-    D2 = problem.noise_rows**2
-    x, y = X[:, 0, :, 0], Y[:, 0, :, 0]
-    k2 = problem.scale**2
-    noise = 2 * k2 * alpha**2 * (D2.sum() * (y * y).sum(1) - problem.d2 * (x * x * D2).sum(1)) / batch
-    return 0.5 * lr**2 * (sq_norms(gX) - sq_norms(gY)) + lr**2 * noise
-
-
+    """E[B_{t+1} − B_t] for SGD on NOP (spec §7.3 (c)): (η²/2)(E‖g_x‖² − E‖g_y‖²), i.e.
+    (η²/2)(‖G₀y‖² − ‖G₀ᵀx‖²) + 2η²k²α²(tr(D²)‖y‖² − d2·xᵀD²x)/b for one layer of rank 1."""
+    ex, ey = nop_expected_grad_sq_norms(problem, X, Y, alpha, batch)
+    return 0.5 * lr**2 * (ex - ey)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from balancedness.validation import integer
+
 TaskKind = Literal["classification", "generation"]
 Metric = Literal["accuracy", "bleu"]
 
@@ -100,18 +102,14 @@ def require_file(path: Path, what: str) -> Path:
     """``path`` if it is a file, else a FileNotFoundError naming it and what it should hold."""
     if not path.is_file():
         raise FileNotFoundError(f"missing {what}: {str(path)!r} does not exist; "
-                                f"check --data-root / {DATA_ENV} (expected the layout of shared/data, see docs/data.md)")
+                                f"check data_root (--data-root) / {DATA_ENV} (expected the layout of shared/data, see docs/data.md)")
     return path
 
 
 def check_shots(shots: int | None) -> None:
     """Reject ``shots < 1`` (and non-integers) before anything is read."""
-    if shots is None:
-        return
-    if isinstance(shots, bool) or not isinstance(shots, int):
-        raise ValueError(f"shots must be a positive integer, got {shots!r}")
-    if shots < 1:
-        raise ValueError(f"shots must be >= 1 (examples per class), got {shots}")
+    if shots is not None:
+        integer("shots", shots)
 
 
 def sample_shots(examples: Sequence[Example], shots: int, seed: int,
@@ -134,7 +132,7 @@ def sample_shots(examples: Sequence[Example], shots: int, seed: int,
         members = [i for i, ex in enumerate(examples) if ex.label == label]
         if shots > len(members):
             raise ValueError(f"shots={shots} per class, but class {name!r} (label {label}) has only "
-                             f"{len(members)} training examples; use --shots <= {len(members)}")
+                             f"{len(members)} training examples; use shots <= {len(members)}")
         chosen.extend(rng.sample(members, shots))
     rng.shuffle(chosen)
     return [examples[i] for i in chosen]
@@ -144,8 +142,7 @@ def eval_subset(examples: list[Example], max_eval: int | None) -> list[Example]:
     """The first-class eval set, or a fixed random subset of ``max_eval`` examples in file order."""
     if max_eval is None or max_eval >= len(examples):
         return examples
-    if isinstance(max_eval, bool) or not isinstance(max_eval, int) or max_eval < 1:
-        raise ValueError(f"max_eval must be a positive integer, got {max_eval!r}")
+    integer("max_eval", max_eval)
     keep = sorted(random.Random(EVAL_SUBSET_SEED).sample(range(len(examples)), max_eval))
     return [examples[i] for i in keep]
 

@@ -19,7 +19,26 @@ from .core import Example
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
-Row = dict[str, str]
+class Row(dict):
+    """One data row, ``{column: text}``, that knows the file line it starts on (``row.line``) for messages."""
+
+    line: int = 0
+
+    @classmethod
+    def at(cls, line: int, cells: dict[str, str]) -> "Row":
+        row = cls(cells)
+        row.line = line
+        return row
+
+
+def _text(path: Path):
+    """``path`` opened as UTF-8 text; a UTF-8 byte-order mark is skipped."""
+    return path.open(encoding="utf-8-sig", newline="")
+
+
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> ValueError:
+    return ValueError(f"{str(path)!r} is not UTF-8 text (byte {exc.start} is {exc.object[exc.start:exc.start + 1]!r}); "
+                      "save it as UTF-8")
 
 #: Held-out fraction and fixed seed of the BBC News test split (independent of --seed).
 BBC_TEST_FRACTION = 0.2
@@ -33,21 +52,50 @@ def _cell(value: object) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-def read_delimited(path: Path, *, header: bool = True, columns: Sequence[str] | None = None) -> list[Row]:
+def read_delimited(path: Path, *, header: bool = True, columns: Sequence[str] | None = None,
+                   label_last: bool = False) -> list[Row]:
     """Rows of a CSV (``.csv``) or TSV (any other suffix) file.
 
     TSV files are read without quote handling (GLUE/SNLI text holds bare quotes); CSV files with
-    standard quoting. Without a header, ``columns`` names the fields by position.
+    standard, strict quoting. Without a header, ``columns`` names the fields by position. A row with
+    another number of fields than the header (or ``columns``), bad quoting and non-UTF-8 bytes raise a
+    ValueError naming the file and line; blank lines are skipped. ``label_last``: a row with *more* fields
+    than the header gives its last field to the last column (GLUE SNLI/MNLI's extra annotator labels).
     """
     tsv = path.suffix.lower() != ".csv"
-    with path.open(encoding="utf-8", newline="") as fh:
-        kwargs = dict(delimiter="\t", quoting=csv.QUOTE_NONE) if tsv else {}
-        if header:
-            rows = [dict(r) for r in csv.DictReader(fh, **kwargs)]
-        else:
-            if columns is None:
-                raise ValueError(f"{path}: a headerless file needs column names")
-            rows = [dict(zip(columns, r)) for r in csv.reader(fh, **kwargs) if r]
+    kwargs = dict(delimiter="\t", quoting=csv.QUOTE_NONE) if tsv else dict(strict=True)
+    records: list[tuple[int, list[str]]] = []
+    try:
+        with _text(path) as fh:
+            reader = csv.reader(fh, **kwargs)
+            start = 1
+            try:
+                for fields in reader:
+                    if any(f.strip() for f in fields):
+                        records.append((start, fields))
+                    start = reader.line_num + 1
+            except csv.Error as exc:
+                raise ValueError(f"{str(path)!r} line {start}: {exc} (CSV fields holding commas, quotes or line "
+                                 "breaks must be quoted, and quotes inside them doubled)") from None
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path, exc) from None
+    if header:
+        if not records:
+            raise ValueError(f"{str(path)!r} is empty (expected a header row)")
+        names = [c.strip() for c in records.pop(0)[1]]
+    elif columns is None:
+        raise ValueError(f"{path}: a headerless file needs column names")
+    else:
+        names = list(columns)
+    rows = []
+    for line, fields in records:
+        if label_last and len(fields) > len(names):
+            fields = fields[: len(names) - 1] + fields[-1:]
+        if len(fields) != len(names):
+            sep = "tab" if tsv else "comma"
+            raise ValueError(f"{str(path)!r} line {line} has {len(fields)} {sep}-separated fields, expected "
+                             f"{len(names)} ({', '.join(names)})")
+        rows.append(Row.at(line, dict(zip(names, fields))))
     if not rows:
         raise ValueError(f"{str(path)!r} holds no data rows (empty file or header only)")
     return rows
@@ -56,17 +104,21 @@ def read_delimited(path: Path, *, header: bool = True, columns: Sequence[str] | 
 def read_jsonl(path: Path) -> list[Row]:
     """Rows of a JSON-lines file, every value turned into a string (see :func:`_cell`)."""
     rows: list[Row] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{str(path)!r} line {lineno} is not JSON: {exc}") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{str(path)!r} line {lineno}: expected a JSON object, got {type(obj).__name__}")
-            rows.append({k: _cell(v) for k, v in obj.items()})
+    try:
+        with _text(path) as fh:
+            lines = list(enumerate(fh, 1))
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path, exc) from None
+    for lineno, line in lines:
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{str(path)!r} line {lineno} is not JSON: {exc}") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{str(path)!r} line {lineno}: expected a JSON object, got {type(obj).__name__}")
+        rows.append(Row.at(lineno, {k: _cell(v) for k, v in obj.items()}))
     if not rows:
         raise ValueError(f"{str(path)!r} holds no data rows (empty file)")
     return rows
@@ -74,11 +126,16 @@ def read_jsonl(path: Path) -> list[Row]:
 
 def read_json_dict(path: Path) -> list[Row]:
     """Rows of an LM-BFF ``glue_pretrain`` JSON file ``{id: {text_a, text_b, label}}`` in id order."""
-    with path.open(encoding="utf-8") as fh:
-        obj = json.load(fh)
+    try:
+        with _text(path) as fh:
+            obj = json.load(fh)
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path, exc) from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{str(path)!r} is not JSON: {exc}") from None
     if not obj:
         raise ValueError(f"{str(path)!r} holds no data rows (empty JSON object)")
-    return [{k: _cell(v) for k, v in obj[key].items()} for key in obj]
+    return [Row({k: _cell(v) for k, v in obj[key].items()}) for key in obj]
 
 
 def read_table(path: Path) -> list[Row]:

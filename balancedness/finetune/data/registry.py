@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from balancedness.validation import integer
+
 from .core import (Example, Metric, TaskData, TaskKind, check_shots, eval_subset, map_labels,
                    require_file, resolve_data_root, sample_shots)
 from .readers import (Row, bbc_news_root, read_bbc_news, read_delimited, read_json_dict, read_jsonl,
@@ -34,8 +36,9 @@ NLI3 = ("entailment", "neutral", "contradiction")
 class FileSpec:
     """How to read one split: a path relative to the task folder, a reader, columns, label values.
 
-    ``reader`` is ``"tsv"``/``"csv"`` (with header), ``"csv-noheader"`` (columns by position),
-    ``"jsonl"`` or ``"json-dict"`` (LM-BFF ``glue_pretrain``).
+    ``reader`` is ``"tsv"``/``"csv"`` (with header), ``"tsv-label-last"`` (GLUE SNLI/MNLI: some rows carry
+    extra annotator-label fields, and the gold label is the last field, as LM-BFF's processors read it),
+    ``"csv-noheader"`` (columns by position), ``"jsonl"`` or ``"json-dict"`` (LM-BFF ``glue_pretrain``).
     """
 
     path: str
@@ -64,7 +67,7 @@ class TaskSpec:
 
 def _lmbff(name: str, folder: str, ext: str, text: tuple[str, ...], label: str, names: tuple[str, ...],
            values: tuple[str, ...], eval_file: FileSpec | None = None, description: str = "") -> TaskSpec:
-    reader = "csv-noheader" if ext == "csv" else "tsv"
+    reader = "csv-noheader" if ext == "csv" else "tsv-label-last" if folder in ("SNLI", "MNLI") else "tsv"
     cols = (label, *text) if ext == "csv" else None
     spec = lambda split: FileSpec(f"{split}.{ext}", reader, text, label, cols)  # noqa: E731
     return TaskSpec(name, "lm-bff", folder, text, names, values, spec("train"), eval_file or spec("test"),
@@ -131,7 +134,8 @@ def _read(spec: FileSpec, path: Path) -> list[Row]:
     elif spec.reader == "json-dict":
         rows = read_json_dict(path)
     else:
-        rows = read_delimited(path, header=spec.reader != "csv-noheader", columns=spec.headerless_columns)
+        rows = read_delimited(path, header=spec.reader != "csv-noheader", columns=spec.headerless_columns,
+                              label_last=spec.reader == "tsv-label-last")
     require_columns(rows, (*spec.text_columns, spec.label_column), path)
     return rows
 
@@ -168,7 +172,7 @@ def _drop_kshot_overlap(spec: TaskSpec, folder: Path, eval_ex: list[Example], no
     """Drop eval pairs that appear in any k-shot file of the task (every seed, train and dev)."""
     seen: set[tuple[str, ...]] = set()
     for f in sorted(folder.parent.glob("16-*/*.tsv")):
-        rows = read_delimited(f)
+        rows = read_delimited(f, label_last=spec.train.reader == "tsv-label-last")
         if all(c in rows[0] for c in spec.train.text_columns):
             seen.update(_pair_key([r[c] for c in spec.train.text_columns]) for r in rows)
     kept = [ex for ex in eval_ex if _pair_key(ex.texts) not in seen]
@@ -214,18 +218,25 @@ def _load_files(train_file: str | os.PathLike[str], eval_file: str | os.PathLike
                 ) -> tuple[list[Example], list[Example], list[str], tuple[str, ...], str]:
     """(train, eval, label_names, text_fields, source) of the user's own CSV/TSV/JSONL files."""
     if eval_file is None:
-        raise ValueError("--train-file needs --eval-file too (a held-out file with the same columns)")
+        raise ValueError("train_file needs eval_file too (a held-out file with the same columns)")
     if not text_columns:
-        raise ValueError("--train-file needs at least one --text-column (give it twice for sentence pairs)")
+        raise ValueError("train_file needs at least one text column (two for sentence pairs)")
     if isinstance(text_columns, str):
         text_columns = (text_columns,)
     if not label_column:
-        raise ValueError("--train-file needs --label-column (the column holding the class label)")
-    paths = [require_file(Path(p).expanduser(), f"{what} file") for p, what in ((train_file, "--train"), (eval_file, "--eval"))]
+        raise ValueError("train_file needs label_column (the column holding the class label)")
+    paths = [require_file(Path(p).expanduser(), f"{what} file") for p, what in ((train_file, "training"), (eval_file, "evaluation"))]
     tables = [read_table(p) for p in paths]
     for rows, p in zip(tables, paths):
         require_columns(rows, (*text_columns, label_column), p)
+    for rows, p in zip(tables, paths):
+        empty = next((r for r in rows if not r[label_column].strip()), None)
+        if empty is not None:
+            raise ValueError(f"{str(p)!r} line {empty.line}: the label cell (column {label_column!r}) is empty")
     names = _sorted_labels({r[label_column].strip() for r in tables[0]})
+    if len(names) < 2:
+        raise ValueError(f"{str(paths[0])!r}: column {label_column!r} holds a single class {names}; a classifier "
+                         "needs at least two")
     unseen = sorted({r[label_column].strip() for r in tables[1]} - set(names))
     if unseen:
         raise ValueError(f"{str(paths[1])!r}: label(s) {unseen[:5]} in column {label_column!r} never occur in "
@@ -260,14 +271,14 @@ def load_task(name: str | None = None, *, data_root: str | os.PathLike[str] | No
         FileNotFoundError: missing data root or data file (the message says how to set --data-root).
     """
     check_shots(shots)
-    if max_eval is not None and (isinstance(max_eval, bool) or not isinstance(max_eval, int) or max_eval < 1):
-        raise ValueError(f"max_eval must be a positive integer, got {max_eval!r}")
+    if max_eval is not None:
+        integer("max_eval", max_eval)
     notes: list[str] = []
     if train_file is not None or eval_file is not None:
         if train_file is None:
-            raise ValueError("--eval-file needs --train-file too")
+            raise ValueError("eval_file needs train_file too")
         if name is not None and name.strip().lower() in TASKS:
-            raise ValueError(f"give either the built-in task {name!r} or --train-file/--eval-file, not both")
+            raise ValueError(f"give either the built-in task {name!r} or train_file/eval_file, not both")
         train, eval_ex, labels, fields, source = _load_files(train_file, eval_file, text_columns, label_column)
         task_name, kind, metric = name or "custom", "classification", "accuracy"
     else:

@@ -1,4 +1,4 @@
-"""``balancedness figures NAME --out DIR``: regenerate the paper's figures (registered by ``balancedness.cli``)."""
+"""``balancedness figures NAME --out DIR``: regenerate the paper's figures; ``fig3`` plots LoRA run logs."""
 
 from __future__ import annotations
 
@@ -10,22 +10,9 @@ from typing import List, Optional, Sequence
 import typer
 from rich.console import Console
 
-from balancedness.figures import FIGURES, FigureConfig, check_names, make_figure
+from balancedness.commands.common import ensure_writable_folder, err_console, fail_usage
+from balancedness.figures import FIGURES, FigureConfig, check_names, render
 from balancedness.figures.runs import DEFAULT_ALPHAS, DEFAULT_SEEDS, QUICK_SEEDS
-
-
-def render(names: Sequence[str], cfg: FigureConfig, out: Path, formats: Sequence[str],
-           console: Console | None = None) -> dict[str, list[Path]]:
-    """Build and save each figure in ``names`` (already validated); prints one line per figure."""
-    console = console or Console(stderr=True)
-    written: dict[str, list[Path]] = {}
-    for i, name in enumerate(names, 1):
-        started = time.perf_counter()
-        with console.status(f"[{i}/{len(names)}] {name}: {FIGURES[name]}…"):
-            written[name] = make_figure(name, cfg, out, formats)
-        files = ", ".join(p.name for p in written[name])
-        console.print(f"[green]✓[/] {name} ({time.perf_counter() - started:.1f} s): {files}")
-    return written
 
 
 def figures(
@@ -43,7 +30,6 @@ def figures(
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="fig3 self-run only: the data folder."),
 ) -> None:
     """Regenerate the paper's Figures 1, 2, 4 and the flow/rates/msharp figures, each with its data (JSON)."""
-    from balancedness.cli import fail_usage
     from balancedness.figures.style import check_formats
 
     if name == "fig3":
@@ -52,11 +38,12 @@ def figures(
     if log:
         fail_usage(f"--log applies to fig3 only, not to {name!r}")
     try:
+        ensure_writable_folder(out, "--out")
         names = check_names([name])
         formats = check_formats(format.split(","))
         cfg = FigureConfig.make(quick=quick, seeds=seeds, alphas=alpha, progress=sys.stderr.isatty())
     except ValueError as e:
-        fail_usage(str(e))
+        fail_usage(e)
     started = time.perf_counter()
     render(names, cfg, out, formats)
     Console(stderr=True).print(f"{len(names)} figure(s) in {out} ({time.perf_counter() - started:.1f} s)")
@@ -64,21 +51,24 @@ def figures(
 
 def _fig3(out: Path, format: str, logs: Optional[List[Path]], data_root: Optional[Path], quick: bool) -> None:
     """Figure 3 (spec §5): 2|B_l| of an early, a middle and the last query layer, SAM vs AdamW."""
-    from balancedness.cli import fail_usage
     from balancedness.figures.style import check_formats
 
     try:
+        ensure_writable_folder(out, "--out")
         formats = check_formats(format.split(","))
         for path in logs or []:
             log_file = path / "balancedness.jsonl" if path.is_dir() else path
             if not log_file.is_file():
                 raise ValueError(f"--log {str(path)!r}: no balancedness.jsonl there")
     except ValueError as e:
-        fail_usage(str(e))
+        fail_usage(e)
     from balancedness.figures.fig3 import make_fig3
 
     started = time.perf_counter()
-    paths = make_fig3(out, logs=logs or None, formats=formats, quick=quick,
-                      data_root=None if data_root is None else str(data_root))
+    if not logs:
+        from balancedness.finetune.fig3_runs import fig3_runs
+
+        logs = fig3_runs(out, quick=quick, data_root=None if data_root is None else str(data_root))
+    paths = make_fig3(out, logs=logs, formats=formats)
     Console(stderr=True).print(f"[green]✓[/] fig3 ({time.perf_counter() - started:.1f} s): "
                                + ", ".join(p.name for p in paths))

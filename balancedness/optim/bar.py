@@ -19,48 +19,51 @@ overflow that GradScaler is about to skip) the nBAR rescaling of that step is sk
 from __future__ import annotations
 
 import functools
-import numbers
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from balancedness.finetune.pairs import LoraPair, compute_dtype, lora_pairs, norms
-from balancedness.finetune.schedules import check_schedule, scheduled_mu
+from balancedness.optim.pairs import LoraPair, compute_dtype, lora_pairs, norms
+from balancedness.optim.schedules import check_schedule, check_total_steps, scheduled_mu
+from balancedness.validation import choice, number
 
-__all__ = ["VARIANTS", "BAROptimizerMixin", "bar_optimizer_class", "create_bar_optimizer", "add_bar", "attach_bar"]
+__all__ = ["VARIANTS", "BAROptimizerMixin", "bar_optimizer_class", "check_bar_args", "create_bar_optimizer"]
 
 VARIANTS = ("nbar", "obar")
 
 
-def check_bar_args(mu: float, variant: str, schedule: str, total_steps: int | None) -> None:
-    if isinstance(mu, bool) or not isinstance(mu, numbers.Real):
-        raise TypeError(f"mu must be a real number, got {type(mu).__name__} {mu!r}")
-    if not mu >= 0:
-        raise ValueError(f"mu (the BAR coefficient μ₀) must be >= 0, got {mu!r}")
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown BAR variant {variant!r}; expected one of {VARIANTS}")
-    check_schedule(schedule, total_steps)
+def check_bar_args(mu: float, variant: str, schedule: str, *, prefix: str = "") -> tuple[float, str, str]:
+    """(μ₀, variant, schedule) validated: μ₀ finite and ≥ 0, variant in ``VARIANTS``, schedule in
+    ``SCHEDULES``. Errors name the parameter as ``prefix + "mu"`` etc. (``BARTrainer``: ``bar_mu``)."""
+    return (number(prefix + "mu", mu), choice(prefix + "variant", variant, VARIANTS),
+            check_schedule(schedule, prefix + "schedule"))
 
 
 class BAROptimizerMixin:
-    """Adds Alg. 2/3 in front of the base optimizer's ``step``. Mixed into a subclass of the user's class."""
+    """Adds Alg. 2/3 in front of the base optimizer's ``step``. Mixed into a subclass of the user's class by
+    ``bar_optimizer_class``; its constructor takes the base class's arguments plus the BAR ones:
+
+        BAR<optimizer_cls>(params, *, pairs, mu, variant="nbar", schedule="constant", total_steps=None,
+                           **optimizer_kwargs)
+
+    ``pairs`` (from ``lora_pairs``) must all be among ``params``; see ``create_bar_optimizer`` for the rest.
+    """
 
     _bar_base_step: Callable[..., Any]
 
-    def _bar_init(self, pairs: list[LoraPair], *, mu: float, variant: str, schedule: str,
-                  total_steps: int | None) -> None:
+    def __init__(self, params: Any, *, pairs: Sequence[LoraPair], mu: float, variant: str = "nbar",
+                 schedule: str = "constant", total_steps: int | None = None, **optimizer_kwargs: Any) -> None:
+        self.bar_mu0, self.bar_variant, self.bar_schedule = check_bar_args(mu, variant, schedule)
+        self.bar_total_steps = check_total_steps(schedule, total_steps)
+        super().__init__(params, **optimizer_kwargs)
         group_of = {id(p): i for i, g in enumerate(self.param_groups) for p in g["params"]}
         for pair in pairs:
             for factor in (pair.lora_A, pair.lora_B):
                 if id(factor) not in group_of:
                     raise ValueError(f"LoRA factor of {pair.name!r} is not among this optimizer's parameters")
-        self.bar_pairs = pairs
-        self.bar_mu0 = float(mu)
-        self.bar_variant = variant
-        self.bar_schedule = schedule
-        self.bar_total_steps = total_steps
+        self.bar_pairs = list(pairs)
         self.bar_step_count = 0  # t: BAR steps taken so far
         self._bar_group_of = group_of
 
@@ -114,13 +117,19 @@ class BAROptimizerMixin:
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """The base optimizer's state and the schedule position t. A saved T that differs from this
+        optimizer's (linear/cosine schedules) raises ValueError: t/T would silently change meaning."""
         state_dict = dict(state_dict)
         bar = state_dict.pop("bar", None)
+        saved_total = None if bar is None else bar.get("total_steps")
+        if self.bar_schedule != "constant" and saved_total not in (None, self.bar_total_steps):
+            raise ValueError(
+                f"the BAR state was saved with total_steps={saved_total} (T of the μ schedule) but this "
+                f"optimizer has total_steps={self.bar_total_steps}; resume with the same number of training steps"
+            )
         super().load_state_dict(state_dict)
         if bar is not None:
             self.bar_step_count = int(bar["step"])
-            if self.bar_total_steps is None:
-                self.bar_total_steps = bar["total_steps"]
 
 
 def _scale_(params: list[nn.Parameter], factors: torch.Tensor) -> None:
@@ -135,7 +144,8 @@ def _scale_(params: list[nn.Parameter], factors: torch.Tensor) -> None:
 
 @functools.cache
 def bar_optimizer_class(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
-    """The subclass ``BAR<optimizer_cls>`` of the user's optimizer class (cached: one per base class)."""
+    """The subclass ``BAR<optimizer_cls>`` of the user's optimizer class, the class ``create_bar_optimizer``
+    instantiates (cached: one per base class). Its constructor is documented on ``BAROptimizerMixin``."""
     if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, Optimizer)):
         raise TypeError(f"optimizer_cls must be a torch.optim.Optimizer subclass, got {optimizer_cls!r}")
     if issubclass(optimizer_cls, BAROptimizerMixin):
@@ -156,55 +166,32 @@ def create_bar_optimizer(
     variant: str = "nbar",
     schedule: str = "constant",
     total_steps: int | None = None,
+    params: Iterable[Any] | None = None,
     **optimizer_kwargs: Any,
 ) -> Optimizer:
     """Create a BAR optimizer (Li, Zhang, He, NeurIPS 2024, Algs. 2/3; arXiv 2410.14802).
 
     Args:
-        model: a model with LoRA layers (e.g. a peft ``PeftModel``); all its trainable parameters are optimized,
-            and BAR rescales each (lora_A, lora_B) pair found by ``lora_pairs``.
+        model: a model with LoRA layers (e.g. a peft ``PeftModel``); BAR rescales each (lora_A, lora_B) pair
+            found by ``lora_pairs``.
         optimizer_cls: the base optimizer class (``torch.optim.AdamW``, ``SGD``, ...).
         lr: the base learning rate η (> 0); BAR uses each group's *current* lr, so LR schedulers apply.
-        mu: μ₀ ≥ 0, the BAR coefficient (the paper's α_t in Algs. 2/3, "μ₀" in its tables).
+        mu: μ₀ ≥ 0 (finite), the BAR coefficient (the paper's α_t in Algs. 2/3, "μ₀" in its tables).
         variant: ``"nbar"`` (Alg. 2, decides on gradient norms) or ``"obar"`` (Alg. 3, on weight norms).
         schedule: ``"constant"``, ``"linear"`` or ``"cosine"`` decay of μ_t (spec §4.5.7).
         total_steps: T of the linear/cosine schedule (required for those).
+        params: the parameters or parameter groups to optimize, as for any torch optimizer (e.g. with
+            per-group ``weight_decay``); default: every trainable parameter of ``model``. Every LoRA factor
+            must be among them.
         **optimizer_kwargs: passed to ``optimizer_cls`` (``weight_decay``, ``betas``, ...).
 
     Returns:
-        an instance of ``BAR<optimizer_cls>``, a subclass of ``optimizer_cls``; its ``state_dict`` carries
-        the schedule position t.
+        an instance of ``bar_optimizer_class(optimizer_cls)``, a subclass of ``optimizer_cls``; its
+        ``state_dict`` carries the schedule position t.
     """
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not lr > 0:
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    check_bar_args(mu, variant, schedule, total_steps)
+    lr = number("lr", lr, strict=True)
     cls = bar_optimizer_class(optimizer_cls)
-    pairs = lora_pairs(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = cls(params, lr=lr, **optimizer_kwargs)
-    optimizer._bar_init(pairs, mu=mu, variant=variant, schedule=schedule, total_steps=total_steps)
-    return optimizer
-
-
-def add_bar(optimizer: Optimizer, model: nn.Module, *, mu: float, variant: str = "nbar",
-            schedule: str = "constant", total_steps: int | None = None) -> Optimizer:
-    """Turn an existing optimizer over ``model``'s parameters into its BAR subclass, in place.
-
-    For optimizers built elsewhere (e.g. by the HF Trainer, see ``BARTrainer``). State and param groups are
-    kept; only the class changes to ``bar_optimizer_class(type(optimizer))``.
-    """
-    check_bar_args(mu, variant, schedule, total_steps)
-    return attach_bar(optimizer, model, mu=mu, variant=variant, schedule=schedule, total_steps=total_steps)
-
-
-def attach_bar(optimizer: Optimizer, model: nn.Module, *, mu: float, variant: str, schedule: str,
-               total_steps: int | None) -> Optimizer:
-    """``add_bar`` without the check that T is known: for callers that set ``bar_total_steps`` later
-    (``BARTrainer`` learns T only when the Trainer builds its scheduler)."""
-    if not isinstance(optimizer, Optimizer):
-        raise TypeError(f"add_bar expects a torch.optim.Optimizer, got {type(optimizer).__name__}")
-    pairs = lora_pairs(model)
-    optimizer.__class__ = bar_optimizer_class(type(optimizer))
-    optimizer._patch_step_function()
-    optimizer._bar_init(pairs, mu=mu, variant=variant, schedule=schedule, total_steps=total_steps)
-    return optimizer
+    if params is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+    return cls(params, pairs=lora_pairs(model), lr=lr, mu=mu, variant=variant, schedule=schedule,
+               total_steps=total_steps, **optimizer_kwargs)

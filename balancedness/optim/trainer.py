@@ -14,9 +14,9 @@ backward at w + e, restore w. The Trainer's own ``optimizer.step()`` then applie
 
 Under DDP there is always additionally one chunk per worker (each worker's ascent is local).
 
-``BARTrainer`` lets the Trainer build its optimizer as usual (AdamW with its weight-decay groups, ...) and
-turns it into the BAR subclass (spec Algs. 2/3); T for linear/cosine μ-schedules is the Trainer's number of
-training steps.
+``BARTrainer`` builds its optimizer with ``create_bar_optimizer`` (spec Algs. 2/3) from the Trainer's own
+optimizer class and keyword arguments (``args.optim``, lr, betas, ...) and its usual decay/no-decay parameter
+groups; T for linear/cosine μ-schedules is the Trainer's number of training steps.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ import torch
 from torch import nn
 from transformers import Trainer
 
-from balancedness.finetune.amp import poison_grads_
-from balancedness.finetune.bar import BAROptimizerMixin, attach_bar, check_bar_args
-from balancedness.finetune.sam import check_rho, climb_, restore_, stash_grads, unstash_grads
-from balancedness.finetune.schedules import check_schedule
+from balancedness.optim.amp import poison_grads_
+from balancedness.optim.bar import BAROptimizerMixin, check_bar_args, create_bar_optimizer
+from balancedness.optim.sam import check_sam_args, climb_, restore_, stash_grads, unstash_grads
+from balancedness.validation import boolean
 
 __all__ = ["SAMTrainer", "BARTrainer"]
 
@@ -44,11 +44,10 @@ class SAMTrainer(Trainer):
 
     def __init__(self, *args: Any, rho: float = 0.05, adaptive: bool = False, msharpness: bool = False,
                  **kwargs: Any) -> None:
-        check_rho(rho, adaptive)
-        if not isinstance(msharpness, bool):
-            raise TypeError(f"msharpness must be a bool, got {msharpness!r}")
+        rho, adaptive = check_sam_args(rho, adaptive)
+        msharpness = boolean("msharpness", msharpness)
         super().__init__(*args, **kwargs)
-        self.sam_rho, self.sam_adaptive, self.sam_msharpness = float(rho), adaptive, msharpness
+        self.sam_rho, self.sam_adaptive, self.sam_msharpness = rho, adaptive, msharpness
         self._sam_pending: list[tuple[dict[str, Any], Any]] = []
 
     def training_step(self, model: nn.Module, inputs: dict[str, Any],
@@ -112,28 +111,78 @@ def _unwrap(optimizer: Any) -> Any:
 
 
 class BARTrainer(Trainer):
-    """``Trainer`` whose self-built optimizer gets BAR (spec Algs. 2/3) in front of its step.
+    """``Trainer`` whose optimizer is BAR (spec Algs. 2/3) over the Trainer's own optimizer class.
 
     Extra args: ``bar_mu`` (μ₀ ≥ 0), ``bar_variant`` (``"nbar"``/``"obar"``), ``bar_schedule``
     (``"constant"``/``"linear"``/``"cosine"``, T = the Trainer's total number of optimizer steps).
+
+    ``create_optimizer`` calls ``create_bar_optimizer`` with the class and kwargs of
+    ``get_optimizer_cls_and_kwargs(args)`` (or the ``optimizer_cls_and_kwargs`` given to the Trainer), the
+    learning rate of ``args``, and the Trainer's two groups: ``args.weight_decay`` for
+    ``get_decay_parameter_names(model)``, 0 for the rest. T comes from ``create_optimizer_and_scheduler``
+    (or, inside ``train()``, from the step count the Trainer has computed by then); ``create_scheduler``
+    checks that the LR schedule and the μ schedule agree on T. An optimizer passed in through
+    ``optimizers=(...)`` must already be a BAR optimizer.
     """
 
     def __init__(self, *args: Any, bar_mu: float, bar_variant: str = "nbar", bar_schedule: str = "constant",
                  **kwargs: Any) -> None:
-        check_bar_args(bar_mu, bar_variant, "constant", None)
-        check_schedule(bar_schedule, 1)
+        self.bar_mu, self.bar_variant, self.bar_schedule = check_bar_args(bar_mu, bar_variant, bar_schedule,
+                                                                          prefix="bar_")
+        self._bar_total_steps: int | None = None
         super().__init__(*args, **kwargs)
-        self.bar_mu, self.bar_variant, self.bar_schedule = float(bar_mu), bar_variant, bar_schedule
+        if self.optimizer is not None and not isinstance(_unwrap(self.optimizer), BAROptimizerMixin):
+            raise TypeError(
+                f"BARTrainer got optimizers=({type(self.optimizer).__name__}, ...), which is not a BAR optimizer: "
+                "leave it out (BARTrainer builds one) or pass create_bar_optimizer(...)"
+            )
+
+    def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
+        self._bar_total_steps = num_training_steps
+        super().create_optimizer_and_scheduler(num_training_steps)
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
-        optimizer = super().create_optimizer(model)
-        if not isinstance(_unwrap(optimizer), BAROptimizerMixin):
-            attach_bar(_unwrap(optimizer), self.model, mu=self.bar_mu, variant=self.bar_variant,
-                       schedule=self.bar_schedule, total_steps=None)
-        return optimizer
+        if self.optimizer is None:
+            self.optimizer = self._bar_optimizer(self.model if model is None else model)
+        return super().create_optimizer(model)
+
+    def _bar_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        if self.optimizer_cls_and_kwargs is not None:
+            optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
+        else:
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        optimizer_kwargs = dict(optimizer_kwargs)
+        special = sorted({"params", "model", "optimizer_dict"} & optimizer_kwargs.keys())
+        if special:
+            raise ValueError(f"BARTrainer cannot use optim={self.args.optim!r}: it builds its own parameter list "
+                             f"({', '.join(special)}); choose a plain torch optimizer such as 'adamw_torch'")
+        decay = set(self.get_decay_parameter_names(model))
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        groups = [{"params": [p for n, p in named if n in decay], "weight_decay": self.args.weight_decay},
+                  {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
+        return create_bar_optimizer(
+            model, optimizer_cls, params=groups, lr=optimizer_kwargs.pop("lr", self.args.learning_rate),
+            mu=self.bar_mu, variant=self.bar_variant, schedule=self.bar_schedule,
+            total_steps=self._training_steps(), **optimizer_kwargs)
+
+    def _training_steps(self) -> int | None:
+        """T: from ``create_optimizer_and_scheduler``, else the ``state.max_steps`` that ``train()`` sets before
+        it builds the optimizer. None (and an error for linear/cosine μ) when neither has happened yet."""
+        steps = self._bar_total_steps or self.state.max_steps or None
+        if steps is None and self.bar_schedule != "constant":
+            raise RuntimeError(
+                f"BARTrainer needs T, the number of training steps, for bar_schedule={self.bar_schedule!r}, and "
+                "learns it in train() or create_optimizer_and_scheduler(num_training_steps); a bare "
+                "create_optimizer() call does not know it"
+            )
+        return steps
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
         bar = _unwrap(optimizer if optimizer is not None else self.optimizer)
-        if isinstance(bar, BAROptimizerMixin) and bar.bar_total_steps is None:
-            bar.bar_total_steps = int(num_training_steps)
+        if (isinstance(bar, BAROptimizerMixin) and bar.bar_schedule != "constant"
+                and bar.bar_total_steps != num_training_steps):
+            raise ValueError(
+                f"the BAR optimizer's μ schedule runs over total_steps={bar.bar_total_steps} but the Trainer "
+                f"schedules {num_training_steps} training steps; they must agree"
+            )
         return super().create_scheduler(num_training_steps, optimizer)

@@ -12,7 +12,6 @@ order. To add a section (e.g. LoRA finetuning), write such a function in its own
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,7 @@ Section = Callable[[DemoContext], str]
 def checks_section(ctx: DemoContext) -> str:
     """``balancedness check --json``: every paper claim, measured (``checks.run_checks``)."""
     from balancedness.checks import CHECKS, results_as_json, run_checks
-    from balancedness.report import checks_table
+    from balancedness.demo.report import checks_table
 
     with ctx.console.status(f"running {len(CHECKS)} checks…") as status:
         results = run_checks(quick=ctx.quick, progress=lambda r: status.update(f"check {r.id}: {r.status}"))
@@ -53,9 +52,8 @@ def checks_section(ctx: DemoContext) -> str:
 
 def figures_section(ctx: DemoContext) -> str:
     """``balancedness figures all --out DIR/figures`` and a gallery with captions."""
-    from balancedness.figures import FIGURES, FigureConfig
-    from balancedness.figures.cli import render
-    from balancedness.report import figure_gallery
+    from balancedness.figures import FIGURES, FigureConfig, render
+    from balancedness.demo.report import figure_gallery
 
     fig_dir = ctx.out / "figures"
     cfg = FigureConfig.make(quick=ctx.quick)
@@ -69,8 +67,8 @@ def figures_section(ctx: DemoContext) -> str:
 
 
 def finetune_demo_section(ctx: DemoContext) -> str:
-    """LoRA vs SAM vs oBAR vs nBAR on MiniLM / BBC News, with Figure 3 (``finetune.demo_section``)."""
-    from balancedness.finetune.demo_section import finetune_section
+    """LoRA vs SAM vs oBAR vs nBAR on MiniLM / BBC News, with Figure 3 (``demo.finetune``)."""
+    from balancedness.demo.finetune import finetune_section
 
     started = time.perf_counter()
     with ctx.console.status("finetuning MiniLM on BBC News: LoRA, SAM, oBAR, nBAR…"):
@@ -94,7 +92,7 @@ def register_section(section: Section, *, before: Section | None = None) -> None
 
 def run(out: Path, quick: bool = False, sections: list[Section] | None = None) -> DemoContext:
     """Run every section and write ``out/REPORT.md``; returns the context (``failures`` lists what failed)."""
-    from balancedness.report import write_report
+    from balancedness.demo.report import write_report
 
     ctx = DemoContext(out=Path(out), quick=quick)
     ctx.out.mkdir(parents=True, exist_ok=True)
@@ -116,7 +114,3 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--out {str(args.out)!r} exists and is not a folder")
     ctx = run(args.out, quick=args.quick)
     return 1 if ctx.failures else 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -22,7 +22,6 @@ the perturbation, and how an overflow in either pass skips the whole step.
 
 from __future__ import annotations
 
-import numbers
 from contextlib import nullcontext
 from typing import Any, Callable, ContextManager, Iterable, Sequence
 
@@ -30,23 +29,19 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from balancedness.finetune.amp import backward, poison_grads_
-from balancedness.finetune.pairs import compute_dtype, norms
+from balancedness.optim.amp import backward, poison_grads_
+from balancedness.optim.pairs import compute_dtype, norms
+from balancedness.validation import boolean, number
 
-__all__ = ["SAM", "check_rho", "climb_", "restore_", "stash_grads", "unstash_grads",
+__all__ = ["SAM", "check_sam_args", "climb_", "restore_", "stash_grads", "unstash_grads",
            "sam_step_accumulated", "sam_step_msharpness"]
 
 Backups = list[torch.Tensor]
 
 
-def check_rho(rho: float, adaptive: bool = False) -> None:
-    """Raise for a negative/non-numeric ρ or a non-bool ``adaptive``."""
-    if isinstance(rho, bool) or not isinstance(rho, numbers.Real):
-        raise TypeError(f"rho must be a real number, got {type(rho).__name__} {rho!r}")
-    if not rho >= 0:
-        raise ValueError(f"rho (the SAM radius ρ) must be >= 0, got {rho!r}")
-    if not isinstance(adaptive, bool):
-        raise TypeError(f"adaptive must be a bool, got {adaptive!r}")
+def check_sam_args(rho: float, adaptive: bool = False) -> tuple[float, bool]:
+    """(ρ, adaptive) validated: ρ finite and ≥ 0, ``adaptive`` a bool."""
+    return number("rho", rho), boolean("adaptive", adaptive)
 
 
 @torch.no_grad()
@@ -118,15 +113,16 @@ class SAM(Optimizer):
 
     def __init__(self, params: Any, base_optimizer_cls: type[Optimizer], *, rho: float, adaptive: bool = False,
                  **base_kwargs: Any) -> None:
-        check_rho(rho, adaptive)
+        rho, adaptive = check_sam_args(rho, adaptive)
         if not (isinstance(base_optimizer_cls, type) and issubclass(base_optimizer_cls, Optimizer)):
             raise TypeError(f"base_optimizer_cls must be a torch.optim.Optimizer subclass, got {base_optimizer_cls!r}")
         super().__init__(params, dict(rho=rho, adaptive=adaptive, **base_kwargs))
         self.base_optimizer = base_optimizer_cls(self.param_groups, **base_kwargs)
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
-        self.rho, self.adaptive = float(rho), adaptive
-        self._climbed: tuple[list[nn.Parameter], Backups] | None = None
+        self.rho, self.adaptive = rho, adaptive
+        self._climbed: tuple[list[nn.Parameter], Backups] | None = None  # at w + e: what restore() needs
+        self._in_step = False  # first_step() ran, second_step() not yet
         self._overflow = False
 
     def _params(self) -> list[nn.Parameter]:
@@ -136,8 +132,12 @@ class SAM(Optimizer):
     def first_step(self, zero_grad: bool = False) -> bool:
         """Climb to w + e(w) with the current gradients. Returns False (and changes nothing) on an overflow:
         the step is then skipped by ``second_step`` and the descent pass may be left out."""
+        if self._climbed is not None:
+            raise RuntimeError("SAM.first_step() was called while the weights are still at w + e: call "
+                               "second_step() (or restore()) before climbing again")
         self._climbed = climb_(self._params(), self.rho, self.adaptive)
         self._overflow = self._climbed is None
+        self._in_step = True
         if zero_grad:
             self.zero_grad()
         return not self._overflow
@@ -155,8 +155,13 @@ class SAM(Optimizer):
 
         With ``scaler``, the base step goes through ``scaler.step`` (which unscales and skips on inf/NaN);
         call ``scaler.update()`` afterwards as usual. If ``first_step`` overflowed, the step is skipped: with a
-        scaler the gradients are NaN-filled so that the scaler registers the overflow.
+        scaler the gradients are NaN-filled so that the scaler registers the overflow. Raises RuntimeError
+        without a preceding ``first_step`` (the descent gradient would be taken at w, silently plain descent).
         """
+        if not self._in_step:
+            raise RuntimeError("SAM.second_step() needs a preceding first_step(): compute the gradient at w, call "
+                               "first_step() to climb to w + e, compute the gradient there, then second_step()")
+        self._in_step = False
         self.restore()
         if self._overflow:
             if scaler is not None:

@@ -8,7 +8,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from balancedness.finetune import lora_balancedness, lora_grad_gap, lora_pairs
+from balancedness.optim import lora_balancedness, lora_grad_gap, lora_pairs
 from finetune_fixtures import batch_loss, minilm_lora, sst2_batch
 
 

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from balancedness.finetune import add_bar, create_bar_optimizer, lora_pairs
-from balancedness.finetune.schedules import scheduled_mu
+from balancedness.optim import bar_optimizer_class, create_bar_optimizer, lora_pairs
+from balancedness.optim.schedules import scheduled_mu
 from finetune_fixtures import ToyLoRA, batch_loss, minilm_lora, sst2_batch, trainable
 
 X0 = torch.tensor([[0.2], [-0.1], [0.3]], dtype=torch.float64)
@@ -112,7 +112,7 @@ def test_errors():
         create_bar_optimizer(model, torch.optim.SGD, schedule="linear", **kw)
     with pytest.raises(TypeError, match="Optimizer subclass"):
         create_bar_optimizer(model, "adamw", **kw)
-    with pytest.raises(TypeError, match="mu"):
+    with pytest.raises(ValueError, match="mu must be a finite number"):
         create_bar_optimizer(model, torch.optim.SGD, lr=0.1, mu="big")
     with pytest.raises(ValueError, match="lora_A/lora_B"):
         create_bar_optimizer(torch.nn.Linear(3, 3), torch.optim.SGD, **kw)
@@ -197,12 +197,38 @@ def test_gradscaler_overflow_skips_rescaling_bit_identically():
         assert torch.equal(p, before[n])
 
 
-def test_add_bar_turns_an_existing_optimizer_into_bar():
-    model = _toy()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    add_bar(opt, model, mu=1.0, variant="obar")
-    x, y = model.x.detach().clone(), model.y.detach().clone()
+def test_param_groups_and_the_class_the_factory_instantiates():
+    """Per-group settings (here: weight decay on the head only) reach the base optimizer; the optimizer is
+    an instance of bar_optimizer_class(SGD)."""
+    model = _toy(head=True)
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    groups = [{"params": lora, "weight_decay": 0.0}, {"params": [model.head], "weight_decay": 0.5}]
+    opt = create_bar_optimizer(model, torch.optim.SGD, params=groups, lr=0.1, mu=1.0, variant="obar")
+    assert type(opt) is bar_optimizer_class(torch.optim.SGD) and isinstance(opt, torch.optim.SGD)
+    x, y, head = model.x.detach().clone(), model.y.detach().clone(), model.head.detach().clone()
     gx, _ = _grads(model)
+    hg = model.head.grad.clone()
     opt.step()
     s = -1.0 if x.norm() >= y.norm() else 1.0
     torch.testing.assert_close(model.x, (1 + s * 0.1) * x - 0.1 * gx)
+    torch.testing.assert_close(model.head, head - 0.1 * (hg + 0.5 * head))
+    with pytest.raises(ValueError, match="not among this optimizer's parameters"):
+        create_bar_optimizer(model, torch.optim.SGD, params=[model.head], lr=0.1, mu=1.0)
+
+
+@pytest.mark.parametrize("mu", [math.inf, math.nan])
+def test_non_finite_mu_is_refused(mu):
+    """μ = inf used to turn every LoRA weight into NaN within two steps."""
+    with pytest.raises(ValueError, match="mu must be a finite number >= 0"):
+        create_bar_optimizer(_toy(), torch.optim.SGD, lr=0.1, mu=mu)
+
+
+def test_resuming_with_another_total_steps_is_an_error():
+    model = _toy()
+    opt = create_bar_optimizer(model, torch.optim.SGD, lr=0.1, mu=1.0, schedule="linear", total_steps=10)
+    _grads(model)
+    opt.step()
+    other = create_bar_optimizer(model, torch.optim.SGD, lr=0.1, mu=1.0, schedule="linear", total_steps=20)
+    with pytest.raises(ValueError, match="total_steps=10"):
+        other.load_state_dict(opt.state_dict())
+    assert other.bar_step_count == 0

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from balancedness.finetune import SAM, sam_step_accumulated, sam_step_msharpness
+from balancedness.optim import SAM, sam_step_accumulated, sam_step_msharpness
 from finetune_fixtures import (DDP_X0, ToyLoRA, batch_loss, ddp_sam_worker, ddp_targets, minilm_lora, sst2_batch,
                                trainable)
 
@@ -142,6 +142,28 @@ def test_errors():
         sam.step()
     with pytest.raises(ValueError, match="micro-batch"):
         sam_step_msharpness(sam, lambda c: c, [])
+    with pytest.raises(ValueError, match="rho must be a finite number"):
+        SAM(model.parameters(), torch.optim.SGD, rho=float("inf"), lr=0.1)
+    with pytest.raises(ValueError, match="adaptive must be True or False"):
+        SAM(model.parameters(), torch.optim.SGD, rho=0.1, adaptive="yes", lr=0.1)
+
+
+def test_second_step_needs_first_step():
+    """A lone second_step() would take a plain descent step silently; it raises, and changes nothing."""
+    model = ToyLoRA(torch.ones(3, 1), torch.ones(3, 1))
+    sam = SAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1)
+    (model.product() - 0.5).square().sum().backward()
+    before = trainable(model)
+    with pytest.raises(RuntimeError, match="needs a preceding first_step"):
+        sam.second_step()
+    assert all(torch.equal(p, before[n]) for n, p in trainable(model).items())
+    sam.first_step()
+    with pytest.raises(RuntimeError, match="still at w \\+ e"):
+        sam.first_step()
+    sam.second_step()
+    with pytest.raises(RuntimeError, match="needs a preceding first_step"):
+        sam.second_step()
+    assert any(not torch.equal(p, before[n]) for n, p in trainable(model).items())
 
 
 def _fp16_run(model, batch, sam, scaler, poison_call=None):

@@ -10,8 +10,8 @@ import torch
 from torch.utils.data import SequentialSampler
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from balancedness.finetune import (SAM, BalancednessCallback, BARTrainer, SAMTrainer, create_bar_optimizer,
-                                   lora_balancedness, sam_step_accumulated, sam_step_msharpness)
+from balancedness.optim import (SAM, BalancednessCallback, BARTrainer, SAMTrainer, create_bar_optimizer,
+                                lora_balancedness, sam_step_accumulated, sam_step_msharpness)
 from finetune_fixtures import batch_loss, minilm_lora, sst2_batch, trainable
 
 
@@ -72,7 +72,7 @@ def test_samtrainer_matches_sam_with_accumulation(tmp_path, base_model, msharpne
     for name, value in trainable(model).items():
         torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-6, msg=name)
     # exact accumulation ≈ one batch of 4 (fp32 rounding, amplified by Adam's g/√v on tiny gradients; the
-    # float64 check is in test_finetune_sam); m-sharpness (m = 2) is a different update
+    # float64 check is in test_optim_sam); m-sharpness (m = 2) is a different update
     whole = _manual(copy.deepcopy(base_model), [_collate(data)], msharpness=False)
     gap = max((expected[n] - whole[n]).abs().max().item() for n in whole)
     assert (gap < 1e-5) if not msharpness else (gap > 5e-5), gap
@@ -108,13 +108,42 @@ def test_balancedness_callback_writes_jsonl(tmp_path, base_model):
     assert records[2]["balancedness"] != records[0]["balancedness"]
 
 
+def test_bartrainer_builds_the_trainers_own_optimizer(tmp_path, base_model):
+    """BAR over args.optim with the Trainer's decay/no-decay groups, lr from args and T from the step count."""
+    args = _args(tmp_path, weight_decay=0.1, learning_rate=3e-4, adam_beta2=0.99)
+    trainer = BARTrainer(model=base_model, args=args, bar_mu=2.0, bar_variant="obar", bar_schedule="cosine")
+    trainer.create_optimizer_and_scheduler(num_training_steps=7)
+    opt = trainer.optimizer
+    assert type(opt).__name__ == "BARAdamW" and opt.bar_total_steps == 7 and opt.bar_variant == "obar"
+    decay = set(trainer.get_decay_parameter_names(base_model))
+    names = {id(p): n for n, p in base_model.named_parameters()}
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+    assert all(names[id(p)] in decay for p in opt.param_groups[0]["params"])
+    assert not any(names[id(p)] in decay for p in opt.param_groups[1]["params"])
+    assert any(".bias" in names[id(p)] for p in opt.param_groups[1]["params"])
+    assert all(g["lr"] == 3e-4 and g["betas"] == (0.9, 0.99) for g in opt.param_groups)
+    with pytest.raises(ValueError, match="total_steps=7 but the Trainer schedules 8"):
+        trainer.create_scheduler(num_training_steps=8)
+
+
 def test_trainer_errors(tmp_path, base_model):
     with pytest.raises(ValueError, match="-1"):
         SAMTrainer(model=base_model, args=_args(tmp_path), rho=-1.0)
-    with pytest.raises(ValueError, match="'qbar'"):
+    with pytest.raises(ValueError, match="msharpness must be True or False"):
+        SAMTrainer(model=base_model, args=_args(tmp_path), msharpness=1)
+    with pytest.raises(ValueError, match="bar_variant must be one of nbar, obar, got 'qbar'"):
         BARTrainer(model=base_model, args=_args(tmp_path), bar_mu=1.0, bar_variant="qbar")
-    with pytest.raises(ValueError, match="-2"):
+    with pytest.raises(ValueError, match="bar_mu must be a finite number >= 0, got -2"):
         BARTrainer(model=base_model, args=_args(tmp_path), bar_mu=-2.0)
+    with pytest.raises(ValueError, match="bar_mu must be a finite number >= 0, got inf"):
+        BARTrainer(model=base_model, args=_args(tmp_path), bar_mu=float("inf"))
+    with pytest.raises(ValueError, match="bar_schedule must be one of constant, linear, cosine"):
+        BARTrainer(model=base_model, args=_args(tmp_path), bar_mu=1.0, bar_schedule="step")
+    with pytest.raises(TypeError, match="not a BAR optimizer"):
+        plain = torch.optim.SGD(base_model.parameters(), lr=0.1)
+        BARTrainer(model=base_model, args=_args(tmp_path), bar_mu=1.0, optimizers=(plain, None))
+    with pytest.raises(RuntimeError, match="number of training steps"):
+        BARTrainer(model=base_model, args=_args(tmp_path), bar_mu=1.0, bar_schedule="linear").create_optimizer()
 
 
 @pytest.mark.slow

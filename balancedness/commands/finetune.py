@@ -1,4 +1,4 @@
-"""``balancedness finetune`` and ``balancedness sweep`` (registered by ``balancedness/cli.py``).
+"""``balancedness finetune`` and ``balancedness sweep``: the LoRA finetuning application's commands.
 
 Thin typer wrappers: options map 1:1 onto :class:`~balancedness.finetune.run.FinetuneConfig`; bad input
 (ValueError/FileNotFoundError from validation, task loading or model resolution) exits 2 before any model
@@ -7,11 +7,16 @@ loads. Heavy imports (torch, transformers) happen inside the commands.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+
+from balancedness.commands.common import ensure_writable_folder, err_console, fail_usage, split_values
+from balancedness.finetune.run import TABLE_METHODS
 
 MODEL_HELP = "minilm | smollm2 | a local model folder | a hub id (must be in the local HF cache: no internet)"
 
@@ -30,15 +35,15 @@ MAX_EVAL = typer.Option(None, help="evaluate on a fixed subset of at most N exam
 LOG_EVERY = typer.Option(10, help="write per-layer balancedness every K steps")
 
 
-def _split(values: Optional[List[str]]) -> tuple[str, ...]:
-    """Repeatable and comma-separated options, flattened: ``-t a,b -t c`` → ``(a, b, c)``."""
-    return tuple(v.strip() for item in values or [] for v in item.split(",") if v.strip())
-
-
-def _fail(message: str) -> None:
-    from balancedness.cli import fail_usage  # lazy: balancedness.cli imports this module
-
-    fail_usage(message)
+def require_finetune_extra() -> None:
+    """Exit 2 with the install command when torch, transformers or peft is missing."""
+    try:
+        import peft  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        fail_usage(f"this command needs the [finetune] extra ({exc.name or exc} is not installed): "
+                   "pip install torch==2.13.0 'balancedness[finetune]' (torch first: see the README)")
 
 
 def finetune(
@@ -72,34 +77,41 @@ def finetune(
     log_every: int = LOG_EVERY,
     save_every: int = typer.Option(0, help="checkpoint every N steps (0: only on Ctrl-C)"),
     out: Path = typer.Option(Path("runs/finetune"), help="output folder"),
-    resume: bool = typer.Option(False, help="continue from the last checkpoint in --out (skip if complete)"),
-    as_json: bool = typer.Option(False, "--json", help="print metrics.json instead of a summary"),
+    resume: bool = typer.Option(False, help="continue the unfinished run in --out from its last complete checkpoint"),
+    overwrite: bool = typer.Option(False, help="replace whatever run --out holds (deleted first, in one rename)"),
+    as_json: bool = typer.Option(False, "--json", help="print metrics.json (one JSON document) on stdout"),
 ) -> None:
     """Finetune a model with LoRA and SAM / m-SAM / nBAR / oBAR on one task; writes metrics.json,
     balancedness.jsonl and the adapter into --out."""
+    require_finetune_extra()
     from balancedness.finetune.run import FinetuneConfig, prepare, run_finetune
 
     config = FinetuneConfig(
         model=model, task=task, data_root=str(data_root) if data_root else None,
         train_file=str(train_file) if train_file else None, eval_file=str(eval_file) if eval_file else None,
-        text_columns=_split(text_column), label_column=label_column, method=method, shots=shots, seed=seed,
+        text_columns=split_values(text_column), label_column=label_column, method=method, shots=shots, seed=seed,
         steps=steps, lr=lr, rho=rho, m=m, mu=mu, schedule=schedule, batch_size=batch_size, grad_accum=grad_accum,
-        precision=precision, lora_r=lora_r, lora_alpha=lora_alpha, target_modules=_split(target_modules),
+        precision=precision, lora_r=lora_r, lora_alpha=lora_alpha, target_modules=split_values(target_modules),
         dropout=dropout, max_eval=max_eval, zero_shot=zero_shot, log_every=log_every, save_every=save_every,
-        out=str(out), resume=resume)
+        out=str(out), resume=resume, overwrite=overwrite)
     try:
+        ensure_writable_folder(out, "--out")
         prepare(config)
     except (ValueError, FileNotFoundError, OSError) as exc:
-        _fail(str(exc))
+        fail_usage(exc)
     try:
-        metrics = run_finetune(config)
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            metrics = run_finetune(config)
     except KeyboardInterrupt:
         typer.echo(f"interrupted: checkpoint and partial metrics in {out}; continue with --resume", err=True)
         raise typer.Exit(130)
     except ValueError as exc:  # target modules matching nothing: raised after the weights load, before training
-        _fail(str(exc))
+        fail_usage(exc)
     if not metrics:  # a non-zero torchrun rank
         return
+    if metrics.get("skipped"):
+        err_console.print(f"skipped: {out} already holds this run, complete (fingerprint {metrics.get('fingerprint_id')}); "
+                          "--overwrite runs it again", highlight=False)
     if as_json:
         typer.echo(json.dumps(metrics, indent=1))
         return
@@ -111,7 +123,7 @@ def finetune(
 
 def sweep(
     tasks: List[str] = typer.Option(["sst2", "sst5", "trec", "rte", "snli", "mnli"], help="tasks (repeat or comma)"),
-    methods: List[str] = typer.Option(["lora", "sam", "obar", "nbar"], help="methods (repeat or comma)"),
+    methods: List[str] = typer.Option(list(TABLE_METHODS), help="methods (repeat or comma)"),
     seeds: List[str] = typer.Option(["13", "21", "42", "87", "100"], help="seeds (repeat or comma)"),
     out: Path = typer.Option(Path("runs/sweep"), help="output folder: <task>/<method>/seed<k>/ per run, table.md/csv"),
     model: str = MODEL,
@@ -128,6 +140,7 @@ def sweep(
     log_every: int = LOG_EVERY,
 ) -> None:
     """Run the grid tasks × methods × seeds in-process (resumable) and write table.md / table.csv."""
+    require_finetune_extra()
     from balancedness.finetune.run import FinetuneConfig
     from balancedness.finetune.sweep import run_sweep
 
@@ -135,13 +148,14 @@ def sweep(
                           lr=lr, rho=rho, m=m, mu=mu, schedule=schedule, batch_size=batch_size, max_eval=max_eval,
                           log_every=log_every, progress=False)
     try:
-        seed_values = [int(s) for s in _split(seeds)]
+        seed_values = [int(s) for s in split_values(seeds)]
     except ValueError:
-        _fail(f"--seeds must be integers, got {seeds!r}")
+        fail_usage(f"--seeds must be integers, got {seeds!r}")
     try:
-        result = run_sweep(base, tasks=list(_split(tasks)), methods=list(_split(methods)), seeds=seed_values, out=out)
+        ensure_writable_folder(out, "--out")
+        result = run_sweep(base, tasks=list(split_values(tasks)), methods=list(split_values(methods)), seeds=seed_values, out=out)
     except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail_usage(exc)
     typer.echo(result.markdown)
     if result.failed:
         typer.echo(f"{len(result.failed)} run(s) failed: see {out / 'failures.json'}", err=True)

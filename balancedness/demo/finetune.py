@@ -11,12 +11,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from balancedness.finetune.run import FinetuneConfig
+from balancedness.finetune.run import TABLE_METHODS, FinetuneConfig
 from balancedness.finetune.sweep import run_sweep
+from balancedness.figures.fig3 import make_fig3
 
 __all__ = ["finetune_section"]
-
-METHODS = ("lora", "sam", "obar", "nbar")
 
 
 def finetune_section(out_dir: str | Path, quick: bool = False) -> str:
@@ -30,7 +29,7 @@ def finetune_section(out_dir: str | Path, quick: bool = False) -> str:
     base = FinetuneConfig(task="bbc-news", shots=4 if quick else 8, steps=10 if quick else 30, batch_size=8,
                           max_eval=64 if quick else 200, max_length=128, log_every=1, progress=False)
     t0 = time.perf_counter()
-    result = run_sweep(base, tasks=["bbc-news"], methods=list(METHODS), seeds=seeds, out=root, progress=False)
+    result = run_sweep(base, tasks=["bbc-news"], methods=list(TABLE_METHODS), seeds=seeds, out=root, progress=False)
     seconds = time.perf_counter() - t0
     lines = ["## Finetuning: LoRA vs SAM vs oBAR vs nBAR (MiniLM, BBC News)", "",
              f"{base.shots} articles per class, {base.steps} AdamW steps at batch {base.batch_size}, lr {base.lr}, "
@@ -42,9 +41,9 @@ def finetune_section(out_dir: str | Path, quick: bool = False) -> str:
     if result.failed:
         lines.append(f"{len(result.failed)} run(s) failed: see `{root / 'failures.json'}`.\n")
     try:
-        from balancedness.figures.fig3 import make_fig3
 
-        logs = [root / "bbc-news" / m / f"seed{seeds[0]}" for m in ("lora", "sam")]
+        logs = [Path(r["config"]["out"]) for m in ("lora", "sam") for r in result.runs
+                if r["method"] == m and r["seed"] == seeds[0]]
         paths = make_fig3(root, logs=logs)
         lines += ["![Figure 3 on MiniLM/BBC News: 2|B_l| of query layers 0, 3, 5, SAM vs AdamW]"
                   f"({paths[0].relative_to(Path(out_dir)).as_posix()})", ""]

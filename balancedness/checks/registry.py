@@ -1,0 +1,252 @@
+"""The check registry, the verdict a check yields, and the runner behind ``balancedness check``.
+
+A check is a named function ``fn(ctx: Context) -> Measurement`` registered with :func:`check`
+under an id, the paper reference, the claim in words and its :class:`Kind`. The runner calls it and
+judges the measurement into a :class:`Verdict`: the measured value against its bound by a
+:class:`Comparison`, plus the text a person reads (what was measured, the tolerance).
+
+Each check draws its random instances from its own stream, seeded by (seed, id), so a check sees the
+same points whether it runs alone (``--only``) or with all the others, in any order.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Callable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+from balancedness.validation import choice, integer
+
+Bound = Union[float, tuple[float, float]]
+
+
+class Kind(str, Enum):
+    """What a PASS is evidence of."""
+
+    #: it runs the simulators, the flows or an optimizer's direction: a broken optimizer could fail it
+    IMPLEMENTATION = "implementation"
+    #: it verifies a closed form or an inequality on its own, never touching an optimizer implementation
+    MATH = "math"
+    #: the paper is loose or wrong here (spec §8.7): PASS means our counter-evidence reproduces
+    FINDING = "finding"
+
+
+class Comparison(str, Enum):
+    """How a measured value is judged against its bound."""
+
+    AT_MOST = "<="       # value ≤ bound
+    ABOVE = ">"          # value > bound
+    WITHIN = "in"        # bound[0] ≤ value ≤ bound[1]
+    ALL_HOLD = "all"     # value == bound: 1.0 when every part of the claim holds
+
+    def holds(self, value: float, bound: Bound) -> bool:
+        """Whether ``value`` satisfies the comparison (never for a non-finite value)."""
+        if not np.isfinite(value):
+            return False
+        if self is Comparison.AT_MOST:
+            return value <= bound
+        if self is Comparison.ABOVE:
+            return value > bound
+        if self is Comparison.WITHIN:
+            return bound[0] <= value <= bound[1]
+        return value == bound
+
+    def describe(self, bound: Bound) -> str:
+        """The tolerance as the report shows it."""
+        if self is Comparison.WITHIN:
+            return f"in [{bound[0]:g}, {bound[1]:g}]"
+        if self is Comparison.ALL_HOLD:
+            return "all hold"
+        return f"{self.value} {bound:g}"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What a check function returns: the value, the bound it is judged against, and the text shown."""
+
+    value: float
+    bound: Bound
+    comparison: Comparison
+    text: str
+
+
+def at_most(value: float, bound: float, text: str) -> Measurement:
+    """Passes when ``value ≤ bound`` (an error, a count of violations)."""
+    return Measurement(float(value), bound, Comparison.AT_MOST, text)
+
+
+def above(value: float, bound: float, text: str) -> Measurement:
+    """Passes when ``value > bound`` (a finding's counter-evidence)."""
+    return Measurement(float(value), bound, Comparison.ABOVE, text)
+
+
+def within(value: float, bound: tuple[float, float], text: str) -> Measurement:
+    """Passes when ``bound[0] ≤ value ≤ bound[1]`` (a ratio that must sit near its prediction)."""
+    return Measurement(float(value), bound, Comparison.WITHIN, text)
+
+
+def all_hold(ok: bool, text: str) -> Measurement:
+    """Passes when every part of a compound claim holds (``ok``)."""
+    return Measurement(float(ok), 1.0, Comparison.ALL_HOLD, text)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The judged result of one check: what ``run_checks`` returns and ``--json`` writes, one per row.
+
+    Attributes:
+        id, ref, claim, kind: the check's registration (``ref``: where the paper or spec states it).
+        value, bound, comparison: the measured value and what it was judged against.
+        passed: ``comparison.holds(value, bound)``.
+        measured, tolerance: the human-readable text of the measurement and of the tolerance.
+        seconds: how long the check ran.
+    """
+
+    id: str
+    ref: str
+    claim: str
+    kind: Kind
+    value: float
+    bound: Bound
+    comparison: Comparison
+    passed: bool
+    measured: str
+    tolerance: str
+    seconds: float = 0.0
+
+    @property
+    def status(self) -> str:
+        return "PASS" if self.passed else "FAIL"
+
+    def as_json(self) -> dict:
+        """A JSON object of plain values (``status`` included)."""
+        bound = list(self.bound) if isinstance(self.bound, tuple) else self.bound
+        return {"id": self.id, "ref": self.ref, "claim": self.claim, "measured": self.measured,
+                "tolerance": self.tolerance, "status": self.status, "kind": self.kind.value, "value": self.value,
+                "bound": bound, "comparison": self.comparison.value, "passed": self.passed, "seconds": self.seconds}
+
+
+@dataclass
+class Context:
+    """What a check function receives.
+
+    Attributes:
+        quick: fewer random points and shorter toy runs (``--quick``).
+        n: how many random points an identity is tested on (50 quick, 200 full).
+        rng: this check's own random stream.
+        cache: results shared between checks of one run (the toy runs).
+    """
+
+    quick: bool
+    n: int
+    rng: np.random.Generator
+    cache: dict = field(default_factory=dict)
+
+
+CheckFn = Callable[[Context], Measurement]
+
+
+@dataclass(frozen=True)
+class Check:
+    """A registered check. It also reads as the row ``(id, ref, claim, role, fn)``, with role "claim" or
+    "finding", the form ``CHECKS`` held before it was a registry."""
+
+    id: str
+    ref: str
+    claim: str
+    kind: Kind
+    fn: CheckFn
+
+    @property
+    def role(self) -> str:
+        """"finding" where PASS means our counter-evidence reproduces, else "claim"."""
+        return "finding" if self.kind is Kind.FINDING else "claim"
+
+    def _row(self) -> tuple:
+        return (self.id, self.ref, self.claim, self.role, self.fn)
+
+    def __iter__(self) -> Iterator:
+        return iter(self._row())
+
+    def __getitem__(self, i: int):
+        return self._row()[i]
+
+    def run(self, ctx: Context) -> Verdict:
+        started = time.perf_counter()
+        m = self.fn(ctx)
+        return Verdict(self.id, self.ref, self.claim, self.kind, m.value, m.bound, m.comparison,
+                       m.comparison.holds(m.value, m.bound), m.text, m.comparison.describe(m.bound),
+                       time.perf_counter() - started)
+
+
+class Registry:
+    """The checks by id, in registration order (iterating yields :class:`Check` objects)."""
+
+    def __init__(self) -> None:
+        self._checks: dict[str, Check] = {}
+
+    def add(self, c: Check) -> None:
+        if c.id in self._checks:
+            raise ValueError(f"check id {c.id!r} is registered twice")
+        self._checks[c.id] = c
+
+    def ids(self) -> list[str]:
+        return list(self._checks)
+
+    def get(self, cid: str) -> Check:
+        return self._checks[choice("only", cid, self._checks)]
+
+    def __contains__(self, cid: object) -> bool:
+        return cid in self._checks
+
+    def __iter__(self) -> Iterator[Check]:
+        return iter(self._checks.values())
+
+    def __len__(self) -> int:
+        return len(self._checks)
+
+
+#: Every check of ``balancedness check``, in report order.
+CHECKS = Registry()
+
+
+def check(id: str, ref: str, claim: str, kind: Kind) -> Callable[[CheckFn], CheckFn]:
+    """Decorator: register the function as the check ``id`` (one line above its definition)."""
+
+    def add(fn: CheckFn) -> CheckFn:
+        CHECKS.add(Check(id, ref, claim, Kind(kind), fn))
+        return fn
+
+    return add
+
+
+def select(only: Optional[Sequence[str]] = None) -> list[Check]:
+    """The checks to run: all, or those named in ``only`` (an unknown id raises ``InvalidValue``)."""
+    if not only:
+        return list(CHECKS)
+    wanted = {CHECKS.get(cid).id for cid in only}
+    return [c for c in CHECKS if c.id in wanted]
+
+
+def run_checks(quick: bool = False, seed: int = 0, only: Optional[Sequence[str]] = None,
+               progress: Optional[Callable[[Verdict], None]] = None) -> list[Verdict]:
+    """Run every registered check (or those in ``only``) and return their verdicts in report order."""
+    seed = integer("seed", seed, minimum=0)
+    chosen = select(only)
+    cache: dict = {}
+    out = []
+    for c in chosen:
+        rng = np.random.default_rng([seed, zlib.crc32(c.id.encode())])
+        out.append(c.run(Context(quick, 50 if quick else 200, rng, cache)))
+        if progress is not None:
+            progress(out[-1])
+    return out
+
+
+def results_as_json(results: Sequence[Verdict]) -> list[dict]:
+    """The verdicts as a JSON list, one object per check."""
+    return [r.as_json() for r in results]

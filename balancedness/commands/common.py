@@ -1,0 +1,63 @@
+"""What every command shares: the consoles, usage errors (exit 2), and option parsing helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, NoReturn, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from balancedness.validation import InvalidValue
+
+__all__ = ["console", "err_console", "fail_usage", "split_values", "ensure_writable_folder", "ensure_writable_file"]
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail_usage(error: str | Exception) -> NoReturn:
+    """Print a clear error and exit with code 2 (bad usage), before any work starts.
+
+    An :class:`~balancedness.validation.InvalidValue` from the library names a Python parameter; here it is
+    re-worded with the command-line flag (``rho`` → ``--rho``).
+    """
+    message = error.as_flag() if isinstance(error, InvalidValue) else str(error)
+    err_console.print(f"[bold red]Error:[/] {escape(message)}")  # messages may hold [brackets]
+    raise typer.Exit(code=2)
+
+
+def split_values(values: Optional[List[str]]) -> tuple[str, ...]:
+    """Repeatable and comma-separated options, flattened: ``-t a,b -t c`` → ``(a, b, c)``."""
+    return tuple(v.strip() for item in values or [] for v in item.split(",") if v.strip())
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(".")
+
+
+def ensure_writable_folder(path: Path, flag: str) -> None:
+    """ValueError unless ``path`` is (or can be created as) a folder this process can write in."""
+    path = Path(path).expanduser()
+    existing = _nearest_existing(path.absolute())
+    if not existing.is_dir():
+        what = "is a file" if existing == path.absolute() else f"cannot be created: {str(existing)!r} is a file"
+        raise ValueError(f"{flag} {str(path)!r} {what}; expected a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {str(path)!r} is not writable (no write permission on {str(existing)!r})")
+
+
+def ensure_writable_file(path: Path, flag: str) -> None:
+    """ValueError unless ``path`` can be written as a file (its folder exists or can be created, writable)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ValueError(f"{flag} {str(path)!r} is a folder; expected a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{flag} {str(path)!r} is not writable")
+    ensure_writable_folder(path.parent, f"the folder of {flag}")

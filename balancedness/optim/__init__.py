@@ -1,0 +1,41 @@
+"""SAM, m-SAM and BAR (nBAR/oBAR) for torch/peft LoRA models, plus HF Trainer integration.
+
+The torch optimizer library of the package; the LM finetuning application (``balancedness.finetune``) is
+built on it, never the reverse. Math for each method lives in one module: ``pairs`` (B_l, spec §1.2),
+``sam`` (Alg. 1, eqs. (4), (22), (38)), ``bar`` (Algs. 2/3), ``schedules`` (μ_t by step, spec §4.5.7),
+``amp`` (GradScaler semantics); ``trainer`` and ``callbacks`` plug them into the HF ``Trainer`` and are the
+only modules that import transformers. Everything else needs torch alone (peft models are found by their
+parameter names, not by importing peft).
+
+Every name is loaded on first use, so ``import balancedness.optim`` is free and commands that need no torch
+start without it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "LoraPair", "lora_pairs", "lora_balancedness", "lora_grad_gap",
+    "VARIANTS", "SCHEDULES", "create_bar_optimizer", "bar_optimizer_class",
+    "SAM", "sam_step_accumulated", "sam_step_msharpness",
+    "SAMTrainer", "BARTrainer", "BalancednessCallback",
+]
+
+_LAZY = {
+    "LoraPair": "pairs", "lora_pairs": "pairs", "lora_balancedness": "pairs", "lora_grad_gap": "pairs",
+    "VARIANTS": "bar", "SCHEDULES": "schedules", "create_bar_optimizer": "bar", "bar_optimizer_class": "bar",
+    "SAM": "sam", "sam_step_accumulated": "sam", "sam_step_msharpness": "sam",
+    "SAMTrainer": "trainer", "BARTrainer": "trainer", "BalancednessCallback": "callbacks",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

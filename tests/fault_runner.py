@@ -1,0 +1,59 @@
+"""Run ``balancedness finetune`` with one injected fault: the helper behind tests/test_faults.py.
+
+    python tests/fault_runner.py FAULT STEP -- finetune options...
+
+FAULT is one of
+* ``sigint``: one SIGINT in the middle of optimizer step STEP (after its backward, before its update);
+* ``double-sigint``: two SIGINTs in the middle of step STEP (the second aborts the step at once);
+* ``sigint-in-save``: a SIGINT in the middle of step STEP, a second while the checkpoint is being written;
+* ``sigkill-in-save``: SIGKILL while checkpoint-STEP is being written (``--save-every`` must reach STEP);
+* ``none``: no fault.
+
+The signals are real (``os.kill`` on this process); the hooks only choose the moment.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+
+def main() -> None:
+    fault, step = sys.argv[1], int(sys.argv[2])
+    args = sys.argv[sys.argv.index("--") + 1:]
+    import torch
+
+    from balancedness.optim.callbacks import BalancednessCallback
+
+    original_hook = BalancednessCallback.on_pre_optimizer_step
+    original_save = torch.save
+    state = {"saves": 0}
+
+    def hook(self, args_, trainer_state, control, **kw):
+        if trainer_state.global_step + 1 == step and fault in ("sigint", "double-sigint", "sigint-in-save"):
+            os.kill(os.getpid(), signal.SIGINT)
+            if fault == "double-sigint":
+                os.kill(os.getpid(), signal.SIGINT)
+        return original_hook(self, args_, trainer_state, control, **kw)
+
+    def save(obj, f, *a, **kw):
+        name = os.fspath(f) if isinstance(f, (str, os.PathLike)) else ""
+        if name.endswith("optimizer.pt") and f"checkpoint-{step}" in name:
+            if fault == "sigint-in-save":
+                os.kill(os.getpid(), signal.SIGINT)
+            if fault == "sigkill-in-save":
+                with open(name, "wb") as fh:  # a torn file, as a kill during the write leaves it
+                    fh.write(b"\x80\x02torn")
+                os.kill(os.getpid(), signal.SIGKILL)
+        return original_save(obj, f, *a, **kw)
+
+    BalancednessCallback.on_pre_optimizer_step = hook
+    torch.save = save
+    from balancedness.cli import app
+
+    app(["finetune", *args], prog_name="balancedness")
+
+
+if __name__ == "__main__":
+    main()

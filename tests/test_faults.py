@@ -1,0 +1,218 @@
+"""Fault injection: interrupted, killed, damaged and re-configured runs never lose or mislabel evidence.
+
+Every interrupted run here is resumed with ``--resume`` and must end *bit-identical* to an uninterrupted
+run of the same options (LoRA weights, ``balancedness.jsonl``, ``train_loss``, the metric), or be refused
+(exit 2) with a sentence naming the damaged file, touching nothing. Faults are real signals sent by the
+process to itself at chosen moments (``tests/fault_runner.py``) or a SIGKILL from outside at a random one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from data_fixtures import data_root_or_skip
+
+pytestmark = pytest.mark.slow
+
+RUNNER = Path(__file__).with_name("fault_runner.py")
+STEPS = 6
+
+
+def _args(out: Path, *extra: str, method: str = "nbar", steps: int = STEPS) -> list[str]:
+    return ["--task", "sst2", "--data-root", str(data_root_or_skip()), "--shots", "4", "--steps", str(steps),
+            "--batch-size", "4", "--max-eval", "8", "--log-every", "1", "--method", method, "--mu", "5",
+            "--out", str(out), *extra]
+
+
+def _run(fault: str, step: int, args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(RUNNER), fault, str(step), "--", *args], capture_output=True,
+                          text=True, env=env, timeout=600)
+
+
+def _finetune(args: list[str]) -> subprocess.CompletedProcess:
+    return _run("none", 0, args)
+
+
+def _outcome(out: Path) -> dict:
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {"weights": load_file(out / "adapter" / "adapter_model.safetensors"),
+            "log": (out / "balancedness.jsonl").read_text(), "train_loss": metrics["train_loss"],
+            "accuracy": metrics["accuracy"], "status": metrics["status"]}
+
+
+def _assert_identical(a: dict, b: dict) -> None:
+    assert a["status"] == b["status"] == "complete"
+    assert a["weights"].keys() == b["weights"].keys()
+    for key in a["weights"]:
+        assert torch.equal(a["weights"][key], b["weights"][key]), key
+    assert a["log"] == b["log"]
+    assert len(a["log"].splitlines()) == STEPS
+    assert a["train_loss"] == b["train_loss"] and a["accuracy"] == b["accuracy"]
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    """Every file below ``folder`` with the SHA-256 of its bytes (to prove nothing was touched)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[str, dict]:
+    """Uninterrupted runs (nBAR and SAM), the yardstick of every resume."""
+    refs = {}
+    for method in ("nbar", "sam"):
+        out = tmp_path_factory.mktemp("ref") / method
+        proc = _finetune(_args(out, method=method))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        refs[method] = _outcome(out)
+    return refs
+
+
+def _interrupt_then_resume(tmp_path, fault, step, *extra, method="nbar") -> tuple[subprocess.CompletedProcess, Path]:
+    out = tmp_path / "run"
+    first = _run(fault, step, _args(out, *extra, method=method))
+    resumed = _finetune(_args(out, "--resume", method=method))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return first, out
+
+
+@pytest.mark.parametrize("step", [1, 4])
+def test_one_sigint_checkpoints_the_step_and_resume_is_exact(tmp_path, reference, step):
+    out = tmp_path / "run"
+    first = _run("sigint", step, _args(out))
+    assert first.returncode == 130, first.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and metrics["step_reached"] == step
+    assert metrics["checkpoint"].endswith(f"checkpoint-{step}")
+    assert (out / "checkpoints" / f"checkpoint-{step}" / "COMPLETE").is_file()
+    resumed = _finetune(_args(out, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_identical(_outcome(out), reference["nbar"])
+
+
+def test_sam_resume_after_sigint_is_exact(tmp_path, reference):
+    first, out = _interrupt_then_resume(tmp_path, "sigint", 3, method="sam")
+    assert first.returncode == 130
+    _assert_identical(_outcome(out), reference["sam"])
+
+
+def test_double_sigint_mid_step_keeps_the_last_complete_checkpoint(tmp_path, reference):
+    first, out = _interrupt_then_resume(tmp_path, "double-sigint", 5, "--save-every", "2")
+    assert first.returncode == 130, first.stderr[-2000:]
+    _assert_identical(_outcome(out), reference["nbar"])
+
+
+def test_second_sigint_during_the_checkpoint_write(tmp_path, reference):
+    out = tmp_path / "run"
+    first = _run("sigint-in-save", 3, _args(out))
+    assert first.returncode == 130, first.stderr[-2000:]
+    partial = out / "checkpoints" / "checkpoint-3"
+    assert partial.is_dir() and not (partial / "COMPLETE").exists()  # half-written, never taken for good
+    assert json.loads((out / "metrics.json").read_text())["checkpoint"] is None
+    resumed = _finetune(_args(out, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_identical(_outcome(out), reference["nbar"])
+
+
+def test_sigkill_during_the_checkpoint_write(tmp_path, reference):
+    first, out = _interrupt_then_resume(tmp_path, "sigkill-in-save", 4, "--save-every", "2")
+    assert first.returncode == -signal.SIGKILL
+    _assert_identical(_outcome(out), reference["nbar"])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sigkill_at_a_random_moment(tmp_path, reference, seed):
+    out = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(RUNNER), "none", "0", "--", *_args(out, "--save-every", "1")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    log = out / "balancedness.jsonl"
+    deadline = time.monotonic() + 300
+    while not (log.exists() and log.stat().st_size) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)  # wait until training runs
+    time.sleep(random.Random(seed).uniform(0.0, 1.5))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = _finetune(_args(out, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_identical(_outcome(out), reference["nbar"])
+
+
+@pytest.mark.parametrize("name", ["optimizer.pt", "trainer_state.json", "losses.json"])
+def test_a_damaged_checkpoint_file_is_named_and_nothing_is_touched(tmp_path, name):
+    out = tmp_path / "run"
+    assert _run("sigint", 2, _args(out)).returncode == 130
+    target = out / "checkpoints" / "checkpoint-2" / name
+    target.write_bytes(target.read_bytes()[: max(1, target.stat().st_size // 2)])
+    before = _tree(out)
+    again = _finetune(_args(out, "--resume"))
+    assert again.returncode == 2, again.stderr[-2000:]
+    assert name in again.stderr and "Traceback" not in again.stderr
+    assert _tree(out) == before
+
+
+def test_a_damaged_log_is_named_a_torn_last_line_is_not(tmp_path, reference):
+    out = tmp_path / "run"
+    assert _run("sigint", 3, _args(out)).returncode == 130
+    log = out / "balancedness.jsonl"
+    good = log.read_text()
+    log.write_text("not json\n" + good)
+    before = _tree(out)
+    damaged = _finetune(_args(out, "--resume"))
+    text = "".join(damaged.stderr.split())  # rich wraps long lines, even inside a path
+    assert damaged.returncode == 2 and f"{log}'isdamagedatline1" in text
+    assert _tree(out) == before
+    log.write_text(good + '{"step": 4, "balanc')  # what a kill in the middle of a write leaves
+    resumed = _finetune(_args(out, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_identical(_outcome(out), reference["nbar"])
+
+
+def test_resume_with_changed_options_or_fewer_steps_is_refused(tmp_path):
+    out = tmp_path / "run"
+    assert _run("sigint", 4, _args(out)).returncode == 130
+    before = _tree(out)
+    hybrid = _finetune(_args(out, "--resume", method="sam", steps=4))
+    assert hybrid.returncode == 2
+    text = " ".join(hybrid.stderr.split())
+    assert "method: 'nbar' → 'sam'" in text and "steps: 6 → 4" in text
+    fewer = _finetune(_args(out, "--resume", steps=3))
+    assert fewer.returncode == 2 and "steps: 6 → 3" in " ".join(fewer.stderr.split())
+    assert _tree(out) == before
+
+
+def test_a_finished_run_is_skipped_refused_or_overwritten(tmp_path):
+    out = tmp_path / "run"
+    assert _finetune(_args(out, "--zero-shot", steps=2)).returncode == 0
+    before = _tree(out)
+    same = _finetune(_args(out, "--zero-shot", steps=2))
+    assert same.returncode == 0 and "skipped" in same.stderr
+    assert _tree(out) == before
+    other = _finetune(_args(out, method="sam", steps=2))
+    assert other.returncode == 2 and "--overwrite" in " ".join(other.stderr.split())
+    assert _tree(out) == before
+    replaced = _finetune(_args(out, "--overwrite", method="sam", steps=2))
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    assert not (out / "zero_shot.json").exists()  # nothing of the old run survives beside the new one
+    assert json.loads((out / "run.json").read_text())["fingerprint"]["options"]["method"] == "sam"
+    assert json.loads((out / "metrics.json").read_text())["method"] == "sam"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.replaced")]
+
+
+def test_finetune_json_prints_one_document(tmp_path):
+    proc = _finetune(_args(tmp_path / "run", "--json", steps=2))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["status"] == "complete"
