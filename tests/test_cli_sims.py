@@ -64,6 +64,9 @@ def test_simulate_layered_rank_and_bar(tmp_path):
     (["--optimizer", "adamw"], "adamw"),
     (["--x0", "0.2,inf,0.3"], "finite"),
     (["--seeds", "0"], "seeds"),
+    (["--alpha", "-1"], "--alpha values must be a finite number >= 0"),
+    (["--problem", "toy2d", "--alpha", "0.5"], "has no noise term"),
+    (["--flow", "--t-end", "0"], "--t-end must be a finite number > 0"),
     (["--out", "result.txt"], ".json or .npz"),
 ])
 def test_simulate_bad_input_exits_2(args, needle):

@@ -133,18 +133,15 @@ def simulate(
         prob = make_problem(problem.value, rank=rank, layers=layers, x0=x0a, y0=y0a)
         rho_v = (0.1 if prob.kind == "nop" else 0.2) if rho is None else rho
         opt = make_optimizer(optimizer.value, rho=rho_v, m=m, mu=mu, schedule=schedule.value)
-        if seeds < 1:
-            raise ValueError(f"--seeds must be at least 1, got {seeds}")
-        for a in alphas:
-            if not np.isfinite(a) or a < 0:
-                raise ValueError(f"--alpha values must be finite and >= 0, got {a}")
         from balancedness.sims.discrete import validate_run
+        from balancedness.sims.grid import noise_levels, seed_list
+        from balancedness.validation import number
 
+        seed_list(seeds)
+        noise_levels(prob, alphas)
         validate_run(steps, lr, record_every, batch, opt)
-        if t_end is not None and (not np.isfinite(t_end) or t_end <= 0):
-            raise ValueError(f"--t-end must be > 0, got {t_end}")
-        if not prob.noisy and any(a != 0 for a in alphas):
-            raise ValueError(f"problem {prob.name!r} has no noise term; --alpha must be 0, got {alphas}")
+        if t_end is not None:
+            number("t_end", t_end, strict=True)
     except ValueError as e:
         fail_usage(e)
 
