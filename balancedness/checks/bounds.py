@@ -1,60 +1,77 @@
-"""Asymptotic orders and inequalities (spec §7.2.15–§7.2.17, Thm 3, Lemma 3): A_t = O(ρ²), the explicit
-A_t bounds, the sandwich inequalities behind (6) and Thm 3, and m-sharpness regularizing more strongly."""
+"""Asymptotic orders and inequalities (spec §7.2.15–§7.2.17, Thm 3, 5, 7, Lemma 3, Cor. 1/2): A_t = O(ρ²), the
+explicit A_t bounds, the sandwich inequalities behind (6) and Thm 3, the O(√D) weaker per-layer rate,
+Cor. 2's threshold as dynamics, and m-sharpness regularizing more strongly.
+
+The implementation checks here take the exact rate dB/dt = ⟨x, ẋ⟩ − ⟨y, ẏ⟩ of an optimizer's field
+(``theory.dB_dt``) and compare it with the paper's leading terms, which are computed from the
+problem's gradients alone.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from balancedness.checks.instances import random_nop, random_op
-from balancedness.checks.registry import Context, Kind, Measurement, at_most, check, within
+from balancedness.checks.instances import paper_op, random_nop, random_op
+from balancedness.checks.registry import Context, Kind, Measurement, all_hold, at_most, check, within
+from balancedness.metrics import balancedness, layer_sq_norms
 from balancedness.sims import theory as th
 from balancedness.sims.optimizers import Optimizer
+from balancedness.sims.problems import nop_problem
 
 IMPL, MATH = Kind.IMPLEMENTATION, Kind.MATH
 
 
-def sam_remainder(p, X, Y, leading, rho: float, layers: bool = False) -> np.ndarray:
-    """A_t = exact dB/dt of the SAM field − ``leading(ρ)`` (per layer if ``layers``)."""
+def sam_remainder(p, X, Y, leading, rho: float, layers: bool = False, opt: str = "sam", m: int = 1,
+                  alpha=0.0, chunks=None) -> np.ndarray:
+    """A_t = exact dB/dt of the ``opt`` field − ``leading(ρ)`` (per layer if ``layers``)."""
     rate = th.dB_dt_layers if layers else th.dB_dt
-    return rate(p, Optimizer("sam", rho=rho), X, Y, 0.0) - leading(rho)
+    return rate(p, Optimizer(opt, rho=rho, m=m), X, Y, alpha, chunks) - leading(rho)
 
 
-def a_order_ratio(p, X, Y, leading, layers: bool = False) -> np.ndarray:
+def a_order_ratio(p, X, Y, leading, layers: bool = False, **kw) -> np.ndarray:
     """A_t(ρ)/A_t(ρ/10) for ρ = 1e-2 (≈ 100 when A_t = O(ρ²))."""
-    return np.ravel(sam_remainder(p, X, Y, leading, 1e-2, layers) / sam_remainder(p, X, Y, leading, 1e-3, layers))
+    return np.ravel(sam_remainder(p, X, Y, leading, 1e-2, layers, **kw) / sam_remainder(p, X, Y, leading, 1e-3, layers, **kw))
 
 
-def a_bound_ratio(p, X, Y, leading, bound) -> float:
-    """max |A_t| / bound(ρ) over the points and ρ ∈ {0.01, 0.1, 0.5}."""
-    return float(max(np.max(np.abs(sam_remainder(p, X, Y, leading, rho)) / bound(rho)) for rho in (0.01, 0.1, 0.5)))
+def a_bound_ratio(p, X, Y, leading, bound, **kw) -> float:
+    """max |A_t| / bound(ρ) over the points and ρ ∈ {0.01, 0.1, 0.5} (NaN if any is not finite)."""
+    r = [np.abs(sam_remainder(p, X, Y, leading, rho, **kw)) / bound(rho) for rho in (0.01, 0.1, 0.5)]
+    return float(np.max(r)) if all(np.all(np.isfinite(v)) for v in r) else float("nan")
 
 
 def order_measurement(r: np.ndarray, detail: str = "") -> Measurement:
     """The median of the ratios A_t(ρ)/A_t(ρ/10), judged in [98, 102]."""
     v = float(np.median(r))
-    return within(v, (98, 102), f"median ratio {v:.2f} " + (detail or f"(range {r.min():.1f}..{r.max():.1f})"))
+    return within(v, (98, 102), f"median ratio {v:.2f} " + (detail or f"(range {np.min(r):.1f}..{np.max(r):.1f})"))
 
 
 def chain_violations(lo: np.ndarray, mid: np.ndarray, hi: np.ndarray) -> int:
-    """How many entries break lo ≤ mid ≤ hi (relative slack 1e-12 for round-off)."""
-    return int(np.sum((lo > mid * (1 + 1e-12)) | (mid > hi * (1 + 1e-12))))
+    """How many entries break lo ≤ mid ≤ hi (relative slack 1e-12 for round-off; NaN counts as broken)."""
+    return int(np.sum(~((lo <= mid * (1 + 1e-12)) & (mid <= hi * (1 + 1e-12)))))
 
 
-@check("thm2-A-order", "Thm 2 (5)", "NOP: A_t = O(rho^2): A_t(rho)/A_t(rho/10) ~ 100", IMPL)
+def op_chunks(ctx: Context, p, X, Y, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """m random minibatch chunks (noise, shape (m, n)) and f′_i of each chunk from (14), shape (m, n)."""
+    chunks = ctx.rng.standard_normal((m, len(X)))
+    return chunks, np.stack([paper_op(p, X, Y, p.target + c, 0.0).G for c in chunks])
+
+
+# -- A_t = O(ρ²) ---------------------------------------------------------------------------------
+@check("thm2-A-order", "Thm 2 (5)", "NOP: A_t = O(rho^2): A_t(rho)/A_t(rho/10) ~ 100", IMPL, runs=("sam",))
 def thm2_a_order(ctx: Context) -> Measurement:
     p, X, Y = random_nop(ctx.rng, ctx.n)
     gX, gY, _ = p.grads(X, Y, np.zeros(ctx.n), None)
     return order_measurement(a_order_ratio(p, X, Y, lambda rho: th.thm2_leading(gX, gY, rho)))
 
 
-@check("lemma2-A-order", "Lemma 2 (32)", "OP: A_t = O(rho^2): A_t(rho)/A_t(rho/10) ~ 100", IMPL)
+@check("lemma2-A-order", "Lemma 2 (32)", "OP: A_t = O(rho^2): A_t(rho)/A_t(rho/10) ~ 100", IMPL, runs=("sam",))
 def lemma2_a_order(ctx: Context) -> Measurement:
     p, X, Y = random_op(ctx.rng, ctx.n)
     f = p.outer_grad(p.product(X, Y), np.zeros(ctx.n), None)
     return order_measurement(a_order_ratio(p, X, Y, lambda rho: th.lemma2_leading(f, X, Y, rho)))
 
 
-@check("thm5-A-order", "Thm 5 (26)", "layer-wise NOP: A_{t,l} = O(rho^2) per layer", IMPL)
+@check("thm5-A-order", "Thm 5 (26)", "layer-wise NOP: A_{t,l} = O(rho^2) per layer", IMPL, runs=("sam",))
 def thm5_a_order(ctx: Context) -> Measurement:
     p, X, Y = random_nop(ctx.rng, ctx.n, layers=3)
     gX, gY, _ = p.grads(X, Y, np.zeros(ctx.n), None)
@@ -62,7 +79,29 @@ def thm5_a_order(ctx: Context) -> Measurement:
     return order_measurement(r, "over layers x points")
 
 
-@check("thm2-A-bound", "Thm 2 (16b)", "NOP: |A_t| <= L rho^2 (|x|+|y|)^2 + L rho^3 (|x|+|y|)/2", IMPL)
+@check("thm7-A-order", "Thm 7 (44)", "layer-wise OP: A_{t,l} = O(rho^2) per layer", IMPL, runs=("sam",))
+def thm7_a_order(ctx: Context) -> Measurement:
+    L = 3
+    p, X, Y = random_op(ctx.rng, ctx.n, layers=L)
+    f = p.outer_grad(p.product(X, Y), np.zeros(ctx.n), None)
+    f_layers = np.repeat(f[:, None], L, axis=1)  # every layer sees the same outer gradient (sum coupling)
+    r = a_order_ratio(p, X, Y, lambda rho: th.thm7_leading_layers(f_layers, X, Y, rho), layers=True)
+    return order_measurement(r, f"over {L} layers x points")
+
+
+@check("lemma3-A-order", "Lemma 3 (39)", "m-sharpness on OP: A_t = O(rho^2) (m = 4 random chunks)", IMPL,
+       runs=("msam",))
+def lemma3_a_order(ctx: Context) -> Measurement:
+    m = 4
+    p, X, Y = random_op(ctx.rng, ctx.n)
+    chunks, fi = op_chunks(ctx, p, X, Y, m)
+    r = a_order_ratio(p, X, Y, lambda rho: th.lemma3_leading(fi, X, Y, rho), opt="msam", m=m,
+                      alpha=np.ones(ctx.n), chunks=chunks)
+    return order_measurement(r)
+
+
+# -- explicit A_t bounds ---------------------------------------------------------------------------
+@check("thm2-A-bound", "Thm 2 (16b)", "NOP: |A_t| <= L rho^2 (|x|+|y|)^2 + L rho^3 (|x|+|y|)/2", IMPL, runs=("sam",))
 def thm2_a_bound(ctx: Context) -> Measurement:
     p, X, Y = random_nop(ctx.rng, 20 * ctx.n)
     gX, gY, _ = p.grads(X, Y, np.zeros(len(X)), None)
@@ -71,7 +110,7 @@ def thm2_a_bound(ctx: Context) -> Measurement:
     return at_most(v, 1.0, f"max |A_t|/bound = {v:.3f} over {len(X)} points x 3 radii")
 
 
-@check("lemma2-A-bound", "Lemma 2", "OP: |A_t| <= 2 L rho^2 |B| (1 + rho/(2 sqrt(|x|^2+|y|^2)))", IMPL)
+@check("lemma2-A-bound", "Lemma 2", "OP: |A_t| <= 2 L rho^2 |B| (1 + rho/(2 sqrt(|x|^2+|y|^2)))", IMPL, runs=("sam",))
 def lemma2_a_bound(ctx: Context) -> Measurement:
     p, X, Y = random_op(ctx.rng, 20 * ctx.n)
     f = p.outer_grad(p.product(X, Y), np.zeros(len(X)), None)
@@ -80,6 +119,20 @@ def lemma2_a_bound(ctx: Context) -> Measurement:
     return at_most(v, 1.0, f"max |A_t|/bound = {v:.3f} over {len(X)} points x 3 radii")
 
 
+@check("lemma3-A-bound", "Lemma 3 (39), proof",
+       "m-sharpness: |A_t| <= 2 L rho^2 |B| (1 + rho/(2 sqrt(|x|^2+|y|^2))), i.e. O(rho^2 L |B|)", IMPL,
+       runs=("msam",))
+def lemma3_a_bound(ctx: Context) -> Measurement:
+    m = 4
+    p, X, Y = random_op(ctx.rng, 5 * ctx.n)
+    chunks, fi = op_chunks(ctx, p, X, Y, m)
+    v = a_bound_ratio(p, X, Y, lambda rho: th.lemma3_leading(fi, X, Y, rho),
+                      lambda rho: th.lemma2_A_bound(X, Y, rho, p.lipschitz), opt="msam", m=m,
+                      alpha=np.ones(len(X)), chunks=chunks)
+    return at_most(v, 1.0, f"max |A_t|/bound = {v:.3f} over {len(X)} points x 3 radii (each chunk obeys Lemma 2's bound)")
+
+
+# -- the inequalities on their own -----------------------------------------------------------------
 @check("thm2-sandwich", "Thm 2 (6)",
        "|a-b| <= |a^2-b^2|/sqrt(a^2+b^2) <= sqrt(|a^2-b^2|) for a, b >= 0 (the sqrt reading of (6))", MATH)
 def thm2_sandwich(ctx: Context) -> Measurement:
@@ -96,35 +149,91 @@ def thm3_sandwich(ctx: Context) -> Measurement:
     return at_most(bad, 0.0, f"{bad} violations in {len(X)} random points")
 
 
+@check("lemma3-triangle", "Lemma 3 (39), §4",
+       "m-sharpness's coefficient is at least SAM's: (1/m) sum_i |f'_i| >= |f'| with f' = (1/m) sum_i f'_i", MATH)
+def lemma3_triangle(ctx: Context) -> Measurement:
+    m = 4
+    p, X, Y = random_op(ctx.rng, 10 * ctx.n)
+    _, fi = op_chunks(ctx, p, X, Y, m)
+    lead_m = th.lemma3_leading(fi, X, Y, 0.01)
+    lead_1 = th.lemma2_leading(fi.mean(0), X, Y, 0.01)
+    bad = int(np.sum(~(np.abs(lead_m) >= np.abs(lead_1) * (1 - 1e-12))))
+    return at_most(bad, 0.0, f"{bad} of {len(X)} points where (39)'s coefficient is below (32)'s")
+
+
+# -- rates of SAM against the theorems --------------------------------------------------------------
 @check("thm3-rate-bounds", "Thm 3",
-       "along SAM-OP: rho|f'|C_t - 2L rho^2|B|(..) <= |dB/dt| <= rho|f'|sqrt(2|B|) + same", IMPL)
+       "SAM-OP: rho|f'|C_t - s <= |dB/dt| <= rho|f'|sqrt(2|B|) + s (s = the explicit A_t bound), and |B| "
+       "decreases wherever rho|f'|C_t > s", IMPL, runs=("sam",))
 def thm3_rate_bounds(ctx: Context) -> Measurement:
     p, X, Y = random_op(ctx.rng, 10 * ctx.n)
     f = p.outer_grad(p.product(X, Y), np.zeros(len(X)), None)
-    bad = 0
+    B = balancedness(X, Y)
+    bad = shrink = 0
     for rho in (0.01, 0.1):
-        rate = np.abs(th.dB_dt(p, Optimizer("sam", rho=rho), X, Y, 0.0))
+        rate = th.dB_dt(p, Optimizer("sam", rho=rho), X, Y, 0.0)
         lo, hi = th.thm3_bounds(f, X, Y, rho)
         slack = th.lemma2_A_bound(X, Y, rho, p.lipschitz)
-        bad += int(np.sum((rate < lo - slack - 1e-12) | (rate > hi + slack + 1e-12)))
-    return at_most(bad, 0.0, f"{bad} violations in {2 * len(X)} (point, rho) pairs")
+        premise = lo > slack  # Thm 3: |B| decreases whenever |f'|C_t > O(rho L |B|)
+        holds = (np.abs(rate) >= lo - slack - 1e-12) & (np.abs(rate) <= hi + slack + 1e-12) & (~premise | (rate * B < 0))
+        bad += int(np.sum(~holds))
+        shrink += int(np.sum(premise))
+    return at_most(bad, 0.0, f"{bad} violations in {2 * len(X)} (point, rho) pairs; |B| must decrease at {shrink}")
 
 
-@check("lemma3-msharp-stronger", "Lemma 3 (39)",
-       "m-sharpness regularizes at least as strongly: (1/m) sum|f'_i| >= |f'|", MATH)
+@check("lemma3-msharp-stronger", "Lemma 3 (39), §4",
+       "m-SAM's exact rate contracts B at least as fast as SAM's on the same minibatch (up to both A_t bounds)",
+       IMPL, runs=("msam", "sam"))
 def lemma3_msharp_stronger(ctx: Context) -> Measurement:
-    rng, m = ctx.rng, 4
-    p, X, Y = random_op(rng, 10 * ctx.n)
-    chunks = rng.standard_normal((m, len(X)))
-    alpha = np.ones(len(X))
-    W = p.product(X, Y)
-    fi = np.stack([p.outer_grad(W, alpha, c) for c in chunks])
-    f = p.outer_grad(W, alpha, chunks.mean(0))
-    lead_m = th.lemma3_leading(fi, X, Y, 0.01)
-    lead_1 = th.lemma2_leading(f, X, Y, 0.01)
-    bad = int(np.sum(np.abs(lead_m) < np.abs(lead_1) * (1 - 1e-12)))
-    # shown, not judged: how close (39) is to the exact m-SAM rate at a small radius
-    exact = th.dB_dt(p, Optimizer("msam", rho=1e-4, m=m), X, Y, alpha, chunks)
-    lead_small = th.lemma3_leading(fi, X, Y, 1e-4)
-    rel = float(np.median(np.abs(exact - lead_small) / np.abs(lead_small)))
-    return at_most(bad, 0.0, f"{bad} points where it is weaker; (39) vs exact at rho=1e-4: median rel. gap {rel:.1e}")
+    m, rho = 4, 0.01
+    p, X, Y = random_op(ctx.rng, 10 * ctx.n)
+    chunks, _ = op_chunks(ctx, p, X, Y, m)
+    ones = np.ones(len(X))
+    B = balancedness(X, Y)
+    contraction = {o: -np.sign(B) * th.dB_dt(p, Optimizer(o, rho=rho, m=k), X, Y, ones, c)
+                   for o, k, c in (("msam", m, chunks), ("sam", 1, chunks.mean(0)[None]))}
+    slack = 2 * th.lemma2_A_bound(X, Y, rho, p.lipschitz)
+    holds = (contraction["msam"] >= contraction["sam"] - slack) & (contraction["sam"] > -slack)
+    bad = int(np.sum(~holds))
+    gain = float(np.median(contraction["msam"] / contraction["sam"]))
+    return at_most(bad, 0.0, f"{bad} of {len(X)} points where m-SAM (m = {m}) contracts less; median ratio "
+                   f"m-SAM/SAM {gain:.2f} (rho = {rho})")
+
+
+@check("thm5-sqrtD-weaker", "Thm 5, §3",
+       "per layer, SAM's rate is O(sqrt D) weaker than SAM normalized on that layer alone: x1/sqrt(D) for D equal layers",
+       IMPL, runs=("sam",))
+def thm5_sqrt_d_weaker(ctx: Context) -> Measurement:
+    rho, ratios = 1e-4, {}
+    for D in (1, 2, 4, 8):
+        x0 = np.tile(nop_problem().x0, (D, 1, 1))
+        q = nop_problem(1, D, x0=x0, y0=-3 * x0)
+        X, Y = q.x0[None], q.y0[None]
+        gX, gY, _ = q.grads(X, Y, np.zeros(1), None)
+        a, b = layer_sq_norms(gX), layer_sq_norms(gY)
+        alone = rho * (a - b) / np.sqrt(a + b)  # Thm 2's leading term for layer l as if it were the whole model
+        ratios[D] = float(np.max(th.dB_dt_layers(q, Optimizer("sam", rho=rho), X, Y, 0.0) / alone))
+    v = float(np.max([abs(r * np.sqrt(D) - 1) for D, r in ratios.items()]))  # NaN propagates
+    return at_most(v, 0.01, "rate / rate alone x sqrt(D) = " + ", ".join(f"{r * np.sqrt(D):.4f}" for D, r in ratios.items())
+                   + " for D = 1, 2, 4, 8 (S1's O(D) reading, x D: "
+                   + ", ".join(f"{r * D:.2f}" for D, r in ratios.items()) + f"); judged |. - 1| <= 0.01 at rho = {rho:g}")
+
+
+@check("cor2-dynamics", "Cor 1, Cor 2 (21)",
+       "SAM-NOP: B above the threshold Bbar^rho(+eps) shrinks, B below Bbar^rho(-eps) grows (eps = A_t bound/rho)",
+       IMPL, runs=("sam",))
+def cor2_dynamics(ctx: Context) -> Measurement:
+    p, X, Y = random_nop(ctx.rng, 10 * ctx.n)
+    gX, gY, _ = p.grads(X, Y, np.zeros(len(X)), None)
+    B = balancedness(X, Y)
+    parts, bad, ok = [], 0, True
+    for rho in (1e-3, 1e-2, 1e-1):
+        rate = th.dB_dt(p, Optimizer("sam", rho=rho), X, Y, 0.0)
+        eps = th.thm2_A_bound(X, Y, rho, p.lipschitz) / rho
+        above = B > th.cor2_threshold_rho(X, Y, gX, gY, eps)
+        below = B < th.cor2_threshold_rho(X, Y, gX, gY, -eps)
+        wrong = int(np.sum(above & ~(rate < 0)) + np.sum(below & ~(rate > 0)))
+        bad += wrong
+        ok = ok and int(np.sum(above | below)) >= len(X) // 2
+        parts.append(f"rho={rho:g}: {int(np.sum(above))} above, {int(np.sum(below))} below, {wrong} wrong")
+    return all_hold(ok and bad == 0, "; ".join(parts) + f" ({len(X)} random points)")

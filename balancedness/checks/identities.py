@@ -1,157 +1,174 @@
-"""Exact identities of the optimizers' fields and steps at random points (spec §7.1.3–§7.1.13).
+"""Exact identities of the optimizers' fields and single steps at random points (spec §7.1.3–§7.1.13).
 
-Each check takes the field or one step of an optimizer implementation (``Optimizer.direction``,
-``theory.dB_dt``) and compares it with the identity of ``theory`` evaluated at the same point, to a
-relative error near machine precision.
+Each check takes the field or one step of an optimizer implementation (through the registry:
+``Optimizer.direction``, ``theory.dB_dt``) at random points with a random minibatch, and compares it
+with the identity of ``theory`` evaluated on quantities computed from the paper's equations
+(``instances.paper_nop``/``paper_op``: their own arithmetic, nothing shared with the implementation),
+to a relative error near machine precision.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from balancedness.checks.instances import random_nop, random_op, rel_error, sam_parts
+from balancedness.checks.instances import paper_nop, paper_op, random_minibatch, random_nop, random_op, rel_error
 from balancedness.checks.registry import Context, Kind, Measurement, at_most, check
-from balancedness.metrics import balancedness, global_norm
+from balancedness.metrics import balancedness, layer_sq_norms
 from balancedness.sims import theory as th
 from balancedness.sims.optimizers import Optimizer
 
 IMPL = Kind.IMPLEMENTATION
 
 
-def sam_rate_error(p, X, Y, rho: float, identity, layers: bool = False) -> float:
-    """Max relative error of the SAM field's exact dB/dt (dB_l/dt if ``layers``) against ``identity``,
-    a rate identity of ``theory`` called as identity(X, Y, G, G̃, ‖g‖, ρ)."""
-    s = sam_parts(p, X, Y, rho)
+def sam_rate_error(ctx: Context, p, X, Y, rho: float, identity, layers: bool = False) -> float:
+    """Max relative error of the SAM field's exact dB/dt (dB_l/dt if ``layers``) on a random minibatch
+    against ``identity(X, Y, G, G̃, ‖g‖, ρ)`` of ``theory`` with G, G̃ from the paper's equations."""
+    N, C = random_minibatch(ctx.rng, p, len(X))
+    s = (paper_nop if p.kind == "nop" else paper_op)(p, X, Y, C, rho)
     rate = th.dB_dt_layers if layers else th.dB_dt
-    return rel_error(rate(p, Optimizer("sam", rho=rho), X, Y, 0.0), identity(X, Y, s.G, s.G_tilde, s.grad_norm, rho))
+    return rel_error(rate(p, Optimizer("sam", rho=rho), X, Y, 1.0, N[None]),
+                     identity(X, Y, s.G, s.G_tilde, s.grad_norm, rho))
 
 
-def one_step(opt: Optimizer, p, X, Y, lr: float, alpha=None, chunk_means=None):
-    """(B, B⁺, (d_X, d_Y, g_X, g_Y)): B before and after one step z⁺ = z + η d(z) of ``opt`` (noise-free by default)."""
-    d = opt.direction(p, X, Y, np.zeros(len(X)) if alpha is None else alpha, chunk_means)
-    return balancedness(X, Y), balancedness(X + lr * d[0], Y + lr * d[1]), d
+def one_step(opt: Optimizer, p, X, Y, lr: float, N: np.ndarray):
+    """(B, B⁺): B before and after one step z⁺ = z + η d(z) of ``opt`` on the minibatch with noise N."""
+    dX, dY, _, _ = opt.direction(p, X, Y, np.ones(len(X)), N[None])
+    return balancedness(X, Y), balancedness(X + lr * dX, Y + lr * dY)
 
 
-@check("sam-nop-identity", "(16a)", "SAM-NOP flow: dB/dt = rho*u*[y'G~'G y - x'G~ G'x] exactly", IMPL)
+@check("sam-nop-identity", "(16a)", "SAM-NOP flow: dB/dt = rho*u*[y'G~'G y - x'G~ G'x] exactly (random minibatch)",
+       IMPL, runs=("sam",))
 def sam_nop_identity(ctx: Context) -> Measurement:
-    rho = 0.1
     p, X, Y = random_nop(ctx.rng, ctx.n)
-    v = sam_rate_error(p, X, Y, rho, th.sam_nop_rate)
-    return at_most(v, 1e-10, f"max rel. error {v:.1e} over {ctx.n} random points")
+    v = sam_rate_error(ctx, p, X, Y, 0.1, th.sam_nop_rate)
+    return at_most(v, 1e-10, f"max rel. error {v:.1e} over {ctx.n} random points and minibatches")
 
 
-@check("sam-op-identity", "(33)", "SAM-OP flow: dB/dt = -2 rho f' f~' B / ||g|| exactly", IMPL)
+@check("sam-op-identity", "(33)", "SAM-OP flow: dB/dt = -2 rho f' f~' B / ||g|| exactly (random minibatch)",
+       IMPL, runs=("sam",))
 def sam_op_identity(ctx: Context) -> Measurement:
-    rho = 0.2
     p, X, Y = random_op(ctx.rng, ctx.n)
-    v = sam_rate_error(p, X, Y, rho, th.sam_op_rate)
-    return at_most(v, 1e-10, f"max rel. error {v:.1e} over {ctx.n} random points")
+    v = sam_rate_error(ctx, p, X, Y, 0.2, th.sam_op_rate)
+    return at_most(v, 1e-10, f"max rel. error {v:.1e} over {ctx.n} random points and minibatches")
 
 
 @check("sgd-discrete-nop", "§7.1.5",
-       "one SGD/SNGD step on NOP: B+ - B = (eta^2/2)(|g_x|^2 - |g_y|^2) (eta/|g| for SNGD)", IMPL)
+       "one SGD/SNGD step on NOP: B+ - B = (eta^2/2)(|g_x|^2 - |g_y|^2) (eta/|g| for SNGD)", IMPL, runs=("sgd", "sngd"))
 def sgd_discrete_nop(ctx: Context) -> Measurement:
-    rng, lr = ctx.rng, 0.05
-    p, X, Y = random_nop(rng, ctx.n)
-    noise = rng.standard_normal((ctx.n, 3, 3))
-    alpha = rng.uniform(0, 2, ctx.n)
+    lr = 0.05
+    p, X, Y = random_nop(ctx.rng, ctx.n)
+    N, C = random_minibatch(ctx.rng, p, ctx.n)
+    s = paper_nop(p, X, Y, C, 0.0)
     errs = []
     for name in ("sgd", "sngd"):
-        B, B1, (_, _, gX, gY) = one_step(Optimizer(name), p, X, Y, lr, alpha, noise[None])
-        step = lr if name == "sgd" else lr / global_norm(gX, gY)
-        errs.append(rel_error(B1 - B, th.sgd_discrete_drift(gX, gY, step)))
-    v = max(errs)
-    return at_most(v, 1e-8, f"max rel. error {v:.1e} (SGD {errs[0]:.1e}, SNGD {errs[1]:.1e}), stochastic minibatches")
+        B, B1 = one_step(Optimizer(name), p, X, Y, lr, N)
+        errs.append(rel_error(B1 - B, th.sgd_discrete_drift(s.gX, s.gY, lr if name == "sgd" else lr / s.grad_norm)))
+    v = float(np.max(errs))  # NaN propagates
+    return at_most(v, 1e-8, f"max rel. error {v:.1e} (SGD {errs[0]:.1e}, SNGD {errs[1]:.1e}), random minibatches")
 
 
-@check("sgd-discrete-op", "§7.1.6", "one SGD step on OP: B+ = (1 - eta^2 f'^2) B", IMPL)
+@check("sgd-discrete-op", "§7.1.6", "one SGD step on OP: B+ = (1 - eta^2 f'^2) B (random minibatch)", IMPL,
+       runs=("sgd",))
 def sgd_discrete_op(ctx: Context) -> Measurement:
     lr = 0.05
     p, X, Y = random_op(ctx.rng, ctx.n)
-    B, B1, _ = one_step(Optimizer("sgd"), p, X, Y, lr)
-    f = p.outer_grad(p.product(X, Y), np.zeros(ctx.n), None)
-    v = rel_error(B1, th.sgd_op_step_factor(f, lr) * B)
+    N, C = random_minibatch(ctx.rng, p, ctx.n)
+    B, B1 = one_step(Optimizer("sgd"), p, X, Y, lr, N)
+    v = rel_error(B1, th.sgd_op_step_factor(paper_op(p, X, Y, C, 0.0).G, lr) * B)
     return at_most(v, 1e-10, f"max rel. error {v:.1e}")
 
 
 @check("sam-discrete-op", "§7.1.7",
-       "one SAM step on OP: B+ = [1 - 2 eta rho u f~' - eta^2 f~'^2 (1 - rho^2 u^2)] B", IMPL)
+       "one SAM step on OP: B+ = [1 - 2 eta rho u f~' - eta^2 f~'^2 (1 - rho^2 u^2)] B (random minibatch)", IMPL,
+       runs=("sam",))
 def sam_discrete_op(ctx: Context) -> Measurement:
     lr, rho = 0.05, 0.2
     p, X, Y = random_op(ctx.rng, ctx.n)
-    B, B1, _ = one_step(Optimizer("sam", rho=rho), p, X, Y, lr)
-    s = sam_parts(p, X, Y, rho)
+    N, C = random_minibatch(ctx.rng, p, ctx.n)
+    B, B1 = one_step(Optimizer("sam", rho=rho), p, X, Y, lr, N)
+    s = paper_op(p, X, Y, C, rho)
     v = rel_error(B1, th.sam_op_step_factor(s.G_tilde, th.op_u(s.G, X, Y), rho, lr) * B)
     return at_most(v, 1e-10, f"max rel. error {v:.1e}")
 
 
 @check("sam-discrete-nop", "§7.1.8",
-       "one SAM step on NOP: B+ - B = eta rho u [y'G~'Gy - x'G~G'x] + (eta^2/2)(|g_x~|^2 - |g_y~|^2)", IMPL)
+       "one SAM step on NOP: B+ - B = eta rho u [y'G~'Gy - x'G~G'x] + (eta^2/2)(|g_x~|^2 - |g_y~|^2)", IMPL,
+       runs=("sam",))
 def sam_discrete_nop(ctx: Context) -> Measurement:
     lr, rho = 0.05, 0.1
     p, X, Y = random_nop(ctx.rng, ctx.n)
-    B, B1, (dX, dY, _, _) = one_step(Optimizer("sam", rho=rho), p, X, Y, lr)
-    s = sam_parts(p, X, Y, rho)
-    v = rel_error(B1 - B, th.sam_nop_step_change(X, Y, s.G, s.G_tilde, s.grad_norm, -dX, -dY, rho, lr))
+    N, C = random_minibatch(ctx.rng, p, ctx.n)
+    B, B1 = one_step(Optimizer("sam", rho=rho), p, X, Y, lr, N)
+    s = paper_nop(p, X, Y, C, rho)
+    v = rel_error(B1 - B, th.sam_nop_step_change(X, Y, s.G, s.G_tilde, s.grad_norm, s.gX_tilde, s.gY_tilde, rho, lr))
     return at_most(v, 1e-8, f"max rel. error {v:.1e}")
 
 
-@check("msam-discrete-op", "§7.1.9 (38)", "one m-sharpness step on OP: B+ = [(1 - eta b)^2 - eta^2 a^2] B", IMPL)
+@check("msam-discrete-op", "§7.1.9 (38)", "one m-sharpness step on OP: B+ = [(1 - eta b)^2 - eta^2 a^2] B", IMPL,
+       runs=("msam",))
 def msam_discrete_op(ctx: Context) -> Measurement:
     rng, lr, rho, m = ctx.rng, 0.05, 0.2, 4
     p, X, Y = random_op(rng, ctx.n)
     chunks = rng.standard_normal((m, ctx.n))
-    alpha = np.full(ctx.n, 1.0)
-    B, B1, _ = one_step(Optimizer("msam", rho=rho, m=m), p, X, Y, lr, alpha, chunks)
-    W = p.product(X, Y)
-    fts, us = [], []
-    for c in chunks:
-        Xt, Yt, u = th.op_sam_point(X, Y, p.outer_grad(W, alpha, c), rho)
-        fts.append(p.outer_grad(p.product(Xt, Yt), alpha, c))
-        us.append(u)
-    v = rel_error(B1, th.msam_op_step_factor(np.array(fts), np.array(us), rho, lr) * B)
-    return at_most(v, 1e-10, f"max rel. error {v:.1e} (m = {m})")
+    dX, dY, _, _ = Optimizer("msam", rho=rho, m=m).direction(p, X, Y, np.ones(ctx.n), chunks)
+    B, B1 = balancedness(X, Y), balancedness(X + lr * dX, Y + lr * dY)
+    parts = [paper_op(p, X, Y, p.target + c, rho) for c in chunks]
+    us = [th.op_u(s.G, X, Y) for s in parts]
+    v = rel_error(B1, th.msam_op_step_factor(np.array([s.G_tilde for s in parts]), np.array(us), rho, lr) * B)
+    return at_most(v, 1e-10, f"max rel. error {v:.1e} (m = {m}, each chunk its own minibatch)")
 
 
 @check("thm5-layer-identity-nop", "(27a)",
-       "layer-wise SAM-NOP (global u): dB_l/dt = rho u [y_l'G~_l'G_l y_l - x_l'G~_l G_l'x_l]", IMPL)
+       "layer-wise SAM-NOP (global u): dB_l/dt = rho u [y_l'G~_l'G_l y_l - x_l'G~_l G_l'x_l]", IMPL, runs=("sam",))
 def thm5_layer_identity_nop(ctx: Context) -> Measurement:
     rho, L = 0.1, 3
     p, X, Y = random_nop(ctx.rng, ctx.n, layers=L)
-    v = sam_rate_error(p, X, Y, rho, th.sam_nop_rate_layers, layers=True)
+    v = sam_rate_error(ctx, p, X, Y, rho, th.sam_nop_rate_layers, layers=True)
     return at_most(v, 1e-10, f"max rel. error {v:.1e} ({L} layers)")
 
 
 @check("thm7-layer-identity-op", "(41), Thm 7",
-       "layer-wise SAM-OP: dB_l/dt = -rho u f'_l f~'_l (|x_l|^2 - |y_l|^2)", IMPL)
+       "layer-wise SAM-OP (global u): dB_l/dt = -rho u f'_l f~'_l (|x_l|^2 - |y_l|^2)", IMPL, runs=("sam",))
 def thm7_layer_identity_op(ctx: Context) -> Measurement:
     rho, L = 0.2, 3
     p, X, Y = random_op(ctx.rng, ctx.n, layers=L)
-    v = sam_rate_error(p, X, Y, rho, th.sam_op_rate_layers, layers=True)
+    v = sam_rate_error(ctx, p, X, Y, rho, th.sam_op_rate_layers, layers=True)
     return at_most(v, 1e-10, f"max rel. error {v:.1e} ({L} layers)")
 
 
-@check("rank-r-sam-identity", "§7.1.11", "rank-r SAM flow: dB/dt = rho u [tr(Y'G~'GY) - tr(X'G~G'X)]", IMPL)
+@check("rank-r-sam-identity", "§7.1.11", "rank-r SAM flow: dB/dt = rho u [tr(Y'G~'GY) - tr(X'G~G'X)]", IMPL,
+       runs=("sam",))
 def rank_r_sam_identity(ctx: Context) -> Measurement:
-    rho = 0.1
     p, X, Y = random_nop(ctx.rng, ctx.n, rank=3, d1=5, d2=4)
-    v = sam_rate_error(p, X, Y, rho, th.sam_nop_rate)
+    v = sam_rate_error(ctx, p, X, Y, 0.1, th.sam_nop_rate)
     return at_most(v, 1e-10, f"max rel. error {v:.1e} (rank 3, 5x4)")
 
 
+def bar_rate_error(ctx: Context, variant: str, p, X, Y) -> float:
+    """The exact dB/dt of the nBAR/oBAR field on a random minibatch against ``theory.bar_flow_rate``
+    (the sign rule of Alg. 2/3 written there, with the gradient norms from the paper's equations)."""
+    mu = 0.7
+    N, C = random_minibatch(ctx.rng, p, len(X))
+    s = (paper_nop if p.kind == "nop" else paper_op)(p, X, Y, C, 0.0)
+    rate = th.dB_dt(p, Optimizer(variant, mu=mu), X, Y, 1.0, N[None])
+    return rel_error(rate, th.bar_flow_rate(variant, X, Y, layer_sq_norms(s.gX), layer_sq_norms(s.gY), mu))
+
+
 @check("nbar-flow-rate", "Alg 2, §4.5.5",
-       "nBAR flow (SGD base): dB/dt = s mu (|x|^2 + |y|^2), s = sign(|g_x| - |g_y|)", IMPL)
+       "nBAR flow (SGD base): dB/dt = sum_l s_l mu (|x_l|^2 + |y_l|^2), s_l = sign(|g_x_l| - |g_y_l|)", IMPL,
+       runs=("nbar",))
 def nbar_flow_rate(ctx: Context) -> Measurement:
     p, X, Y = random_nop(ctx.rng, ctx.n, layers=2)
-    opt = Optimizer("nbar", mu=0.7)
-    _, _, gX, gY = opt.direction(p, X, Y, np.zeros(ctx.n), None)
-    v = rel_error(th.dB_dt(p, opt, X, Y, 0.0), th.bar_flow_rate(opt, X, Y, gX, gY))
-    return at_most(v, 1e-10, f"max rel. error {v:.1e} (2 layers, per-layer sign)")
+    v = bar_rate_error(ctx, "nbar", p, X, Y)
+    return at_most(v, 1e-10, f"max rel. error {v:.1e} (2 layers, per-layer sign, random minibatch)")
 
 
-@check("obar-flow-rate", "Alg 3, §4.5.5", "oBAR flow (SGD base): dB/dt = -sign(B) mu (|x|^2 + |y|^2)", IMPL)
+@check("obar-flow-rate", "Alg 3, §4.5.5",
+       "oBAR flow (SGD base): dB/dt = -sign(B) mu (|x|^2 + |y|^2) (per layer on 2 NOP layers)", IMPL,
+       runs=("obar",))
 def obar_flow_rate(ctx: Context) -> Measurement:
     p, X, Y = random_op(ctx.rng, ctx.n)
-    opt = Optimizer("obar", mu=0.7)
-    v = rel_error(th.dB_dt(p, opt, X, Y, 0.0), th.obar_flow_rate(X, Y, 0.7))
-    return at_most(v, 1e-10, f"max rel. error {v:.1e}")
+    one = rel_error(th.dB_dt(p, Optimizer("obar", mu=0.7), X, Y, 0.0), th.obar_flow_rate(X, Y, 0.7))
+    q, Xq, Yq = random_nop(ctx.rng, ctx.n, layers=2)
+    v = float(np.max([one, bar_rate_error(ctx, "obar", q, Xq, Yq)]))
+    return at_most(v, 1e-10, f"max rel. error {v:.1e} (OP: {one:.1e}; 2 NOP layers, per-layer sign)")

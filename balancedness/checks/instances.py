@@ -1,8 +1,13 @@
-"""Random problem instances and the numerical helpers the checks share.
+"""Random problem instances, the paper's update rules written again, and the numerical helpers the checks share.
 
 Random NOP/OP problems have a random target and are evaluated at random points of the standard normal,
-so an identity is tested away from the paper's toys; ``sam_parts`` gives, at such points, the gradients
-and the SAM point the rate identities of ``theory`` are written in.
+with a random minibatch target C (so an identity is tested away from the paper's toys, and with noise).
+
+``paper_nop`` and ``paper_op`` compute, at such points, the gradients, the SAM point and the gradients
+there **from the paper's equations** ((3), (4a–b), (22a–b) for NOP; (7a–b), (14), (41a–b) for OP), with
+their own arithmetic: nothing of ``sims.directions`` is used. An identity check compares what an
+optimizer implementation does against these, so a broken implementation (or a broken helper of it)
+cannot agree with itself.
 """
 
 from __future__ import annotations
@@ -11,7 +16,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from balancedness.sims.directions import sam_perturbation
 from balancedness.sims.problems import Problem, nop_problem, op_problem
 
 
@@ -36,34 +40,71 @@ def random_op(rng: np.random.Generator, n: int, layers: int = 1, dim: int = 3):
     return p, rng.standard_normal((n, layers, dim, 1)), rng.standard_normal((n, layers, dim, 1))
 
 
-class SamParts(NamedTuple):
-    """At a point, noise-free: the gradient g, the outer gradients G at z and G̃ at the SAM point, ‖g‖."""
+def random_minibatch(rng: np.random.Generator, p: Problem, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A random minibatch for n points: (noise N of shape (n, *noise), the target C = A + N it gives).
+
+    An optimizer sees it as ``alpha = 1`` and ``chunk_means = N[None]``."""
+    N = rng.standard_normal((n,) + p.noise_shape)
+    return N, p.target + N
+
+
+class PaperSam(NamedTuple):
+    """At a point, for the minibatch target C: g at z, the outer gradient G (NOP) or f′ (OP) at z and at
+    the SAM point z̃, ‖g‖ (global over layers), z̃ itself and the gradient g̃ at z̃."""
 
     gX: np.ndarray
     gY: np.ndarray
     G: np.ndarray
     G_tilde: np.ndarray
     grad_norm: np.ndarray
+    X_tilde: np.ndarray
+    Y_tilde: np.ndarray
+    gX_tilde: np.ndarray
+    gY_tilde: np.ndarray
 
 
-def sam_parts(p: Problem, X: np.ndarray, Y: np.ndarray, rho: float) -> SamParts:
-    """G, G̃ and ‖g‖ of the noise-free loss for the SAM identities (f′ and f̃′ on OP)."""
-    zero = np.zeros(len(X))
-    Xt, Yt, gX, gY, grad_norm = sam_perturbation(p, X, Y, p.target, rho)
-    G = p.outer_grad(p.product(X, Y), zero, None)
-    G_tilde = p.outer_grad(p.product(Xt, Yt), zero, None)
-    return SamParts(gX, gY, G, G_tilde, grad_norm)
+def _nop_G(p: Problem, X: np.ndarray, Y: np.ndarray, C) -> np.ndarray:
+    """∇f = 2k(Σ_l X_l Y_lᵀ − C) of the loss k‖W − C‖²."""
+    return 2 * p.scale * (np.einsum("nlir,nljr->nij", X, Y) - C)
+
+
+def paper_nop(p: Problem, X: np.ndarray, Y: np.ndarray, C, rho: float) -> PaperSam:
+    """(3), (22a–b) (one layer: (4a–b)): g_{x_l} = G y_l, g_{y_l} = Gᵀx_l, u = 1/sqrt(Σ_l ‖g_{x_l}‖² + ‖g_{y_l}‖²),
+    x̃_l = x_l + ρu G y_l, ỹ_l = y_l + ρu Gᵀx_l, g_{x̃_l} = G̃ ỹ_l, g_{ỹ_l} = G̃ᵀ x̃_l (rank r: columns alike)."""
+    G = _nop_G(p, X, Y, C)
+    gX, gY = np.einsum("nij,nljr->nlir", G, Y), np.einsum("nij,nlir->nljr", G, X)
+    norm = np.sqrt(np.einsum("nlir,nlir->n", gX, gX) + np.einsum("nljr,nljr->n", gY, gY))
+    s = (rho / norm)[:, None, None, None]
+    Xt, Yt = X + s * gX, Y + s * gY
+    Gt = _nop_G(p, Xt, Yt, C)
+    return PaperSam(gX, gY, G, Gt, norm, Xt, Yt, np.einsum("nij,nljr->nlir", Gt, Yt), np.einsum("nij,nlir->nljr", Gt, Xt))
+
+
+def paper_op(p: Problem, X: np.ndarray, Y: np.ndarray, c, rho: float) -> PaperSam:
+    """(14), (41a–b) (one layer: (7a–b), u = sgn f′/sqrt(‖x‖² + ‖y‖²)): f′ = 2k(Σ_l x_lᵀy_l − c),
+    u = 1/sqrt(Σ_l f′²(‖x_l‖² + ‖y_l‖²)), x̃_l = x_l + ρu f′ y_l, ỹ_l = y_l + ρu f′ x_l, g_{x̃_l} = f̃′ ỹ_l."""
+    f = 2 * p.scale * (np.einsum("nlir,nlir->n", X, Y) - c)
+    nx, ny = np.einsum("nlir,nlir->n", X, X), np.einsum("nlir,nlir->n", Y, Y)
+    norm = np.abs(f) * np.sqrt(nx + ny)
+    s = (rho * f / norm)[:, None, None, None]
+    Xt, Yt = X + s * Y, Y + s * X
+    ft = 2 * p.scale * (np.einsum("nlir,nlir->n", Xt, Yt) - c)
+    fe = f[:, None, None, None]
+    fte = ft[:, None, None, None]
+    return PaperSam(fe * Y, fe * X, f, ft, norm, Xt, Yt, fte * Yt, fte * Xt)
+
+
+def hessian(f, z: np.ndarray, h: float = 1e-4) -> np.ndarray:
+    """Central finite-difference Hessian of the scalar function f at z."""
+    n = len(z)
+    E = np.eye(n) * h
+    H = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            H[i, j] = (f(z + E[i] + E[j]) - f(z + E[i] - E[j]) - f(z - E[i] + E[j]) + f(z - E[i] - E[j])) / (4 * h * h)
+    return H
 
 
 def op_hessian(z: np.ndarray, c: float, dim: int = 3, h: float = 1e-4) -> np.ndarray:
     """Central finite-difference Hessian of (xᵀy − c)² at z = (x, y)."""
-    def f(v):
-        return (v[:dim] @ v[dim:] - c) ** 2
-
-    n = len(z)
-    H = np.zeros((n, n))
-    for i in range(n):
-        for j in range(n):
-            e_i, e_j = np.eye(n)[i] * h, np.eye(n)[j] * h
-            H[i, j] = (f(z + e_i + e_j) - f(z + e_i - e_j) - f(z - e_i + e_j) + f(z - e_i - e_j)) / (4 * h * h)
-    return H
+    return hessian(lambda v: (v[:dim] @ v[dim:] - c) ** 2, z, h)

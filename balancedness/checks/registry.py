@@ -1,25 +1,40 @@
 """The check registry, the verdict a check yields, and the runner behind ``balancedness check``.
 
 A check is a named function ``fn(ctx: Context) -> Measurement`` registered with :func:`check`
-under an id, the paper reference, the claim in words and its :class:`Kind`. The runner calls it and
-judges the measurement into a :class:`Verdict`: the measured value against its bound by a
-:class:`Comparison`, plus the text a person reads (what was measured, the tolerance).
+under an id, the paper reference, the claim in words, its :class:`Kind` and the optimizers it runs
+(``runs``). The runner calls it and judges the measurement into a :class:`Verdict`: the measured value
+against its bound by a :class:`Comparison`, plus the text a person reads (what was measured, the
+tolerance). A check that raises is a FAIL whose text is the error.
 
 Each check draws its random instances from its own stream, seeded by (seed, id), so a check sees the
 same points whether it runs alone (``--only``) or with all the others, in any order.
+
+**Kinds and what they run.** An *implementation* check runs registered optimizers (``runs`` names
+them); a broken optimizer can fail it. A *math* check runs none: it verifies a closed form or an
+inequality of the paper on its own. The runner records which optimizers a check really called (every
+registered field is wrapped while it runs) into ``Verdict.exercised``, so the declared ``runs`` can be
+tested against what happened.
+
+**Your own optimizer.** ``run_checks(replace={"sam": my_field})`` installs ``my_field`` in place of the
+built-in SAM for the whole run (``sims.directions.replaced_directions``: restored afterwards, even on
+error) and, unless ``only`` is given, runs the implementation checks that run a replaced optimizer: the
+claims of the paper the replacement satisfies or not. Each call has its own ``Context.cache``, so runs
+shared between checks never mix two versions of an optimizer.
 """
 
 from __future__ import annotations
 
 import time
+import traceback
 import zlib
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from balancedness.validation import choice, integer
+from balancedness.sims.directions import DIRECTIONS, DirectionFn, replaced_directions
+from balancedness.validation import InvalidValue, choice, integer
 
 Bound = Union[float, tuple[float, float]]
 
@@ -104,6 +119,9 @@ class Verdict:
         passed: ``comparison.holds(value, bound)``.
         measured, tolerance: the human-readable text of the measurement and of the tolerance.
         seconds: how long the check ran.
+        runs: the optimizers the check is registered to run (empty for math checks).
+        exercised: the optimizers it really called while it ran.
+        error: ``"Type: message (file:line)"`` when the check raised (then it failed), else None.
     """
 
     id: str
@@ -117,6 +135,9 @@ class Verdict:
     measured: str
     tolerance: str
     seconds: float = 0.0
+    runs: tuple[str, ...] = ()
+    exercised: tuple[str, ...] = ()
+    error: Optional[str] = None
 
     @property
     def status(self) -> str:
@@ -127,7 +148,8 @@ class Verdict:
         bound = list(self.bound) if isinstance(self.bound, tuple) else self.bound
         return {"id": self.id, "ref": self.ref, "claim": self.claim, "measured": self.measured,
                 "tolerance": self.tolerance, "status": self.status, "kind": self.kind.value, "value": self.value,
-                "bound": bound, "comparison": self.comparison.value, "passed": self.passed, "seconds": self.seconds}
+                "bound": bound, "comparison": self.comparison.value, "passed": self.passed, "seconds": self.seconds,
+                "runs": list(self.runs), "exercised": list(self.exercised), "error": self.error}
 
 
 @dataclass
@@ -138,13 +160,30 @@ class Context:
         quick: fewer random points and shorter toy runs (``--quick``).
         n: how many random points an identity is tested on (50 quick, 200 full).
         rng: this check's own random stream.
-        cache: results shared between checks of one run (the toy runs).
+        cache: results shared between checks of one run (the toy runs); use :meth:`cached`.
+        calls: the sets that note the optimizers called (the check's own first; the runner fills it).
     """
 
     quick: bool
     n: int
     rng: np.random.Generator
     cache: dict = field(default_factory=dict)
+    calls: list = field(default_factory=lambda: [set()])
+
+    def cached(self, key, compute: Callable[[], object]):
+        """``cache[key]``, computed once per run by ``compute()``. The optimizers the computation called
+        count as called by every check that uses the result."""
+        if key not in self.cache:
+            names: set = set()
+            self.calls.append(names)
+            try:
+                self.cache[key] = (compute(), names)
+            finally:
+                self.calls.pop()  # ``names`` (by position: sets that are equal are not the same set)
+        value, names = self.cache[key]
+        for called in self.calls:  # the check, and any computation of a cached result that uses this one
+            called.update(names)
+        return value
 
 
 CheckFn = Callable[[Context], Measurement]
@@ -153,13 +192,17 @@ CheckFn = Callable[[Context], Measurement]
 @dataclass(frozen=True)
 class Check:
     """A registered check. It also reads as the row ``(id, ref, claim, role, fn)``, with role "claim" or
-    "finding", the form ``CHECKS`` held before it was a registry."""
+    "finding", the form ``CHECKS`` held before it was a registry.
+
+    ``runs``: the registered optimizers the check runs (non-empty for implementation checks, empty for
+    math checks; a finding may run some)."""
 
     id: str
     ref: str
     claim: str
     kind: Kind
     fn: CheckFn
+    runs: tuple[str, ...] = ()
 
     @property
     def role(self) -> str:
@@ -176,11 +219,32 @@ class Check:
         return self._row()[i]
 
     def run(self, ctx: Context) -> Verdict:
+        """Call the check with every registered field wrapped to record which optimizers it calls."""
         started = time.perf_counter()
-        m = self.fn(ctx)
+        called = ctx.calls[0]
+        error = None
+        with replaced_directions({name: _recording(name, e.field, ctx.calls) for name, e in DIRECTIONS.items()}):
+            try:
+                with np.errstate(all="ignore"):  # a broken optimizer overflows; non-finite values fail below
+                    m = self.fn(ctx)
+            except Exception as e:  # a check that cannot complete has failed; say why and where
+                frame = traceback.extract_tb(e.__traceback__)[-1]
+                error = f"{type(e).__name__}: {e} ({frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})"
+                m = Measurement(float("nan"), 1.0, Comparison.ALL_HOLD, f"error: {error}")
         return Verdict(self.id, self.ref, self.claim, self.kind, m.value, m.bound, m.comparison,
                        m.comparison.holds(m.value, m.bound), m.text, m.comparison.describe(m.bound),
-                       time.perf_counter() - started)
+                       time.perf_counter() - started, self.runs, tuple(sorted(called)), error)
+
+
+def _recording(name: str, fn: DirectionFn, calls: list) -> DirectionFn:
+    """``fn``, noting ``name`` in every set of ``calls`` on every call."""
+
+    def field(*args, **kwargs):
+        for called in calls:
+            called.add(name)
+        return fn(*args, **kwargs)
+
+    return field
 
 
 class Registry:
@@ -214,36 +278,59 @@ class Registry:
 CHECKS = Registry()
 
 
-def check(id: str, ref: str, claim: str, kind: Kind) -> Callable[[CheckFn], CheckFn]:
-    """Decorator: register the function as the check ``id`` (one line above its definition)."""
+def check(id: str, ref: str, claim: str, kind: Kind, runs: Iterable[str] = ()) -> Callable[[CheckFn], CheckFn]:
+    """Decorator: register the function as the check ``id`` (one line above its definition).
+
+    ``runs`` names the registered optimizers it runs: required for an implementation check, forbidden
+    for a math check (which must not touch an optimizer)."""
+    kind, runs = Kind(kind), tuple(runs)
+    if kind is Kind.IMPLEMENTATION and not runs:
+        raise ValueError(f"implementation check {id!r} must name the optimizers it runs (runs=...)")
+    if kind is Kind.MATH and runs:
+        raise ValueError(f"math check {id!r} runs optimizers {runs}; make it an implementation check")
 
     def add(fn: CheckFn) -> CheckFn:
-        CHECKS.add(Check(id, ref, claim, Kind(kind), fn))
+        CHECKS.add(Check(id, ref, claim, kind, fn, runs))
         return fn
 
     return add
 
 
-def select(only: Optional[Sequence[str]] = None) -> list[Check]:
-    """The checks to run: all, or those named in ``only`` (an unknown id raises ``InvalidValue``)."""
-    if not only:
-        return list(CHECKS)
-    wanted = {CHECKS.get(cid).id for cid in only}
-    return [c for c in CHECKS if c.id in wanted]
+def select(only: Optional[Sequence[str]] = None, runs: Optional[Iterable[str]] = None) -> list[Check]:
+    """The checks to run: those named in ``only`` (an unknown id raises ``InvalidValue``); else, with
+    ``runs``, the implementation checks that run one of those optimizers; else all."""
+    if only:
+        wanted = {CHECKS.get(cid).id for cid in only}
+        return [c for c in CHECKS if c.id in wanted]
+    if runs is not None:
+        names = set(runs)
+        return [c for c in CHECKS if c.kind is Kind.IMPLEMENTATION and names & set(c.runs)]
+    return list(CHECKS)
 
 
 def run_checks(quick: bool = False, seed: int = 0, only: Optional[Sequence[str]] = None,
-               progress: Optional[Callable[[Verdict], None]] = None) -> list[Verdict]:
-    """Run every registered check (or those in ``only``) and return their verdicts in report order."""
+               progress: Optional[Callable[[Verdict], None]] = None,
+               replace: Optional[Mapping[str, DirectionFn]] = None) -> list[Verdict]:
+    """Run every registered check (or those in ``only``) and return their verdicts in report order.
+
+    ``replace`` maps optimizer names to direction functions that stand in for them during this run
+    (see the module docstring); then, without ``only``, only the implementation checks that run one of
+    them are run. Bad arguments raise before any check runs.
+    """
     seed = integer("seed", seed, minimum=0)
-    chosen = select(only)
+    replace = dict(replace or {})
+    for name, fn in replace.items():
+        if not callable(fn):
+            raise InvalidValue(f"the replacement of {name}", "a callable direction function", fn)
+    chosen = select(only, replace.keys() if replace else None)
     cache: dict = {}
     out = []
-    for c in chosen:
-        rng = np.random.default_rng([seed, zlib.crc32(c.id.encode())])
-        out.append(c.run(Context(quick, 50 if quick else 200, rng, cache)))
-        if progress is not None:
-            progress(out[-1])
+    with replaced_directions(replace):
+        for c in chosen:
+            rng = np.random.default_rng([seed, zlib.crc32(c.id.encode())])
+            out.append(c.run(Context(quick, 50 if quick else 200, rng, cache)))
+            if progress is not None:
+                progress(out[-1])
     return out
 
 

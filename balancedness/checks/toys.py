@@ -1,22 +1,27 @@
-"""The paper's toy settings, simulated (spec §7.3, Fig. 1, 2(b), 4): SAM balances and SGD does not,
-noisier data balances faster, SGD's drift is the predicted O(η²) term, BAR balances, GD's saddle trap.
+"""The paper's toy settings, simulated (spec §7.3, Fig. 1, 2, 4): SAM balances and SGD does not, noisier data
+balances faster (by more than SGD's own drift), Thm 2 (6) holds along SAM's own trajectory, SAM settles at
+Cor. 1's threshold (Fig. 2(a)), SGD's drift is the predicted O(η²) term, BAR balances, GD's saddle trap.
 
-The SGD and SAM runs on each toy (α ∈ {0, 0.5, 1, 2}, seed 0, η = 1e-4, T = 1e5 or 2e4 quick) are
-made once per ``run_checks`` and shared through ``Context.cache`` (:func:`toy_runs`).
+The SGD and SAM runs on each toy (α ∈ {0, 0.5, 1, 2}, seed 0, η = 1e-4, T = 1e5 or 2e4 quick, 1001
+records) are made once per ``run_checks`` and shared through ``Context.cache`` (:func:`toy_runs`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from balancedness.checks.registry import Context, Kind, Measurement, all_hold, at_most, check
+from balancedness.checks.registry import Context, Kind, Measurement, above, all_hold, at_most, check
+from balancedness.metrics import sq_norms
 from balancedness.sims import theory as th
 from balancedness.sims.discrete import simulate
+from balancedness.sims.optimizers import Optimizer
 from balancedness.sims.problems import nop_problem, op_problem, toy2d_problem
 from balancedness.sims.results import SimResult
 
 IMPL = Kind.IMPLEMENTATION
 TOY_ALPHAS = [0.0, 0.5, 1.0, 2.0]
+#: SAM radius of each toy (Fig. 1).
+TOY_RHO = {"nop": 0.1, "op": 0.2}
 
 
 def toy_steps(ctx: Context) -> int:
@@ -24,62 +29,135 @@ def toy_steps(ctx: Context) -> int:
     return 20_000 if ctx.quick else 100_000
 
 
-def toy_runs(ctx: Context, kind: str) -> tuple[SimResult, SimResult, int]:
-    """(SGD run, SAM run, T) on the NOP (ρ = 0.1) or OP (ρ = 0.2) toy, one trajectory per α in ``TOY_ALPHAS``."""
-    key = ("toy", kind)
-    if key not in ctx.cache:
-        p, rho = (nop_problem(), 0.1) if kind == "nop" else (op_problem(), 0.2)
+def toy_run(ctx: Context, kind: str, optimizer: str) -> SimResult:
+    """The SGD or SAM run on the NOP (ρ = 0.1) or OP (ρ = 0.2) toy, one trajectory per α in ``TOY_ALPHAS``."""
+    def run():
+        p = nop_problem() if kind == "nop" else op_problem()
         steps = toy_steps(ctx)
-        kw = dict(alpha=TOY_ALPHAS, seeds=[0], lr=1e-4, steps=steps, record_every=steps // 10)
-        ctx.cache[key] = (simulate(p, "sgd", **kw), simulate(p, "sam", rho=rho, **kw), steps)
-    return ctx.cache[key]
+        return simulate(p, optimizer, rho=TOY_RHO[kind] if optimizer == "sam" else 0.0, alpha=TOY_ALPHAS, seeds=[0],
+                        lr=1e-4, steps=steps, record_every=steps // 1000)
+
+    return ctx.cached(("toy", kind, optimizer), run)
+
+
+def toy_runs(ctx: Context, kind: str) -> tuple[SimResult, SimResult, int]:
+    """(SGD run, SAM run, T) on a toy (:func:`toy_run`)."""
+    return toy_run(ctx, kind, "sgd"), toy_run(ctx, kind, "sam"), toy_steps(ctx)
 
 
 def sam_balances(ctx: Context, kind: str) -> Measurement:
     sgd, sam, steps = toy_runs(ctx, kind)
     B0 = sgd.balancedness[0, 0]
-    drift = max(abs(sgd.balancedness[i, -1] - B0) / abs(B0) for i in (0, 1, 2))
+    drift = float(np.max([abs(sgd.balancedness[i, -1] - B0) / abs(B0) for i in (0, 1, 2)]))
     frac = [abs(sam.balancedness[i, -1]) / abs(B0) for i in (1, 2)]
     limit = 0.5 if not ctx.quick else 0.8
-    return all_hold(drift <= 0.01 and max(frac) < limit,
+    return all_hold(drift <= 0.01 and np.max(frac) < limit,
                     f"T={steps}: SAM 2|B_T|/2|B_0| = {frac[0]:.3f} (a=0.5), {frac[1]:.3f} (a=1) < {limit}; "
                     f"SGD max drift {100 * drift:.2f}% (a<=1) <= 1%")
 
 
 def noisier_balances_faster(ctx: Context, kind: str) -> Measurement:
+    """R(α) = 2|B_SGD| − 2|B_SAM| at t = T/10 (SAM's balancing beyond SGD's, same noise draws) must grow with α,
+    each step by more than twice SGD's largest own drift |2|B_SGD| − 2|B_0|| at that time (the O(η²) effect)."""
     sgd, sam, steps = toy_runs(ctx, kind)
-    k = 1  # record at steps/10 (1e4 at paper scale)
-    vals = [abs(sam.balancedness[i, k]) * 2 for i in range(4)]
-    return all_hold(all(vals[i] > vals[i + 1] for i in range(3)), f"2|B| at t={int(sam.t[k])}: " + ", ".join(
-        f"a={a:g}: {v:.3f}" for a, v in zip(TOY_ALPHAS, vals)))
+    k = int(np.searchsorted(sgd.t, steps // 10))
+    b_sgd, b_sam = 2 * np.abs(sgd.balancedness[:, k]), 2 * np.abs(sam.balancedness[:, k])
+    R = b_sgd - b_sam
+    margin = 2 * float(np.max(np.abs(b_sgd - 2 * abs(sgd.balancedness[0, 0]))))
+    step = float(np.min(np.diff(R)))
+    return above(step, margin, f"t={int(sgd.t[k])}: SAM 2|B| " + ", ".join(f"{v:.4f}" for v in b_sam)
+                 + " for a = 0, 0.5, 1, 2; SGD " + ", ".join(f"{v:.4f}" for v in b_sgd)
+                 + f"; smallest step of R = 2|B_SGD| - 2|B_SAM| {step:.4f} vs 2 x SGD's largest drift {margin:.4f}")
 
 
 @check("toy-nop-sam-balances", "Fig 1a, Thm 1-2",
-       "NOP toy: SAM halves 2|B| for a in {0.5, 1}; SGD stays within 1% of B0", IMPL)
+       "NOP toy: SAM halves 2|B| for a in {0.5, 1}; SGD stays within 1% of B0", IMPL, runs=("sgd", "sam"))
 def toy_nop_sam_balances(ctx: Context) -> Measurement:
     return sam_balances(ctx, "nop")
 
 
 @check("toy-op-sam-balances", "Fig 1b, Thm 3, 6",
-       "OP toy: SAM halves 2|B| for a in {0.5, 1}; SGD stays within 1% of B0", IMPL)
+       "OP toy: SAM halves 2|B| for a in {0.5, 1}; SGD stays within 1% of B0", IMPL, runs=("sgd", "sam"))
 def toy_op_sam_balances(ctx: Context) -> Measurement:
     return sam_balances(ctx, "op")
 
 
 @check("toy-nop-noisier-faster", "§3 (Fig 1a)",
-       "NOP toy: noisier data balances faster (2|B| at 1e4 decreasing in a)", IMPL)
+       "NOP toy: noisier data balances faster: SAM's reduction of 2|B| beyond SGD's grows with a, by more than "
+       "2x SGD's own drift per step", IMPL, runs=("sgd", "sam"))
 def toy_nop_noisier_faster(ctx: Context) -> Measurement:
     return noisier_balances_faster(ctx, "nop")
 
 
 @check("toy-op-noisier-faster", "§4 (Fig 1b)",
-       "OP toy: noisier data balances faster (2|B| at 1e4 decreasing in a)", IMPL)
+       "OP toy: noisier data balances faster: SAM's reduction of 2|B| beyond SGD's grows with a, by more than "
+       "2x SGD's own drift per step", IMPL, runs=("sgd", "sam"))
 def toy_op_noisier_faster(ctx: Context) -> Measurement:
     return noisier_balances_faster(ctx, "op")
 
 
+def rates_along_sam(ctx: Context) -> dict:
+    """Along the NOP toy's SAM run (every record, each with the minibatch of its step, the f_t the limiting flow
+    freezes): |dB/dt| of the SAM field, the two sides of Thm 2 (6) without their O(ρ²L) terms, the no-√
+    reading's upper side ρ|‖g_x‖² − ‖g_y‖²|, and the explicit A_t bound (shared by a check and a finding)."""
+    return ctx.cached(("thm2-along-sam",), lambda: _rates_along_sam(ctx))
+
+
+def _rates_along_sam(ctx: Context) -> dict:
+    sam, steps = toy_run(ctx, "nop", "sam"), toy_steps(ctx)
+    p, rho = nop_problem(), TOY_RHO["nop"]
+    noise = p.noise_sequence(0, steps + 1)[sam.t.astype(int), 0]
+    out = {k: [] for k in ("rate", "lo", "hi", "no_sqrt", "slack")}
+    for i, a in enumerate(sam.alpha):
+        X, Y, alpha = sam.x[i], sam.y[i], np.full(len(sam.t), a)
+        gX, gY, _ = p.grads(X, Y, alpha, noise)
+        lo, hi = th.thm2_bounds(gX, gY, rho)
+        out["rate"].append(np.abs(th.dB_dt(p, Optimizer("sam", rho=rho), X, Y, alpha, noise[None])))
+        out["lo"].append(lo)
+        out["hi"].append(hi)
+        out["no_sqrt"].append(rho * np.abs(sq_norms(gX) - sq_norms(gY)))
+        out["slack"].append(th.thm2_A_bound(X, Y, rho, p.lipschitz))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+@check("thm2-rate-bounds", "Thm 2 (6)",
+       "along SAM's own NOP trajectory: rho||g_x| - |g_y|| - s <= |dB/dt| <= rho sqrt(||g_x|^2 - |g_y|^2|) + s "
+       "(s = the explicit A_t bound)", IMPL, runs=("sam",))
+def thm2_rate_bounds(ctx: Context) -> Measurement:
+    r = rates_along_sam(ctx)
+    low_ok = r["rate"] >= r["lo"] - r["slack"]
+    high_ok = r["rate"] <= r["hi"] + r["slack"]
+    bad = int(np.sum(~(low_ok & high_ok)))
+    binding = int(np.sum(r["lo"] > r["slack"]))
+    return at_most(bad, 0.0, f"{bad} violations at {len(r['rate'])} points (4 noise levels, minibatch of each step); "
+                   f"the lower side is above 0 at {binding}: there SAM must move B")
+
+
+@check("fig2a-threshold", "Cor 1, Fig 2(a)",
+       "NOP toy: after convergence SAM's 2|B| sits at the time-averaged threshold 2|Bbar| (ratio in [2/3, 3/2], a = 0.5, 1)",
+       IMPL, runs=("sam",))
+def fig2a_threshold(ctx: Context) -> Measurement:
+    """Threshold (21) with r² = E‖g_x‖²/E‖g_y‖² (``theory.cor2_threshold_expected``, the choice of Fig. 2),
+    averaged over the whole run; SAM's 2|B| averaged over the last 10% of the run. Quick: η = 5e-4, T = 2e4
+    (the same horizon ηT = 10, as the paper's run has converged only by then)."""
+    p = nop_problem()
+    if ctx.quick:
+        res = simulate(p, "sam", rho=0.1, alpha=[0.5, 1.0], seeds=[0], lr=5e-4, steps=20_000, record_every=20)
+        rows = [0, 1]
+    else:
+        res, rows = toy_run(ctx, "nop", "sam"), [1, 2]
+    ratios, parts = [], []
+    for i in rows:
+        thr = 2 * np.abs(th.cor2_threshold_expected(p, res.x[i], res.y[i], float(res.alpha[i])))
+        tail = 2 * np.abs(res.balancedness[i, int(0.9 * len(res.t)):])
+        ratios.append(float(np.mean(tail) / np.mean(thr)))
+        parts.append(f"a={res.alpha[i]:g}: 2|B| {np.mean(tail):.3f} vs avg 2|Bbar| {np.mean(thr):.3f} (ratio {ratios[-1]:.2f})")
+    v = float(np.exp(np.max(np.abs(np.log(ratios)))))
+    return at_most(v, 1.5, "; ".join(parts) + "; the worst ratio or its inverse judged <= 1.5")
+
+
 @check("toy-sgd-drift-nop", "§7.3(c)",
-       "NOP toy, a=2: SGD's drift of B is the predicted O(eta^2) term (sum along the run)", IMPL)
+       "NOP toy, a=2: SGD's drift of B is the predicted O(eta^2) term (sum along the run)", IMPL, runs=("sgd",))
 def toy_sgd_drift_nop(ctx: Context) -> Measurement:
     p = nop_problem()
     r = simulate(p, "sgd", alpha=2.0, seeds=[0], lr=1e-4, steps=toy_steps(ctx), record_every=1)
@@ -89,7 +167,8 @@ def toy_sgd_drift_nop(ctx: Context) -> Measurement:
     return at_most(v, 0.10, f"predicted dB = {pred:.5f}, observed {obs:.5f} (rel. gap {100 * v:.1f}%)")
 
 
-@check("toy-sgd-drift-op", "§7.3(c)", "OP toy: SGD has B_T = B_0 exp(-eta^2 sum f'^2) (discrete)", IMPL)
+@check("toy-sgd-drift-op", "§7.3(c)", "OP toy: SGD has B_T = B_0 exp(-eta^2 sum f'^2) (discrete)", IMPL,
+       runs=("sgd",))
 def toy_sgd_drift_op(ctx: Context) -> Measurement:
     p, lr, steps = op_problem(), 1e-4, toy_steps(ctx)
     r = simulate(p, "sgd", alpha=1.0, seeds=[0], lr=lr, steps=steps, record_every=1)
@@ -103,7 +182,7 @@ def toy_sgd_drift_op(ctx: Context) -> Measurement:
 
 
 @check("toy-bar-balances", "Fig 2b, Algs 2-3",
-       "NOP toy a=1, mu=1: nBAR and oBAR reduce 2|B| and fit better than SGD", IMPL)
+       "NOP toy a=1, mu=1: nBAR and oBAR reduce 2|B| and fit better than SGD", IMPL, runs=("sgd", "nbar", "obar"))
 def toy_bar_balances(ctx: Context) -> Measurement:
     p = nop_problem()
     steps, lr = (20_000, 5e-4) if ctx.quick else (100_000, 1e-4)  # same horizon eta*T = 10
@@ -116,7 +195,7 @@ def toy_bar_balances(ctx: Context) -> Measurement:
 
 
 @check("fig4-saddle-trap", "Fig 4",
-       "GD on f = 30000(xy-0.005)^2 from x = -y stays on the line and goes to the saddle (0, 0)", IMPL)
+       "GD on f = 30000(xy-0.005)^2 from x = -y stays on the line and goes to the saddle (0, 0)", IMPL, runs=("sgd",))
 def fig4_saddle_trap(ctx: Context) -> Measurement:
     p = toy2d_problem(0.1, -0.1)
     r = simulate(p, "sgd", lr=1e-4, steps=20_000, record_every=20_000)
@@ -124,6 +203,6 @@ def fig4_saddle_trap(ctx: Context) -> Measurement:
     q = toy2d_problem(0.1, 0.09)
     s = simulate(q, "sgd", lr=1e-4, steps=20_000, record_every=20_000)
     w = float(q.product(s.x[:, -1], s.y[:, -1])[0])
-    v = max(abs(x), abs(y), abs(x + y))
+    v = float(np.max(np.abs([x, y, x + y])))
     return at_most(v, 1e-6, f"from (0.1, -0.1): ends at ({x:.1e}, {y:.1e}); from (0.1, 0.09): xy = {w:.5f} "
-                   "(minimizer 0.005)")
+                   "(minimizer 0.005: the trap is the x = -y branch only)")

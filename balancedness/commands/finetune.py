@@ -125,7 +125,15 @@ def sweep(
     tasks: List[str] = typer.Option(["sst2", "sst5", "trec", "rte", "snli", "mnli"], help="tasks (repeat or comma)"),
     methods: List[str] = typer.Option(list(TABLE_METHODS), help="methods (repeat or comma)"),
     seeds: List[str] = typer.Option(["13", "21", "42", "87", "100"], help="seeds (repeat or comma)"),
-    out: Path = typer.Option(Path("runs/sweep"), help="output folder: <task>/<method>/seed<k>/ per run, table.md/csv"),
+    out: Path = typer.Option(Path("runs/sweep"), help="output folder: <task>/<method>/seed<k>-<id>/ per run, "
+                                                     "table.md/csv, paired.csv/png, study.journal"),
+    space: str = typer.Option("fixed", help="search space preset: fixed (the options below) | paper (Table 6) | "
+                                            "cpu (our committed CPU grid); see docs/finetune.md"),
+    grid: Optional[List[str]] = typer.Option(None, help="add/replace one axis: METHOD:OPTION=V1,V2 "
+                                                        "(e.g. sam:rho=0.05,0.1 or all:lr=1e-3,2e-3), repeatable"),
+    workers: int = typer.Option(1, help="local worker processes sharing the study"),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage shared by workers on several machines: an RDB "
+                                                     "URL or a journal file path (default <out>/study.journal)"),
     model: str = MODEL,
     data_root: Optional[Path] = DATA_ROOT,
     shots: Optional[int] = SHOTS,
@@ -139,10 +147,13 @@ def sweep(
     max_eval: Optional[int] = MAX_EVAL,
     log_every: int = LOG_EVERY,
 ) -> None:
-    """Run the grid tasks × methods × seeds in-process (resumable) and write table.md / table.csv."""
+    """Run tasks × methods × seeds × each method's search space (resumable, shareable), select each
+    method's configuration on the dev split, and write table.md / table.csv / paired.csv / paired.png."""
     require_finetune_extra()
     from balancedness.finetune.run import FinetuneConfig
+    from balancedness.finetune.search import make_space
     from balancedness.finetune.sweep import run_sweep
+    from balancedness.validation import integer
 
     base = FinetuneConfig(model=model, data_root=str(data_root) if data_root else None, shots=shots, steps=steps,
                           lr=lr, rho=rho, m=m, mu=mu, schedule=schedule, batch_size=batch_size, max_eval=max_eval,
@@ -153,7 +164,11 @@ def sweep(
         fail_usage(f"--seeds must be integers, got {seeds!r}")
     try:
         ensure_writable_folder(out, "--out")
-        result = run_sweep(base, tasks=list(split_values(tasks)), methods=list(split_values(methods)), seeds=seed_values, out=out)
+        integer("workers", workers)
+        method_list = list(split_values(methods))
+        search = make_space(space, grid or [], method_list)
+        result = run_sweep(base, tasks=list(split_values(tasks)), methods=method_list, seeds=seed_values, out=out,
+                           space=search, workers=workers, storage=storage)
     except (ValueError, FileNotFoundError) as exc:
         fail_usage(exc)
     typer.echo(result.markdown)

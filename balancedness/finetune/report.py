@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-__all__ = ["Cell", "MixedSettingsError", "check_settings", "settings_text", "collect", "summarize", "markdown_tables", "csv_text", "METHOD_LABELS", "TASK_LABELS"]
+__all__ = ["Cell", "MixedSettingsError", "write_tables", "paired_rows", "check_settings", "settings_text", "collect", "summarize", "markdown_tables", "csv_text", "METHOD_LABELS", "TASK_LABELS"]
 
 METHOD_LABELS = {"lora": "LoRA", "sam": "LoRA-SAM", "msam": "LoRA-mSAM", "obar": "LoRA-oBAR", "nbar": "LoRA-nBAR"}
 TASK_LABELS = {"sst2": "SST-2", "sst5": "SST-5", "trec": "TREC", "rte": "RTE", "snli": "SNLI", "mnli": "MNLI",
@@ -70,25 +70,28 @@ class MixedSettingsError(ValueError):
     """Runs made with different settings would be averaged into one cell or compared in one column."""
 
 
-def _settings(record: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(protocol options shared by a whole column, the method's own options) of a run's ``config``."""
+def _settings(record: dict[str, Any], varying: Iterable[str] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(protocol options shared by a whole column, the method's own options) of a run's ``config``; options
+    in ``varying`` (those a search selects per seed) are in neither."""
     from balancedness.finetune.provenance import NOT_COUNTED
     from balancedness.finetune.run import METHOD_OPTIONS
 
     config = record.get("config") or {}
-    own = METHOD_OPTIONS.get(record["method"], ())
+    varying = set(varying)
+    own = [k for k in METHOD_OPTIONS.get(record["method"], ()) if k not in varying]
     every_method_option = {name for names in METHOD_OPTIONS.values() for name in names}
-    skip = set(NOT_COUNTED) | every_method_option | {"method", "seed"}
+    skip = set(NOT_COUNTED) | every_method_option | varying | {"method", "seed"}
     protocol = {k: v for k, v in config.items() if k not in skip}
     return protocol, {k: config[k] for k in own if k in config}
 
 
-def check_settings(runs: Iterable[dict[str, Any]]) -> None:
+def check_settings(runs: Iterable[dict[str, Any]], varying: Iterable[str] = ()) -> None:
     """MixedSettingsError naming the option, unless every column (task) shares one protocol and every
-    cell (task, method) one set of method options (ρ, m, μ, schedule)."""
+    cell (task, method) one set of method options (ρ, m, μ, schedule); ``varying``: selected per seed."""
+    varying = set(varying)
     first: dict[tuple[str, ...], tuple[dict[str, Any], dict[str, Any]]] = {}
     for r in runs:
-        protocol, own = _settings(r)
+        protocol, own = _settings(r, varying)
         for key, mine in (((r["task"],), protocol), ((r["task"], r["method"]), own)):
             seen = first.setdefault(key, (r, mine))
             differing = sorted(k for k in set(seen[1]) | set(mine) if seen[1].get(k) != mine.get(k))
@@ -99,12 +102,13 @@ def check_settings(runs: Iterable[dict[str, Any]]) -> None:
                 raise MixedSettingsError(f"refusing to mix runs made with different settings in the {where}: {detail}")
 
 
-def settings_text(runs: Sequence[dict[str, Any]]) -> str:
+def settings_text(runs: Sequence[dict[str, Any]], varying: Iterable[str] = ()) -> str:
     """A paragraph naming the settings the table's runs were made with (after :func:`check_settings`)."""
-    check_settings(runs)
+    varying = set(varying)
+    check_settings(runs, varying)
     if not runs:
         return ""
-    protocols = [_settings(r)[0] for r in runs]
+    protocols = [_settings(r, varying)[0] for r in runs]
     shared = {k: v for k, v in protocols[0].items() if k != "task" and all(p.get(k) == v for p in protocols)}
     per_task = sorted({k for p in protocols for k in p if k != "task" and k not in shared})
     text = "Settings of every run: " + ", ".join(f"{k} {v}" for k, v in sorted(shared.items()) if v not in (None, (), []))
@@ -112,15 +116,15 @@ def settings_text(runs: Sequence[dict[str, Any]]) -> str:
         text += f"; per task: {', '.join(per_task)}"
     own = {}
     for r in runs:
-        own.setdefault(r["method"], _settings(r)[1])
+        own.setdefault(r["method"], _settings(r, varying)[1])
     extras = [f"{METHOD_LABELS.get(m, m)}: " + ", ".join(f"{k} {v}" for k, v in o.items()) for m, o in own.items() if o]
     return text + (". " + "; ".join(extras) if extras else "") + ".\n"
 
 
-def summarize(runs: Iterable[dict[str, Any]]) -> dict[tuple[str, str], Cell]:
+def summarize(runs: Iterable[dict[str, Any]], varying: Iterable[str] = ()) -> dict[tuple[str, str], Cell]:
     """Group runs by (task, method); MixedSettingsError when settings differ within a column or cell."""
     runs = list(runs)
-    check_settings(runs)
+    check_settings(runs, varying)
     cells: dict[tuple[str, str], Cell] = {}
     for r in runs:
         key = (r["task"], r["method"])
@@ -145,7 +149,7 @@ def _row(label: str, cells: list[str]) -> str:
 
 def markdown_tables(cells: dict[tuple[str, str], Cell], tasks: Sequence[str] | None = None,
                     methods: Sequence[str] | None = None) -> str:
-    """The accuracy table (mean ± std over seeds, avg of the means) and the runtime-ratio table."""
+    """The accuracy table (mean ± std over seeds, avg of the means, the majority-class row)."""
     tasks = _order((t for t, _ in cells), tasks)
     methods = _order((m for _, m in cells), methods)
     labels = [TASK_LABELS.get(t, t) for t in tasks]
@@ -167,31 +171,186 @@ def markdown_tables(cells: dict[tuple[str, str], Cell], tasks: Sequence[str] | N
     if any(v is not None for v in majority):
         avg = f"{statistics.fmean(majority):.1f}" if all(v is not None for v in majority) else "–"
         lines.append(_row("majority class", [f"{v:.1f}" if v is not None else "–" for v in majority] + [avg]))
-    lines += ["", "Seconds per optimizer step (median over steps and seeds) relative to LoRA (AdamW):", "",
-              _row("method", labels), _row("---", ["---"] * len(tasks))]
-    for method in methods:
-        row = []
-        for task in tasks:
-            cell, base = cells.get((task, method)), cells.get((task, "lora"))
-            ok = cell and base and cell.step_time and base.step_time
-            row.append(f"{cell.step_time / base.step_time:.2f}x" if ok else "–")
-        lines.append(_row(METHOD_LABELS.get(method, method), row))
-    lora_times = [f"{cells[(t, 'lora')].step_time:.3f}" if (t, "lora") in cells and cells[(t, "lora")].step_time
-                  else "–" for t in tasks]
-    lines.append(_row("LoRA s/step", lora_times))
+    lines += ["", "Runtime is not compared here: the runs of a sweep are timed minutes apart on a shared machine. "
+              "Overheads measured with the methods' steps interleaved on the same batches: "
+              "`benchmarks/overhead.py` (docs/results.md)."]
     return "\n".join(lines) + "\n"
 
 
 def csv_text(cells: dict[tuple[str, str], Cell]) -> str:
-    """One row per (task, method): n, mean, std, seconds per step, ratio to lora."""
+    """One row per (task, method): n, mean, std (display units), majority."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["task", "method", "metric", "n", "mean", "std", "seconds_per_step", "runtime_vs_lora",
-                     "majority"])
+    writer.writerow(["task", "method", "metric", "n", "mean", "std", "majority"])
     for (task, method), c in cells.items():
-        base = cells.get((task, "lora"))
-        ratio = c.step_time / base.step_time if base and base.step_time and c.step_time else ""
         writer.writerow([task, method, c.metric, len(c.values), f"{c.mean:.4f}", f"{c.std:.4f}",
-                         f"{c.step_time:.5f}" if c.step_time else "", f"{ratio:.4f}" if ratio != "" else "",
                          f"{c.majority:.4f}" if c.majority is not None else ""])
     return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------------- sweep tables
+def paired_rows(runs: Sequence[dict[str, Any]], tasks: Sequence[str], methods: Sequence[str],
+                baseline: str = "lora") -> list[dict[str, Any]]:
+    """Per (method ≠ baseline, task or "avg"): the paired statistics of method − baseline over shared seeds.
+
+    ``avg`` pairs, per seed, the mean over the tasks where both ran on that seed.
+    """
+    from balancedness.finetune.stats import paired
+
+    value = {(r["task"], r["method"], r["seed"]): _display(r) for r in runs}
+    rows = []
+    for method in methods:
+        if method == baseline:
+            continue
+        per_seed: dict[int, list[float]] = {}
+        for task in tasks:
+            seeds = sorted(s for (t, m, s) in value if t == task and m == method and (t, baseline, s) in value)
+            if not seeds:
+                continue
+            diffs = [value[(task, method, s)] - value[(task, baseline, s)] for s in seeds]
+            for seed, d in zip(seeds, diffs):
+                per_seed.setdefault(seed, []).append(d)
+            rows.append({"method": method, "task": task, "stats": paired(diffs)})
+        if per_seed and len(tasks) > 1:
+            rows.append({"method": method, "task": "avg",
+                         "stats": paired([statistics.fmean(v) for _, v in sorted(per_seed.items())])})
+    return rows
+
+
+def paired_markdown(rows: list[dict[str, Any]], tasks: Sequence[str]) -> str:
+    columns = [*tasks, "avg"] if any(r["task"] == "avg" for r in rows) else list(tasks)
+    lines = ["Difference to LoRA on the same seeds, points: mean [bootstrap 95% interval] wins/ties/losses, "
+             "sign-test p (with n seeds p cannot go below 2/2^n).", "",
+             _row("method", [TASK_LABELS.get(t, t) for t in columns]), _row("---", ["---"] * len(columns))]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        by_task = {r["task"]: r["stats"] for r in rows if r["method"] == method}
+        lines.append(_row(METHOD_LABELS.get(method, method),
+                          [by_task[t].text() if t in by_task else "–" for t in columns]))
+    return "\n".join(lines) + "\n"
+
+
+def paired_csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["method", "task", "n", "mean", "ci_low", "ci_high", "wins", "ties", "losses", "p_sign"])
+    for r in rows:
+        st = r["stats"]
+        writer.writerow([r["method"], r["task"], st.n, f"{st.mean:.4f}", f"{st.low:.4f}", f"{st.high:.4f}",
+                         st.wins, st.ties, st.losses, f"{st.p_sign:.4g}"])
+    return buf.getvalue()
+
+
+def selected_markdown(selected: Sequence[dict[str, Any]], space: Any, tasks: Sequence[str],
+                      methods: Sequence[str]) -> str:
+    """Which configuration dev selection chose, per task and method (value: number of seeds)."""
+    from collections import Counter
+
+    from balancedness.finetune.select import selected_options
+
+    if not space.searched():
+        return ""
+    lines = ["Selected hyper-parameters (best dev metric per seed; value ×seeds):", "",
+             _row("method", [TASK_LABELS.get(t, t) for t in tasks]), _row("---", ["---"] * len(tasks))]
+    for method in methods:
+        cells = []
+        for task in tasks:
+            searched = {o for o, v in space.grids.get(method, {}).items() if len(v) > 1}
+            chosen = Counter(", ".join(f"{k} {v}" for k, v in selected_options(r, searched).items())
+                             for r in selected if r["task"] == task and r["method"] == method)
+            cells.append("; ".join(f"{k} ×{n}" for k, n in sorted(chosen.items())) or "–")
+        lines.append(_row(METHOD_LABELS.get(method, method), cells))
+    return "\n".join(lines) + "\n"
+
+
+def paired_figure(selected: Sequence[dict[str, Any]], rows: list[dict[str, Any]], tasks: Sequence[str],
+                  methods: Sequence[str], path: Path) -> None:
+    """One PNG: (a) each method's test metric per task (seed mean, bootstrap 95% interval, the seeds as dots,
+    the majority class dashed); (b) method − LoRA with its paired interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from balancedness.finetune.stats import bootstrap_interval
+    from balancedness.io import atomic_write
+
+    colors = {"lora": "#555555", "sam": "#1f5fa8", "msam": "#17becf", "obar": "#b04bb0", "nbar": "#2ca02c"}
+    fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(max(7.0, 2.2 * len(tasks) + 3), 3.6))
+    width = 0.8 / max(1, len(methods))
+    for i, method in enumerate(methods):
+        for j, task in enumerate(tasks):
+            vals = [_display(r) for r in selected if r["task"] == task and r["method"] == method]
+            if not vals:
+                continue
+            x = j + (i - (len(methods) - 1) / 2) * width
+            lo, hi = bootstrap_interval(vals)
+            mean = float(np.mean(vals))
+            ax_a.errorbar([x], [mean], yerr=[[mean - lo], [hi - mean]], fmt="o", color=colors.get(method, "k"),
+                          capsize=3, label=METHOD_LABELS.get(method, method) if j == 0 else None)
+            ax_a.scatter([x] * len(vals), vals, s=8, color=colors.get(method, "k"), alpha=0.4)
+    for j, task in enumerate(tasks):
+        maj = next((100.0 * r["majority"] for r in selected if r["task"] == task and r.get("majority") is not None),
+                   None)
+        if maj is not None:
+            ax_a.hlines(maj, j - 0.45, j + 0.45, colors="0.5", linestyles="--", lw=1,
+                        label="majority class" if j == 0 else None)
+    ax_a.set_xticks(range(len(tasks)), [TASK_LABELS.get(t, t) for t in tasks])
+    ax_a.set_ylabel("test accuracy (%)")
+    ax_a.set_title("(a) dev-selected runs (dots: seeds)", fontsize=9)
+    ax_a.legend(fontsize=7, loc="best")
+    columns = [*tasks, "avg"] if any(r["task"] == "avg" for r in rows) else list(tasks)
+    others = [m for m in methods if m != "lora"]
+    width_b = 0.8 / max(1, len(others))
+    for i, method in enumerate(others):
+        for j, task in enumerate(columns):
+            st = next((r["stats"] for r in rows if r["method"] == method and r["task"] == task), None)
+            if st is None:
+                continue
+            x = j + (i - (len(others) - 1) / 2) * width_b
+            ax_b.errorbar([x], [st.mean], yerr=[[st.mean - st.low], [st.high - st.mean]], fmt="s",
+                          color=colors.get(method, "k"), capsize=3,
+                          label=METHOD_LABELS.get(method, method) if j == 0 else None)
+    ax_b.axhline(0.0, color="0.3", lw=0.8)
+    ax_b.set_xticks(range(len(columns)), [TASK_LABELS.get(t, t) for t in columns])
+    ax_b.set_ylabel("method − LoRA (points)")
+    ax_b.set_title("(b) method − LoRA, same seeds", fontsize=9)
+    if others:
+        ax_b.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=130), mode="wb")
+    plt.close(fig)
+
+
+def write_tables(out: str | Path, runs: Sequence[dict[str, Any]], order: dict[str, int], space: Any,
+                 tasks: Sequence[str], methods: Sequence[str]) -> tuple[str, list[dict[str, Any]]]:
+    """Select on dev, then write ``table.md``, ``table.csv``, ``paired.csv``, ``paired.png`` into ``out``.
+
+    Returns (markdown, selected runs). MixedSettingsError when the runs' fixed settings differ in a column.
+    """
+    from balancedness.finetune.select import select_runs
+    from balancedness.io import write_text
+
+    out = Path(out)
+    if not runs:
+        markdown = "(no complete runs yet)\n"
+        write_text(out / "table.md", markdown)
+        return markdown, []
+    searched = space.searched()
+    selected = select_runs(runs, order)
+    cells = summarize(selected, searched)
+    tasks = _order((r["task"] for r in selected), tasks)
+    methods = _order((r["method"] for r in selected), methods)
+    rows = paired_rows(selected, tasks, methods) if "lora" in methods else []
+    parts = [settings_text(selected, searched), space.describe(methods) + ("; selection on the dev split, test "
+             "metric reported." if searched else "."), "", markdown_tables(cells, tasks, methods),
+             selected_markdown(selected, space, tasks, methods)]
+    if rows:
+        parts += [paired_markdown(rows, tasks), "![paired](paired.png)"]
+        write_text(out / "paired.csv", paired_csv(rows))
+        paired_figure(selected, rows, tasks, methods, out / "paired.png")
+    markdown = "\n".join(p for p in parts if p is not None) + "\n"
+    write_text(out / "table.md", markdown)
+    write_text(out / "table.csv", csv_text(cells))
+    return markdown, selected
+

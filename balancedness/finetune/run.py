@@ -278,11 +278,11 @@ def _save_adapter(model: Any, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _eval_sorted(head: Any, task: Any, batch_size: int) -> dict[str, Any]:
-    """``tasks.evaluate`` with the eval set sorted by length (less padding; the metric is order-free)."""
+def _eval_sorted(head: Any, examples: Any, batch_size: int) -> dict[str, Any]:
+    """``tasks.evaluate`` on ``examples`` sorted by length (less padding; the metric is order-free)."""
     from balancedness.finetune.tasks import evaluate
 
-    examples = sorted(task.eval, key=lambda ex: sum(len(t) for t in ex.texts))
+    examples = sorted(examples, key=lambda ex: sum(len(t) for t in ex.texts))
     return evaluate(head, examples, batch_size=batch_size)
 
 
@@ -342,7 +342,7 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
         "task": task.name, "method": config.method, "model": config.model, "seed": config.seed,
         "metric": task.metric, "steps": config.steps, "trainable_params": trainable,
         "total_params": sum(p.numel() for p in head.module.parameters()), "world_size": world_size(),
-        "n_train": len(task.train), "n_eval": len(task.eval), "source": task.source, "notes": task.notes,
+        "n_train": len(task.train), "n_eval": len(task.eval), "n_dev": len(task.dev), "source": task.source, "notes": task.notes,
         "fingerprint_id": fingerprint_id(plan.fingerprint), "config": config.to_json(),
     }
     if task.kind == "classification":
@@ -371,7 +371,9 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     if not main:
         return {}
     record.update(_timing(timer, train_seconds), train_loss=recorder.train_loss)
-    record.update(_eval_sorted(head, task, config.eval_batch_size))
+    record.update(_eval_sorted(head, task.eval, config.eval_batch_size))
+    if task.dev:  # the held-out split hyper-parameter selection reads (sweep): never the test metric
+        record[f"dev_{task.metric}"] = _eval_sorted(head, task.dev, config.eval_batch_size)[task.metric]
     _save_adapter(head.model, out / "adapter")
     record["status"] = "complete"
     write_json(out / "metrics.json", record)
@@ -388,7 +390,7 @@ def _zero_shot(out: Path, head: Any, task: Any, batch_size: int) -> float:
     try:
         return float(json.loads(path.read_text())[task.metric])
     except (OSError, ValueError, KeyError, TypeError):
-        value = _eval_sorted(head, task, batch_size)[task.metric]
+        value = _eval_sorted(head, task.eval, batch_size)[task.metric]
         write_json(path, {task.metric: value})
         return value
 

@@ -1,35 +1,41 @@
-"""``balancedness sweep``: the grid tasks × methods × seeds, run in-process one after another.
+"""``balancedness sweep``: tasks × methods × seeds × each method's search space, dev-selected, with paired statistics.
 
-Every cell is keyed by its run's fingerprint (``provenance.py``): it runs in
-``out/<task>/<method>/seed<k>-<id>/`` where ``<id>`` is the first 8 hex digits of the fingerprint id. So a
-sweep re-run with the same options finds its complete runs and skips them, resumes the interrupted ones
-from their last complete checkpoint, and a sweep with *any* changed option (``--steps``, ``--lr``,
-``--shots``, the data files, the model, a package version) makes new runs beside the old ones, never reusing
-a run made with other settings. Every task's data is loaded (and every fingerprint computed) before the
-first run, so a bad ``--data-root`` or task is rejected up front. A failing run is recorded in
-``out/failures.json`` and the sweep goes on. ``table.md`` / ``table.csv`` (``report.py``) hold exactly the
-runs of this grid, state the settings they were made with, and are rewritten after every run.
+Every cell (one run) is keyed by its run's fingerprint (``provenance.py``): it runs in
+``out/<task>/<method>/seed<k>-<id>/`` where ``<id>`` is the first 8 hex digits of the fingerprint id. A
+re-run with the same options finds its complete runs and skips them, resumes the interrupted ones from
+their last complete checkpoint, and a sweep with *any* changed option (``--steps``, ``--lr``, ``--shots``,
+the data, the model, a package version) makes new runs beside the old ones, never reusing a run made with
+other settings. Every task's data is loaded (and every fingerprint computed) before the first run, so a bad
+``--data-root`` or task is rejected up front.
+
+The cells are worked through by an Optuna study (``study.py``: grid sampler, a journal file in ``out`` by
+default, ``workers`` local processes, or any number of machines on one ``storage``). For each task ×
+method × seed the configuration with the best **dev** metric is selected (``select.py``) and its **test**
+metric reported. ``table.md`` / ``table.csv`` / ``paired.csv`` / ``paired.png`` (``report.py``) state the
+settings, the search space, the selected hyper-parameters, mean ± std over seeds, and each method's
+difference to LoRA on the same seeds (mean, bootstrap 95% interval, wins/ties/losses, sign test).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from balancedness.finetune.run import FinetuneConfig, check_config, prepare, run_finetune, world_size
-from balancedness.io import write_json, write_text
+from balancedness.finetune.search import PRESETS, SearchSpace
+from balancedness.io import write_json
 
-__all__ = ["SweepResult", "run_sweep", "run_dir", "write_tables"]
+__all__ = ["SweepResult", "run_sweep", "run_dir", "plan_cells"]
 
 
 @dataclass
 class SweepResult:
-    """Complete runs' metrics, failures (task, method, seed, error), skipped count and the rendered tables."""
+    """All complete runs, the selected ones, failures, the number of cells skipped as complete, the tables."""
 
     runs: list[dict[str, Any]] = field(default_factory=list)
+    selected: list[dict[str, Any]] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)
     skipped: int = 0
     markdown: str = ""
@@ -40,24 +46,8 @@ def run_dir(out: str | Path, task: str, method: str, seed: int, fingerprint_id: 
     return Path(out) / task / method / f"seed{seed}-{fingerprint_id[:8]}"
 
 
-def plan_cells(base: FinetuneConfig, tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
-               out: str | Path) -> list[FinetuneConfig]:
-    """One config per cell, each with its fingerprint-keyed ``out``; loads every task's data (errors early)."""
-    from balancedness.finetune.provenance import fingerprint, fingerprint_id
-
-    _check_grid(base, tasks, methods, seeds)
-    cells = []
-    for task in tasks:
-        for seed in seeds:
-            loaded, model_path = prepare(dataclasses.replace(base, task=task, seed=seed))
-            for method in methods:
-                config = dataclasses.replace(base, task=task, method=method, seed=seed, resume=True, progress=False)
-                fid = fingerprint_id(fingerprint(config.result_options(), loaded, model_path, world_size()))
-                cells.append(dataclasses.replace(config, out=str(run_dir(out, task, method, seed, fid))))
-    return cells
-
-
-def _check_grid(base: FinetuneConfig, tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int]) -> None:
+def _check_grid(base: FinetuneConfig, tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
+                space: SearchSpace) -> None:
     from balancedness.finetune.data import known_tasks
 
     for name, values in (("tasks", tasks), ("methods", methods), ("seeds", seeds)):
@@ -67,57 +57,104 @@ def _check_grid(base: FinetuneConfig, tasks: Sequence[str], methods: Sequence[st
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; expected some of {', '.join(known_tasks())}")
     for method in methods:
-        check_config(dataclasses.replace(base, method=method))
+        for point in space.points(method):
+            check_config(dataclasses.replace(base, method=method, **point))
 
 
-def write_tables(out: str | Path, runs: Sequence[dict[str, Any]], tasks: Sequence[str] | None = None,
-                 methods: Sequence[str] | None = None) -> str:
-    """Rewrite ``out/table.md`` and ``out/table.csv`` from ``runs`` (complete metrics); returns the markdown.
+def plan_cells(base: FinetuneConfig, tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
+               out: str | Path, space: SearchSpace = PRESETS["fixed"]) -> dict[str, FinetuneConfig]:
+    """``{fingerprint id: config}`` for every cell, in grid order; loads every task's data (errors early)."""
+    from balancedness.finetune.provenance import fingerprint, fingerprint_id
 
-    Raises ``MixedSettingsError`` (a ValueError) when runs made with different settings would share a column.
-    """
-    from balancedness.finetune.report import csv_text, markdown_tables, settings_text, summarize
-
-    cells = summarize(runs)
-    markdown = (settings_text(runs) + "\n" + markdown_tables(cells, tasks, methods) if cells
-                else "(no complete runs yet)\n")
-    write_text(Path(out) / "table.md", markdown)
-    write_text(Path(out) / "table.csv", csv_text(cells))
-    return markdown
+    _check_grid(base, tasks, methods, seeds, space)
+    cells: dict[str, FinetuneConfig] = {}
+    for task in tasks:
+        for seed in seeds:
+            loaded, model_path = prepare(dataclasses.replace(base, task=task, seed=seed))
+            for method in methods:
+                points = space.points(method)
+                if len(points) > 1 and not loaded.dev:
+                    raise ValueError(f"task {task!r} has no dev split, so the {len(points)} configurations of "
+                                     f"{method} cannot be selected without the test set; use --space fixed")
+                for point in points:
+                    config = dataclasses.replace(base, task=task, method=method, seed=seed, resume=True,
+                                                 progress=False, **point)
+                    fid = fingerprint_id(fingerprint(config.result_options(), loaded, model_path, world_size()))
+                    cells[fid] = dataclasses.replace(config, out=str(run_dir(out, task, method, seed, fid)))
+    return cells
 
 
 def run_sweep(base: FinetuneConfig, *, tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
-              out: str | Path, progress: bool = True) -> SweepResult:
-    """Run every (task, method, seed) whose fingerprint-keyed run is not complete; a :class:`SweepResult`.
+              out: str | Path, space: SearchSpace = PRESETS["fixed"], workers: int = 1, storage: str | None = None,
+              progress: bool = True) -> SweepResult:
+    """Run every cell not yet complete (on ``workers`` local processes sharing one study), select on dev,
+    write the tables; returns a :class:`SweepResult`. Bad grid values, a missing data root or task file
+    raise before anything runs; a run that fails is recorded in ``failures.json`` and the sweep goes on."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    ``base`` supplies every other option (model, steps, lr, ...). Bad grid values, a missing data root or
-    task file raise before anything runs; a run that fails later is recorded and skipped.
-    """
-    cells = plan_cells(base, tasks, methods, seeds, out)
+    from balancedness.finetune.report import write_tables
+    from balancedness.finetune.select import score
+    from balancedness.finetune.study import open_study, run_cells, start_workers
+
+    cells = plan_cells(base, tasks, methods, seeds, out, space)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    open_study(out, sorted(cells), storage)  # created once, before any worker opens it
     result = SweepResult()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())
+    order = {config.out: i for i, config in enumerate(cells.values())}
+    procs = start_workers(workers - 1, cells, out, storage) if workers > 1 else []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, disable=not progress) as bar:
-            job = bar.add_task("sweep", total=len(cells))
-            for config in cells:
-                bar.update(job, description=f"{config.task} {config.method} seed {config.seed}")
-                try:
-                    metrics = run_finetune(config)
-                except Exception as exc:  # noqa: BLE001 - record, go on
-                    result.failed.append({"task": config.task, "method": config.method, "seed": config.seed,
-                                          "out": config.out, "error": f"{type(exc).__name__}: {exc}",
-                                          "traceback": traceback.format_exc(limit=5)})
-                else:
-                    result.skipped += bool(metrics.pop("skipped", False))
-                    result.runs.append(metrics)
-                    write_tables(out, result.runs, tasks, methods)
-                bar.advance(job)
+            job = bar.add_task("sweep (this worker)", total=len(cells))
+
+            def done(fid: str, metrics: dict[str, Any]) -> None:
+                bar.update(job, advance=1, description=f"{metrics['task']} {metrics['method']} seed {metrics['seed']}")
+
+            run_cells(cells, out, _recording(result), score, storage, on_done=done)
     finally:
-        if result.failed:
-            write_json(Path(out) / "failures.json", result.failed)
-        result.markdown = write_tables(out, result.runs, tasks, methods)
+        for proc in procs:
+            proc.join()
+    result.runs, missing = _collect(cells)
+    complete = {r["config"]["out"] for r in result.runs}
+    result.failed = [f for f in result.failed if f["out"] not in complete]  # a retry may have finished it
+    result.failed += [{"task": c.task, "method": c.method, "seed": c.seed, "out": c.out,
+                       "error": "not complete after the sweep (see the run folder)"}
+                      for c in missing if not any(f["out"] == c.out for f in result.failed)]
+    if result.failed:
+        write_json(Path(out) / "failures.json", result.failed)
+    result.markdown, result.selected = write_tables(out, result.runs, order, space, tasks, methods)
     return result
+
+
+def _recording(result: SweepResult):
+    """``run_finetune`` that records failures and skips instead of raising them into Optuna."""
+    import traceback
+
+    def run(config: FinetuneConfig) -> dict[str, Any]:
+        try:
+            metrics = run_finetune(config)
+        except Exception as exc:
+            result.failed.append({"task": config.task, "method": config.method, "seed": config.seed,
+                                  "out": config.out, "error": f"{type(exc).__name__}: {exc}",
+                                  "traceback": traceback.format_exc(limit=5)})
+            raise
+        result.skipped += bool(metrics.get("skipped"))
+        return metrics
+
+    return run
+
+
+def _collect(cells: dict[str, FinetuneConfig]) -> tuple[list[dict[str, Any]], list[FinetuneConfig]]:
+    from balancedness.finetune.runfolder import read_metrics
+
+    runs, missing = [], []
+    for config in cells.values():
+        try:
+            metrics = read_metrics(config.out)
+        except ValueError:
+            metrics = None
+        if metrics and metrics.get("status") == "complete":
+            runs.append(metrics)
+        else:
+            missing.append(config)
+    return runs, missing

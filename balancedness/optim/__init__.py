@@ -2,9 +2,10 @@
 
 The torch optimizer library of the package; the LM finetuning application (``balancedness.finetune``) is
 built on it, never the reverse. Math for each method lives in one module: ``pairs`` (B_l, spec §1.2),
-``sam`` (Alg. 1, eqs. (4), (22), (38)), ``bar`` (Algs. 2/3), ``schedules`` (μ_t by step, spec §4.5.7),
-``amp`` (GradScaler semantics); ``trainer`` and ``callbacks`` plug them into the HF ``Trainer`` and are the
-only modules that import transformers. Everything else needs torch alone (peft models are found by their
+``sam`` (Alg. 1, eqs. (4), (22), (38)), ``microbatch`` (SAM fed one micro-batch at a time: the Trainer's and
+accelerate's accumulation loops), ``bar`` (Algs. 2/3), ``groups`` (the weight-decay split), ``schedules``
+(μ_t by step, spec §4.5.7), ``amp`` (GradScaler semantics); ``trainer`` and ``callbacks`` plug them into the
+HF ``Trainer`` and are the only modules that import transformers (none imports accelerate). Everything else needs torch alone (peft models are found by their
 parameter names, not by importing peft).
 
 Every name is loaded on first use, so ``import balancedness.optim`` is free and commands that need no torch
@@ -17,16 +18,18 @@ import importlib
 from typing import Any
 
 __all__ = [
-    "LoraPair", "lora_pairs", "lora_balancedness", "lora_grad_gap",
-    "VARIANTS", "SCHEDULES", "create_bar_optimizer", "bar_optimizer_class",
-    "SAM", "sam_step_accumulated", "sam_step_msharpness",
+    "LoraPair", "lora_pairs", "lora_balancedness", "lora_grad_gap", "decay_groups",
+    "VARIANTS", "SCHEDULES", "create_bar_optimizer", "bar_optimizer_class", "scheduler_total_steps",
+    "SAM", "sam_step_accumulated", "sam_step_msharpness", "sam_backward",
     "SAMTrainer", "BARTrainer", "BalancednessCallback",
 ]
 
 _LAZY = {
     "LoraPair": "pairs", "lora_pairs": "pairs", "lora_balancedness": "pairs", "lora_grad_gap": "pairs",
+    "decay_groups": "groups",
     "VARIANTS": "bar", "SCHEDULES": "schedules", "create_bar_optimizer": "bar", "bar_optimizer_class": "bar",
-    "SAM": "sam", "sam_step_accumulated": "sam", "sam_step_msharpness": "sam",
+    "scheduler_total_steps": "schedules",
+    "SAM": "sam", "sam_step_accumulated": "sam", "sam_step_msharpness": "sam", "sam_backward": "microbatch",
     "SAMTrainer": "trainer", "BARTrainer": "trainer", "BalancednessCallback": "callbacks",
 }
 

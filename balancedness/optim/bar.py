@@ -25,8 +25,9 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from balancedness.optim.groups import decay_groups
 from balancedness.optim.pairs import LoraPair, compute_dtype, lora_pairs, norms
-from balancedness.optim.schedules import check_schedule, check_total_steps, scheduled_mu
+from balancedness.optim.schedules import check_schedule, check_total_steps, scheduled_mu, scheduler_total_steps
 from balancedness.validation import choice, number
 
 __all__ = ["VARIANTS", "BAROptimizerMixin", "bar_optimizer_class", "check_bar_args", "create_bar_optimizer"]
@@ -48,15 +49,28 @@ class BAROptimizerMixin:
         BAR<optimizer_cls>(params, *, pairs, mu, variant="nbar", schedule="constant", total_steps=None,
                            **optimizer_kwargs)
 
-    ``pairs`` (from ``lora_pairs``) must all be among ``params``; see ``create_bar_optimizer`` for the rest.
+    ``pairs`` (``lora_pairs(model)``) must all be among ``params``; see ``create_bar_optimizer`` for the rest.
+    This is the class for the Trainer's own hook, which builds it from its decay/no-decay groups::
+
+        Trainer(..., optimizer_cls_and_kwargs=(bar_optimizer_class(torch.optim.AdamW),
+                                               {"pairs": lora_pairs(model), "mu": 0.5, "lr": 1e-3}))
     """
 
     _bar_base_step: Callable[..., Any]
 
-    def __init__(self, params: Any, *, pairs: Sequence[LoraPair], mu: float, variant: str = "nbar",
-                 schedule: str = "constant", total_steps: int | None = None, **optimizer_kwargs: Any) -> None:
+    def __init__(self, params: Any, *, pairs: Sequence[LoraPair] | None = None, mu: float | None = None,
+                 variant: str = "nbar", schedule: str = "constant", total_steps: int | str | None = None,
+                 **optimizer_kwargs: Any) -> None:
+        name = type(self).__name__
+        if pairs is None or mu is None:
+            raise TypeError(
+                f"{name} needs pairs=lora_pairs(model) and mu=μ₀ besides the parameters (the Trainer's "
+                f"optimizer_cls_and_kwargs=({name}, {{'pairs': lora_pairs(model), 'mu': 0.5, 'lr': ...}})); "
+                "or use create_bar_optimizer(model, ...) or BARTrainer, which find the pairs themselves"
+            )
         self.bar_mu0, self.bar_variant, self.bar_schedule = check_bar_args(mu, variant, schedule)
-        self.bar_total_steps = check_total_steps(schedule, total_steps)
+        self._bar_awaits_scheduler = total_steps == "scheduler" and schedule != "constant"
+        self.bar_total_steps = None if total_steps == "scheduler" else check_total_steps(schedule, total_steps)
         super().__init__(params, **optimizer_kwargs)
         group_of = {id(p): i for i, g in enumerate(self.param_groups) for p in g["params"]}
         for pair in pairs:
@@ -70,7 +84,26 @@ class BAROptimizerMixin:
     @property
     def bar_mu(self) -> float:
         """μ_t for the next step."""
+        if self._bar_awaits_scheduler:
+            raise RuntimeError(
+                f"this BAR optimizer was created with total_steps='scheduler' but has not seen its LR scheduler: "
+                f"call opt.bar_sync_total_steps(lr_scheduler) before the first step (T of the {self.bar_schedule!r} "
+                "μ schedule), or pass total_steps=T, or use BARTrainer"
+            )
         return scheduled_mu(self.bar_mu0, self.bar_schedule, self.bar_step_count, self.bar_total_steps)
+
+    def bar_sync_total_steps(self, lr_scheduler: Any) -> int:
+        """Take T of the μ schedule from the LR scheduler this optimizer runs with (``scheduler_total_steps``), or,
+        when T is already set, check that the two agree (ValueError if not: μ would reach 0 at another step than
+        the learning rate). A constant μ schedule ignores T. Returns the scheduler's T."""
+        total = scheduler_total_steps(lr_scheduler)
+        if self.bar_schedule == "constant":
+            return total
+        if self.bar_total_steps is not None and self.bar_total_steps != total:
+            raise ValueError(f"the BAR optimizer's μ schedule runs over total_steps={self.bar_total_steps} but the LR "
+                             f"scheduler over {total} steps; they must agree")
+        self.bar_total_steps, self._bar_awaits_scheduler = total, False
+        return total
 
     def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
         """Evaluate ``closure`` (if given) for the gradients, rescale the LoRA pairs, then the base step."""
@@ -165,8 +198,9 @@ def create_bar_optimizer(
     mu: float,
     variant: str = "nbar",
     schedule: str = "constant",
-    total_steps: int | None = None,
+    total_steps: int | str | None = None,
     params: Iterable[Any] | None = None,
+    weight_decay: float | None = None,
     **optimizer_kwargs: Any,
 ) -> Optimizer:
     """Create a BAR optimizer (Li, Zhang, He, NeurIPS 2024, Algs. 2/3; arXiv 2410.14802).
@@ -179,11 +213,15 @@ def create_bar_optimizer(
         mu: μ₀ ≥ 0 (finite), the BAR coefficient (the paper's α_t in Algs. 2/3, "μ₀" in its tables).
         variant: ``"nbar"`` (Alg. 2, decides on gradient norms) or ``"obar"`` (Alg. 3, on weight norms).
         schedule: ``"constant"``, ``"linear"`` or ``"cosine"`` decay of μ_t (spec §4.5.7).
-        total_steps: T of the linear/cosine schedule (required for those).
+        total_steps: T of the linear/cosine schedule (required for those): an int, or ``"scheduler"`` to take it
+            from the LR scheduler with ``opt.bar_sync_total_steps(lr_scheduler)`` before the first step.
         params: the parameters or parameter groups to optimize, as for any torch optimizer (e.g. with
             per-group ``weight_decay``); default: every trainable parameter of ``model``. Every LoRA factor
             must be among them.
-        **optimizer_kwargs: passed to ``optimizer_cls`` (``weight_decay``, ``betas``, ...).
+        weight_decay: without ``params``: two groups as the HF Trainer makes them (``groups.decay_groups``),
+            ``weight_decay`` for weights, 0 for biases and normalization weights; with ``params``: passed to
+            ``optimizer_cls`` as the default of groups that set none.
+        **optimizer_kwargs: passed to ``optimizer_cls`` (``betas``, ``momentum``, ...).
 
     Returns:
         an instance of ``bar_optimizer_class(optimizer_cls)``, a subclass of ``optimizer_cls``; its
@@ -192,6 +230,9 @@ def create_bar_optimizer(
     lr = number("lr", lr, strict=True)
     cls = bar_optimizer_class(optimizer_cls)
     if params is None:
-        params = [p for p in model.parameters() if p.requires_grad]
+        params = ([p for p in model.parameters() if p.requires_grad] if weight_decay is None
+                  else decay_groups(model, number("weight_decay", weight_decay)))
+    elif weight_decay is not None:
+        optimizer_kwargs["weight_decay"] = weight_decay
     return cls(params, pairs=lora_pairs(model), lr=lr, mu=mu, variant=variant, schedule=schedule,
                total_steps=total_steps, **optimizer_kwargs)

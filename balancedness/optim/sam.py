@@ -18,10 +18,14 @@ Helpers for several micro-batches:
 Mixed precision: pass ``scaler=`` (a ``torch.amp.GradScaler``) to ``step``/``second_step``/the helpers and
 scale every backward with it (the helpers do). See ``amp.py`` for why no explicit unscale is needed before
 the perturbation, and how an overflow in either pass skips the whole step.
+
+Loops that hand over one micro-batch at a time (the HF Trainer, ``accelerate``) are served by
+``microbatch.py``; ``step(closure)`` needs every micro-batch at once and is refused under accelerate.
 """
 
 from __future__ import annotations
 
+import sys
 from contextlib import nullcontext
 from typing import Any, Callable, ContextManager, Iterable, Sequence
 
@@ -33,7 +37,7 @@ from balancedness.optim.amp import backward, poison_grads_
 from balancedness.optim.pairs import compute_dtype, norms
 from balancedness.validation import boolean, number
 
-__all__ = ["SAM", "check_sam_args", "climb_", "restore_", "stash_grads", "unstash_grads",
+__all__ = ["SAM", "Perturbation", "check_sam_args", "climb_", "restore_", "stash_grads", "unstash_grads",
            "sam_step_accumulated", "sam_step_msharpness"]
 
 Backups = list[torch.Tensor]
@@ -78,6 +82,29 @@ def restore_(params: Sequence[nn.Parameter], backups: Backups) -> None:
         p.copy_(b)
 
 
+class Perturbation:
+    """w ↔ w + e(w) on a fixed parameter list: ``climb()`` (``climb_``; False, nothing changed, on an overflow)
+    and ``restore()`` (``restore_``; a no-op when not climbed)."""
+
+    def __init__(self, params: Iterable[nn.Parameter], rho: float, adaptive: bool = False) -> None:
+        self.params, self.rho, self.adaptive = list(params), rho, adaptive
+        self._climbed: tuple[list[nn.Parameter], Backups] | None = None
+
+    @property
+    def climbed(self) -> bool:
+        """Whether the parameters are at w + e now."""
+        return self._climbed is not None
+
+    def climb(self) -> bool:
+        self._climbed = climb_(self.params, self.rho, self.adaptive)
+        return self._climbed is not None
+
+    def restore(self) -> None:
+        if self._climbed is not None:
+            restore_(*self._climbed)
+            self._climbed = None
+
+
 def stash_grads(params: Sequence[nn.Parameter]) -> list[torch.Tensor | None]:
     """Detach the current ``.grad``s (e.g. accumulated descent gradients) and leave ``None`` in place."""
     saved = [p.grad for p in params]
@@ -109,6 +136,9 @@ class SAM(Optimizer):
 
         loss_fn(batch).backward(); sam.first_step(zero_grad=True)
         loss_fn(batch).backward(); sam.second_step(zero_grad=True)
+
+    ``step()`` without a closure is ``second_step()`` after a ``first_step()`` (what a wrapper such as
+    accelerate's calls after ``microbatch.sam_backward``); without a pending ``first_step()`` it raises.
     """
 
     def __init__(self, params: Any, base_optimizer_cls: type[Optimizer], *, rho: float, adaptive: bool = False,
@@ -121,7 +151,7 @@ class SAM(Optimizer):
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
         self.rho, self.adaptive = rho, adaptive
-        self._climbed: tuple[list[nn.Parameter], Backups] | None = None  # at w + e: what restore() needs
+        self._perturbation: Perturbation | None = None  # at w + e: what restore() needs
         self._in_step = False  # first_step() ran, second_step() not yet
         self._overflow = False
 
@@ -132,11 +162,11 @@ class SAM(Optimizer):
     def first_step(self, zero_grad: bool = False) -> bool:
         """Climb to w + e(w) with the current gradients. Returns False (and changes nothing) on an overflow:
         the step is then skipped by ``second_step`` and the descent pass may be left out."""
-        if self._climbed is not None:
+        if self._perturbation is not None and self._perturbation.climbed:
             raise RuntimeError("SAM.first_step() was called while the weights are still at w + e: call "
                                "second_step() (or restore()) before climbing again")
-        self._climbed = climb_(self._params(), self.rho, self.adaptive)
-        self._overflow = self._climbed is None
+        self._perturbation = Perturbation(self._params(), self.rho, self.adaptive)
+        self._overflow = not self._perturbation.climb()
         self._in_step = True
         if zero_grad:
             self.zero_grad()
@@ -145,9 +175,8 @@ class SAM(Optimizer):
     @torch.no_grad()
     def restore(self) -> None:
         """Return to w (no base step); used between m-sharpness chunks."""
-        if self._climbed is not None:
-            restore_(*self._climbed)
-            self._climbed = None
+        if self._perturbation is not None:
+            self._perturbation.restore()
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False, *, scaler: torch.amp.GradScaler | None = None) -> None:
@@ -176,12 +205,26 @@ class SAM(Optimizer):
             self.zero_grad()
 
     def step(self, closure: Callable[[], torch.Tensor] | None = None, *,
-             scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
-        """One SAM step: ascent pass, climb, descent pass, restore, base step. Returns the loss at w."""
+             scaler: torch.amp.GradScaler | None = None) -> torch.Tensor | None:
+        """One SAM step: ascent pass, climb, descent pass, restore, base step. Returns the loss at w.
+
+        Without a closure: ``second_step(scaler=scaler)`` of a step begun with ``first_step()`` (returns None).
+        """
         if closure is None:
+            if self._in_step:
+                return self.second_step(scaler=scaler)
             raise ValueError(
-                "SAM.step needs a closure that computes the loss on the *same* batch and calls backward "
-                "(scaler.scale(loss).backward() under fp16); or call first_step()/second_step() yourself"
+                "SAM.step() needs a closure that computes the loss on the *same* batch and calls backward "
+                "(scaler.scale(loss).backward() under fp16), or a preceding first_step(). With the Hugging Face "
+                "Trainer use balancedness.optim.SAMTrainer (Trainer(optimizers=(SAM(...), None)) cannot run SAM's "
+                "second pass); in an accelerate loop use balancedness.optim.sam_backward"
+            )
+        if _stepped_by_accelerate():
+            raise RuntimeError(
+                "SAM.step(closure) was called through accelerate's AcceleratedOptimizer, which skips step() on "
+                "gradient-accumulation micro-batches (their data would never reach the update) and cannot run a "
+                "closure under a GradScaler: call balancedness.optim.sam_backward(accelerator, model, optimizer, "
+                "batch) inside accelerator.accumulate(model), then optimizer.step() (docs/torch-backend.md)"
             )
         self.zero_grad()
         with torch.enable_grad():
@@ -201,6 +244,15 @@ class SAM(Optimizer):
         self.param_groups = self.base_optimizer.param_groups
 
 
+def _stepped_by_accelerate() -> bool:
+    """Whether ``SAM.step`` was called by accelerate (its ``AcceleratedOptimizer.step``), looking past torch's
+    own wrappers of ``step`` (profiling hooks, LR-scheduler counters)."""
+    frame = sys._getframe(2)  # 0: here, 1: SAM.step, 2: its caller
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "torch":
+        frame = frame.f_back
+    return frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "accelerate"
+
+
 LossFn = Callable[[Any], torch.Tensor]
 NoSync = Callable[[], ContextManager[Any]]
 
@@ -211,19 +263,22 @@ def sam_step_accumulated(sam: SAM, loss_fn: LossFn, micro_batches: Sequence[Any]
     """SAM over k micro-batches, equal to SAM on their concatenation (for a mean loss and equal sizes).
 
     g_asc = (1/k) Σ_j ∇L_j(w);  w̃ = w + ρ g_asc/‖g_asc‖;  g = (1/k) Σ_j ∇L_j(w̃);  base step with g at w.
-    ``no_sync`` (e.g. a DDP model's ``no_sync``) wraps the ascent passes and all descent passes but the
-    last, so each worker perturbs with its own gradient and the descent gradient is all-reduced once.
+
+    ``loss_fn(mb)`` returns the loss of micro-batch ``mb`` (a tensor) and does **not** call backward: unlike
+    ``SAM.step``'s closure, the helper calls backward itself (through ``scaler`` if given), twice per
+    micro-batch. ``no_sync`` (e.g. a DDP model's ``no_sync``) wraps the ascent passes and all descent passes
+    but the last, so each worker perturbs with its own gradient and the descent gradient is all-reduced once.
     Returns the mean loss at w.
     """
     k = _check_batches(micro_batches)
     no_sync = no_sync or nullcontext
     sam.zero_grad()
     with no_sync():
-        loss = sum(backward(loss_fn(mb) / k, scaler) for mb in micro_batches)
+        loss = sum(_backward_of(loss_fn, mb, k, scaler) for mb in micro_batches)
     if sam.first_step(zero_grad=True):
         for j, mb in enumerate(micro_batches):
             with (no_sync() if j < k - 1 else nullcontext()):
-                backward(loss_fn(mb) / k, scaler)
+                _backward_of(loss_fn, mb, k, scaler)
     sam.second_step(scaler=scaler)
     return loss
 
@@ -234,9 +289,9 @@ def sam_step_msharpness(sam: SAM, loss_fn: LossFn, chunks: Sequence[Any], *,
     """m-sharpness (eq. (38a–c)) with m = len(chunks): each chunk climbs with its own gradient
     w̃_i = w + ρ g_i(w)/‖g_i(w)‖, the base optimizer steps with (1/m) Σ_i g_i(w̃_i) at w.
 
-    The chunks' descent gradients accumulate in ``.grad`` while each ascent gradient is computed on its
-    own (the accumulated gradients are stashed meanwhile). An overflow in any pass skips the step.
-    Returns the mean loss at w.
+    ``loss_fn`` as for ``sam_step_accumulated`` (returns the loss, no backward). The chunks' descent
+    gradients accumulate in ``.grad`` while each ascent gradient is computed on its own (the accumulated
+    gradients are stashed meanwhile). An overflow in any pass skips the step. Returns the mean loss at w.
     """
     m = _check_batches(chunks)
     no_sync = no_sync or nullcontext
@@ -246,13 +301,13 @@ def sam_step_msharpness(sam: SAM, loss_fn: LossFn, chunks: Sequence[Any], *,
     for i, chunk in enumerate(chunks):
         saved = stash_grads(params)
         with no_sync():
-            loss = loss + backward(loss_fn(chunk), scaler) / m
+            loss = loss + _backward_of(loss_fn, chunk, 1, scaler) / m
         climbed = sam.first_step()
         unstash_grads(params, saved)
         if not climbed:
             break
         with (no_sync() if i < m - 1 else nullcontext()):
-            backward(loss_fn(chunk) / m, scaler)
+            _backward_of(loss_fn, chunk, m, scaler)
         sam.restore()
     sam.second_step(scaler=scaler)
     return loss
@@ -262,3 +317,19 @@ def _check_batches(batches: Sequence[Any]) -> int:
     if len(batches) == 0:
         raise ValueError("need at least one micro-batch/chunk, got an empty sequence")
     return len(batches)
+
+
+def _backward_of(loss_fn: LossFn, batch: Any, k: int, scaler: torch.amp.GradScaler | None) -> torch.Tensor:
+    """backward of ``loss_fn(batch) / k``; returns that (detached) value. Refuses, with the contract, a loss_fn
+    that returns no tensor or has already called backward itself."""
+    loss = loss_fn(batch)
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"loss_fn must return the loss as a tensor (and not call backward: the helper does), got "
+                        f"{type(loss).__name__}")
+    try:
+        return backward(loss / k, scaler)
+    except RuntimeError as exc:
+        if "second time" not in str(exc):
+            raise
+        raise RuntimeError("loss_fn must return the loss without calling backward itself: the SAM helpers call "
+                           "backward on it (SAM.step's closure is the one that calls backward)") from exc

@@ -12,11 +12,15 @@ backward at w + e, restore w. The Trainer's own ``optimizer.step()`` then applie
   on the concatenated batch; 2k forward/backward passes per optimizer step.
 * ``msharpness=True``: every micro-batch is one m-sharpness chunk (eq. (38a–c)), m = accumulation steps.
 
-Under DDP there is always additionally one chunk per worker (each worker's ascent is local).
+Under DDP there is always additionally one chunk per worker (each worker's ascent is local). The ordering of
+the passes is ``microbatch.sam_micro_batch``, which ``sam_backward`` shares for accelerate loops.
 
 ``BARTrainer`` builds its optimizer with ``create_bar_optimizer`` (spec Algs. 2/3) from the Trainer's own
 optimizer class and keyword arguments (``args.optim``, lr, betas, ...) and its usual decay/no-decay parameter
 groups; T for linear/cosine μ-schedules is the Trainer's number of training steps.
+
+Both link every ``BalancednessCallback`` to themselves when training starts, so that its values go through
+``Trainer.log`` into ``log_history``, ``trainer_state.json`` and the ``report_to`` integrations.
 """
 
 from __future__ import annotations
@@ -28,24 +32,44 @@ import torch
 from torch import nn
 from transformers import Trainer
 
-from balancedness.optim.amp import poison_grads_
 from balancedness.optim.bar import BAROptimizerMixin, check_bar_args, create_bar_optimizer
-from balancedness.optim.sam import check_sam_args, climb_, restore_, stash_grads, unstash_grads
+from balancedness.optim.callbacks import BalancednessCallback
+from balancedness.optim.groups import decay_groups
+from balancedness.optim.microbatch import sam_micro_batch
+from balancedness.optim.sam import SAM, Perturbation, check_sam_args
 from balancedness.validation import boolean
 
 __all__ = ["SAMTrainer", "BARTrainer"]
 
 
-class SAMTrainer(Trainer):
+class _LoRATrainer(Trainer):
+    """The common base: every ``BalancednessCallback`` of the Trainer is linked to it when training starts, so
+    that its values go through ``Trainer.log`` (``log_history``, ``trainer_state.json``, ``report_to``)."""
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, BalancednessCallback):
+                callback.trainer = self
+        return super().train(*args, **kwargs)
+
+
+class SAMTrainer(_LoRATrainer):
     """``Trainer`` with SAM (``rho``, ``adaptive`` = ASAM) and optional m-sharpness over micro-batches.
 
-    The logged training loss is the loss at w (the ascent pass), normalized as the Trainer does.
+    The logged training loss is the loss at w (the ascent pass), normalized as the Trainer does. The optimizer
+    is the Trainer's own (``args.optim``, ``optimizers=``, ``optimizer_cls_and_kwargs``): SAM is in the
+    training step, so a ``SAM`` optimizer is refused.
     """
 
     def __init__(self, *args: Any, rho: float = 0.05, adaptive: bool = False, msharpness: bool = False,
                  **kwargs: Any) -> None:
         rho, adaptive = check_sam_args(rho, adaptive)
         msharpness = boolean("msharpness", msharpness)
+        optimizer = (kwargs.get("optimizers") or (None, None))[0]
+        cls = (kwargs.get("optimizer_cls_and_kwargs") or (None, None))[0]
+        if isinstance(_unwrap(optimizer), SAM) or (isinstance(cls, type) and issubclass(cls, SAM)):
+            raise TypeError("SAMTrainer runs SAM's two passes itself, around the Trainer's optimizer: give it the "
+                            "base optimizer (e.g. AdamW, or nothing for args.optim), not a SAM optimizer")
         super().__init__(*args, **kwargs)
         self.sam_rho, self.sam_adaptive, self.sam_msharpness = rho, adaptive, msharpness
         self._sam_pending: list[tuple[dict[str, Any], Any]] = []
@@ -53,54 +77,17 @@ class SAMTrainer(Trainer):
     def training_step(self, model: nn.Module, inputs: dict[str, Any],
                       num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
         params = [p for p in model.parameters() if p.requires_grad]
-        if self.sam_msharpness:
-            return self._chunk_step(model, inputs, num_items_in_batch, params)
-        return self._accumulated_step(model, inputs, num_items_in_batch, params)
+        perturbation = Perturbation(params, self.sam_rho, self.sam_adaptive)
 
-    def _pass(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any, local: bool) -> torch.Tensor:
-        """One forward/backward by the Trainer's own ``training_step``; ``local`` skips the DDP all-reduce."""
-        with self.accelerator.no_sync(model) if local else nullcontext():
-            return super().training_step(model, inputs, num_items_in_batch)
+        def run_pass(item: tuple[dict[str, Any], Any], local: bool) -> torch.Tensor:
+            """One forward/backward by the Trainer's own ``training_step``; ``local`` skips the DDP all-reduce."""
+            with self.accelerator.no_sync(model) if local else nullcontext():
+                return super(SAMTrainer, self).training_step(model, *item)
 
-    def _overflowed(self, params: list[nn.Parameter]) -> None:
-        """Ascent overflow: with a GradScaler make it skip the whole step; otherwise descend at w."""
-        if self.accelerator.scaler is not None:
-            poison_grads_(params)
-
-    def _chunk_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any,
-                    params: list[nn.Parameter]) -> torch.Tensor:
-        saved = stash_grads(params)  # descent gradients of earlier chunks
-        loss = self._pass(model, inputs, num_items_in_batch, local=True)
-        climbed = climb_(params, self.sam_rho, self.sam_adaptive)
-        unstash_grads(params, saved)
-        if climbed is None:
-            self._overflowed(params)
-            return loss
-        try:
-            super().training_step(model, inputs, num_items_in_batch)  # in the Trainer's own sync context
-        finally:
-            restore_(*climbed)
-        return loss
-
-    def _accumulated_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any,
-                          params: list[nn.Parameter]) -> torch.Tensor:
-        loss = self._pass(model, inputs, num_items_in_batch, local=True)  # ascent gradients accumulate
-        self._sam_pending.append((inputs, num_items_in_batch))
-        if not self.accelerator.sync_gradients:  # not yet the last micro-batch of this optimizer step
-            return loss
-        pending, self._sam_pending = self._sam_pending, []
-        climbed = climb_(params, self.sam_rho, self.sam_adaptive)
-        if climbed is None:
-            self._overflowed(params)
-            return loss
-        for p in params:
-            p.grad = None
-        try:
-            for j, (micro_inputs, n_items) in enumerate(pending):
-                self._pass(model, micro_inputs, n_items, local=j < len(pending) - 1)
-        finally:
-            restore_(*climbed)
-        return loss
+        return sam_micro_batch((inputs, num_items_in_batch), self._sam_pending, run_pass=run_pass, params=params,
+                               climb=perturbation.climb, restore=perturbation.restore,
+                               msharpness=self.sam_msharpness, last=self.accelerator.sync_gradients,
+                               scaled=self.accelerator.scaler is not None)
 
 
 def _unwrap(optimizer: Any) -> Any:
@@ -110,7 +97,7 @@ def _unwrap(optimizer: Any) -> Any:
     return optimizer
 
 
-class BARTrainer(Trainer):
+class BARTrainer(_LoRATrainer):
     """``Trainer`` whose optimizer is BAR (spec Algs. 2/3) over the Trainer's own optimizer class.
 
     Extra args: ``bar_mu`` (μ₀ ≥ 0), ``bar_variant`` (``"nbar"``/``"obar"``), ``bar_schedule``
@@ -156,10 +143,7 @@ class BARTrainer(Trainer):
         if special:
             raise ValueError(f"BARTrainer cannot use optim={self.args.optim!r}: it builds its own parameter list "
                              f"({', '.join(special)}); choose a plain torch optimizer such as 'adamw_torch'")
-        decay = set(self.get_decay_parameter_names(model))
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        groups = [{"params": [p for n, p in named if n in decay], "weight_decay": self.args.weight_decay},
-                  {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
+        groups = decay_groups(model, self.args.weight_decay, self.get_decay_parameter_names(model))
         return create_bar_optimizer(
             model, optimizer_cls, params=groups, lr=optimizer_kwargs.pop("lr", self.args.learning_rate),
             mu=self.bar_mu, variant=self.bar_variant, schedule=self.bar_schedule,

@@ -46,14 +46,19 @@ and optionally where it is discontinuous). A new optimizer is one function and o
 
 after which ``simulate(problem, "sam-half", rho=0.2)``, ``solve_flow`` and ``theory.dB_dt`` run it.
 ``unregister_direction`` removes it; ``register_direction(name, ..., replace=True)`` puts a user's
-function in place of a built-in one (``dataclasses.replace(DIRECTIONS["sam"], field=f)`` keeps the
-built-in's ``uses`` and ``switching``).
+function in place of a built-in one for good. To put one in place *for a while* (to check a variant, or
+a mutant in a test), use the scoped form, which keeps the built-in's ``uses`` and ``switching`` and
+restores the built-in afterwards, even on error::
+
+    with replaced_directions({"sam": my_sam}):
+        simulate(nop_problem(), "sam", rho=0.1)      # runs my_sam
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Iterable, NamedTuple, Optional, Protocol, Union
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Callable, Iterable, Iterator, Mapping, NamedTuple, Optional, Protocol, Union
 
 import numpy as np
 
@@ -125,6 +130,29 @@ def register_direction(name: str, *, uses: Iterable[str] = (), switching: Option
 def unregister_direction(name: str) -> Direction:
     """Remove ``name`` from the registry and return its entry (to put it back: ``DIRECTIONS[name] = entry``)."""
     return DIRECTIONS.pop(lookup(name).name)
+
+
+@contextmanager
+def replaced_directions(fields: Mapping[str, DirectionFn]) -> Iterator[dict[str, Direction]]:
+    """Run registered optimizers with other direction functions for the duration of a ``with`` block.
+
+    ``fields`` maps a registered name to the function that replaces its field (the entry keeps its
+    ``uses`` and ``switching``). Every name and function is checked before anything is installed; on
+    leaving the block (normally or by an exception) the entries that were there are put back exactly.
+    Yields the installed entries by name.
+    """
+    installed = {}
+    for name, field in fields.items():
+        entry = lookup(name)
+        if not callable(field):
+            raise InvalidValue(f"the replacement of {name}", "a callable direction function", field)
+        installed[name] = replace(entry, field=field)
+    saved = {name: DIRECTIONS[name] for name in installed}
+    DIRECTIONS.update(installed)
+    try:
+        yield installed
+    finally:
+        DIRECTIONS.update(saved)
 
 
 def lookup(name: str) -> Direction:

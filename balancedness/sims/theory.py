@@ -14,7 +14,6 @@ from __future__ import annotations
 import numpy as np
 
 from balancedness.metrics import balancedness, balancedness_layers, layer_sq_norms, sq_norms
-from balancedness.sims.directions import bar_sign
 from balancedness.sims.optimizers import Optimizer
 from balancedness.sims.problems import Problem
 
@@ -140,6 +139,14 @@ def cor2_threshold(X: np.ndarray, Y: np.ndarray, gX: np.ndarray, gY: np.ndarray)
     return 0.5 * (r * sq_norms(X) - sq_norms(Y) / r)
 
 
+def cor2_threshold_expected(problem: Problem, X: np.ndarray, Y: np.ndarray, alpha: float, batch: int = 1) -> np.ndarray:
+    """B̄_t of (21) on the NOP toy with r² = E_ξ‖g_x‖²/E_ξ‖g_y‖², the noise-averaged squared gradient norms
+    (:func:`nop_expected_grad_sq_norms`): Fig. 2(a)'s threshold along a trajectory, shape (n,)."""
+    ex, ey = nop_expected_grad_sq_norms(problem, X, Y, alpha, batch)
+    as_grad = lambda v: np.sqrt(v)[:, None, None, None]  # noqa: E731  (a gradient with this squared norm)
+    return cor2_threshold(X, Y, as_grad(ex), as_grad(ey))
+
+
 def cor2_threshold_paper(x: np.ndarray, y: np.ndarray, G: np.ndarray) -> float:
     """The paper's construction (21) for one rank-1 NOP point: α_t, x̄, ȳ, ᾱ, then B̄ (spec §3)."""
     a_t = np.sqrt(np.linalg.norm(x) / np.linalg.norm(y))
@@ -219,11 +226,40 @@ def lemma1_min_sharpness(w: float, f2: float) -> float:
 
 
 # -- BAR, and SGD with noise -------------------------------------------------------------------
-def bar_flow_rate(opt: Optimizer, X: np.ndarray, Y: np.ndarray, gX: np.ndarray, gY: np.ndarray,
-                  progress: float = 0.0) -> np.ndarray:
-    """dB/dt of nBAR/oBAR with an SGD base (spec §4.5.5), summed over layers: Σ_l s_l μ_t(‖x_l‖² + ‖y_l‖²)."""
-    s = bar_sign(opt.name, X, Y, gX, gY)
-    return (s * opt.mu_t(progress) * (layer_sq_norms(X) + layer_sq_norms(Y))).sum(1)
+def bar_signs(variant: str, X: np.ndarray, Y: np.ndarray, gX_sq: np.ndarray, gY_sq: np.ndarray) -> np.ndarray:
+    """s_l of Alg. 2 (nBAR: +1 if ‖g_{x_l}‖ ≥ ‖g_{y_l}‖ else −1) or Alg. 3 (oBAR: −1 if ‖x_l‖ ≥ ‖y_l‖ else +1), shape (n, L).
+
+    Written from the algorithms, apart from the optimizers' own rule (``directions.bar_sign``), so that
+    the checks compare an implementation against the paper. ``gX_sq``, ``gY_sq``: ‖g_{x_l}‖², ‖g_{y_l}‖², (n, L).
+    """
+    if variant == "nbar":
+        return np.where(gX_sq >= gY_sq, 1.0, -1.0)
+    if variant == "obar":
+        return np.where(layer_sq_norms(X) >= layer_sq_norms(Y), -1.0, 1.0)
+    raise ValueError(f"variant must be 'nbar' or 'obar', got {variant!r}")
+
+
+def bar_flow_rate(variant: str, X: np.ndarray, Y: np.ndarray, gX_sq: np.ndarray, gY_sq: np.ndarray,
+                  mu: float) -> np.ndarray:
+    """dB/dt of nBAR/oBAR with an SGD base (spec §4.5.5), summed over layers: Σ_l s_l μ_t(‖x_l‖² + ‖y_l‖²)
+    with s_l of :func:`bar_signs` (the SGD part adds 0, Thm 1)."""
+    return (bar_signs(variant, X, Y, gX_sq, gY_sq) * mu * (layer_sq_norms(X) + layer_sq_norms(Y))).sum(1)
+
+
+def bar_text_flow_rate(variant: str, X: np.ndarray, Y: np.ndarray, gX_sq: np.ndarray, gY_sq: np.ndarray,
+                       mu: float) -> np.ndarray:
+    """dB/dt with the regularizer as §5.2's *text* states it, added to the loss of an SGD flow: nBAR
+    μ(xᵀx − yᵀy) if ‖g_x‖ < ‖g_y‖ else μ(yᵀy − xᵀx), oBAR μ|xᵀx − yᵀy|. Its gradient is ∓2μx, ±2μy, so
+    this is 2 Σ_l s_l μ(‖x_l‖² + ‖y_l‖²): twice what Algs. 2/3 do with (1 ± μη) (spec §4.5.3, §8.3)."""
+    s = bar_signs(variant, X, Y, gX_sq, gY_sq)
+    grad_x, grad_y = -2 * mu * s, 2 * mu * s  # ∇_x R = grad_x · x_l, ∇_y R = grad_y · y_l per layer
+    return (-grad_x * layer_sq_norms(X) + grad_y * layer_sq_norms(Y)).sum(1)
+
+
+def obar_mu_matching_sam(fprime: np.ndarray, X: np.ndarray, Y: np.ndarray, rho: float) -> np.ndarray:
+    """§5.2's choice for oBAR on OP, α_t = ρ|f′|/sqrt(‖x‖² + ‖y‖²) (the coefficient of Lemma 2 (32)),
+    said to "recover SAM's dynamic on B_t up to O(ρ²)"; shape (n,)."""
+    return rho * np.abs(fprime) / np.sqrt(sq_norms(X) + sq_norms(Y))
 
 
 def obar_flow_rate(X: np.ndarray, Y: np.ndarray, mu: float) -> np.ndarray:

@@ -61,6 +61,7 @@ class TaskData:
     seed: int = 42
     shots: int | None = None
     notes: list[str] = field(default_factory=list)
+    dev: list[Example] = field(default_factory=list)  # held out for hyper-parameter selection (may be empty)
 
     @property
     def num_labels(self) -> int:

@@ -60,18 +60,20 @@ class TaskSpec:
     label_values: tuple[str, ...] = ()
     train: FileSpec | None = None
     eval: FileSpec | None = None
+    dev: FileSpec | None = None  # for hyper-parameter selection: LM-BFF dev (16 per class), FewGLUE dev32
     kind: TaskKind = "classification"
     metric: Metric = "accuracy"
     description: str = ""
 
 
 def _lmbff(name: str, folder: str, ext: str, text: tuple[str, ...], label: str, names: tuple[str, ...],
-           values: tuple[str, ...], eval_file: FileSpec | None = None, description: str = "") -> TaskSpec:
+           values: tuple[str, ...], eval_file: FileSpec | None = None, description: str = "",
+           dev_split: str = "dev") -> TaskSpec:
     reader = "csv-noheader" if ext == "csv" else "tsv-label-last" if folder in ("SNLI", "MNLI") else "tsv"
     cols = (label, *text) if ext == "csv" else None
     spec = lambda split: FileSpec(f"{split}.{ext}", reader, text, label, cols)  # noqa: E731
     return TaskSpec(name, "lm-bff", folder, text, names, values, spec("train"), eval_file or spec("test"),
-                    description=description)
+                    spec(dev_split), description=description)
 
 
 def _glue_dev(folder: str) -> FileSpec:
@@ -81,7 +83,8 @@ def _glue_dev(folder: str) -> FileSpec:
 def _fewglue(name: str, folder: str, text: tuple[str, ...], names: tuple[str, ...], values: tuple[str, ...],
              description: str) -> TaskSpec:
     return TaskSpec(name, "fewglue", folder, text, names, values, FileSpec("train.jsonl", "jsonl", text, "label"),
-                    FileSpec("val.jsonl", "jsonl", text, "label"), description=description)
+                    FileSpec("val.jsonl", "jsonl", text, "label"), FileSpec("dev32.jsonl", "jsonl", text, "label"),
+                    description=description)
 
 
 _SST5 = ("very negative", "negative", "neutral", "positive", "very positive")
@@ -102,7 +105,8 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
     _lmbff("snli", "SNLI", "tsv", ("sentence1", "sentence2"), "gold_label", NLI3, NLI3, _glue_dev("SNLI"),
            description="SNLI, LM-BFF k-shot train; eval on glue_pretrain/SNLI/dev.json (1,000)"),
     _lmbff("mnli", "MNLI", "tsv", ("sentence1", "sentence2"), "gold_label", NLI3, NLI3, _glue_dev("MNLI"),
-           description="MNLI, LM-BFF k-shot train; eval on glue_pretrain/MNLI/dev.json (1,000)"),
+           description="MNLI, LM-BFF k-shot train; eval on glue_pretrain/MNLI/dev.json (1,000)",
+           dev_split="dev_matched"),
     _fewglue("cb", "CB", ("premise", "hypothesis"), ("entailment", "contradiction", "neutral"),
              ("entailment", "contradiction", "neutral"), "CommitmentBank (FewGLUE train 32, val 56)"),
     _fewglue("copa", "COPA", ("premise", "question", "choice1", "choice2"), ("choice1", "choice2"), ("0", "1"),
@@ -181,29 +185,32 @@ def _drop_kshot_overlap(spec: TaskSpec, folder: Path, eval_ex: list[Example], no
 
 
 def _load_builtin(spec: TaskSpec, data_root: str | os.PathLike[str] | None, seed: int,
-                  notes: list[str]) -> tuple[list[Example], list[Example], list[str], str]:
-    """(train, eval, label_names, source) of a built-in task, before shots and max_eval."""
+                  notes: list[str]) -> tuple[list[Example], list[Example], list[Example], list[str], str]:
+    """(train, eval, dev, label_names, source) of a built-in task, before shots and max_eval."""
     if spec.family == "bbc":
         root = bbc_news_root()
         names, train, test = read_bbc_news(root)
-        return train, test, names, str(root)
+        return train, test, [], names, str(root)
     root = resolve_data_root(data_root, spec.name)
     if spec.family == "webnlg":
         base = root / spec.folder
         if not base.is_dir():
             require_file(base / "train", "WebNLG folder")
         notes.append("train: one example per entry (all lexicalizations as references); eval: test split")
-        return read_webnlg(base / "train"), read_webnlg(base / "test"), [], str(base)
+        return read_webnlg(base / "train"), read_webnlg(base / "test"), [], [], str(base)
     folder = (_lmbff_folder(root, spec, seed, notes) if spec.family == "lm-bff"
               else root / "fewglue" / spec.folder)
     out = []
-    for fs, what in ((spec.train, "training file"), (spec.eval, "evaluation file")):
+    for fs, what in ((spec.train, "training file"), (spec.eval, "evaluation file"), (spec.dev, "dev file")):
+        if fs is None:
+            out.append([])
+            continue
         path = require_file((folder / fs.path).resolve(), f"{spec.name} {what}")
         out.append(_examples(_read(fs, path), fs, spec.label_values, path))
-    train, eval_ex = out
+    train, eval_ex, dev = out
     if spec.eval.reader == "json-dict":
         eval_ex = _drop_kshot_overlap(spec, folder, eval_ex, notes)
-    return train, eval_ex, list(spec.label_names), str(folder)
+    return train, eval_ex, dev, list(spec.label_names), str(folder)
 
 
 def _sorted_labels(values: set[str]) -> list[str]:
@@ -280,10 +287,10 @@ def load_task(name: str | None = None, *, data_root: str | os.PathLike[str] | No
         if name is not None and name.strip().lower() in TASKS:
             raise ValueError(f"give either the built-in task {name!r} or train_file/eval_file, not both")
         train, eval_ex, labels, fields, source = _load_files(train_file, eval_file, text_columns, label_column)
-        task_name, kind, metric = name or "custom", "classification", "accuracy"
+        task_name, kind, metric, dev = name or "custom", "classification", "accuracy", []
     else:
         spec = get_spec(name or "bbc-news")
-        train, eval_ex, labels, source = _load_builtin(spec, data_root, seed, notes)
+        train, eval_ex, dev, labels, source = _load_builtin(spec, data_root, seed, notes)
         task_name, kind, metric, fields = spec.name, spec.kind, spec.metric, spec.text_fields
     for split, examples in (("training", train), ("evaluation", eval_ex)):
         if not examples:
@@ -293,7 +300,7 @@ def load_task(name: str | None = None, *, data_root: str | os.PathLike[str] | No
     if max_eval is not None and max_eval < len(eval_ex):
         notes.append(f"evaluating on a fixed subset of {max_eval} of {len(eval_ex)} examples")
         eval_ex = eval_subset(eval_ex, max_eval)
-    return TaskData(task_name, kind, train, eval_ex, labels, fields, metric, source, seed, shots, notes)
+    return TaskData(task_name, kind, train, eval_ex, labels, fields, metric, source, seed, shots, notes, dev)
 
 
 def validate_task(name: str | None = None, **kwargs: object) -> TaskData:

@@ -1,0 +1,124 @@
+"""Bring your own optimizer: a direction function from a user's file, checked against the contract first.
+
+``balancedness check --replace sam=path/to/my_sam.py:field`` and ``simulate`` from Python run a
+user-written direction function in place of a built-in one. This module turns the text
+``NAME=FILE.py:FUNCTION`` into that function, and calls it once on small instances of every toy
+(NOP rank 1 and rank 2 with two layers, OP with one and two layers; noisy and noise-free) to check
+the contract of ``balancedness.sims.directions`` before any real work starts: four arrays shaped like
+(X, Y, X, Y), finite, and X, Y left unchanged. Every error names the bad value.
+
+Installing it is the registry's job (``directions.replaced_directions``, scoped)::
+
+    name, field = load_replacement("sam=my_sam.py:asam")
+    with replaced_directions({name: field}):
+        ...
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from balancedness.sims.directions import DirectionFn, HyperParams, lookup
+from balancedness.sims.problems import Problem, nop_problem, op_problem
+from balancedness.validation import InvalidValue
+
+
+class ContractError(ValueError):
+    """A direction function that does not keep the contract (the message says where and how)."""
+
+
+class Replacement(NamedTuple):
+    """``NAME=FILE:FUNCTION`` parsed: the registered optimizer to replace, the file, the function's name."""
+
+    name: str
+    path: Path
+    attr: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.path}:{self.attr}"
+
+
+def parse_replacement(text: str) -> Replacement:
+    """``"sam=path/to/file.py:field"`` → Replacement (the name must be registered, the file must exist)."""
+    name, eq, target = str(text).partition("=")
+    path, colon, attr = target.rpartition(":")
+    if not eq or not colon or not name.strip() or not path or not attr.strip():
+        raise InvalidValue("replace", "NAME=FILE.py:FUNCTION (e.g. sam=my_sam.py:field)", text)
+    name = lookup(name.strip()).name
+    file = Path(path).expanduser()
+    if file.suffix != ".py":
+        raise InvalidValue("replace", "a Python file ending in .py before ':FUNCTION'", str(file))
+    if not file.is_file():
+        raise ValueError(f"replace: no such file {str(file)!r} (in {text!r})")
+    return Replacement(name, file, attr.strip())
+
+
+_loaded = itertools.count()
+
+
+def load_field(path: Path, attr: str) -> DirectionFn:
+    """Import ``path`` as a fresh module and return its callable ``attr``."""
+    spec = importlib.util.spec_from_file_location(f"balancedness_user_field_{next(_loaded)}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # the user's file: say what went wrong there, do not crash
+        raise ValueError(f"replace: importing {str(path)!r} failed: {type(e).__name__}: {e}") from e
+    field = getattr(module, attr, None)
+    if field is None:
+        found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
+        raise ValueError(f"replace: {str(path)!r} has no function {attr!r} (it defines: {', '.join(found) or 'none'})")
+    if not callable(field):
+        raise ValueError(f"replace: {str(path)!r}:{attr} is a {type(field).__name__}, not a function")
+    return field
+
+
+def _instances() -> list[tuple[str, Problem]]:
+    return [("NOP toy (11)", nop_problem()), ("NOP, 2 layers of rank 2", nop_problem(2, 2)),
+            ("OP toy (12)", op_problem()), ("OP, 2 layers", op_problem(2))]
+
+
+def check_contract(name: str, field: DirectionFn, n: int = 2) -> None:
+    """Call ``field`` in place of optimizer ``name`` on small instances of every toy; ContractError if it
+    raises, returns the wrong thing, returns non-finite values, or writes into X or Y."""
+    uses = lookup(name).uses
+    m = 2 if "m" in uses else 1
+    rng = np.random.default_rng(0)
+    hp = HyperParams(0.1, m, 0.5, 0.25)
+    for what, p in _instances():
+        X = np.broadcast_to(p.x0, (n,) + p.x0.shape) + 0.05 * rng.standard_normal((n,) + p.x0.shape)
+        Y = np.broadcast_to(p.y0, (n,) + p.y0.shape) + 0.05 * rng.standard_normal((n,) + p.y0.shape)
+        noisy = p.target + rng.standard_normal((m, n) + p.noise_shape)
+        for targets in (noisy, None):
+            where = f"{name} replacement on the {what} ({'noisy minibatch' if targets is not None else 'noise-free'})"
+            X0, Y0 = X.copy(), Y.copy()
+            try:
+                out = field(p, X, Y, targets, hp)
+            except Exception as e:
+                raise ContractError(f"{where} raised {type(e).__name__}: {e}") from e
+            if not isinstance(out, (tuple, list)) or len(out) != 4:
+                raise ContractError(f"{where} returned {type(out).__name__}"
+                                    f"{f' of length {len(out)}' if isinstance(out, (tuple, list)) else ''}; "
+                                    "expected the tuple (d_X, d_Y, g_X, g_Y)")
+            for label, arr, like in zip(("d_X", "d_Y", "g_X", "g_Y"), out, (X, Y, X, Y)):
+                shape = np.shape(arr)
+                if shape != like.shape:
+                    raise ContractError(f"{where} returned {label} of shape {shape}; expected {like.shape}")
+                if not np.all(np.isfinite(arr)):
+                    raise ContractError(f"{where} returned non-finite values in {label}")
+            if not (np.array_equal(X, X0) and np.array_equal(Y, Y0)):
+                raise ContractError(f"{where} changed X or Y in place; the point is read only")
+
+
+def load_replacement(text: str) -> tuple[str, DirectionFn, str]:
+    """``NAME=FILE.py:FUNCTION`` → (name, the checked function, a label ``FILE.py:FUNCTION``)."""
+    r = parse_replacement(text)
+    field = load_field(r.path, r.attr)
+    check_contract(r.name, field)
+    return r.name, field, r.label

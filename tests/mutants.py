@@ -1,0 +1,199 @@
+"""Broken optimizers (mutants) that the implementation checks of ``balancedness check`` must catch.
+
+Each mutant is a direction function that keeps the contract of ``balancedness.sims.directions`` and
+stands in for one built-in optimizer (``run_checks(replace={name: field})``). They are the bugs one
+would plausibly write: a lost normalization, a wrong radius, a flipped sign, the wrong minibatch, a norm
+taken per layer, the wrong quantity in a rule, a step applied twice.
+
+``python -m tests.mutants [--full]`` prints, for every mutant, the checks that catch it (the table in
+docs/sims.md comes from this).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import NamedTuple
+
+import numpy as np
+
+from balancedness.metrics import global_norm, layer_sq_norms
+from balancedness.sims.directions import DirectionFn, HyperParams, batch_target, msam, nbar, obar, sam, sgd, sngd
+
+
+class Mutant(NamedTuple):
+    id: str
+    replaces: str
+    field: DirectionFn
+    bug: str
+
+
+def _scale(v: np.ndarray) -> np.ndarray:
+    return v[:, None, None, None]
+
+
+# -- SAM ------------------------------------------------------------------------------------------
+def sgd_as_sam(problem, X, Y, targets, hp):
+    return sgd(problem, X, Y, targets, hp)
+
+
+def _sam_with(problem, X, Y, targets, hp, perturb):
+    """SAM whose ascent point is ``perturb(gX, gY, rho)`` away from z (the descent uses the batch target)."""
+    C = batch_target(problem, targets)
+    gX, gY = problem.grads_at(X, Y, C)
+    eX, eY = perturb(gX, gY, hp.rho)
+    gXt, gYt = problem.grads_at(X + eX, Y + eY, C)
+    return -gXt, -gYt, gX, gY
+
+
+def sam_unnormalized(problem, X, Y, targets, hp):
+    return _sam_with(problem, X, Y, targets, hp, lambda gX, gY, rho: (rho * gX, rho * gY))
+
+
+def sam_two_rho(problem, X, Y, targets, hp):
+    return sam(problem, X, Y, targets, hp._replace(rho=2 * hp.rho))
+
+
+def sam_half_rho(problem, X, Y, targets, hp):
+    return sam(problem, X, Y, targets, hp._replace(rho=hp.rho / 2))
+
+
+def sam_descent(problem, X, Y, targets, hp):
+    return sam(problem, X, Y, targets, hp._replace(rho=-hp.rho))
+
+
+def sam_noise_free_ascent(problem, X, Y, targets, hp):
+    """The ascent gradient from the noise-free loss, the descent from the minibatch (breaks Alg. 1's same batch)."""
+    C = batch_target(problem, targets)
+    g0X, g0Y = problem.grads_at(X, Y, problem.target)
+    s = _scale(hp.rho / global_norm(g0X, g0Y))
+    gXt, gYt = problem.grads_at(X + s * g0X, Y + s * g0Y, C)
+    gX, gY = problem.grads_at(X, Y, C)
+    return -gXt, -gYt, gX, gY
+
+
+def sam_per_layer_norm(problem, X, Y, targets, hp):
+    """u_l = 1/‖g_l‖ per layer instead of the global u of (22)/(41)."""
+    def perturb(gX, gY, rho):
+        n = np.sqrt(layer_sq_norms(gX) + layer_sq_norms(gY))[:, :, None, None]
+        return rho * gX / n, rho * gY / n
+
+    return _sam_with(problem, X, Y, targets, hp, perturb)
+
+
+def sam_x_only(problem, X, Y, targets, hp):
+    """Perturbs x only (y's ascent forgotten)."""
+    def perturb(gX, gY, rho):
+        return _scale(rho / global_norm(gX, gY)) * gX, np.zeros_like(gY)
+
+    return _sam_with(problem, X, Y, targets, hp, perturb)
+
+
+def msam_shared_perturbation(problem, X, Y, targets, hp):
+    """m-SAM that perturbs every chunk with the whole batch's gradient (one shared ε): SAM, not (38)."""
+    chunks = [problem.target] if targets is None else targets
+    C = batch_target(problem, targets)
+    gX, gY = problem.grads_at(X, Y, C)
+    s = _scale(hp.rho / global_norm(gX, gY))
+    dX, dY = np.zeros_like(X), np.zeros_like(Y)
+    for Ci in chunks:
+        gXt, gYt = problem.grads_at(X + s * gX, Y + s * gY, Ci)
+        dX, dY = dX - gXt / len(chunks), dY - gYt / len(chunks)
+    return dX, dY, gX, gY
+
+
+# -- BAR ------------------------------------------------------------------------------------------
+def _bar_with(problem, X, Y, targets, hp, sign):
+    gX, gY = problem.grads_at(X, Y, batch_target(problem, targets))
+    c = (hp.mu * sign(X, Y, gX, gY))[:, :, None, None]
+    return c * X - gX, -c * Y - gY, gX, gY
+
+
+def nbar_flipped(problem, X, Y, targets, hp):
+    return _bar_with(problem, X, Y, targets, hp,
+                     lambda X, Y, gX, gY: np.where(layer_sq_norms(gX) >= layer_sq_norms(gY), -1.0, 1.0))
+
+
+def nbar_weight_norms(problem, X, Y, targets, hp):
+    """Decides on ‖X_l‖ ≥ ‖Y_l‖ where Alg. 2 says ‖g_{X_l}‖ ≥ ‖g_{Y_l}‖."""
+    return _bar_with(problem, X, Y, targets, hp,
+                     lambda X, Y, gX, gY: np.where(layer_sq_norms(X) >= layer_sq_norms(Y), 1.0, -1.0))
+
+
+def nbar_mu_twice(problem, X, Y, targets, hp):
+    """Applies the (1 ± μη) rescaling twice (once in the optimizer hook, once in the step)."""
+    return nbar(problem, X, Y, targets, hp._replace(mu=2 * hp.mu))
+
+
+def obar_flipped(problem, X, Y, targets, hp):
+    return _bar_with(problem, X, Y, targets, hp,
+                     lambda X, Y, gX, gY: np.where(layer_sq_norms(X) >= layer_sq_norms(Y), 1.0, -1.0))
+
+
+def obar_mu_twice(problem, X, Y, targets, hp):
+    return obar(problem, X, Y, targets, hp._replace(mu=2 * hp.mu))
+
+
+# -- SGD, SNGD --------------------------------------------------------------------------------------
+def sgd_noise_free(problem, X, Y, targets, hp):
+    """Forgets the minibatch: the gradient of the noise-free loss."""
+    return sgd(problem, X, Y, None, hp)
+
+
+def sgd_sign_error(problem, X, Y, targets, hp):
+    """ẏ = +g_y: a sign error in one factor of the flow."""
+    dX, dY, gX, gY = sgd(problem, X, Y, targets, hp)
+    return dX, -dY, gX, gY
+
+
+def sngd_blockwise(problem, X, Y, targets, hp):
+    """Normalizes g_x and g_y each by its own norm instead of the joint ‖g‖ of (15)."""
+    gX, gY = problem.grads_at(X, Y, batch_target(problem, targets))
+    nx, ny = np.sqrt(np.einsum("n...,n...->n", gX, gX)), np.sqrt(np.einsum("n...,n...->n", gY, gY))
+    return -gX / _scale(nx), -gY / _scale(ny), gX, gY
+
+
+MUTANTS: list[Mutant] = [
+    Mutant("sgd-as-sam", "sam", sgd_as_sam, "SAM replaced by plain SGD"),
+    Mutant("sam-unnormalized", "sam", sam_unnormalized, "ascent rho*g instead of rho*g/|g|"),
+    Mutant("sam-2rho", "sam", sam_two_rho, "radius 2 rho"),
+    Mutant("sam-half-rho", "sam", sam_half_rho, "radius rho/2"),
+    Mutant("sam-descent", "sam", sam_descent, "steps to z - rho g/|g| (descends instead of ascending)"),
+    Mutant("sam-noise-free-ascent", "sam", sam_noise_free_ascent, "ascent on the noise-free loss, not the minibatch"),
+    Mutant("sam-per-layer-norm", "sam", sam_per_layer_norm, "u normalized per layer, not globally (22)/(41)"),
+    Mutant("sam-x-only", "sam", sam_x_only, "perturbs x only"),
+    Mutant("msam-shared-perturbation", "msam", msam_shared_perturbation, "one shared perturbation for all m chunks"),
+    Mutant("nbar-flipped", "nbar", nbar_flipped, "nBAR's sign flipped"),
+    Mutant("nbar-weight-norms", "nbar", nbar_weight_norms, "nBAR decides on |X| >= |Y| instead of the gradients"),
+    Mutant("nbar-mu-twice", "nbar", nbar_mu_twice, "nBAR applies mu*eta twice"),
+    Mutant("obar-flipped", "obar", obar_flipped, "oBAR's sign flipped (grows the larger factor)"),
+    Mutant("obar-mu-twice", "obar", obar_mu_twice, "oBAR applies mu*eta twice"),
+    Mutant("sgd-noise-free", "sgd", sgd_noise_free, "SGD ignores the minibatch (noise-free gradient)"),
+    Mutant("sgd-sign-error", "sgd", sgd_sign_error, "flow with a sign error: dy/dt = +g_y"),
+    Mutant("sngd-blockwise", "sngd", sngd_blockwise, "SNGD normalizes g_x and g_y separately"),
+]
+
+#: Built-ins that are not mutated above would be a hole: every optimizer of the paper has mutants.
+assert {m.replaces for m in MUTANTS} == {"sgd", "sngd", "sam", "msam", "nbar", "obar"}
+
+
+def catchers(mutant: Mutant, quick: bool) -> tuple[list[str], list]:
+    """(ids of the failed implementation checks, all verdicts) with ``mutant`` installed."""
+    from balancedness.checks import Kind, run_checks
+
+    verdicts = run_checks(quick=quick, replace={mutant.replaces: mutant.field})
+    return [v.id for v in verdicts if v.kind is Kind.IMPLEMENTATION and not v.passed], verdicts
+
+
+def main(argv: list[str]) -> None:
+    quick = "--full" not in argv
+    print(f"| mutant | replaces | bug | caught by ({'quick' if quick else 'full'}) |")
+    print("|---|---|---|---|")
+    for m in MUTANTS:
+        ids, verdicts = catchers(m, quick)
+        errors = [v.id for v in verdicts if v.error]
+        print(f"| `{m.id}` | {m.replaces} | {m.bug} | {', '.join(f'`{i}`' for i in ids) or '**none**'}"
+              + (f" (errors: {', '.join(errors)})" if errors else "") + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
