@@ -5,8 +5,8 @@ stands in for one built-in optimizer (``run_checks(replace={name: field})``). Th
 would plausibly write: a lost normalization, a wrong radius, a flipped sign, the wrong minibatch, a norm
 taken per layer, the wrong quantity in a rule, a step applied twice.
 
-``python -m tests.mutants [--full]`` prints, for every mutant, the checks that catch it (the table in
-docs/sims.md comes from this).
+``python -m tests.mutants`` prints, for every mutant, the checks that catch it in ``--quick`` mode and at
+full scale: the table in docs/sims.md (``tests/test_mutants.py`` holds the two to each other).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from balancedness.metrics import global_norm, layer_sq_norms
+from balancedness.metrics import global_norm, layer_sq_norms, sq_norms
 from balancedness.sims.directions import DirectionFn, HyperParams, batch_target, msam, nbar, obar, sam, sgd, sngd
 
 
@@ -148,7 +148,7 @@ def sgd_sign_error(problem, X, Y, targets, hp):
 def sngd_blockwise(problem, X, Y, targets, hp):
     """Normalizes g_x and g_y each by its own norm instead of the joint ‖g‖ of (15)."""
     gX, gY = problem.grads_at(X, Y, batch_target(problem, targets))
-    nx, ny = np.sqrt(np.einsum("n...,n...->n", gX, gX)), np.sqrt(np.einsum("n...,n...->n", gY, gY))
+    nx, ny = np.sqrt(sq_norms(gX)), np.sqrt(sq_norms(gY))
     return -gX / _scale(nx), -gY / _scale(ny), gX, gY
 
 
@@ -177,22 +177,33 @@ assert {m.replaces for m in MUTANTS} == {"sgd", "sngd", "sam", "msam", "nbar", "
 
 
 def catchers(mutant: Mutant, quick: bool) -> tuple[list[str], list]:
-    """(ids of the failed implementation checks, all verdicts) with ``mutant`` installed."""
+    """(ids of the implementation checks that fail with ``mutant`` installed, all verdicts of the run)."""
     from balancedness.checks import Kind, run_checks
 
     verdicts = run_checks(quick=quick, replace={mutant.replaces: mutant.field})
     return [v.id for v in verdicts if v.kind is Kind.IMPLEMENTATION and not v.passed], verdicts
 
 
+def table_row(mutant: Mutant, quick_ids: list[str], full_ids: list[str]) -> str:
+    """The row of docs/sims.md's mutant table."""
+    def ids(v):
+        return ", ".join(f"`{i}`" for i in v) or "**none**"
+
+    return f"| `{mutant.id}` | {mutant.replaces} | {mutant.bug} | {ids(quick_ids)} | {ids(full_ids)} |"
+
+
 def main(argv: list[str]) -> None:
-    quick = "--full" not in argv
-    print(f"| mutant | replaces | bug | caught by ({'quick' if quick else 'full'}) |")
-    print("|---|---|---|---|")
+    import time
+
+    print("| mutant | replaces | bug | caught in `--quick` | caught at full scale |")
+    print("|---|---|---|---|---|")
+    started = time.perf_counter()
     for m in MUTANTS:
-        ids, verdicts = catchers(m, quick)
-        errors = [v.id for v in verdicts if v.error]
-        print(f"| `{m.id}` | {m.replaces} | {m.bug} | {', '.join(f'`{i}`' for i in ids) or '**none**'}"
-              + (f" (errors: {', '.join(errors)})" if errors else "") + " |", flush=True)
+        q, qv = catchers(m, True)
+        f, fv = catchers(m, False)
+        errors = sorted({v.id for v in qv + fv if v.error})
+        print(table_row(m, q, f) + (f" errors: {', '.join(errors)}" if errors else ""), flush=True)
+    print(f"({time.perf_counter() - started:.0f} s)", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from balancedness.metrics import balancedness
 from balancedness.schedules import mu_at
 from balancedness.sims import (DIRECTIONS, Optimizer, SimResult, make_optimizer, make_problem, nop_problem,
-                               op_problem, register_direction, simulate, solve_flow, unregister_direction)
+                               op_problem, register_direction, replaced_directions, simulate, solve_flow,
+                               unregister_direction)
 from balancedness.sims.directions import sam
 from balancedness.sims.problems import NOISE_BLOCK
 
@@ -258,3 +259,63 @@ def test_a_registered_direction_runs_in_the_simulator():
     assert half.settings["optimizer"]["name"] == "sam-half" and "sam-half" not in DIRECTIONS
     with pytest.raises(ValueError, match="unknown optimizer 'sam-half'"):
         make_optimizer("sam-half")
+
+
+def test_replaced_directions_is_scoped_and_restores_on_error():
+    from balancedness.sims.directions import sgd
+
+    built_in = DIRECTIONS["sam"]
+    with replaced_directions({"sam": sgd}) as installed:
+        assert DIRECTIONS["sam"].field is sgd and installed["sam"].uses == built_in.uses
+        assert DIRECTIONS["sam"].switching is built_in.switching
+        res = simulate(nop_problem(), "sam", rho=0.1, alpha=1.0, steps=300, lr=1e-3, record_every=300)
+    assert DIRECTIONS["sam"] is built_in
+    plain = simulate(nop_problem(), "sgd", alpha=1.0, steps=300, lr=1e-3, record_every=300)
+    np.testing.assert_array_equal(res.balancedness, plain.balancedness)  # "sam" really ran the replacement
+    with pytest.raises(RuntimeError, match="inside"):
+        with replaced_directions({"sam": sgd}):
+            raise RuntimeError("inside")
+    assert DIRECTIONS["sam"] is built_in
+    for bad, match in (({"adamw": sgd}, "unknown optimizer 'adamw'"), ({"sam": sgd, "nbar": 1}, "callable")):
+        with pytest.raises(ValueError, match=match):
+            with replaced_directions(bad):
+                pass
+        assert DIRECTIONS["sam"] is built_in and DIRECTIONS["nbar"].field.__name__ == "nbar"
+
+
+def _write(tmp_path, body: str):
+    path = tmp_path / "user_field.py"
+    path.write_text("import numpy as np\nfrom balancedness.sims.directions import sam\n" + body)
+    return path
+
+
+@pytest.mark.parametrize("body,spec,match", [
+    ("def f(p, X, Y, t, hp):\n    return -X, -Y\n", "sam={}:f", "returned tuple of length 2"),
+    ("def f(p, X, Y, t, hp):\n    return -X[:, 0], -Y, X, Y\n", "sam={}:f", r"d_X of shape \(2, 3, 1\); expected \(2, 1, 3, 1\)"),
+    ("def f(p, X, Y, t, hp):\n    X *= 2\n    return -X, -Y, X, Y\n", "sam={}:f", "changed X or Y in place"),
+    ("def f(p, X, Y, t, hp):\n    return X * np.nan, Y, X, Y\n", "sam={}:f", "non-finite values in d_X"),
+    ("def f(p, X, Y, t, hp):\n    raise KeyError('chunk')\n", "sam={}:f", "raised KeyError"),
+    ("def f(p, X, Y, t, hp):\n    return sam(p, X, Y, t, hp)\n", "sam={}:g", "has no function 'g' .*defines: f"),
+    ("f = 3\n", "sam={}:f", "is not a function"),
+    ("raise ImportError('no torch here')\n", "sam={}:f", "importing .* failed: ImportError: no torch here"),
+    ("def f(p, X, Y, t, hp):\n    return sam(p, X, Y, t, hp)\n", "adamw={}:f", "unknown optimizer 'adamw'"),
+    ("def f(p, X, Y, t, hp):\n    return sam(p, X, Y, t, hp)\n", "sam={}", "NAME=FILE.py:FUNCTION"),
+    ("def f(p, X, Y, t, hp):\n    return sam(p, X, Y, t, hp)\n", "sam=missing.py:f", "no such file 'missing.py'"),
+])
+def test_a_user_field_is_checked_against_the_contract(tmp_path, body, spec, match):
+    from balancedness.sims.plugins import load_replacement
+
+    with pytest.raises(ValueError, match=match):
+        load_replacement(spec.format(_write(tmp_path, body)))
+
+
+def test_a_user_field_that_keeps_the_contract_loads(tmp_path):
+    from balancedness.sims.plugins import load_replacement
+
+    path = _write(tmp_path, "def f(p, X, Y, t, hp):\n    return sam(p, X, Y, t, hp)\n")
+    name, field, label = load_replacement(f"sam={path}:f")
+    assert name == "sam" and label.endswith("user_field.py:f")
+    with replaced_directions({name: field}):
+        mine = simulate(nop_problem(), "sam", rho=0.1, alpha=1.0, steps=200, lr=1e-3, record_every=200)
+    ref = simulate(nop_problem(), "sam", rho=0.1, alpha=1.0, steps=200, lr=1e-3, record_every=200)
+    np.testing.assert_array_equal(mine.balancedness, ref.balancedness)

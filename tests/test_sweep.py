@@ -169,3 +169,27 @@ def test_two_workers_share_one_study_without_duplicated_cells(tmp_path):
     assert len(cells) == 8 and sorted(trained) == sorted(cells)  # every cell trained exactly once
     assert len(list(tmp_path.glob("sst2/*/seed*-*"))) == 8
 
+
+
+@pytest.mark.slow
+def test_the_gpu_recipe_runs_at_a_tiny_scale(tmp_path):
+    """The documented full-protocol command (docs/results.md), with only its scale options replaced."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "results.md").read_text()
+    block = re.search(r"<!-- gpu-recipe -->\s*```bash\n(.*?)```", doc, re.S).group(1)
+    args = shlex.split(block.replace("\\\n", " "))
+    assert args[:2] == ["balancedness", "sweep"] and "--space" in args and args[args.index("--space") + 1] == "paper"
+    scale = {"--model": "minilm", "--tasks": "sst2", "--methods": "lora,sam", "--seeds": "13", "--steps": "1",
+             "--batch-size": "4", "--data-root": str(data_root_or_skip()), "--out": str(tmp_path)}
+    for i, arg in enumerate(args):
+        if arg in scale:
+            args[i + 1] = scale[arg]
+    result = CliRunner().invoke(app, [*args[1:], "--shots", "2", "--max-eval", "8"])
+    assert result.exit_code == 0, result.output
+    from balancedness.finetune.report import collect
+
+    assert len(collect(tmp_path)) == 3 + 9  # Table 6's grid: 3 learning rates; × 3 radii for SAM
+    assert "search space `paper`" in (tmp_path / "table.md").read_text()

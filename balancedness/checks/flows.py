@@ -64,7 +64,7 @@ def rank_r_sgd_conserves(ctx: Context) -> Measurement:
 
 @check("discrete-to-flow", "§7.2.18",
        "SAM flow on the NOP toy has B_flow(1) = -0.51860 (+-1e-4), and discrete SAM reaches it with error ~0.2 eta",
-       IMPL, runs=("sam",))
+       IMPL, runs=("sam",), exact=True)
 def discrete_to_flow(ctx: Context) -> Measurement:
     p = nop_problem()
     flow = float(solve_flow(p, "sam", rho=0.1, t_end=1.0, n_records=2).balancedness[0, -1])
@@ -91,7 +91,7 @@ def classical_part(r: SimResult) -> np.ndarray:
 
 @check("lemma2-no-sign-change", "Lemma 2 (33)",
        "along the SAM-OP flow B_t = B_0 exp(-2 rho int u f~' ds) (u, f~' from (7)): B never changes sign", IMPL,
-       runs=("sam",))
+       runs=("sam",), exact=True)
 def lemma2_no_sign_change(ctx: Context) -> Measurement:
     p, rho = op_problem(), 0.2
     r = op_sam_flow(ctx)

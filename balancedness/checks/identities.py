@@ -37,7 +37,7 @@ def one_step(opt: Optimizer, p, X, Y, lr: float, N: np.ndarray):
 
 
 @check("sam-nop-identity", "(16a)", "SAM-NOP flow: dB/dt = rho*u*[y'G~'G y - x'G~ G'x] exactly (random minibatch)",
-       IMPL, runs=("sam",))
+       IMPL, runs=("sam",), exact=True)
 def sam_nop_identity(ctx: Context) -> Measurement:
     p, X, Y = random_nop(ctx.rng, ctx.n)
     v = sam_rate_error(ctx, p, X, Y, 0.1, th.sam_nop_rate)
@@ -45,7 +45,7 @@ def sam_nop_identity(ctx: Context) -> Measurement:
 
 
 @check("sam-op-identity", "(33)", "SAM-OP flow: dB/dt = -2 rho f' f~' B / ||g|| exactly (random minibatch)",
-       IMPL, runs=("sam",))
+       IMPL, runs=("sam",), exact=True)
 def sam_op_identity(ctx: Context) -> Measurement:
     p, X, Y = random_op(ctx.rng, ctx.n)
     v = sam_rate_error(ctx, p, X, Y, 0.2, th.sam_op_rate)
@@ -53,7 +53,7 @@ def sam_op_identity(ctx: Context) -> Measurement:
 
 
 @check("sgd-discrete-nop", "§7.1.5",
-       "one SGD/SNGD step on NOP: B+ - B = (eta^2/2)(|g_x|^2 - |g_y|^2) (eta/|g| for SNGD)", IMPL, runs=("sgd", "sngd"))
+       "one SGD/SNGD step on NOP: B+ - B = (eta^2/2)(|g_x|^2 - |g_y|^2) (eta/|g| for SNGD)", IMPL, runs=("sgd", "sngd"), exact=True)
 def sgd_discrete_nop(ctx: Context) -> Measurement:
     lr = 0.05
     p, X, Y = random_nop(ctx.rng, ctx.n)
@@ -68,7 +68,7 @@ def sgd_discrete_nop(ctx: Context) -> Measurement:
 
 
 @check("sgd-discrete-op", "§7.1.6", "one SGD step on OP: B+ = (1 - eta^2 f'^2) B (random minibatch)", IMPL,
-       runs=("sgd",))
+       runs=("sgd",), exact=True)
 def sgd_discrete_op(ctx: Context) -> Measurement:
     lr = 0.05
     p, X, Y = random_op(ctx.rng, ctx.n)
@@ -80,7 +80,7 @@ def sgd_discrete_op(ctx: Context) -> Measurement:
 
 @check("sam-discrete-op", "§7.1.7",
        "one SAM step on OP: B+ = [1 - 2 eta rho u f~' - eta^2 f~'^2 (1 - rho^2 u^2)] B (random minibatch)", IMPL,
-       runs=("sam",))
+       runs=("sam",), exact=True)
 def sam_discrete_op(ctx: Context) -> Measurement:
     lr, rho = 0.05, 0.2
     p, X, Y = random_op(ctx.rng, ctx.n)
@@ -93,7 +93,7 @@ def sam_discrete_op(ctx: Context) -> Measurement:
 
 @check("sam-discrete-nop", "§7.1.8",
        "one SAM step on NOP: B+ - B = eta rho u [y'G~'Gy - x'G~G'x] + (eta^2/2)(|g_x~|^2 - |g_y~|^2)", IMPL,
-       runs=("sam",))
+       runs=("sam",), exact=True)
 def sam_discrete_nop(ctx: Context) -> Measurement:
     lr, rho = 0.05, 0.1
     p, X, Y = random_nop(ctx.rng, ctx.n)
@@ -105,7 +105,7 @@ def sam_discrete_nop(ctx: Context) -> Measurement:
 
 
 @check("msam-discrete-op", "§7.1.9 (38)", "one m-sharpness step on OP: B+ = [(1 - eta b)^2 - eta^2 a^2] B", IMPL,
-       runs=("msam",))
+       runs=("msam",), exact=True)
 def msam_discrete_op(ctx: Context) -> Measurement:
     rng, lr, rho, m = ctx.rng, 0.05, 0.2, 4
     p, X, Y = random_op(rng, ctx.n)
@@ -119,7 +119,7 @@ def msam_discrete_op(ctx: Context) -> Measurement:
 
 
 @check("thm5-layer-identity-nop", "(27a)",
-       "layer-wise SAM-NOP (global u): dB_l/dt = rho u [y_l'G~_l'G_l y_l - x_l'G~_l G_l'x_l]", IMPL, runs=("sam",))
+       "layer-wise SAM-NOP (global u): dB_l/dt = rho u [y_l'G~_l'G_l y_l - x_l'G~_l G_l'x_l]", IMPL, runs=("sam",), exact=True)
 def thm5_layer_identity_nop(ctx: Context) -> Measurement:
     rho, L = 0.1, 3
     p, X, Y = random_nop(ctx.rng, ctx.n, layers=L)
@@ -128,7 +128,7 @@ def thm5_layer_identity_nop(ctx: Context) -> Measurement:
 
 
 @check("thm7-layer-identity-op", "(41), Thm 7",
-       "layer-wise SAM-OP (global u): dB_l/dt = -rho u f'_l f~'_l (|x_l|^2 - |y_l|^2)", IMPL, runs=("sam",))
+       "layer-wise SAM-OP (global u): dB_l/dt = -rho u f'_l f~'_l (|x_l|^2 - |y_l|^2)", IMPL, runs=("sam",), exact=True)
 def thm7_layer_identity_op(ctx: Context) -> Measurement:
     rho, L = 0.2, 3
     p, X, Y = random_op(ctx.rng, ctx.n, layers=L)
@@ -137,7 +137,7 @@ def thm7_layer_identity_op(ctx: Context) -> Measurement:
 
 
 @check("rank-r-sam-identity", "§7.1.11", "rank-r SAM flow: dB/dt = rho u [tr(Y'G~'GY) - tr(X'G~G'X)]", IMPL,
-       runs=("sam",))
+       runs=("sam",), exact=True)
 def rank_r_sam_identity(ctx: Context) -> Measurement:
     p, X, Y = random_nop(ctx.rng, ctx.n, rank=3, d1=5, d2=4)
     v = sam_rate_error(ctx, p, X, Y, 0.1, th.sam_nop_rate)
@@ -156,7 +156,7 @@ def bar_rate_error(ctx: Context, variant: str, p, X, Y) -> float:
 
 @check("nbar-flow-rate", "Alg 2, §4.5.5",
        "nBAR flow (SGD base): dB/dt = sum_l s_l mu (|x_l|^2 + |y_l|^2), s_l = sign(|g_x_l| - |g_y_l|)", IMPL,
-       runs=("nbar",))
+       runs=("nbar",), exact=True)
 def nbar_flow_rate(ctx: Context) -> Measurement:
     p, X, Y = random_nop(ctx.rng, ctx.n, layers=2)
     v = bar_rate_error(ctx, "nbar", p, X, Y)
@@ -165,7 +165,7 @@ def nbar_flow_rate(ctx: Context) -> Measurement:
 
 @check("obar-flow-rate", "Alg 3, §4.5.5",
        "oBAR flow (SGD base): dB/dt = -sign(B) mu (|x|^2 + |y|^2) (per layer on 2 NOP layers)", IMPL,
-       runs=("obar",))
+       runs=("obar",), exact=True)
 def obar_flow_rate(ctx: Context) -> Measurement:
     p, X, Y = random_op(ctx.rng, ctx.n)
     one = rel_error(th.dB_dt(p, Optimizer("obar", mu=0.7), X, Y, 0.0), th.obar_flow_rate(X, Y, 0.7))

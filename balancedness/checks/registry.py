@@ -120,6 +120,7 @@ class Verdict:
         measured, tolerance: the human-readable text of the measurement and of the tolerance.
         seconds: how long the check ran.
         runs: the optimizers the check is registered to run (empty for math checks).
+        exact: whether it pins the paper's update itself (see :class:`Check`).
         exercised: the optimizers it really called while it ran.
         error: ``"Type: message (file:line)"`` when the check raised (then it failed), else None.
     """
@@ -136,6 +137,7 @@ class Verdict:
     tolerance: str
     seconds: float = 0.0
     runs: tuple[str, ...] = ()
+    exact: bool = False
     exercised: tuple[str, ...] = ()
     error: Optional[str] = None
 
@@ -149,7 +151,8 @@ class Verdict:
         return {"id": self.id, "ref": self.ref, "claim": self.claim, "measured": self.measured,
                 "tolerance": self.tolerance, "status": self.status, "kind": self.kind.value, "value": self.value,
                 "bound": bound, "comparison": self.comparison.value, "passed": self.passed, "seconds": self.seconds,
-                "runs": list(self.runs), "exercised": list(self.exercised), "error": self.error}
+                "runs": list(self.runs), "exact": self.exact, "exercised": list(self.exercised),
+                "error": self.error}
 
 
 @dataclass
@@ -195,7 +198,10 @@ class Check:
     "finding", the form ``CHECKS`` held before it was a registry.
 
     ``runs``: the registered optimizers the check runs (non-empty for implementation checks, empty for
-    math checks; a finding may run some)."""
+    math checks; a finding may run some). ``exact``: an implementation check that pins the paper's update
+    itself (an identity, an error order, a reference value), which a *variant* of the optimizer is expected
+    to fail; the others test behaviour a variant may share (it balances, in the predicted direction, within
+    the bounds)."""
 
     id: str
     ref: str
@@ -203,6 +209,7 @@ class Check:
     kind: Kind
     fn: CheckFn
     runs: tuple[str, ...] = ()
+    exact: bool = False
 
     @property
     def role(self) -> str:
@@ -228,12 +235,13 @@ class Check:
                 with np.errstate(all="ignore"):  # a broken optimizer overflows; non-finite values fail below
                     m = self.fn(ctx)
             except Exception as e:  # a check that cannot complete has failed; say why and where
-                frame = traceback.extract_tb(e.__traceback__)[-1]
-                error = f"{type(e).__name__}: {e} ({frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})"
+                frames = traceback.extract_tb(e.__traceback__)
+                ours = [f for f in frames if "site-packages" not in f.filename] or frames  # not numpy's insides
+                error = f"{type(e).__name__}: {e} ({ours[-1].filename.rsplit('/', 1)[-1]}:{ours[-1].lineno})"
                 m = Measurement(float("nan"), 1.0, Comparison.ALL_HOLD, f"error: {error}")
         return Verdict(self.id, self.ref, self.claim, self.kind, m.value, m.bound, m.comparison,
                        m.comparison.holds(m.value, m.bound), m.text, m.comparison.describe(m.bound),
-                       time.perf_counter() - started, self.runs, tuple(sorted(called)), error)
+                       time.perf_counter() - started, self.runs, self.exact, tuple(sorted(called)), error)
 
 
 def _recording(name: str, fn: DirectionFn, calls: list) -> DirectionFn:
@@ -278,19 +286,22 @@ class Registry:
 CHECKS = Registry()
 
 
-def check(id: str, ref: str, claim: str, kind: Kind, runs: Iterable[str] = ()) -> Callable[[CheckFn], CheckFn]:
+def check(id: str, ref: str, claim: str, kind: Kind, runs: Iterable[str] = (), exact: bool = False
+          ) -> Callable[[CheckFn], CheckFn]:
     """Decorator: register the function as the check ``id`` (one line above its definition).
 
     ``runs`` names the registered optimizers it runs: required for an implementation check, forbidden
-    for a math check (which must not touch an optimizer)."""
+    for a math check (which must not touch an optimizer). ``exact``: see :class:`Check`."""
     kind, runs = Kind(kind), tuple(runs)
     if kind is Kind.IMPLEMENTATION and not runs:
         raise ValueError(f"implementation check {id!r} must name the optimizers it runs (runs=...)")
     if kind is Kind.MATH and runs:
         raise ValueError(f"math check {id!r} runs optimizers {runs}; make it an implementation check")
+    if exact and kind is not Kind.IMPLEMENTATION:
+        raise ValueError(f"only an implementation check can be exact, not the {kind.value} check {id!r}")
 
     def add(fn: CheckFn) -> CheckFn:
-        CHECKS.add(Check(id, ref, claim, kind, fn, runs))
+        CHECKS.add(Check(id, ref, claim, kind, fn, runs, exact))
         return fn
 
     return add

@@ -157,7 +157,7 @@ def fig2a_threshold(ctx: Context) -> Measurement:
 
 
 @check("toy-sgd-drift-nop", "§7.3(c)",
-       "NOP toy, a=2: SGD's drift of B is the predicted O(eta^2) term (sum along the run)", IMPL, runs=("sgd",))
+       "NOP toy, a=2: SGD's drift of B is the predicted O(eta^2) term (sum along the run)", IMPL, runs=("sgd",), exact=True)
 def toy_sgd_drift_nop(ctx: Context) -> Measurement:
     p = nop_problem()
     r = simulate(p, "sgd", alpha=2.0, seeds=[0], lr=1e-4, steps=toy_steps(ctx), record_every=1)
@@ -168,7 +168,7 @@ def toy_sgd_drift_nop(ctx: Context) -> Measurement:
 
 
 @check("toy-sgd-drift-op", "§7.3(c)", "OP toy: SGD has B_T = B_0 exp(-eta^2 sum f'^2) (discrete)", IMPL,
-       runs=("sgd",))
+       runs=("sgd",), exact=True)
 def toy_sgd_drift_op(ctx: Context) -> Measurement:
     p, lr, steps = op_problem(), 1e-4, toy_steps(ctx)
     r = simulate(p, "sgd", alpha=1.0, seeds=[0], lr=lr, steps=steps, record_every=1)

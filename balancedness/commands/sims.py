@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from balancedness.commands.common import console, ensure_writable_file, err_console, fail_usage
@@ -48,21 +49,44 @@ def _parse_vector(text: Optional[str], name: str):
     return vals
 
 
+REPLACE_HELP = ("Run your own direction function in place of the built-in optimizer NAME (sgd, sngd, sam, msam, "
+                "nbar, obar). Repeatable. Contract and example: docs/sims.md.")
+
+
+def _load_replacements(texts: Optional[List[str]]) -> tuple[dict, dict]:
+    """``--replace NAME=FILE.py:FUNCTION`` values → ({name: function}, {name: "FILE.py:FUNCTION"}), each loaded and
+    checked against the contract (ValueError naming the bad value)."""
+    from balancedness.sims.plugins import load_replacement
+
+    fields, labels = {}, {}
+    for text in texts or []:
+        name, field, label = load_replacement(text)
+        if name in fields:
+            raise ValueError(f"--replace names {name!r} twice ({labels[name]} and {label})")
+        fields[name], labels[name] = field, label
+    return fields, labels
+
+
 def check(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as a JSON list, one object per claim."),
     quick: bool = typer.Option(False, "--quick", help="Fewer random points and 2e4-step toy runs (looser §7.3 thresholds)."),
     seed: int = typer.Option(0, help="Seed of the random instances."),
     only: Optional[List[str]] = typer.Option(None, "--only", help="Run only this check id (repeatable)."),
+    replace: Optional[List[str]] = typer.Option(
+        None, "--replace", metavar="NAME=FILE.py:FUNCTION",
+        help=REPLACE_HELP + " Reports which of the paper's claims it satisfies: the implementation checks that run "
+                            "NAME (the checks named with --only instead)."),
 ) -> None:
-    """Check every claim of the paper numerically (spec §7) and print one row per claim."""
+    """Check every claim of the paper numerically (spec §7): implementation checks, math checks, findings."""
     from balancedness.checks import Kind, results_as_json, run_checks, select
     from balancedness.validation import integer
 
     try:
-        total = len(select(only))
         integer("seed", seed, minimum=0)
         if json_out is not None:
             ensure_writable_file(json_out, "--json")
+        fields, labels = _load_replacements(replace)
+        total = len(select(only, fields.keys() if fields else None))
     except ValueError as e:
         fail_usage(e)
     with console.status(f"running {total} checks…") as status:
@@ -72,22 +96,60 @@ def check(
             done.append(r)
             status.update(f"{len(done)}/{total} checks: {r.id} {r.status}")
 
-        results = run_checks(quick=quick, seed=seed, only=only, progress=progress)
-    table = Table(title=f"balancedness check ({'quick' if quick else 'full'}): paper claims, measured")
-    for col in ("id", "paper", "claim", "measured", "tolerance", "result"):
-        table.add_column(col, overflow="fold")
-    for r in results:
-        mark = "[green]PASS[/]" if r.status == "PASS" else "[bold red]FAIL[/]"
-        table.add_row(r.id, r.ref, ("[yellow]finding:[/] " if r.kind is Kind.FINDING else "") + r.claim.removeprefix("finding: "),
-                      r.measured, r.tolerance, mark)
-    console.print(table)
-    n_fail = sum(r.status != "PASS" for r in results)
-    console.print(f"{len(results) - n_fail} passed, {n_fail} failed")
+        results = run_checks(quick=quick, seed=seed, only=only, progress=progress, replace=fields)
+    scale = "quick" if quick else "full"
+    using = "; ".join(f"{n} = {lab}" for n, lab in labels.items())
+    sections = [(Kind.IMPLEMENTATION, "Implementation checks: they run the optimizers (a broken one fails them)"),
+                (Kind.MATH, "Math checks: closed forms and inequalities of the paper, on their own"),
+                (Kind.FINDING, "Findings: where the paper is loose or wrong (PASS: our counter-evidence reproduces)")]
+    for kind, title in sections:
+        rows = [r for r in results if r.kind is kind]
+        if rows:
+            console.print(_verdict_table(rows, f"{title} ({scale}{'; ' + using if using else ''})",
+                                         runs=kind is not Kind.MATH))
+    for kind, _ in sections:
+        rows = [r for r in results if r.kind is kind]
+        if rows:
+            n_fail = sum(not r.passed for r in rows)
+            good, bad = ("reproduced", "not reproduced") if kind is Kind.FINDING else ("passed", "failed")
+            what = "findings" if kind is Kind.FINDING else f"{kind.value} checks"
+            console.print(f"{what}: {len(rows) - n_fail} {good}, {n_fail} {bad}", soft_wrap=True)
+    for name, label in labels.items():
+        console.print(_replacement_summary(name, label, results), soft_wrap=True)
     if json_out is not None:
         from balancedness.io import write_json
 
         write_json(json_out, results_as_json(results))
-    raise typer.Exit(code=1 if n_fail else 0)
+    raise typer.Exit(code=1 if any(not r.passed for r in results) else 0)
+
+
+def _replacement_summary(name: str, label: str, results) -> str:
+    """Which claims that run ``name`` the replacement satisfies: behaviour first, then the exact ones."""
+    from balancedness.checks import Kind
+
+    mine = [r for r in results if r.kind is Kind.IMPLEMENTATION and name in r.runs]
+    lines = [f"{label} as {name}:"]
+    for exact, what in ((False, "behaviour (balances, direction, bounds)"),
+                        (True, "exact identities of the paper's update (a variant is expected to differ)")):
+        rows = [r for r in mine if r.exact is exact]
+        missed = [r.id for r in rows if not r.passed]
+        if rows:
+            lines.append(f"  {what}: {len(rows) - len(missed)} of {len(rows)} satisfied"
+                         + (f"; not: {', '.join(missed)}" if missed else ""))
+    return "\n".join(lines)
+
+
+def _verdict_table(rows, title: str, runs: bool) -> Table:
+    table = Table(title=title)
+    columns = ("id", "paper", "claim") + (("runs",) if runs else ()) + ("measured", "tolerance", "result")
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        mark = "[green]PASS[/]" if r.passed else "[bold red]FAIL[/]"
+        cells = [r.id, r.ref, escape(r.claim.removeprefix("finding: "))]
+        cells += [(", ".join(r.runs) or "-") + (" (exact)" if r.exact else "")] if runs else []
+        table.add_row(*cells, escape(r.measured), r.tolerance, mark)
+    return table
 
 
 def simulate(
@@ -110,11 +172,13 @@ def simulate(
     x0: Optional[str] = typer.Option(None, help="Initial x as comma-separated numbers (default the paper's [0.2,-0.1,0.3])."),
     y0: Optional[str] = typer.Option(None, help="Initial y (default -3·x0)."),
     out: Optional[Path] = typer.Option(None, help="Write the result here (.json, or .npz for all arrays)."),
+    replace: Optional[List[str]] = typer.Option(None, "--replace", metavar="NAME=FILE.py:FUNCTION", help=REPLACE_HELP),
 ) -> None:
     """Simulate an optimizer on a toy problem (discrete steps or the limiting flow)."""
     import numpy as np
 
     from balancedness.sims import make_optimizer, make_problem
+    from balancedness.sims.directions import replaced_directions
 
     alphas = list(alpha) if alpha else [0.0]
     if out is not None and out.suffix not in (".json", ".npz"):
@@ -142,21 +206,14 @@ def simulate(
         validate_run(steps, lr, record_every, batch, opt)
         if t_end is not None:
             number("t_end", t_end, strict=True)
+        fields, labels = _load_replacements(replace)
     except ValueError as e:
         fail_usage(e)
 
-    if flow:
-        from balancedness.sims import solve_flow
-
-        T = lr * steps if t_end is None else t_end
-        with console.status(f"solving the {opt.name} flow to t = {T:g}…"):
-            res = solve_flow(prob, opt, t_end=T, alpha=alphas, seeds=seeds, batch=batch,
-                             n_records=min(steps // record_every, 2000) + 1)
-    else:
-        from balancedness.sims import simulate as run
-
-        res = run(prob, opt, alpha=alphas, seeds=seeds, lr=lr, steps=steps, record_every=record_every,
-                  batch=batch, progress=True)
+    with replaced_directions(fields):
+        res = _run(prob, opt, flow, t_end, lr, steps, record_every, alphas, seeds, batch)
+    if labels:
+        res.settings["replaced"] = labels
     _summary(res)
     if out is not None:
         res.save(out)
@@ -164,6 +221,21 @@ def simulate(
     if res.settings.get("interrupted"):
         err_console.print("[yellow]interrupted: the result holds the steps made so far[/]")
         raise typer.Exit(code=130)
+
+
+def _run(prob, opt, flow: bool, t_end, lr, steps, record_every, alphas, seeds, batch):
+    """The discrete run or the flow of ``simulate``."""
+    if flow:
+        from balancedness.sims import solve_flow
+
+        T = lr * steps if t_end is None else t_end
+        with console.status(f"solving the {opt.name} flow to t = {T:g}…"):
+            return solve_flow(prob, opt, t_end=T, alpha=alphas, seeds=seeds, batch=batch,
+                              n_records=min(steps // record_every, 2000) + 1)
+    from balancedness.sims import simulate as run
+
+    return run(prob, opt, alpha=alphas, seeds=seeds, lr=lr, steps=steps, record_every=record_every, batch=batch,
+               progress=True)
 
 
 def _summary(res) -> None:

@@ -1,12 +1,13 @@
 """Simulators of SGD, SNGD, SAM, m-sharpness SAM, nBAR and oBAR on the paper's toy problems.
 
 ``directions`` holds each optimizer's math once, as a registered direction function (add one with
-``register_direction``); ``simulate`` steps it, ``solve_flow`` integrates it, ``theory`` holds the
-paper's closed forms to compare against.
+``register_direction``, or stand one in for a built-in with ``replaced_directions``; ``plugins`` loads one
+from a user's file); ``simulate`` steps it, ``solve_flow`` integrates it, ``theory`` holds the paper's
+closed forms to compare against.
 """
 
 from balancedness.sims.directions import (DIRECTIONS, Direction, HyperParams, batch_target, register_direction,
-                                          unregister_direction)
+                                          replaced_directions, unregister_direction)
 from balancedness.sims.discrete import simulate
 from balancedness.sims.optimizers import OPTIMIZERS, Optimizer, make_optimizer
 from balancedness.sims.problems import PROBLEMS, Problem, make_problem, nop_problem, op_problem, toy2d_problem
@@ -15,7 +16,8 @@ from balancedness.sims.results import SimResult
 __all__ = [
     "simulate", "solve_flow", "Optimizer", "make_optimizer", "OPTIMIZERS", "Problem", "PROBLEMS",
     "make_problem", "nop_problem", "op_problem", "toy2d_problem", "SimResult",
-    "DIRECTIONS", "Direction", "HyperParams", "batch_target", "register_direction", "unregister_direction",
+    "DIRECTIONS", "Direction", "HyperParams", "batch_target", "register_direction", "replaced_directions",
+    "unregister_direction",
 ]
 
 

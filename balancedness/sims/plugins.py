@@ -75,7 +75,7 @@ def load_field(path: Path, attr: str) -> DirectionFn:
         found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
         raise ValueError(f"replace: {str(path)!r} has no function {attr!r} (it defines: {', '.join(found) or 'none'})")
     if not callable(field):
-        raise ValueError(f"replace: {str(path)!r}:{attr} is a {type(field).__name__}, not a function")
+        raise ValueError(f"replace: {str(path)!r}:{attr} is not a function (it is {type(field).__name__} {field!r})")
     return field
 
 
