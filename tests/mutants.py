@@ -5,7 +5,7 @@ stands in for one built-in optimizer (``run_checks(replace={name: field})``). Th
 would plausibly write: a lost normalization, a wrong radius, a flipped sign, the wrong minibatch, a norm
 taken per layer, the wrong quantity in a rule, a step applied twice.
 
-``python -m tests.mutants`` prints, for every mutant, the checks that catch it in ``--quick`` mode and at
+``python tests/mutants.py`` prints, for every mutant, the checks that catch it in ``--quick`` mode and at
 full scale: the table in docs/sims.md (``tests/test_mutants.py`` holds the two to each other).
 """
 
@@ -154,16 +154,16 @@ def sngd_blockwise(problem, X, Y, targets, hp):
 
 MUTANTS: list[Mutant] = [
     Mutant("sgd-as-sam", "sam", sgd_as_sam, "SAM replaced by plain SGD"),
-    Mutant("sam-unnormalized", "sam", sam_unnormalized, "ascent rho*g instead of rho*g/|g|"),
+    Mutant("sam-unnormalized", "sam", sam_unnormalized, "ascent rho g instead of rho g/‖g‖"),
     Mutant("sam-2rho", "sam", sam_two_rho, "radius 2 rho"),
     Mutant("sam-half-rho", "sam", sam_half_rho, "radius rho/2"),
-    Mutant("sam-descent", "sam", sam_descent, "steps to z - rho g/|g| (descends instead of ascending)"),
+    Mutant("sam-descent", "sam", sam_descent, "steps to z − rho g/‖g‖ (descends instead of ascending)"),
     Mutant("sam-noise-free-ascent", "sam", sam_noise_free_ascent, "ascent on the noise-free loss, not the minibatch"),
     Mutant("sam-per-layer-norm", "sam", sam_per_layer_norm, "u normalized per layer, not globally (22)/(41)"),
     Mutant("sam-x-only", "sam", sam_x_only, "perturbs x only"),
     Mutant("msam-shared-perturbation", "msam", msam_shared_perturbation, "one shared perturbation for all m chunks"),
     Mutant("nbar-flipped", "nbar", nbar_flipped, "nBAR's sign flipped"),
-    Mutant("nbar-weight-norms", "nbar", nbar_weight_norms, "nBAR decides on |X| >= |Y| instead of the gradients"),
+    Mutant("nbar-weight-norms", "nbar", nbar_weight_norms, "nBAR decides on ‖X‖ ≥ ‖Y‖ instead of the gradient norms"),
     Mutant("nbar-mu-twice", "nbar", nbar_mu_twice, "nBAR applies mu*eta twice"),
     Mutant("obar-flipped", "obar", obar_flipped, "oBAR's sign flipped (grows the larger factor)"),
     Mutant("obar-mu-twice", "obar", obar_mu_twice, "oBAR applies mu*eta twice"),
@@ -185,11 +185,25 @@ def catchers(mutant: Mutant, quick: bool) -> tuple[list[str], list]:
 
 
 def table_row(mutant: Mutant, quick_ids: list[str], full_ids: list[str]) -> str:
-    """The row of docs/sims.md's mutant table."""
+    """The row of docs/sims.md's mutant table (full scale: "same" when it equals quick)."""
     def ids(v):
         return ", ".join(f"`{i}`" for i in v) or "**none**"
 
-    return f"| `{mutant.id}` | {mutant.replaces} | {mutant.bug} | {ids(quick_ids)} | {ids(full_ids)} |"
+    full = "same" if full_ids == quick_ids else ids(full_ids)
+    return f"| `{mutant.id}` | {mutant.replaces} | {mutant.bug} | {ids(quick_ids)} | {full} |"
+
+
+def documented(path) -> dict[str, tuple[list[str], list[str]]]:
+    """The mutant table of docs/sims.md: mutant id → (quick catchers, full-scale catchers)."""
+    import re
+
+    out = {}
+    for line in open(path, encoding="utf-8"):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0].startswith("`") and cells[1] in {m.replaces for m in MUTANTS}:
+            quick = re.findall(r"`([^`]+)`", cells[3])
+            out[cells[0].strip("`")] = (quick, quick if cells[4] == "same" else re.findall(r"`([^`]+)`", cells[4]))
+    return out
 
 
 def main(argv: list[str]) -> None:

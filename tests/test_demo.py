@@ -9,6 +9,7 @@ import pytest
 from balancedness import demo
 from balancedness.checks import results_as_json, run_checks
 from balancedness.demo.report import checks_table, figure_gallery
+from data_fixtures import data_root_or_skip
 
 
 def test_checks_table_has_one_row_per_claim():
@@ -56,6 +57,8 @@ def test_quick_demo_end_to_end(tmp_path):
     import subprocess
     import sys
 
+    data_root_or_skip()  # the finetune section runs the LM-BFF SST-2 protocol when the data is there
+
     out = tmp_path / "demo"
     p = subprocess.run([sys.executable, "-m", "balancedness.demo", "--out", str(out), "--quick"],
                        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -68,7 +71,11 @@ def test_quick_demo_end_to_end(tmp_path):
         assert f"figures/{name}.png" in report and (out / "figures" / f"{name}.png").is_file()
     assert "LoRA vs SAM vs oBAR vs nBAR" in report
     for method in ("lora", "sam", "obar", "nbar"):
-        [run] = (out / "finetune" / "bbc-news" / method).glob("seed13-*")
-        metrics = json.loads((run / "metrics.json").read_text())
-        assert metrics["status"] == "complete" and 0 <= metrics["accuracy"] <= 1
+        runs = list((out / "finetune" / "sst2" / method).glob("seed13-*"))
+        assert len(runs) == 2  # two learning rates, the dev split picks one
+        for run in runs:
+            metrics = json.loads((run / "metrics.json").read_text())
+            assert metrics["status"] == "complete" and 0 <= metrics["accuracy"] <= 1 and "dev_accuracy" in metrics
+    assert "selected on the dev split" in report and "finetune/paired.png" in report
+    assert (out / "finetune" / "paired.png").is_file() and " x |" not in report
     assert (out / "finetune" / "fig3.png").is_file() and "fig3.png" in report

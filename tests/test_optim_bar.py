@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -232,3 +233,19 @@ def test_resuming_with_another_total_steps_is_an_error():
     with pytest.raises(ValueError, match="total_steps=10"):
         other.load_state_dict(opt.state_dict())
     assert other.bar_step_count == 0
+
+
+def test_stepping_past_total_steps_warns_once():
+    """A T shorter than the run (e.g. repeated by hand for the stock Trainer) no longer goes unnoticed."""
+    model = _toy()
+    opt = create_bar_optimizer(model, torch.optim.SGD, lr=0.01, mu=1.0, schedule="linear", total_steps=2)
+    for _ in range(2):
+        _grads(model)
+        opt.step()
+    with pytest.warns(UserWarning, match="BAR step 3 is past total_steps=2"):
+        _grads(model)
+        opt.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _grads(model)
+        opt.step()

@@ -250,3 +250,37 @@ def test_ddp_each_worker_perturbs_with_its_own_gradient(tmp_path):
         torch.testing.assert_close(out[r]["x"], expected_x, rtol=0, atol=1e-14)
         torch.testing.assert_close(out[r]["y"], expected_y, rtol=0, atol=1e-14)
     assert not torch.allclose(out[0]["x_tilde"], out[1]["x_tilde"])
+
+
+def test_helpers_state_their_loss_fn_contract():
+    """loss_fn returns the loss and leaves backward to the helper; a closure-style loss_fn is told so."""
+    model = ToyLoRA(torch.ones(3, 1, dtype=torch.float64), torch.ones(3, 1, dtype=torch.float64))
+    sam = SAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1)
+    before = trainable(model)
+
+    def closure_style(_):
+        loss = (model.product() - 0.5).square().sum()
+        loss.backward()
+        return loss
+
+    for step in (sam_step_accumulated, sam_step_msharpness):
+        with pytest.raises(RuntimeError, match="without calling backward itself"):
+            step(sam, closure_style, [None])
+        with pytest.raises(TypeError, match="must return the loss as a tensor"):
+            step(sam, lambda _: None, [None])
+    assert all(torch.equal(p, before[n]) for n, p in trainable(model).items())
+
+
+def test_step_without_closure_finishes_a_first_step():
+    """What accelerate's wrapper calls: step() == second_step() after first_step()."""
+    def run(finish):
+        model = ToyLoRA(torch.tensor([[0.2], [-0.1], [0.3]], dtype=torch.float64), torch.ones(3, 1, dtype=torch.float64))
+        sam = SAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1)
+        (model.product() - 0.5).square().sum().backward()
+        sam.first_step(zero_grad=True)
+        (model.product() - 0.5).square().sum().backward()
+        finish(sam)
+        return trainable(model)
+
+    via_step, via_second = run(lambda s: s.step()), run(lambda s: s.second_step())
+    assert all(torch.equal(via_step[n], via_second[n]) for n in via_step)

@@ -10,8 +10,9 @@ import torch
 from torch.utils.data import SequentialSampler
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from balancedness.optim import (SAM, BalancednessCallback, BARTrainer, SAMTrainer, create_bar_optimizer,
-                                lora_balancedness, sam_step_accumulated, sam_step_msharpness)
+from balancedness.optim import (SAM, BalancednessCallback, BARTrainer, SAMTrainer, bar_optimizer_class,
+                                create_bar_optimizer, lora_balancedness, lora_pairs, sam_step_accumulated,
+                                sam_step_msharpness)
 from finetune_fixtures import batch_loss, minilm_lora, sst2_batch, trainable
 
 
@@ -186,3 +187,44 @@ def test_mixed_precision_trainer_runs(tmp_path, base_model, precision):
         assert trainer.accelerator.scaler is None and not trainer.accelerator.native_amp
     moved = [not torch.equal(p, q) for p, q in zip(trainable(model).values(), trainable(base_model).values())]
     assert any(moved) and all(torch.isfinite(p).all() for p in trainable(model).values())
+
+
+def test_stock_trainer_takes_a_bar_class_through_its_own_hook(tmp_path, base_model):
+    """optimizer_cls_and_kwargs=(bar_optimizer_class(AdamW), {...}): the Trainer builds BAR from its own decay
+    groups, and trains to the parameters BARTrainer reaches from the same TrainingArguments."""
+    data = _dataset(8)
+    args = dict(max_steps=2, weight_decay=0.1)
+    one, two = copy.deepcopy(base_model), copy.deepcopy(base_model)
+    hook = (bar_optimizer_class(torch.optim.AdamW),
+            {"pairs": lora_pairs(one), "mu": 4.0, "lr": 1e-3, "schedule": "linear", "total_steps": 2})
+    stock = Trainer(model=one, args=_args(tmp_path / "stock", **args), train_dataset=data,
+                    optimizer_cls_and_kwargs=hook)
+    stock.train()
+    assert [g["weight_decay"] for g in stock.optimizer.param_groups] == [0.1, 0.0]
+    assert stock.optimizer.optimizer.bar_step_count == 2
+    BARTrainer(model=two, args=_args(tmp_path / "bar", **args), train_dataset=data, bar_mu=4.0,
+               bar_schedule="linear").train()
+    for (n, p), q in zip(trainable(one).items(), trainable(two).values()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-7, msg=n)
+    with pytest.raises(TypeError, match=r"needs pairs=lora_pairs\(model\) and mu"):
+        Trainer(model=one, args=_args(tmp_path / "bad"), train_dataset=data,
+                optimizer_cls_and_kwargs=(bar_optimizer_class(torch.optim.AdamW), {"mu": 1.0})).train()
+
+
+def test_bartrainer_takes_t_from_epochs(tmp_path, base_model):
+    trainer = BARTrainer(model=copy.deepcopy(base_model), args=_args(tmp_path, max_steps=-1, num_train_epochs=2),
+                         train_dataset=_dataset(8), bar_mu=1.0, bar_schedule="cosine")
+    trainer.train()
+    bar = trainer.optimizer.optimizer
+    assert bar.bar_total_steps == trainer.state.max_steps == 4 and bar.bar_step_count == 4
+
+
+def test_sam_with_the_stock_trainer_names_samtrainer(tmp_path, base_model):
+    model = copy.deepcopy(base_model)
+    sam = SAM([p for p in model.parameters() if p.requires_grad], torch.optim.AdamW, rho=0.05, lr=1e-3)
+    before = trainable(model)
+    with pytest.raises(ValueError, match="use balancedness.optim.SAMTrainer"):
+        Trainer(model=model, args=_args(tmp_path), train_dataset=_dataset(4), optimizers=(sam, None)).train()
+    assert all(torch.equal(p, before[n]) for n, p in trainable(model).items())
+    with pytest.raises(TypeError, match="not a SAM optimizer"):
+        SAMTrainer(model=model, args=_args(tmp_path), optimizers=(sam, None))

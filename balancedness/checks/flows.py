@@ -73,7 +73,7 @@ def discrete_to_flow(ctx: Context) -> Measurement:
         d = simulate(p, "sam", rho=0.1, lr=lr, steps=int(round(1 / lr)), record_every=int(round(1 / lr)))
         per_eta.append(abs(float(d.balancedness[0, -1]) - flow) / lr)
     ok = abs(flow - SPEC_B_FLOW_1) <= 1e-4 and all(0.15 <= e <= 0.25 for e in per_eta)
-    return all_hold(ok, f"B_flow(1) = {flow:.5f} (spec {SPEC_B_FLOW_1}); |B_disc(1) - B_flow(1)|/eta = "
+    return all_hold(ok, f"B_flow(1) = {flow:.5f} (spec {SPEC_B_FLOW_1:.5f}); |B_disc(1) - B_flow(1)|/eta = "
                     + ", ".join(f"{e:.3f}" for e in per_eta) + " for eta = 1e-2, 1e-3"
                     + ("" if ctx.quick else ", 1e-4") + f" (spec {SPEC_DISC_ERROR_PER_ETA}, judged in [0.15, 0.25])")
 

@@ -76,6 +76,7 @@ def check(
         None, "--replace", metavar="NAME=FILE.py:FUNCTION",
         help=REPLACE_HELP + " Reports which of the paper's claims it satisfies: the implementation checks that run "
                             "NAME (the checks named with --only instead)."),
+    brief: bool = typer.Option(False, "--brief", help="One line per check (result, id, what was measured) instead of tables."),
 ) -> None:
     """Check every claim of the paper numerically (spec §7): implementation checks, math checks, findings."""
     from balancedness.checks import Kind, results_as_json, run_checks, select
@@ -104,9 +105,13 @@ def check(
                 (Kind.FINDING, "Findings: where the paper is loose or wrong (PASS: our counter-evidence reproduces)")]
     for kind, title in sections:
         rows = [r for r in results if r.kind is kind]
-        if rows:
-            console.print(_verdict_table(rows, f"{title} ({scale}{'; ' + using if using else ''})",
-                                         runs=kind is not Kind.MATH))
+        title = f"{title} ({scale}{'; ' + using if using else ''})"
+        if rows and brief:
+            console.print(title, soft_wrap=True, markup=False)
+            for r in rows:
+                console.print(f"  {r.status}  {r.id}: {r.measured}", soft_wrap=True, markup=False)
+        elif rows:
+            console.print(_verdict_table(rows, title, runs=kind is not Kind.MATH))
     for kind, _ in sections:
         rows = [r for r in results if r.kind is kind]
         if rows:

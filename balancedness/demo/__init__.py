@@ -36,8 +36,9 @@ Section = Callable[[DemoContext], str]
 
 
 def checks_section(ctx: DemoContext) -> str:
-    """``balancedness check --json``: every paper claim, measured (``checks.run_checks``)."""
-    from balancedness.checks import CHECKS, results_as_json, run_checks
+    """``balancedness check --json``: every paper claim, measured (``checks.run_checks``), implementation checks,
+    math checks and findings apart."""
+    from balancedness.checks import CHECKS, Kind, results_as_json, run_checks
     from balancedness.demo.report import checks_table
 
     with ctx.console.status(f"running {len(CHECKS)} checks…") as status:
@@ -47,7 +48,14 @@ def checks_section(ctx: DemoContext) -> str:
     ctx.failures += [f"check {r['id']}" for r in rows if r["status"] != "PASS"]
     ctx.console.print(f"checks: {sum(r['status'] == 'PASS' for r in rows)}/{len(rows)} passed → {ctx.out / 'checks.json'}")
     scale = "quick: 2e4-step toy runs" if ctx.quick else "full"
-    return f"## Paper claims, checked ({scale})\n\nRaw results: [`checks.json`](checks.json).\n\n" + checks_table(rows)
+    parts = [f"## Paper claims, checked ({scale})\n\nRaw results: [`checks.json`](checks.json)."]
+    for kind, title in ((Kind.IMPLEMENTATION, "Implementation checks (they run the optimizers; a broken one fails them)"),
+                        (Kind.MATH, "Math checks (closed forms and inequalities of the paper, on their own)"),
+                        (Kind.FINDING, "Findings (where the paper is loose or wrong; PASS: our counter-evidence reproduces)")):
+        mine = [r for r in rows if r["kind"] == kind.value]
+        if mine:
+            parts.append(f"### {title}\n\n" + checks_table(mine))
+    return "\n\n".join(parts)
 
 
 def figures_section(ctx: DemoContext) -> str:

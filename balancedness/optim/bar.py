@@ -19,6 +19,7 @@ overflow that GradScaler is about to skip) the nBAR rescaling of that step is sk
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -79,6 +80,7 @@ class BAROptimizerMixin:
                     raise ValueError(f"LoRA factor of {pair.name!r} is not among this optimizer's parameters")
         self.bar_pairs = list(pairs)
         self.bar_step_count = 0  # t: BAR steps taken so far
+        self._bar_warned_past_t = False
         self._bar_group_of = group_of
 
     @property
@@ -119,6 +121,13 @@ class BAROptimizerMixin:
     def bar_rescale_(self) -> None:
         """Lines 3–10 of Alg. 2/3 for every pair with gradients; advances t."""
         mu_t = self.bar_mu
+        if (self.bar_schedule != "constant" and self.bar_step_count >= self.bar_total_steps
+                and not self._bar_warned_past_t):
+            warnings.warn(f"BAR step {self.bar_step_count + 1} is past total_steps={self.bar_total_steps}, the T of its "
+                          f"{self.bar_schedule!r} μ schedule: μ stays 0 from here. Give the optimizer the number of "
+                          "training steps (BARTrainer does), or take it from the LR scheduler "
+                          "(total_steps='scheduler' + bar_sync_total_steps)", stacklevel=3)
+            self._bar_warned_past_t = True
         self.bar_step_count += 1
         pairs = [p for p in self.bar_pairs if p.lora_A.grad is not None and p.lora_B.grad is not None]
         if mu_t == 0.0 or not pairs:

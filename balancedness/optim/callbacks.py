@@ -86,7 +86,9 @@ class BalancednessCallback(TrainerCallback):
             return
         logs = balancedness_logs(record)
         if self.trainer is not None:
+            should_log = control.should_log  # Trainer.log clears it, and the Trainer's own logs of this step follow
             self.trainer.log(logs)
+            control.should_log = should_log
             return
         if args.report_to and not self._warned:
             logger.warning("BalancednessCallback is not linked to its Trainer, so its values reach "

@@ -74,6 +74,10 @@ class SAMTrainer(_LoRATrainer):
         self.sam_rho, self.sam_adaptive, self.sam_msharpness = rho, adaptive, msharpness
         self._sam_pending: list[tuple[dict[str, Any], Any]] = []
 
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        self._sam_pending.clear()  # micro-batches left by an interrupted accumulation
+        return super().train(*args, **kwargs)
+
     def training_step(self, model: nn.Module, inputs: dict[str, Any],
                       num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
         params = [p for p in model.parameters() if p.requires_grad]

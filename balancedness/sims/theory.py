@@ -63,13 +63,6 @@ def op_u(fprime: np.ndarray, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
     return np.sign(fprime) / np.sqrt(sq_norms(X) + sq_norms(Y))
 
 
-def op_sam_point(X: np.ndarray, Y: np.ndarray, fprime: np.ndarray, rho) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(7a)/(38a): x̃ = x + ρu y, ỹ = y + ρu x with u = :func:`op_u`; returns (X̃, Ỹ, u)."""
-    u = op_u(fprime, X, Y)
-    s = (rho * u)[:, None, None, None]
-    return X + s * Y, Y + s * X, u
-
-
 # -- one discrete step (spec §7.1.5–§7.1.9) ------------------------------------------------------
 def sgd_discrete_drift(gX: np.ndarray, gY: np.ndarray, lr) -> np.ndarray:
     """§7.1.5: B_{t+1} − B_t = (η²/2)(‖g_x‖² − ‖g_y‖²) for one SGD step (η/‖g‖ for SNGD)."""

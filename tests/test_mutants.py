@@ -1,0 +1,76 @@
+"""Every broken optimizer of ``tests/mutants.py`` is caught by the implementation checks, and docs/sims.md says by which.
+
+Each mutant runs in its own ``run_checks(replace=...)`` call (its own cache: no toy run of one mutant is
+reused for another), with the implementation checks that run the mutated optimizer. A mutant is caught
+when at least one of them FAILs on its numbers (not by raising). The quick test is in the default suite;
+the same at full scale is marked slow (CI runs both).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from balancedness.checks import CHECKS, Kind, run_checks
+from balancedness.sims import DIRECTIONS
+from mutants import MUTANTS, catchers, documented
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "sims.md"
+
+
+def _run_all(quick: bool) -> dict[str, tuple[list[str], list]]:
+    built_in = dict(DIRECTIONS)
+    out = {m.id: catchers(m, quick) for m in MUTANTS}
+    assert DIRECTIONS == built_in, "a mutant was left installed"
+    return out
+
+
+@pytest.fixture(scope="module")
+def quick_runs():
+    return _run_all(quick=True)
+
+
+def _assert_caught_as_documented(runs: dict, column: int) -> None:
+    table = documented(DOCS)
+    assert set(table) == {m.id for m in MUTANTS}, "docs/sims.md's mutant table does not list every mutant"
+    for m in MUTANTS:
+        caught, verdicts = runs[m.id]
+        failed_by_error = [v.id for v in verdicts if v.error]
+        assert caught, f"mutant {m.id} ({m.bug}) survives every implementation check"
+        assert not failed_by_error, f"mutant {m.id}: checks raised instead of measuring: {failed_by_error}"
+        assert caught == table[m.id][column], (
+            f"mutant {m.id}: docs/sims.md lists {table[m.id][column]}, the checks that catch it are {caught} "
+            "(regenerate the table with `python tests/mutants.py`)")
+
+
+def test_every_mutant_is_caught_in_quick_mode_as_documented(quick_runs):
+    _assert_caught_as_documented(quick_runs, 0)
+
+
+def test_every_implementation_check_catches_some_mutant(quick_runs):
+    """An implementation check that no mutant fails guards nothing: strengthen it or make it a math check."""
+    caught = {cid for ids, _ in quick_runs.values() for cid in ids}
+    idle = [c.id for c in CHECKS if c.kind is Kind.IMPLEMENTATION and c.id not in caught]
+    assert not idle, f"implementation checks that no mutant fails: {idle}"
+
+
+def test_mutants_keep_the_contract():
+    from balancedness.sims.plugins import check_contract
+
+    for m in MUTANTS:
+        check_contract(m.replaces, m.field)
+
+
+def test_runs_do_not_share_results_across_replacements():
+    """The toy runs are cached per ``run_checks`` call: a mutant's run never leaks into the next call."""
+    sgd_as_sam = next(m for m in MUTANTS if m.id == "sgd-as-sam")
+    only = ["toy-nop-sam-balances", "toy-nop-noisier-faster"]
+    first = run_checks(quick=True, only=only, replace={"sam": sgd_as_sam.field})
+    after = run_checks(quick=True, only=only)
+    assert not any(r.passed for r in first) and all(r.passed for r in after)
+
+
+@pytest.mark.slow
+def test_every_mutant_is_caught_at_full_scale_as_documented():
+    _assert_caught_as_documented(_run_all(quick=False), 1)
