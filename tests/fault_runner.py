@@ -7,6 +7,7 @@ FAULT is one of
 * ``double-sigint``: two SIGINTs in the middle of step STEP (the second aborts the step at once);
 * ``sigint-in-save``: a SIGINT in the middle of step STEP, a second while the checkpoint is being written;
 * ``sigkill-in-save``: SIGKILL while checkpoint-STEP is being written (``--save-every`` must reach STEP);
+* ``sigkill-in-eval``: SIGKILL when the final evaluation starts (after the last training step);
 * ``none``: no fault.
 
 The signals are real (``os.kill`` on this process); the hooks only choose the moment.
@@ -50,6 +51,13 @@ def main() -> None:
 
     BalancednessCallback.on_pre_optimizer_step = hook
     torch.save = save
+    if fault == "sigkill-in-eval":
+        import balancedness.finetune.tasks as tasks
+
+        def evaluate(*a, **kw):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        tasks.evaluate = evaluate
     from balancedness.cli import app
 
     app(["finetune", *args], prog_name="balancedness")

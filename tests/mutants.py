@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from balancedness.metrics import global_norm, layer_sq_norms, sq_norms
-from balancedness.sims.directions import DirectionFn, HyperParams, batch_target, msam, nbar, obar, sam, sgd, sngd
+from balancedness.sims.directions import DirectionFn, batch_target, nbar, obar, sam, sgd
 
 
 class Mutant(NamedTuple):

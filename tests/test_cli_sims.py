@@ -142,8 +142,10 @@ def test_simulate_with_replace_records_it(tmp_path):
     (tmp_path / "half.py").write_text(
         "from balancedness.sims.directions import sam\n"
         "def half(problem, X, Y, targets, hp):\n    return sam(problem, X, Y, targets, hp._replace(rho=hp.rho / 2))\n")
-    for name, extra in (("mine", ["--replace", f"sam={tmp_path / 'half.py'}:half", "--rho", "0.2"]), ("ref", ["--rho", "0.1"])):
-        run("simulate", "--alpha", "1", "--steps", "500", "--lr", "1e-3", "--out", str(tmp_path / f"{name}.json"), *extra)
+    mine_args = ["--replace", f"sam={tmp_path / 'half.py'}:half", "--rho", "0.2"]
+    for name, extra in (("mine", mine_args), ("ref", ["--rho", "0.1"])):
+        run("simulate", "--alpha", "1", "--steps", "500", "--lr", "1e-3", "--out", str(tmp_path / f"{name}.json"),
+            *extra)
     mine, ref = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("mine", "ref"))
     assert mine["settings"]["replaced"] == {"sam": f"{tmp_path / 'half.py'}:half"}
     assert mine["runs"][0]["balancedness"] == ref["runs"][0]["balancedness"]

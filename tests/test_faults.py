@@ -133,6 +133,13 @@ def test_sigkill_during_the_checkpoint_write(tmp_path, reference):
     _assert_identical(_outcome(out), reference["nbar"])
 
 
+def test_sigkill_after_the_last_step_resumes_without_training(tmp_path, reference):
+    """Killed during the final evaluation, with a checkpoint of the last step: the resume trains no step."""
+    first, out = _interrupt_then_resume(tmp_path, "sigkill-in-eval", 0, "--save-every", str(STEPS))
+    assert first.returncode == -signal.SIGKILL
+    _assert_identical(_outcome(out), reference["nbar"])
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sigkill_at_a_random_moment(tmp_path, reference, seed):
     out = tmp_path / "run"

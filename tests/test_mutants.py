@@ -1,4 +1,4 @@
-"""Every broken optimizer of ``tests/mutants.py`` is caught by the implementation checks, and docs/sims.md says by which.
+"""Every broken optimizer of ``tests/mutants.py`` is caught by the implementation checks; docs/sims.md says by which.
 
 Each mutant runs in its own ``run_checks(replace=...)`` call (its own cache: no toy run of one mutant is
 reused for another), with the implementation checks that run the mutated optimizer. A mutant is caught

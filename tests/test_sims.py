@@ -291,7 +291,8 @@ def _write(tmp_path, body: str):
 
 @pytest.mark.parametrize("body,spec,match", [
     ("def f(p, X, Y, t, hp):\n    return -X, -Y\n", "sam={}:f", "returned tuple of length 2"),
-    ("def f(p, X, Y, t, hp):\n    return -X[:, 0], -Y, X, Y\n", "sam={}:f", r"d_X of shape \(2, 3, 1\); expected \(2, 1, 3, 1\)"),
+    ("def f(p, X, Y, t, hp):\n    return -X[:, 0], -Y, X, Y\n", "sam={}:f",
+     r"d_X of shape \(2, 3, 1\); expected \(2, 1, 3, 1\)"),
     ("def f(p, X, Y, t, hp):\n    X *= 2\n    return -X, -Y, X, Y\n", "sam={}:f", "changed X or Y in place"),
     ("def f(p, X, Y, t, hp):\n    return X * np.nan, Y, X, Y\n", "sam={}:f", "non-finite values in d_X"),
     ("def f(p, X, Y, t, hp):\n    raise KeyError('chunk')\n", "sam={}:f", "raised KeyError"),

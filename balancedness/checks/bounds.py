@@ -30,7 +30,8 @@ def sam_remainder(p, X, Y, leading, rho: float, layers: bool = False, opt: str =
 
 def a_order_ratio(p, X, Y, leading, layers: bool = False, **kw) -> np.ndarray:
     """A_t(ρ)/A_t(ρ/10) for ρ = 1e-2 (≈ 100 when A_t = O(ρ²))."""
-    return np.ravel(sam_remainder(p, X, Y, leading, 1e-2, layers, **kw) / sam_remainder(p, X, Y, leading, 1e-3, layers, **kw))
+    A1, A2 = (sam_remainder(p, X, Y, leading, rho, layers, **kw) for rho in (1e-2, 1e-3))
+    return np.ravel(A1 / A2)
 
 
 def a_bound_ratio(p, X, Y, leading, bound, **kw) -> float:
@@ -70,7 +71,8 @@ def thm2_a_order(ctx: Context) -> Measurement:
     return order_measurement(a_order_ratio(p, X, Y, lambda rho: th.thm2_leading(gX, gY, rho)))
 
 
-@check("lemma2-A-order", "Lemma 2 (32)", "OP: A_t = O(rho^2): A_t(rho)/A_t(rho/10) ~ 100", IMPL, runs=("sam",), exact=True)
+@check("lemma2-A-order", "Lemma 2 (32)", "OP: A_t = O(rho^2): A_t(rho)/A_t(rho/10) ~ 100", IMPL, runs=("sam",),
+       exact=True)
 def lemma2_a_order(ctx: Context) -> Measurement:
     p, X, Y = random_op(ctx.rng, ctx.n)
     f = p.outer_grad(p.product(X, Y), np.zeros(ctx.n), None)
@@ -107,7 +109,8 @@ def lemma3_a_order(ctx: Context) -> Measurement:
 
 
 # -- explicit A_t bounds ---------------------------------------------------------------------------
-@check("thm2-A-bound", "Thm 2 (16b)", "NOP: |A_t| <= L rho^2 (|x|+|y|)^2 + L rho^3 (|x|+|y|)/2", IMPL, runs=("sam",), exact=True)
+@check("thm2-A-bound", "Thm 2 (16b)", "NOP: |A_t| <= L rho^2 (|x|+|y|)^2 + L rho^3 (|x|+|y|)/2", IMPL,
+       runs=("sam",), exact=True)
 def thm2_a_bound(ctx: Context) -> Measurement:
     p, X, Y = random_nop(ctx.rng, 20 * ctx.n)
     gX, gY, _ = p.grads(X, Y, np.zeros(len(X)), None)
@@ -116,7 +119,8 @@ def thm2_a_bound(ctx: Context) -> Measurement:
     return at_most(v, 1.0, f"max |A_t|/bound = {v:.3f} over {len(X)} points x 3 radii")
 
 
-@check("lemma2-A-bound", "Lemma 2", "OP: |A_t| <= 2 L rho^2 |B| (1 + rho/(2 sqrt(|x|^2+|y|^2)))", IMPL, runs=("sam",), exact=True)
+@check("lemma2-A-bound", "Lemma 2", "OP: |A_t| <= 2 L rho^2 |B| (1 + rho/(2 sqrt(|x|^2+|y|^2)))", IMPL,
+       runs=("sam",), exact=True)
 def lemma2_a_bound(ctx: Context) -> Measurement:
     p, X, Y = random_op(ctx.rng, 20 * ctx.n)
     f = p.outer_grad(p.product(X, Y), np.zeros(len(X)), None)
@@ -135,7 +139,8 @@ def lemma3_a_bound(ctx: Context) -> Measurement:
     v = a_bound_ratio(p, X, Y, lambda rho: th.lemma3_leading(fi, X, Y, rho),
                       lambda rho: th.lemma2_A_bound(X, Y, rho, p.lipschitz), opt="msam", m=m,
                       alpha=np.ones(len(X)), chunks=chunks)
-    return at_most(v, 1.0, f"max |A_t|/bound = {v:.3f} over {len(X)} points x 3 radii (each chunk obeys Lemma 2's bound)")
+    return at_most(v, 1.0, f"max |A_t|/bound = {v:.3f} over {len(X)} points x 3 radii "
+                   "(each chunk obeys Lemma 2's bound)")
 
 
 # -- the inequalities on their own -----------------------------------------------------------------
@@ -181,7 +186,8 @@ def thm3_rate_bounds(ctx: Context) -> Measurement:
         lo, hi = th.thm3_bounds(f, X, Y, rho)
         slack = th.lemma2_A_bound(X, Y, rho, p.lipschitz)
         premise = lo > slack  # Thm 3: |B| decreases whenever |f'|C_t > O(rho L |B|)
-        holds = (np.abs(rate) >= lo - slack - 1e-12) & (np.abs(rate) <= hi + slack + 1e-12) & (~premise | (rate * B < 0))
+        within_bounds = (np.abs(rate) >= lo - slack - 1e-12) & (np.abs(rate) <= hi + slack + 1e-12)
+        holds = within_bounds & (~premise | (rate * B < 0))
         bad += int(np.sum(~holds))
         shrink += int(np.sum(premise))
     return at_most(bad, 0.0, f"{bad} violations in {2 * len(X)} (point, rho) pairs; |B| must decrease at {shrink}")
@@ -212,7 +218,8 @@ def lemma3_msharp_stronger(ctx: Context) -> Measurement:
 
 
 @check("thm5-sqrtD-weaker", "Thm 5, §3",
-       "per layer, SAM's rate is O(sqrt D) weaker than SAM normalized on that layer alone: x1/sqrt(D) for D equal layers",
+       "per layer, SAM's rate is O(sqrt D) weaker than SAM normalized on that layer alone: x1/sqrt(D) for D "
+       "equal layers",
        IMPL, runs=("sam",), exact=True)
 def thm5_sqrt_d_weaker(ctx: Context) -> Measurement:
     rho, ratios = 1e-4, {}
@@ -225,9 +232,10 @@ def thm5_sqrt_d_weaker(ctx: Context) -> Measurement:
         alone = rho * (a - b) / np.sqrt(a + b)  # Thm 2's leading term for layer l as if it were the whole model
         ratios[D] = float(np.max(th.dB_dt_layers(q, Optimizer("sam", rho=rho), X, Y, 0.0) / alone))
     v = float(np.max([abs(r * np.sqrt(D) - 1) for D, r in ratios.items()]))  # NaN propagates
-    return at_most(v, 0.01, "rate / rate alone x sqrt(D) = " + ", ".join(f"{r * np.sqrt(D):.4f}" for D, r in ratios.items())
-                   + " for D = 1, 2, 4, 8 (S1's O(D) reading, x D: "
-                   + ", ".join(f"{r * D:.2f}" for D, r in ratios.items()) + f"); judged |. - 1| <= 0.01 at rho = {rho:g}")
+    by_sqrt = ", ".join(f"{r * np.sqrt(D):.4f}" for D, r in ratios.items())
+    by_d = ", ".join(f"{r * D:.2f}" for D, r in ratios.items())
+    return at_most(v, 0.01, f"rate / rate alone x sqrt(D) = {by_sqrt} for D = 1, 2, 4, 8 (S1's O(D) reading, "
+                   f"x D: {by_d}); judged |. - 1| <= 0.01 at rho = {rho:g}")
 
 
 @check("cor2-dynamics", "Cor 1, Cor 2 (21)",

@@ -117,5 +117,6 @@ def thm3_direction(ctx: Context) -> Measurement:
         B = np.abs(r.balancedness[0][classical_part(r)])
         rises = int(np.sum(~(np.diff(B) < 0)))
         ok = ok and rises == 0 and len(B) > 10
-        parts.append(f"{label}: |B| {B[0]:.3f} -> {B[-1]:.3f} over t < {r.t[len(B) - 1]:.2f}, {rises} non-decreasing steps")
+        parts.append(f"{label}: |B| {B[0]:.3f} -> {B[-1]:.3f} over t < {r.t[len(B) - 1]:.2f}, "
+                     f"{rises} non-decreasing steps")
     return all_hold(ok, "; ".join(parts))

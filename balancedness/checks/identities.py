@@ -53,7 +53,8 @@ def sam_op_identity(ctx: Context) -> Measurement:
 
 
 @check("sgd-discrete-nop", "§7.1.5",
-       "one SGD/SNGD step on NOP: B+ - B = (eta^2/2)(|g_x|^2 - |g_y|^2) (eta/|g| for SNGD)", IMPL, runs=("sgd", "sngd"), exact=True)
+       "one SGD/SNGD step on NOP: B+ - B = (eta^2/2)(|g_x|^2 - |g_y|^2) (eta/|g| for SNGD)", IMPL,
+       runs=("sgd", "sngd"), exact=True)
 def sgd_discrete_nop(ctx: Context) -> Measurement:
     lr = 0.05
     p, X, Y = random_nop(ctx.rng, ctx.n)
@@ -119,7 +120,8 @@ def msam_discrete_op(ctx: Context) -> Measurement:
 
 
 @check("thm5-layer-identity-nop", "(27a)",
-       "layer-wise SAM-NOP (global u): dB_l/dt = rho u [y_l'G~_l'G_l y_l - x_l'G~_l G_l'x_l]", IMPL, runs=("sam",), exact=True)
+       "layer-wise SAM-NOP (global u): dB_l/dt = rho u [y_l'G~_l'G_l y_l - x_l'G~_l G_l'x_l]", IMPL,
+       runs=("sam",), exact=True)
 def thm5_layer_identity_nop(ctx: Context) -> Measurement:
     rho, L = 0.1, 3
     p, X, Y = random_nop(ctx.rng, ctx.n, layers=L)

@@ -77,7 +77,8 @@ def paper_nop(p: Problem, X: np.ndarray, Y: np.ndarray, C, rho: float) -> PaperS
     s = (rho / norm)[:, None, None, None]
     Xt, Yt = X + s * gX, Y + s * gY
     Gt = _nop_G(p, Xt, Yt, C)
-    return PaperSam(gX, gY, G, Gt, norm, Xt, Yt, np.einsum("nij,nljr->nlir", Gt, Yt), np.einsum("nij,nlir->nljr", Gt, Xt))
+    gXt, gYt = np.einsum("nij,nljr->nlir", Gt, Yt), np.einsum("nij,nlir->nljr", Gt, Xt)
+    return PaperSam(gX, gY, G, Gt, norm, Xt, Yt, gXt, gYt)
 
 
 def paper_op(p: Problem, X: np.ndarray, Y: np.ndarray, c, rho: float) -> PaperSam:

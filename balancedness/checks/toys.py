@@ -134,7 +134,8 @@ def thm2_rate_bounds(ctx: Context) -> Measurement:
 
 
 @check("fig2a-threshold", "Cor 1, Fig 2(a)",
-       "NOP toy: after convergence SAM's 2|B| sits at the time-averaged threshold 2|Bbar| (ratio in [2/3, 3/2], a = 0.5, 1)",
+       "NOP toy: after convergence SAM's 2|B| sits at the time-averaged threshold 2|Bbar| (ratio in [2/3, 3/2], "
+       "a = 0.5, 1)",
        IMPL, runs=("sam",))
 def fig2a_threshold(ctx: Context) -> Measurement:
     """Threshold (21) with r² = E‖g_x‖²/E‖g_y‖² (``theory.cor2_threshold_expected``, the choice of Fig. 2),
@@ -151,13 +152,15 @@ def fig2a_threshold(ctx: Context) -> Measurement:
         thr = 2 * np.abs(th.cor2_threshold_expected(p, res.x[i], res.y[i], float(res.alpha[i])))
         tail = 2 * np.abs(res.balancedness[i, int(0.9 * len(res.t)):])
         ratios.append(float(np.mean(tail) / np.mean(thr)))
-        parts.append(f"a={res.alpha[i]:g}: 2|B| {np.mean(tail):.3f} vs avg 2|Bbar| {np.mean(thr):.3f} (ratio {ratios[-1]:.2f})")
+        parts.append(f"a={res.alpha[i]:g}: 2|B| {np.mean(tail):.3f} vs avg 2|Bbar| {np.mean(thr):.3f} "
+                     f"(ratio {ratios[-1]:.2f})")
     v = float(np.exp(np.max(np.abs(np.log(ratios)))))
     return at_most(v, 1.5, "; ".join(parts) + "; the worst ratio or its inverse judged <= 1.5")
 
 
 @check("toy-sgd-drift-nop", "§7.3(c)",
-       "NOP toy, a=2: SGD's drift of B is the predicted O(eta^2) term (sum along the run)", IMPL, runs=("sgd",), exact=True)
+       "NOP toy, a=2: SGD's drift of B is the predicted O(eta^2) term (sum along the run)", IMPL, runs=("sgd",),
+       exact=True)
 def toy_sgd_drift_nop(ctx: Context) -> Measurement:
     p = nop_problem()
     r = simulate(p, "sgd", alpha=2.0, seeds=[0], lr=1e-4, steps=toy_steps(ctx), record_every=1)

@@ -117,8 +117,10 @@ def finetune(
         return
     name = metrics["metric"]
     base = f", majority {metrics['majority']:.3f}" if "majority" in metrics else ""
+    step = metrics.get("seconds_per_step")
+    timing = f"{step:.3f} s/step" if step is not None else "no step timed"
     typer.echo(f"{metrics['task']} {metrics['method']} seed {metrics['seed']}: {name} {metrics[name]:.4f}{base}; "
-               f"{metrics['seconds_per_step']:.3f} s/step; outputs in {out}")
+               f"{timing}; outputs in {out}")
 
 
 def sweep(

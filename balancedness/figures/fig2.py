@@ -19,28 +19,20 @@ import numpy as np
 from balancedness.figures import style
 from balancedness.figures.runs import RHO, FigureConfig, settings_of, toy_problem, toy_run, two_abs_b
 from balancedness.sims import SimResult
-from balancedness.sims.theory import cor2_threshold, nop_expected_grad_sq_norms
+from balancedness.sims.theory import cor2_threshold, cor2_threshold_expected
 
 #: Fig. 2(b): the noise level and the BAR coefficient μ₀ (constant schedule).
 BAR_ALPHA, BAR_MU = 1.0, 1.0
 BAR_OPTIMIZERS = ("sgd", "sam", "obar", "nbar")
 
 
-def expected_grad_sq_norms(res: SimResult, i: int) -> tuple[np.ndarray, np.ndarray]:
-    """E_ξ‖g_x‖², E_ξ‖g_y‖² along trajectory i of the rank-1 NOP toy (one draw per step):
-    ‖G₀y‖² + 4α²tr(D²)‖y‖² and ‖G₀ᵀx‖² + 4α²·d2·xᵀD²x (``theory.nop_expected_grad_sq_norms``)."""
-    return nop_expected_grad_sq_norms(toy_problem("nop"), res.x[i], res.y[i], float(res.alpha[i]))
-
-
 def thresholds(res: SimResult, i: int, steps: int) -> dict[str, np.ndarray]:
     """2|B̄_t| along trajectory i with r from the expected, the noise-free and the one-sample gradient."""
     p = toy_problem("nop")
     X, Y, a = res.x[i], res.y[i], np.full(len(res.t), res.alpha[i])
-    ex, ey = expected_grad_sq_norms(res, i)
-    as_grad = lambda v: np.sqrt(v)[:, None, None, None]  # noqa: E731  (a gradient with this squared norm)
     noise = p.noise_sequence(int(res.seed[i]), steps + 1)[res.t.astype(int), 0]
     with np.errstate(all="ignore"):
-        out = {"expected": cor2_threshold(X, Y, as_grad(ex), as_grad(ey)),
+        out = {"expected": cor2_threshold_expected(p, X, Y, float(res.alpha[i])),
                "noise_free": cor2_threshold(X, Y, *p.grads(X, Y, a, None)[:2]),
                "stochastic": cor2_threshold(X, Y, *p.grads(X, Y, a, noise)[:2])}
     return {k: 2 * np.abs(v) for k, v in out.items()}

@@ -371,6 +371,8 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     if not main:
         return {}
     record.update(_timing(timer, train_seconds), train_loss=recorder.train_loss)
+    if record["seconds_per_step"] is None and plan.previous:  # resumed at the last step: no step timed now
+        record["seconds_per_step"] = plan.previous.get("seconds_per_step")
     record.update(_eval_sorted(head, task.eval, config.eval_batch_size))
     if task.dev:  # the held-out split hyper-parameter selection reads (sweep): never the test metric
         record[f"dev_{task.metric}"] = _eval_sorted(head, task.dev, config.eval_batch_size)[task.metric]

@@ -220,7 +220,8 @@ def lemma1_min_sharpness(w: float, f2: float) -> float:
 
 # -- BAR, and SGD with noise -------------------------------------------------------------------
 def bar_signs(variant: str, X: np.ndarray, Y: np.ndarray, gX_sq: np.ndarray, gY_sq: np.ndarray) -> np.ndarray:
-    """s_l of Alg. 2 (nBAR: +1 if ‖g_{x_l}‖ ≥ ‖g_{y_l}‖ else −1) or Alg. 3 (oBAR: −1 if ‖x_l‖ ≥ ‖y_l‖ else +1), shape (n, L).
+    """s_l of Alg. 2 (nBAR: +1 if ‖g_{x_l}‖ ≥ ‖g_{y_l}‖ else −1) or Alg. 3 (oBAR: −1 if ‖x_l‖ ≥ ‖y_l‖ else +1),
+    shape (n, L).
 
     Written from the algorithms, apart from the optimizers' own rule (``directions.bar_sign``), so that
     the checks compare an implementation against the paper. ``gX_sq``, ``gY_sq``: ‖g_{x_l}‖², ‖g_{y_l}‖², (n, L).
