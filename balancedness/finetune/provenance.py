@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -51,16 +52,23 @@ def examples_digest(examples: Iterable[Any]) -> str:
 def model_digest(path: str | os.PathLike[str]) -> str:
     """SHA-256 over a model folder's ``config.json`` and weight files (names and bytes, sorted by name).
 
-    A hub id that is not a folder (resolved by transformers from its cache) is identified by its name.
+    A hub id that is not a folder (resolved by transformers from its cache) is identified by its name. The
+    digest is computed once per process for the same files (same names, sizes and modification times): a
+    sweep fingerprints every cell with the same model.
     """
     root = Path(path)
     if not root.is_dir():
         return "name:" + str(path)
-    h = hashlib.sha256()
     files = sorted(p for p in root.iterdir() if p.is_file() and (p.name == "config.json" or p.suffix in _WEIGHT_SUFFIXES))
-    for file in files:
-        h.update(file.name.encode() + b"\0")
-        with open(file, "rb") as fh:
+    return _digest(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+
+
+@lru_cache(maxsize=32)
+def _digest(files: tuple[tuple[str, int, int], ...]) -> str:
+    h = hashlib.sha256()
+    for name, _size, _mtime in files:
+        h.update(Path(name).name.encode() + b"\0")
+        with open(name, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 22), b""):
                 h.update(block)
     return h.hexdigest()
