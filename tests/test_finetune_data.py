@@ -214,3 +214,58 @@ def test_malformed_user_files_are_named_with_their_line(tmp_path):
     bom = write("bom.csv", "\ufefftext,label\nx,a\ny,b\n")
     assert len(load_task(train_file=bom, eval_file=good, text_columns=["text"], label_column="label").train) == 2
 
+
+
+def test_malformed_json_lines_are_named_with_their_line(tmp_path):
+    """JSON lines: each failure a sentence naming the file and line, before datasets reads the file (it
+    would coerce a mixed-type field or fill a missing one with null without saying where)."""
+    good = tmp_path / "eval.jsonl"
+    good.write_text('{"text": "fine", "label": "a"}\n{"text": "bad", "label": "b"}\n')
+    cases = {
+        "mixed.jsonl": ('{"text": "x", "label": "a"}\n{"text": "y", "label": 1}\n',
+                        r"mixed.jsonl' line 2: field 'label' holds a number, but on line 1 it holds a string"),
+        "notjson.jsonl": ('{"text": "x", "label": "a"}\n{"text": "y", label: b}\n', r"notjson.jsonl' line 2 is not JSON"),
+        "array.jsonl": ('{"text": "x", "label": "a"}\n["y", "b"]\n', r"array.jsonl' line 2: expected a JSON object"),
+        "hole.jsonl": ('{"text": "x", "label": "a"}\n\n{"label": "b"}\n', r"hole.jsonl' line 3: field 'text' is missing"),
+        "null.jsonl": ('{"text": "x", "label": "a"}\n{"text": "y", "label": null}\n', r"null.jsonl' line 2: field 'label' is missing or null"),
+    }
+    for name, (text, message) in cases.items():
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            load_task(train_file=path, eval_file=good, text_columns=["text"], label_column="label")
+    typed = tmp_path / "typed.jsonl"
+    typed.write_text('{"text": "x", "label": 1}\n{"text": "y", "label": 0}\n{"text": "z", "label": 10}\n')
+    task = load_task(train_file=typed, eval_file=typed, text_columns=["text"], label_column="label")
+    assert task.label_names == ["0", "1", "10"] and [ex.label for ex in task.train] == [1, 0, 2]
+
+
+def test_an_edited_file_is_never_read_from_a_stale_cache(tmp_path):
+    """datasets caches a local file by path and modification time; ours adds the file's SHA-256, so a file
+    rewritten in place (here with its old mtime restored) is read afresh."""
+    import os
+
+    train, evalf = tmp_path / "train.csv", tmp_path / "eval.csv"
+    evalf.write_text("text,label\nu,a\nv,b\n")
+    train.write_text("text,label\nfirst,a\nsecond,b\n")
+    stamp = os.stat(train).st_mtime_ns
+    assert [ex.texts for ex in load_task(train_file=train, eval_file=evalf, text_columns=["text"],
+                                         label_column="label").train] == [("first",), ("second",)]
+    train.write_text("text,label\nthird,b\nfourth,a\n")
+    os.utime(train, ns=(stamp, stamp))
+    task = load_task(train_file=train, eval_file=evalf, text_columns=["text"], label_column="label")
+    assert [(ex.texts, ex.label) for ex in task.train] == [(("third",), 1), (("fourth",), 0)]
+
+
+def test_rows_reach_the_examples_through_datasets(tmp_path):
+    """The reader hands back a ``datasets.Dataset`` (pandas parsing, arrow storage, the HF cache) whose
+    rows are the examples: quoted commas, doubled quotes and line breaks inside quotes survive."""
+    from datasets import Dataset
+
+    from balancedness.finetune.data.readers import read_table
+
+    path = tmp_path / "quoted.csv"
+    path.write_text('text,label\n"a, b",x\n"say ""hi""",y\n"two\nlines",x\n')
+    table = read_table(path)
+    assert isinstance(table.dataset, Dataset) and table.lines == [2, 3, 4]
+    assert table.column("text") == ["a, b", 'say "hi"', "two\nlines"]

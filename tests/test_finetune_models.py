@@ -157,5 +157,31 @@ def _train_two_steps(head, examples, tmp_path: Path) -> None:
     before = {n: p.detach().clone() for n, p in model.named_parameters() if ".lora_B." in n}
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2,
                              learning_rate=1e-3, report_to=[], save_strategy="no", use_cpu=True)
-    Trainer(model=head.module, args=args, train_dataset=head.dataset(examples), data_collator=head.collate).train()
+    Trainer(model=head.module, args=args, train_dataset=head.dataset(examples), data_collator=head.collator).train()
     assert all(not torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["sst2", "copa"])
+def test_padded_batches_score_like_each_example_alone(root: Path, smollm2_path: str, name: str) -> None:
+    """The transformers collators pad on the right (label words read the last real token) and COPA's
+    ``choice_start`` masks exactly each continuation: every logit of a padded batch equals the one computed
+    from that example alone, without padding (log p summed over the continuation's tokens for choices)."""
+    task = load_task(name, data_root=root, shots=4, max_eval=2)
+    model, _, head = load_for_task("smollm2", task)
+    model.eval()
+    features = [head.features(ex)[0] for ex in task.train[:4]]
+    batch = head.collator(features)
+    lengths = [len(r) for f in features for r in (f["input_ids"] if name == "copa" else [f["input_ids"]])]
+    assert len(set(lengths)) > 1, "the check needs rows of different lengths"
+    with torch.no_grad():
+        logits = head.module(**batch).logits
+        for b, f in enumerate(features):
+            if name == "sst2":
+                alone = model(input_ids=torch.tensor([f["input_ids"]])).logits[0, -1, head.module.word_ids]
+                torch.testing.assert_close(logits[b], alone, atol=1e-4, rtol=1e-4)
+                continue
+            for c, (ids, start) in enumerate(zip(f["input_ids"], f["choice_start"])):
+                logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1].float(), dim=-1)
+                alone = sum(logp[t - 1, ids[t]] for t in range(start, len(ids)))
+                torch.testing.assert_close(logits[b, c], alone, atol=1e-4, rtol=1e-4)

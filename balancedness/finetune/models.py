@@ -182,6 +182,7 @@ def load_for_task(model_name: str, task: TaskData, *, lora_r: int = 8, lora_alph
     check_compatible(family, task, model_name)
     targets = list(target_modules) if target_modules else DEFAULT_TARGETS[family]
     tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "right"  # training batches: ChoiceScorer reads the last real token of each row
     if family == "encoder":
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels, dtype=dtype)
         lora = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets,

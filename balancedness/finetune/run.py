@@ -235,7 +235,7 @@ def _make_trainer(config: FinetuneConfig, head: Any, train_dataset: Any, args: A
     from balancedness.finetune.checkpoints import recording_trainer
     from balancedness.optim.trainer import BARTrainer, SAMTrainer
 
-    common = dict(model=head.module, args=args, train_dataset=train_dataset, data_collator=head.collate,
+    common = dict(model=head.module, args=args, train_dataset=train_dataset, data_collator=head.collator,
                   callbacks=[*callbacks, recorder])  # the recorder last: its checkpoint marker follows all else
     if config.method in ("sam", "msam"):
         base, extra = SAMTrainer, dict(rho=config.rho, msharpness=config.method == "msam")

@@ -11,8 +11,19 @@
 ``generation``     causal LM; next-token cross-entropy on the reference text only (prompt masked).
 =================  ==========================================================================
 
-The training loop hands ``head.module`` to the HF Trainer as ``model``, ``head.dataset(task.train)``
-as ``train_dataset`` and ``head.collate`` as ``data_collator``; ``evaluate(head)`` scores the eval set.
+The training loop hands ``head.module`` to the HF Trainer as ``model``, ``head.dataset(task.train)`` (a
+``datasets.Dataset`` of token ids) as ``train_dataset`` and ``head.collator`` as ``data_collator``;
+``evaluate(head)`` scores the eval set. Padding is done by the transformers collators, on the right for
+training and scoring (``ChoiceScorer`` reads the last real token) and on the left for generation:
+
+=================  ==========================================================================
+``classifier``     ``DataCollatorWithPadding``
+``label-words``    ``DataCollatorWithPadding``
+``choices``        ``DataCollatorForMultipleChoice`` (``choice_start``: where each continuation
+                   begins, so the choice mask needs no padding of its own)
+``generation``     ``DataCollatorForSeq2Seq`` (labels padded with -100); ``tokenizer.pad`` on the
+                   left for greedy decoding
+=================  ==========================================================================
 """
 
 from __future__ import annotations
@@ -59,9 +70,10 @@ def label_word_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
 class ChoiceScorer(nn.Module):
     """Causal-LM classification by scoring candidate continuations; what the Trainer trains.
 
-    Label words (``choice_mask`` absent): logits_c = z_T[w_c], the LM's next-token logit of label word
-    c's first token at the last prompt position T. Choices (``choice_mask`` of shape [B, C, L]):
-    logits_c = Σ_t log p(x_t | x_<t) over the tokens of choice c. Loss: cross-entropy of these C
+    Label words (``choice_start`` absent): logits_c = z_T[w_c], the LM's next-token logit of label word
+    c's first token at the last prompt position T. Choices (``input_ids`` of shape [B, C, L] and
+    ``choice_start`` of shape [B, C] or [B, C, 1], the position where choice c's tokens begin):
+    logits_c = Σ_{t ≥ start_c, t real} log p(x_t | x_<t) over the tokens of choice c. Loss: cross-entropy of these C
     logits against ``labels``. Parameters are the wrapped peft model's, so lora_A/lora_B names stay
     visible (``model.base_model.model...lora_A.default.weight``).
     """
@@ -72,12 +84,12 @@ class ChoiceScorer(nn.Module):
         self.register_buffer("word_ids", torch.tensor(list(word_ids or []), dtype=torch.long), persistent=False)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None,
-                choice_mask: torch.Tensor | None = None) -> SequenceClassifierOutput:
+                choice_start: torch.Tensor | None = None) -> SequenceClassifierOutput:
         """Return ``loss`` (when ``labels`` is given) and ``logits`` of shape [B, C]."""
-        if choice_mask is None:
+        if choice_start is None:
             logits = self._label_word_logits(input_ids, attention_mask)
         else:
-            logits = self._choice_logits(input_ids, attention_mask, choice_mask)
+            logits = self._choice_logits(input_ids, attention_mask, choice_start)
         loss = F.cross_entropy(_at_least_fp32(logits), labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
@@ -87,36 +99,20 @@ class ChoiceScorer(nn.Module):
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last][:, self.word_ids]
 
     def _choice_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                       choice_mask: torch.Tensor) -> torch.Tensor:
+                       choice_start: torch.Tensor) -> torch.Tensor:
         b, c, length = input_ids.shape
         flat = lambda t: t.reshape(b * c, length)  # noqa: E731
-        ids = flat(input_ids)
-        logits = self.model(input_ids=ids, attention_mask=flat(attention_mask)).logits[:, :-1]
+        ids, mask = flat(input_ids), flat(attention_mask)
+        positions = torch.arange(length, device=ids.device)
+        in_choice = (positions >= choice_start.reshape(b * c, 1)) & mask.bool()
+        logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1]
         token_logp = torch.log_softmax(_at_least_fp32(logits), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        return (token_logp * flat(choice_mask)[:, 1:]).sum(dim=1).reshape(b, c)
+        return (token_logp * in_choice[:, 1:].to(token_logp.dtype)).sum(dim=1).reshape(b, c)
 
 
 def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
     """``t`` upcast to fp32 when it is bf16/fp16; fp32 and fp64 stay as they are."""
     return t.to(torch.promote_types(t.dtype, torch.float32))
-
-
-class TokenizedDataset(torch.utils.data.Dataset):
-    """A list of feature dicts (lists of ints) the HF Trainer can index; ``head.collate`` pads them."""
-
-    def __init__(self, features: list[dict[str, Any]]) -> None:
-        self.features = features
-
-    def __len__(self) -> int:
-        return len(self.features)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.features[i]
-
-
-def _pad(rows: Sequence[Sequence[int]], value: int, length: int, left: bool = False) -> list[list[int]]:
-    return [([value] * (length - len(r)) + list(r)) if left else (list(r) + [value] * (length - len(r)))
-            for r in rows]
 
 
 @dataclass
@@ -153,13 +149,13 @@ class TaskHead:
         if self.mode == "label-words":
             return [{"input_ids": self._ids(prompt_text, n), "labels": example.label}]
         if self.mode == "choices":
-            rows, masks = [], []
+            rows, starts = [], []
             for choice in self.prompt.choices(example):
                 cont = tok.encode(choice, add_special_tokens=False)[: n // 2]
                 ids = self._ids(prompt_text, n - len(cont)) + cont
                 rows.append(ids)
-                masks.append([0] * (len(ids) - len(cont)) + [1] * len(cont))
-            return [{"input_ids": rows, "choice_mask": masks, "labels": example.label}]
+                starts.append(len(ids) - len(cont))
+            return [{"input_ids": rows, "choice_start": starts, "labels": example.label}]
         if not train:
             return [{"input_ids": self._ids(prompt_text, n)}]
         out = []
@@ -169,32 +165,38 @@ class TaskHead:
             out.append({"input_ids": ids, "labels": [-100] * (len(ids) - len(target)) + target})
         return out
 
-    def dataset(self, examples: Sequence[Example], *, train: bool = True) -> TokenizedDataset:
-        """A torch Dataset of the examples' features (see :meth:`features`), for the HF Trainer."""
-        return TokenizedDataset([f for ex in examples for f in self.features(ex, train=train)])
+    def dataset(self, examples: Sequence[Example], *, train: bool = True):
+        """A ``datasets.Dataset`` of the examples' features (see :meth:`features`), for the HF Trainer."""
+        from datasets import Dataset
+
+        return Dataset.from_list([f for ex in examples for f in self.features(ex, train=train)])
 
     # ---- collation ----------------------------------------------------------------------------
-    def collate(self, features: list[dict[str, Any]], *, left: bool = False) -> dict[str, torch.Tensor]:
-        """Pad a list of features into a batch: input_ids, attention_mask (, token_type_ids), labels."""
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+    @property
+    def collator(self) -> Any:
+        """The transformers collator that pads this head's training batches (see the module docstring)."""
+        from transformers import DataCollatorForMultipleChoice, DataCollatorForSeq2Seq, DataCollatorWithPadding
+
+        if self.tokenizer.padding_side != "right":
+            raise ValueError(f"the tokenizer pads on the {self.tokenizer.padding_side!r}; training batches need "
+                             "right padding (set tokenizer.padding_side = 'right')")
         if self.mode == "choices":
-            length = max(len(r) for f in features for r in f["input_ids"])
-            ids = torch.tensor([_pad(f["input_ids"], pad_id, length) for f in features])
-            mask = torch.tensor([_pad([[1] * len(r) for r in f["input_ids"]], 0, length) for f in features])
-            cmask = torch.tensor([_pad(f["choice_mask"], 0, length) for f in features], dtype=torch.float32)
-            batch = {"input_ids": ids, "attention_mask": mask, "choice_mask": cmask}
-            if "labels" in features[0]:
-                batch["labels"] = torch.tensor([f["labels"] for f in features])
-            return batch
-        length = max(len(f["input_ids"]) for f in features)
-        batch = {"input_ids": torch.tensor(_pad([f["input_ids"] for f in features], pad_id, length, left)),
-                 "attention_mask": torch.tensor(_pad([[1] * len(f["input_ids"]) for f in features], 0, length, left))}
-        if "token_type_ids" in features[0]:
-            batch["token_type_ids"] = torch.tensor(_pad([f["token_type_ids"] for f in features], 0, length, left))
-        if "labels" in features[0]:
-            labels = [f["labels"] for f in features]
-            batch["labels"] = (torch.tensor(_pad(labels, -100, length, left)) if isinstance(labels[0], list)
-                               else torch.tensor(labels))
+            return DataCollatorForMultipleChoice(self.tokenizer)
+        if self.mode == "generation":
+            return DataCollatorForSeq2Seq(self.tokenizer, label_pad_token_id=-100)
+        return DataCollatorWithPadding(self.tokenizer)
+
+    def collate(self, features: list[dict[str, Any]], *, left: bool = False) -> dict[str, torch.Tensor]:
+        """Pad a list of features into a batch with :attr:`collator` (``left``: prompts for generation)."""
+        if left:
+            return dict(self.tokenizer.pad(features, padding_side="left", return_tensors="pt"))
+        if self.mode == "choices" and "labels" not in features[0]:  # the collator needs labels; scoring does not
+            batch = dict(self.collator([{**f, "labels": 0} for f in features]))
+            batch.pop("labels")
+        else:
+            batch = dict(self.collator(features))
+        if self.mode == "choices":  # DataCollatorForMultipleChoice keeps a trailing axis of 1 on per-choice ints
+            batch["choice_start"] = batch["choice_start"].reshape(len(features), -1)
         return batch
 
     # ---- prediction ---------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from balancedness.validation import integer
 
 from .core import (Example, Metric, TaskData, TaskKind, check_shots, eval_subset, map_labels,
                    require_file, resolve_data_root, sample_shots)
-from .readers import (Row, bbc_news_root, read_bbc_news, read_delimited, read_json_dict, read_jsonl,
+from .readers import (Table, bbc_news_root, cell, read_bbc_news, read_delimited, read_json_dict, read_jsonl,
                       read_table, read_webnlg, require_columns)
 
 LMBFF_SEEDS = (13, 21, 42, 87, 100)
@@ -132,24 +132,24 @@ def get_spec(name: str) -> TaskSpec:
     return TASKS[key]
 
 
-def _read(spec: FileSpec, path: Path) -> list[Row]:
+def _read(spec: FileSpec, path: Path) -> Table:
     if spec.reader == "jsonl":
-        rows = read_jsonl(path)
+        table = read_jsonl(path)
     elif spec.reader == "json-dict":
-        rows = read_json_dict(path)
+        table = read_json_dict(path)
     else:
-        rows = read_delimited(path, header=spec.reader != "csv-noheader", columns=spec.headerless_columns,
-                              label_last=spec.reader == "tsv-label-last")
-    require_columns(rows, (*spec.text_columns, spec.label_column), path)
-    return rows
+        table = read_delimited(path, header=spec.reader != "csv-noheader", columns=spec.headerless_columns,
+                               label_last=spec.reader == "tsv-label-last")
+    require_columns(table, (*spec.text_columns, spec.label_column))
+    return table
 
 
-def _examples(rows: list[Row], spec: FileSpec, label_values: Sequence[str], path: Path,
-              fold_case: bool = True) -> list[Example]:
+def _examples(table: Table, spec: FileSpec, label_values: Sequence[str], fold_case: bool = True) -> list[Example]:
     fold = str.lower if fold_case else str
-    labels = map_labels([fold(r[spec.label_column].strip()) for r in rows],
-                        [fold(v) for v in label_values], f"{path} column {spec.label_column!r}")
-    return [Example(tuple(r[c] for c in spec.text_columns), y) for r, y in zip(rows, labels)]
+    raw = [fold(cell(v).strip()) for v in table.column(spec.label_column)]
+    labels = map_labels(raw, [fold(v) for v in label_values], f"{table.path} column {spec.label_column!r}")
+    texts = zip(*(map(cell, table.column(c)) for c in spec.text_columns))
+    return [Example(tuple(t), y) for t, y in zip(texts, labels)]
 
 
 def _lmbff_folder(root: Path, spec: TaskSpec, seed: int, notes: list[str]) -> Path:
@@ -176,9 +176,9 @@ def _drop_kshot_overlap(spec: TaskSpec, folder: Path, eval_ex: list[Example], no
     """Drop eval pairs that appear in any k-shot file of the task (every seed, train and dev)."""
     seen: set[tuple[str, ...]] = set()
     for f in sorted(folder.parent.glob("16-*/*.tsv")):
-        rows = read_delimited(f, label_last=spec.train.reader == "tsv-label-last")
-        if all(c in rows[0] for c in spec.train.text_columns):
-            seen.update(_pair_key([r[c] for c in spec.train.text_columns]) for r in rows)
+        table = read_delimited(f, label_last=spec.train.reader == "tsv-label-last")
+        if all(c in table.columns for c in spec.train.text_columns):
+            seen.update(_pair_key(t) for t in zip(*(table.column(c) for c in spec.train.text_columns)))
     kept = [ex for ex in eval_ex if _pair_key(ex.texts) not in seen]
     notes.append(f"dropped {len(eval_ex) - len(kept)} eval pair(s) that also appear in the k-shot splits")
     return kept
@@ -206,7 +206,7 @@ def _load_builtin(spec: TaskSpec, data_root: str | os.PathLike[str] | None, seed
             out.append([])
             continue
         path = require_file((folder / fs.path).resolve(), f"{spec.name} {what}")
-        out.append(_examples(_read(fs, path), fs, spec.label_values, path))
+        out.append(_examples(_read(fs, path), fs, spec.label_values))
     train, eval_ex, dev = out
     if spec.eval.reader == "json-dict":
         eval_ex = _drop_kshot_overlap(spec, folder, eval_ex, notes)
@@ -234,22 +234,23 @@ def _load_files(train_file: str | os.PathLike[str], eval_file: str | os.PathLike
         raise ValueError("train_file needs label_column (the column holding the class label)")
     paths = [require_file(Path(p).expanduser(), f"{what} file") for p, what in ((train_file, "training"), (eval_file, "evaluation"))]
     tables = [read_table(p) for p in paths]
-    for rows, p in zip(tables, paths):
-        require_columns(rows, (*text_columns, label_column), p)
-    for rows, p in zip(tables, paths):
-        empty = next((r for r in rows if not r[label_column].strip()), None)
+    for table in tables:
+        require_columns(table, (*text_columns, label_column))
+    labels = [[cell(v).strip() for v in table.column(label_column)] for table in tables]
+    for table, values in zip(tables, labels):
+        empty = next((i for i, v in enumerate(values) if not v), None)
         if empty is not None:
-            raise ValueError(f"{str(p)!r} line {empty.line}: the label cell (column {label_column!r}) is empty")
-    names = _sorted_labels({r[label_column].strip() for r in tables[0]})
+            raise ValueError(f"{table.where(empty)}: the label cell (column {label_column!r}) is empty")
+    names = _sorted_labels(set(labels[0]))
     if len(names) < 2:
         raise ValueError(f"{str(paths[0])!r}: column {label_column!r} holds a single class {names}; a classifier "
                          "needs at least two")
-    unseen = sorted({r[label_column].strip() for r in tables[1]} - set(names))
+    unseen = sorted(set(labels[1]) - set(names))
     if unseen:
         raise ValueError(f"{str(paths[1])!r}: label(s) {unseen[:5]} in column {label_column!r} never occur in "
                          f"the training file; training labels are {names}")
     spec = FileSpec("", "", tuple(text_columns), label_column)
-    train, eval_ex = (_examples(rows, spec, names, p, fold_case=False) for rows, p in zip(tables, paths))
+    train, eval_ex = (_examples(table, spec, names, fold_case=False) for table in tables)
     return train, eval_ex, names, tuple(text_columns), f"{paths[0]} | {paths[1]}"
 
 
