@@ -11,7 +11,7 @@ from balancedness.figures.fig3 import load_logs, make_fig3
 
 def _log(folder, task, method, decay):
     folder.mkdir(parents=True)
-    (folder / "metrics.json").write_text(json.dumps({"task": task, "method": method, "seed": 42}))
+    (folder / "metrics.json").write_text(json.dumps({"task": task, "method": method, "seed": 42, "model": "minilm"}))
     lines = []
     for step in range(1, 6):
         bal = {f"base_model.model.bert.encoder.layer.{i}.attention.self.{kind}.default": 0.7 * decay ** step
@@ -29,6 +29,7 @@ def test_fig3_from_logs(tmp_path):
     assert {p.name for p in paths} == {"fig3.png", "fig3.json", "fig3.csv"}
     data = json.loads((tmp_path / "fig" / "fig3.json").read_text())
     assert data["panels"] == [{"task": "rte", "layer": 0}, {"task": "sst5", "layer": 3}, {"task": "mnli", "layer": 5}]
+    assert {r["model"] for r in data["runs"]} == {"minilm"}
     assert len((tmp_path / "fig" / "fig3.csv").read_text().splitlines()) == 1 + 6 * 5
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -119,8 +120,8 @@ def test_reduced_grid_selects_on_dev_and_pairs_against_lora(tmp_path):
     """Two values per axis, two steps, a small eval subset: dev selection and paired statistics end to end."""
     args = ["sweep", "--tasks", "sst2", "--methods", "lora,sam,nbar", "--seeds", "13,21", "--steps", "2",
             "--batch-size", "4", "--shots", "2", "--max-eval", "16", "--data-root", str(data_root_or_skip()),
-            "--grid", "all:lr=1e-3,4e-3", "--grid", "sam:rho=0.05,0.2", "--grid", "nbar:mu=1,20", "--out",
-            str(tmp_path)]
+            "--grid", "all:lr=1e-3,4e-3", "--grid", "sam:rho=0.05,0.2", "--grid", "nbar:mu=1,20", "--log-every",
+            "1", "--out", str(tmp_path)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     from balancedness.finetune.report import collect
@@ -133,6 +134,8 @@ def test_reduced_grid_selects_on_dev_and_pairs_against_lora(tmp_path):
     assert paired_rows[0].startswith("method,task,n,mean,ci_low,ci_high,wins,ties,losses,p_sign")
     assert {r.split(",")[0] for r in paired_rows[1:]} == {"sam", "nbar"}
     lrs, second = [1e-3, 4e-3], {"sam": ("rho", [0.05, 0.2]), "nbar": ("mu", [1.0, 20.0])}
+    selected = list(csv.DictReader((tmp_path / "selected.csv").open()))
+    assert len(selected) == 3 * 2
 
     def grid_index(run):  # the order of the configurations in the search space: lr-major
         option = second.get(run["method"])
@@ -148,6 +151,30 @@ def test_reduced_grid_selects_on_dev_and_pairs_against_lora(tmp_path):
         values = [100 * r["accuracy"] for r in chosen]
         cell = f"| {label} | {statistics.fmean(values):.1f}±{statistics.stdev(values):.1f} |"
         assert cell in table, (cell, table)
+        listed = {int(row["seed"]): row for row in selected if row["method"] == method}
+        for seed, run in zip((13, 21), chosen):  # selected.csv names the same runs, with their options
+            assert listed[seed]["run"] == run["config"]["out"]
+            assert int(listed[seed]["candidates"]) == (2 if method == "lora" else 4)
+            assert json.loads(listed[seed]["options"])["lr"] == run["config"]["lr"]
+
+    # examples/matched_pairs.py: every SAM/nBAR run against the LoRA run of the same seed and learning rate
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "matched_pairs.py"
+    p = subprocess.run([sys.executable, str(script), str(tmp_path), "--csv", str(tmp_path / "matched.csv")],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    matched = {(r["method"], float(r["value"]), r["task"]): r
+               for r in csv.DictReader((tmp_path / "matched.csv").open())}
+    assert int(matched[("sam", 0.2, "sst2")]["n"]) == 4  # 2 seeds × 2 learning rates
+    strong = matched[("nbar", 20.0, "sst2")]  # μ₀ = 20 shrinks |B_l| on every pair, whatever the accuracy does
+    assert int(strong["b_lower"]) == int(strong["b_pairs"]) == 4 and float(strong["b_ratio"]) < 1.0
+    lora = {(r["seed"], r["config"]["lr"]): r for r in runs if r["method"] == "lora"}
+    diffs = [100 * (r["accuracy"] - lora[(r["seed"], r["config"]["lr"])]["accuracy"]) for r in runs
+             if r["method"] == "sam" and r["config"]["rho"] == 0.2]
+    assert float(matched[("sam", 0.2, "sst2")]["mean"]) == pytest.approx(statistics.fmean(diffs), abs=1e-4)
 
 
 @pytest.mark.slow

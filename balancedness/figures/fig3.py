@@ -1,7 +1,9 @@
 """Figure 3: implicit regularization of SAM on LoRA — 2|B_{t,l}| of a query layer, SAM vs the base optimizer.
 
-The paper (spec §5) plots RTE layer 1, SST-5 layer 12 and MNLI layer 24 of RoBERTa-large. MiniLM has 6
-layers, so we plot the early (0), middle (3) and last (5) query LoRA pair. B_l = ½(‖A_l‖² − ‖B_l‖²)
+The paper (spec §5) plots RTE layer 1, SST-5 layer 12 and MNLI layer 24 of RoBERTa-large. We plot the early
+(0), middle (L//2) and last (L−1) query LoRA pair of whatever model the runs used (MiniLM: 0, 3, 5; SmolLM2:
+0, 15, 29), one line per run: colour by method, line style by seed (a seed fixes the LoRA initialization, so
+SAM and AdamW runs of one seed start from the same B_0). B_l = ½(‖A_l‖² − ‖B_l‖²)
 (spec §1.2) comes from ``balancedness.jsonl`` (``BalancednessCallback``); at LoRA init B = 0, so
 2|B_l| = ‖A_l‖² there. The base optimizer is AdamW (our LoRA), not SGD.
 
@@ -26,6 +28,7 @@ __all__ = ["make_fig3", "load_logs"]
 
 _LAYER = re.compile(r"layers?\.(\d+)\.")
 _QUERY = ("query", "q_proj")
+_SEED_STYLES = ("-", "--", ":", "-.")
 METHOD_STYLE = {"sam": ("#1f5fa8", "SAM"), "lora": ("#555555", "LoRA (AdamW)"), "msam": ("#17becf", "m-SAM"),
                 "nbar": ("#2ca02c", "nBAR"), "obar": ("#b04bb0", "oBAR")}
 
@@ -49,6 +52,7 @@ def load_logs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
         if not layers:
             raise ValueError(f"{str(path)!r} has no query-layer LoRA records")
         runs.append({"task": meta.get("task", path.parent.name), "method": meta.get("method", "?"),
+                     "model": meta.get("model"),
                      "seed": meta.get("seed"), "steps": [r["step"] for r in records], "layers": layers,
                      "path": str(path)})
     return runs
@@ -83,17 +87,27 @@ def make_fig3(out_dir: str | Path, logs: Sequence[str | Path], formats: Sequence
     fig, axes = new_figure(1, len(panels), width=3.3 * len(panels), height=3.0)
     rows = []
     for i, (ax, (task, layer)) in enumerate(zip(axes.ravel(), panels)):
-        for run in (r for r in runs if r["task"] == task and layer in r["layers"]):
+        labelled = set()
+        panel_runs = [r for r in runs if r["task"] == task and layer in r["layers"]]
+        seeds = sorted({r["seed"] for r in panel_runs}, key=str)
+        for run in panel_runs:
             color, label = METHOD_STYLE.get(run["method"], ("#d62728", run["method"]))
             values = run["layers"][layer]
-            ax.plot(run["steps"][:len(values)], values, color=color, label=label)
+            # a seed fixes the LoRA init, so runs of one seed share a line style and start from the same B_0
+            style = _SEED_STYLES[seeds.index(run["seed"]) % len(_SEED_STYLES)]
+            ax.plot(run["steps"][:len(values)], values, color=color, linestyle=style,
+                    label=None if run["method"] in labelled else label)
+            labelled.add(run["method"])
             rows += [(task, run["method"], run["seed"], layer, s, v) for s, v in zip(run["steps"], values)]
         ax.set_title(f"{task}: query layer {layer}")
         ax.set_xlabel("step t")
         ax.set_ylabel(r"$2|B_{t,l}|$")
         ax.legend(loc="best")
         panel_label(ax, f"({chr(97 + i)})")
-    fig.suptitle("Implicit regularization of SAM on LoRA (MiniLM): $2|B_{t,l}|$, SAM vs AdamW", fontsize=10)
+    models = ", ".join(dict.fromkeys(str(r["model"]) for r in runs if r["model"])) or "LoRA model"
+    seeds_note = " (line style: seed)" if len({r["seed"] for r in runs}) > 1 else ""
+    fig.suptitle(f"Implicit regularization of SAM on LoRA ({models}): $2|B_{{t,l}}|$, SAM vs AdamW{seeds_note}",
+                 fontsize=10)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["task", "method", "seed", "layer", "step", "two_abs_b"])

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-__all__ = ["Cell", "MixedSettingsError", "write_tables", "paired_rows", "check_settings", "settings_text", "collect", "summarize", "markdown_tables", "csv_text", "METHOD_LABELS", "TASK_LABELS"]
+__all__ = ["Cell", "MixedSettingsError", "write_tables", "paired_rows", "check_settings", "settings_text", "collect", "summarize", "markdown_tables", "csv_text", "selected_csv", "METHOD_LABELS", "TASK_LABELS"]
 
 METHOD_LABELS = {"lora": "LoRA", "sam": "LoRA-SAM", "msam": "LoRA-mSAM", "obar": "LoRA-oBAR", "nbar": "LoRA-nBAR"}
 TASK_LABELS = {"sst2": "SST-2", "sst5": "SST-5", "trec": "TREC", "rte": "RTE", "snli": "SNLI", "mnli": "MNLI",
@@ -240,6 +240,24 @@ def paired_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def selected_csv(selected: Sequence[dict[str, Any]], space: Any) -> str:
+    """One row per (task, method, seed): the chosen run's folder, its dev and test metric, how many
+    configurations it was chosen from, and its searched options (JSON), so the selected runs can be read
+    back (``balancedness figures fig3 --log <run>``)."""
+    from balancedness.finetune.select import score, selected_options
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["task", "method", "seed", "metric", "dev", "test", "candidates", "options", "run"])
+    for r in selected:
+        searched = {o for o, v in space.grids.get(r["method"], {}).items() if len(v) > 1}
+        dev = r.get(f"dev_{r['metric']}")
+        writer.writerow([r["task"], r["method"], r["seed"], r["metric"], "" if dev is None else f"{score(r):.4f}",
+                         f"{float(r[r['metric']]):.4f}", r["candidates"],
+                         json.dumps(selected_options(r, searched), sort_keys=True), r["config"]["out"]])
+    return buf.getvalue()
+
+
 def selected_markdown(selected: Sequence[dict[str, Any]], space: Any, tasks: Sequence[str],
                       methods: Sequence[str]) -> str:
     """Which configuration dev selection chose, per task and method (value: number of seeds)."""
@@ -324,7 +342,8 @@ def paired_figure(selected: Sequence[dict[str, Any]], rows: list[dict[str, Any]]
 
 def write_tables(out: str | Path, runs: Sequence[dict[str, Any]], order: dict[str, int], space: Any,
                  tasks: Sequence[str], methods: Sequence[str]) -> tuple[str, list[dict[str, Any]]]:
-    """Select on dev, then write ``table.md``, ``table.csv``, ``paired.csv``, ``paired.png`` into ``out``.
+    """Select on dev, then write ``table.md``, ``table.csv``, ``selected.csv``, ``paired.csv``, ``paired.png``
+    into ``out``.
 
     Returns (markdown, selected runs). MixedSettingsError when the runs' fixed settings differ in a column.
     """
@@ -352,5 +371,6 @@ def write_tables(out: str | Path, runs: Sequence[dict[str, Any]], order: dict[st
     markdown = "\n".join(p for p in parts if p is not None) + "\n"
     write_text(out / "table.md", markdown)
     write_text(out / "table.csv", csv_text(cells))
+    write_text(out / "selected.csv", selected_csv(selected, space))
     return markdown, selected
 

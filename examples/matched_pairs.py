@@ -1,0 +1,98 @@
+"""Secondary analysis of a sweep folder: each method against LoRA at the **same seed and learning rate**.
+
+Dev selection (``table.md``) compares each method's best configuration; when the methods' grids differ in
+learning rate (the ``cpu`` space gives LoRA lr up to 4e-3, the others up to 2e-3) that comparison mixes the
+optimizer's effect with the learning rate's. Here every SAM/BAR run is paired with the LoRA run of the same
+task, seed and learning rate (same LoRA initialization, same batches), for each value of the method's own
+option (ρ for SAM, μ₀ for BAR), and two things are compared:
+
+* test accuracy, method − LoRA in points: mean [bootstrap 95% interval] wins/ties/losses, sign-test p;
+* the final balancedness, 2|B_l| = |‖A_l‖² − ‖B_l‖²| (spec §1.2) averaged over the LoRA pairs, from the
+  last record of ``balancedness.jsonl``: the ratio method / LoRA and how many pairs ended lower (pairs
+  whose runs logged no step are left out of this column).
+
+Usage: ``python examples/matched_pairs.py runs/cpu [--csv matched.csv]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import statistics
+from pathlib import Path
+
+from balancedness.finetune.report import collect
+from balancedness.finetune.stats import paired
+from balancedness.io import write_text
+
+OPTION = {"sam": "rho", "msam": "rho", "nbar": "mu", "obar": "mu"}
+
+
+def final_two_abs_b(run: dict) -> float | None:
+    """Mean over LoRA pairs of 2|B_l| at the last logged step; None when the run logged no step
+    (``--steps`` below ``--log-every``)."""
+    path = Path(run["config"]["out"]) / "balancedness.jsonl"
+    lines = [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    if not lines:
+        return None
+    last = json.loads(lines[-1])["balancedness"]
+    return statistics.fmean(2.0 * abs(b) for b in last.values())
+
+
+def matched_rows(root: str | Path) -> list[dict]:
+    runs = collect(root)
+    key = lambda r: (r["task"], r["seed"], r["config"]["lr"])  # noqa: E731
+    lora = {key(r): r for r in runs if r["method"] == "lora"}
+    tasks = list(dict.fromkeys(r["task"] for r in runs))
+    rows = []
+    for method in (m for m in OPTION if any(r["method"] == m for r in runs)):
+        option = OPTION[method]
+        for value in sorted({r["config"][option] for r in runs if r["method"] == method}):
+            for task in [*tasks, "all"]:
+                pairs = [(r, lora[key(r)]) for r in runs if r["method"] == method and r["config"][option] == value
+                         and task in ("all", r["task"]) and key(r) in lora]
+                if not pairs:
+                    continue
+                st = paired([100.0 * (a["accuracy"] - b["accuracy"]) for a, b in pairs])
+                b = [(x, y) for x, y in ((final_two_abs_b(a), final_two_abs_b(l)) for a, l in pairs)
+                     if x is not None and y is not None]
+                rows.append({"method": method, "option": option, "value": value, "task": task, "stats": st,
+                             "b_ratio": statistics.fmean(x / y for x, y in b) if b else None,
+                             "b_lower": sum(x < y for x, y in b), "b_pairs": len(b)})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--csv", type=Path, default=None)
+    args = parser.parse_args()
+    if not args.root.is_dir():
+        parser.error(f"sweep folder {str(args.root)!r} does not exist")
+    rows = matched_rows(args.root)
+    if not rows:
+        parser.error(f"{str(args.root)!r} has no SAM/BAR run with a LoRA run of the same task, seed and lr")
+    print("| method | option | task | pairs | accuracy − LoRA (points) | 2\\|B\\| ratio to LoRA | lower |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        st = r["stats"]
+        ratio = "–" if r["b_ratio"] is None else f"{r['b_ratio']:.3f}"
+        print(f"| {r['method']} | {r['option']} = {r['value']:g} | {r['task']} | {st.n} | {st.text()} | "
+              f"{ratio} | {r['b_lower']}/{r['b_pairs']} |")
+    if args.csv:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["method", "option", "value", "task", "n", "mean", "ci_low", "ci_high", "wins", "ties",
+                         "losses", "p_sign", "b_ratio", "b_lower", "b_pairs"])
+        for r in rows:
+            st = r["stats"]
+            writer.writerow([r["method"], r["option"], r["value"], r["task"], st.n, f"{st.mean:.4f}",
+                             f"{st.low:.4f}", f"{st.high:.4f}", st.wins, st.ties, st.losses, f"{st.p_sign:.4g}",
+                             "" if r["b_ratio"] is None else f"{r['b_ratio']:.4f}", r["b_lower"], r["b_pairs"]])
+        write_text(args.csv, buf.getvalue())
+
+
+if __name__ == "__main__":
+    main()
