@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import json
 import statistics
@@ -33,7 +34,12 @@ OPTION = {"sam": "rho", "msam": "rho", "nbar": "mu", "obar": "mu"}
 def final_two_abs_b(run: dict) -> float | None:
     """Mean over LoRA pairs of 2|B_l| at the last logged step; None when the run logged no step
     (``--steps`` below ``--log-every``)."""
-    path = Path(run["config"]["out"]) / "balancedness.jsonl"
+    return _final_two_abs_b(run["config"]["out"])
+
+
+@functools.lru_cache(maxsize=None)  # a LoRA run is the partner of every method and option value
+def _final_two_abs_b(out: str) -> float | None:
+    path = Path(out) / "balancedness.jsonl"
     lines = [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
     if not lines:
         return None
