@@ -28,8 +28,10 @@ def _plan(quick: bool) -> tuple[str, FinetuneConfig, list[int], list[str]]:
     seeds = [13] if quick else [13, 21, 42]
     root = default_data_root()
     if root is not None and (root / "lm-bff" / "k-shot" / "SST-2").is_dir():
+        # μ₀ = 2: what dev selection chose in 16 of 18 BAR cells of the committed CPU sweep (docs/results.md);
+        # at the default 0.5 and 40 steps BAR's total rescaling is too small to show
         base = FinetuneConfig(task="sst2", data_root=str(root), steps=4 if quick else 40, batch_size=8,
-                              max_eval=32 if quick else 300, log_every=1, progress=False)
+                              max_eval=32 if quick else 300, mu=2.0, log_every=1, progress=False)
         return "sst2", base, seeds, ["all:lr=1e-3,2e-3"]
     base = FinetuneConfig(task="bbc-news", shots=4 if quick else 8, steps=4 if quick else 30, batch_size=8,
                           max_eval=32 if quick else 200, max_length=128, log_every=1, progress=False)
@@ -58,7 +60,7 @@ def finetune_section(out_dir: str | Path, quick: bool = False) -> str:
              f"{base.max_eval} held-out examples. Wall time {seconds:.0f} s. Reproduce with "
              f"`balancedness sweep --tasks {task} --methods {','.join(TABLE_METHODS)} --seeds "
              f"{','.join(map(str, seeds))}{shots} --steps {base.steps} --batch-size {base.batch_size} "
-             f"--max-eval {base.max_eval}{grid_args}{data}`.", "", result.markdown]
+             f"--max-eval {base.max_eval} --mu {base.mu:g}{grid_args}{data}`.", "", result.markdown]
     if result.failed:
         lines.append(f"{len(result.failed)} run(s) failed: see `{root / 'failures.json'}`.\n")
     try:
