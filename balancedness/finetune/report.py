@@ -244,17 +244,17 @@ def selected_csv(selected: Sequence[dict[str, Any]], space: Any) -> str:
     """One row per (task, method, seed): the chosen run's folder, its dev and test metric, how many
     configurations it was chosen from, and its searched options (JSON), so the selected runs can be read
     back (``balancedness figures fig3 --log <run>``)."""
-    from balancedness.finetune.select import score, selected_options
+    from balancedness.finetune.select import selected_options
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["task", "method", "seed", "metric", "dev", "test", "candidates", "options", "run"])
     for r in selected:
-        searched = {o for o, v in space.grids.get(r["method"], {}).items() if len(v) > 1}
         dev = r.get(f"dev_{r['metric']}")
-        writer.writerow([r["task"], r["method"], r["seed"], r["metric"], "" if dev is None else f"{score(r):.4f}",
+        writer.writerow([r["task"], r["method"], r["seed"], r["metric"], "" if dev is None else f"{float(dev):.4f}",
                          f"{float(r[r['metric']]):.4f}", r["candidates"],
-                         json.dumps(selected_options(r, searched), sort_keys=True), r["config"]["out"]])
+                         json.dumps(selected_options(r, space.searched(r["method"])), sort_keys=True),
+                         r["config"]["out"]])
     return buf.getvalue()
 
 
@@ -272,8 +272,7 @@ def selected_markdown(selected: Sequence[dict[str, Any]], space: Any, tasks: Seq
     for method in methods:
         cells = []
         for task in tasks:
-            searched = {o for o, v in space.grids.get(method, {}).items() if len(v) > 1}
-            chosen = Counter(", ".join(f"{k} {v}" for k, v in selected_options(r, searched).items())
+            chosen = Counter(", ".join(f"{k} {v}" for k, v in selected_options(r, space.searched(method)).items())
                              for r in selected if r["task"] == task and r["method"] == method)
             cells.append("; ".join(f"{k} ×{n}" for k, n in sorted(chosen.items())) or "–")
         lines.append(_row(METHOD_LABELS.get(method, method), cells))

@@ -47,9 +47,10 @@ class SearchSpace:
         names = list(grid)
         return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
 
-    def searched(self) -> set[str]:
-        """Every option some method's grid varies (with more than one value)."""
-        return {o for grid in self.grids.values() for o, values in grid.items() if len(values) > 1}
+    def searched(self, method: str | None = None) -> set[str]:
+        """Every option ``method``'s grid varies (with more than one value); without ``method``, any grid's."""
+        grids = self.grids.values() if method is None else [self.grids.get(method, {})]
+        return {o for grid in grids for o, values in grid.items() if len(values) > 1}
 
     def describe(self, methods: Sequence[str]) -> str:
         parts = []
