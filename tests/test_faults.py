@@ -223,3 +223,43 @@ def test_finetune_json_prints_one_document(tmp_path):
     proc = _finetune(_args(tmp_path / "run", "--json", steps=2))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["status"] == "complete"
+
+
+class _ProofOfExecution:
+    """Unpickling this writes a marker file: the harmless stand-in for a hostile pickle."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('code ran')",))
+
+
+@pytest.mark.parametrize("name", ["rng_state.pth", "optimizer.pt", "scheduler.pt", "planted.bin"])
+def test_a_pickle_planted_in_a_checkpoint_never_runs(tmp_path, name):
+    """A run folder is data: a checkpoint file that needs code to load is refused by name, never executed."""
+    out = tmp_path / "run"
+    assert _run("sigint", 2, _args(out)).returncode == 130
+    marker = tmp_path / "pwned"
+    torch.save({"state": _ProofOfExecution(marker)}, out / "checkpoints" / "checkpoint-2" / name)
+    before = _tree(out)
+    again = _finetune(_args(out, "--resume"))
+    assert not marker.exists(), "the planted pickle ran"
+    assert again.returncode == 2, again.stderr[-2000:]
+    text = " ".join(again.stderr.split())
+    assert name in "".join(again.stderr.split()) and "needs code to load" in text
+    assert "Traceback" not in again.stderr
+    assert _tree(out) == before
+
+
+def test_the_trainers_own_checkpoint_files_load_safely(tmp_path):
+    """Every pickled file a real checkpoint holds passes the weights-only reader (no false refusal)."""
+    from balancedness.finetune.checkpoints import safe_torch_load, validate_checkpoint
+
+    out = tmp_path / "run"
+    assert _run("sigint", 2, _args(out)).returncode == 130
+    ckpt = out / "checkpoints" / "checkpoint-2"
+    pickled = sorted(p.name for p in ckpt.iterdir() if p.suffix in (".pt", ".pth", ".bin"))
+    assert {"optimizer.pt", "rng_state.pth", "scheduler.pt"} <= set(pickled)
+    validate_checkpoint(ckpt)
+    assert {"python", "numpy", "cpu"} <= set(safe_torch_load(ckpt / "rng_state.pth"))

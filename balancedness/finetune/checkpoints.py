@@ -7,6 +7,11 @@ losses (``losses.json``), then the marker ``COMPLETE``, each atomically. :func:`
 only ever returns a marked checkpoint, and :func:`validate_checkpoint` reads every file of it before training
 resumes, so a damaged file is named up front instead of failing mid-run.
 
+A run folder is data, never code. Pickled files (``.pt``, ``.pth``, ``.bin``) are read only with
+``torch.load(weights_only=True)`` (tensors, containers, and the numpy arrays of the Trainer's RNG state);
+a file that needs anything more to load is refused, naming it, before the Trainer or anything else opens
+it. Nothing planted in a checkpoint can run.
+
 ``train_loss`` (``metrics.json``) is the mean over optimizer steps of the step's training loss (the sum of
 its micro-batch losses as the Trainer reports them), summed with ``math.fsum``. The per-step values travel in
 each checkpoint, so a resumed run reports exactly the value of an uninterrupted one (the Trainer's own
@@ -24,12 +29,15 @@ from typing import Any
 
 from balancedness.io import write_json, write_text
 
-__all__ = ["COMPLETE", "LOSSES", "RunRecorder", "last_complete_checkpoint", "validate_checkpoint",
-           "checkpoint_step", "recording_trainer"]
+__all__ = ["COMPLETE", "LOSSES", "NEVER_LOADED", "RunRecorder", "UnsafeCheckpointError", "checkpoint_step",
+           "last_complete_checkpoint", "recording_trainer", "safe_torch_load", "validate_checkpoint"]
 
 COMPLETE = "COMPLETE"
 LOSSES = "losses.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+#: Files the Trainer writes into a checkpoint that nothing ever loads (``training_args.bin`` is a pickle of
+#: ``TrainingArguments``, kept by the Trainer for people, never read on resume): skipped, never unpickled.
+NEVER_LOADED = frozenset({"training_args.bin"})
 
 
 def checkpoint_step(path: str | Path) -> int:
@@ -49,22 +57,62 @@ def last_complete_checkpoint(ckpt_dir: str | Path) -> Path | None:
     return max(marked, key=checkpoint_step, default=None)
 
 
-def validate_checkpoint(path: str | Path) -> None:
-    """Read every file the Trainer will load from checkpoint ``path``; ValueError naming a damaged one."""
+class UnsafeCheckpointError(ValueError):
+    """A pickled checkpoint file needs more than tensors and plain containers to load: it is never loaded."""
+
+
+def _safe_numpy_globals() -> list[Any]:
+    """The numpy objects the Trainer's ``rng_state.pth`` holds (what transformers allowlists, no more)."""
+    import numpy as np
+
+    return [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def safe_torch_load(file: str | Path) -> Any:
+    """``torch.load`` that cannot execute code: ``weights_only=True`` with only numpy's array globals allowed.
+
+    Raises :class:`UnsafeCheckpointError` naming ``file`` when it needs any other global (a planted pickle).
+    """
+    import pickle
+
     import torch
+
+    try:
+        with torch.serialization.safe_globals(_safe_numpy_globals()):
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" not in str(exc) and "Unsupported global" not in str(exc):
+            raise
+        found = re.search(r"Unsupported global: (GLOBAL \S+)", str(exc))
+        what = found.group(1) if found else "an object that is not a tensor"
+        raise UnsafeCheckpointError(
+            f"checkpoint file {str(file)!r} needs code to load ({what}); a run folder is data, never code, "
+            "so it was not loaded: delete the file's run, or start over with overwrite (--overwrite)") from None
+
+
+def validate_checkpoint(path: str | Path) -> None:
+    """Read every file the Trainer will load from checkpoint ``path``; ValueError naming a damaged one.
+
+    Pickled files are read with :func:`safe_torch_load`: one that would run code raises
+    :class:`UnsafeCheckpointError` and nothing of it is executed. Files in :data:`NEVER_LOADED` are not read.
+    """
     from safetensors import safe_open
 
     path = Path(path)
     for file in sorted(path.iterdir()):
+        if file.name in NEVER_LOADED:
+            continue
         try:
             if file.suffix == ".json":
                 json.loads(file.read_text(encoding="utf-8"))
             elif file.suffix in (".pt", ".pth", ".bin"):
-                torch.load(file, map_location="cpu", weights_only=False)
+                safe_torch_load(file)
             elif file.suffix == ".safetensors":
                 with safe_open(str(file), framework="pt") as fh:
                     for key in fh.keys():
                         fh.get_tensor(key)
+        except UnsafeCheckpointError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any failure to read means the file is damaged
             raise ValueError(f"checkpoint file {str(file)!r} is damaged ({type(exc).__name__}: {exc}); "
                              "the run cannot resume from it: start over with overwrite (--overwrite)") from None

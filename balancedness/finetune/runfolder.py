@@ -85,7 +85,12 @@ def plan_run(options: Mapping[str, Any], task: Any, model_path: str, *, out: str
         metrics = _quiet(read_metrics, out)
         if metrics and metrics.get("status") == "complete" and metrics.get("fingerprint_id") == fingerprint_id(fp):
             return RunPlan("skip", fp, previous=metrics)
-        return RunPlan("resume", fp, last_complete_checkpoint(out / "checkpoints")) if resume else RunPlan("fresh", fp)
+        if not resume:
+            return RunPlan("fresh", fp)
+        checkpoint = last_complete_checkpoint(out / "checkpoints")
+        if checkpoint is not None:
+            validate_checkpoint(checkpoint)  # every rank reads it: every rank refuses a file that needs code
+        return RunPlan("resume", fp, checkpoint)
     record = read_run_file(out)
     if record is None:
         raise RunFolderError(f"out {str(out)!r} holds files that no run of this version recorded (no {RUN_FILE}); "
