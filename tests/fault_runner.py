@@ -8,6 +8,9 @@ FAULT is one of
 * ``sigint-in-save``: a SIGINT in the middle of step STEP, a second while the checkpoint is being written;
 * ``sigkill-in-save``: SIGKILL while checkpoint-STEP is being written (``--save-every`` must reach STEP);
 * ``sigkill-in-eval``: SIGKILL when the final evaluation starts (after the last training step);
+* ``sigkill-before-marker``: SIGKILL once checkpoint-STEP is written, before its ``COMPLETE`` marker (after
+  the Trainer's own checkpoint rotation, had it any);
+* ``pause``: at step STEP, write this process's id to the file ``$FAULT_MARKER`` and wait to be killed;
 * ``none``: no fault.
 
 The signals are real (``os.kill`` on this process); the hooks only choose the moment.
@@ -32,6 +35,11 @@ def main() -> None:
     state = {"saves": 0}
 
     def hook(self, args_, trainer_state, control, **kw):
+        if trainer_state.global_step + 1 == step and fault == "pause":
+            with open(os.environ["FAULT_MARKER"], "w") as fh:
+                fh.write(str(os.getpid()))
+            while True:
+                signal.pause()
         if trainer_state.global_step + 1 == step and fault in ("sigint", "double-sigint", "sigint-in-save"):
             os.kill(os.getpid(), signal.SIGINT)
             if fault == "double-sigint":
@@ -51,6 +59,17 @@ def main() -> None:
 
     BalancednessCallback.on_pre_optimizer_step = hook
     torch.save = save
+    if fault == "sigkill-before-marker":
+        from balancedness.finetune.checkpoints import RunRecorder
+
+        original_on_save = RunRecorder.on_save
+
+        def on_save(self, args_, trainer_state, control, **kw):
+            if trainer_state.global_step == step:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return original_on_save(self, args_, trainer_state, control, **kw)
+
+        RunRecorder.on_save = on_save
     if fault == "sigkill-in-eval":
         import balancedness.finetune.tasks as tasks
 
