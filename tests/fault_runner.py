@@ -8,8 +8,8 @@ FAULT is one of
 * ``sigint-in-save``: a SIGINT in the middle of step STEP, a second while the checkpoint is being written;
 * ``sigkill-in-save``: SIGKILL while checkpoint-STEP is being written (``--save-every`` must reach STEP);
 * ``sigkill-in-eval``: SIGKILL when the final evaluation starts (after the last training step);
-* ``sigkill-before-marker``: SIGKILL once checkpoint-STEP is written, before its ``COMPLETE`` marker (after
-  the Trainer's own checkpoint rotation, had it any);
+* ``sigkill-before-marker``: SIGKILL as the ``COMPLETE`` marker of checkpoint-STEP is about to be written
+  (every other file of it written, the Trainer's own checkpoint rotation, had it any, done);
 * ``pause``: at step STEP, write this process's id to the file ``$FAULT_MARKER`` and wait to be killed;
 * ``none``: no fault.
 
@@ -60,16 +60,16 @@ def main() -> None:
     BalancednessCallback.on_pre_optimizer_step = hook
     torch.save = save
     if fault == "sigkill-before-marker":
-        from balancedness.finetune.checkpoints import RunRecorder
+        import balancedness.finetune.checkpoints as checkpoints
 
-        original_on_save = RunRecorder.on_save
+        original_write_text = checkpoints.write_text
 
-        def on_save(self, args_, trainer_state, control, **kw):
-            if trainer_state.global_step == step:
+        def write_text(path, text):
+            if os.fspath(path).endswith(os.path.join(f"checkpoint-{step}", checkpoints.COMPLETE)):
                 os.kill(os.getpid(), signal.SIGKILL)
-            return original_on_save(self, args_, trainer_state, control, **kw)
+            return original_write_text(path, text)
 
-        RunRecorder.on_save = on_save
+        checkpoints.write_text = write_text
     if fault == "sigkill-in-eval":
         import balancedness.finetune.tasks as tasks
 

@@ -30,8 +30,8 @@ import dataclasses
 import os
 import shutil
 import signal
-import sys
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
