@@ -1,5 +1,6 @@
-"""Atomic output (write to a temporary file in the same folder, then rename over the target), and reading
-back a JSON object with an error that names the damaged file."""
+"""Atomic output (write to a temporary file in the same folder, then rename over the target), strict JSON
+(NaN and infinities written as ``null``), temporary folders with the usual permissions, and reading back a
+JSON object with an error that names the damaged file."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, mode) as fh:
             write(fh)
             fh.flush()
@@ -29,16 +30,31 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     return path
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process's umask (read without changing it)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
+def json_text(obj: Any, indent: int | None = None) -> str:
+    """``obj`` as strict JSON text: NaN and ±inf become ``null`` (``json.dumps`` would write bare ``NaN``,
+    which strict readers reject)."""
+    return json.dumps(_finite(obj), indent=indent, allow_nan=False)
+
+
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> Path:
-    """Atomically write ``obj`` as JSON (NaN/inf become null: strict JSON readers can parse it)."""
-    text = json.dumps(_finite(obj), indent=indent)
+    """Atomically write ``obj`` as strict JSON (:func:`json_text`)."""
+    text = json_text(obj, indent=indent)
     return atomic_write(path, lambda fh: fh.write(text + "\n"))
+
+
+def make_temp_dir(prefix: str, dir: str | os.PathLike) -> Path:
+    """A new empty folder in ``dir`` (``tempfile.mkdtemp``) with the permissions ``mkdir`` gives (0777 minus
+    the umask) instead of mkdtemp's 0700, for folders that are renamed into place as outputs."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=dir))
+    os.chmod(path, 0o777 & ~umask())
+    return path
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

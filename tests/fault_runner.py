@@ -8,6 +8,9 @@ FAULT is one of
 * ``sigint-in-save``: a SIGINT in the middle of step STEP, a second while the checkpoint is being written;
 * ``sigkill-in-save``: SIGKILL while checkpoint-STEP is being written (``--save-every`` must reach STEP);
 * ``sigkill-in-eval``: SIGKILL when the final evaluation starts (after the last training step);
+* ``sigkill-before-marker``: SIGKILL as the ``COMPLETE`` marker of checkpoint-STEP is about to be written
+  (every other file of it written, the Trainer's own checkpoint rotation, had it any, done);
+* ``pause``: at step STEP, write this process's id to the file ``$FAULT_MARKER`` and wait to be killed;
 * ``none``: no fault.
 
 The signals are real (``os.kill`` on this process); the hooks only choose the moment.
@@ -32,6 +35,11 @@ def main() -> None:
     state = {"saves": 0}
 
     def hook(self, args_, trainer_state, control, **kw):
+        if trainer_state.global_step + 1 == step and fault == "pause":
+            with open(os.environ["FAULT_MARKER"], "w") as fh:
+                fh.write(str(os.getpid()))
+            while True:
+                signal.pause()
         if trainer_state.global_step + 1 == step and fault in ("sigint", "double-sigint", "sigint-in-save"):
             os.kill(os.getpid(), signal.SIGINT)
             if fault == "double-sigint":
@@ -51,6 +59,17 @@ def main() -> None:
 
     BalancednessCallback.on_pre_optimizer_step = hook
     torch.save = save
+    if fault == "sigkill-before-marker":
+        import balancedness.finetune.checkpoints as checkpoints
+
+        original_write_text = checkpoints.write_text
+
+        def write_text(path, text):
+            if os.fspath(path).endswith(os.path.join(f"checkpoint-{step}", checkpoints.COMPLETE)):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return original_write_text(path, text)
+
+        checkpoints.write_text = write_text
     if fault == "sigkill-in-eval":
         import balancedness.finetune.tasks as tasks
 

@@ -51,6 +51,7 @@ def figures(
 
 def _fig3(out: Path, format: str, logs: Optional[List[Path]], data_root: Optional[Path], quick: bool) -> None:
     """Figure 3 (spec §5): 2|B_l| of an early, a middle and the last query layer, SAM vs AdamW."""
+    from balancedness.figures.fig3 import load_logs, make_fig3
     from balancedness.figures.style import check_formats
 
     try:
@@ -60,9 +61,10 @@ def _fig3(out: Path, format: str, logs: Optional[List[Path]], data_root: Optiona
             log_file = path / "balancedness.jsonl" if path.is_dir() else path
             if not log_file.is_file():
                 raise ValueError(f"--log {str(path)!r}: no balancedness.jsonl there")
+        if logs:
+            load_logs(logs)  # every log read before any work: one that is not a run's log is named, exit 2
     except ValueError as e:
         fail_usage(e)
-    from balancedness.figures.fig3 import make_fig3
 
     started = time.perf_counter()
     if not logs:

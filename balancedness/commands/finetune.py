@@ -8,12 +8,12 @@ loads. Heavy imports (torch, transformers) happen inside the commands.
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 
 from balancedness.commands.common import ensure_writable_folder, err_console, fail_usage, split_values
 from balancedness.finetune.run import TABLE_METHODS
@@ -78,13 +78,15 @@ def finetune(
     save_every: int = typer.Option(0, help="checkpoint every N steps (0: only on Ctrl-C)"),
     out: Path = typer.Option(Path("runs/finetune"), help="output folder"),
     resume: bool = typer.Option(False, help="continue the unfinished run in --out from its last complete checkpoint"),
-    overwrite: bool = typer.Option(False, help="replace whatever run --out holds (deleted first, in one rename)"),
+    overwrite: bool = typer.Option(False, help="replace the run or sweep folder --out holds (deleted first, in "
+                                                  "one rename); any other folder is refused"),
     as_json: bool = typer.Option(False, "--json", help="print metrics.json (one JSON document) on stdout"),
 ) -> None:
     """Finetune a model with LoRA and SAM / m-SAM / nBAR / oBAR on one task; writes metrics.json,
     balancedness.jsonl and the adapter into --out."""
     require_finetune_extra()
-    from balancedness.finetune.run import FinetuneConfig, prepare, run_finetune
+    from balancedness.finetune.run import FinetuneConfig, RunFailedError, prepare, run_finetune
+    from balancedness.io import json_text
 
     config = FinetuneConfig(
         model=model, task=task, data_root=str(data_root) if data_root else None,
@@ -107,13 +109,16 @@ def finetune(
         raise typer.Exit(130)
     except ValueError as exc:  # target modules matching nothing: raised after the weights load, before training
         fail_usage(exc)
+    except RunFailedError as exc:  # diverged, or its files could not be written: status failed, exit 1
+        err_console.print(f"[bold red]Run failed:[/] {escape(str(exc))}")
+        raise typer.Exit(1)
     if not metrics:  # a non-zero torchrun rank
         return
     if metrics.get("skipped"):
         err_console.print(f"skipped: {out} already holds this run, complete (fingerprint {metrics.get('fingerprint_id')}); "
                           "--overwrite runs it again", highlight=False)
     if as_json:
-        typer.echo(json.dumps(metrics, indent=1))
+        typer.echo(json_text(metrics, indent=1))  # strict JSON: NaN is null
         return
     name = metrics["metric"]
     base = f", majority {metrics['majority']:.3f}" if "majority" in metrics else ""

@@ -40,15 +40,14 @@ def load_logs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
         path = path / "balancedness.jsonl" if path.is_dir() else path
         if not path.is_file():
             raise FileNotFoundError(f"balancedness log {str(path)!r} does not exist")
-        meta_path = path.with_name("metrics.json")
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        meta = _read_meta(path.with_name("metrics.json"))
+        records = _read_records(path)
         layers: dict[int, list[float]] = {}
         for record in records:
             for name, b in record["balancedness"].items():
                 match = _LAYER.search(name)
                 if match and any(q in name.split(".") for q in _QUERY):
-                    layers.setdefault(int(match.group(1)), []).append(2.0 * abs(b))
+                    layers.setdefault(int(match.group(1)), []).append(float("nan") if b is None else 2.0 * abs(b))
         if not layers:
             raise ValueError(f"{str(path)!r} has no query-layer LoRA records")
         runs.append({"task": meta.get("task", path.parent.name), "method": meta.get("method", "?"),
@@ -56,6 +55,42 @@ def load_logs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
                      "seed": meta.get("seed"), "steps": [r["step"] for r in records], "layers": layers,
                      "path": str(path)})
     return runs
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """The run's ``metrics.json`` beside its log ({} when absent); ValueError naming it when not a JSON object."""
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{str(path)!r} (beside the log) is not readable JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{str(path)!r} (beside the log) does not hold a JSON object")
+    return meta
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``balancedness.jsonl``; ValueError naming the file and line of one that is not a
+    record ``{"step": n, "balancedness": {layer: value}}`` (a value may be null: not finite when written)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"balancedness log {str(path)!r} is not readable text ({exc})") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not (isinstance(record["step"], int) and isinstance(record["balancedness"], dict)
+                    and all(v is None or isinstance(v, (int, float)) for v in record["balancedness"].values())):
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"balancedness log {str(path)!r} is not a log of balancedness records: line {number} "
+                             f"is {line[:60]!r}; expected the balancedness.jsonl of a finetune run") from None
+        records.append(record)
+    return records
 
 
 def _panels(runs: list[dict[str, Any]]) -> list[tuple[str, int]]:

@@ -5,7 +5,14 @@ while it writes leaves a folder that *looks* like a checkpoint. :class:`RunRecor
 complete only after the Trainer has finished writing it (``on_save``): it first writes the per-step training
 losses (``losses.json``), then the marker ``COMPLETE``, each atomically. :func:`last_complete_checkpoint`
 only ever returns a marked checkpoint, and :func:`validate_checkpoint` reads every file of it before training
-resumes, so a damaged file is named up front instead of failing mid-run.
+resumes, so a damaged or missing file is named up front instead of failing mid-run (or, worse, the Trainer
+resuming silently with a fresh optimizer, scheduler or RNG: :data:`REQUIRED` lists what a resume needs).
+Once a checkpoint is marked, the older ones are deleted (:func:`prune_checkpoints`): at any moment the
+folder holds the last complete checkpoint and at most the one being written.
+
+A run that diverges is stopped: :class:`RunRecorder` checks after every optimizer step that the step's
+loss and every trainable parameter are finite, and otherwise records the step (``diverged``) and stops the
+Trainer; the driver then marks the run failed (``run.py``).
 
 A run folder is data, never code. Pickled files (``.pt``, ``.pth``, ``.bin``) are read only with
 ``torch.load(weights_only=True)`` (tensors, containers, and the numpy arrays of the Trainer's RNG state);
@@ -29,8 +36,9 @@ from typing import Any
 
 from balancedness.io import write_json, write_text
 
-__all__ = ["COMPLETE", "LOSSES", "NEVER_LOADED", "RunRecorder", "UnsafeCheckpointError", "checkpoint_step",
-           "last_complete_checkpoint", "recording_trainer", "safe_torch_load", "validate_checkpoint"]
+__all__ = ["COMPLETE", "LOSSES", "NEVER_LOADED", "REQUIRED", "RunRecorder", "UnsafeCheckpointError", "checkpoint_step",
+           "last_complete_checkpoint", "prune_checkpoints", "read_losses", "recording_trainer", "required_files",
+           "safe_torch_load", "validate_checkpoint"]
 
 COMPLETE = "COMPLETE"
 LOSSES = "losses.json"
@@ -38,6 +46,9 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 #: Files the Trainer writes into a checkpoint that nothing ever loads (``training_args.bin`` is a pickle of
 #: ``TrainingArguments``, kept by the Trainer for people, never read on resume): skipped, never unpickled.
 NEVER_LOADED = frozenset({"training_args.bin"})
+#: What a bit-identical resume needs besides the RNG state (``rng_state.pth``, or ``rng_state_<rank>.pth``
+#: per torchrun worker): without any of these the Trainer would carry on silently with fresh state.
+REQUIRED = ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json", LOSSES)
 
 
 def checkpoint_step(path: str | Path) -> int:
@@ -90,8 +101,43 @@ def safe_torch_load(file: str | Path) -> Any:
             "so it was not loaded: delete the file's run, or start over with overwrite (--overwrite)") from None
 
 
-def validate_checkpoint(path: str | Path) -> None:
-    """Read every file the Trainer will load from checkpoint ``path``; ValueError naming a damaged one.
+def prune_checkpoints(keep: str | Path) -> None:
+    """Delete every checkpoint beside the complete checkpoint ``keep`` with a lower step (rank 0, after the
+    marker of ``keep`` is written: the last complete checkpoint always survives)."""
+    import shutil
+
+    keep = Path(keep)
+    for folder in keep.parent.iterdir():
+        if folder != keep and _CHECKPOINT.match(folder.name) and checkpoint_step(folder) < checkpoint_step(keep):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def required_files(world_size: int = 1) -> tuple[str, ...]:
+    """The files a checkpoint of a run with ``world_size`` workers must hold (:data:`REQUIRED` + RNG state)."""
+    rng = ("rng_state.pth",) if world_size <= 1 else tuple(f"rng_state_{r}.pth" for r in range(world_size))
+    return (*REQUIRED, *rng)
+
+
+def read_losses(checkpoint: str | Path) -> list[float]:
+    """The per-step losses of ``checkpoint`` (``losses.json``): one finite number per step up to its step;
+    ValueError naming the file otherwise."""
+    file = Path(checkpoint) / LOSSES
+    losses = json.loads(file.read_text(encoding="utf-8"))
+    bad = [v for v in (losses if isinstance(losses, list) else [losses])
+           if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)]
+    if not isinstance(losses, list) or bad:
+        raise ValueError(f"checkpoint file {str(file)!r} is damaged: expected a list of finite step losses, found "
+                         f"{bad[0] if bad else losses!r}; start over with overwrite (--overwrite)")
+    if len(losses) != checkpoint_step(checkpoint):
+        raise ValueError(f"checkpoint file {str(file)!r} holds {len(losses)} step losses for checkpoint step "
+                         f"{checkpoint_step(checkpoint)}: the checkpoint is damaged; start over with overwrite "
+                         "(--overwrite)")
+    return [float(v) for v in losses]
+
+
+def validate_checkpoint(path: str | Path, world_size: int = 1) -> None:
+    """Read every file the Trainer will load from checkpoint ``path``; ValueError naming a damaged one, or
+    the first of :func:`required_files` that is missing.
 
     Pickled files are read with :func:`safe_torch_load`: one that would run code raises
     :class:`UnsafeCheckpointError` and nothing of it is executed. Files in :data:`NEVER_LOADED` are not read.
@@ -99,6 +145,11 @@ def validate_checkpoint(path: str | Path) -> None:
     from safetensors import safe_open
 
     path = Path(path)
+    missing = [name for name in required_files(world_size) if not (path / name).is_file()]
+    if missing:
+        raise ValueError(f"checkpoint {str(path)!r} lacks {missing[0]}" + (f" (and {', '.join(missing[1:])})"
+                         if missing[1:] else "") + ": a resume from it would not continue the run exactly; "
+                         "start over with overwrite (--overwrite)")
     for file in sorted(path.iterdir()):
         if file.name in NEVER_LOADED:
             continue
@@ -116,8 +167,7 @@ def validate_checkpoint(path: str | Path) -> None:
         except Exception as exc:  # noqa: BLE001 - any failure to read means the file is damaged
             raise ValueError(f"checkpoint file {str(file)!r} is damaged ({type(exc).__name__}: {exc}); "
                              "the run cannot resume from it: start over with overwrite (--overwrite)") from None
-    if not (path / LOSSES).is_file():
-        raise ValueError(f"checkpoint {str(path)!r} lacks {LOSSES}: it was not written by this version")
+    read_losses(path)
 
 
 @lru_cache(maxsize=None)
@@ -125,32 +175,34 @@ def _recorder_class():
     from transformers import TrainerCallback
 
     class RunRecorder(TrainerCallback):
-        """Per-step training losses, and the ``COMPLETE`` marker of every checkpoint the Trainer finishes.
+        """Per-step training losses, divergence, and the ``COMPLETE`` marker of every checkpoint the Trainer
+        finishes.
 
         ``add(loss)`` is called with each micro-batch's loss (by :func:`recording_trainer`); ``on_step_end``
-        closes the optimizer step. Register it *last*, so the marker follows every other ``on_save``.
+        closes the optimizer step and stops training when the step's loss or a trainable parameter is not
+        finite (``diverged``: the step and what was found). Register it *last*, so the marker follows every
+        other ``on_save``; after the marker, older checkpoints are deleted.
         """
 
         def __init__(self, losses: list[float] | None = None) -> None:
             self.losses: list[float] = list(losses or [])
             self._micro: list[float] = []
+            self.diverged: dict[str, Any] | None = None
 
         @classmethod
         def resume(cls, checkpoint: str | Path | None) -> "RunRecorder":
-            if checkpoint is None:
-                return cls()
-            losses = json.loads((Path(checkpoint) / LOSSES).read_text())
-            if len(losses) != checkpoint_step(checkpoint):
-                raise ValueError(f"{str(Path(checkpoint) / LOSSES)!r} holds {len(losses)} step losses for "
-                                 f"checkpoint step {checkpoint_step(checkpoint)}: the checkpoint is damaged")
-            return cls(losses)
+            return cls() if checkpoint is None else cls(read_losses(checkpoint))
 
         def add(self, loss: Any) -> None:
             self._micro.append(float(loss))
 
-        def on_step_end(self, args, state, control, **kw):
+        def on_step_end(self, args, state, control, model=None, **kw):
             self.losses.append(math.fsum(self._micro))
             self._micro = []
+            found = _non_finite(self.losses[-1], model)
+            if found and self.diverged is None:
+                self.diverged = {"step": state.global_step, "found": found}
+                control.should_training_stop = True
 
         def on_save(self, args, state, control, **kw):
             if not state.is_world_process_zero:
@@ -158,12 +210,25 @@ def _recorder_class():
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             write_json(folder / LOSSES, self.losses[: state.global_step], indent=None)
             write_text(folder / COMPLETE, f"step {state.global_step}\n")
+            prune_checkpoints(folder)
 
         @property
         def train_loss(self) -> float:
             return math.fsum(self.losses) / len(self.losses) if self.losses else float("nan")
 
     return RunRecorder
+
+
+def _non_finite(loss: float, model: Any) -> str | None:
+    """What is not finite after an optimizer step: the step's loss, or a trainable parameter (by name)."""
+    import torch
+
+    if not math.isfinite(loss):
+        return f"the training loss is {loss}"
+    for name, param in (model.named_parameters() if model is not None else ()):
+        if param.requires_grad and not bool(torch.isfinite(param).all()):
+            return f"parameter {name} is not finite"
+    return None
 
 
 def __getattr__(name: str) -> Any:

@@ -49,14 +49,16 @@ class Cell:
 
 
 def collect(root: str | Path) -> list[dict[str, Any]]:
-    """Every ``metrics.json`` with ``"status": "complete"`` below ``root``, sorted by path."""
+    """Every ``metrics.json`` of a complete run (``runfolder.is_complete``) below ``root``, sorted by path."""
+    from balancedness.finetune.runfolder import is_complete
+
     runs = []
     for path in sorted(Path(root).rglob("metrics.json")):
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if record.get("status") == "complete":
+        if is_complete(record):
             runs.append(record)
     return runs
 

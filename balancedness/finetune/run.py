@@ -8,8 +8,10 @@ the torch backend's ``Trainer`` / ``SAMTrainer`` / ``BARTrainer``, evaluates (``
 * ``run.json``: the run's fingerprint (``provenance.py``), written before training; what may happen to a
   folder that already holds a run is decided by ``runfolder.plan_run`` (docs/finetune.md "Run folders");
 * ``metrics.json``: task, method, seed, the task metric (key named by ``metric``), majority baseline, timing,
-  steps, ``train_loss``, trainable parameters, the config, ``fingerprint_id``, ``status`` (``complete`` or
-  ``interrupted``);
+  steps, ``train_loss``, trainable parameters, the config, ``fingerprint_id``, ``status`` (``complete``,
+  ``interrupted``, or ``failed`` with ``error``: a run whose loss or parameters stop being finite ends at
+  that step, ``diverged_at``, and raises :class:`RunFailedError`; so does one whose outputs cannot be
+  written, a full disk or a read-only folder);
 * ``balancedness.jsonl``: per-layer B_l and the gradient gap every ``log_every`` steps (``BalancednessCallback``);
 * ``adapter/``: the peft adapter (``save_pretrained``), plus ``checkpoints/`` while a run is unfinished (only
   those marked ``COMPLETE`` count, ``checkpoints.py``).
@@ -17,26 +19,32 @@ the torch backend's ``Trainer`` / ``SAMTrainer`` / ``BARTrainer``, evaluates (``
 Batch semantics: ``batch_size`` is the *global* number of examples per optimizer step. Each of the W workers
 (torchrun) runs ``grad_accum`` micro-batches (``grad_accum·m`` for m-SAM: one m-sharpness chunk each) of
 ``batch_size / (W·grad_accum[·m])`` examples. So a 2-process run sees the same data per step as a 1-process run.
+A ``batch_size`` above the number of training examples is reduced to the batch a step really forms
+(:func:`fit_batch`), and that is what ``run.json`` and ``metrics.json`` record.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import shutil
 import signal
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from balancedness.finetune.provenance import fingerprint_id
-from balancedness.finetune.runfolder import RunFolderError, begin_run, plan_run, read_metrics
-from balancedness.io import write_json
+from balancedness.finetune.runfolder import (RunFailedError, RunFolderError, begin_run, hold_run_folder, plan_run,
+                                             read_metrics)
+from balancedness.io import make_temp_dir, umask, write_json
 from balancedness.validation import choice, integer, number
 
-__all__ = ["METHODS", "TABLE_METHODS", "PRECISIONS", "FinetuneConfig", "RunFolderError", "check_config", "prepare",
-           "run_finetune", "read_metrics", "world_size", "micro_batch"]
+__all__ = ["METHODS", "TABLE_METHODS", "PRECISIONS", "FinetuneConfig", "RunFolderError", "RunFailedError",
+           "check_config", "prepare", "fit_batch", "run_finetune", "read_metrics", "world_size", "micro_batch"]
 
 METHODS = ("lora", "sam", "msam", "nbar", "obar")
 #: The methods of the paper's Table 1, in its column order: what ``sweep`` and the demo compare by default.
@@ -151,6 +159,20 @@ def check_config(config: FinetuneConfig) -> None:
                              "(no autocast, no GradScaler); use --precision bf16 or fp32 on CPU")
 
 
+def fit_batch(config: FinetuneConfig, n_train: int) -> FinetuneConfig:
+    """``config`` with ``batch_size`` at most ``n_train``: the largest multiple of the step's micro-batch count
+    (workers × accumulation [× m]) that fits, which is the batch every step really uses. ValueError when the
+    training set is smaller than that count."""
+    if config.batch_size <= n_train:
+        return config
+    unit = world_size() * micro_batch(config)[1]
+    used = n_train // unit * unit
+    if used < 1:
+        raise ValueError(f"batch-size {config.batch_size}: the training set has only {n_train} examples, fewer than "
+                         f"the {unit} micro-batches of one optimizer step; use more --shots or less --grad-accum")
+    return dataclasses.replace(config, batch_size=used)
+
+
 def prepare(config: FinetuneConfig):
     """Validate ``config``, load the task data and resolve the model name; no weights are loaded.
 
@@ -263,11 +285,11 @@ def _set_dropout(module: Any, p: float) -> None:
 
 def _save_adapter(model: Any, target: Path) -> None:
     """``save_pretrained`` into a temporary sibling folder, then swap it into place."""
-    import tempfile
-
-    tmp = Path(tempfile.mkdtemp(prefix=".adapter.tmp-", dir=target.parent))
+    tmp = make_temp_dir(prefix=".adapter.tmp-", dir=target.parent)  # the usual permissions, not mkdtemp's 0700
     try:
         model.save_pretrained(str(tmp))
+        for file in tmp.iterdir():  # safetensors writes 0600: the adapter is an output like the others
+            os.chmod(file, 0o666 & ~umask())
         old = target.with_name(target.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         if target.exists():
@@ -297,13 +319,27 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     and touches nothing, unless ``overwrite`` replaces the folder. Ctrl-C: the first finishes the current
     step and checkpoints it, the second aborts at once (keeping the last complete checkpoint); either way
     ``metrics.json`` says ``"status": "interrupted"`` and KeyboardInterrupt is re-raised.
+    The folder is locked for the whole run (:func:`hold_run_folder`: a second process gets a RunFolderError
+    naming the holder). A run that diverges, or whose files cannot be written, ends with ``"status": "failed"``
+    (where it can still be written) and :class:`RunFailedError`.
     Non-zero torchrun ranks train but write nothing and return ``{}``.
     """
     task, model_path = prepare(config)
-    plan = plan_run(config.result_options(), task, model_path, out=config.out, resume=config.resume,
-                    overwrite=config.overwrite, world_size=world_size(), main=is_main_process())
-    if plan.action == "skip":
-        return {**plan.previous, "skipped": True}
+    fitted = fit_batch(config, len(task.train))
+    if fitted.batch_size != config.batch_size and is_main_process():
+        print(f"batch-size {config.batch_size} is larger than the {len(task.train)} training examples: each step "
+              f"uses {fitted.batch_size}, and that is recorded", file=sys.stderr)
+    config = fitted
+    with hold_run_folder(config.out, enabled=is_main_process()) as lock:  # only rank 0 writes
+        plan = plan_run(config.result_options(), task, model_path, out=config.out, resume=config.resume,
+                        overwrite=config.overwrite, world_size=world_size(), main=is_main_process())
+        if plan.action == "skip":
+            return {**plan.previous, "skipped": True}
+        return _train(config, task, model_path, plan, lock)
+
+
+def _train(config: FinetuneConfig, task: Any, model_path: str, plan: Any, lock: Any) -> dict[str, Any]:
+    """The run of :func:`run_finetune` in its locked folder, once ``plan`` says fresh or resume."""
     out = Path(config.out)
     main = is_main_process()
     import torch
@@ -320,8 +356,6 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     ckpt_dir = out / "checkpoints"
     log_path = out / "balancedness.jsonl"
     recorder = RunRecorder.resume(plan.checkpoint)
-    if main:
-        begin_run(plan, out)
 
     set_seed(config.seed)
     dtype = {"fp64": torch.float64, "bf16": torch.bfloat16 if torch.cuda.is_available() else torch.float32}.get(
@@ -331,6 +365,9 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
                                       max_length=config.max_length)
     if config.dropout is not None:
         _set_dropout(head.module, config.dropout)
+    if main:  # only now: a usage error found while wiring the model (target modules) leaves the folder as it was
+        with _writing(out):
+            begin_run(plan, out, lock)
     StepTimer, GracefulStop = _callback_classes()
     timer, stop = StepTimer(), GracefulStop()
     callbacks = [BalancednessCallback(every=config.log_every, path=log_path), timer, stop, *config.extra_callbacks]
@@ -348,7 +385,8 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     if task.kind == "classification":
         record["majority"] = majority_accuracy(task)
     if config.zero_shot and main:
-        record["zero_shot"] = _zero_shot(out, head, task, config.eval_batch_size)
+        with _writing(out):
+            record["zero_shot"] = _zero_shot(out, head, task, config.eval_batch_size)
 
     prior_seconds = float((plan.previous or {}).get("train_seconds") or 0.0) if plan.checkpoint else 0.0
     use_handler = main and world_size() == 1 and _in_main_thread()
@@ -360,10 +398,17 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
         if main:
             _write_partial(out, record, trainer, timer, prior_seconds + time.perf_counter() - t0)
         raise
+    except Exception as exc:
+        if not _write_failed(exc):
+            raise
+        _fail_writing(out, exc, lambda error: main and _write_partial(
+            out, record, trainer, timer, prior_seconds + time.perf_counter() - t0, status="failed", error=error))
     finally:
         if use_handler:
             signal.signal(signal.SIGINT, old_handler)
     train_seconds = prior_seconds + time.perf_counter() - t0
+    if recorder.diverged:
+        return _diverged(config, out, record, trainer, timer, train_seconds, recorder.diverged, main)
     if stop.requested:
         if main:
             _write_partial(out, record, trainer, timer, train_seconds)
@@ -376,9 +421,11 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     record.update(_eval_sorted(head, task.eval, config.eval_batch_size))
     if task.dev:  # the held-out split hyper-parameter selection reads (sweep): never the test metric
         record[f"dev_{task.metric}"] = _eval_sorted(head, task.dev, config.eval_batch_size)[task.metric]
-    _save_adapter(head.model, out / "adapter")
-    record["status"] = "complete"
-    write_json(out / "metrics.json", record)
+    with _writing(out, lambda error: _write_partial(out, record, trainer, timer, train_seconds, status="failed",
+                                                    error=error)):
+        _save_adapter(head.model, out / "adapter")
+        record["status"] = "complete"
+        write_json(out / "metrics.json", record)
     if not config.keep_checkpoints:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return record
@@ -408,10 +455,62 @@ def _timing(timer: Any, train_seconds: float) -> dict[str, float]:
     return {"train_seconds": train_seconds, "seconds_per_step": statistics.median(times) if times else None}
 
 
-def _write_partial(out: Path, record: dict[str, Any], trainer: Any, timer: Any, seconds: float) -> None:
+def _write_partial(out: Path, record: dict[str, Any], trainer: Any, timer: Any, seconds: float,
+                   status: str = "interrupted", **extra: Any) -> None:
+    """``metrics.json`` of a run that stopped before its end: ``status``, the step reached, the checkpoint."""
     from balancedness.finetune.checkpoints import last_complete_checkpoint
 
     ckpt = last_complete_checkpoint(out / "checkpoints")
-    write_json(out / "metrics.json", {**record, **_timing(timer, seconds), "status": "interrupted",
+    write_json(out / "metrics.json", {**record, **_timing(timer, seconds), "status": status,
                                       "step_reached": trainer.state.global_step,
-                                      "checkpoint": None if ckpt is None else str(ckpt)})
+                                      "checkpoint": None if ckpt is None else str(ckpt), **extra})
+
+
+def _diverged(config: FinetuneConfig, out: Path, record: dict[str, Any], trainer: Any, timer: Any, seconds: float,
+              diverged: dict[str, Any], main: bool) -> dict[str, Any]:
+    """End a run whose loss or parameters stopped being finite: ``status`` failed, the step, RunFailedError."""
+    if not main:
+        return {}
+    error = f"training diverged at step {diverged['step']}: {diverged['found']}"
+    with _writing(out):
+        _write_partial(out, record, trainer, timer, seconds, status="failed", error=error,
+                       diverged_at=diverged["step"])
+    if not config.keep_checkpoints:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    raise RunFailedError(f"{error}; {str(out / 'metrics.json')!r} records the run as failed (nothing of it is "
+                         "reported); try a smaller learning rate")
+
+
+#: Words of the errors torch and safetensors raise when a write fails (they are not OSErrors).
+_WRITE_ERRORS = ("PytorchStreamWriter", "inline_container", "file write failed", "I/O error")
+
+
+def _write_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failed write (full disk, read-only or vanished folder, file size limit)."""
+    return isinstance(exc, OSError) or any(word in str(exc) for word in _WRITE_ERRORS)
+
+
+def _fail_writing(out: Path, exc: BaseException, record_failure: Callable[[str], Any] | None = None) -> None:
+    """Raise RunFailedError for a failed write into ``out``, after recording it in ``metrics.json`` when the
+    folder still takes a write (``record_failure(error)``)."""
+    error = f"writing into {str(out)!r} failed ({type(exc).__name__}: {exc})"
+    recorded = False
+    if record_failure is not None:
+        try:
+            recorded = bool(record_failure(error) is not False)
+        except Exception:  # noqa: BLE001 - the folder takes no write at all: say so, below
+            recorded = False
+    where = "metrics.json records it as failed" if recorded else "no status could be written"
+    raise RunFailedError(f"{error}; {where}: free space or make the folder writable, then continue the run "
+                         "with resume (--resume)") from None
+
+
+@contextlib.contextmanager
+def _writing(out: Path, record_failure: Callable[[str], Any] | None = None) -> Iterator[None]:
+    """Turn a failed write inside the block into :func:`_fail_writing`'s RunFailedError."""
+    try:
+        yield
+    except Exception as exc:
+        if not _write_failed(exc):
+            raise
+        _fail_writing(out, exc, record_failure)

@@ -104,13 +104,9 @@ def run_cells(cells: dict[str, Any], out: str | os.PathLike[str], run: Callable[
 
 
 def _complete(config: Any) -> bool:
-    from balancedness.finetune.runfolder import read_metrics
+    from balancedness.finetune.runfolder import read_complete
 
-    try:
-        metrics = read_metrics(config.out)
-    except ValueError:
-        return False
-    return bool(metrics) and metrics.get("status") == "complete"
+    return read_complete(config.out) is not None
 
 
 def _worker(cells: dict[str, Any], out: str, storage: str | None, threads: int) -> None:

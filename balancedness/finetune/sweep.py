@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from balancedness.finetune.run import FinetuneConfig, check_config, prepare, run_finetune, world_size
+from balancedness.finetune.run import FinetuneConfig, check_config, fit_batch, prepare, run_finetune, world_size
 from balancedness.finetune.search import PRESETS, SearchSpace
 from balancedness.io import write_json
 
@@ -78,8 +78,8 @@ def plan_cells(base: FinetuneConfig, tasks: Sequence[str], methods: Sequence[str
                     raise ValueError(f"task {task!r} has no dev split, so the {len(points)} configurations of "
                                      f"{method} cannot be selected without the test set; use --space fixed")
                 for point in points:
-                    config = dataclasses.replace(base, task=task, method=method, seed=seed, resume=True,
-                                                 progress=False, **point)
+                    config = fit_batch(dataclasses.replace(base, task=task, method=method, seed=seed, resume=True,
+                                                           progress=False, **point), len(loaded.train))
                     fid = fingerprint_id(fingerprint(config.result_options(), loaded, model_path, world_size()))
                     cells[fid] = dataclasses.replace(config, out=str(run_dir(out, task, method, seed, fid)))
     return cells
@@ -146,15 +146,12 @@ def _recording(result: SweepResult):
 
 
 def _collect(cells: dict[str, FinetuneConfig]) -> tuple[list[dict[str, Any]], list[FinetuneConfig]]:
-    from balancedness.finetune.runfolder import read_metrics
+    from balancedness.finetune.runfolder import read_complete
 
     runs, missing = [], []
     for config in cells.values():
-        try:
-            metrics = read_metrics(config.out)
-        except ValueError:
-            metrics = None
-        if metrics and metrics.get("status") == "complete":
+        metrics = read_complete(config.out)  # the one rule: never a failed or unfinished run
+        if metrics is not None:
             runs.append(metrics)
         else:
             missing.append(config)

@@ -9,6 +9,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from balancedness.io import json_text
 from balancedness.optim.pairs import lora_balancedness, lora_grad_gap
 from balancedness.validation import integer
 
@@ -27,6 +28,7 @@ class BalancednessCallback(TrainerCallback):
         every: measure every k-th optimizer step (k ≥ 1); default ``None``: the Trainer's ``logging_steps``.
         path: also append ``{"step", "balancedness": {layer: B_l}, "grad_gap": {layer: gap}}`` to a JSON-lines
             file: ``True`` for ``<output_dir>/balancedness.jsonl``, or a path; ``False`` (default) for none.
+            Strict JSON: a value that is not finite (a diverging run) is written as ``null``.
         trainer: the Trainer whose ``log`` carries the values. ``SAMTrainer`` and ``BARTrainer`` link their
             callbacks themselves; with the stock ``Trainer`` pass it (``trainer.add_callback(
             BalancednessCallback(trainer=trainer))``).
@@ -77,7 +79,7 @@ class BalancednessCallback(TrainerCallback):
         if self._file is not None:
             os.makedirs(os.path.dirname(os.path.abspath(self._file)), exist_ok=True)
             with open(self._file, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(self._record) + "\n")
+                fh.write(json_text(self._record) + "\n")  # strict JSON: a NaN is null
                 fh.flush()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
