@@ -77,9 +77,11 @@ def _rdb_storage(url: str):
                                "not exist; create it first")
     try:
         return optuna.storages.RDBStorage(url)
-    except ImportError as exc:
-        raise StorageError(f"storage (--storage) {shown!r} needs the database driver {exc.name or exc}, which is not "
-                           "installed (PostgreSQL: pip install psycopg2-binary; MySQL: pip install pymysql)") from None
+    except ImportError as exc:  # optuna re-raises sqlalchemy's ImportError without the module's name
+        driver = getattr(exc.__cause__, "name", None) or exc.name or "its driver"
+        raise StorageError(f"storage (--storage) {shown!r} needs the database driver module {driver!r}, which is not "
+                           "installed (PostgreSQL: pip install 'psycopg[binary]'; MySQL: pip install pymysql and "
+                           "write mysql+pymysql://…)") from None
     except sqlalchemy.exc.SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         password = re.search(r"://[^:/@]*:([^@/]*)@", url)
