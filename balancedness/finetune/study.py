@@ -66,7 +66,6 @@ def _masked(url: str) -> str:
 
 def _rdb_storage(url: str):
     """``optuna.storages.RDBStorage(url)``, with every way it fails up front said in one sentence."""
-    import optuna
     import sqlalchemy.exc
 
     shown = _masked(url)
@@ -76,7 +75,7 @@ def _rdb_storage(url: str):
             raise StorageError(f"storage (--storage) {shown!r}: the folder {str(folder)!r} of the database file does "
                                "not exist; create it first")
     try:
-        return optuna.storages.RDBStorage(url)
+        return _create_rdb(url)
     except ImportError as exc:  # optuna re-raises sqlalchemy's ImportError without the module's name
         driver = getattr(exc.__cause__, "name", None) or exc.name or "its driver"
         raise StorageError(f"storage (--storage) {shown!r} needs the database driver module {driver!r}, which is not "
@@ -88,6 +87,23 @@ def _rdb_storage(url: str):
         if password and password.group(1):
             reason = reason.replace(password.group(1), "***")
         raise StorageError(f"storage (--storage) {shown!r} cannot be used: {_masked(reason)}") from None
+
+
+def _create_rdb(url: str, attempts: int = 5):
+    """``RDBStorage(url)``; processes starting at once on a new database race to create Optuna's tables, and the
+    loser's unique-key violation is retried (by then the tables exist)."""
+    import time
+
+    import optuna
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except sqlalchemy.exc.IntegrityError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def repair_journal(path: Path) -> int:
