@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import sys
@@ -184,6 +185,7 @@ def run_cells(cells: dict[str, Any], out: str | os.PathLike[str], run: Callable[
 
     fids = sorted(cells)
     study = open_study(out, fids, storage)
+    _quiet_interrupts()
 
     def objective(trial: "optuna.Trial") -> float:
         fid = trial.suggest_categorical("cell", fids)
@@ -204,6 +206,32 @@ def run_cells(cells: dict[str, Any], out: str | os.PathLike[str], run: Callable[
     pending = sum(not _complete(cells[f]) for f in fids)
     if pending:
         study.optimize(objective, n_trials=pending, catch=(Exception,), gc_after_trial=False)
+
+
+class _InterruptFilter(logging.Filter):
+    """Drops Optuna's report of a trial stopped by Ctrl-C (a warning with the KeyboardInterrupt's traceback, and
+    the "failed with value None" line after it): every worker would print it; the sweep says it once. The
+    trial is still recorded as failed, and retried."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.after_interrupt = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            self.after_interrupt = True
+            return False
+        if self.after_interrupt and "failed with value" in record.getMessage():
+            self.after_interrupt = False
+            return False
+        return True
+
+
+def _quiet_interrupts() -> None:
+    """Install :class:`_InterruptFilter` on the logger of Optuna's trial loop (once per process)."""
+    logger = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, _InterruptFilter) for f in logger.filters):
+        logger.addFilter(_InterruptFilter())
 
 
 def _complete(config: Any) -> bool:
