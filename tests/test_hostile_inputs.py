@@ -49,7 +49,8 @@ def _model_folder(tmp_path: Path, tokenizer: bool) -> Path:
     folder.mkdir()
     shutil.copy(_minilm() / "config.json", folder)
     (folder / "model.safetensors").symlink_to(_minilm() / "model.safetensors")
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt") if tokenizer else ():
+    names = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt") if tokenizer else ()
+    for name in names:
         shutil.copy(_minilm() / name, folder)
     return folder
 
@@ -63,8 +64,8 @@ def _small(*extra: str) -> list[str]:
 # ----------------------------------------------------------------------------------- item 5: the tokenizer
 def test_a_model_folder_without_its_tokenizer_is_refused(tmp_path):
     folder = _model_folder(tmp_path, tokenizer=False)
-    _refused(["finetune", "--model", str(folder), "--task", "sst2", *_small("--out", str(tmp_path / "run"))], str(folder),
-             "has no tokenizer", "vocab.txt")
+    _refused(["finetune", "--model", str(folder), "--task", "sst2", *_small("--out", str(tmp_path / "run"))],
+             str(folder), "has no tokenizer", "vocab.txt")
     assert not (tmp_path / "run").exists()
 
 
@@ -72,7 +73,7 @@ def test_a_tokenizer_that_knows_no_word_is_refused(tmp_path):
     folder = _model_folder(tmp_path, tokenizer=False)
     (folder / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")  # what transformers builds without files
     _refused(["finetune", "--model", str(folder), "--task", "sst2", *_small("--out", str(tmp_path / "run"))],
-             "knows only 5 tokens", "unknown token")
+             "(5 tokens) turns every word of 'The movie was great.' into its unknown token")
 
 
 def test_the_tokenizer_counts_in_the_fingerprint(tmp_path):

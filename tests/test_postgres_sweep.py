@@ -57,7 +57,7 @@ def postgres_url():
         server(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "server.log"), "-w", "-o",
                f"-c listen_addresses='' -k {base}", "start")
         server(str(bindir / "createdb"), "-h", str(base), "-U", "sweeper", "study")
-        yield f"postgresql+psycopg://sweeper@/study?host={base}"  # the driver named: SQLAlchemy 2.0 defaults to psycopg2
+        yield f"postgresql+psycopg://sweeper@/study?host={base}"  # named: SQLAlchemy 2.0's default is psycopg2
     finally:
         if (data / "postmaster.pid").exists():
             subprocess.run([*as_server, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],

@@ -250,10 +250,11 @@ def _check_memory(prob, n_alpha: int, seeds: int, steps: int, record_every: int,
     need = memory_estimate(prob, trajectories, 0 if flow else seeds, records, batch, m,
                            text_output=out is not None and out.suffix == ".json")
     if need > limit:
+        which = "--max-memory" if max_memory is not None else "--max-memory, default half of this machine"
         raise ValueError(f"this run would need about {need / 1e9:.1f} GB of memory ({trajectories:,} trajectories × "
                          f"{records:,} records{'' if flow else ', noise drawn 1,024 steps ahead'}), more than the "
-                         f"limit of {limit / 1e9:.1f} GB (--max-memory{'' if max_memory is not None else ', default half of this machine'}); "
-                         "use fewer --seeds or --alpha values or a larger --record-every, or raise --max-memory")
+                         f"limit of {limit / 1e9:.1f} GB ({which}); use fewer --seeds or --alpha values or a larger "
+                         "--record-every, or raise --max-memory")
 
 
 def _run(prob, opt, flow: bool, t_end, lr, steps, record_every, alphas, seeds, batch):

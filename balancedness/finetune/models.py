@@ -143,8 +143,8 @@ def check_tokenizer(path: str) -> None:
                           if p.is_file())) if folder.is_dir() else ()
     size, unknown = _probe_tokenizer(path, stamps)
     if unknown:
-        raise ValueError(f"the tokenizer of model {path!r} knows only {size} tokens: every word of "
-                         f"{TOKENIZER_PROBE!r} becomes the unknown token; its vocabulary files are missing or wrong")
+        raise ValueError(f"the tokenizer of model {path!r} ({size} tokens) turns every word of {TOKENIZER_PROBE!r} "
+                         "into its unknown token: its vocabulary files are missing or wrong")
 
 
 @functools.lru_cache(maxsize=8)
@@ -239,5 +239,5 @@ def load_for_task(model_name: str, task: TaskData, *, lora_r: int = 8, lora_alph
     return model, tokenizer, make_head(model, tokenizer, task, family=family, max_length=max_length)
 
 
-__all__ = ["SHORT_NAMES", "TaskHead", "cache_dir", "check_compatible", "check_tokenizer", "load_for_task", "model_config", "model_family",
-           "resolve_model"]
+__all__ = ["SHORT_NAMES", "TOKENIZER_PROBE", "TaskHead", "cache_dir", "check_compatible", "check_tokenizer",
+           "load_for_task", "model_config", "model_family", "resolve_model"]

@@ -379,8 +379,7 @@ def write_tables(out: str | Path, runs: Sequence[dict[str, Any]], order: dict[st
     return markdown, selected
 
 
-
 def _remove_stale(out: Path, names: Sequence[str]) -> None:
-    """Delete outputs an earlier sweep in ``out`` wrote that this one does not write (they would describe other runs)."""
+    """Delete the outputs of an earlier sweep in ``out`` that this one does not write (they describe other runs)."""
     for name in names:
         (out / name).unlink(missing_ok=True)

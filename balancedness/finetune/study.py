@@ -49,7 +49,8 @@ def storage_for(out: Path, storage: str | None):
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise StorageError(f"storage (--storage) {str(path)!r}: its folder cannot be created ({exc.strerror})") from None
+        raise StorageError(f"storage (--storage) {str(path)!r}: its folder cannot be created "
+                           f"({exc.strerror})") from None
     repair_journal(path)
     from optuna.storages.journal import JournalFileBackend
 

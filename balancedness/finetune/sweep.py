@@ -56,8 +56,8 @@ def _check_grid(base: FinetuneConfig, tasks: Sequence[str], methods: Sequence[st
             raise ValueError(f"{name} is empty")
         repeated = sorted({v for v in values if list(values).count(v) > 1}, key=list(values).index)
         if repeated:  # a repeated task or method would repeat a table row or column
-            raise ValueError(f"{name} lists {', '.join(map(repr, repeated))} more than once ({', '.join(map(str, values))}); "
-                             "give each once")
+            raise ValueError(f"{name} lists {', '.join(map(repr, repeated))} more than once "
+                             f"({', '.join(map(str, values))}); give each once")
     unknown = [t for t in tasks if t not in known_tasks()]
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; expected some of {', '.join(known_tasks())}")

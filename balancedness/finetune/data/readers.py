@@ -127,9 +127,9 @@ def _load(builder: str, path: Path, expected_rows: int, **config: Any):
             if cache is not None:
                 import datasets
 
-                raise ValueError(f"the datasets cache {str(datasets.config.HF_DATASETS_CACHE)!r} cannot "
-                              f"take the copy of {str(path)!r} ({cache.strerror}); the file is fine: free space "
-                              "there or set HF_DATASETS_CACHE to a folder on a disk with room") from None
+                raise ValueError(f"the datasets cache {str(datasets.config.HF_DATASETS_CACHE)!r} cannot take the "
+                                 f"copy of {str(path)!r} ({cache.strerror}); the file is fine: free space there or "
+                                 "set HF_DATASETS_CACHE to a folder on a disk with room") from None
             raise ValueError(f"{str(path)!r} passed the structural check but datasets could not read it: "
                              f"{type(exc).__name__}: {exc}") from exc
     if len(dataset) != expected_rows:
