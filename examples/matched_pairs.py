@@ -31,10 +31,10 @@ from balancedness.io import write_text
 OPTION = {"sam": "rho", "msam": "rho", "nbar": "mu", "obar": "mu"}
 
 
-def final_two_abs_b(run: dict) -> float | None:
+def final_two_abs_b(root: str | Path, run: dict) -> float | None:
     """Mean over LoRA pairs of 2|B_l| at the last logged step; None when the run logged no step
-    (``--steps`` below ``--log-every``)."""
-    return _final_two_abs_b(run["config"]["out"])
+    (``--steps`` below ``--log-every``). ``run["run"]`` is its folder relative to the sweep folder ``root``."""
+    return _final_two_abs_b(str(Path(root) / run["run"]))
 
 
 @functools.lru_cache(maxsize=None)  # a LoRA run is the partner of every method and option value
@@ -62,7 +62,7 @@ def matched_rows(root: str | Path) -> list[dict]:
                 if not pairs:
                     continue
                 st = paired([100.0 * (a["accuracy"] - b["accuracy"]) for a, b in pairs])
-                b = [(x, y) for x, y in ((final_two_abs_b(a), final_two_abs_b(l)) for a, l in pairs)
+                b = [(x, y) for x, y in ((final_two_abs_b(root, a), final_two_abs_b(root, l)) for a, l in pairs)
                      if x is not None and y is not None]
                 rows.append({"method": method, "option": option, "value": value, "task": task, "stats": st,
                              "b_ratio": statistics.fmean(x / y for x, y in b) if b else None,

@@ -153,7 +153,7 @@ def test_reduced_grid_selects_on_dev_and_pairs_against_lora(tmp_path):
         assert cell in table, (cell, table)
         listed = {int(row["seed"]): row for row in selected if row["method"] == method}
         for seed, run in zip((13, 21), chosen):  # selected.csv names the same runs, with their options
-            assert listed[seed]["run"] == run["config"]["out"]
+            assert listed[seed]["run"] == run["run"]  # relative to the sweep folder
             assert int(listed[seed]["candidates"]) == (2 if method == "lora" else 4)
             assert json.loads(listed[seed]["options"])["lr"] == run["config"]["lr"]
 

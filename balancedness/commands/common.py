@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import List, NoReturn, Optional
 
@@ -49,8 +50,11 @@ def ensure_writable_folder(path: Path, flag: str) -> None:
     if not existing.is_dir():
         what = "is a file" if existing == path.absolute() else f"cannot be created: {str(existing)!r} is a file"
         raise ValueError(f"{flag} {str(path)!r} {what}; expected a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {str(path)!r} is not writable (no write permission on {str(existing)!r})")
+    try:  # try it: os.access says yes to root, even under /proc or on a read-only mount
+        os.rmdir(tempfile.mkdtemp(prefix=".write-probe-", dir=existing))
+    except OSError as exc:
+        raise ValueError(f"{flag} {str(path)!r} is not writable: nothing can be created in {str(existing)!r} "
+                         f"({exc.strerror})") from None
 
 
 def ensure_writable_file(path: Path, flag: str) -> None:
@@ -58,6 +62,9 @@ def ensure_writable_file(path: Path, flag: str) -> None:
     path = Path(path).expanduser()
     if path.is_dir():
         raise ValueError(f"{flag} {str(path)!r} is a folder; expected a file name")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise ValueError(f"{flag} {str(path)!r} is not writable")
+    if path.exists():
+        try:
+            open(path, "ab").close()  # opened for appending, nothing written: the file is unchanged
+        except OSError as exc:
+            raise ValueError(f"{flag} {str(path)!r} is not writable ({exc.strerror})") from None
     ensure_writable_folder(path.parent, f"the folder of {flag}")

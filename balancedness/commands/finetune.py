@@ -178,6 +178,10 @@ def sweep(
                            space=search, workers=workers, storage=storage)
     except (ValueError, FileNotFoundError) as exc:
         fail_usage(exc)
+    except KeyboardInterrupt:  # every worker got the Ctrl-C too and checkpointed its run
+        typer.echo(f"interrupted: the unfinished runs in {out} keep their last checkpoint; run the same command "
+                   "again to resume", err=True)
+        raise typer.Exit(130)
     typer.echo(result.markdown)
     if result.failed:
         typer.echo(f"{len(result.failed)} run(s) failed: see {out / 'failures.json'}", err=True)

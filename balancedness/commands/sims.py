@@ -178,6 +178,9 @@ def simulate(
     y0: Optional[str] = typer.Option(None, help="Initial y (default -3·x0)."),
     out: Optional[Path] = typer.Option(None, help="Write the result here (.json, or .npz for all arrays)."),
     replace: Optional[List[str]] = typer.Option(None, "--replace", metavar="NAME=FILE.py:FUNCTION", help=REPLACE_HELP),
+    max_memory: Optional[float] = typer.Option(None, "--max-memory", metavar="GB",
+                                               help="Refuse a run estimated to need more memory (default: half of "
+                                                    "this machine's memory)."),
 ) -> None:
     """Simulate an optimizer on a toy problem (discrete steps or the limiting flow)."""
     import numpy as np
@@ -211,6 +214,7 @@ def simulate(
         validate_run(steps, lr, record_every, batch, opt)
         if t_end is not None:
             number("t_end", t_end, strict=True)
+        _check_memory(prob, len(alphas), seeds, steps, record_every, batch, opt.m, flow, out, max_memory)
         fields, labels = _load_replacements(replace)
     except ValueError as e:
         fail_usage(e)
@@ -226,6 +230,31 @@ def simulate(
     if res.settings.get("interrupted"):
         err_console.print("[yellow]interrupted: the result holds the steps made so far[/]")
         raise typer.Exit(code=130)
+
+
+def _check_memory(prob, n_alpha: int, seeds: int, steps: int, record_every: int, batch: int, m: int, flow: bool,
+                  out: Optional[Path], max_memory: Optional[float]) -> None:
+    """ValueError, before any step, when the run's estimated peak memory exceeds ``max_memory`` GB (default half
+    of the machine's memory): a grid too large for the machine ends in a sentence, not a MemoryError."""
+    import os
+
+    from balancedness.sims.discrete import memory_estimate
+    from balancedness.sims.recording import record_times
+    from balancedness.validation import number
+
+    if max_memory is not None:
+        number("max_memory", max_memory, strict=True)
+    limit = max_memory * 1e9 if max_memory is not None else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2
+    records = min(steps // record_every, 2000) + 1 if flow else len(record_times(steps, record_every))
+    trajectories = n_alpha * seeds
+    need = memory_estimate(prob, trajectories, 0 if flow else seeds, records, batch, m,
+                           text_output=out is not None and out.suffix == ".json")
+    if need > limit:
+        which = "--max-memory" if max_memory is not None else "--max-memory, default half of this machine"
+        raise ValueError(f"this run would need about {need / 1e9:.1f} GB of memory ({trajectories:,} trajectories × "
+                         f"{records:,} records{'' if flow else ', noise drawn 1,024 steps ahead'}), more than the "
+                         f"limit of {limit / 1e9:.1f} GB ({which}); use fewer --seeds or --alpha values or a larger "
+                         "--record-every, or raise --max-memory")
 
 
 def _run(prob, opt, flow: bool, t_end, lr, steps, record_every, alphas, seeds, batch):

@@ -64,7 +64,7 @@ def finetune_section(out_dir: str | Path, quick: bool = False) -> str:
     if result.failed:
         lines.append(f"{len(result.failed)} run(s) failed: see `{root / 'failures.json'}`.\n")
     try:
-        logs = [Path(r["config"]["out"]) for m in ("lora", "sam") for r in result.selected
+        logs = [root / r["run"] for m in ("lora", "sam") for r in result.selected
                 if r["method"] == m and r["seed"] == seeds[0]]
         paths = make_fig3(root, logs=logs)
         lines += [f"![Figure 3 on MiniLM/{task}: 2|B_l| of query layers 0, 3, 5, SAM vs AdamW]"

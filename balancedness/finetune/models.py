@@ -13,6 +13,7 @@ and wraps it with LoRA (paper §4.1, eq. (8): W = W₀ + B·A, the pairs SAM/BAR
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import re
@@ -26,6 +27,7 @@ import torch
 from balancedness.validation import integer
 
 from .data import TaskData
+from .provenance import VOCABULARY_FILES
 from .tasks import TaskHead, make_head
 
 ModelFamily = Literal["encoder", "causal"]
@@ -121,6 +123,44 @@ def model_config(path: str):
                       f"'smollm2' or a local folder (HF_HUB_OFFLINE=1 needs the model in the HF cache)") from exc
 
 
+#: A sentence every usable English-capable tokenizer splits into known tokens.
+TOKENIZER_PROBE = "The movie was great."
+
+
+def check_tokenizer(path: str) -> None:
+    """ValueError unless the model at ``path`` has a usable tokenizer, checked before any weights load.
+
+    transformers builds a tokenizer even for a folder without the tokenizer's files: BERT's then knows its 5
+    special tokens and maps every word to ``[UNK]``, and a run would train on nothing. So a model folder
+    must hold a vocabulary file (:data:`~balancedness.finetune.provenance.VOCABULARY_FILES`), and the loaded
+    tokenizer must turn :data:`TOKENIZER_PROBE` into something other than unknown tokens.
+    """
+    folder = Path(path)
+    if folder.is_dir() and not any((folder / name).is_file() for name in VOCABULARY_FILES):
+        raise ValueError(f"model folder {path!r} has no tokenizer (none of {', '.join(VOCABULARY_FILES)}); save the "
+                         "tokenizer of the model it came from into it (tokenizer.save_pretrained(folder))")
+    stamps = tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()
+                          if p.is_file())) if folder.is_dir() else ()
+    size, unknown = _probe_tokenizer(path, stamps)
+    if unknown:
+        raise ValueError(f"the tokenizer of model {path!r} ({size} tokens) turns every word of {TOKENIZER_PROBE!r} "
+                         "into its unknown token: its vocabulary files are missing or wrong")
+
+
+@functools.lru_cache(maxsize=8)
+def _probe_tokenizer(path: str, stamps: tuple) -> tuple[int, bool]:
+    """(vocabulary size, whether every token of the probe is the unknown token); ``stamps`` keys the cache."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        ids = tokenizer(TOKENIZER_PROBE, add_special_tokens=False)["input_ids"]
+    except Exception as exc:  # a damaged file surfaces as many types (OSError, ValueError, a JSON or proto error)
+        raise ValueError(f"the tokenizer of model {path!r} cannot be used: {type(exc).__name__}: {exc}") from None
+    unk = tokenizer.unk_token_id
+    return len(tokenizer), not ids or (unk is not None and all(i == unk for i in ids))
+
+
 def model_family(config) -> ModelFamily:
     """``"causal"`` for decoder-only LMs, ``"encoder"`` for BERT-like models, from the config alone."""
     archs = getattr(config, "architectures", None) or []
@@ -199,5 +239,5 @@ def load_for_task(model_name: str, task: TaskData, *, lora_r: int = 8, lora_alph
     return model, tokenizer, make_head(model, tokenizer, task, family=family, max_length=max_length)
 
 
-__all__ = ["SHORT_NAMES", "TaskHead", "cache_dir", "check_compatible", "load_for_task", "model_config", "model_family",
-           "resolve_model"]
+__all__ = ["SHORT_NAMES", "TOKENIZER_PROBE", "TaskHead", "cache_dir", "check_compatible", "check_tokenizer",
+           "load_for_task", "model_config", "model_family", "resolve_model"]

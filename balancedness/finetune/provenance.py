@@ -12,7 +12,8 @@ training starts. The fingerprint is a JSON object of
   and where the data lives (``data_root``, ``train_file``, ``eval_file``; their *content* is counted);
 * ``data``: SHA-256 of the training and evaluation examples actually read (after the K-shot draw and the
   eval subset), and the label names: the same files moved elsewhere match, an edited file does not;
-* ``model``: SHA-256 of the resolved model folder's config and weight files;
+* ``model``: SHA-256 of the resolved model folder's config and weight files, and of its tokenizer files
+  (:data:`TOKENIZER_FILES`: the same weights with another vocabulary compute something else);
 * ``packages``: versions of balancedness, torch, transformers and peft (a new version may compute other bits);
 * ``world_size``: the number of torchrun workers (2 workers sum gradients in another order than 1).
 
@@ -30,14 +31,19 @@ from typing import Any, Iterable, Mapping
 
 from balancedness.io import read_json_object
 
-__all__ = ["NOT_COUNTED", "RUN_FILE", "fingerprint", "fingerprint_id", "differences", "read_run_file",
-           "model_digest", "examples_digest"]
+__all__ = ["NOT_COUNTED", "RUN_FILE", "TOKENIZER_FILES", "VOCABULARY_FILES", "fingerprint", "fingerprint_id",
+           "differences", "read_run_file", "model_digest", "tokenizer_digest", "examples_digest"]
 
 RUN_FILE = "run.json"
 FORMAT = 1
 NOT_COUNTED = ("out", "resume", "overwrite", "progress", "save_every", "keep_checkpoints", "data_root",
                "train_file", "eval_file")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+#: The files a transformers tokenizer is saved as and read from (those holding the vocabulary first).
+VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model",
+                    "sentencepiece.bpe.model")
+TOKENIZER_FILES = (*VOCABULARY_FILES, "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "chat_template.jinja", "chat_template.json")
 
 
 def examples_digest(examples: Iterable[Any]) -> str:
@@ -56,10 +62,19 @@ def model_digest(path: str | os.PathLike[str]) -> str:
     digest is computed once per process for the same files (same names, sizes and modification times): a
     sweep fingerprints every cell with the same model.
     """
+    return _folder_digest(path, lambda p: p.name == "config.json" or p.suffix in _WEIGHT_SUFFIXES)
+
+
+def tokenizer_digest(path: str | os.PathLike[str]) -> str:
+    """SHA-256 over a model folder's tokenizer files (:data:`TOKENIZER_FILES`, names and bytes); a hub id by name."""
+    return _folder_digest(path, lambda p: p.name in TOKENIZER_FILES)
+
+
+def _folder_digest(path: str | os.PathLike[str], keep: Any) -> str:
     root = Path(path)
     if not root.is_dir():
         return "name:" + str(path)
-    files = sorted(p for p in root.iterdir() if p.is_file() and (p.name == "config.json" or p.suffix in _WEIGHT_SUFFIXES))
+    files = sorted(p for p in root.iterdir() if p.is_file() and keep(p))
     return _digest(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
 
 
@@ -94,7 +109,7 @@ def fingerprint(options: Mapping[str, Any], task: Any, model_path: str, world_si
         "data": {"task": task.name, "train_sha256": examples_digest(task.train),
                  "eval_sha256": examples_digest(task.eval), "dev_sha256": examples_digest(task.dev),
                  "label_names": list(task.label_names)},
-        "model": {"sha256": model_digest(model_path)},
+        "model": {"sha256": model_digest(model_path), "tokenizer_sha256": tokenizer_digest(model_path)},
         "packages": _versions(),
         "world_size": world_size,
     }))

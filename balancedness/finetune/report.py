@@ -49,7 +49,9 @@ class Cell:
 
 
 def collect(root: str | Path) -> list[dict[str, Any]]:
-    """Every ``metrics.json`` of a complete run (``runfolder.is_complete``) below ``root``, sorted by path."""
+    """Every ``metrics.json`` of a complete run (``runfolder.is_complete``) below ``root``, sorted by path; each
+    record gains ``run``, its folder relative to ``root`` (the recorded ``config.out`` is where it was trained,
+    which a moved or copied sweep folder no longer is)."""
     from balancedness.finetune.runfolder import is_complete
 
     runs = []
@@ -59,7 +61,7 @@ def collect(root: str | Path) -> list[dict[str, Any]]:
         except (OSError, ValueError):
             continue
         if is_complete(record):
-            runs.append(record)
+            runs.append({**record, "run": path.parent.relative_to(root).as_posix()})
     return runs
 
 
@@ -243,9 +245,9 @@ def paired_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def selected_csv(selected: Sequence[dict[str, Any]], space: Any) -> str:
-    """One row per (task, method, seed): the chosen run's folder, its dev and test metric, how many
-    configurations it was chosen from, and its searched options (JSON), so the selected runs can be read
-    back (``balancedness figures fig3 --log <run>``)."""
+    """One row per (task, method, seed): the chosen run's folder relative to the sweep folder, its dev and test
+    metric, how many configurations it was chosen from, and its searched options (JSON), so the selected runs
+    can be read back from wherever the sweep folder is (``balancedness figures fig3 --log <sweep>/<run>``)."""
     from balancedness.finetune.select import selected_options
 
     buf = io.StringIO()
@@ -256,7 +258,7 @@ def selected_csv(selected: Sequence[dict[str, Any]], space: Any) -> str:
         writer.writerow([r["task"], r["method"], r["seed"], r["metric"], "" if dev is None else f"{float(dev):.4f}",
                          f"{float(r[r['metric']]):.4f}", r["candidates"],
                          json.dumps(selected_options(r, space.searched(r["method"])), sort_keys=True),
-                         r["config"]["out"]])
+                         r["run"]])
     return buf.getvalue()
 
 
@@ -354,6 +356,7 @@ def write_tables(out: str | Path, runs: Sequence[dict[str, Any]], order: dict[st
     out = Path(out)
     if not runs:
         markdown = "(no complete runs yet)\n"
+        _remove_stale(out, ("table.csv", "selected.csv", "paired.csv", "paired.png"))
         write_text(out / "table.md", markdown)
         return markdown, []
     searched = space.searched()
@@ -369,9 +372,16 @@ def write_tables(out: str | Path, runs: Sequence[dict[str, Any]], order: dict[st
         parts += [paired_markdown(rows, tasks), "![paired](paired.png)"]
         write_text(out / "paired.csv", paired_csv(rows))
         paired_figure(selected, rows, tasks, methods, out / "paired.png")
+    else:  # no LoRA baseline this time: the pairing of an earlier sweep in this folder must not stay beside it
+        _remove_stale(out, ("paired.csv", "paired.png"))
     markdown = "\n".join(p for p in parts if p is not None) + "\n"
     write_text(out / "table.md", markdown)
     write_text(out / "table.csv", csv_text(cells))
     write_text(out / "selected.csv", selected_csv(selected, space))
     return markdown, selected
 
+
+def _remove_stale(out: Path, names: Sequence[str]) -> None:
+    """Delete the outputs of an earlier sweep in ``out`` that this one does not write (they describe other runs)."""
+    for name in names:
+        (out / name).unlink(missing_ok=True)

@@ -179,7 +179,8 @@ def prepare(config: FinetuneConfig):
     Returns ``(task, model_path)``. Raises ValueError / FileNotFoundError naming the bad value.
     """
     from balancedness.finetune.data import load_task
-    from balancedness.finetune.models import check_compatible, model_config, model_family, resolve_model
+    from balancedness.finetune.models import (check_compatible, check_tokenizer, model_config, model_family,
+                                              resolve_model)
 
     check_config(config)
     task = load_task(config.task, data_root=config.data_root, seed=config.seed, shots=config.shots,
@@ -188,6 +189,7 @@ def prepare(config: FinetuneConfig):
                      max_eval=config.max_eval)
     path = resolve_model(config.model)
     check_compatible(model_family(model_config(path)), task, config.model)
+    check_tokenizer(path)
     return task, path
 
 

@@ -22,13 +22,14 @@ def score(metrics: dict[str, Any]) -> float:
 
 
 def select_runs(runs: Sequence[dict[str, Any]], order: dict[str, int]) -> list[dict[str, Any]]:
-    """One run per (task, method, seed): the best dev metric, ties to the lowest ``order[run's out]``."""
+    """One run per (task, method, seed): the best dev metric, ties to the lowest ``order[run["run"]]`` (the
+    run's folder relative to the sweep folder, so the choice does not depend on the path the sweep was given)."""
     groups: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
         groups[(run["task"], run["method"], run["seed"])].append(run)
     chosen = []
     for key in sorted(groups, key=lambda k: (k[0], k[1], k[2])):
-        best = max(groups[key], key=lambda r: (score(r), -order[r["config"]["out"]]))
+        best = max(groups[key], key=lambda r: (score(r), -order[r["run"]]))
         chosen.append({**best, "candidates": len(groups[key])})
     return chosen
 

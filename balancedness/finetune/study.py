@@ -20,25 +20,130 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
+import logging
 import os
+import re
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-__all__ = ["open_study", "run_cells", "cell_lock", "study_name", "storage_for", "start_workers"]
+__all__ = ["open_study", "run_cells", "cell_lock", "study_name", "storage_for", "start_workers", "repair_journal",
+           "StorageError"]
 
 _RDB = ("sqlite:", "postgresql", "mysql", "oracle", "mssql")
 
 
 def storage_for(out: Path, storage: str | None):
+    """The Optuna storage of a sweep: an RDB URL (checked: driver, folder, connection) or a journal file
+    (default ``out/study.journal``; a torn last record is repaired first, see :func:`repair_journal`).
+    A storage that cannot be used raises :class:`StorageError` naming it, its password masked."""
     import optuna
 
     if storage and storage.startswith(_RDB):
-        return storage
+        return _rdb_storage(storage)
     path = Path(storage) if storage else out / "study.journal"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise StorageError(f"storage (--storage) {str(path)!r} is a folder; expected a journal file path or an RDB "
+                           "URL (postgresql://…, mysql://…, sqlite:///…)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"storage (--storage) {str(path)!r}: its folder cannot be created "
+                           f"({exc.strerror})") from None
+    repair_journal(path)
     from optuna.storages.journal import JournalFileBackend
 
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+class StorageError(ValueError):
+    """The sweep's storage cannot be used (the CLI exits 2); the message never holds the URL's password."""
+
+
+def _masked(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***``."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def _rdb_storage(url: str):
+    """``optuna.storages.RDBStorage(url)``, with every way it fails up front said in one sentence."""
+    import sqlalchemy.exc
+
+    shown = _masked(url)
+    if url.startswith("sqlite:///"):
+        folder = Path(url.removeprefix("sqlite:///").split("?")[0]).parent
+        if not folder.is_dir():
+            raise StorageError(f"storage (--storage) {shown!r}: the folder {str(folder)!r} of the database file does "
+                               "not exist; create it first")
+    try:
+        return _create_rdb(url)
+    except ImportError as exc:  # optuna re-raises sqlalchemy's ImportError without the module's name
+        driver = getattr(exc.__cause__, "name", None) or exc.name or "its driver"
+        raise StorageError(f"storage (--storage) {shown!r} needs the database driver module {driver!r}, which is not "
+                           "installed (PostgreSQL: pip install 'psycopg[binary]'; MySQL: pip install pymysql and "
+                           "write mysql+pymysql://…)") from None
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        password = re.search(r"://[^:/@]*:([^@/]*)@", url)
+        if password and password.group(1):
+            reason = reason.replace(password.group(1), "***")
+        raise StorageError(f"storage (--storage) {shown!r} cannot be used: {_masked(reason)}") from None
+
+
+def _create_rdb(url: str, attempts: int = 5):
+    """``RDBStorage(url)``; processes starting at once on a new database race to create Optuna's tables, and the
+    loser's unique-key violation is retried (by then the tables exist)."""
+    import time
+
+    import optuna
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except sqlalchemy.exc.IntegrityError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+def repair_journal(path: Path) -> int:
+    """Make the journal file ``path`` safe to append to; returns the number of bytes dropped.
+
+    A worker killed while appending leaves a *torn last record*: bytes after the last newline. Optuna skips it
+    when reading, but its next append would glue a record to it and corrupt the journal for good. The torn
+    bytes are dropped (under the journal's own lock, so no live writer is mid-record): they never formed a
+    record anyone read. Any other damage (a line that is not a JSON record) raises :class:`StorageError`
+    naming the file and line: the journal only queues the cells, so moving it aside is safe (a new journal
+    skips the complete runs in their folders and resumes the others).
+    """
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    if not path.is_file():
+        return 0
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        data = path.read_bytes()
+        complete = data[: data.rfind(b"\n") + 1]
+        for number, line in enumerate(complete.splitlines(), 1):
+            try:
+                json.loads(line)
+            except ValueError:
+                raise StorageError(f"the study journal {str(path)!r} is damaged: line {number} is not a JSON record; "
+                                   "move the file aside and run again (the run folders keep every result: complete "
+                                   "runs are skipped, unfinished ones resume)") from None
+        torn = len(data) - len(complete)
+        if torn:
+            with open(path, "r+b") as fh:
+                fh.truncate(len(complete))
+                os.fsync(fh.fileno())
+            print(f"repaired the study journal {str(path)!r}: dropped its torn last record ({torn} bytes), left by a "
+                  "worker killed while writing it", file=sys.stderr)
+        return torn
+    finally:
+        lock.release()
 
 
 def study_name(fids: Sequence[str]) -> str:
@@ -81,6 +186,7 @@ def run_cells(cells: dict[str, Any], out: str | os.PathLike[str], run: Callable[
 
     fids = sorted(cells)
     study = open_study(out, fids, storage)
+    _quiet_interrupts()
 
     def objective(trial: "optuna.Trial") -> float:
         fid = trial.suggest_categorical("cell", fids)
@@ -103,6 +209,32 @@ def run_cells(cells: dict[str, Any], out: str | os.PathLike[str], run: Callable[
         study.optimize(objective, n_trials=pending, catch=(Exception,), gc_after_trial=False)
 
 
+class _InterruptFilter(logging.Filter):
+    """Drops Optuna's report of a trial stopped by Ctrl-C (a warning with the KeyboardInterrupt's traceback, and
+    the "failed with value None" line after it): every worker would print it; the sweep says it once. The
+    trial is still recorded as failed, and retried."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.after_interrupt = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            self.after_interrupt = True
+            return False
+        if self.after_interrupt and "failed with value" in record.getMessage():
+            self.after_interrupt = False
+            return False
+        return True
+
+
+def _quiet_interrupts() -> None:
+    """Install :class:`_InterruptFilter` on the logger of Optuna's trial loop (once per process)."""
+    logger = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, _InterruptFilter) for f in logger.filters):
+        logger.addFilter(_InterruptFilter())
+
+
 def _complete(config: Any) -> bool:
     from balancedness.finetune.runfolder import read_complete
 
@@ -110,14 +242,22 @@ def _complete(config: Any) -> bool:
 
 
 def _worker(cells: dict[str, Any], out: str, storage: str | None, threads: int) -> None:
-    """A spawned worker process (``--workers N``): the same loop, quietly, with its share of the cores."""
-    import torch
+    """A spawned worker process (``--workers N``): the same loop, quietly, with its share of the cores.
 
-    from balancedness.finetune.run import run_finetune
-    from balancedness.finetune.select import score
+    Ctrl-C in a terminal reaches every process of the sweep: a worker finishes its step and checkpoints it
+    (``run_finetune``), then exits with code 130 and no traceback; the main process says it once.
+    """
+    try:
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # the main process speaks
+            import torch
 
-    torch.set_num_threads(threads)
-    run_cells(cells, out, run_finetune, score, storage)
+            from balancedness.finetune.run import run_finetune
+            from balancedness.finetune.select import score
+
+            torch.set_num_threads(threads)
+            run_cells(cells, out, run_finetune, score, storage)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
 
 
 def start_workers(n: int, cells: dict[str, Any], out: str | os.PathLike[str], storage: str | None) -> list[Any]:

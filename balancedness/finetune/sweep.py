@@ -54,6 +54,10 @@ def _check_grid(base: FinetuneConfig, tasks: Sequence[str], methods: Sequence[st
     for name, values in (("tasks", tasks), ("methods", methods), ("seeds", seeds)):
         if not values:
             raise ValueError(f"{name} is empty")
+        repeated = sorted({v for v in values if list(values).count(v) > 1}, key=list(values).index)
+        if repeated:  # a repeated task or method would repeat a table row or column
+            raise ValueError(f"{name} lists {', '.join(map(repr, repeated))} more than once "
+                             f"({', '.join(map(str, values))}); give each once")
     unknown = [t for t in tasks if t not in known_tasks()]
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; expected some of {', '.join(known_tasks())}")
@@ -101,7 +105,7 @@ def run_sweep(base: FinetuneConfig, *, tasks: Sequence[str], methods: Sequence[s
     Path(out).mkdir(parents=True, exist_ok=True)
     open_study(out, sorted(cells), storage)  # created once, before any worker opens it
     result = SweepResult()
-    order = {config.out: i for i, config in enumerate(cells.values())}
+    order = {_relative(config.out, out): i for i, config in enumerate(cells.values())}
     procs = start_workers(workers - 1, cells, out, storage) if workers > 1 else []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
@@ -115,14 +119,16 @@ def run_sweep(base: FinetuneConfig, *, tasks: Sequence[str], methods: Sequence[s
     finally:
         for proc in procs:
             proc.join()
-    result.runs, missing = _collect(cells)
-    complete = {r["config"]["out"] for r in result.runs}
+    result.runs, missing = _collect(cells, out)
+    complete = {str(Path(out) / r["run"]) for r in result.runs}
     result.failed = [f for f in result.failed if f["out"] not in complete]  # a retry may have finished it
     result.failed += [{"task": c.task, "method": c.method, "seed": c.seed, "out": c.out,
                        "error": "not complete after the sweep (see the run folder)"}
                       for c in missing if not any(f["out"] == c.out for f in result.failed)]
     if result.failed:
         write_json(Path(out) / "failures.json", result.failed)
+    else:  # an earlier sweep's failures must not outlive it
+        (Path(out) / "failures.json").unlink(missing_ok=True)
     result.markdown, result.selected = write_tables(out, result.runs, order, space, tasks, methods)
     return result
 
@@ -145,14 +151,20 @@ def _recording(result: SweepResult):
     return run
 
 
-def _collect(cells: dict[str, FinetuneConfig]) -> tuple[list[dict[str, Any]], list[FinetuneConfig]]:
+def _relative(run: str | Path, out: str | Path) -> str:
+    """A cell's run folder relative to the sweep folder (how tables and ``selected.csv`` name runs)."""
+    return Path(run).relative_to(out).as_posix()
+
+
+def _collect(cells: dict[str, FinetuneConfig], out: str | Path) -> tuple[list[dict[str, Any]], list[FinetuneConfig]]:
+    """The complete runs (each with ``run``: its folder relative to ``out``) and the cells not complete."""
     from balancedness.finetune.runfolder import read_complete
 
     runs, missing = [], []
     for config in cells.values():
         metrics = read_complete(config.out)  # the one rule: never a failed or unfinished run
         if metrics is not None:
-            runs.append(metrics)
+            runs.append({**metrics, "run": _relative(config.out, out)})
         else:
             missing.append(config)
     return runs, missing

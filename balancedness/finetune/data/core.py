@@ -101,6 +101,8 @@ def resolve_data_root(data_root: str | os.PathLike[str] | None, needed_for: str)
 
 def require_file(path: Path, what: str) -> Path:
     """``path`` if it is a file, else a FileNotFoundError naming it and what it should hold."""
+    if path.is_dir():
+        raise FileNotFoundError(f"{what} {str(path)!r} is a directory; expected a file")
     if not path.is_file():
         raise FileNotFoundError(f"missing {what}: {str(path)!r} does not exist; "
                                 f"check data_root (--data-root) / {DATA_ENV} (expected the layout of shared/data, see docs/data.md)")

@@ -100,6 +100,20 @@ def _quiet_datasets() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
+def _cache_failure(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc`` (``datasets`` wraps it) when writing the cache failed: no space, quota,
+    read-only or no permission; None for anything else."""
+    import errno
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def _load(builder: str, path: Path, expected_rows: int, **config: Any):
     """``datasets.load_dataset(builder)`` of one local file, keyed by its content; checks the row count."""
     from datasets import load_dataset
@@ -108,7 +122,14 @@ def _load(builder: str, path: Path, expected_rows: int, **config: Any):
         try:
             dataset = load_dataset(builder, data_files=str(path), split="train",
                                    description=f"balancedness sha256={_sha256(path)}", **config)
-        except Exception as exc:  # the structural check passed, so this is a reader disagreement
+        except Exception as exc:  # the structural check passed: a full cache, or a reader disagreement
+            cache = _cache_failure(exc)
+            if cache is not None:
+                import datasets
+
+                raise ValueError(f"the datasets cache {str(datasets.config.HF_DATASETS_CACHE)!r} cannot take the "
+                                 f"copy of {str(path)!r} ({cache.strerror}); the file is fine: free space there or "
+                                 "set HF_DATASETS_CACHE to a folder on a disk with room") from None
             raise ValueError(f"{str(path)!r} passed the structural check but datasets could not read it: "
                              f"{type(exc).__name__}: {exc}") from exc
     if len(dataset) != expected_rows:
