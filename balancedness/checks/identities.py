@@ -18,19 +18,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from balancedness.checks.instances import (CHUNK_NOISE, PaperSam, pair_error, paper_mu, paper_nop, paper_op,
-                                           random_minibatch, random_nop, random_op, rel_error)
+from balancedness.checks.instances import (CHUNK_NOISE, PaperSam, pair_error, paper_for, paper_mu, paper_nop,
+                                           paper_op, random_minibatch, random_nop, random_op, rel_error)
 from balancedness.checks.registry import Context, Kind, Measurement, at_most, check
 from balancedness.metrics import balancedness, balancedness_layers, layer_sq_norms
 from balancedness.sims import theory as th
 from balancedness.sims.optimizers import Optimizer
 
 IMPL = Kind.IMPLEMENTATION
-
-
-def paper(p):
-    """The paper's update at random points of ``p``: ``paper_nop`` or ``paper_op``."""
-    return paper_nop if p.kind == "nop" else paper_op
 
 
 def gradient_error(field: tuple, s: PaperSam) -> float:
@@ -48,7 +43,7 @@ def sam_rate_error(ctx: Context, p, X, Y, rho: float, identity, layers: bool = F
     """(max relative error of the SAM field's exact dB/dt (dB_l/dt if ``layers``) on a random minibatch against
     ``identity(X, Y, G, G̃, ‖g‖, ρ)`` of ``theory`` with G, G̃ from the paper's equations, that of its returned g)."""
     N, C = random_minibatch(ctx.rng, p, len(X))
-    s = paper(p)(p, X, Y, C, rho)
+    s = paper_for(p)(p, X, Y, C, rho)
     out = Optimizer("sam", rho=rho).direction(p, X, Y, np.ones(len(X)), N[None])
     rate = th.field_rate_layers(X, Y, out[0], out[1])
     return (rel_error(rate if layers else rate.sum(axis=1), identity(X, Y, s.G, s.G_tilde, s.grad_norm, rho)),
@@ -202,7 +197,7 @@ def bar_rate_error(ctx: Context, variant: str, p, X, Y, schedule: str = "constan
     there, the gradient norms from the paper's equations), that of the returned g)."""
     mu = 0.7
     N, C = random_minibatch(ctx.rng, p, len(X))
-    s = paper(p)(p, X, Y, C, 0.0)
+    s = paper_for(p)(p, X, Y, C, 0.0)
     gx, gy = layer_sq_norms(s.gX), layer_sq_norms(s.gY)
     errs, g_errs = [], []
     for t in progress:
@@ -281,7 +276,7 @@ def rho_grid_identity(ctx: Context) -> Measurement:
     for make in (random_nop, random_op):
         p, X, Y = make(ctx.rng, ctx.n)
         _, C = random_minibatch(ctx.rng, p, ctx.n)
-        s = paper(p)(p, X, Y, C, rhos)
+        s = paper_for(p)(p, X, Y, C, rhos)
         e, g = grid_errors("sam", p, X, Y, C[None], rhos, (-s.gX_tilde, -s.gY_tilde), s)
         rows.append(e)
         g_errs.append(g)

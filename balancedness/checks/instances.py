@@ -115,6 +115,11 @@ def paper_op(p: Problem, X: np.ndarray, Y: np.ndarray, c, rho: float) -> PaperSa
     return PaperSam(fe * Y, fe * X, f, ft, norm, Xt, Yt, fte * Yt, fte * Xt)
 
 
+def paper_for(p: Problem):
+    """The paper's update rule for the kind of ``p``: :func:`paper_nop` or :func:`paper_op`."""
+    return paper_nop if p.kind == "nop" else paper_op
+
+
 def hessian(f, z: np.ndarray, h: float = 1e-4) -> np.ndarray:
     """Central finite-difference Hessian of the scalar function f at z."""
     n = len(z)
