@@ -3,7 +3,12 @@
 Each mutant is a direction function that keeps the contract of ``balancedness.sims.directions`` and
 stands in for one built-in optimizer (``run_checks(replace={name: field})``). They are the bugs one
 would plausibly write: a lost normalization, a wrong radius, a flipped sign, the wrong minibatch, a norm
-taken per layer, the wrong quantity in a rule, a step applied twice.
+taken per layer, the wrong quantity in a rule, a step applied twice; and the bugs that passed every check
+before issue 19: one radius for every trajectory, the wrong gradient returned for the record, a μ_t
+scheduled twice, a per-layer norm in m-SAM or SNGD.
+
+``VARIANTS`` are not bugs: optimizers that are correct in behaviour but not bit for bit the paper's update
+(a direction computed in float32). The behaviour checks must pass them (``tests/test_mutants.py``).
 
 ``python tests/mutants.py`` prints, for every mutant, the checks that catch it in ``--quick`` mode and at
 full scale: the table in docs/sims.md (``tests/test_mutants.py`` holds the two to each other).
@@ -11,13 +16,14 @@ full scale: the table in docs/sims.md (``tests/test_mutants.py`` holds the two t
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import NamedTuple
 
 import numpy as np
 
 from balancedness.metrics import global_norm, layer_sq_norms, sq_norms
-from balancedness.sims.directions import DirectionFn, batch_target, nbar, obar, sam, sgd
+from balancedness.sims.directions import DirectionFn, batch_target, nbar, obar, sam, sngd, sgd
 
 
 class Mutant(NamedTuple):
@@ -36,11 +42,17 @@ def sgd_as_sam(problem, X, Y, targets, hp):
     return sgd(problem, X, Y, targets, hp)
 
 
+def _radius(hp) -> np.ndarray:
+    """ρ shaped to scale (n, L, d, r) arrays: a float, or one radius per trajectory (the contract)."""
+    return np.reshape(hp.rho, (-1, 1, 1, 1))
+
+
 def _sam_with(problem, X, Y, targets, hp, perturb):
-    """SAM whose ascent point is ``perturb(gX, gY, rho)`` away from z (the descent uses the batch target)."""
+    """SAM whose ascent point is ``perturb(gX, gY, rho)`` away from z (the descent uses the batch target); ``rho``
+    is shaped by :func:`_radius`."""
     C = batch_target(problem, targets)
     gX, gY = problem.grads_at(X, Y, C)
-    eX, eY = perturb(gX, gY, hp.rho)
+    eX, eY = perturb(gX, gY, _radius(hp))
     gXt, gYt = problem.grads_at(X + eX, Y + eY, C)
     return -gXt, -gYt, gX, gY
 
@@ -83,9 +95,34 @@ def sam_per_layer_norm(problem, X, Y, targets, hp):
 def sam_x_only(problem, X, Y, targets, hp):
     """Perturbs x only (y's ascent forgotten)."""
     def perturb(gX, gY, rho):
-        return _scale(rho / global_norm(gX, gY)) * gX, np.zeros_like(gY)
+        return rho * gX / _scale(global_norm(gX, gY)), np.zeros_like(gY)
 
     return _sam_with(problem, X, Y, targets, hp, perturb)
+
+
+def sam_first_rho(problem, X, Y, targets, hp):
+    """Takes the first radius for every trajectory when ρ comes as one radius per trajectory."""
+    return sam(problem, X, Y, targets, hp._replace(rho=float(np.ravel(hp.rho)[0])))
+
+
+def sam_returns_perturbed_grad(problem, X, Y, targets, hp):
+    """Steps correctly but returns the gradient at z + ρ g/‖g‖ as g (what the simulator records), not the one at z."""
+    dX, dY, _, _ = sam(problem, X, Y, targets, hp)
+    return dX, dY, -dX, -dY
+
+
+def msam_per_layer_norm(problem, X, Y, targets, hp):
+    """m-SAM whose chunk perturbations are normalized per layer (u_{i,l} = 1/‖g_{i,l}‖), not by the global ‖g_i‖."""
+    chunks = [problem.target] if targets is None else targets
+    dX, dY = np.zeros_like(X), np.zeros_like(Y)
+    gX, gY = np.zeros_like(X), np.zeros_like(Y)
+    for C in chunks:
+        gXi, gYi = problem.grads_at(X, Y, C)
+        s = _radius(hp) / np.sqrt(layer_sq_norms(gXi) + layer_sq_norms(gYi))[:, :, None, None]
+        gXt, gYt = problem.grads_at(X + s * gXi, Y + s * gYi, C)
+        dX, dY = dX - gXt / len(chunks), dY - gYt / len(chunks)
+        gX, gY = gX + gXi / len(chunks), gY + gYi / len(chunks)
+    return dX, dY, gX, gY
 
 
 def msam_shared_perturbation(problem, X, Y, targets, hp):
@@ -133,6 +170,16 @@ def obar_mu_twice(problem, X, Y, targets, hp):
     return obar(problem, X, Y, targets, hp._replace(mu=2 * hp.mu))
 
 
+def nbar_mu_decayed_twice(problem, X, Y, targets, hp):
+    """Decays μ_t, which comes already scheduled, once more by (1 − t/T) (a hook that schedules it itself)."""
+    return nbar(problem, X, Y, targets, hp._replace(mu=hp.mu * (1 - hp.progress)))
+
+
+def obar_mu_decayed_twice(problem, X, Y, targets, hp):
+    """Decays the scheduled μ_t once more by ½(1 + cos(π t/T))."""
+    return obar(problem, X, Y, targets, hp._replace(mu=hp.mu * 0.5 * (1 + np.cos(np.pi * hp.progress))))
+
+
 # -- SGD, SNGD --------------------------------------------------------------------------------------
 def sgd_noise_free(problem, X, Y, targets, hp):
     """Forgets the minibatch: the gradient of the noise-free loss."""
@@ -150,6 +197,19 @@ def sngd_blockwise(problem, X, Y, targets, hp):
     gX, gY = problem.grads_at(X, Y, batch_target(problem, targets))
     nx, ny = np.sqrt(sq_norms(gX)), np.sqrt(sq_norms(gY))
     return -gX / _scale(nx), -gY / _scale(ny), gX, gY
+
+
+def sngd_per_layer_norm(problem, X, Y, targets, hp):
+    """Normalizes each layer's gradient by that layer's norm ‖g_l‖ instead of the global ‖g‖ of (15)."""
+    gX, gY = problem.grads_at(X, Y, batch_target(problem, targets))
+    n = np.sqrt(layer_sq_norms(gX) + layer_sq_norms(gY))[:, :, None, None]
+    return -gX / n, -gY / n, gX, gY
+
+
+def sngd_returns_normalized_grad(problem, X, Y, targets, hp):
+    """Steps correctly but returns the normalized gradient g/‖g‖ as g (the recorded gradient gap shrinks)."""
+    dX, dY, _, _ = sngd(problem, X, Y, targets, hp)
+    return dX, dY, -dX, -dY
 
 
 MUTANTS: list[Mutant] = [
@@ -170,6 +230,32 @@ MUTANTS: list[Mutant] = [
     Mutant("sgd-noise-free", "sgd", sgd_noise_free, "SGD ignores the minibatch (noise-free gradient)"),
     Mutant("sgd-sign-error", "sgd", sgd_sign_error, "flow with a sign error: dy/dt = +g_y"),
     Mutant("sngd-blockwise", "sngd", sngd_blockwise, "SNGD normalizes g_x and g_y separately"),
+    # the blind spots of issue 19
+    Mutant("sam-first-rho", "sam", sam_first_rho, "the first radius for every trajectory (rho of shape (n,))"),
+    Mutant("sam-returns-perturbed-grad", "sam", sam_returns_perturbed_grad,
+           "returns the gradient at the perturbed point as g (the trajectory is unchanged)"),
+    Mutant("sngd-returns-normalized-grad", "sngd", sngd_returns_normalized_grad, "returns g/‖g‖ as g"),
+    Mutant("nbar-mu-decayed-twice", "nbar", nbar_mu_decayed_twice, "decays the scheduled mu_t again by (1 − t/T)"),
+    Mutant("obar-mu-decayed-twice", "obar", obar_mu_decayed_twice,
+           "decays the scheduled mu_t again by (1 + cos(pi t/T))/2"),
+    Mutant("msam-per-layer-norm", "msam", msam_per_layer_norm, "u_i normalized per layer, not globally"),
+    Mutant("sngd-per-layer-norm", "sngd", sngd_per_layer_norm, "normalized per layer, not by the global ‖g‖"),
+]
+
+
+def sam_float32(problem, X, Y, targets, hp):
+    """SAM computed in float32 (the point, the minibatch and the target rounded): correct in behaviour, but its
+    direction is exactly 0 in a band around f′ = 0, where the OP flow then stops."""
+    def f32(a):
+        return None if a is None else np.asarray(a, dtype=np.float32)
+
+    q = dataclasses.replace(problem, target=f32(problem.target))
+    return tuple(np.asarray(a, dtype=np.float64) for a in sam(q, f32(X), f32(Y), f32(targets), hp))
+
+
+#: Correct-in-behaviour variants (not bugs): the behaviour checks named must pass them.
+VARIANTS: list[tuple[Mutant, tuple[str, ...]]] = [
+    (Mutant("sam-float32", "sam", sam_float32, "SAM computed in float32"), ("thm3-direction",)),
 ]
 
 #: Built-ins that are not mutated above would be a hole: every optimizer of the paper has mutants.

@@ -117,9 +117,9 @@ def test_docs_worked_example_runs_as_documented(tmp_path):
 def test_check_replace_with_the_built_in_passes_its_claims(tmp_path):
     (tmp_path / "same.py").write_text("from balancedness.sims.directions import nbar\n")
     p = run("check", "--quick", "--brief", "--replace", f"nbar={tmp_path / 'same.py'}:nbar")
-    assert "implementation checks: 2 passed, 0 failed" in p.stdout
+    assert "implementation checks: 4 passed, 0 failed" in p.stdout
     assert "behaviour (balances, direction, bounds): 1 of 1 satisfied" in p.stdout
-    assert "exact identities of the paper's update (a variant is expected to differ): 1 of 1 satisfied" in p.stdout
+    assert "exact identities of the paper's update (a variant is expected to differ): 3 of 3 satisfied" in p.stdout
 
 
 @pytest.mark.parametrize("spec,needle", [

@@ -186,6 +186,31 @@ def test_flow_reports_sliding_on_the_discontinuous_sam_op_field():
     assert np.all(np.isfinite(res.balancedness))
 
 
+def test_flow_stops_where_the_field_vanishes_identically():
+    """SGD on OP with a dead zone (d = 0 exactly where |f'| < 0.05) reaches it in finite time: the flow is at rest
+    there. The solver says ``stopped`` and when; the records after it are that point (not a long "ok" run frozen by
+    chance, which is how a float32 field used to fail thm3-direction)."""
+    from balancedness.sims.directions import sgd
+
+    def dead_zone(problem, X, Y, targets, hp):
+        dX, dY, gX, gY = sgd(problem, X, Y, targets, hp)
+        alive = (np.abs(problem.outer_grad_at(problem.product(X, Y), problem.target)) >= 0.05)[:, None, None, None]
+        return dX * alive, dY * alive, gX, gY
+
+    with replaced_directions({"sgd": dead_zone}):
+        res = solve_flow(op_problem(), "sgd", t_end=10.0, n_records=101)
+    run = res.settings["runs"][0]
+    assert res.settings["status"] == "stopped" and run["status"] == "stopped" and run["sliding_from"] is None
+    assert 0 < run["stopped_at"] < 10
+    after = res.t > run["stopped_at"]
+    assert after.sum() > 50 and np.all(res.x[0, after] == res.x[0, after][0])
+    assert not np.allclose(res.x[0, 0], res.x[0, after][0])
+    f = op_problem().outer_grad_at(op_problem().product(res.x[0, after][:1], res.y[0, after][:1]), 0.5)
+    assert abs(f[0]) < 0.05
+    ok = solve_flow(op_problem(), "sgd", t_end=10.0, n_records=11).settings
+    assert ok["status"] == "ok" and ok["runs"][0]["stopped_at"] is None
+
+
 def test_flow_with_frozen_noise_and_bar():
     res = solve_flow(nop_problem(), "nbar", mu=1.0, alpha=[0.0, 1.0], seeds=[0], t_end=2.0, n_records=21)
     assert res.balancedness.shape == (2, 21)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from balancedness.checks.instances import paper_op, random_nop, random_op
+from balancedness.checks.instances import CHUNK_NOISE, paper_op, random_nop, random_op
 from balancedness.checks.registry import Context, Kind, Measurement, all_hold, at_most, check, within
 from balancedness.metrics import balancedness, layer_sq_norms
 from balancedness.sims import theory as th
@@ -49,11 +49,6 @@ def order_measurement(r: np.ndarray, detail: str = "") -> Measurement:
 def chain_violations(lo: np.ndarray, mid: np.ndarray, hi: np.ndarray) -> int:
     """How many entries break lo ≤ mid ≤ hi (relative slack 1e-12 for round-off; NaN counts as broken)."""
     return int(np.sum(~((lo <= mid * (1 + 1e-12)) & (mid <= hi * (1 + 1e-12)))))
-
-
-#: Noise of the m-sharpness chunks: large enough that the chunks' f′_i often differ in sign, where m-SAM
-#: and SAM differ (with equal signs (1/m)Σ|f′_i| = |f′| and (39) is (32)).
-CHUNK_NOISE = 3.0
 
 
 def op_chunks(ctx: Context, p, X, Y, m: int) -> tuple[np.ndarray, np.ndarray]:

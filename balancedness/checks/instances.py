@@ -7,7 +7,7 @@ with a random minibatch target C (so an identity is tested away from the paper's
 there **from the paper's equations** ((3), (4a–b), (22a–b) for NOP; (7a–b), (14), (41a–b) for OP), with
 their own arithmetic: nothing of ``sims.directions`` is used. An identity check compares what an
 optimizer implementation does against these, so a broken implementation (or a broken helper of it)
-cannot agree with itself.
+cannot agree with itself. ``paper_mu`` writes the μ_t schedules of spec §4.5.7 again, for the same reason.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from balancedness.metrics import sq_norms
 from balancedness.sims.problems import Problem, nop_problem, op_problem
 
 
@@ -23,6 +24,25 @@ def rel_error(a, b) -> float:
     """max |a − b| / |b| over all entries."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300)))
+
+
+#: Noise of the m-sharpness chunks: large enough that the chunks' f′_i often differ in sign, where m-SAM
+#: and SAM differ (with equal signs (1/m)Σ|f′_i| = |f′| and (39) is (32)).
+CHUNK_NOISE = 3.0
+
+
+def pair_error(aX: np.ndarray, aY: np.ndarray, bX: np.ndarray, bY: np.ndarray) -> float:
+    """max over points of ‖(a_X, a_Y) − (b_X, b_Y)‖ / ‖(b_X, b_Y)‖ (a direction or a gradient against the paper's; NaN
+    propagates)."""
+    diff = sq_norms(aX - bX) + sq_norms(aY - bY)
+    return float(np.max(np.sqrt(diff / np.maximum(sq_norms(bX) + sq_norms(bY), 1e-300))))
+
+
+def paper_mu(mu0: float, schedule: str, progress: float) -> float:
+    """μ_t of spec §4.5.7, written again (apart from ``balancedness.schedules``): constant μ₀, linear μ₀(1 − t/T),
+    cosine μ₀·½(1 + cos(π t/T))."""
+    return {"constant": mu0, "linear": mu0 * (1 - progress),
+            "cosine": mu0 * 0.5 * (1 + np.cos(np.pi * progress))}[schedule]
 
 
 def random_nop(rng: np.random.Generator, n: int, layers: int = 1, rank: int = 1, d1: int = 3, d2: int = 3):
@@ -93,6 +113,11 @@ def paper_op(p: Problem, X: np.ndarray, Y: np.ndarray, c, rho: float) -> PaperSa
     fe = f[:, None, None, None]
     fte = ft[:, None, None, None]
     return PaperSam(fe * Y, fe * X, f, ft, norm, Xt, Yt, fte * Yt, fte * Xt)
+
+
+def paper_for(p: Problem):
+    """The paper's update rule for the kind of ``p``: :func:`paper_nop` or :func:`paper_op`."""
+    return paper_nop if p.kind == "nop" else paper_op
 
 
 def hessian(f, z: np.ndarray, h: float = 1e-4) -> np.ndarray:

@@ -3,13 +3,17 @@ balances faster (by more than SGD's own drift), Thm 2 (6) holds along SAM's own 
 Cor. 1's threshold (Fig. 2(a)), SGD's drift is the predicted O(η²) term, BAR balances, GD's saddle trap.
 
 The SGD and SAM runs on each toy (α ∈ {0, 0.5, 1, 2}, seed 0, η = 1e-4, T = 1e5 or 2e4 quick, 1001
-records) are made once per ``run_checks`` and shared through ``Context.cache`` (:func:`toy_runs`).
+records) are made once per ``run_checks`` and shared through ``Context.cache`` (:func:`toy_runs`). SAM runs
+as Fig. 1 does (``benchmarks/sims.py``): the radii [0, ρ] side by side in one run, one radius per
+trajectory (:func:`toy_rho_grid`); the SAM run of the other checks is its ρ rows, and ``toy-rho-grid`` holds
+the ρ = 0 rows to the SGD run, bit for bit.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from balancedness.checks.instances import paper_for
 from balancedness.checks.registry import Context, Kind, Measurement, above, all_hold, at_most, check
 from balancedness.metrics import sq_norms
 from balancedness.sims import theory as th
@@ -29,15 +33,30 @@ def toy_steps(ctx: Context) -> int:
     return 20_000 if ctx.quick else 100_000
 
 
-def toy_run(ctx: Context, kind: str, optimizer: str) -> SimResult:
-    """The SGD or SAM run on the NOP (ρ = 0.1) or OP (ρ = 0.2) toy, one trajectory per α in ``TOY_ALPHAS``."""
+def toy_simulation(ctx: Context, kind: str, optimizer: str, rho) -> SimResult:
+    """``optimizer`` on the NOP or OP toy with radius (or radii) ``rho``, one trajectory per α in ``TOY_ALPHAS``
+    (per ρ and α for several radii), made once per ``run_checks``."""
     def run():
         p = nop_problem() if kind == "nop" else op_problem()
         steps = toy_steps(ctx)
-        return simulate(p, optimizer, rho=TOY_RHO[kind] if optimizer == "sam" else 0.0, alpha=TOY_ALPHAS, seeds=[0],
-                        lr=1e-4, steps=steps, record_every=steps // 1000)
+        return simulate(p, optimizer, rho=rho, alpha=TOY_ALPHAS, seeds=[0], lr=1e-4, steps=steps,
+                        record_every=steps // 1000)
 
-    return ctx.cached(("toy", kind, optimizer), run)
+    return ctx.cached(("toy", kind, optimizer, str(rho)), run)
+
+
+def toy_rho_grid(ctx: Context, kind: str) -> SimResult:
+    """SAM on a toy with the radii [0, ρ] (ρ = 0.1 NOP, 0.2 OP) side by side: 2 × 4 trajectories, ρ-major."""
+    return toy_simulation(ctx, kind, "sam", [0.0, TOY_RHO[kind]])
+
+
+def toy_run(ctx: Context, kind: str, optimizer: str) -> SimResult:
+    """The SGD run, or the SAM run (the ρ rows of :func:`toy_rho_grid`), on the NOP (ρ = 0.1) or OP (ρ = 0.2) toy,
+    one trajectory per α in ``TOY_ALPHAS``."""
+    if optimizer == "sam":
+        grid = toy_rho_grid(ctx, kind)
+        return grid.subset(grid.select(rho=TOY_RHO[kind]))
+    return toy_simulation(ctx, kind, optimizer, 0.0)
 
 
 def toy_runs(ctx: Context, kind: str) -> tuple[SimResult, SimResult, int]:
@@ -45,12 +64,22 @@ def toy_runs(ctx: Context, kind: str) -> tuple[SimResult, SimResult, int]:
     return toy_run(ctx, kind, "sgd"), toy_run(ctx, kind, "sam"), toy_steps(ctx)
 
 
+def balance_limit(ctx: Context) -> float:
+    """The largest 2|B_T|/2|B_0| of SAM at α = 0.5, 1 that counts as balancing (spec §7.3(a); 0.8 in 2e4 steps)."""
+    return 0.5 if not ctx.quick else 0.8
+
+
+def end_fractions(run: SimResult, rows=(1, 2)) -> list[float]:
+    """2|B_T|/2|B_0| of the trajectories ``rows`` (α = 0.5, 1 by default)."""
+    return [abs(run.balancedness[i, -1]) / abs(run.balancedness[i, 0]) for i in rows]
+
+
 def sam_balances(ctx: Context, kind: str) -> Measurement:
     sgd, sam, steps = toy_runs(ctx, kind)
     B0 = sgd.balancedness[0, 0]
     drift = float(np.max([abs(sgd.balancedness[i, -1] - B0) / abs(B0) for i in (0, 1, 2)]))
-    frac = [abs(sam.balancedness[i, -1]) / abs(B0) for i in (1, 2)]
-    limit = 0.5 if not ctx.quick else 0.8
+    frac = end_fractions(sam)
+    limit = balance_limit(ctx)
     return all_hold(drift <= 0.01 and np.max(frac) < limit,
                     f"T={steps}: SAM 2|B_T|/2|B_0| = {frac[0]:.3f} (a=0.5), {frac[1]:.3f} (a=1) < {limit}; "
                     f"SGD max drift {100 * drift:.2f}% (a<=1) <= 1%")
@@ -80,6 +109,50 @@ def toy_nop_sam_balances(ctx: Context) -> Measurement:
        "OP toy: SAM halves 2|B| for a in {0.5, 1}; SGD stays within 1% of B0", IMPL, runs=("sgd", "sam"))
 def toy_op_sam_balances(ctx: Context) -> Measurement:
     return sam_balances(ctx, "op")
+
+
+@check("toy-rho-grid", "Fig 1 layout; the contract's rho of shape (n,)",
+       "both toys, SAM with the radii [0, rho] side by side in one run (one per trajectory): the rho = 0 rows are the "
+       "SGD run bit for bit, and the rho rows balance (2|B_T|/2|B_0| below the limit at a = 0.5, 1)", IMPL,
+       runs=("sgd", "sam"))
+def toy_rho_grid_check(ctx: Context) -> Measurement:
+    parts, ok = [], True
+    for kind in ("nop", "op"):
+        grid, sgd = toy_rho_grid(ctx, kind), toy_run(ctx, kind, "sgd")
+        zero, sam = (grid.subset(grid.select(rho=r)) for r in (0.0, TOY_RHO[kind]))
+        gap = float(max(np.max(np.abs(zero.x - sgd.x)), np.max(np.abs(zero.y - sgd.y))))  # NaN propagates
+        frac, frac_sgd = end_fractions(sam), end_fractions(sgd)
+        ok = ok and gap == 0 and max(frac) < balance_limit(ctx)
+        parts.append(f"{kind.upper()}: rho=0 rows vs SGD max|diff| {gap:.1e}; rho={TOY_RHO[kind]:g} rows 2|B_T|/2|B_0| "
+                     f"= {frac[0]:.3f}, {frac[1]:.3f} (SGD {frac_sgd[0]:.3f}, {frac_sgd[1]:.3f})")
+    return all_hold(ok, f"T={toy_steps(ctx)}, a = 0.5, 1: " + "; ".join(parts) + f"; judged 0 and < {balance_limit(ctx)}")
+
+
+@check("toy-grad-gap", "Fig 1 (right panels), (3), (14)",
+       "both toys: the gradient gap the SAM runs record (rho = 0 and rho rows) is |g_x|^2 - |g_y|^2 of the paper's "
+       "gradient at z on the minibatch of each recorded step", IMPL, runs=("sam",))
+def toy_grad_gap(ctx: Context) -> Measurement:
+    """The simulator records Σ_l ‖g_{X_l}‖² − ‖g_{Y_l}‖² from the gradient the field returns; here it is recomputed with
+    ``instances.paper_for`` at every record, for the target A + α N_t of that step's noise draw. The error
+    is relative to ‖g_x‖² + ‖g_y‖² (the gap itself crosses 0)."""
+    worst, typical = {}, {}
+    for kind in ("nop", "op"):
+        grid, steps = toy_rho_grid(ctx, kind), toy_steps(ctx)
+        p = nop_problem() if kind == "nop" else op_problem()
+        noise = p.noise_sequence(0, steps + 1)[grid.t.astype(int), 0]  # (R, *noise): the draw of each recorded step
+        err, rel = [], []
+        for i, a in enumerate(grid.alpha):
+            s = paper_for(p)(p, grid.x[i], grid.y[i], p.target + a * noise, 0.0)
+            gx, gy = sq_norms(s.gX), sq_norms(s.gY)
+            err.append(np.abs(grid.grad_gap[i] - (gx - gy)) / (gx + gy))
+            if grid.rho[i] > 0 and 0 < grid.alpha[i] < 2:  # what Fig. 1's right panels plot
+                rel.append(np.abs(grid.grad_gap[i] / (gx - gy) - 1))
+        worst[kind], typical[kind] = float(np.max(err)), float(np.median(rel))  # NaN propagates
+    v = max(worst.values())
+    return at_most(v, 1e-10, f"max |recorded - paper| / (|g_x|^2 + |g_y|^2) = {v:.1e} (NOP {worst['nop']:.1e}, OP "
+                   f"{worst['op']:.1e}) over 8 trajectories (rho = 0 and rho, 4 noise levels) x {len(grid.t)} records; "
+                   f"median |recorded/paper - 1| of SAM's gap at a = 0.5, 1: NOP {typical['nop']:.1e}, OP "
+                   f"{typical['op']:.1e}")
 
 
 @check("toy-nop-noisier-faster", "§3 (Fig 1a)",
@@ -195,6 +268,29 @@ def toy_bar_balances(ctx: Context) -> Measurement:
     loss = {o: r.loss[0, -1] for o, r in res.items()}
     ok = all(b[o] < 0.5 * b["sgd"] and loss[o] < loss["sgd"] for o in ("nbar", "obar"))
     return all_hold(ok, ", ".join(f"{o}: 2|B|={b[o]:.3f} loss={loss[o]:.1e}" for o in b))
+
+
+#: Spec §7.3(e): 2|B| after 1e5 steps (η = 1e-4) on the NOP toy, α = 1, μ₀ = 0.1, SGD base.
+SPEC_BAR_MU01 = {("nbar", "constant"): 0.24, ("nbar", "linear"): 0.41, ("obar", "constant"): 0.0,
+                 ("obar", "linear"): 0.084}
+#: Where 0.000 is the reference, 2|B_T| must stay below this; the others within ±20% (spec §7.3: ±20%).
+BAR_ZERO = 0.01
+
+
+@check("toy-bar-reference", "Fig 2b, §7.3(e)",
+       "NOP toy a=1, mu0=0.1, constant and linear mu_t: 2|B_T| of nBAR 0.24 / 0.41, oBAR 0.000 / 0.084 (+-20%; below "
+       "0.01 for 0.000)", IMPL, runs=("nbar", "obar"), exact=True)
+def toy_bar_reference(ctx: Context) -> Measurement:
+    """The spec's horizon ηT = 10 in 1e4 steps of η = 1e-3 (quick and full: at η = 1e-4, T = 1e5 the simulator gives
+    0.239, 0.409, 0.000, 0.084 with seed 0), the mean of seeds 0, 1, 2."""
+    p, parts, ok = nop_problem(), [], True
+    for (variant, schedule), ref in SPEC_BAR_MU01.items():
+        r = simulate(p, variant, mu=0.1, schedule=schedule, alpha=1.0, seeds=[0, 1, 2], lr=1e-3, steps=10_000,
+                     record_every=10_000)
+        b = float(np.mean(2 * np.abs(r.balancedness[:, -1])))
+        ok = ok and (b < BAR_ZERO if ref == 0 else abs(b - ref) <= 0.2 * ref)
+        parts.append(f"{variant} {schedule} {b:.3f} (spec {ref:.3f})")
+    return all_hold(ok, "2|B_T| at eta*T = 10: " + ", ".join(parts) + " (mean of seeds 0, 1, 2)")
 
 
 @check("fig4-saddle-trap", "Fig 4",

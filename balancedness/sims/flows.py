@@ -14,6 +14,12 @@ accepted steps shorter than ``stall_step`` on average) and continue from there w
 classical RK4 steps of size ``sliding_step``: the small-step limit of that chattering, which
 approximates the sliding motion to O(sliding_step). The result says so: ``settings["status"]``
 is ``"sliding"`` and ``settings["sliding_from"]`` the time the fallback began (per trajectory).
+
+Rest points. Where the field vanishes identically (every component exactly 0, at the step's time and at
+t_end), the flow has stopped: ż = 0 there, so it stays at that point. An adaptive solver would take ever
+longer steps to t_end without noticing, and the records would show a frozen tail (a field computed in
+float32 is exactly 0 in a band around f′ = 0, for instance). The solver stops there instead: the
+remaining records are that point, the run's ``status`` is ``"stopped"`` and ``stopped_at`` the time.
 """
 
 from __future__ import annotations
@@ -74,14 +80,22 @@ def _rk4(fun: _Field, t: float, v: np.ndarray, h: float) -> np.ndarray:
     return v + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
 
 
+def _at_rest(fun: _Field, solver, t_end: float) -> bool:
+    """Whether the field vanishes identically at the solver's point, at its time and at t_end (a field that
+    depends on t, like BAR's scheduled μ_t, must vanish at both to be at rest; the RK solvers keep f)."""
+    f = getattr(solver, "f", None)
+    f = fun(solver.t, solver.y) if f is None else f
+    return not np.any(f) and not np.any(fun(t_end, solver.y))
+
+
 def _integrate_one(fun: _Field, v0: np.ndarray, t_rec: np.ndarray, *, method: str, rtol: float, atol: float,
                    max_step: float, stall_step: float, patience: int, sliding_step: float) -> tuple[np.ndarray, dict]:
-    """Values at ``t_rec`` (R, dim) and diagnostics (status, switches, sliding_from, nfev)."""
+    """Values at ``t_rec`` (R, dim) and diagnostics (status, switches, sliding_from, stopped_at, nfev)."""
     t_end = float(t_rec[-1])
     out = np.full((len(t_rec), v0.size), np.nan)
     out[0] = v0
     solver = METHODS[method](fun, 0.0, v0, t_end, rtol=rtol, atol=atol, max_step=max_step)
-    info: dict = {"status": "ok", "switches": 0, "sliding_from": None, "message": ""}
+    info: dict = {"status": "ok", "switches": 0, "sliding_from": None, "stopped_at": None, "message": ""}
     sw_prev = fun.switching(v0)
     nxt = 1
     window = [0.0]
@@ -98,11 +112,15 @@ def _integrate_one(fun: _Field, v0: np.ndarray, t_rec: np.ndarray, *, method: st
         if sw is not None and sw_prev is not None:
             info["switches"] += int(np.sum(np.sign(sw) != np.sign(sw_prev)))
             sw_prev = sw
+        if solver.t < t_end and _at_rest(fun, solver, t_end):
+            info.update(status="stopped", stopped_at=float(solver.t))
+            out[nxt:] = solver.y
+            break
         window.append(solver.t)
         if len(window) > patience and (solver.t - window.pop(0)) < patience * stall_step and solver.t < t_end:
             info.update(status="sliding", sliding_from=float(solver.t))
             break
-    if info["status"] != "ok":
+    if info["status"] in ("sliding", "failed"):
         # fixed-step continuation (see module docstring); records by linear interpolation
         t, v = solver.t, solver.y.copy()
         while t < t_end and np.all(np.isfinite(v)):
@@ -151,6 +169,9 @@ def solve_flow(
         method, rtol, atol, max_step: passed to the scipy solver (default DOP853, 1e-10, 1e-12).
         stall_step, patience, sliding_step: the sliding-mode fallback (module docstring);
             defaults t_end·5e-7, 200 and t_end·2e-4.
+
+    A trajectory that reaches a point where the field vanishes identically stops there (module docstring:
+    ``status`` ``"stopped"``, ``stopped_at``; the records after it are that point).
     """
     opt = optimizer if isinstance(optimizer, Optimizer) else make_optimizer(
         optimizer, rho=rho, m=m, mu=mu, schedule=schedule)
@@ -189,7 +210,7 @@ def solve_flow(
         "kind": "flow", "problem": problem.name, "problem_kind": problem.kind, "layers": problem.layers,
         "rank": problem.rank, "scale": problem.scale, "optimizer": opt.settings(), "t_end": t_end,
         "batch": batch, "alpha": alphas, "seeds": seed_ids, "method": method, "rtol": rtol, "atol": atol,
-        "status": "ok" if statuses == {"ok"} else ("failed" if "failed" in statuses else "sliding"),
+        "status": next((st for st in ("failed", "sliding", "stopped") if st in statuses), "ok"),
         "runs": [{"alpha": a, "seed": s, **i} for (a, s), i in zip(traj, infos)],
         "x0": problem.x0.tolist(), "y0": problem.y0.tolist(),
         "seconds": time.perf_counter() - started,

@@ -3,7 +3,8 @@
 ``balancedness check --replace sam=path/to/my_sam.py:field`` and ``simulate`` from Python run a
 user-written direction function in place of a built-in one. This module turns the text
 ``NAME=FILE.py:FUNCTION`` into that function, and calls it once on small instances of every toy
-(NOP rank 1 and rank 2 with two layers, OP with one and two layers; noisy and noise-free) to check
+(NOP rank 1 and rank 2 with two layers, OP with one and two layers; noisy and noise-free; for an optimizer
+that uses ρ, one radius and one radius per trajectory) to check
 the contract of ``balancedness.sims.directions`` before any real work starts: four arrays shaped like
 (X, Y, X, Y), finite, and X, Y left unchanged. Every error names the bad value.
 
@@ -90,13 +91,15 @@ def check_contract(name: str, field: DirectionFn, n: int = 2) -> None:
     uses = lookup(name).uses
     m = 2 if "m" in uses else 1
     rng = np.random.default_rng(0)
-    hp = HyperParams(0.1, m, 0.5, 0.25)
+    radii = [0.1] + ([np.linspace(0.1, 0.05, n)] if "rho" in uses else [])  # a float, or one radius per trajectory
     for what, p in _instances():
         X = np.broadcast_to(p.x0, (n,) + p.x0.shape) + 0.05 * rng.standard_normal((n,) + p.x0.shape)
         Y = np.broadcast_to(p.y0, (n,) + p.y0.shape) + 0.05 * rng.standard_normal((n,) + p.y0.shape)
         noisy = p.target + rng.standard_normal((m, n) + p.noise_shape)
-        for targets in (noisy, None):
-            where = f"{name} replacement on the {what} ({'noisy minibatch' if targets is not None else 'noise-free'})"
+        for targets, rho in itertools.product((noisy, None), radii):
+            hp = HyperParams(rho, m, 0.5, 0.25)
+            where = (f"{name} replacement on the {what} ({'noisy minibatch' if targets is not None else 'noise-free'}"
+                     f"{f', one radius per trajectory (rho of shape ({n},))' if np.ndim(rho) else ''})")
             X0, Y0 = X.copy(), Y.copy()
             try:
                 out = field(p, X, Y, targets, hp)

@@ -60,6 +60,15 @@ class SimResult:
             mask &= self.seed == seed
         return mask
 
+    def subset(self, mask: np.ndarray) -> "SimResult":
+        """The trajectories selected by ``mask`` (boolean or indices, e.g. from :meth:`select`) as a SimResult of
+        their own, with the same record times and settings."""
+        rows = np.arange(self.n_runs)[mask]
+        return SimResult(t=self.t, x=self.x[rows], y=self.y[rows], balancedness=self.balancedness[rows],
+                         balancedness_layers=self.balancedness_layers[rows], grad_gap=self.grad_gap[rows],
+                         loss=self.loss[rows], alpha=self.alpha[rows], seed=self.seed[rows], settings=self.settings,
+                         rho=self.rho[rows])
+
     # -- (de)serialization ----------------------------------------------------------------
     def to_json_dict(self) -> dict:
         """``settings``, ``t`` and one object per trajectory in ``runs`` (the CLI's JSON)."""

@@ -19,10 +19,15 @@ from balancedness.sims.problems import Problem
 
 
 # -- exact rates of any field ------------------------------------------------------------------
+def field_rate_layers(X: np.ndarray, Y: np.ndarray, dX: np.ndarray, dY: np.ndarray) -> np.ndarray:
+    """dB_l/dt = ⟨X_l, Ẋ_l⟩ − ⟨Y_l, Ẏ_l⟩ for the direction (Ẋ, Ẏ) = (dX, dY) of a field at (X, Y), shape (n, L)."""
+    return np.einsum("nlij,nlij->nl", X, dX) - np.einsum("nlij,nlij->nl", Y, dY)
+
+
 def dB_dt_layers(problem: Problem, opt: Optimizer, X, Y, alpha, chunk_means=None, progress: float = 0.0) -> np.ndarray:
     """Exact dB_l/dt = ⟨X_l, Ẋ_l⟩ − ⟨Y_l, Ẏ_l⟩ along the flow of ``opt``, shape (n, L)."""
     dX, dY, _, _ = opt.direction(problem, X, Y, np.atleast_1d(alpha), chunk_means, progress)
-    return np.einsum("nlij,nlij->nl", X, dX) - np.einsum("nlij,nlij->nl", Y, dY)
+    return field_rate_layers(X, Y, dX, dY)
 
 
 def dB_dt(problem: Problem, opt: Optimizer, X, Y, alpha, chunk_means=None, progress: float = 0.0) -> np.ndarray:
@@ -64,9 +69,15 @@ def op_u(fprime: np.ndarray, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
 
 
 # -- one discrete step (spec §7.1.5–§7.1.9) ------------------------------------------------------
+def sgd_discrete_drift_layers(gX: np.ndarray, gY: np.ndarray, lr) -> np.ndarray:
+    """§7.1.5 per layer: B_{l,t+1} − B_{l,t} = (η²/2)(‖g_{x_l}‖² − ‖g_{y_l}‖²) for one SGD step, shape (n, L); for SNGD
+    η/‖g‖ with ‖g‖ the global norm over all layers (``lr`` a number or one per point, shape (n,))."""
+    return 0.5 * np.reshape(lr, (-1, 1)) ** 2 * (layer_sq_norms(gX) - layer_sq_norms(gY))
+
+
 def sgd_discrete_drift(gX: np.ndarray, gY: np.ndarray, lr) -> np.ndarray:
-    """§7.1.5: B_{t+1} − B_t = (η²/2)(‖g_x‖² − ‖g_y‖²) for one SGD step (η/‖g‖ for SNGD)."""
-    return 0.5 * lr**2 * (sq_norms(gX) - sq_norms(gY))
+    """§7.1.5: B_{t+1} − B_t = (η²/2)(‖g_x‖² − ‖g_y‖²) for one SGD step (η/‖g‖ for SNGD), summed over layers."""
+    return sgd_discrete_drift_layers(gX, gY, lr).sum(axis=1)
 
 
 def sgd_op_step_factor(fprime: np.ndarray, lr: float) -> np.ndarray:
@@ -86,7 +97,10 @@ def sam_nop_step_change(X, Y, G, G_tilde, grad_norm, gX_tilde, gY_tilde, rho: fl
 
 def msam_op_step_factor(fprime_tildes: np.ndarray, us: np.ndarray, rho: float, lr: float) -> np.ndarray:
     """§7.1.9: B_{t+1} = [(1 − ηb)² − η²a²] B_t for one m-sharpness step on OP, with
-    a = (1/m)Σ_i f̃′_i and b = (1/m)Σ_i ρu_i f̃′_i; ``fprime_tildes`` and ``us`` are (m, n)."""
+    a = (1/m)Σ_i f̃′_i and b = (1/m)Σ_i ρu_i f̃′_i; ``fprime_tildes`` and ``us`` are (m, n).
+
+    With layers (sum coupling, u_i = sgn f′_i / sqrt(Σ_l ‖x_l‖² + ‖y_l‖²) global as in (41)) every layer's
+    B_l takes the same factor [DERIVED: x_l⁺ = (1 − ηb)x_l − ηa y_l, y_l⁺ = (1 − ηb)y_l − ηa x_l]."""
     m = len(fprime_tildes)
     a = b = 0.0
     for ft, u in zip(fprime_tildes, us):
