@@ -234,7 +234,25 @@ def test_interrupt_returns_partial_result(monkeypatch):
         return original(self, *a, **k)
 
     monkeypatch.setattr(Optimizer, "field", interrupting)
-    res = simulate(nop_problem(), "sgd", steps=1000, record_every=100, lr=1e-3)
+    res = simulate(nop_problem(), "sgd", steps=1000, record_every=100, lr=1e-3, backend="numpy")
+    assert res.settings["interrupted"] and len(res.t) == 3 and res.t[-1] == 200
+
+
+def test_interrupt_returns_partial_result_of_the_compiled_stepper(monkeypatch):
+    pytest.importorskip("numba")
+    from balancedness.sims import compiled
+
+    calls = {"n": 0}
+    original = compiled.Stepper.run
+
+    def interrupting(self, *a, **k):  # the kernel runs a segment per call: record at t, then t .. t + 99
+        calls["n"] += 1
+        if calls["n"] == 6:  # the steps from 200
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(compiled.Stepper, "run", interrupting)
+    res = simulate(nop_problem(), "sgd", steps=1000, record_every=100, lr=1e-3, backend="numba")
     assert res.settings["interrupted"] and len(res.t) == 3 and res.t[-1] == 200
 
 
