@@ -57,189 +57,226 @@ def kernel_for(name: str) -> Optional[int]:
 
 
 # -- the kernel (plain Python below; numba compiles it when installed) -------------------------------
-def _dot(a, b):
-    """Σ_k a_k b_k in the order of numpy's einsum reduction kernel over a contiguous axis (x86-64 baseline).
+# The n trajectories advance together with the trajectory index innermost (so the compiler vectorizes
+# across them): the point is x (L·d1·r, n), y (L·d2·r, n), X[l, a, q] of trajectory i being
+# x[(l·d1 + a)·r + q, i] and Y[l, b, q] being y[(l·d2 + b)·r + q, i]; the chunk targets of a step are
+# C[row, j] (d1·d2, n) (OP: (1, n)), C[a, b] at a·d2 + b. Sizes: dims = (L, d1, d2, r).
 
-    That kernel (``sum_of_products_contig_contig_outstride0_two``) runs two SIMD lanes: lane j takes the
-    terms j, j+2, …, per block of eight adding its four products last-first, then one pair at a time;
-    the lanes are added at the end, and the sum is added to the zero it writes into.
-    """
-    n = a.shape[0]
-    v0 = 0.0
-    v1 = 0.0
-    i = 0
-    while n - i >= 8:
-        v0 = a[i] * b[i] + (a[i + 2] * b[i + 2] + (a[i + 4] * b[i + 4] + (a[i + 6] * b[i + 6] + v0)))
-        v1 = a[i + 1] * b[i + 1] + (a[i + 3] * b[i + 3] + (a[i + 5] * b[i + 5] + (a[i + 7] * b[i + 7] + v1)))
-        i += 8
-    while i < n:
-        v0 = a[i] * b[i] + v0
-        v1 = (a[i + 1] * b[i + 1] if i + 1 < n else 0.0) + v1
-        i += 2
-    return 0.0 + (v0 + v1)
+def _dot(out, o, u, ou, su, v, ov, sv, cnt, w0, w1):
+    """out[o, i] = Σ_k u[ou + k·su, i]·v[ov + k·sv, i] (k < cnt) for every i, in the order of numpy's einsum
+    kernel for a contiguous reduction (``sum_of_products_contig_contig_outstride0_two``, x86-64 baseline):
+    two SIMD lanes, lane j taking the terms j, j+2, …, per block of eight adding its four products
+    last-first, then a pair at a time; the lanes added at the end, the sum added to the zero it writes into.
+    w0, w1 (n,) are scratch."""
+    n = w0.size
+    for i in range(n):
+        w0[i] = 0.0
+        w1[i] = 0.0
+    k = 0
+    while cnt - k >= 8:
+        a0, a2, a4, a6 = ou + k * su, ou + (k + 2) * su, ou + (k + 4) * su, ou + (k + 6) * su
+        b0, b2, b4, b6 = ov + k * sv, ov + (k + 2) * sv, ov + (k + 4) * sv, ov + (k + 6) * sv
+        for i in range(n):
+            w0[i] = u[a0, i] * v[b0, i] + (u[a2, i] * v[b2, i] + (u[a4, i] * v[b4, i] + (u[a6, i] * v[b6, i] + w0[i])))
+            w1[i] = u[a0 + su, i] * v[b0 + sv, i] + (u[a2 + su, i] * v[b2 + sv, i] + (
+                u[a4 + su, i] * v[b4 + sv, i] + (u[a6 + su, i] * v[b6 + sv, i] + w1[i])))
+        k += 8
+    while k < cnt:
+        a, b = ou + k * su, ov + k * sv
+        for i in range(n):
+            w0[i] = u[a, i] * v[b, i] + w0[i]
+        if k + 1 < cnt:
+            for i in range(n):
+                w1[i] = u[a + su, i] * v[b + sv, i] + w1[i]
+        else:
+            for i in range(n):
+                w1[i] = 0.0 + w1[i]
+        k += 2
+    for i in range(n):
+        out[o, i] = 0.0 + (w0[i] + w1[i])
 
 
-def _flat(Z):
-    """A C-contiguous array as a 1-D view."""
-    return Z.reshape(Z.size)
-
-
-def _sq(Z):
-    """‖Z‖² over all entries (``metrics.sq_norms``, ``layer_sq_norms``: einsum over the flat entries)."""
-    z = _flat(Z)
-    return _dot(z, z)
-
-
-def _grads(nop, X, Y, C, k2, gX, gY, W):
-    """(g_X, g_Y) of k‖Σ_l X_l Y_lᵀ − C‖² (nop) or k(Σ_l ⟨X_l, Y_l⟩ − C)² into gX, gY; W is scratch (d1, d2).
+def _grads(nop, dims, x, y, C, row, j, k2, gx, gy, w, p, acc, w0, w1):
+    """(g_X, g_Y) of k‖Σ_l X_l Y_lᵀ − C‖² (nop) or k(Σ_l ⟨X_l, Y_l⟩ − C)² into gx, gy, C = C[row, j].
 
     The sums follow numpy's (``Problem.product``, ``outer_grad_at``, ``factor_grads``): W_l = X_l Y_lᵀ
     (matmul; one product for r = 1), the layers added one after the other; g_X = G Y by einsum's
     contiguous kernel (:func:`_dot`) where Y's column is contiguous (r = 1), else in index order, and
     g_Y = Gᵀ X (a strided reduction) in index order; OP's ⟨X, Y⟩ over the flat entries (:func:`_dot`).
+    w (d1·d2, n) holds G; p, acc (n,) and w0, w1 are scratch.
     """
-    L, d1, r = X.shape
-    d2 = Y.shape[1]
+    L, d1, d2, r = dims
+    n = acc.size
     if nop:
         for a in range(d1):
             for b in range(d2):
-                acc = 0.0
                 for l in range(L):
-                    p = X[l, a, 0] * Y[l, b, 0]
-                    for q in range(1, r):
-                        p += X[l, a, q] * Y[l, b, q]
-                    acc = p if l == 0 else acc + p
-                W[a, b] = k2 * (acc - C[a, b])
+                    for q in range(r):
+                        ia, ib = (l * d1 + a) * r + q, (l * d2 + b) * r + q
+                        if q == 0:
+                            for i in range(n):
+                                p[i] = x[ia, i] * y[ib, i]
+                        else:
+                            for i in range(n):
+                                p[i] += x[ia, i] * y[ib, i]
+                    if l == 0:
+                        for i in range(n):
+                            acc[i] = p[i]
+                    else:
+                        for i in range(n):
+                            acc[i] = acc[i] + p[i]
+                e = a * d2 + b
+                for i in range(n):
+                    w[e, i] = k2 * (acc[i] - C[row, j, e, i])
         for l in range(L):
             for a in range(d1):
                 for q in range(r):
+                    o = (l * d1 + a) * r + q
                     if r == 1:
-                        gX[l, a, q] = _dot(W[a], Y[l, :, q])
+                        _dot(gx, o, w, a * d2, 1, y, l * d2, 1, d2, w0, w1)
                     else:
-                        s = 0.0
+                        for i in range(n):
+                            gx[o, i] = 0.0
                         for b in range(d2):
-                            s += W[a, b] * Y[l, b, q]
-                        gX[l, a, q] = s
+                            for i in range(n):
+                                gx[o, i] += w[a * d2 + b, i] * y[(l * d2 + b) * r + q, i]
             for b in range(d2):
                 for q in range(r):
-                    s = 0.0
+                    o = (l * d2 + b) * r + q
+                    for i in range(n):
+                        gy[o, i] = 0.0
                     for a in range(d1):
-                        s += W[a, b] * X[l, a, q]
-                    gY[l, b, q] = s
+                        for i in range(n):
+                            gy[o, i] += w[a * d2 + b, i] * x[(l * d1 + a) * r + q, i]
     else:
-        f = k2 * (_dot(_flat(X), _flat(Y)) - C[0, 0])
-        for l in range(L):
-            for a in range(d1):
-                for q in range(r):
-                    gX[l, a, q] = f * Y[l, a, q]
-                    gY[l, a, q] = f * X[l, a, q]
+        _dot(w, 0, x, 0, 1, y, 0, 1, x.shape[0], w0, w1)
+        for i in range(n):
+            acc[i] = k2 * (w[0, i] - C[row, j, 0, i])
+        for k in range(x.shape[0]):
+            for i in range(n):
+                gx[k, i] = acc[i] * y[k, i]
+                gy[k, i] = acc[i] * x[k, i]
 
 
-def _scale(num, gX, gY):
-    """num/‖g‖ where ‖g‖ > 0, else num/∞ = 0 (``directions._safe_scale`` of ``global_norm``)."""
-    nrm = np.sqrt(_sq(gX) + _sq(gY))
-    return num / (nrm if nrm > 0 else np.inf)
+def _scale(s, num, gx, gy, nn, w0, w1):
+    """s[i] = num[i]/‖g_i‖ where ‖g_i‖ > 0, else num[i]/∞ = 0 (``directions._safe_scale`` of ``global_norm``);
+    nn (2, n) is scratch."""
+    _dot(nn, 0, gx, 0, 1, gx, 0, 1, gx.shape[0], w0, w1)
+    _dot(nn, 1, gy, 0, 1, gy, 0, 1, gy.shape[0], w0, w1)
+    for i in range(s.size):
+        nrm = np.sqrt(nn[0, i] + nn[1, i])
+        s[i] = num[i] / (nrm if nrm > 0 else np.inf)
 
 
-def _axpy(out, Z, s, G):
-    """out = Z + s·G entrywise (also the step z + η d)."""
-    o, z, g = _flat(out), _flat(Z), _flat(G)
-    for k in range(o.size):
-        o[k] = z[k] + s * g[k]
+def _axpy(out, z, s, g):
+    """out = z + s_i·g entrywise, s (n,) per trajectory."""
+    for k in range(out.shape[0]):
+        for i in range(out.shape[1]):
+            out[k, i] = z[k, i] + s[i] * g[k, i]
 
 
-def _scaled(out, s, G):
-    """out = s·G entrywise."""
-    o, g = _flat(out), _flat(G)
-    for k in range(o.size):
-        o[k] = s * g[k]
+def _field(op, nop, dims, x, y, C, row, k2, rho, mu, dx, dy, gx, gy, tx, ty, hx, hy, S):
+    """d(z) into dx, dy and the batch gradient into gx, gy at the step's targets C[row] (m, ·, n).
 
-
-def _field(op, nop, X, Y, Cs, k2, rho, mu, dX, dY, gX, gY, tX, tY, hX, hY, W):
-    """d(z) into dX, dY and the batch gradient into gX, gY for one trajectory; Cs (m, d1, d2) its chunk targets."""
+    S holds the scratch: rows 0–1 the lane sums, 2 p, 3 acc, 4 the scale s, 5 ones, 6–7 the norms, 8… G."""
+    w0, w1, p, acc, s, one, nn, w = S[0], S[1], S[2], S[3], S[4], S[5], S[6:8], S[8:]
+    n = acc.size
     if op == 3:  # msam: each chunk perturbs with its own gradient; means of the descent gradients
-        m = Cs.shape[0]
-        dX[...] = 0.0
-        dY[...] = 0.0
-        gX[...] = 0.0
-        gY[...] = 0.0
-        for i in range(m):
-            _grads(nop, X, Y, Cs[i], k2, hX, hY, W)
-            s = _scale(rho, hX, hY)
-            gX += hX
-            gY += hY
-            _axpy(tX, X, s, hX)
-            _axpy(tY, Y, s, hY)
-            _grads(nop, tX, tY, Cs[i], k2, hX, hY, W)
-            dX -= hX
-            dY -= hY
-        dX /= m
-        dY /= m
-        gX /= m
-        gY /= m
+        m = C.shape[1]
+        dx[:] = 0.0
+        dy[:] = 0.0
+        gx[:] = 0.0
+        gy[:] = 0.0
+        for j in range(m):
+            _grads(nop, dims, x, y, C, row, j, k2, hx, hy, w, p, acc, w0, w1)
+            _scale(s, rho, hx, hy, nn, w0, w1)
+            _axpy(tx, x, s, hx)
+            _axpy(ty, y, s, hy)
+            gx += hx
+            gy += hy
+            _grads(nop, dims, tx, ty, C, row, j, k2, hx, hy, w, p, acc, w0, w1)
+            dx -= hx
+            dy -= hy
+        dx /= m
+        dy /= m
+        gx /= m
+        gy /= m
         return
-    _grads(nop, X, Y, Cs[0], k2, gX, gY, W)
+    _grads(nop, dims, x, y, C, row, 0, k2, gx, gy, w, p, acc, w0, w1)
     if op == 0:
-        _scaled(dX, -1.0, gX)
-        _scaled(dY, -1.0, gY)
+        for k in range(x.shape[0]):
+            for i in range(n):
+                dx[k, i] = -gx[k, i]
+        for k in range(y.shape[0]):
+            for i in range(n):
+                dy[k, i] = -gy[k, i]
     elif op == 1:
-        s = -_scale(1.0, gX, gY)
-        _scaled(dX, s, gX)
-        _scaled(dY, s, gY)
+        _scale(s, one, gx, gy, nn, w0, w1)
+        for k in range(x.shape[0]):
+            for i in range(n):
+                dx[k, i] = -s[i] * gx[k, i]
+        for k in range(y.shape[0]):
+            for i in range(n):
+                dy[k, i] = -s[i] * gy[k, i]
     elif op == 2:
-        s = _scale(rho, gX, gY)
-        _axpy(tX, X, s, gX)
-        _axpy(tY, Y, s, gY)
-        _grads(nop, tX, tY, Cs[0], k2, hX, hY, W)
-        _scaled(dX, -1.0, hX)
-        _scaled(dY, -1.0, hY)
+        _scale(s, rho, gx, gy, nn, w0, w1)
+        _axpy(tx, x, s, gx)
+        _axpy(ty, y, s, gy)
+        _grads(nop, dims, tx, ty, C, row, 0, k2, hx, hy, w, p, acc, w0, w1)
+        for k in range(x.shape[0]):
+            for i in range(n):
+                dx[k, i] = -hx[k, i]
+        for k in range(y.shape[0]):
+            for i in range(n):
+                dy[k, i] = -hy[k, i]
     else:  # nbar (4), obar (5): c = μ_t s_l per layer
-        for l in range(X.shape[0]):
-            if op == 4:
-                sign = 1.0 if _sq(gX[l]) >= _sq(gY[l]) else -1.0
-            else:
-                sign = -1.0 if _sq(X[l]) >= _sq(Y[l]) else 1.0
-            c = mu * sign
-            x, gx, dx = _flat(X[l]), _flat(gX[l]), _flat(dX[l])
-            for k in range(x.size):
-                dx[k] = c * x[k] - gx[k]
-            y, gy, dy = _flat(Y[l]), _flat(gY[l]), _flat(dY[l])
-            for k in range(y.size):
-                dy[k] = -c * y[k] - gy[k]
+        L, d1, d2, r = dims
+        ax, ay = (gx, gy) if op == 4 else (x, y)
+        for l in range(L):
+            _dot(nn, 0, ax, l * d1 * r, 1, ax, l * d1 * r, 1, d1 * r, w0, w1)
+            _dot(nn, 1, ay, l * d2 * r, 1, ay, l * d2 * r, 1, d2 * r, w0, w1)
+            for i in range(n):
+                if op == 4:
+                    s[i] = mu * (1.0 if nn[0, i] >= nn[1, i] else -1.0)
+                else:
+                    s[i] = mu * (-1.0 if nn[0, i] >= nn[1, i] else 1.0)
+            for k in range(l * d1 * r, (l + 1) * d1 * r):
+                for i in range(n):
+                    dx[k, i] = s[i] * x[k, i] - gx[k, i]
+            for k in range(l * d2 * r, (l + 1) * d2 * r):
+                for i in range(n):
+                    dy[k, i] = -s[i] * y[k, i] - gy[k, i]
 
 
-def _advance(op, nop, X, Y, C, stride, k0, n_steps, lr, k2, rho, mus, gX, gY):
-    """Step every trajectory i of X, Y (n, L, d, r) ``n_steps`` times from row k0 of C (K, m, n, d1, d2).
+def _advance(op, nop, dims, x, y, C, stride, k0, n_steps, lr, k2, rho, mus, gx, gy):
+    """Step the trajectories x (L·d1·r, n), y (L·d2·r, n) in place ``n_steps`` times from row k0 of C.
 
-    Row k0 + j·stride of C holds step j's chunk targets (stride 0: one target for every step), mus[j] (or
-    mus[0] if it has one entry) its μ_t. ``n_steps = 0`` only evaluates the field: gX, gY (n, L, d, r) then
-    hold the batch gradient at the point (what the recorder needs); otherwise they are scratch.
+    C (K, m, d1·d2, n) holds the chunk targets, row k0 + j·stride those of step j (stride 0: one row for
+    every step); mus[j] (or mus[0] if it has one entry) is step j's μ_t. ``n_steps = 0`` only evaluates the
+    field: gx, gy then hold the batch gradient at the point (what the recorder needs); else they are scratch.
     """
-    n = X.shape[0]
-    d = np.empty_like(X[0])
-    e = np.empty_like(Y[0])
-    tX = np.empty_like(X[0])
-    tY = np.empty_like(Y[0])
-    hX = np.empty_like(X[0])
-    hY = np.empty_like(Y[0])
-    W = np.empty((C.shape[3], C.shape[4]))
-    for i in range(n):
-        Xi, Yi, gXi, gYi = X[i], Y[i], gX[i], gY[i]
+    n = x.shape[1]
+    tx, hx, dx = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+    ty, hy, dy = np.empty_like(y), np.empty_like(y), np.empty_like(y)
+    S = np.empty((8 + C.shape[2], n))
+    S[5] = 1.0
+    for j in range(max(n_steps, 1)):
+        mu = mus[j] if mus.shape[0] > 1 else mus[0]
+        _field(op, nop, dims, x, y, C, k0 + j * stride, k2, rho, mu, dx, dy, gx, gy, tx, ty, hx, hy, S)
         if n_steps == 0:
-            _field(op, nop, Xi, Yi, C[k0, :, i], k2, rho[i], mus[0], d, e, gXi, gYi, tX, tY, hX, hY, W)
-            continue
-        for j in range(n_steps):
-            mu = mus[j] if mus.shape[0] > 1 else mus[0]
-            _field(op, nop, Xi, Yi, C[k0 + j * stride, :, i], k2, rho[i], mu, d, e, gXi, gYi, tX, tY, hX, hY, W)
-            _axpy(Xi, Xi, lr, d)
-            _axpy(Yi, Yi, lr, e)
+            return
+        for k in range(x.shape[0]):
+            for i in range(n):
+                x[k, i] = x[k, i] + lr * dx[k, i]
+        for k in range(y.shape[0]):
+            for i in range(n):
+                y[k, i] = y[k, i] + lr * dy[k, i]
 
 
 if numba is not None:
     _jit = numba.njit(cache=True, error_model="numpy")
-    _dot, _flat, _sq, _grads, _scale, _axpy, _scaled, _field = (
-        _jit(f) for f in (_dot, _flat, _sq, _grads, _scale, _axpy, _scaled, _field))
-    _advance = _jit(_advance)
+    _dot, _grads, _scale, _axpy, _field, _advance = (
+        _jit(f) for f in (_dot, _grads, _scale, _axpy, _field, _advance))
 
 
 class Stepper:
@@ -249,20 +286,29 @@ class Stepper:
         self.op, self.nop, self.lr = op, problem.kind == "nop", float(lr)
         self.k2 = 2.0 * problem.scale
         self.rho = np.ascontiguousarray(rho, dtype=float)
+        self.dims = (problem.layers, problem.d1, problem.d2, problem.rank)
+        self.csize = problem.d1 * problem.d2 if self.nop else 1
         self.problem = problem
 
     def targets(self, targets: Optional[np.ndarray], n: int) -> tuple[np.ndarray, int]:
-        """The kernel's (K, m, n, d1, d2) view of the chunk targets and its step stride (0: noise-free)."""
+        """The kernel's (K, m, d1·d2, n) copy of the chunk targets (K, m, n, …) and its step stride
+        (0: noise-free, C = A for every step)."""
         if targets is None:
-            C = np.broadcast_to(np.asarray(self.problem.target, dtype=float).reshape(1, 1, 1, *self._cshape()),
-                                (1, 1, n) + self._cshape())
-            return np.ascontiguousarray(C), 0
+            A = np.asarray(self.problem.target, dtype=float).reshape(self.csize, 1)
+            return np.ascontiguousarray(np.broadcast_to(A, (1, 1, self.csize, n))), 0
         K, m = targets.shape[:2]
-        return np.ascontiguousarray(targets.reshape((K, m, n) + self._cshape())), 1
-
-    def _cshape(self) -> tuple[int, int]:
-        return (self.problem.d1, self.problem.d2) if self.nop else (1, 1)
+        return np.ascontiguousarray(np.swapaxes(targets.reshape((K, m, n, self.csize)), 2, 3)), 1
 
     def run(self, X, Y, C, stride: int, k0: int, n_steps: int, mus: np.ndarray, gX, gY) -> None:
-        """``n_steps`` steps from row k0 (0: the field only, the batch gradient into gX, gY)."""
-        _advance(self.op, self.nop, X, Y, C, stride, k0, n_steps, self.lr, self.k2, self.rho, mus, gX, gY)
+        """``n_steps`` steps of X, Y (n, L, d, r) in place from row k0 (0 steps: the batch gradient into gX, gY)."""
+        n = X.shape[0]
+        x = np.ascontiguousarray(X.reshape(n, -1).T)
+        y = np.ascontiguousarray(Y.reshape(n, -1).T)
+        gx, gy = np.empty_like(x), np.empty_like(y)
+        _advance(self.op, self.nop, self.dims, x, y, C, stride, k0, n_steps, self.lr, self.k2, self.rho, mus, gx, gy)
+        if n_steps:
+            X[...] = x.T.reshape(X.shape)
+            Y[...] = y.T.reshape(Y.shape)
+        else:
+            gX[...] = gx.T.reshape(gX.shape)
+            gY[...] = gy.T.reshape(gY.shape)
