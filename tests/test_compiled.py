@@ -9,9 +9,9 @@ Any field that is not the built-in function object runs through numpy.
 import numpy as np
 import pytest
 
-from balancedness.sims import (OPTIMIZERS, make_problem, nop_problem, op_problem, replaced_directions, simulate,
-                               toy2d_problem)
-from balancedness.sims.directions import sgd
+from balancedness.sims import (OPTIMIZERS, make_problem, nop_problem, observed, op_problem, replaced_directions,
+                               simulate, toy2d_problem)
+from balancedness.sims.directions import sam, sgd
 
 pytest.importorskip("numba")
 from balancedness.sims import compiled  # noqa: E402
@@ -90,3 +90,18 @@ def test_backend_is_validated_and_can_be_switched_off(monkeypatch):
     assert simulate(nop_problem(), "sgd", steps=10).settings["backend"] == "numpy"
     with pytest.raises(ValueError, match="numba is not installed .* or \\$BALANCEDNESS_BACKEND=numpy"):
         simulate(nop_problem(), "sgd", steps=10, backend="numba")
+
+
+def test_an_observed_built_in_runs_compiled_and_is_still_noted():
+    seen = []
+    note = lambda: seen.append("sam")  # noqa: E731
+    kw = dict(rho=0.1, alpha=[0.5, 1.0], seeds=2, steps=1500, lr=1e-3, record_every=100)
+    with replaced_directions({"sam": observed(observed(sam, note), note)}):
+        watched = simulate(nop_problem(), "sam", **kw)
+    assert watched.settings["backend"] == "numba" and len(seen) >= 2
+    plain = simulate(nop_problem(), "sam", backend="numpy", **kw)
+    np.testing.assert_array_equal(watched.x, plain.x)
+    seen.clear()
+    with replaced_directions({"sam": observed(lambda *a: sam(*a), note)}):  # observes a non-built-in: numpy
+        res = simulate(nop_problem(), "sam", **{**kw, "steps": 10})
+    assert res.settings["backend"] == "numpy" and len(seen) == 11  # noted on every call, as numpy calls it

@@ -69,12 +69,14 @@ def reference_loop(kind, opt, steps, lr, alpha, seed, rho=0.1, mu=1.0, batch=1, 
 @pytest.mark.parametrize("kind", ["nop", "op"])
 @pytest.mark.parametrize("opt,kw", [("sgd", {}), ("sam", {"rho": 0.1}), ("msam", {"rho": 0.1, "m": 2, "batch": 4}),
                                     ("nbar", {"mu": 1.0}), ("obar", {"mu": 2.0})])
-def test_vectorized_simulator_equals_reference_loop(kind, opt, kw):
+@pytest.mark.parametrize("backend", ["numpy", "auto"])  # auto: the compiled stepper where numba is installed
+def test_vectorized_simulator_equals_reference_loop(kind, opt, kw, backend):
     steps, lr = 1500, 1e-3  # crosses a noise block boundary
     p = nop_problem() if kind == "nop" else op_problem()
     kw = dict(kw)
     batch = kw.pop("batch", 1)
-    res = simulate(p, opt, alpha=[0.5, 1.0], seeds=[3, 4], lr=lr, steps=steps, record_every=1, batch=batch, **kw)
+    res = simulate(p, opt, alpha=[0.5, 1.0], seeds=[3, 4], lr=lr, steps=steps, record_every=1, batch=batch,
+                   backend=backend, **kw)
     for i, (a, s) in enumerate([(0.5, 3), (0.5, 4), (1.0, 3), (1.0, 4)]):
         B, x, y = reference_loop(kind, opt, steps, lr, a, s, batch=batch, **kw)
         assert res.alpha[i] == a and res.seed[i] == s

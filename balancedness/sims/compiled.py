@@ -31,7 +31,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from balancedness.sims import directions as _d
-from balancedness.sims.directions import DIRECTIONS
+from balancedness.sims.directions import DIRECTIONS, Observed
 
 try:  # optional: the [fast] extra
     import numba
@@ -50,10 +50,20 @@ def available() -> bool:
     return numba is not None and os.environ.get(ENV, "auto") != "numpy"
 
 
-def kernel_for(name: str) -> Optional[int]:
-    """The opcode of the registered optimizer ``name`` if its field is a built-in one (else None: use numpy)."""
+def kernel_for(name: str) -> tuple[Optional[int], list[Callable[[], None]]]:
+    """(opcode, notes) of the registered optimizer ``name``: the opcode if its field is a built-in function,
+    or :class:`~balancedness.sims.directions.Observed` wrappers of one (their notes, outermost first, to
+    call for each stretch of steps); (None, []) for any other field (numpy runs it)."""
     entry = DIRECTIONS.get(name)
-    return None if entry is None else OPCODES.get(entry.field)
+    field, notes = (None if entry is None else entry.field), []
+    while isinstance(field, Observed):
+        notes.append(field.note)
+        field = field.field
+    try:
+        op = OPCODES.get(field)
+    except TypeError:  # an unhashable callable is no built-in
+        op = None
+    return op, (notes if op is not None else [])
 
 
 # -- the kernel (plain Python below; numba compiles it when installed) -------------------------------

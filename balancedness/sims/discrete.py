@@ -164,8 +164,8 @@ class CompiledStepper:
     backend = "numba"
 
     def __init__(self, op: int, opt: Optimizer, problem: Problem, lr: float, steps: int,
-                 rho: Optional[np.ndarray], n: int):
-        self.opt, self.steps, self.n = opt, steps, n
+                 rho: Optional[np.ndarray], n: int, notes: Sequence[Callable[[], None]] = ()):
+        self.opt, self.steps, self.n, self.notes = opt, steps, n, tuple(notes)
         self.kernel = compiled.Stepper(op, problem, lr, np.full(n, opt.rho) if rho is None else rho)
         self.C, self.stride = self.kernel.targets(None, n)
         self.gX = np.empty((n,) + problem.x0.shape)
@@ -181,6 +181,10 @@ class CompiledStepper:
         return np.array([self.opt.hyper(t / self.steps).mu for t in range(t0, t0 + max(count, 1))])
 
     def run(self, X: np.ndarray, Y: np.ndarray, t0: int, count: int, record: Optional[Record]) -> None:
+        """Steps t₀ … t₀ + count − 1 in place (count = 0: only the field at t₀); ``record`` sees the point t₀.
+        The notes of an observed field are called once per run of this method."""
+        for note in self.notes:
+            note()
         k0 = t0 % NOISE_BLOCK if self.stride else 0
         if record is not None:
             self.kernel.run(X, Y, self.C, self.stride, k0, 0, self.mus(t0, 0), self.gX, self.gY)
@@ -196,14 +200,14 @@ def _stepper(backend: str, opt: Optimizer, problem: Problem, lr: float, steps: i
              rho: Optional[np.ndarray], n: int):
     """The compiled stepper where it applies (``auto``: numba installed and a built-in field), else numpy."""
     choice("backend", backend, BACKENDS)
-    op = compiled.kernel_for(opt.name) if backend != "numpy" and compiled.available() else None
+    op, notes = compiled.kernel_for(opt.name) if backend != "numpy" and compiled.available() else (None, [])
     if op is None and backend == "numba":
         why = ("numba is not installed (pip install 'balancedness[fast]') or $BALANCEDNESS_BACKEND=numpy"
                if not compiled.available() else f"the field of {opt.name!r} is not a built-in direction function")
         raise ValueError(f"backend 'numba' cannot run: {why}; use backend 'auto' or 'numpy'")
     if op is None:
         return NumpyStepper(opt, problem, lr, steps, rho)
-    return CompiledStepper(op, opt, problem, lr, steps, rho, n)
+    return CompiledStepper(op, opt, problem, lr, steps, rho, n, notes)
 
 
 def _chunk_targets(problem: Problem, block: np.ndarray, seed_idx: np.ndarray, alpha: np.ndarray, m: int) -> np.ndarray:
