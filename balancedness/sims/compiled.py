@@ -33,10 +33,8 @@ import numpy as np
 from balancedness.sims import directions as _d
 from balancedness.sims.directions import DIRECTIONS, Observed
 
-try:  # optional: the [fast] extra
-    import numba
-except ImportError:  # pragma: no cover - exercised by tests/test_packaging.py
-    numba = None
+import importlib.util
+from functools import lru_cache
 
 #: The built-in direction functions the kernel implements, by the opcode it dispatches on.
 OPCODES: dict[Callable, int] = {_d.sgd: 0, _d.sngd: 1, _d.sam: 2, _d.msam: 3, _d.nbar: 4, _d.obar: 5}
@@ -47,7 +45,12 @@ ENV = "BALANCEDNESS_BACKEND"
 
 def available() -> bool:
     """Whether the compiled path can run: numba is importable and not switched off by ``$BALANCEDNESS_BACKEND``."""
-    return numba is not None and os.environ.get(ENV, "auto") != "numpy"
+    if os.environ.get(ENV, "auto") == "numpy":
+        return False
+    try:  # optional: the [fast] extra; imported only when a run uses it
+        return importlib.util.find_spec("numba") is not None
+    except ValueError:  # numba blocked in sys.modules (as tests/test_packaging.py does)
+        return False
 
 
 def kernel_for(name: str) -> tuple[Optional[int], list[Callable[[], None]]]:
@@ -72,8 +75,8 @@ def kernel_for(name: str) -> tuple[Optional[int], list[Callable[[], None]]]:
 # x[(l·d1 + a)·r + q, i] and Y[l, b, q] being y[(l·d2 + b)·r + q, i]; the chunk targets of a step are
 # C[row, j] (d1·d2, n) (OP: (1, n)), C[a, b] at a·d2 + b. Sizes: dims = (L, d1, d2, r).
 
-def _dot(out, o, u, ou, su, v, ov, sv, cnt, w0, w1):
-    """out[o, i] = Σ_k u[ou + k·su, i]·v[ov + k·sv, i] (k < cnt) for every i, in the order of numpy's einsum
+def _dot(out, o, u, ou, v, ov, cnt, w0, w1):
+    """out[o, i] = Σ_k u[ou + k, i]·v[ov + k, i] (k < cnt) for every i, in the order of numpy's einsum
     kernel for a contiguous reduction (``sum_of_products_contig_contig_outstride0_two``, x86-64 baseline):
     two SIMD lanes, lane j taking the terms j, j+2, …, per block of eight adding its four products
     last-first, then a pair at a time; the lanes added at the end, the sum added to the zero it writes into.
@@ -84,20 +87,20 @@ def _dot(out, o, u, ou, su, v, ov, sv, cnt, w0, w1):
         w1[i] = 0.0
     k = 0
     while cnt - k >= 8:
-        a0, a2, a4, a6 = ou + k * su, ou + (k + 2) * su, ou + (k + 4) * su, ou + (k + 6) * su
-        b0, b2, b4, b6 = ov + k * sv, ov + (k + 2) * sv, ov + (k + 4) * sv, ov + (k + 6) * sv
+        a, b = ou + k, ov + k
         for i in range(n):
-            w0[i] = u[a0, i] * v[b0, i] + (u[a2, i] * v[b2, i] + (u[a4, i] * v[b4, i] + (u[a6, i] * v[b6, i] + w0[i])))
-            w1[i] = u[a0 + su, i] * v[b0 + sv, i] + (u[a2 + su, i] * v[b2 + sv, i] + (
-                u[a4 + su, i] * v[b4 + sv, i] + (u[a6 + su, i] * v[b6 + sv, i] + w1[i])))
+            w0[i] = u[a, i] * v[b, i] + (u[a + 2, i] * v[b + 2, i] + (u[a + 4, i] * v[b + 4, i] + (
+                u[a + 6, i] * v[b + 6, i] + w0[i])))
+            w1[i] = u[a + 1, i] * v[b + 1, i] + (u[a + 3, i] * v[b + 3, i] + (u[a + 5, i] * v[b + 5, i] + (
+                u[a + 7, i] * v[b + 7, i] + w1[i])))
         k += 8
     while k < cnt:
-        a, b = ou + k * su, ov + k * sv
+        a, b = ou + k, ov + k
         for i in range(n):
             w0[i] = u[a, i] * v[b, i] + w0[i]
         if k + 1 < cnt:
             for i in range(n):
-                w1[i] = u[a + su, i] * v[b + sv, i] + w1[i]
+                w1[i] = u[a + 1, i] * v[b + 1, i] + w1[i]
         else:
             for i in range(n):
                 w1[i] = 0.0 + w1[i]
@@ -143,7 +146,7 @@ def _grads(nop, dims, x, y, C, row, j, k2, gx, gy, w, p, acc, w0, w1):
                 for q in range(r):
                     o = (l * d1 + a) * r + q
                     if r == 1:
-                        _dot(gx, o, w, a * d2, 1, y, l * d2, 1, d2, w0, w1)
+                        _dot(gx, o, w, a * d2, y, l * d2, d2, w0, w1)
                     else:
                         for i in range(n):
                             gx[o, i] = 0.0
@@ -159,7 +162,7 @@ def _grads(nop, dims, x, y, C, row, j, k2, gx, gy, w, p, acc, w0, w1):
                         for i in range(n):
                             gy[o, i] += w[a * d2 + b, i] * x[(l * d1 + a) * r + q, i]
     else:
-        _dot(w, 0, x, 0, 1, y, 0, 1, x.shape[0], w0, w1)
+        _dot(w, 0, x, 0, y, 0, x.shape[0], w0, w1)
         for i in range(n):
             acc[i] = k2 * (w[0, i] - C[row, j, 0, i])
         for k in range(x.shape[0]):
@@ -171,8 +174,8 @@ def _grads(nop, dims, x, y, C, row, j, k2, gx, gy, w, p, acc, w0, w1):
 def _scale(s, num, gx, gy, nn, w0, w1):
     """s[i] = num[i]/‖g_i‖ where ‖g_i‖ > 0, else num[i]/∞ = 0 (``directions._safe_scale`` of ``global_norm``);
     nn (2, n) is scratch."""
-    _dot(nn, 0, gx, 0, 1, gx, 0, 1, gx.shape[0], w0, w1)
-    _dot(nn, 1, gy, 0, 1, gy, 0, 1, gy.shape[0], w0, w1)
+    _dot(nn, 0, gx, 0, gx, 0, gx.shape[0], w0, w1)
+    _dot(nn, 1, gy, 0, gy, 0, gy.shape[0], w0, w1)
     for i in range(s.size):
         nrm = np.sqrt(nn[0, i] + nn[1, i])
         s[i] = num[i] / (nrm if nrm > 0 else np.inf)
@@ -185,11 +188,12 @@ def _axpy(out, z, s, g):
             out[k, i] = z[k, i] + s[i] * g[k, i]
 
 
-def _field(op, nop, dims, x, y, C, row, k2, rho, mu, dx, dy, gx, gy, tx, ty, hx, hy, S):
+def _field(op, nop, dims, x, y, C, row, k2, rho, mu, dx, dy, gx, gy, tx, ty, hx, hy, scratch):
     """d(z) into dx, dy and the batch gradient into gx, gy at the step's targets C[row] (m, ·, n).
 
-    S holds the scratch: rows 0–1 the lane sums, 2 p, 3 acc, 4 the scale s, 5 ones, 6–7 the norms, 8… G."""
-    w0, w1, p, acc, s, one, nn, w = S[0], S[1], S[2], S[3], S[4], S[5], S[6:8], S[8:]
+    ``scratch``: the lane sums w0, w1, p, acc, the scale s, ones (n,); the norms nn (2, n); G in w (d1·d2, n)
+    (all C-contiguous, so that every helper is compiled for one signature)."""
+    w0, w1, p, acc, s, one, nn, w = scratch
     n = acc.size
     if op == 3:  # msam: each chunk perturbs with its own gradient; means of the descent gradients
         m = C.shape[1]
@@ -243,8 +247,8 @@ def _field(op, nop, dims, x, y, C, row, k2, rho, mu, dx, dy, gx, gy, tx, ty, hx,
         L, d1, d2, r = dims
         ax, ay = (gx, gy) if op == 4 else (x, y)
         for l in range(L):
-            _dot(nn, 0, ax, l * d1 * r, 1, ax, l * d1 * r, 1, d1 * r, w0, w1)
-            _dot(nn, 1, ay, l * d2 * r, 1, ay, l * d2 * r, 1, d2 * r, w0, w1)
+            _dot(nn, 0, ax, l * d1 * r, ax, l * d1 * r, d1 * r, w0, w1)
+            _dot(nn, 1, ay, l * d2 * r, ay, l * d2 * r, d2 * r, w0, w1)
             for i in range(n):
                 if op == 4:
                     s[i] = mu * (1.0 if nn[0, i] >= nn[1, i] else -1.0)
@@ -268,11 +272,11 @@ def _advance(op, nop, dims, x, y, C, stride, k0, n_steps, lr, k2, rho, mus, gx, 
     n = x.shape[1]
     tx, hx, dx = np.empty_like(x), np.empty_like(x), np.empty_like(x)
     ty, hy, dy = np.empty_like(y), np.empty_like(y), np.empty_like(y)
-    S = np.empty((8 + C.shape[2], n))
-    S[5] = 1.0
+    scratch = (np.empty(n), np.empty(n), np.empty(n), np.empty(n), np.empty(n), np.ones(n), np.empty((2, n)),
+               np.empty((C.shape[2], n)))
     for j in range(max(n_steps, 1)):
         mu = mus[j] if mus.shape[0] > 1 else mus[0]
-        _field(op, nop, dims, x, y, C, k0 + j * stride, k2, rho, mu, dx, dy, gx, gy, tx, ty, hx, hy, S)
+        _field(op, nop, dims, x, y, C, k0 + j * stride, k2, rho, mu, dx, dy, gx, gy, tx, ty, hx, hy, scratch)
         if n_steps == 0:
             return
         for k in range(x.shape[0]):
@@ -283,10 +287,26 @@ def _advance(op, nop, dims, x, y, C, stride, k0, n_steps, lr, k2, rho, mus, gx, 
                 y[k, i] = y[k, i] + lr * dy[k, i]
 
 
-if numba is not None:
-    _jit = numba.njit(cache=True, error_model="numpy")
-    _dot, _grads, _scale, _axpy, _field, _advance = (
-        _jit(f) for f in (_dot, _grads, _scale, _axpy, _field, _advance))
+@lru_cache(maxsize=None)
+def kernel() -> Callable:
+    """``_advance`` compiled (numba imported and the helpers jitted on first use; numba's on-disk cache
+    makes that a load after the first process). The helpers that are called with constant arguments get
+    one explicit signature each, so that numba compiles each helper once."""
+    import numba
+    from numba import types as T
+
+    A1, A2, A4 = T.float64[::1], T.float64[:, ::1], T.float64[:, :, :, ::1]
+    fixed = {
+        "_dot": T.void(A2, T.int64, A2, T.int64, A2, T.int64, T.int64, A1, A1),
+        "_grads": T.void(T.boolean, T.UniTuple(T.int64, 4), A2, A2, A4, T.int64, T.int64, T.float64, A2, A2, A2,
+                         A1, A1, A1, A1),
+    }
+    module = globals()
+    for name in ("_dot", "_grads", "_scale", "_axpy", "_field", "_advance"):  # callees first
+        jit = numba.njit([fixed[name]], cache=True, error_model="numpy") if name in fixed else numba.njit(
+            cache=True, error_model="numpy")
+        module[name] = jit(module[name])
+    return module["_advance"]
 
 
 class Stepper:
@@ -295,7 +315,7 @@ class Stepper:
     def __init__(self, op: int, problem, lr: float, rho: np.ndarray):
         self.op, self.nop, self.lr = op, problem.kind == "nop", float(lr)
         self.k2 = 2.0 * problem.scale
-        self.rho = np.ascontiguousarray(rho, dtype=float)
+        self.rho = np.array(rho, dtype=float, order="C")  # a fresh writable copy: one compiled signature
         self.dims = (problem.layers, problem.d1, problem.d2, problem.rank)
         self.csize = problem.d1 * problem.d2 if self.nop else 1
         self.problem = problem
@@ -305,17 +325,17 @@ class Stepper:
         (0: noise-free, C = A for every step)."""
         if targets is None:
             A = np.asarray(self.problem.target, dtype=float).reshape(self.csize, 1)
-            return np.ascontiguousarray(np.broadcast_to(A, (1, 1, self.csize, n))), 0
+            return np.array(np.broadcast_to(A, (1, 1, self.csize, n)), order="C"), 0
         K, m = targets.shape[:2]
-        return np.ascontiguousarray(np.swapaxes(targets.reshape((K, m, n, self.csize)), 2, 3)), 1
+        return np.array(np.swapaxes(targets.reshape((K, m, n, self.csize)), 2, 3), order="C"), 1
 
     def run(self, X, Y, C, stride: int, k0: int, n_steps: int, mus: np.ndarray, gX, gY) -> None:
         """``n_steps`` steps of X, Y (n, L, d, r) in place from row k0 (0 steps: the batch gradient into gX, gY)."""
         n = X.shape[0]
-        x = np.ascontiguousarray(X.reshape(n, -1).T)
-        y = np.ascontiguousarray(Y.reshape(n, -1).T)
+        x = np.array(X.reshape(n, -1).T, order="C")
+        y = np.array(Y.reshape(n, -1).T, order="C")
         gx, gy = np.empty_like(x), np.empty_like(y)
-        _advance(self.op, self.nop, self.dims, x, y, C, stride, k0, n_steps, self.lr, self.k2, self.rho, mus, gx, gy)
+        kernel()(self.op, self.nop, self.dims, x, y, C, stride, k0, n_steps, self.lr, self.k2, self.rho, mus, gx, gy)
         if n_steps:
             X[...] = x.T.reshape(X.shape)
             Y[...] = y.T.reshape(Y.shape)
