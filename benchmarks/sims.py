@@ -135,13 +135,14 @@ def main() -> None:
           f"numpy backend on {args.numpy_steps} steps, both scaled to the workload"
           + (f"; numba's first call (compile or cache load) {warm:.2f} s, not counted" if warm is not None else
              "; numba not installed: numpy backend only"))
-    print(f"{'regime':28s} {'backend':8s} {'seconds':>9s} {'us/step/traj':>13s} {'x plain loop':>13s}")
+    print(f"{'regime (runs x trajectories x steps)':36s} {'backend':8s} {'seconds':>9s} {'us/step/traj':>13s} {'x plain loop':>13s}")
     for reg in regimes:
-        label = f"{reg.name}: {reg.trajectories} traj x {reg.steps:g} steps"
+        runs = len(reg.rhos)
+        label = f"{reg.name}: {runs} x {reg.trajectories // runs} traj x {reg.steps:g}"
         loop = med[(reg.name, "loop")]
         for b in backends + ["loop"]:
             s = med[(reg.name, b)]
-            print(f"{label:28s} {b:8s} {s:9.2f} {1e6 * s / (reg.trajectories * reg.steps):13.3f} {loop / s:12.1f}x")
+            print(f"{label:36s} {b:8s} {s:9.2f} {1e6 * s / (reg.trajectories * reg.steps):13.3f} {loop / s:12.1f}x")
             label = ""
     if identical:
         print("records of the numba and numpy backends on the same runs: "
