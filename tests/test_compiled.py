@@ -105,3 +105,11 @@ def test_an_observed_built_in_runs_compiled_and_is_still_noted():
     with replaced_directions({"sam": observed(lambda *a: sam(*a), note)}):  # observes a non-built-in: numpy
         res = simulate(nop_problem(), "sam", **{**kw, "steps": 10})
     assert res.settings["backend"] == "numpy" and len(seen) == 11  # noted on every call, as numpy calls it
+
+
+def test_warm_compiles_the_kernel_a_run_uses():
+    compiled.warm()
+    assert len(compiled.kernel().signatures) == 1
+    simulate(nop_problem(), "sam", rho=0.1, alpha=[0.5], seeds=[1, 2], steps=20)
+    simulate(toy2d_problem(), "nbar", mu=1.0, schedule="linear", steps=20)
+    assert len(compiled.kernel().signatures) == 1  # the run needed no second compilation

@@ -309,6 +309,13 @@ def kernel() -> Callable:
     return module["_advance"]
 
 
+def warm() -> None:
+    """Compile the kernel now (into numba's cache), e.g. at install time: one field evaluation at a point."""
+    x, y = np.zeros((1, 1)), np.zeros((1, 1))
+    kernel()(0, False, (1, 1, 1, 1), x, y, np.zeros((1, 1, 1, 1)), 0, 0, 0, 1.0, 2.0, np.zeros(1), np.zeros(1),
+             np.empty_like(x), np.empty_like(y))
+
+
 class Stepper:
     """Steps the n trajectories of one ``simulate`` run with the compiled kernel of a built-in optimizer."""
 
