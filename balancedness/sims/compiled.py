@@ -303,9 +303,11 @@ def kernel() -> Callable:
     }
     module = globals()
     for name in ("_dot", "_grads", "_scale", "_axpy", "_field", "_advance"):  # callees first
-        jit = numba.njit([fixed[name]], cache=True, error_model="numpy") if name in fixed else numba.njit(
-            cache=True, error_model="numpy")
-        module[name] = jit(module[name])
+        sig = ([fixed[name]],) if name in fixed else ()  # (an empty list would forbid compiling at all)
+        try:
+            module[name] = numba.njit(*sig, cache=True, error_model="numpy")(module[name])
+        except RuntimeError:  # no writable cache location (read-only install, no user cache): compile each run
+            module[name] = numba.njit(*sig, error_model="numpy")(module[name])
     return module["_advance"]
 
 
