@@ -5,11 +5,13 @@ optimizer: the flow solver, the theory and the checks call them, and so does the
 direction that is not a built-in (a user's field, a ``replaced_directions`` variant, a mutant). For the
 built-ins, the per-step cost of numpy is its per-call overhead (≈ 20 array calls a step on arrays of a
 few dozen numbers), so ``simulate`` steps them here instead when numba is installed
-(``pip install 'balancedness[fast]'``): the same arithmetic, operation by operation in the same order,
-as one loop per trajectory. ``tests/test_compiled.py`` proves that the two give the same records on
-every built-in (bit for bit on the paper's toys; within 1e-12 where numpy's matmul/einsum may fuse or
-reorder a sum, e.g. rank r > 1), and ``kernel_for`` hands out a kernel only for an entry whose field
-*is* the built-in function object, so any replaced field runs through numpy.
+(``pip install 'balancedness[fast]'``): the same arithmetic, operation by operation in the same order
+(sums in the order of numpy's einsum kernel, :func:`_dot`), each operation one loop over the trajectories,
+for a whole stretch of steps per call. ``tests/test_compiled.py`` proves that the two give the same
+records on every built-in (bit for bit on rank-1 problems, the paper's toys among them; within 1e-12 for
+rank r > 1, where numpy's matmul goes through BLAS), and :func:`kernel_for` hands out a kernel only for an
+entry whose field *is* the built-in function object (or an :class:`~balancedness.sims.directions.Observed`
+watcher of one), so any other field runs through numpy.
 
 What each opcode computes (g = ∇f_t(z) for the step's target C, ‖g‖ global over layers):
 

@@ -2,8 +2,9 @@
 
 Each trajectory (α, seed) draws its own noise stream (``problems.NoiseStream``): the batch of
 step t is b noise draws, and SAM's ascent and descent gradients use the same draw (Alg. 1).
-All trajectories advance together in one set of array operations, which is what makes the
-paper-scale Fig. 1 workload take seconds (``benchmarks/sims.py``).
+All trajectories advance together: with numpy, one set of array operations per step through the
+registered direction function; for a built-in optimizer with numba installed, the compiled stepper of
+``sims.compiled`` (the same records), a stretch of steps between records per call (``benchmarks/sims.py``).
 """
 
 from __future__ import annotations
