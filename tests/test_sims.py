@@ -247,15 +247,15 @@ def test_interrupt_returns_partial_result_of_the_compiled_stepper(monkeypatch):
     calls = {"n": 0}
     original = compiled.Stepper.run
 
-    def interrupting(self, *a, **k):  # the kernel runs a segment per call: record at t, then t .. t + 99
+    def interrupting(self, *a, **k):  # the kernel runs a noise block (1024 steps) per call
         calls["n"] += 1
-        if calls["n"] == 6:  # the steps from 200
+        if calls["n"] == 2:
             raise KeyboardInterrupt
         return original(self, *a, **k)
 
     monkeypatch.setattr(compiled.Stepper, "run", interrupting)
-    res = simulate(nop_problem(), "sgd", steps=1000, record_every=100, lr=1e-3, backend="numba")
-    assert res.settings["interrupted"] and len(res.t) == 3 and res.t[-1] == 200
+    res = simulate(nop_problem(), "sgd", steps=3000, record_every=100, lr=1e-3, backend="numba")
+    assert res.settings["interrupted"] and len(res.t) == 11 and res.t[-1] == 1000  # the first block's records
 
 
 def test_divergence_is_counted():

@@ -264,21 +264,29 @@ def _field(op, nop, dims, x, y, C, row, k2, rho, mu, dx, dy, gx, gy, tx, ty, hx,
                     dy[k, i] = -s[i] * y[k, i] - gy[k, i]
 
 
-def _advance(op, nop, dims, x, y, C, stride, k0, n_steps, lr, k2, rho, mus, gx, gy):
+def _advance(op, nop, dims, x, y, C, stride, k0, n_steps, lr, k2, rho, mus, rec, xr, yr, gxr, gyr):
     """Step the trajectories x (L·d1·r, n), y (L·d2·r, n) in place ``n_steps`` times from row k0 of C.
 
     C (K, m, d1·d2, n) holds the chunk targets, row k0 + j·stride those of step j (stride 0: one row for
-    every step); mus[j] (or mus[0] if it has one entry) is step j's μ_t. ``n_steps = 0`` only evaluates the
-    field: gx, gy then hold the batch gradient at the point (what the recorder needs); else they are scratch.
+    every step); mus[j] (or mus[0] if it has one entry) is step j's μ_t. At the local steps rec[q]
+    (ascending), the point and its batch gradient go to xr[q], yr[q], gxr[q], gyr[q] before the step (the
+    recorder's view). ``n_steps = 0`` evaluates the field at the point only (for a record at rec = [0]).
     """
     n = x.shape[1]
-    tx, hx, dx = np.empty_like(x), np.empty_like(x), np.empty_like(x)
-    ty, hy, dy = np.empty_like(y), np.empty_like(y), np.empty_like(y)
+    tx, hx, dx, gx = np.empty_like(x), np.empty_like(x), np.empty_like(x), np.empty_like(x)
+    ty, hy, dy, gy = np.empty_like(y), np.empty_like(y), np.empty_like(y), np.empty_like(y)
     scratch = (np.empty(n), np.empty(n), np.empty(n), np.empty(n), np.empty(n), np.ones(n), np.empty((2, n)),
                np.empty((C.shape[2], n)))
+    q = 0
     for j in range(max(n_steps, 1)):
         mu = mus[j] if mus.shape[0] > 1 else mus[0]
         _field(op, nop, dims, x, y, C, k0 + j * stride, k2, rho, mu, dx, dy, gx, gy, tx, ty, hx, hy, scratch)
+        if q < rec.shape[0] and rec[q] == j:
+            xr[q] = x
+            yr[q] = y
+            gxr[q] = gx
+            gyr[q] = gy
+            q += 1
         if n_steps == 0:
             return
         for k in range(x.shape[0]):
@@ -315,9 +323,9 @@ def kernel() -> Callable:
 
 def warm() -> None:
     """Compile the kernel now (into numba's cache), e.g. at install time: one field evaluation at a point."""
-    x, y = np.zeros((1, 1)), np.zeros((1, 1))
+    x, y, out = np.zeros((1, 1)), np.zeros((1, 1)), np.empty((1, 1, 1))
     kernel()(0, False, (1, 1, 1, 1), x, y, np.zeros((1, 1, 1, 1)), 0, 0, 0, 1.0, 2.0, np.zeros(1), np.zeros(1),
-             np.empty_like(x), np.empty_like(y))
+             np.zeros(1, dtype=np.int64), out, out.copy(), out.copy(), out.copy())
 
 
 class Stepper:
@@ -340,16 +348,18 @@ class Stepper:
         K, m = targets.shape[:2]
         return np.array(np.swapaxes(targets.reshape((K, m, n, self.csize)), 2, 3), order="C"), 1
 
-    def run(self, X, Y, C, stride: int, k0: int, n_steps: int, mus: np.ndarray, gX, gY) -> None:
-        """``n_steps`` steps of X, Y (n, L, d, r) in place from row k0 (0 steps: the batch gradient into gX, gY)."""
+    def run(self, X, Y, C, stride: int, k0: int, n_steps: int, mus: np.ndarray, rec: np.ndarray):
+        """``n_steps`` steps of X, Y (n, L, d, r) in place from row k0 of C; returns (X, Y, g_X, g_Y) at the
+        local steps ``rec``, each (len(rec), n, L, d, r)."""
         n = X.shape[0]
         x = np.array(X.reshape(n, -1).T, order="C")
         y = np.array(Y.reshape(n, -1).T, order="C")
-        gx, gy = np.empty_like(x), np.empty_like(y)
-        kernel()(self.op, self.nop, self.dims, x, y, C, stride, k0, n_steps, self.lr, self.k2, self.rho, mus, gx, gy)
+        R = len(rec)
+        xr, gxr = np.empty((R,) + x.shape), np.empty((R,) + x.shape)
+        yr, gyr = np.empty((R,) + y.shape), np.empty((R,) + y.shape)
+        kernel()(self.op, self.nop, self.dims, x, y, C, stride, k0, n_steps, self.lr, self.k2, self.rho, mus,
+                 np.array(rec, dtype=np.int64), xr, yr, gxr, gyr)
         if n_steps:
             X[...] = x.T.reshape(X.shape)
             Y[...] = y.T.reshape(Y.shape)
-        else:
-            gX[...] = gx.T.reshape(gX.shape)
-            gY[...] = gy.T.reshape(gY.shape)
+        return tuple(np.swapaxes(a, 1, 2).reshape((R,) + Z.shape) for a, Z in ((xr, X), (yr, Y), (gxr, X), (gyr, Y)))

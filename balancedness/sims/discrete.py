@@ -10,6 +10,7 @@ registered direction function; for a built-in optimizer with numba installed, th
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -99,15 +100,16 @@ def simulate(
     settings["backend"] = stepper.backend
     bar = _progress(steps, progress, f"{opt.name} on {problem.name}")
     started = time.perf_counter()
-    recorded = set(t_rec.tolist())
+    rec_steps = t_rec.tolist()
     try:
         with np.errstate(all="ignore"):
-            for t0, count in segments(steps, t_rec):
+            for t0, count in segments(steps):
                 if stream is not None and t0 % NOISE_BLOCK == 0:
                     stepper.targets(_chunk_targets(problem, stream.next_block(), seed_idx, traj_alpha, opt.m))
                     if bar is not None and t0:
                         bar.update(NOISE_BLOCK)
-                stepper.run(X, Y, t0, count, rec.add if t0 in recorded else None)
+                here = rec_steps[bisect_left(rec_steps, t0):bisect_left(rec_steps, t0 + max(count, 1))]
+                stepper.run(X, Y, t0, count, here, rec)
     except KeyboardInterrupt:
         settings["interrupted"] = True
     finally:
@@ -118,19 +120,13 @@ def simulate(
     return rec.result(t_rec, traj_alpha, traj_seed, settings, traj_rho)
 
 
-def segments(steps: int, t_rec: np.ndarray) -> Iterator[tuple[int, int]]:
-    """(t₀, count): runs of steps t₀ … t₀ + count − 1 with a record time or a noise block only at t₀.
-
-    The boundaries are the record times and the starts of the noise blocks; the last segment is
-    (T, 0): the field at the last point, for its record, and no step.
-    """
-    cuts = sorted(set(t_rec.tolist()) | set(range(0, steps + 1, NOISE_BLOCK)) | {steps})
+def segments(steps: int) -> Iterator[tuple[int, int]]:
+    """(t₀, count): the steps t₀ … t₀ + count − 1 of one noise block, block after block; the last is
+    (T, 0): the field at the last point, for its record, and no step."""
+    cuts = sorted(set(range(0, steps + 1, NOISE_BLOCK)) | {steps})
     for a, b in zip(cuts, cuts[1:]):
         yield a, b - a
     yield steps, 0
-
-
-Record = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
 
 
 class NumpyStepper:
@@ -146,13 +142,15 @@ class NumpyStepper:
         """The chunk targets of the next NOISE_BLOCK steps, (K, m, n, *noise_shape)."""
         self.block = block
 
-    def run(self, X: np.ndarray, Y: np.ndarray, t0: int, count: int, record: Optional[Record]) -> None:
-        """Steps t₀ … t₀ + count − 1 in place (count = 0: only the field at t₀); ``record`` sees the point t₀."""
+    def run(self, X: np.ndarray, Y: np.ndarray, t0: int, count: int, records: Sequence[int], rec: Recorder) -> None:
+        """Steps t₀ … t₀ + count − 1 in place (count = 0: only the field at t₀); at the steps ``records`` the
+        point and its stochastic gradient go to ``rec`` before the step."""
+        records = set(records)
         for t in range(t0, t0 + max(count, 1)):
             C = None if self.block is None else self.block[t % NOISE_BLOCK]
             dX, dY, gX, gY = self.opt.field(self.problem, X, Y, C, t / self.steps, self.rho)
-            if record is not None and t == t0:
-                record(X, Y, gX, gY)
+            if t in records:
+                rec.add(X, Y, gX, gY)
             if count == 0:
                 return
             X += self.lr * dX
@@ -169,8 +167,6 @@ class CompiledStepper:
         self.opt, self.steps, self.n, self.notes = opt, steps, n, tuple(notes)
         self.kernel = compiled.Stepper(op, problem, lr, np.full(n, opt.rho) if rho is None else rho)
         self.C, self.stride = self.kernel.targets(None, n)
-        self.gX = np.empty((n,) + problem.x0.shape)
-        self.gY = np.empty((n,) + problem.y0.shape)
 
     def targets(self, block: np.ndarray) -> None:
         self.C, self.stride = self.kernel.targets(block, self.n)
@@ -181,17 +177,15 @@ class CompiledStepper:
             return np.array([self.opt.hyper(t0 / self.steps).mu])
         return np.array([self.opt.hyper(t / self.steps).mu for t in range(t0, t0 + max(count, 1))])
 
-    def run(self, X: np.ndarray, Y: np.ndarray, t0: int, count: int, record: Optional[Record]) -> None:
-        """Steps t₀ … t₀ + count − 1 in place (count = 0: only the field at t₀); ``record`` sees the point t₀.
-        The notes of an observed field are called once per run of this method."""
+    def run(self, X: np.ndarray, Y: np.ndarray, t0: int, count: int, records: Sequence[int], rec: Recorder) -> None:
+        """Steps t₀ … t₀ + count − 1 in place in one kernel call, then the records of those steps (the points and
+        gradients the kernel kept) to ``rec``. The notes of an observed field are called once per call."""
         for note in self.notes:
             note()
         k0 = t0 % NOISE_BLOCK if self.stride else 0
-        if record is not None:
-            self.kernel.run(X, Y, self.C, self.stride, k0, 0, self.mus(t0, 0), self.gX, self.gY)
-            record(X, Y, self.gX, self.gY)
-        if count:
-            self.kernel.run(X, Y, self.C, self.stride, k0, count, self.mus(t0, count), self.gX, self.gY)
+        kept = self.kernel.run(X, Y, self.C, self.stride, k0, count, self.mus(t0, count), [t - t0 for t in records])
+        for point in zip(*kept):  # one record at a time, each array its own (aligned) copy, as numpy's steps
+            rec.add(*(a.copy() for a in point))  # pass them: einsum's summation order depends on both
 
 
 BACKENDS = ("auto", "numpy", "numba")
