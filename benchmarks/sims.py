@@ -1,23 +1,32 @@
-"""Paper-scale Fig. 1 workload: the vectorized simulator vs a plain per-trajectory numpy loop.
+"""The simulator in both regimes of issue 23, as ratios to a plain per-trajectory numpy loop, in one run.
 
-Workload: η = 1e-4, T = 1e5 steps; NOP (ρ = 0.1) and OP (ρ = 0.2); SGD and SAM; 4 noise levels;
-320 trajectories (2 problems × 2 optimizers × 4 α × 20 seeds; with 10 seeds it is 160). The plain loop is timed on a few trajectories for a few thousand
-steps (its cost is linear in both) and scaled; both are measured in this one run.
+* many: 320 trajectories x 1e4 steps: NOP (rho 0.1) and OP (rho 0.2), SGD and SAM (one run per problem on
+  the rho grid [0, rho]: rho = 0 is exactly SGD), alpha 0, 0.5, 1, 2, 20 seeds.
+* few: the paper's runs, 6 trajectories x 1e5 steps: SAM at alpha 0.5, 1, 2 x 2 seeds, NOP and OP.
 
-    python benchmarks/sims.py            # full workload
-    python benchmarks/sims.py --quick    # 1e4 steps
+Every repetition times, in turn, the simulator with each backend (``numba`` when installed, ``numpy``) and
+the plain loop, so the machine's load hits all alike; the tables show medians over ``--repeats``. The plain
+loop and the numpy backend are timed on fewer steps and scaled (their cost is linear in the steps); the
+compiled backend runs the whole workload. The first compiled run (numba's compile, or its on-disk cache) is
+timed apart. Both backends' records are compared on the same run: bit-identical on these rank-1 toys.
+
+    python benchmarks/sims.py            # 5 repetitions
+    python benchmarks/sims.py --quick    # 2 repetitions, 1/10 of the steps
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
-from balancedness.sims import nop_problem, op_problem, simulate
+from balancedness.sims import compiled, nop_problem, op_problem, simulate
 
 ALPHAS = [0.0, 0.5, 1.0, 2.0]
+RHO = {"nop": 0.1, "op": 0.2}
 
 
 def plain_loop(kind: str, opt: str, steps: int, alpha: float, seed: int, rho: float) -> float:
@@ -50,52 +59,95 @@ def plain_loop(kind: str, opt: str, steps: int, alpha: float, seed: int, rho: fl
     return 0.5 * (x @ x - y @ y)
 
 
+@dataclass(frozen=True)
+class Regime:
+    """One simulate call per problem: the rho grid x alphas x seeds, for ``steps`` steps."""
+
+    name: str
+    rhos: dict[str, list[float]]
+    alphas: list[float]
+    seeds: int
+    steps: int
+
+    @property
+    def trajectories(self) -> int:
+        return sum(len(r) for r in self.rhos.values()) * len(self.alphas) * self.seeds
+
+    def loop_configs(self) -> list[tuple[str, str, float]]:
+        """(problem, optimizer, rho) of the plain loop, one per rho of each problem (rho 0: SGD)."""
+        return [(k, "sam" if r else "sgd", r) for k, rs in self.rhos.items() for r in rs]
+
+    def run(self, backend: str, steps: int) -> list:
+        return [simulate(nop_problem() if k == "nop" else op_problem(), "sam", rho=rs, alpha=self.alphas,
+                         seeds=self.seeds, lr=1e-4, steps=steps, record_every=100, backend=backend)
+                for k, rs in self.rhos.items()]
+
+
+def timed(fn) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def loop_seconds(regime: Regime, loop_steps: int) -> float:
+    """The plain loop's time for the regime's whole workload, from ``loop_steps`` steps per config (α = 1)."""
+    per_traj = len(regime.alphas) * regime.seeds
+    total = 0.0
+    for kind, opt, rho in regime.loop_configs():
+        s, _ = timed(lambda: plain_loop(kind, opt, loop_steps, 1.0, 0, rho))
+        total += s / loop_steps * per_traj * regime.steps
+    return total
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="1e4 steps instead of 1e5")
-    ap.add_argument("--seeds", type=int, default=20,
-                    help="seeds per (problem, optimizer, alpha); 20 gives the issue's 320 trajectories")
-    ap.add_argument("--loop-steps", type=int, default=3000, help="steps per timed plain-loop trajectory")
+    ap.add_argument("--quick", action="store_true", help="1/10 of the steps, 2 repetitions")
+    ap.add_argument("--seeds", type=int, default=20, help="seeds per (problem, rho, alpha) of the many regime (20: 320)")
+    ap.add_argument("--loop-steps", type=int, default=2000, help="steps per timed plain-loop trajectory")
+    ap.add_argument("--numpy-steps", type=int, default=2000, help="steps of the timed numpy-backend runs")
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved repetitions (default 5; 2 with --quick)")
     args = ap.parse_args()
-    steps = 10_000 if args.quick else 100_000
-    configs = [("nop", "sgd", 0.1), ("nop", "sam", 0.1), ("op", "sgd", 0.2), ("op", "sam", 0.2)]
-    n_traj = len(configs) * len(ALPHAS) * args.seeds
+    scale = 10 if args.quick else 1
+    repeats = args.repeats or (2 if args.quick else 5)
+    regimes = [Regime("many", {k: [0.0, r] for k, r in RHO.items()}, ALPHAS, args.seeds, 10_000 // scale),
+               Regime("few", {k: [r] for k, r in RHO.items()}, [0.5, 1.0, 2.0], 2, 100_000 // scale)]
+    backends = (["numba"] if compiled.available() else []) + ["numpy"]
 
-    # SGD is SAM with rho = 0 (the perturbation is exactly zero), so one vectorized run per
-    # problem holds both optimizers: the rho grid [0, rho] x alphas x seeds.
-    sim_seconds = 0.0
-    finals = {}
-    for kind, rho in (("nop", 0.1), ("op", 0.2)):
-        p = nop_problem() if kind == "nop" else op_problem()
-        t0 = time.perf_counter()
-        res = simulate(p, "sam", rho=[0.0, rho], alpha=ALPHAS, seeds=args.seeds, lr=1e-4, steps=steps,
-                       record_every=100)
-        sim_seconds += time.perf_counter() - t0
-        for opt, r in (("sgd", 0.0), ("sam", rho)):
-            B = res.balancedness[res.select(rho=r), -1]
-            finals[(kind, opt)] = 2 * np.abs(B).reshape(len(ALPHAS), -1).mean(1)
+    warm = None
+    if "numba" in backends:  # numba compiles (or loads its cache) on the first call
+        warm, _ = timed(lambda: simulate(nop_problem(), "sgd", steps=10, backend="numba"))
+    times: dict[tuple[str, str], list[float]] = {}
+    identical = {}
+    for rep in range(repeats):
+        for reg in regimes:
+            for b in backends:
+                steps = reg.steps if b == "numba" else min(reg.steps, args.numpy_steps)
+                s, res = timed(lambda: reg.run(b, steps))
+                times.setdefault((reg.name, b), []).append(s * reg.steps / steps)
+                if rep == 0 and b == "numpy" and "numba" in backends:
+                    same = reg.run("numba", steps)
+                    identical[reg.name] = all(np.array_equal(a.x, c.x) and np.array_equal(a.grad_gap, c.grad_gap)
+                                              for a, c in zip(res, same))
+            times.setdefault((reg.name, "loop"), []).append(loop_seconds(reg, args.loop_steps))
 
-    # the plain loop: 2 trajectories per config (alpha 0.5 and 1), scaled to the workload
-    loop_seconds, loop_steps = 0.0, 0
-    for kind, opt, rho in configs:
-        for alpha in (0.5, 1.0):
-            t0 = time.perf_counter()
-            plain_loop(kind, opt, args.loop_steps, alpha, 0, rho)
-            loop_seconds += time.perf_counter() - t0
-            loop_steps += args.loop_steps
-    per_step = loop_seconds / loop_steps
-    loop_total = per_step * n_traj * steps
-
-    print(f"workload: {n_traj} trajectories x {steps} steps (eta = 1e-4; NOP rho 0.1, OP rho 0.2; SGD, SAM; "
-          f"alpha {ALPHAS}; {args.seeds} seeds)")
-    print(f"plain per-trajectory loop: {1e6 * per_step:.1f} us per step per trajectory "
-          f"-> {loop_total:.1f} s for the workload (measured on {loop_steps} steps, scaled)")
-    print(f"vectorized simulator:      {sim_seconds:.2f} s "
-          f"({1e6 * sim_seconds / (n_traj * steps):.2f} us per step per trajectory)")
-    print(f"speed ratio: {loop_total / sim_seconds:.1f}x (target >= 20x, aim 50x)")
-    print("mean 2|B_T| per alpha " + str(ALPHAS) + ":")
-    for key, v in finals.items():
-        print(f"  {key[0]:3s} {key[1]:3s}: " + " ".join(f"{x:.3f}" for x in v))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"{repeats} interleaved repetitions, medians; plain loop timed on {args.loop_steps} steps per config, "
+          f"numpy backend on {args.numpy_steps} steps, both scaled to the workload"
+          + (f"; numba's first call (compile or cache load) {warm:.2f} s, not counted" if warm is not None else
+             "; numba not installed: numpy backend only"))
+    print(f"{'regime (runs x trajectories x steps)':36s} {'backend':8s} {'seconds':>9s} {'us/step/traj':>13s} {'x plain loop':>13s}")
+    for reg in regimes:
+        runs = len(reg.rhos)
+        label = f"{reg.name}: {runs} x {reg.trajectories // runs} traj x {reg.steps:g}"
+        loop = med[(reg.name, "loop")]
+        for b in backends + ["loop"]:
+            s = med[(reg.name, b)]
+            print(f"{label:36s} {b:8s} {s:9.2f} {1e6 * s / (reg.trajectories * reg.steps):13.3f} {loop / s:12.1f}x")
+            label = ""
+    if identical:
+        print("records of the numba and numpy backends on the same runs: "
+              + ", ".join(f"{k} {'bit-identical' if v else 'DIFFERENT'}" for k, v in identical.items()))
+    print("targets (issue 23): >= 100x in the many regime, >= 20x in the few regime")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """`pip install balancedness` (no extras) gives the simulators, checks and figures: nothing there imports torch.
 
-Each test runs a fresh interpreter in which torch, transformers, peft and accelerate cannot be imported
-(``sys.modules[name] = None`` makes ``import name`` raise ModuleNotFoundError), as on a machine without
-the ``[torch]``/``[finetune]`` extras.
+Each test runs a fresh interpreter in which torch, transformers, peft, accelerate and numba cannot be
+imported (``sys.modules[name] = None`` makes ``import name`` raise ModuleNotFoundError), as on a machine
+without the ``[torch]``/``[finetune]``/``[fast]`` extras: the simulator then steps with numpy.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import subprocess
 import sys
 
-BLOCK = "import sys\nfor m in ('torch', 'transformers', 'peft', 'accelerate'):\n    sys.modules[m] = None\n"
+BLOCK = "import sys\nfor m in ('torch', 'transformers', 'peft', 'accelerate', 'numba'):\n    sys.modules[m] = None\n"
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
@@ -23,8 +23,9 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_the_blocker_blocks():
-    proc = _run("import torch")
-    assert proc.returncode != 0 and "ModuleNotFoundError" in proc.stderr
+    for name in ("torch", "numba"):
+        proc = _run(f"import {name}")
+        assert proc.returncode != 0 and "ModuleNotFoundError" in proc.stderr
 
 
 def test_numpy_side_imports_without_torch():
@@ -39,7 +40,8 @@ def test_simulate_and_check_run_without_torch(tmp_path):
     proc = _cli("simulate", "--problem", "nop", "--optimizer", "sam", "--steps", "200", "--record-every", "100",
                 "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(out.read_text())["settings"]["optimizer"]["name"] == "sam"
+    settings = json.loads(out.read_text())["settings"]
+    assert settings["optimizer"]["name"] == "sam" and settings["backend"] == "numpy"
     proc = _cli("check", "--quick", "--only", "sam-op-identity")
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

@@ -69,12 +69,14 @@ def reference_loop(kind, opt, steps, lr, alpha, seed, rho=0.1, mu=1.0, batch=1, 
 @pytest.mark.parametrize("kind", ["nop", "op"])
 @pytest.mark.parametrize("opt,kw", [("sgd", {}), ("sam", {"rho": 0.1}), ("msam", {"rho": 0.1, "m": 2, "batch": 4}),
                                     ("nbar", {"mu": 1.0}), ("obar", {"mu": 2.0})])
-def test_vectorized_simulator_equals_reference_loop(kind, opt, kw):
+@pytest.mark.parametrize("backend", ["numpy", "auto"])  # auto: the compiled stepper where numba is installed
+def test_vectorized_simulator_equals_reference_loop(kind, opt, kw, backend):
     steps, lr = 1500, 1e-3  # crosses a noise block boundary
     p = nop_problem() if kind == "nop" else op_problem()
     kw = dict(kw)
     batch = kw.pop("batch", 1)
-    res = simulate(p, opt, alpha=[0.5, 1.0], seeds=[3, 4], lr=lr, steps=steps, record_every=1, batch=batch, **kw)
+    res = simulate(p, opt, alpha=[0.5, 1.0], seeds=[3, 4], lr=lr, steps=steps, record_every=1, batch=batch,
+                   backend=backend, **kw)
     for i, (a, s) in enumerate([(0.5, 3), (0.5, 4), (1.0, 3), (1.0, 4)]):
         B, x, y = reference_loop(kind, opt, steps, lr, a, s, batch=batch, **kw)
         assert res.alpha[i] == a and res.seed[i] == s
@@ -259,8 +261,26 @@ def test_interrupt_returns_partial_result(monkeypatch):
         return original(self, *a, **k)
 
     monkeypatch.setattr(Optimizer, "field", interrupting)
-    res = simulate(nop_problem(), "sgd", steps=1000, record_every=100, lr=1e-3)
+    res = simulate(nop_problem(), "sgd", steps=1000, record_every=100, lr=1e-3, backend="numpy")
     assert res.settings["interrupted"] and len(res.t) == 3 and res.t[-1] == 200
+
+
+def test_interrupt_returns_partial_result_of_the_compiled_stepper(monkeypatch):
+    pytest.importorskip("numba")
+    from balancedness.sims import compiled
+
+    calls = {"n": 0}
+    original = compiled.Stepper.run
+
+    def interrupting(self, *a, **k):  # the kernel runs a noise block (1024 steps) per call
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(compiled.Stepper, "run", interrupting)
+    res = simulate(nop_problem(), "sgd", steps=3000, record_every=100, lr=1e-3, backend="numba")
+    assert res.settings["interrupted"] and len(res.t) == 11 and res.t[-1] == 1000  # the first block's records
 
 
 def test_divergence_is_counted():

@@ -155,6 +155,30 @@ def replaced_directions(fields: Mapping[str, DirectionFn]) -> Iterator[dict[str,
         DIRECTIONS.update(saved)
 
 
+@dataclass(frozen=True)
+class Observed:
+    """``field`` with ``note()`` called first on every call: a watcher (e.g. which optimizers a check ran)
+    that leaves the field's math alone. Make one with :func:`observed`.
+
+    Because the math is ``field``'s, the simulator may step the built-in an observed field wraps with its
+    compiled kernel (``sims.compiled``); it then calls ``note()`` once per stretch of steps, not per step.
+    """
+
+    field: DirectionFn
+    note: Callable[[], None]
+
+    def __call__(self, problem: Problem, X, Y, targets, hp: HyperParams) -> Field:
+        self.note()
+        return self.field(problem, X, Y, targets, hp)
+
+
+def observed(field: DirectionFn, note: Callable[[], None]) -> Observed:
+    """``field``, calling ``note()`` before every call (see :class:`Observed`)."""
+    if not callable(field) or not callable(note):
+        raise InvalidValue("observed", "a callable direction function and a callable note", (field, note))
+    return Observed(field, note)
+
+
 def lookup(name: str) -> Direction:
     """The registered optimizer ``name``."""
     entry = DIRECTIONS.get(name) if isinstance(name, str) else None

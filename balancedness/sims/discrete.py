@@ -2,24 +2,27 @@
 
 Each trajectory (α, seed) draws its own noise stream (``problems.NoiseStream``): the batch of
 step t is b noise draws, and SAM's ascent and descent gradients use the same draw (Alg. 1).
-All trajectories advance together in one set of array operations, which is what makes the
-paper-scale Fig. 1 workload take seconds (``benchmarks/sims.py``).
+All trajectories advance together: with numpy, one set of array operations per step through the
+registered direction function; for a built-in optimizer with numba installed, the compiled stepper of
+``sims.compiled`` (the same records), a stretch of steps between records per call (``benchmarks/sims.py``).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from bisect import bisect_left
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from balancedness.sims import compiled
 from balancedness.sims.directions import lookup
 from balancedness.sims.grid import check_batch, noise_levels, seed_list, values
 from balancedness.sims.optimizers import Optimizer, make_optimizer
 from balancedness.sims.problems import NOISE_BLOCK, NoiseStream, Problem
 from balancedness.sims.recording import Recorder, record_times
 from balancedness.sims.results import SimResult
-from balancedness.validation import integer, number
+from balancedness.validation import choice, integer, number
 
 
 def validate_run(steps: int, lr: float, record_every: int, batch: int, opt: Optimizer) -> None:
@@ -63,6 +66,7 @@ def simulate(
     mu: float = 0.0,
     schedule: str = "constant",
     progress: bool = False,
+    backend: str = "auto",
 ) -> SimResult:
     """Run the discrete stochastic optimizer on every (α, seed) pair at once.
 
@@ -77,6 +81,9 @@ def simulate(
         record_every: record every k steps (step 0 and T always).
         batch: noise draws per step b (the paper's is unknown; 1 by default, spec §8.1).
         progress: show a progress bar.
+        backend: ``auto`` (the compiled kernel of ``sims.compiled`` for a built-in optimizer when numba is
+            installed, else numpy), ``numpy`` (the registered direction function every step) or ``numba``
+            (the kernel, an error where it cannot run). Both give the same records (``tests/test_compiled.py``).
 
     An interrupt (Ctrl-C) returns the records made so far, with ``settings["interrupted"]``.
     """
@@ -107,26 +114,20 @@ def simulate(
         "batch": batch, "alpha": alphas, "seeds": seed_ids, "rho_grid": rhos if len(rhos) > 1 else None,
         "x0": problem.x0.tolist(), "y0": problem.y0.tolist(),
     }
+    stepper = _stepper(backend, opt, problem, lr, steps, traj_rho, n)
+    settings["backend"] = stepper.backend
     bar = _progress(steps, progress, f"{opt.name} on {problem.name}")
     started = time.perf_counter()
-    next_rec, targets = 0, None
     rec_steps = t_rec.tolist()
     try:
         with np.errstate(all="ignore"):
-            for t in range(steps + 1):
-                if stream is not None and t % NOISE_BLOCK == 0:
-                    targets = _chunk_targets(problem, stream.next_block(), seed_idx, traj_alpha, opt.m)
-                    if bar is not None and t:
+            for t0, count in segments(steps):
+                if stream is not None and t0 % NOISE_BLOCK == 0:
+                    stepper.targets(_chunk_targets(problem, stream.next_block(), seed_idx, traj_alpha, opt.m))
+                    if bar is not None and t0:
                         bar.update(NOISE_BLOCK)
-                C = None if targets is None else targets[t % NOISE_BLOCK]
-                dX, dY, gX, gY = opt.field(problem, X, Y, C, t / steps, traj_rho)
-                if t == rec_steps[next_rec]:
-                    rec.add(X, Y, gX, gY)
-                    next_rec += 1
-                if t == steps:
-                    break
-                X += lr * dX
-                Y += lr * dY
+                here = rec_steps[bisect_left(rec_steps, t0):bisect_left(rec_steps, t0 + max(count, 1))]
+                stepper.run(X, Y, t0, count, here, rec)
     except KeyboardInterrupt:
         settings["interrupted"] = True
     finally:
@@ -135,6 +136,91 @@ def simulate(
     settings["seconds"] = time.perf_counter() - started
     settings["diverged"] = rec.diverged()
     return rec.result(t_rec, traj_alpha, traj_seed, settings, traj_rho)
+
+
+def segments(steps: int) -> Iterator[tuple[int, int]]:
+    """(t₀, count): the steps t₀ … t₀ + count − 1 of one noise block, block after block; the last is
+    (T, 0): the field at the last point, for its record, and no step."""
+    cuts = sorted(set(range(0, steps + 1, NOISE_BLOCK)) | {steps})
+    for a, b in zip(cuts, cuts[1:]):
+        yield a, b - a
+    yield steps, 0
+
+
+class NumpyStepper:
+    """Steps with the registered direction function, one numpy call of ``Optimizer.field`` per step."""
+
+    backend = "numpy"
+
+    def __init__(self, opt: Optimizer, problem: Problem, lr: float, steps: int, rho: Optional[np.ndarray]):
+        self.opt, self.problem, self.lr, self.steps, self.rho = opt, problem, lr, steps, rho
+        self.block: Optional[np.ndarray] = None
+
+    def targets(self, block: np.ndarray) -> None:
+        """The chunk targets of the next NOISE_BLOCK steps, (K, m, n, *noise_shape)."""
+        self.block = block
+
+    def run(self, X: np.ndarray, Y: np.ndarray, t0: int, count: int, records: Sequence[int], rec: Recorder) -> None:
+        """Steps t₀ … t₀ + count − 1 in place (count = 0: only the field at t₀); at the steps ``records`` the
+        point and its stochastic gradient go to ``rec`` before the step."""
+        records = set(records)
+        for t in range(t0, t0 + max(count, 1)):
+            C = None if self.block is None else self.block[t % NOISE_BLOCK]
+            dX, dY, gX, gY = self.opt.field(self.problem, X, Y, C, t / self.steps, self.rho)
+            if t in records:
+                rec.add(X, Y, gX, gY)
+            if count == 0:
+                return
+            X += self.lr * dX
+            Y += self.lr * dY
+
+
+class CompiledStepper:
+    """Steps a built-in optimizer with the compiled kernel (``sims.compiled``), a segment per call."""
+
+    backend = "numba"
+
+    def __init__(self, op: int, opt: Optimizer, problem: Problem, lr: float, steps: int,
+                 rho: Optional[np.ndarray], n: int, notes: Sequence[Callable[[], None]] = ()):
+        self.opt, self.steps, self.n, self.notes = opt, steps, n, tuple(notes)
+        self.kernel = compiled.Stepper(op, problem, lr, np.full(n, opt.rho) if rho is None else rho)
+        self.C, self.stride = self.kernel.targets(None, n)
+
+    def targets(self, block: np.ndarray) -> None:
+        self.C, self.stride = self.kernel.targets(block, self.n)
+
+    def mus(self, t0: int, count: int) -> np.ndarray:
+        """μ_t of steps t₀ … t₀ + count − 1 as ``Optimizer.hyper`` gives it (one value if it is constant)."""
+        if not self.opt.mu or self.opt.schedule == "constant":
+            return np.array([self.opt.hyper(t0 / self.steps).mu])
+        return np.array([self.opt.hyper(t / self.steps).mu for t in range(t0, t0 + max(count, 1))])
+
+    def run(self, X: np.ndarray, Y: np.ndarray, t0: int, count: int, records: Sequence[int], rec: Recorder) -> None:
+        """Steps t₀ … t₀ + count − 1 in place in one kernel call, then the records of those steps (the points and
+        gradients the kernel kept) to ``rec``. The notes of an observed field are called once per call."""
+        for note in self.notes:
+            note()
+        k0 = t0 % NOISE_BLOCK if self.stride else 0
+        kept = self.kernel.run(X, Y, self.C, self.stride, k0, count, self.mus(t0, count), [t - t0 for t in records])
+        for point in zip(*kept):  # one record at a time, each array its own (aligned) copy, as numpy's steps
+            rec.add(*(a.copy() for a in point))  # pass them: einsum's summation order depends on both
+
+
+BACKENDS = ("auto", "numpy", "numba")
+
+
+def _stepper(backend: str, opt: Optimizer, problem: Problem, lr: float, steps: int,
+             rho: Optional[np.ndarray], n: int):
+    """The compiled stepper where it applies (``auto``: numba installed and a built-in field), else numpy."""
+    choice("backend", backend, BACKENDS)
+    op, notes = compiled.kernel_for(opt.name) if backend != "numpy" and compiled.available() else (None, [])
+    if op is None and backend == "numba":
+        why = ("numba is not installed (pip install 'balancedness[fast]') or $BALANCEDNESS_BACKEND=numpy"
+               if not compiled.available() else f"the field of {opt.name!r} is not a built-in direction function")
+        raise ValueError(f"backend 'numba' cannot run: {why}; use backend 'auto' or 'numpy'")
+    if op is None:
+        return NumpyStepper(opt, problem, lr, steps, rho)
+    return CompiledStepper(op, opt, problem, lr, steps, rho, n, notes)
 
 
 def _chunk_targets(problem: Problem, block: np.ndarray, seed_idx: np.ndarray, alpha: np.ndarray, m: int) -> np.ndarray:
