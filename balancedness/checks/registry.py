@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence, Un
 
 import numpy as np
 
-from balancedness.sims.directions import DIRECTIONS, DirectionFn, replaced_directions
+from balancedness.sims.directions import DIRECTIONS, DirectionFn, observed, replaced_directions
 from balancedness.validation import InvalidValue, choice, integer
 
 Bound = Union[float, tuple[float, float]]
@@ -245,14 +245,14 @@ class Check:
 
 
 def _recording(name: str, fn: DirectionFn, calls: list) -> DirectionFn:
-    """``fn``, noting ``name`` in every set of ``calls`` on every call."""
+    """``fn`` under :func:`~balancedness.sims.directions.observed`, noting ``name`` in every set of ``calls``
+    whenever it runs (a watcher that leaves the math alone, so a built-in still steps compiled)."""
 
-    def field(*args, **kwargs):
+    def note() -> None:
         for called in calls:
             called.add(name)
-        return fn(*args, **kwargs)
 
-    return field
+    return observed(fn, note)
 
 
 class Registry:
