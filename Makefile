@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo
 PYTEST_ARGS ?=
+# pytest-xdist workers: one per core (tests/conftest.py gives each one BLAS thread); JOBS=0 runs in-process.
+JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: install postgres-server test test-fast demo bench check clean
 
@@ -31,11 +33,11 @@ postgres-server:
 
 # The whole suite, slow end-to-end tests included (CI runs this).
 test: install postgres-server
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -rs $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -rs -n $(JOBS) --dist worksteal $(PYTEST_ARGS)
 
 # The fast subset, for the edit-test loop.
 test-fast: install
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" -n $(JOBS) --dist worksteal $(PYTEST_ARGS)
 
 check: install
 	$(BIN)/balancedness check
