@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from balancedness.io import write_text
+from balancedness.io import read_json_object, write_text
 
 __all__ = ["make_fig3", "load_logs"]
 
@@ -59,15 +59,7 @@ def load_logs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
 
 def _read_meta(path: Path) -> dict[str, Any]:
     """The run's ``metrics.json`` beside its log ({} when absent); ValueError naming it when not a JSON object."""
-    if not path.is_file():
-        return {}
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"{str(path)!r} (beside the log) is not readable JSON ({exc})") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{str(path)!r} (beside the log) does not hold a JSON object")
-    return meta
+    return read_json_object(path, "it sits beside the log and must be the run's metrics") or {}
 
 
 def _read_records(path: Path) -> list[dict[str, Any]]:
