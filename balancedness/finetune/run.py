@@ -350,7 +350,6 @@ def _train(config: FinetuneConfig, task: Any, model_path: str, plan: Any, lock: 
 
     from balancedness.finetune.checkpoints import RunRecorder
     from balancedness.finetune.models import load_for_task
-    from balancedness.finetune.tasks import majority_accuracy
     from balancedness.optim.callbacks import BalancednessCallback
 
     hf_logging.set_verbosity_error()
@@ -376,6 +375,26 @@ def _train(config: FinetuneConfig, task: Any, model_path: str, plan: Any, lock: 
     trainer = _make_trainer(config, head, head.dataset(task.train), _training_args(config, ckpt_dir), callbacks,
                             recorder)
 
+    record = _base_record(config, task, head, plan)
+    if config.zero_shot and main:
+        with _writing(out):
+            record["zero_shot"] = _zero_shot(out, head, task, config.eval_batch_size)
+    train_seconds = _fit(out, trainer, plan, record, timer, stop, main)
+    if recorder.diverged:
+        return _diverged(config, out, record, trainer, timer, train_seconds, recorder.diverged, main)
+    if stop.requested:
+        if main:
+            _write_partial(out, record, trainer, timer, train_seconds)
+        raise KeyboardInterrupt
+    if not main:
+        return {}
+    return _complete(config, task, head, plan, record, trainer, timer, train_seconds, recorder.train_loss)
+
+
+def _base_record(config: FinetuneConfig, task: Any, head: Any, plan: Any) -> dict[str, Any]:
+    """What ``metrics.json`` says of the run before it trains (task, method, sizes, fingerprint, config)."""
+    from balancedness.finetune.tasks import majority_accuracy
+
     trainable = sum(p.numel() for p in head.module.parameters() if p.requires_grad)
     record: dict[str, Any] = {
         "task": task.name, "method": config.method, "model": config.model, "seed": config.seed,
@@ -386,10 +405,13 @@ def _train(config: FinetuneConfig, task: Any, model_path: str, plan: Any, lock: 
     }
     if task.kind == "classification":
         record["majority"] = majority_accuracy(task)
-    if config.zero_shot and main:
-        with _writing(out):
-            record["zero_shot"] = _zero_shot(out, head, task, config.eval_batch_size)
+    return record
 
+
+def _fit(out: Path, trainer: Any, plan: Any, record: dict[str, Any], timer: Any, stop: Any, main: bool) -> float:
+    """``trainer.train`` (from the plan's checkpoint) under the graceful Ctrl-C handler; the training seconds of
+    the whole run, earlier sittings included. A second Ctrl-C writes the partial record and re-raises; a write
+    that fails ends the run failed (:func:`_fail_writing`)."""
     prior_seconds = float((plan.previous or {}).get("train_seconds") or 0.0) if plan.checkpoint else 0.0
     use_handler = main and world_size() == 1 and _in_main_thread()
     old_handler = signal.signal(signal.SIGINT, _sigint_handler(stop)) if use_handler else None
@@ -408,16 +430,14 @@ def _train(config: FinetuneConfig, task: Any, model_path: str, plan: Any, lock: 
     finally:
         if use_handler:
             signal.signal(signal.SIGINT, old_handler)
-    train_seconds = prior_seconds + time.perf_counter() - t0
-    if recorder.diverged:
-        return _diverged(config, out, record, trainer, timer, train_seconds, recorder.diverged, main)
-    if stop.requested:
-        if main:
-            _write_partial(out, record, trainer, timer, train_seconds)
-        raise KeyboardInterrupt
-    if not main:
-        return {}
-    record.update(_timing(timer, train_seconds), train_loss=recorder.train_loss)
+    return prior_seconds + time.perf_counter() - t0
+
+
+def _complete(config: FinetuneConfig, task: Any, head: Any, plan: Any, record: dict[str, Any], trainer: Any,
+              timer: Any, train_seconds: float, train_loss: float) -> dict[str, Any]:
+    """Evaluate the trained run, save its adapter and write its complete ``metrics.json`` (main process)."""
+    out = Path(config.out)
+    record.update(_timing(timer, train_seconds), train_loss=train_loss)
     if record["seconds_per_step"] is None and plan.previous:  # resumed at the last step: no step timed now
         record["seconds_per_step"] = plan.previous.get("seconds_per_step")
     record.update(_eval_sorted(head, task.eval, config.eval_batch_size))
@@ -429,7 +449,7 @@ def _train(config: FinetuneConfig, task: Any, model_path: str, plan: Any, lock: 
         record["status"] = "complete"
         write_json(out / "metrics.json", record)
     if not config.keep_checkpoints:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return record
 
 

@@ -239,9 +239,7 @@ def _exchange(a: Path, b: Path) -> bool:
     except (AttributeError, OSError):
         return False
     at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    return False
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def _replace_folder(out: Path, lock: "RunFolderLock | None") -> None:
@@ -299,7 +297,8 @@ def _holder(fd: int) -> str:
     key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     try:
         with open("/proc/locks") as fh:
-            pids = [line.split()[4] for line in fh if len(line.split()) > 5 and line.split()[5] == key]
+            fields = [line.split() for line in fh]
+        pids = [f[4] for f in fields if len(f) > 5 and f[5] == key]
     except OSError:
         pids = []
     if not pids:
