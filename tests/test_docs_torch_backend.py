@@ -1,9 +1,11 @@
-"""Every example of docs/torch-backend.md runs: its setup block, then the example, as one script in a fresh Python
-process and an empty working directory. A fenced ``python`` block is an example when the line before it is
-``<!-- example: NAME -->`` (the setup block: ``<!-- example-setup -->``)."""
+"""Every example of docs/torch-backend.md runs: its setup block, then the example, as one script with an empty
+working directory of its own; all six run in one Python process (``doc_example_runner.py``: a fresh namespace and
+accelerate state each), so torch, transformers and the model files load once. A fenced ``python`` block is an
+example when the line before it is ``<!-- example: NAME -->`` (the setup block: ``<!-- example-setup -->``)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -14,6 +16,7 @@ import pytest
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "torch-backend.md"
 BLOCK = re.compile(r"^<!-- (example-setup|example: ([\w-]+)) -->\n```python\n(.*?)^```$", re.M | re.S)
+RUNNER = Path(__file__).resolve().parent / "doc_example_runner.py"
 ENTRY_POINTS = ["stock-trainer-bar", "samtrainer", "bartrainer", "hand-written-loop", "accelerate-sam",
                 "accelerate-bar"]
 
@@ -34,17 +37,38 @@ def test_every_entry_point_has_an_example():
     assert list(_blocks()[1]) == ENTRY_POINTS
 
 
+@pytest.fixture(scope="session")
+def example_results(tmp_path_factory) -> Path:
+    """Every example run once, all in one Python process (``doc_example_runner.py``): the folder of their results.
+
+    Under pytest-xdist the workers share the folder: the first to get here runs the examples, the others wait on
+    the lock and read what it wrote."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()  # under xdist: this session's folder, popen-gwN/, of this worker
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "doc-examples"
+    root.mkdir(exist_ok=True)
+    with FileLock(str(root) + ".lock"):
+        if not (root / "DONE").exists():
+            setup, examples = _blocks()
+            for name in ENTRY_POINTS:
+                (root / f"{name}.py").write_text(setup + "\n" + examples[name], encoding="utf-8")
+            env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+            subprocess.run([sys.executable, str(RUNNER), str(root), *ENTRY_POINTS], cwd=root, env=env,
+                           capture_output=True, text=True, timeout=1200)
+            (root / "DONE").touch()
+    return root
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ENTRY_POINTS)
-def test_doc_example_runs(tmp_path, name):
-    setup, examples = _blocks()
-    script = tmp_path / f"{name}.py"
-    script.write_text(setup + "\n" + examples[name], encoding="utf-8")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
+def test_doc_example_runs(example_results, name):
+    result_file = example_results / f"{name}.json"
+    assert result_file.is_file(), f"example {name!r} left no result: the runner process died before it"
+    result = json.loads(result_file.read_text(encoding="utf-8"))
+    assert result["ok"], result["error"][-4000:]
     if name == "samtrainer":  # the per-layer balancedness reached TensorBoard and the file in output_dir
-        assert list((tmp_path / "out" / "runs").glob("*/events.out.tfevents.*"))
-        assert len((tmp_path / "out" / "balancedness.jsonl").read_text().splitlines()) == 4
-        assert "balancedness/mean_abs" in done.stdout
+        out = example_results / name / "out"
+        assert list((out / "runs").glob("*/events.out.tfevents.*"))
+        assert len((out / "balancedness.jsonl").read_text().splitlines()) == 4
+        assert "balancedness/mean_abs" in result["stdout"]
