@@ -31,17 +31,25 @@ def quick_runs():
     return _run_all(quick=True)
 
 
-def _assert_caught_as_documented(runs: dict, column: int) -> None:
+def _assert_documented_mutants() -> None:
     table = documented(DOCS)
     assert set(table) == {m.id for m in MUTANTS}, "docs/sims.md's mutant table does not list every mutant"
+
+
+def _assert_caught_as_documented_one(m, caught: list[str], verdicts: list, column: int) -> None:
+    expected = documented(DOCS)[m.id][column]
+    failed_by_error = [v.id for v in verdicts if v.error]
+    assert caught, f"mutant {m.id} ({m.bug}) survives every implementation check"
+    assert not failed_by_error, f"mutant {m.id}: checks raised instead of measuring: {failed_by_error}"
+    assert caught == expected, (
+        f"mutant {m.id}: docs/sims.md lists {expected}, the checks that catch it are {caught} "
+        "(regenerate the table with `python tests/mutants.py`)")
+
+
+def _assert_caught_as_documented(runs: dict, column: int) -> None:
+    _assert_documented_mutants()
     for m in MUTANTS:
-        caught, verdicts = runs[m.id]
-        failed_by_error = [v.id for v in verdicts if v.error]
-        assert caught, f"mutant {m.id} ({m.bug}) survives every implementation check"
-        assert not failed_by_error, f"mutant {m.id}: checks raised instead of measuring: {failed_by_error}"
-        assert caught == table[m.id][column], (
-            f"mutant {m.id}: docs/sims.md lists {table[m.id][column]}, the checks that catch it are {caught} "
-            "(regenerate the table with `python tests/mutants.py`)")
+        _assert_caught_as_documented_one(m, *runs[m.id], column)
 
 
 def test_every_mutant_is_caught_in_quick_mode_as_documented(quick_runs):
@@ -72,8 +80,14 @@ def test_runs_do_not_share_results_across_replacements():
 
 
 @pytest.mark.slow
-def test_every_mutant_is_caught_at_full_scale_as_documented():
-    _assert_caught_as_documented(_run_all(quick=False), 1)
+@pytest.mark.parametrize("mutant", MUTANTS, ids=[m.id for m in MUTANTS])
+def test_every_mutant_is_caught_at_full_scale_as_documented(mutant):
+    """One test per mutant (each its own ``run_checks`` call, as in quick mode), so xdist spreads them."""
+    _assert_documented_mutants()
+    built_in = dict(DIRECTIONS)
+    caught, verdicts = catchers(mutant, quick=False)
+    assert DIRECTIONS == built_in, "a mutant was left installed"
+    _assert_caught_as_documented_one(mutant, caught, verdicts, 1)
 
 
 @pytest.mark.parametrize("variant,behaviour", VARIANTS, ids=[v.id for v, _ in VARIANTS])
