@@ -22,6 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import copy_of
 from data_fixtures import data_root_or_skip
 
 pytestmark = pytest.mark.slow
@@ -159,9 +160,8 @@ def test_sigkill_at_a_random_moment(tmp_path, reference, seed):
 
 
 @pytest.mark.parametrize("name", ["optimizer.pt", "trainer_state.json", "losses.json"])
-def test_a_damaged_checkpoint_file_is_named_and_nothing_is_touched(tmp_path, name):
-    out = tmp_path / "run"
-    assert _run("sigint", 2, _args(out)).returncode == 130
+def test_a_damaged_checkpoint_file_is_named_and_nothing_is_touched(tmp_path, interrupted_run, name):
+    out = copy_of(interrupted_run, tmp_path / "run")
     target = out / "checkpoints" / "checkpoint-2" / name
     target.write_bytes(target.read_bytes()[: max(1, target.stat().st_size // 2)])
     before = _tree(out)
@@ -236,10 +236,9 @@ class _ProofOfExecution:
 
 
 @pytest.mark.parametrize("name", ["rng_state.pth", "optimizer.pt", "scheduler.pt", "planted.bin"])
-def test_a_pickle_planted_in_a_checkpoint_never_runs(tmp_path, name):
+def test_a_pickle_planted_in_a_checkpoint_never_runs(tmp_path, interrupted_run, name):
     """A run folder is data: a checkpoint file that needs code to load is refused by name, never executed."""
-    out = tmp_path / "run"
-    assert _run("sigint", 2, _args(out)).returncode == 130
+    out = copy_of(interrupted_run, tmp_path / "run")
     marker = tmp_path / "pwned"
     torch.save({"state": _ProofOfExecution(marker)}, out / "checkpoints" / "checkpoint-2" / name)
     before = _tree(out)
@@ -252,12 +251,11 @@ def test_a_pickle_planted_in_a_checkpoint_never_runs(tmp_path, name):
     assert _tree(out) == before
 
 
-def test_the_trainers_own_checkpoint_files_load_safely(tmp_path):
+def test_the_trainers_own_checkpoint_files_load_safely(interrupted_run):
     """Every pickled file a real checkpoint holds passes the weights-only reader (no false refusal)."""
     from balancedness.finetune.checkpoints import safe_torch_load, validate_checkpoint
 
-    out = tmp_path / "run"
-    assert _run("sigint", 2, _args(out)).returncode == 130
+    out = interrupted_run  # only read
     ckpt = out / "checkpoints" / "checkpoint-2"
     pickled = sorted(p.name for p in ckpt.iterdir() if p.suffix in (".pt", ".pth", ".bin"))
     assert {"optimizer.pt", "rng_state.pth", "scheduler.pt"} <= set(pickled)

@@ -185,13 +185,10 @@ def test_a_sweep_never_selects_or_tabulates_a_diverged_run(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ item 7 and losses
-@pytest.fixture(scope="module")
-def interrupted(tmp_path_factory) -> Path:
-    """A run interrupted at step 2 (checkpoint-2): each test below damages a copy of it."""
-    out = tmp_path_factory.mktemp("interrupted") / "run"
-    proc = _run("sigint", 2, _args(out))
-    assert proc.returncode == 130, proc.stderr[-2000:]
-    return out
+@pytest.fixture
+def interrupted(interrupted_run) -> Path:
+    """A run interrupted at step 2 (checkpoint-2, conftest.interrupted_run): each test below damages a copy."""
+    return interrupted_run
 
 
 def _copy(interrupted: Path, tmp_path: Path) -> Path:
