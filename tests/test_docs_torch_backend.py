@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import built_once
+
 DOC = Path(__file__).resolve().parents[1] / "docs" / "torch-backend.md"
 BLOCK = re.compile(r"^<!-- (example-setup|example: ([\w-]+)) -->\n```python\n(.*?)^```$", re.M | re.S)
 RUNNER = Path(__file__).resolve().parent / "doc_example_runner.py"
@@ -39,25 +41,17 @@ def test_every_entry_point_has_an_example():
 
 @pytest.fixture(scope="session")
 def example_results(tmp_path_factory) -> Path:
-    """Every example run once, all in one Python process (``doc_example_runner.py``): the folder of their results.
+    """Every example run once, all in one Python process (``doc_example_runner.py``): the folder of their results
+    (built once for all xdist workers: ``conftest.built_once``)."""
+    def build(root: Path) -> None:
+        setup, examples = _blocks()
+        for name in ENTRY_POINTS:
+            (root / f"{name}.py").write_text(setup + "\n" + examples[name], encoding="utf-8")
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        subprocess.run([sys.executable, str(RUNNER), str(root), *ENTRY_POINTS], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=1200)
 
-    Under pytest-xdist the workers share the folder: the first to get here runs the examples, the others wait on
-    the lock and read what it wrote."""
-    from filelock import FileLock
-
-    base = tmp_path_factory.getbasetemp()  # under xdist: this session's folder, popen-gwN/, of this worker
-    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "doc-examples"
-    root.mkdir(exist_ok=True)
-    with FileLock(str(root) + ".lock"):
-        if not (root / "DONE").exists():
-            setup, examples = _blocks()
-            for name in ENTRY_POINTS:
-                (root / f"{name}.py").write_text(setup + "\n" + examples[name], encoding="utf-8")
-            env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-            subprocess.run([sys.executable, str(RUNNER), str(root), *ENTRY_POINTS], cwd=root, env=env,
-                           capture_output=True, text=True, timeout=1200)
-            (root / "DONE").touch()
-    return root
+    return built_once(tmp_path_factory, "doc-examples", build)
 
 
 @pytest.mark.slow
