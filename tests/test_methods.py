@@ -211,8 +211,8 @@ def test_bad_plugin_exits_2_and_registers_nothing(tmp_path, registry, text, need
     path = tmp_path / "plugin.py"
     if text is not None:
         path.write_text(text)
-    for command in (["finetune"], ["sweep", "--tasks", "sst2"]):
-        result = runner.invoke(app, [*command, "--plugin", str(path), "--out", str(tmp_path / "o")])
+    for command in (["finetune"], ["sweep", "--tasks", "sst2"]):  # --steps 0: a plugin let through fails at once
+        result = runner.invoke(app, [*command, "--plugin", str(path), "--steps", "0", "--out", str(tmp_path / "o")])
         assert result.exit_code == 2, result.output
         assert _flat(needle) in _flat(result.output)
     assert "lonely" not in METHODS and not (tmp_path / "o").exists()
