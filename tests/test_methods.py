@@ -139,13 +139,17 @@ def test_a_row_refuses_a_shared_or_repeated_hyper_parameter():
 
 
 def test_unknown_method_and_missing_binding_are_named(registry):
-    from balancedness.methods import Method, method, register_method
+    from balancedness.methods import Hyper, Method, method, register_method
 
     with pytest.raises(ValueError, match="lora.*got 'nope'"):
         method("nope")
     register_method(Method("unbound", "U", "U", "#000001"))
     with pytest.raises(ValueError, match="'unbound' has a row but no binding"):
         check_config(FinetuneConfig(method="unbound"))
+    register_method(Method("dropper", "D", "D", "#000003", (Hyper("dropout", float, 0.1, "p"),)))
+    bindings.register_binding("dropper", object)
+    with pytest.raises(ValueError, match="dropout, which are options of every method"):
+        check_config(FinetuneConfig(method="dropper"))
     with pytest.raises(ValueError, match="micro_batches 'rho' is not an int hyper-parameter"):
         bindings.register_binding("sam", object, micro_batches="rho", replace=True)
 

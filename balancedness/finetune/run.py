@@ -135,6 +135,9 @@ class FinetuneConfig:
         return dataclasses.replace(self, **own, **({"hparams": {**self.hparams, **extra}} if extra else {}))
 
 
+_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(FinetuneConfig))
+
+
 def hyper_values(config: FinetuneConfig) -> dict[str, Any]:
     """``{name: value}`` of every hyper-parameter of the config's method (its row): a config field, or
     ``hparams``' value, or the row's default."""
@@ -164,6 +167,10 @@ def _hparam_names(row: Any) -> str:
 def _check_hyper(config: FinetuneConfig) -> None:
     """The config's method's own row: its rules on its field values, and ``hparams`` (known names, types, ranges)."""
     row = method(config.method)
+    taken = [h.name for h in row.hyper if h.name in _CONFIG_FIELDS and h.name not in METHOD_FIELDS]
+    if taken:
+        raise ValueError(f"method {config.method!r} declares the hyper-parameter(s) {', '.join(taken)}, which are "
+                         "options of every method; give its own hyper-parameters other names")
     for name in config.hparams:
         hyper = row.hyper_named(name)
         if hyper is None or name in METHOD_FIELDS:
