@@ -151,3 +151,25 @@ def test_simulate_with_replace_records_it(tmp_path):
     assert mine["runs"][0]["balancedness"] == ref["runs"][0]["balancedness"]
     p = run("simulate", "--replace", "sngd=nope.py:f", check=False)
     assert p.returncode == 2 and "no such file" in p.stderr
+
+
+def test_simulate_runs_every_registered_direction(tmp_path):
+    """`--optimizer` is checked against the direction registry when the command runs, not a closed list."""
+    from typer.testing import CliRunner
+
+    from balancedness.cli import app
+    from balancedness.sims.directions import register_direction, sam, unregister_direction
+
+    @register_direction("sam-half", uses={"rho"})
+    def sam_half(problem, X, Y, targets, hp):
+        return sam(problem, X, Y, targets, hp._replace(rho=hp.rho / 2))
+
+    try:
+        result = CliRunner().invoke(app, ["simulate", "--optimizer", "sam-half", "--steps", "10", "--record-every",
+                                          "5", "--out", str(tmp_path / "half.json")])
+        assert result.exit_code == 0, result.output
+        assert json.loads((tmp_path / "half.json").read_text())["settings"]["optimizer"]["name"] == "sam-half"
+    finally:
+        unregister_direction("sam-half")
+    gone = CliRunner().invoke(app, ["simulate", "--optimizer", "sam-half", "--steps", "10"])
+    assert gone.exit_code == 2 and "unknown optimizer 'sam-half'" in gone.output

@@ -4,7 +4,7 @@ Every module of ``balancedness`` is parsed (``ast``, nothing is imported) and ea
 of a ``balancedness`` module, at module level or inside a function, is an edge. A module's layer is
 decided by its path:
 
-    0 basics       balancedness/{__init__,metrics,schedules,io,validation}.py
+    0 basics       balancedness/{__init__,metrics,schedules,io,validation,methods}.py
     1 simulators   balancedness/sims/                 | torch library  balancedness/optim/
     2 consumers    balancedness/checks/, figures/     | application    balancedness/finetune/
     3 entry points balancedness/demo/, commands/, cli.py, __main__.py
@@ -25,7 +25,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "balancedness"
 
 UNITS = {  # top-level name under balancedness/ -> (layer, unit)
     "__init__": (0, "basics"), "metrics": (0, "basics"), "schedules": (0, "basics"), "io": (0, "basics"),
-    "validation": (0, "basics"),
+    "validation": (0, "basics"), "methods": (0, "basics"),
     "sims": (1, "sims"), "optim": (1, "optim"),
     "checks": (2, "checks"), "figures": (2, "figures"), "finetune": (2, "finetune"),
     "demo": (3, "demo"), "commands": (3, "commands"), "cli": (3, "commands"), "__main__": (3, "commands"),

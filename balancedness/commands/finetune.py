@@ -17,6 +17,7 @@ from rich.markup import escape
 
 from balancedness.commands.common import ensure_writable_folder, err_console, fail_usage, split_values
 from balancedness.finetune.run import TABLE_METHODS
+from balancedness import methods as table
 
 MODEL_HELP = "minilm | smollm2 | a local model folder | a hub id (must be in the local HF cache: no internet)"
 
@@ -25,11 +26,14 @@ MODEL = typer.Option("minilm", help=MODEL_HELP)
 DATA_ROOT = typer.Option(None, help="folder laid out like shared/data (default $BALANCEDNESS_DATA, else ../shared/data)")
 SHOTS = typer.Option(None, help="K training examples per class (default: the whole split)")
 STEPS = typer.Option(100, help="optimizer steps per run")
-LR = typer.Option(1e-3, help="AdamW learning rate (linear decay to 0)")
-RHO = typer.Option(0.05, help="SAM radius ρ")
-M = typer.Option(4, help="m-SAM: chunks per batch, each perturbed with its own gradient")
-MU = typer.Option(0.5, help="BAR coefficient μ₀")
-SCHEDULE = typer.Option("linear", help="μ schedule for BAR: constant | linear | cosine")
+METHOD_HELP = " | ".join(f"{name} ({row.help})" for name, row in table.METHODS.items())
+LR = typer.Option(table.SHARED[0].default, help=table.SHARED[0].help)
+RHO = typer.Option(table.RHO.default, help=table.RHO.help)
+M = typer.Option(table.M.default, help=table.M.help)
+MU = typer.Option(table.MU.default, help=table.MU.help)
+SCHEDULE = typer.Option(table.SCHEDULE.default, help=table.SCHEDULE.help)
+PLUGIN = typer.Option(None, "--plugin", metavar="FILE.py", help="a Python file that registers a method (a row and a "
+                                                                "binding, docs/architecture.md); repeatable")
 BATCH_SIZE = typer.Option(16, help="global examples per optimizer step (split over workers/micro-batches)")
 MAX_EVAL = typer.Option(None, help="evaluate on a fixed subset of at most N examples")
 LOG_EVERY = typer.Option(10, help="write per-layer balancedness every K steps")
@@ -46,6 +50,14 @@ def require_finetune_extra() -> None:
                    "pip install torch==2.13.0 'balancedness[finetune]' (torch first: see the README)")
 
 
+def load_plugins(files: Optional[List[Path]]) -> None:
+    """Import every ``--plugin`` file (ValueError naming a missing, failing or empty one)."""
+    from balancedness.finetune.bindings import load_plugin
+
+    for file in files or []:
+        load_plugin(file)
+
+
 def finetune(
     model: str = MODEL,
     task: Optional[str] = typer.Option(None, help="built-in task: bbc-news (default), sst2, sst5, trec, rte, snli, "
@@ -55,7 +67,7 @@ def finetune(
     eval_file: Optional[Path] = typer.Option(None, help="your own evaluation file (same columns)"),
     text_column: Optional[List[str]] = typer.Option(None, help="text column(s) of --train-file (repeat for pairs)"),
     label_column: Optional[str] = typer.Option(None, help="label column of --train-file"),
-    method: str = typer.Option("lora", help="lora (AdamW) | sam | msam (m-sharpness) | nbar | obar"),
+    method: str = typer.Option("lora", help=METHOD_HELP + " | a --plugin's"),
     shots: Optional[int] = SHOTS,
     seed: int = typer.Option(42, help="split folder 16-<seed> for LM-BFF tasks, sampling, init and data order"),
     steps: int = STEPS,
@@ -80,14 +92,23 @@ def finetune(
     resume: bool = typer.Option(False, help="continue the unfinished run in --out from its last complete checkpoint"),
     overwrite: bool = typer.Option(False, help="replace the run or sweep folder --out holds (deleted first, in "
                                                   "one rename); any other folder is refused"),
+    hparam: Optional[List[str]] = typer.Option(None, "--hparam", metavar="NAME=VALUE",
+                                               help="a hyper-parameter of the method's row that has no option of its "
+                                                    "own (a plugin method's); repeatable"),
+    plugin: Optional[List[Path]] = PLUGIN,
     as_json: bool = typer.Option(False, "--json", help="print metrics.json (one JSON document) on stdout"),
 ) -> None:
-    """Finetune a model with LoRA and SAM / m-SAM / nBAR / oBAR on one task; writes metrics.json,
-    balancedness.jsonl and the adapter into --out."""
+    """Finetune a model with LoRA and SAM / m-SAM / nBAR / oBAR / ASAM (or a --plugin's method) on one task;
+    writes metrics.json, balancedness.jsonl and the adapter into --out."""
     require_finetune_extra()
-    from balancedness.finetune.run import FinetuneConfig, RunFailedError, prepare, run_finetune
+    from balancedness.finetune.run import FinetuneConfig, RunFailedError, parse_hparams, prepare, run_finetune
     from balancedness.io import json_text
 
+    try:
+        load_plugins(plugin)
+        hparams = parse_hparams(method, hparam or []) if hparam else {}
+    except ValueError as exc:
+        fail_usage(exc)
     config = FinetuneConfig(
         model=model, task=task, data_root=str(data_root) if data_root else None,
         train_file=str(train_file) if train_file else None, eval_file=str(eval_file) if eval_file else None,
@@ -95,7 +116,7 @@ def finetune(
         steps=steps, lr=lr, rho=rho, m=m, mu=mu, schedule=schedule, batch_size=batch_size, grad_accum=grad_accum,
         precision=precision, lora_r=lora_r, lora_alpha=lora_alpha, target_modules=split_values(target_modules),
         dropout=dropout, max_eval=max_eval, zero_shot=zero_shot, log_every=log_every, save_every=save_every,
-        out=str(out), resume=resume, overwrite=overwrite)
+        out=str(out), resume=resume, overwrite=overwrite, hparams=hparams)
     try:
         ensure_writable_folder(out, "--out")
         prepare(config)
@@ -130,14 +151,15 @@ def finetune(
 
 def sweep(
     tasks: List[str] = typer.Option(["sst2", "sst5", "trec", "rte", "snli", "mnli"], help="tasks (repeat or comma)"),
-    methods: List[str] = typer.Option(list(TABLE_METHODS), help="methods (repeat or comma)"),
+    methods: List[str] = typer.Option(list(TABLE_METHODS), help="methods (repeat or comma): " + ", ".join(table.METHODS)),
     seeds: List[str] = typer.Option(["13", "21", "42", "87", "100"], help="seeds (repeat or comma)"),
     out: Path = typer.Option(Path("runs/sweep"), help="output folder: <task>/<method>/seed<k>-<id>/ per run, "
                                                      "table.md/csv, paired.csv/png, study.journal"),
     space: str = typer.Option("fixed", help="search space preset: fixed (the options below) | paper (Table 6) | "
                                             "cpu (our committed CPU grid); see docs/finetune.md"),
     grid: Optional[List[str]] = typer.Option(None, help="add/replace one axis: METHOD:OPTION=V1,V2 "
-                                                        "(e.g. sam:rho=0.05,0.1 or all:lr=1e-3,2e-3), repeatable"),
+                                                        "(e.g. sam:rho=0.05,0.1 or all:lr=1e-3,2e-3; OPTION may be "
+                                                        "any hyper-parameter of the method's row), repeatable"),
     workers: int = typer.Option(1, help="local worker processes sharing the study"),
     storage: Optional[str] = typer.Option(None, help="Optuna storage shared by workers on several machines: an RDB "
                                                      "URL or a journal file path (default <out>/study.journal)"),
@@ -153,6 +175,7 @@ def sweep(
     batch_size: int = BATCH_SIZE,
     max_eval: Optional[int] = MAX_EVAL,
     log_every: int = LOG_EVERY,
+    plugin: Optional[List[Path]] = PLUGIN,
 ) -> None:
     """Run tasks × methods × seeds × each method's search space (resumable, shareable), select each
     method's configuration on the dev split, and write table.md / table.csv / paired.csv / paired.png."""
@@ -170,6 +193,7 @@ def sweep(
     except ValueError:
         fail_usage(f"--seeds must be integers, got {seeds!r}")
     try:
+        load_plugins(plugin)
         ensure_writable_folder(out, "--out")
         integer("workers", workers)
         method_list = list(split_values(methods))

@@ -20,15 +20,6 @@ class ProblemName(str, Enum):
     toy2d = "toy2d"
 
 
-class OptimizerName(str, Enum):
-    sgd = "sgd"
-    sngd = "sngd"
-    sam = "sam"
-    msam = "msam"
-    nbar = "nbar"
-    obar = "obar"
-
-
 class ScheduleName(str, Enum):
     constant = "constant"
     linear = "linear"
@@ -49,8 +40,15 @@ def _parse_vector(text: Optional[str], name: str):
     return vals
 
 
-REPLACE_HELP = ("Run your own direction function in place of the built-in optimizer NAME (sgd, sngd, sam, msam, "
-                "nbar, obar). Repeatable. Contract and example: docs/sims.md.")
+def _directions() -> str:
+    """The registered directions' names (``sims.directions.DIRECTIONS``), for help texts."""
+    from balancedness.sims.directions import DIRECTIONS
+
+    return ", ".join(DIRECTIONS)
+
+
+REPLACE_HELP = (f"Run your own direction function in place of the built-in optimizer NAME ({_directions()}). "
+                "Repeatable. Contract and example: docs/sims.md.")
 
 
 def _load_replacements(texts: Optional[List[str]]) -> tuple[dict, dict]:
@@ -161,7 +159,7 @@ def simulate(
     problem: ProblemName = typer.Option(ProblemName.nop, help="Toy problem (spec §1.5, §2.7–2.8, §5)."),
     rank: int = typer.Option(1, help="Rank r of the NOP factors."),
     layers: Optional[int] = typer.Option(None, help="Layers of nop-layered/op-layered (default 3)."),
-    optimizer: OptimizerName = typer.Option(OptimizerName.sam, help="Optimizer."),
+    optimizer: str = typer.Option("sam", help=f"Optimizer: a registered direction ({_directions()})."),
     rho: Optional[float] = typer.Option(None, help="SAM radius ρ (default 0.1 for NOP, 0.2 for OP, as in Fig. 1)."),
     m: int = typer.Option(1, help="m-sharpness chunks (msam); must divide --batch."),
     mu: float = typer.Option(1.0, help="BAR coefficient μ₀ (nbar, obar)."),
@@ -204,7 +202,7 @@ def simulate(
             y0a = -3.0 * x0a
         prob = make_problem(problem.value, rank=rank, layers=layers, x0=x0a, y0=y0a)
         rho_v = (0.1 if prob.kind == "nop" else 0.2) if rho is None else rho
-        opt = make_optimizer(optimizer.value, rho=rho_v, m=m, mu=mu, schedule=schedule.value)
+        opt = make_optimizer(optimizer, rho=rho_v, m=m, mu=mu, schedule=schedule.value)
         from balancedness.sims.discrete import validate_run
         from balancedness.sims.grid import noise_levels, seed_list
         from balancedness.validation import number

@@ -23,14 +23,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from balancedness.io import read_json_object, write_text
+from balancedness.methods import METHODS, Derived
 
 __all__ = ["make_fig3", "load_logs"]
 
 _LAYER = re.compile(r"layers?\.(\d+)\.")
 _QUERY = ("query", "q_proj")
 _SEED_STYLES = ("-", "--", ":", "-.")
-METHOD_STYLE = {"sam": ("#1f5fa8", "SAM"), "lora": ("#555555", "LoRA (AdamW)"), "msam": ("#17becf", "m-SAM"),
-                "nbar": ("#2ca02c", "nBAR"), "obar": ("#b04bb0", "oBAR")}
+#: ``{method: (colour, legend label)}``, from the method table (``balancedness.methods``).
+METHOD_STYLE = Derived(lambda: {name: (row.colour, row.short) for name, row in METHODS.items()})
 
 
 def load_logs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:

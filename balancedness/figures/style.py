@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from balancedness.io import write_json  # noqa: E402
+from balancedness.methods import METHODS, Derived, method  # noqa: E402
 
 #: Image formats ``save_figure`` accepts.
 FORMATS = ("png", "pdf", "svg")
@@ -26,11 +27,18 @@ FORMATS = ("png", "pdf", "svg")
 #: Values of 2|B| or |gap| below this are drawn at the floor of the log axis (they reach exact 0).
 LOG_FLOOR = 1e-5
 
-#: One colour per optimizer, the same in every figure.
-OPTIMIZER_COLORS = {
-    "sgd": "#555555", "gd": "#555555", "sam": "#1f5fa8", "nbar": "#2ca02c", "obar": "#b04bb0",
-    "flow": "#000000",
-}
+
+def _optimizer_colors() -> dict[str, str]:
+    colors: dict[str, str] = {}
+    for row in METHODS.values():  # the first row of a direction gives its colour (a later variant does not)
+        if row.direction:
+            colors.setdefault(row.direction, row.colour)
+    return {**colors, "gd": method("lora").colour, "flow": "#000000"}
+
+
+#: One colour per optimizer, the same in every figure: each method's colour (``balancedness.methods``) under
+#: its numpy direction's name (LoRA's is ``sgd``), plus full-batch ``gd`` (as sgd) and the ``flow``.
+OPTIMIZER_COLORS = Derived(_optimizer_colors)
 
 _ALPHA_COLORS = ("#1f77b4", "#ff7f0e", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2")
 

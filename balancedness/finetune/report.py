@@ -17,9 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from balancedness.methods import METHODS as ROWS
+from balancedness.methods import Derived
+
 __all__ = ["Cell", "MixedSettingsError", "write_tables", "paired_rows", "check_settings", "settings_text", "collect", "summarize", "markdown_tables", "csv_text", "selected_csv", "METHOD_LABELS", "TASK_LABELS"]
 
-METHOD_LABELS = {"lora": "LoRA", "sam": "LoRA-SAM", "msam": "LoRA-mSAM", "obar": "LoRA-oBAR", "nbar": "LoRA-nBAR"}
+#: ``{method: its label in tables}``, and its colour in plots: from the method table (``balancedness.methods``).
+METHOD_LABELS = Derived(lambda: {name: row.label for name, row in ROWS.items()})
+_COLOURS = Derived(lambda: {name: row.colour for name, row in ROWS.items()})
 TASK_LABELS = {"sst2": "SST-2", "sst5": "SST-5", "trec": "TREC", "rte": "RTE", "snli": "SNLI", "mnli": "MNLI",
                "cb": "CB", "copa": "COPA", "boolq": "BoolQ", "webnlg": "WebNLG", "bbc-news": "BBC News"}
 
@@ -75,18 +80,18 @@ class MixedSettingsError(ValueError):
 
 
 def _settings(record: dict[str, Any], varying: Iterable[str] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(protocol options shared by a whole column, the method's own options) of a run's ``config``; options
-    in ``varying`` (those a search selects per seed) are in neither."""
+    """(protocol options shared by a whole column, the method's own options: its fields and ``hparams``) of a
+    run's ``config``; options in ``varying`` (those a search selects per seed) are in neither."""
     from balancedness.finetune.provenance import NOT_COUNTED
-    from balancedness.finetune.run import METHOD_OPTIONS
+    from balancedness.finetune.run import METHOD_FIELDS, METHOD_OPTIONS
 
     config = record.get("config") or {}
     varying = set(varying)
     own = [k for k in METHOD_OPTIONS.get(record["method"], ()) if k not in varying]
-    every_method_option = {name for names in METHOD_OPTIONS.values() for name in names}
-    skip = set(NOT_COUNTED) | every_method_option | varying | {"method", "seed"}
+    skip = set(NOT_COUNTED) | set(METHOD_FIELDS) | varying | {"method", "seed", "hparams"}
     protocol = {k: v for k, v in config.items() if k not in skip}
-    return protocol, {k: config[k] for k in own if k in config}
+    hparams = {k: v for k, v in (config.get("hparams") or {}).items() if k not in varying}
+    return protocol, {**{k: config[k] for k in own if k in config}, **hparams}
 
 
 def check_settings(runs: Iterable[dict[str, Any]], varying: Iterable[str] = ()) -> None:
@@ -296,7 +301,7 @@ def paired_figure(selected: Sequence[dict[str, Any]], rows: list[dict[str, Any]]
     from balancedness.finetune.stats import bootstrap_interval
     from balancedness.io import atomic_write
 
-    colors = {"lora": "#555555", "sam": "#1f5fa8", "msam": "#17becf", "obar": "#b04bb0", "nbar": "#2ca02c"}
+    colors = dict(_COLOURS)
     fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(max(7.0, 2.2 * len(tasks) + 3), 3.6))
     width = 0.8 / max(1, len(methods))
     for i, method in enumerate(methods):

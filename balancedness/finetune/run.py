@@ -1,9 +1,10 @@
-"""One LoRA finetune (LoRA / SAM / m-SAM / nBAR / oBAR) on the HF Trainer: the driver behind ``balancedness finetune``.
+"""One LoRA finetune (any method of ``balancedness.methods``: LoRA, SAM, m-SAM, nBAR, oBAR, ASAM, ...) on the HF
+Trainer: the driver behind ``balancedness finetune``.
 
 ``run_finetune(config)`` validates the config (:func:`check_config`, cheap), loads the task and checks the model
 name (:func:`prepare`, before any weights load), loads the model with LoRA (``models.load_for_task``), trains with
-the torch backend's ``Trainer`` / ``SAMTrainer`` / ``BARTrainer``, evaluates (``tasks.evaluate``) and writes, into
-``config.out`` (rank 0 only, atomically):
+the method's binding (``bindings.py``: ``Trainer`` / ``SAMTrainer`` / ``BARTrainer``), evaluates
+(``tasks.evaluate``) and writes, into ``config.out`` (rank 0 only, atomically):
 
 * ``run.json``: the run's fingerprint (``provenance.py``), written before training; what may happen to a
   folder that already holds a run is decided by ``runfolder.plan_run`` (docs/finetune.md "Run folders");
@@ -35,24 +36,32 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
+from balancedness.finetune.bindings import binding, trainer_class
 from balancedness.finetune.provenance import fingerprint_id
 from balancedness.finetune.runfolder import (RunFailedError, RunFolderError, begin_run, hold_run_folder, plan_run,
                                              read_metrics)
 from balancedness.io import make_temp_dir, umask, write_json
+from balancedness.methods import METHODS as ROWS
+from balancedness.methods import MU, RHO, SCHEDULE, SHARED, Derived, M, method, names
 from balancedness.validation import choice, integer, number
 
-__all__ = ["METHODS", "TABLE_METHODS", "PRECISIONS", "FinetuneConfig", "RunFolderError", "RunFailedError",
-           "check_config", "prepare", "fit_batch", "run_finetune", "read_metrics", "world_size", "micro_batch"]
+__all__ = ["METHODS", "TABLE_METHODS", "PRECISIONS", "METHOD_FIELDS", "FinetuneConfig", "RunFolderError",
+           "RunFailedError", "check_config", "prepare", "fit_batch", "run_finetune", "read_metrics", "world_size",
+           "micro_batch", "hyper_values", "parse_hparams"]
 
-METHODS = ("lora", "sam", "msam", "nbar", "obar")
+#: The built-in methods' names (``balancedness.methods`` is the table; methods registered later are not here).
+METHODS = names()
 #: The methods of the paper's Table 1, in its column order: what ``sweep`` and the demo compare by default.
-TABLE_METHODS = ("lora", "sam", "obar", "nbar")
+TABLE_METHODS = names(table=True)
 PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
-#: The hyper-parameters only some methods read (they do not count in other methods' fingerprints).
-METHOD_OPTIONS = {"lora": (), "sam": ("rho",), "msam": ("rho", "m"), "nbar": ("mu", "schedule"),
-                  "obar": ("mu", "schedule")}
+#: The config fields that are some method's hyper-parameter: each counts in the fingerprint only of the methods
+#: whose row declares it. A method's other hyper-parameters live in ``FinetuneConfig.hparams``.
+METHOD_FIELDS = ("rho", "m", "mu", "schedule")
+#: ``{method: the config fields it reads}``, from the rows (they do not count in other methods' fingerprints).
+METHOD_OPTIONS = Derived(lambda: {n: tuple(h.name for h in row.hyper if h.name in METHOD_FIELDS)
+                                  for n, row in ROWS.items()})
 LR_SCHEDULE = "linear"  # HF Trainer's linear decay to 0, no warm-up (few-shot, ≤ a few hundred steps)
 
 
@@ -71,18 +80,18 @@ class FinetuneConfig:
     shots: int | None = None
     seed: int = 42
     steps: int = 100
-    lr: float = 1e-3
-    rho: float = 0.05
-    m: int = 4
-    mu: float = 0.5
-    schedule: str = "linear"
+    lr: float = SHARED[0].default
+    rho: float = RHO.default
+    m: int = M.default
+    mu: float = MU.default
+    schedule: str = SCHEDULE.default
     batch_size: int = 16
     grad_accum: int = 1
     precision: str = "fp32"
     lora_r: int = 8
     lora_alpha: int = 16
     target_modules: tuple[str, ...] = ()
-    weight_decay: float = 0.0
+    weight_decay: float = SHARED[1].default
     dropout: float | None = None  # None: the model's own (MiniLM 0.1); a value overrides every nn.Dropout
     max_length: int | None = None
     max_eval: int | None = None
@@ -95,21 +104,86 @@ class FinetuneConfig:
     overwrite: bool = False
     keep_checkpoints: bool = False
     progress: bool = True
+    hparams: dict[str, Any] = field(default_factory=dict)  # the method's hyper-parameters that are no field
     extra_callbacks: list[Any] = field(default_factory=list, repr=False)  # tests: TrainerCallbacks to add
 
     def to_json(self) -> dict[str, Any]:
-        """The fields as JSON values (tuples as lists), exactly as ``metrics.json`` reads back."""
+        """The fields as JSON values (tuples as lists), exactly as ``metrics.json`` reads back; ``hparams``
+        only when it holds a value (so the records of methods without such hyper-parameters are unchanged)."""
         import json
 
         d = asdict(self)
         d.pop("extra_callbacks")
+        if not d["hparams"]:
+            d.pop("hparams")
         return json.loads(json.dumps(d))
 
     def result_options(self) -> dict[str, Any]:
-        """The options the run's fingerprint counts: all but those of other methods (ρ only for SAM, ...)."""
-        unused = {name for method, names in METHOD_OPTIONS.items() if method != self.method for name in names}
-        unused -= set(METHOD_OPTIONS[self.method])
-        return {k: v for k, v in self.to_json().items() if k not in unused}
+        """The options the run's fingerprint counts: all but the method fields of other methods (ρ only for
+        SAM, ...), and ``hparams`` with every default filled in, when the method's row has such hyper-parameters."""
+        unused = set(METHOD_FIELDS) - set(METHOD_OPTIONS[self.method])
+        options = {k: v for k, v in self.to_json().items() if k not in unused and k != "hparams"}
+        values = hyper_values(self)
+        extra = {k: values[k] for k in values if k not in METHOD_FIELDS}
+        return {**options, "hparams": extra} if extra else options
+
+    def with_options(self, **options: Any) -> "FinetuneConfig":
+        """A copy with ``options`` set: config fields by name, any other name into ``hparams`` (a search point)."""
+        known = {f.name for f in dataclasses.fields(self)}
+        extra = {k: v for k, v in options.items() if k not in known}
+        own = {k: v for k, v in options.items() if k in known}
+        return dataclasses.replace(self, **own, **({"hparams": {**self.hparams, **extra}} if extra else {}))
+
+
+_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(FinetuneConfig))
+
+
+def hyper_values(config: FinetuneConfig) -> dict[str, Any]:
+    """``{name: value}`` of every hyper-parameter of the config's method (its row): a config field, or
+    ``hparams``' value, or the row's default."""
+    row = method(config.method)
+    return {h.name: getattr(config, h.name) if h.name in METHOD_FIELDS else config.hparams.get(h.name, h.default)
+            for h in row.hyper}
+
+
+def parse_hparams(method_name: str, texts: Sequence[str]) -> dict[str, Any]:
+    """``["beta=0.5"]`` → ``{"beta": 0.5}``, typed by the row of ``method_name``; ValueError naming a bad item."""
+    row = method(method_name)
+    out: dict[str, Any] = {}
+    for text in texts:
+        name, sep, value = text.partition("=")
+        hyper = row.hyper_named(name.strip())
+        if not sep or hyper is None or hyper.name in METHOD_FIELDS:
+            raise ValueError(f"hparam {text!r}: expected NAME=VALUE with NAME a hyper-parameter of method "
+                             f"{method_name} that is no option of its own ({_hparam_names(row) or 'it has none'})")
+        out[hyper.name] = hyper.parse(value)
+    return out
+
+
+def _hparam_names(row: Any) -> str:
+    return ", ".join(h.name for h in row.hyper if h.name not in METHOD_FIELDS)
+
+
+def _check_hyper(config: FinetuneConfig) -> None:
+    """The config's method's own row: its rules on its field values, and ``hparams`` (known names, types, ranges)."""
+    row = method(config.method)
+    taken = [h.name for h in row.hyper if h.name in _CONFIG_FIELDS and h.name not in METHOD_FIELDS]
+    if taken:
+        raise ValueError(f"method {config.method!r} declares the hyper-parameter(s) {', '.join(taken)}, which are "
+                         "options of every method; give its own hyper-parameters other names")
+    for name in config.hparams:
+        hyper = row.hyper_named(name)
+        if hyper is None or name in METHOD_FIELDS:
+            raise ValueError(f"hparams names {name!r}, which is no hyper-parameter of method {config.method} apart "
+                             f"from its options ({_hparam_names(row) or 'it has none'})")
+    for hyper in row.hyper:
+        if hyper.name in METHOD_FIELDS:
+            hyper.check(getattr(config, hyper.name))
+        elif hyper.name in config.hparams:
+            try:
+                hyper.check(config.hparams[hyper.name])
+            except ValueError as exc:
+                raise ValueError(f"hyper-parameter {exc} (method {config.method})") from None
 
 
 def world_size() -> int:
@@ -122,33 +196,42 @@ def is_main_process() -> bool:
 
 
 def micro_batch(config: FinetuneConfig, world: int | None = None) -> tuple[int, int]:
-    """(examples per micro-batch per worker, micro-batches per optimizer step per worker)."""
-    accum = config.grad_accum * (config.m if config.method == "msam" else 1)
+    """(examples per micro-batch per worker, micro-batches per optimizer step per worker: ``grad_accum`` times
+    the binding's ``micro_batches`` hyper-parameter, m-SAM's m)."""
+    accum = config.grad_accum * _micro_batch_factor(config)[1]
     world = world_size() if world is None else world
     return config.batch_size // (world * accum), accum
 
 
-def check_config(config: FinetuneConfig) -> None:
-    """Cheap checks of every numeric and named option (no files, no models); InvalidValue naming the field."""
-    from balancedness.schedules import SCHEDULES
+def _micro_batch_factor(config: FinetuneConfig) -> tuple[str | None, int]:
+    """(the hyper-parameter that multiplies a step's micro-batches, its value): ``("m", m)`` for m-SAM."""
+    name = binding(config.method).micro_batches
+    return (name, hyper_values(config)[name]) if name else (None, 1)
 
-    choice("method", config.method, METHODS)
+
+#: Every config field that is a hyper-parameter, with the validation of its row's ``Hyper``.
+_FIELD_HYPERS = (*SHARED, RHO, M, MU, SCHEDULE)
+
+
+def check_config(config: FinetuneConfig) -> None:
+    """Cheap checks of every numeric and named option (no files, no models); InvalidValue naming the field.
+    The hyper-parameters are checked by their rows (``balancedness.methods``), ``hparams`` by the method's."""
+    choice("method", config.method, ROWS)
+    binding(config.method)
     choice("precision", config.precision, PRECISIONS)
-    choice("schedule", config.schedule, SCHEDULES)
-    for name in ("steps", "batch_size", "grad_accum", "m", "lora_r", "lora_alpha", "log_every", "eval_batch_size"):
+    for name in ("steps", "batch_size", "grad_accum", "lora_r", "lora_alpha", "log_every", "eval_batch_size"):
         integer(name, getattr(config, name))
     integer("save_every", config.save_every, minimum=0)
-    number("lr", config.lr, strict=True)
-    number("rho", config.rho, strict=True)
-    number("mu", config.mu)
-    number("weight_decay", config.weight_decay)
+    for hyper in _FIELD_HYPERS:
+        hyper.check(getattr(config, hyper.name))
+    _check_hyper(config)
     if config.dropout is not None:
         number("dropout", config.dropout, maximum=1.0, strict_max=True)
     world = world_size()
     per_device, accum = micro_batch(config, world)
     if per_device < 1 or per_device * world * accum != config.batch_size:
-        parts = f"{world} worker(s) × grad-accum {config.grad_accum}" + (
-            f" × m {config.m}" if config.method == "msam" else "")
+        factor, value = _micro_batch_factor(config)
+        parts = f"{world} worker(s) × grad-accum {config.grad_accum}" + (f" × {factor} {value}" if factor else "")
         raise ValueError(f"batch-size {config.batch_size} is not divisible into {parts} micro-batches; "
                          f"choose a batch size that is a multiple of {world * accum}")
     if config.precision == "fp16":
@@ -254,20 +337,13 @@ def _training_args(config: FinetuneConfig, ckpt_dir: Path):
 
 def _make_trainer(config: FinetuneConfig, head: Any, train_dataset: Any, args: Any, callbacks: list[Any],
                   recorder: Any):
-    from transformers import Trainer
-
+    """The method's Trainer (its binding, ``bindings.py``) with its keyword arguments, recording checkpoints."""
     from balancedness.finetune.checkpoints import recording_trainer
-    from balancedness.optim.trainer import BARTrainer, SAMTrainer
 
     common = dict(model=head.module, args=args, train_dataset=train_dataset, data_collator=head.collator,
                   callbacks=[*callbacks, recorder])  # the recorder last: its checkpoint marker follows all else
-    if config.method in ("sam", "msam"):
-        base, extra = SAMTrainer, dict(rho=config.rho, msharpness=config.method == "msam")
-    elif config.method in ("nbar", "obar"):
-        base, extra = BARTrainer, dict(bar_mu=config.mu, bar_variant=config.method, bar_schedule=config.schedule)
-    else:
-        base, extra = Trainer, {}
-    trainer = recording_trainer(base, recorder)(**extra, **common)
+    extra = binding(config.method).kwargs(hyper_values(config))
+    trainer = recording_trainer(trainer_class(config.method), recorder)(**extra, **common)
     if not config.progress:
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 

@@ -1,9 +1,12 @@
 """Per-method hyper-parameter search spaces (grids), and the paper's Table 6 as a preset.
 
-A :class:`SearchSpace` maps each method to a grid ``{option: values}``; a method's configurations are the
+Every value below is read from the method table (``balancedness/methods.py``): a row's ``search`` gives the
+shared options' values (``lr``) per preset, each of its ``Hyper``'s ``search`` its own; what a grid may vary,
+and for which methods, is what the rows declare. A :class:`SearchSpace` maps each method to a grid ``{option: values}``; a method's configurations are the
 Cartesian product in the order the options and values are given (that order also breaks ties in
 :func:`~balancedness.finetune.select.select_runs`). Options a method does not read cannot be searched for it
-(ρ only for SAM/m-SAM, μ₀ and the μ schedule only for BAR); ``lr`` and ``weight_decay`` apply to all.
+(ρ only for SAM/m-SAM/ASAM, μ₀ and the μ schedule only for BAR, a plugin method's own hyper-parameters only
+for it); ``lr`` and ``weight_decay`` apply to all.
 
 Presets (``balancedness sweep --space NAME``):
 
@@ -15,6 +18,12 @@ Presets (``balancedness sweep --space NAME``):
   configurations (4)**, so none is favoured by a larger search: LoRA lr ∈ {5e-4, 1e-3, 2e-3, 4e-3}; SAM
   lr ∈ {1e-3, 2e-3} × ρ ∈ {0.05, 0.1}; nBAR/oBAR lr ∈ {1e-3, 2e-3} × μ₀ ∈ {2, 8} (linear μ schedule).
 
+ASAM (adaptive SAM, ``--method asam``; not in the paper) takes the learning rates of SAM and its own radii:
+ρ ∈ {0.5, 1, 2} (``paper``) and ρ ∈ {0.5, 1} (``cpu``, 4 configurations like the others). Its perturbation
+ρ·|w|²⊙g/‖|w|⊙g‖ is relative to the weights, so its radius is not comparable with SAM's: ASAM's authors
+(Kwon et al., 2021) use ρ from 0.5 to 2 where SAM uses 0.05, which is the range searched here. (LoRA's B
+starts at 0, so ASAM perturbs only A at the first step.)
+
 ``--grid METHOD:OPTION=V1,V2`` adds or replaces one axis (``all:lr=...`` for every method).
 """
 
@@ -24,14 +33,30 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+from balancedness.methods import METHODS as ROWS
+from balancedness.methods import SEARCH_PRESETS, SHARED, Derived, Hyper
+
 __all__ = ["SearchSpace", "PRESETS", "SEARCHABLE", "parse_grid", "make_space"]
 
-#: Options a grid may vary, and the methods that read each one (None: every method).
-SEARCHABLE: dict[str, tuple[str, ...] | None] = {
-    "lr": None, "weight_decay": None, "rho": ("sam", "msam"), "m": ("msam",), "mu": ("nbar", "obar"),
-    "schedule": ("nbar", "obar"),
-}
-_CASTS = {"lr": float, "weight_decay": float, "rho": float, "m": int, "mu": float, "schedule": str}
+
+def _hypers() -> dict[str, Hyper]:
+    """Every option a grid may vary: the shared ones, then each row's own (the first row's definition)."""
+    out = {h.name: h for h in SHARED}
+    for row in ROWS.values():
+        for hyper in row.hyper:
+            out.setdefault(hyper.name, hyper)
+    return out
+
+
+def _searchable() -> dict[str, tuple[str, ...] | None]:
+    shared = {h.name for h in SHARED}
+    return {name: None if name in shared else tuple(n for n, row in ROWS.items() if row.hyper_named(name))
+            for name in _hypers()}
+
+
+#: Options a grid may vary, and the methods that read each one (None: every method); from the rows.
+SEARCHABLE: Mapping[str, tuple[str, ...] | None] = Derived(_searchable)
+_CASTS: Mapping[str, type] = Derived(lambda: {name: h.type for name, h in _hypers().items()})
 
 
 @dataclass(frozen=True)
@@ -61,28 +86,13 @@ class SearchSpace:
         return f"search space `{self.name}`: " + "; ".join(parts)
 
 
-def _grid(**axes: Sequence[Any]) -> dict[str, tuple[Any, ...]]:
-    return {k: tuple(v) for k, v in axes.items()}
+def _presets() -> dict[str, SearchSpace]:
+    grids = {p: {n: row.grid(p) for n, row in ROWS.items() if row.grid(p)} for p in SEARCH_PRESETS}
+    return {"fixed": SearchSpace("fixed"), **{p: SearchSpace(p, g) for p, g in grids.items()}}
 
 
-_PAPER_LR = (1e-4, 3e-4, 5e-4)
-PRESETS: dict[str, SearchSpace] = {
-    "fixed": SearchSpace("fixed"),
-    "paper": SearchSpace("paper", {
-        "lora": _grid(lr=_PAPER_LR),
-        "sam": _grid(lr=_PAPER_LR, rho=(0.05, 0.1, 0.2)),
-        "msam": _grid(lr=_PAPER_LR, rho=(0.05, 0.1, 0.2)),
-        "nbar": _grid(lr=_PAPER_LR, mu=(0.5, 1.0, 2.0), schedule=("linear", "cosine")),
-        "obar": _grid(lr=_PAPER_LR, mu=(0.5, 1.0, 2.0), schedule=("linear", "cosine")),
-    }),
-    "cpu": SearchSpace("cpu", {
-        "lora": _grid(lr=(5e-4, 1e-3, 2e-3, 4e-3)),
-        "sam": _grid(lr=(1e-3, 2e-3), rho=(0.05, 0.1)),
-        "msam": _grid(lr=(1e-3, 2e-3), rho=(0.05, 0.1)),
-        "nbar": _grid(lr=(1e-3, 2e-3), mu=(2.0, 8.0)),
-        "obar": _grid(lr=(1e-3, 2e-3), mu=(2.0, 8.0)),
-    }),
-}
+#: ``{name: SearchSpace}``: ``fixed`` and the rows' presets (:data:`balancedness.methods.SEARCH_PRESETS`).
+PRESETS: Mapping[str, SearchSpace] = Derived(_presets)
 
 
 def parse_grid(text: str) -> tuple[str, str, tuple[Any, ...]]:
@@ -92,12 +102,13 @@ def parse_grid(text: str) -> tuple[str, str, tuple[Any, ...]]:
     if not (sep and colon and values.strip()):
         raise ValueError(f"grid {text!r}: expected METHOD:OPTION=V1,V2 (e.g. sam:rho=0.05,0.1 or all:lr=1e-3,2e-3)")
     option = option.strip()
-    if option not in SEARCHABLE:
-        raise ValueError(f"grid {text!r}: option {option!r} cannot be searched; searchable: {', '.join(SEARCHABLE)}")
+    hypers = _hypers()
+    if option not in hypers:
+        raise ValueError(f"grid {text!r}: option {option!r} cannot be searched; searchable: {', '.join(hypers)}")
     try:
-        cast = tuple(_CASTS[option](v.strip()) for v in values.split(",") if v.strip())
+        cast = tuple(hypers[option].parse(v) for v in values.split(",") if v.strip())
     except ValueError:
-        raise ValueError(f"grid {text!r}: the values of {option} must be {_CASTS[option].__name__}s") from None
+        raise ValueError(f"grid {text!r}: the values of {option} must be {hypers[option].type.__name__}s") from None
     return method.strip(), option, cast
 
 
@@ -107,13 +118,14 @@ def make_space(preset: str, grids: Iterable[str], methods: Sequence[str]) -> Sea
     if preset not in PRESETS:
         raise ValueError(f"unknown search space {preset!r}; presets: {', '.join(PRESETS)}")
     table = {m: dict(PRESETS[preset].grids.get(m, {})) for m in methods}
+    searchable = _searchable()
     for text in grids:
         method, option, values = parse_grid(text)
         targets = list(methods) if method == "all" else [method]
         for target in targets:
             if target not in methods:
                 raise ValueError(f"grid {text!r}: method {target!r} is not among the swept methods {list(methods)}")
-            readers = SEARCHABLE[option]
+            readers = searchable[option]
             if readers is not None and target not in readers:
                 if method == "all":
                     continue

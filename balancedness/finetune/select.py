@@ -35,5 +35,6 @@ def select_runs(runs: Sequence[dict[str, Any]], order: dict[str, int]) -> list[d
 
 
 def selected_options(run: dict[str, Any], searched: set[str]) -> dict[str, Any]:
-    """The searched options of a selected run, as configured."""
-    return {k: run["config"][k] for k in sorted(searched) if k in run["config"]}
+    """The searched options of a selected run, as configured (a config field, or one of its ``hparams``)."""
+    config = {**run["config"].get("hparams", {}), **run["config"]}
+    return {k: config[k] for k in sorted(searched) if k in config}

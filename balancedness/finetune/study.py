@@ -241,8 +241,9 @@ def _complete(config: Any) -> bool:
     return read_complete(config.out) is not None
 
 
-def _worker(cells: dict[str, Any], out: str, storage: str | None, threads: int) -> None:
-    """A spawned worker process (``--workers N``): the same loop, quietly, with its share of the cores.
+def _worker(cells: dict[str, Any], out: str, storage: str | None, threads: int, plugins: tuple[str, ...] = ()) -> None:
+    """A spawned worker process (``--workers N``): the same loop, quietly, with its share of the cores, after
+    loading the main process's ``--plugin`` files (their methods' rows and bindings).
 
     Ctrl-C in a terminal reaches every process of the sweep: a worker finishes its step and checkpoints it
     (``run_finetune``), then exits with code 130 and no traceback; the main process says it once.
@@ -251,9 +252,12 @@ def _worker(cells: dict[str, Any], out: str, storage: str | None, threads: int) 
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # the main process speaks
             import torch
 
+            from balancedness.finetune.bindings import load_plugin
             from balancedness.finetune.run import run_finetune
             from balancedness.finetune.select import score
 
+            for plugin in plugins:
+                load_plugin(plugin)
             torch.set_num_threads(threads)
             run_cells(cells, out, run_finetune, score, storage)
     except KeyboardInterrupt:
@@ -264,9 +268,12 @@ def start_workers(n: int, cells: dict[str, Any], out: str | os.PathLike[str], st
     """Start ``n`` extra worker processes (spawned) on the same study; join them when done."""
     import multiprocessing
 
+    from balancedness.finetune.bindings import loaded_plugins
+
     threads = max(1, (os.cpu_count() or 1) // (n + 1))
     context = multiprocessing.get_context("spawn")
-    procs = [context.Process(target=_worker, args=(cells, str(out), storage, threads), daemon=False)
+    procs = [context.Process(target=_worker, args=(cells, str(out), storage, threads, loaded_plugins()),
+                             daemon=False)
              for _ in range(n)]
     for proc in procs:
         proc.start()

@@ -63,7 +63,7 @@ def _check_grid(base: FinetuneConfig, tasks: Sequence[str], methods: Sequence[st
         raise ValueError(f"unknown task(s) {unknown}; expected some of {', '.join(known_tasks())}")
     for method in methods:
         for point in space.points(method):
-            check_config(dataclasses.replace(base, method=method, **point))
+            check_config(base.with_options(method=method, **point))
 
 
 def plan_cells(base: FinetuneConfig, tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
@@ -82,8 +82,8 @@ def plan_cells(base: FinetuneConfig, tasks: Sequence[str], methods: Sequence[str
                     raise ValueError(f"task {task!r} has no dev split, so the {len(points)} configurations of "
                                      f"{method} cannot be selected without the test set; use --space fixed")
                 for point in points:
-                    config = fit_batch(dataclasses.replace(base, task=task, method=method, seed=seed, resume=True,
-                                                           progress=False, **point), len(loaded.train))
+                    config = fit_batch(base.with_options(task=task, method=method, seed=seed, resume=True,
+                                                         progress=False, **point), len(loaded.train))
                     fid = fingerprint_id(fingerprint(config.result_options(), loaded, model_path, world_size()))
                     cells[fid] = dataclasses.replace(config, out=str(run_dir(out, task, method, seed, fid)))
     return cells
