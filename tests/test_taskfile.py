@@ -63,22 +63,26 @@ def test_a_task_file_loads_its_splits_labels_and_prompt(tmp_path):
     assert (task.name, task.kind, task.metric) == ("mr", "classification", "accuracy")
     assert (len(task.train), len(task.eval), len(task.dev)) == (16, 32, 16)
     assert task.label_names == ["negative", "positive"]  # the order of label_words
-    assert task.train[0].texts == ("The film is wonderful, I loved every minute.",) and task.train[0].label == 1
+    assert task.train[0].texts == ("The film is wonderful, I loved every minute.",)
+    assert task.train[0].label == 1
     prompt = prompt_for(task)
-    assert prompt.template == "{0} It was" and prompt.label_words == (" terrible", " great")
+    assert prompt.template == "{0} It was"
+    assert prompt.label_words == (" terrible", " great")
     assert prompt.render(task.train[1]) == "The film is dreadful, I hated every minute. It was"
 
 
 def test_label_ids_follow_the_order_of_label_words(tmp_path):
     task = load_task(task_file=write_movie_task(tmp_path, label_words={"positive": " great", "negative": " bad"}))
-    assert task.label_names == ["positive", "negative"] and task.train[0].label == 0
+    assert task.label_names == ["positive", "negative"]
+    assert task.train[0].label == 0
     assert prompt_for(task).label_words == (" great", " bad")
 
 
 def test_without_prompt_a_causal_lm_gets_the_generic_prompt(tmp_path):
     task = load_task(task_file=write_movie_task(tmp_path, prompt=None, label_words=None))
     prompt = prompt_for(task)
-    assert prompt.template == "{0}\nLabel:" and prompt.label_words == (" negative", " positive")
+    assert prompt.template == "{0}\nLabel:"
+    assert prompt.label_words == (" negative", " positive")
     assert task.label_names == ["negative", "positive"]  # sorted, as for --train-file
 
 
@@ -150,17 +154,20 @@ def test_an_unknown_key_is_refused(tmp_path):
 
 def test_a_missing_data_file_is_refused(tmp_path):
     message = _refused(write_movie_task(tmp_path, dev="nodev.tsv"), tmp_path)
-    assert "key 'dev'" in message and "nodev.tsv' does not exist" in message
+    assert "key 'dev'" in message
+    assert "nodev.tsv' does not exist" in message
 
 
 def test_a_missing_task_file_is_refused(tmp_path):
     message = _refused(tmp_path / "none.toml", tmp_path)
-    assert "task file" in message and "none.toml' does not exist" in message
+    assert "task file" in message
+    assert "none.toml' does not exist" in message
 
 
 def test_a_label_value_without_a_word_is_refused(tmp_path):
     message = _refused(write_movie_task(tmp_path, label_words={"negative": " terrible", "pos": " great"}), tmp_path)
-    assert "train.tsv' line 2: label value 'positive'" in message and "has no word in label_words" in message
+    assert "train.tsv' line 2: label value 'positive'" in message
+    assert "has no word in label_words" in message
 
 
 def test_a_bad_metric_is_refused(tmp_path):
@@ -170,7 +177,8 @@ def test_a_bad_metric_is_refused(tmp_path):
 
 def test_a_placeholder_naming_no_column_is_refused(tmp_path):
     message = _refused(write_movie_task(tmp_path, prompt="{review} It was"), tmp_path)
-    assert "placeholder {review} names no text column" in message and "{sentence}" in message
+    assert "placeholder {review} names no text column" in message
+    assert "{sentence}" in message
 
 
 @pytest.mark.parametrize("key, value, needle", [
@@ -183,12 +191,19 @@ def test_a_value_of_the_wrong_type_is_refused(tmp_path, key, value, needle):
 
 
 @pytest.mark.slow
-def test_label_words_without_distinct_first_tokens_are_refused(tmp_path):
+def test_label_words_without_distinct_first_tokens_are_refused(tmp_path, monkeypatch):
     """' greatish' begins with SmolLM2's token ' great', the other label's word: refused at prepare time (before
     the weights load), by the check the label-word head applies."""
+    import balancedness.finetune.models as models
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the label words were checked")
+
+    monkeypatch.setattr(models, "load_for_task", must_not_load)
     file = write_movie_task(tmp_path, label_words={"negative": " greatish", "positive": " great"})
-    message = _refused(file, tmp_path, "--model", "smollm2")
-    assert "start with the same token" in message and "task 'mr'" in message
+    message = _refused(file, tmp_path, "--model", "smollm2", "--steps", "1")
+    assert "start with the same token" in message
+    assert "task 'mr'" in message
 
 
 def test_sweep_refuses_a_bad_task_file_before_any_run(tmp_path):
@@ -209,7 +224,8 @@ def test_finetune_runs_a_task_file(tmp_path):
                                  "--batch-size", "4", "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
-    assert (metrics["task"], metrics["n"], metrics["n_dev"]) == ("mr", 32, 16) and "dev_accuracy" in metrics
+    assert (metrics["task"], metrics["n"], metrics["n_dev"]) == ("mr", 32, 16)
+    assert "dev_accuracy" in metrics
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ key and the value: the commands turn it into exit 2 before any work.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import string
@@ -79,7 +80,11 @@ class TaskFile:
 
     def where(self, key: str) -> str:
         """``task file 'mr.toml', key 'prompt'``: the start of every message about one key."""
-        return f"task file {str(self.path)!r}, key {key!r}"
+        return _at(self.path, key)
+
+
+def _at(file: Path, key: str) -> str:
+    return f"task file {str(file)!r}, key {key!r}"
 
 
 # --------------------------------------------------------------------------------------------- parse
@@ -100,7 +105,7 @@ def parse(path: str | os.PathLike[str], *, taken: Sequence[str] = ()) -> TaskFil
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"task file {str(file)!r} is not valid TOML: {exc}") from None
     _check_keys(file, raw)
-    at = lambda key: f"task file {str(file)!r}, key {key!r}"  # noqa: E731
+    at = functools.partial(_at, file)
     name = _string(raw, "name", at)
     if not _NAME.fullmatch(name):
         raise ValueError(f"{at('name')}: {name!r} is not a usable name (it names run folders): use letters, digits, "
