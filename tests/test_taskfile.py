@@ -14,6 +14,7 @@ from balancedness.cli import app
 from balancedness.finetune.data import load_task
 from balancedness.finetune.prompts import PROMPTS, prompt_for
 from balancedness.finetune.provenance import fingerprint, fingerprint_id
+from balancedness.finetune.run import FinetuneConfig
 from data_fixtures import data_root_or_skip
 
 runner = CliRunner()
@@ -107,8 +108,10 @@ def test_sst2_as_a_task_file_reads_the_builtin_examples(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- fingerprint
-def _fid(task) -> str:
-    return fingerprint_id(fingerprint({"method": "lora"}, task, "no/model", 1))
+def _fid(task, task_file: Path | None = None) -> str:
+    """The fingerprint id of a LoRA run of ``task`` (its config naming ``task_file``), the model named only."""
+    options = FinetuneConfig(task_file=None if task_file is None else str(task_file)).result_options()
+    return fingerprint_id(fingerprint(options, task, "no/model", 1))
 
 
 def test_the_fingerprint_counts_the_prompt_and_label_words(tmp_path):
@@ -121,12 +124,12 @@ def test_the_fingerprint_counts_the_prompt_and_label_words(tmp_path):
 
 def test_the_fingerprint_counts_the_data_not_where_it_lives(tmp_path):
     first = write_movie_task(tmp_path / "a")
-    base = _fid(load_task(task_file=first))
-    moved = shutil.copytree(first.parent, tmp_path / "elsewhere")
-    assert _fid(load_task(task_file=moved / "mr.toml")) == base
-    with open(moved / "dev.tsv", "a", encoding="utf-8") as fh:
+    base = _fid(load_task(task_file=first), first)
+    moved = shutil.copytree(first.parent, tmp_path / "elsewhere") / "mr.toml"
+    assert _fid(load_task(task_file=moved), moved) == base
+    with open(moved.parent / "dev.tsv", "a", encoding="utf-8") as fh:
         fh.write("A plain bad film.\tnegative\n")
-    assert _fid(load_task(task_file=moved / "mr.toml")) != base
+    assert _fid(load_task(task_file=moved), moved) != base
 
 
 def test_builtin_fingerprints_hold_no_prompt(tmp_path):
@@ -137,10 +140,15 @@ def test_builtin_fingerprints_hold_no_prompt(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- bad files
+#: Keeps a command that should have been refused small, should it run after all.
+SMALL = {"finetune": ["--steps", "1", "--batch-size", "2"],
+         "sweep": ["--methods", "lora", "--seeds", "13", "--steps", "1", "--batch-size", "2"]}
+
+
 def _refused(file: Path, tmp_path: Path, *extra: str, command: str = "finetune") -> str:
     """Run ``command --task-file file``; it must exit 2 before any work; returns the message (one line)."""
     out = tmp_path / "out"
-    result = runner.invoke(app, [command, "--task-file", str(file), *extra, "--out", str(out)])
+    result = runner.invoke(app, [command, "--task-file", str(file), *SMALL[command], *extra, "--out", str(out)])
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     assert not out.exists() or not any(out.iterdir())
@@ -201,7 +209,7 @@ def test_label_words_without_distinct_first_tokens_are_refused(tmp_path, monkeyp
 
     monkeypatch.setattr(models, "load_for_task", must_not_load)
     file = write_movie_task(tmp_path, label_words={"negative": " greatish", "positive": " great"})
-    message = _refused(file, tmp_path, "--model", "smollm2", "--steps", "1")
+    message = _refused(file, tmp_path, "--model", "smollm2")
     assert "start with the same token" in message
     assert "task 'mr'" in message
 
