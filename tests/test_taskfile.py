@@ -39,13 +39,16 @@ def _toml(value: object) -> str:
     return json.dumps(value)
 
 
-def write_movie_task(folder: Path, raw: str = "", **keys: object) -> Path:
+def write_movie_task(folder: Path, raw: str = "", swap_dev: bool = False, **keys: object) -> Path:
     """A two-class movie-review task in ``folder``: train/dev/test TSV (16/16/32 rows, half positive) and
-    ``mr.toml``; ``keys`` replace or (``None``) drop keys of the file, ``raw`` is appended as it is."""
+    ``mr.toml``; ``keys`` replace or (``None``) drop keys of the file, ``raw`` is appended as it is;
+    ``swap_dev`` swaps the dev file's labels (so that the dev split and the test split disagree on what is best)."""
     folder.mkdir(parents=True, exist_ok=True)
     pos, neg = _reviews(POSITIVE, "positive"), _reviews(NEGATIVE, "negative")
     for name, start, stop in (("train", 0, 8), ("dev", 8, 16), ("test", 16, 32)):
         rows = [r for pair in zip(pos[start:stop], neg[start:stop]) for r in pair]
+        if swap_dev and name == "dev":
+            rows = [(text, "negative" if label == "positive" else "positive") for text, label in rows]
         with open(folder / f"{name}.tsv", "w", encoding="utf-8", newline="") as fh:
             writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
             writer.writerow(["sentence", "label"])
@@ -239,22 +242,29 @@ def test_finetune_runs_a_task_file(tmp_path):
 @pytest.mark.slow
 def test_sweep_runs_a_task_file_with_label_words_and_selects_on_dev(tmp_path):
     """The movie-review task through `sweep --task-file` with SmolLM2's label words: two learning rates, one
-    seed, dev selection; the table has the task, and selected.csv names the run the dev rule picks."""
+    seed, dev selection. The dev file's labels are swapped, so the dev split prefers the configuration the
+    test split ranks lower: selected.csv must name the run with the best dev metric, not the best test metric
+    nor the first listed."""
     out = tmp_path / "sweep"
-    result = runner.invoke(app, ["sweep", "--task-file", str(write_movie_task(tmp_path / "mr")), "--model",
-                                 "smollm2", "--methods", "lora", "--seeds", "13", "--steps", "3", "--batch-size", "4",
-                                 "--grid", "lora:lr=1e-4,5e-3", "--log-every", "1", "--out", str(out)])
+    result = runner.invoke(app, ["sweep", "--task-file", str(write_movie_task(tmp_path / "mr", swap_dev=True)),
+                                 "--model", "smollm2", "--methods", "lora", "--seeds", "13", "--steps", "3",
+                                 "--batch-size", "4", "--grid", "lora:lr=1e-4,5e-2", "--log-every", "1",
+                                 "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "| method | mr |" in (out / "table.md").read_text()
     from balancedness.finetune.report import collect
 
     runs = collect(out)
     assert len(runs) == 2
     assert {(r["task"], r["n"], r["n_dev"]) for r in runs} == {("mr", 32, 16)}
-    lrs = [1e-4, 5e-3]
-    best = max(runs, key=lambda r: (r["dev_accuracy"], -lrs.index(r["config"]["lr"])))  # ties: the first lr
+    lrs = [1e-4, 5e-2]
+    first = lambda metric: max(runs, key=lambda r: (r[metric], -lrs.index(r["config"]["lr"])))  # noqa: E731
+    by_dev, by_test = first("dev_accuracy"), first("accuracy")
+    assert by_dev["run"] != by_test["run"]  # the swapped dev labels make the two choices differ
     [row] = list(csv.DictReader((out / "selected.csv").open()))
-    assert (row["task"], row["run"], row["candidates"]) == ("mr", best["run"], "2")
-    assert float(row["dev"]) == pytest.approx(best["dev_accuracy"], abs=1e-4)
-    run_file = json.loads((out / best["run"] / "run.json").read_text())
+    assert (row["task"], row["run"], row["candidates"]) == ("mr", by_dev["run"], "2")
+    assert float(row["dev"]) == pytest.approx(by_dev["dev_accuracy"], abs=1e-4)
+    table = (out / "table.md").read_text()
+    assert "| method | mr |" in table
+    assert f"| LoRA | {100 * by_dev['accuracy']:.1f}±0.0 |" in table
+    run_file = json.loads((out / by_dev["run"] / "run.json").read_text())
     assert run_file["fingerprint"]["data"]["label_words"] == [" terrible", " great"]

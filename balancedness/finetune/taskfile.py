@@ -32,7 +32,7 @@ import functools
 import os
 import re
 import string
-import tomllib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -41,6 +41,11 @@ from balancedness.validation import integer
 
 from .data.core import Example, TaskData, check_shots, eval_subset, sample_shots, sorted_labels
 from .data.readers import Table, cell, label_cells, read_table, require_columns
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, before it joined the standard library ([finetune] requires it on Python 3.10)
+    import tomli as tomllib
 
 __all__ = ["KEYS", "METRICS", "TaskFile", "parse", "load"]
 
