@@ -222,6 +222,21 @@ def test_sweep_refuses_a_bad_task_file_before_any_run(tmp_path):
     assert "unknown key(s) ['steps']" in message
 
 
+def test_a_prompt_without_label_words_is_refused(tmp_path):
+    message = _refused(write_movie_task(tmp_path, label_words=None), tmp_path)
+    assert "key 'prompt' needs the key 'label_words' too" in message
+
+
+def test_a_builtin_task_name_is_refused(tmp_path):
+    assert "'sst2' is a built-in task" in _refused(write_movie_task(tmp_path, name="sst2"), tmp_path)
+
+
+def test_sweep_refuses_two_task_files_of_one_name(tmp_path):
+    other = write_movie_task(tmp_path / "other")
+    message = _refused(write_movie_task(tmp_path / "mr"), tmp_path, "--task-file", str(other), command="sweep")
+    assert "is named 'mr', like task file" in message
+
+
 def test_a_task_file_excludes_task_and_columns(tmp_path):
     message = _refused(write_movie_task(tmp_path), tmp_path, "--task", "sst2")
     assert "drop task ('sst2')" in message
