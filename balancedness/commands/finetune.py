@@ -19,6 +19,7 @@ from balancedness.commands.common import ensure_writable_folder, err_console, fa
 from balancedness.finetune.run import TABLE_METHODS
 from balancedness import methods as table
 
+DEFAULT_SWEEP_TASKS = ("sst2", "sst5", "trec", "rte", "snli", "mnli")
 MODEL_HELP = "minilm | smollm2 | a local model folder | a hub id (must be in the local HF cache: no internet)"
 
 # Options shared by `finetune` and `sweep` (typer reads the same OptionInfo in both signatures).
@@ -37,6 +38,8 @@ PLUGIN = typer.Option(None, "--plugin", metavar="FILE.py", help="a Python file t
 BATCH_SIZE = typer.Option(16, help="global examples per optimizer step (split over workers/micro-batches)")
 MAX_EVAL = typer.Option(None, help="evaluate on a fixed subset of at most N examples")
 LOG_EVERY = typer.Option(10, help="write per-layer balancedness every K steps")
+TASK_FILE_HELP = ("your own task: a TOML task file (files, text/label columns, metric, optional prompt and label "
+                  "words, optional dev file; docs/data.md)")
 
 
 def require_finetune_extra() -> None:
@@ -67,6 +70,7 @@ def finetune(
     eval_file: Optional[Path] = typer.Option(None, help="your own evaluation file (same columns)"),
     text_column: Optional[List[str]] = typer.Option(None, help="text column(s) of --train-file (repeat for pairs)"),
     label_column: Optional[str] = typer.Option(None, help="label column of --train-file"),
+    task_file: Optional[Path] = typer.Option(None, help=TASK_FILE_HELP),
     method: str = typer.Option("lora", help=METHOD_HELP + " | a --plugin's"),
     shots: Optional[int] = SHOTS,
     seed: int = typer.Option(42, help="split folder 16-<seed> for LM-BFF tasks, sampling, init and data order"),
@@ -112,7 +116,8 @@ def finetune(
     config = FinetuneConfig(
         model=model, task=task, data_root=str(data_root) if data_root else None,
         train_file=str(train_file) if train_file else None, eval_file=str(eval_file) if eval_file else None,
-        text_columns=split_values(text_column), label_column=label_column, method=method, shots=shots, seed=seed,
+        text_columns=split_values(text_column), label_column=label_column,
+        task_file=str(task_file) if task_file else None, method=method, shots=shots, seed=seed,
         steps=steps, lr=lr, rho=rho, m=m, mu=mu, schedule=schedule, batch_size=batch_size, grad_accum=grad_accum,
         precision=precision, lora_r=lora_r, lora_alpha=lora_alpha, target_modules=split_values(target_modules),
         dropout=dropout, max_eval=max_eval, zero_shot=zero_shot, log_every=log_every, save_every=save_every,
@@ -150,7 +155,9 @@ def finetune(
 
 
 def sweep(
-    tasks: List[str] = typer.Option(["sst2", "sst5", "trec", "rte", "snli", "mnli"], help="tasks (repeat or comma)"),
+    tasks: Optional[List[str]] = typer.Option(None, help="built-in tasks, repeat or comma (default "
+                                                         f"{','.join(DEFAULT_SWEEP_TASKS)}, unless --task-file)"),
+    task_file: Optional[List[Path]] = typer.Option(None, help=TASK_FILE_HELP + "; repeatable, beside --tasks"),
     methods: List[str] = typer.Option(list(TABLE_METHODS), help="methods (repeat or comma): " + ", ".join(table.METHODS)),
     seeds: List[str] = typer.Option(["13", "21", "42", "87", "100"], help="seeds (repeat or comma)"),
     out: Path = typer.Option(Path("runs/sweep"), help="output folder: <task>/<method>/seed<k>-<id>/ per run, "
@@ -198,8 +205,9 @@ def sweep(
         integer("workers", workers)
         method_list = list(split_values(methods))
         search = make_space(space, grid or [], method_list)
-        result = run_sweep(base, tasks=list(split_values(tasks)), methods=method_list, seeds=seed_values, out=out,
-                           space=search, workers=workers, storage=storage)
+        task_list = list(split_values(tasks)) if tasks or task_file else list(DEFAULT_SWEEP_TASKS)
+        result = run_sweep(base, tasks=task_list, methods=method_list, seeds=seed_values, out=out, space=search,
+                           workers=workers, storage=storage, task_files=[str(f) for f in task_file or []])
     except (ValueError, FileNotFoundError) as exc:
         fail_usage(exc)
     except KeyboardInterrupt:  # every worker got the Ctrl-C too and checkpointed its run

@@ -28,7 +28,8 @@ from balancedness.validation import integer
 
 from .data import TaskData
 from .provenance import VOCABULARY_FILES
-from .tasks import TaskHead, make_head
+from .prompts import prompt_for
+from .tasks import TaskHead, label_word_ids, make_head
 
 ModelFamily = Literal["encoder", "causal"]
 
@@ -161,6 +162,22 @@ def _probe_tokenizer(path: str, stamps: tuple) -> tuple[int, bool]:
     return len(tokenizer), not ids or (unk is not None and all(i == unk for i in ids))
 
 
+def check_label_words(path: str, task: TaskData) -> None:
+    """ValueError unless the causal LM at ``path`` can score ``task``'s label words (a task file's or a built-in
+    prompt's): each must start with a token of its own (``tasks.label_word_ids``, the check the label-word head
+    applies once the weights are loaded, made here from the tokenizer alone, before they load). A no-op for
+    tasks without label words (generation, COPA's choices)."""
+    from transformers import AutoTokenizer
+
+    prompt = prompt_for(task)
+    if task.kind != "classification" or prompt.choices is not None or not prompt.label_words:
+        return
+    try:
+        label_word_ids(AutoTokenizer.from_pretrained(path), prompt.label_words)
+    except ValueError as exc:
+        raise ValueError(f"task {task.name!r} on model {path!r}: {exc}") from None
+
+
 def model_family(config) -> ModelFamily:
     """``"causal"`` for decoder-only LMs, ``"encoder"`` for BERT-like models, from the config alone."""
     archs = getattr(config, "architectures", None) or []
@@ -239,5 +256,5 @@ def load_for_task(model_name: str, task: TaskData, *, lora_r: int = 8, lora_alph
     return model, tokenizer, make_head(model, tokenizer, task, family=family, max_length=max_length)
 
 
-__all__ = ["SHORT_NAMES", "TOKENIZER_PROBE", "TaskHead", "cache_dir", "check_compatible", "check_tokenizer",
-           "load_for_task", "model_config", "model_family", "resolve_model"]
+__all__ = ["SHORT_NAMES", "TOKENIZER_PROBE", "TaskHead", "cache_dir", "check_compatible", "check_label_words",
+           "check_tokenizer", "load_for_task", "model_config", "model_family", "resolve_model"]

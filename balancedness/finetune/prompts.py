@@ -68,7 +68,10 @@ PROMPTS: dict[str, Prompt] = {
 
 
 def prompt_for(task: TaskData) -> Prompt:
-    """The task's prompt; the user's own tasks get ``"<texts>\\nLabel:"`` → ``" <label name>"``."""
+    """The task's prompt: a task file's own (``task.prompt``, ``task.label_words``), a built-in task's row of
+    :data:`PROMPTS`, else (the user's own files) ``"<texts>\\nLabel:"`` → ``" <label name>"``."""
+    if task.prompt is not None:
+        return Prompt(task.prompt, task.label_words)
     if task.name in PROMPTS and (task.kind == "generation" or PROMPTS[task.name].choices
                                  or len(PROMPTS[task.name].label_words) == task.num_labels):
         return PROMPTS[task.name]

@@ -9,9 +9,11 @@ training starts. The fingerprint is a JSON object of
   text/label columns, and the hyper-parameters of the run's own method: ρ for SAM, ρ and m for m-SAM, μ and
   schedule for BAR). Not counted (:data:`NOT_COUNTED`): where outputs go (``out``),
   how the command behaves (``resume``, ``overwrite``, ``progress``, ``save_every``, ``keep_checkpoints``)
-  and where the data lives (``data_root``, ``train_file``, ``eval_file``; their *content* is counted);
-* ``data``: SHA-256 of the training and evaluation examples actually read (after the K-shot draw and the
-  eval subset), and the label names: the same files moved elsewhere match, an edited file does not;
+  and where the data lives (``data_root``, ``train_file``, ``eval_file``, ``task_file``; their *content* is
+  counted);
+* ``data``: SHA-256 of the training, evaluation and dev examples actually read (after the K-shot draw and the
+  eval subset), and the label names: the same files moved elsewhere match, an edited file does not; for a
+  task file also its name, prompt and label words (with the examples, all of the file that shapes a run);
 * ``model``: SHA-256 of the resolved model folder's config and weight files, and of its tokenizer files
   (:data:`TOKENIZER_FILES`: the same weights with another vocabulary compute something else);
 * ``packages``: versions of balancedness, torch, transformers and peft (a new version may compute other bits);
@@ -37,7 +39,7 @@ __all__ = ["NOT_COUNTED", "RUN_FILE", "TOKENIZER_FILES", "VOCABULARY_FILES", "fi
 RUN_FILE = "run.json"
 FORMAT = 1
 NOT_COUNTED = ("out", "resume", "overwrite", "progress", "save_every", "keep_checkpoints", "data_root",
-               "train_file", "eval_file")
+               "train_file", "eval_file", "task_file")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 #: The files a transformers tokenizer is saved as and read from (those holding the vocabulary first).
 VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model",
@@ -108,11 +110,19 @@ def fingerprint(options: Mapping[str, Any], task: Any, model_path: str, world_si
         "options": {k: v for k, v in sorted(options.items()) if k not in NOT_COUNTED},
         "data": {"task": task.name, "train_sha256": examples_digest(task.train),
                  "eval_sha256": examples_digest(task.eval), "dev_sha256": examples_digest(task.dev),
-                 "label_names": list(task.label_names)},
+                 "label_names": list(task.label_names), **_prompt(task)},
         "model": {"sha256": model_digest(model_path), "tokenizer_sha256": tokenizer_digest(model_path)},
         "packages": _versions(),
         "world_size": world_size,
     }))
+
+
+def _prompt(task: Any) -> dict[str, Any]:
+    """A task file's own prompt and label words (absent for the others: their prompts are the package's code,
+    counted by its version, and their fingerprints stay as they were)."""
+    if getattr(task, "prompt", None) is None:
+        return {}
+    return {"prompt": task.prompt, "label_words": list(task.label_words)}
 
 
 def fingerprint_id(fp: Mapping[str, Any]) -> str:

@@ -76,6 +76,7 @@ class FinetuneConfig:
     eval_file: str | None = None
     text_columns: tuple[str, ...] = ()
     label_column: str | None = None
+    task_file: str | None = None  # a TOML task file (finetune/taskfile.py): the task's files, columns and prompt
     method: str = "lora"
     shots: int | None = None
     seed: int = 42
@@ -227,6 +228,12 @@ def check_config(config: FinetuneConfig) -> None:
     _check_hyper(config)
     if config.dropout is not None:
         number("dropout", config.dropout, maximum=1.0, strict_max=True)
+    if config.task_file is not None:
+        given = [f"{name} ({value!r})" for name in ("task", "train_file", "eval_file", "text_columns", "label_column")
+                 if (value := getattr(config, name))]
+        if given:
+            raise ValueError(f"task_file (--task-file) {config.task_file!r} names the task, its files and columns; "
+                             f"drop {', '.join(given)}")
     world = world_size()
     per_device, accum = micro_batch(config, world)
     if per_device < 1 or per_device * world * accum != config.batch_size:
@@ -262,17 +269,20 @@ def prepare(config: FinetuneConfig):
     Returns ``(task, model_path)``. Raises ValueError / FileNotFoundError naming the bad value.
     """
     from balancedness.finetune.data import load_task
-    from balancedness.finetune.models import (check_compatible, check_tokenizer, model_config, model_family,
-                                              resolve_model)
+    from balancedness.finetune.models import (check_compatible, check_label_words, check_tokenizer, model_config,
+                                              model_family, resolve_model)
 
     check_config(config)
     task = load_task(config.task, data_root=config.data_root, seed=config.seed, shots=config.shots,
                      train_file=config.train_file, eval_file=config.eval_file,
                      text_columns=list(config.text_columns) or None, label_column=config.label_column,
-                     max_eval=config.max_eval)
+                     max_eval=config.max_eval, task_file=config.task_file)
     path = resolve_model(config.model)
-    check_compatible(model_family(model_config(path)), task, config.model)
+    family = model_family(model_config(path))
+    check_compatible(family, task, config.model)
     check_tokenizer(path)
+    if family == "causal":
+        check_label_words(path, task)
     return task, path
 
 

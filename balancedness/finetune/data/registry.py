@@ -22,9 +22,9 @@ from pathlib import Path
 from balancedness.validation import integer
 
 from .core import (Example, Metric, TaskData, TaskKind, check_shots, eval_subset, map_labels,
-                   require_file, resolve_data_root, sample_shots)
-from .readers import (Table, bbc_news_root, cell, read_bbc_news, read_delimited, read_json_dict, read_jsonl,
-                      read_table, read_webnlg, require_columns)
+                   require_file, resolve_data_root, sample_shots, sorted_labels)
+from .readers import (Table, bbc_news_root, cell, label_cells, read_bbc_news, read_delimited, read_json_dict,
+                      read_jsonl, read_table, read_webnlg, require_columns)
 
 LMBFF_SEEDS = (13, 21, 42, 87, 100)
 #: Order in which a replacement LM-BFF folder is chosen when 16-<seed> is unusable.
@@ -213,13 +213,6 @@ def _load_builtin(spec: TaskSpec, data_root: str | os.PathLike[str] | None, seed
     return train, eval_ex, dev, list(spec.label_names), str(folder)
 
 
-def _sorted_labels(values: set[str]) -> list[str]:
-    """Sorted unique labels: numerically when all are integers, else as strings."""
-    if all(re.fullmatch(r"-?\d+", v) for v in values):
-        return sorted(values, key=int)
-    return sorted(values)
-
-
 def _load_files(train_file: str | os.PathLike[str], eval_file: str | os.PathLike[str] | None,
                 text_columns: Sequence[str] | None, label_column: str | None
                 ) -> tuple[list[Example], list[Example], list[str], tuple[str, ...], str]:
@@ -236,12 +229,8 @@ def _load_files(train_file: str | os.PathLike[str], eval_file: str | os.PathLike
     tables = [read_table(p) for p in paths]
     for table in tables:
         require_columns(table, (*text_columns, label_column))
-    labels = [[cell(v).strip() for v in table.column(label_column)] for table in tables]
-    for table, values in zip(tables, labels):
-        empty = next((i for i, v in enumerate(values) if not v), None)
-        if empty is not None:
-            raise ValueError(f"{table.where(empty)}: the label cell (column {label_column!r}) is empty")
-    names = _sorted_labels(set(labels[0]))
+    labels = [label_cells(table, label_column) for table in tables]
+    names = sorted_labels(set(labels[0]))
     if len(names) < 2:
         raise ValueError(f"{str(paths[0])!r}: column {label_column!r} holds a single class {names}; a classifier "
                          "needs at least two")
@@ -257,7 +246,8 @@ def _load_files(train_file: str | os.PathLike[str], eval_file: str | os.PathLike
 def load_task(name: str | None = None, *, data_root: str | os.PathLike[str] | None = None, seed: int = 42,
               shots: int | None = None, train_file: str | os.PathLike[str] | None = None,
               eval_file: str | os.PathLike[str] | None = None, text_columns: Sequence[str] | None = None,
-              label_column: str | None = None, max_eval: int | None = None) -> TaskData:
+              label_column: str | None = None, max_eval: int | None = None,
+              task_file: str | os.PathLike[str] | None = None) -> TaskData:
     """Load a built-in task by ``name`` or the user's files, validated, as a :class:`TaskData`.
 
     Args:
@@ -273,11 +263,17 @@ def load_task(name: str | None = None, *, data_root: str | os.PathLike[str] | No
         label_column: the label column; labels may be strings or ints, ids follow the sorted unique
             training labels (numeric order when all are integers).
         max_eval: evaluate on a fixed subset (seed 0, independent of ``seed``) of at most this size.
+        task_file: a TOML task file (``finetune/taskfile.py``, docs/data.md): the task's files, columns,
+            name, metric and prompt; it excludes ``name``, ``train_file`` and the columns (``check_config``).
 
     Raises:
         ValueError: unknown task, bad shots/max_eval, missing columns, unknown labels, empty files.
         FileNotFoundError: missing data root or data file (the message says how to set --data-root).
     """
+    if task_file is not None:
+        from balancedness.finetune.taskfile import load as load_task_file
+
+        return load_task_file(task_file, seed=seed, shots=shots, max_eval=max_eval, taken=tuple(TASKS))
     check_shots(shots)
     if max_eval is not None:
         integer("max_eval", max_eval)
