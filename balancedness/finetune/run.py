@@ -109,14 +109,15 @@ class FinetuneConfig:
     extra_callbacks: list[Any] = field(default_factory=list, repr=False)  # tests: TrainerCallbacks to add
 
     def to_json(self) -> dict[str, Any]:
-        """The fields as JSON values (tuples as lists), exactly as ``metrics.json`` reads back; ``hparams``
-        only when it holds a value (so the records of methods without such hyper-parameters are unchanged)."""
+        """The fields as JSON values (tuples as lists), exactly as ``metrics.json`` reads back; ``hparams`` and
+        ``task_file`` only when set (so the records of runs that use neither are as they were before them)."""
         import json
 
         d = asdict(self)
         d.pop("extra_callbacks")
-        if not d["hparams"]:
-            d.pop("hparams")
+        for newer in ("hparams", "task_file"):
+            if not d[newer]:
+                d.pop(newer)
         return json.loads(json.dumps(d))
 
     def result_options(self) -> dict[str, Any]:
