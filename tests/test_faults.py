@@ -44,7 +44,22 @@ def _run(fault: str, step: int, args: list[str]) -> subprocess.CompletedProcess:
 
 
 def _finetune(args: list[str]) -> subprocess.CompletedProcess:
-    return _run("none", 0, args)
+    """``balancedness finetune ARGS`` with no fault, in this process (the real CLI app through typer's runner:
+    torch, transformers and peft are imported once per worker, not once per call). Faults need their own process
+    (:func:`_run`). An exception that escapes the command is written into ``stderr`` as its traceback, as the
+    console script would print it, so the tests' "no traceback" asserts keep their power."""
+    import traceback
+
+    from typer.testing import CliRunner
+
+    from balancedness.cli import app
+
+    result = CliRunner().invoke(app, ["finetune", *args])
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "Traceback (most recent call last):\n" + "".join(traceback.format_exception(result.exception))
+    code = 130 if isinstance(result.exception, KeyboardInterrupt) else result.exit_code
+    return subprocess.CompletedProcess(["balancedness", "finetune", *args], code, result.stdout, stderr)
 
 
 def _outcome(out: Path) -> dict:
