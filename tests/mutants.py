@@ -287,7 +287,7 @@ MUTANTS: list[Mutant] = [
     Mutant("flat-lora-factor-noise", "flat-lora", flat_lora_factor_noise, "perturbs the factors instead of W"),
     Mutant("bi-lora-descending-aux", "bi-lora", bi_lora_descending_aux, "the auxiliary descends (ascent sign flipped)"),
     Mutant("bi-lora-factor-aux", "bi-lora", bi_lora_factor_aux, "the auxiliary perturbs the factors, not W"),
-    Mutant("asam-unscaled", "asam", asam_unscaled, "no |w| scaling (T = 1: SAM)"),
+    Mutant("asam-unscaled", "asam", asam_unscaled, "T = 1 instead of abs(w) + eta_a (no scaling by the weights): SAM"),
 ]
 
 

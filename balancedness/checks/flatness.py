@@ -311,14 +311,22 @@ def asam_nop_orbit_invariant(ctx: Context) -> Measurement:
 
 @check("asam-rate-vs-sam", "[FM] §4.4 (asam-op-rate-vs-sam), §5",
        "finding: ASAM, SAM made adaptive, keeps almost none of SAM's balancing: at the OP toy's init (eta_a = 0.01, "
-       "rho = 0.2, noise-free) its dB/dt is about 1% of SAM's (judged in [0.005, 0.02])", FINDING, runs=("asam", "sam"))
+       "noise-free) its dB/dt is 1.09% of SAM's at equal rho as rho -> 0 (judged +-10% at rho = 1e-4)", FINDING,
+       runs=("asam", "sam"))
 def asam_rate_vs_sam(ctx: Context) -> Measurement:
     p = op_problem()
     X, Y = p.x0[None], p.y0[None]
-    a = float(th.dB_dt(p, Optimizer("asam", rho=0.2, eta_a=0.01), X, Y, 0.0)[0])
-    s = float(th.dB_dt(p, Optimizer("sam", rho=0.2), X, Y, 0.0)[0])
-    return within(a / s, (0.005, 0.02), f"dB/dt: ASAM {a:.3e}, SAM {s:.3e}, ratio {a / s:.4f} (spec 0.0109); "
-                  f"over the paper's horizon that is 0.348^{a / s:.3f} = {0.348 ** (a / s):.3f} of 2|B_0| vs SAM's 0.348")
+
+    def ratio(rho: float) -> tuple[float, float, float]:
+        a = float(th.dB_dt(p, Optimizer("asam", rho=rho, eta_a=0.01), X, Y, 0.0)[0])
+        s = float(th.dB_dt(p, Optimizer("sam", rho=rho), X, Y, 0.0)[0])
+        return a / s, a, s
+
+    small, (big, a, s) = ratio(1e-4)[0], ratio(0.2)
+    return within(small, (0.0109 * 0.9, 0.0109 * 1.1),
+                  f"dB/dt ASAM / SAM = {small:.4f} at rho = 1e-4 (spec 0.0109); at Fig. 1's rho = 0.2: ASAM {a:.3e}, "
+                  f"SAM {s:.3e}, ratio {big:.4f}: over the paper's horizon 0.348^{big:.4f} = {0.348 ** big:.3f} of "
+                  "2|B_0| where SAM reaches 0.348")
 
 
 # -- the toys --------------------------------------------------------------------------------------
