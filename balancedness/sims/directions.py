@@ -122,7 +122,7 @@ DrawsFn = Callable[[Problem], tuple]
 
 @dataclass(frozen=True)
 class Carry:
-    """State a direction keeps across steps (see the module docstring), as three functions:
+    """State a direction keeps across steps (see the module docstring), as four functions:
 
     Attributes:
         init: ``init(problem, seeds, settings) -> aux``: the state of n trajectories at the start (a tuple of
