@@ -5,7 +5,8 @@ stands in for one built-in optimizer (``run_checks(replace={name: field})``). Th
 would plausibly write: a lost normalization, a wrong radius, a flipped sign, the wrong minibatch, a norm
 taken per layer, the wrong quantity in a rule, a step applied twice; and the bugs that passed every check
 before issue 19: one radius for every trajectory, the wrong gradient returned for the record, a μ_t
-scheduled twice, a per-layer norm in m-SAM or SNGD.
+scheduled twice, a per-layer norm in m-SAM or SNGD; and one or two per flatness method (issue 21): Flat-LoRA
+perturbing the factors, Bi-LoRA's auxiliary descending or perturbing the factors, ASAM without its |w| scaling.
 
 ``VARIANTS`` are not bugs: optimizers that are correct in behaviour but not bit for bit the paper's update
 (a direction computed in float32). The behaviour checks must pass them (``tests/test_mutants.py``).
@@ -23,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from balancedness.metrics import global_norm, layer_sq_norms, sq_norms
-from balancedness.sims.directions import DirectionFn, batch_target, nbar, obar, sam, sngd, sgd
+from balancedness.sims.directions import DirectionFn, asam, batch_target, bi_lora, flat_lora, nbar, obar, sam, sngd, sgd
 
 
 class Mutant(NamedTuple):
@@ -212,6 +213,48 @@ def sngd_returns_normalized_grad(problem, X, Y, targets, hp):
     return dX, dY, -dX, -dY
 
 
+# -- the flatness methods ---------------------------------------------------------------------------
+def flat_lora_factor_noise(problem, X, Y, targets, hp):
+    """Flat-LoRA that perturbs the factors instead of W (Bi-LoRA's RWP_LoRA): X + σ_t‖X_l‖/√d1·ξ, Y likewise (from the
+    step's draws), and the chain rule at the noisy factors."""
+    if hp.xi is None or not hp.sigma:
+        return flat_lora(problem, X, Y, targets, hp)
+    if problem.kind == "nop":
+        xi_x, xi_y = hp.xi[..., : X.shape[-1]], np.swapaxes(hp.xi, -1, -2)[..., : Y.shape[-1]]
+    else:
+        xi_x, xi_y = hp.xi[:, :, None, None], -hp.xi[:, :, None, None]
+    sx = hp.sigma * np.sqrt(layer_sq_norms(X) / problem.d1)[:, :, None, None]
+    sy = hp.sigma * np.sqrt(layer_sq_norms(Y) / problem.d1)[:, :, None, None]
+    C = batch_target(problem, targets)
+    gX, gY = problem.grads_at(X, Y, C)
+    gXt, gYt = problem.grads_at(X + sx * xi_x, Y + sy * xi_y, C)
+    return -gXt, -gYt, gX, gY
+
+
+def bi_lora_descending_aux(problem, X, Y, targets, hp):
+    """Bi-LoRA whose auxiliary descends (the ascent's sign flipped): a second LoRA, not an adversary."""
+    dX, dY, gX, gY, d_aux = bi_lora(problem, X, Y, targets, hp)
+    return dX, dY, gX, gY, None if d_aux is None else (-d_aux[0], -d_aux[1])
+
+
+def bi_lora_factor_aux(problem, X, Y, targets, hp):
+    """Bi-LoRA whose auxiliary perturbs the factors, (X + X₂, Y + Y₂), with the chain rule there (not W + X₂Y₂ᵀ)."""
+    if hp.aux is None:
+        return bi_lora(problem, X, Y, targets, hp)
+    X2, Y2 = hp.aux
+    C = batch_target(problem, targets)
+    gX, gY = problem.grads_at(X, Y, C)
+    G = problem.outer_grad_at(problem.product(X + X2, Y + Y2), C)
+    dX, dY = problem.factor_grads(X + X2, Y + Y2, G)
+    aX, aY = problem.factor_grads(X2, Y2, G)
+    return -dX, -dY, gX, gY, (hp.kappa * aX, hp.kappa * aY)
+
+
+def asam_unscaled(problem, X, Y, targets, hp):
+    """ASAM without the |w| scaling: T = 1, which is SAM."""
+    return sam(problem, X, Y, targets, hp)
+
+
 MUTANTS: list[Mutant] = [
     Mutant("sgd-as-sam", "sam", sgd_as_sam, "SAM replaced by plain SGD"),
     Mutant("sam-unnormalized", "sam", sam_unnormalized, "ascent rho g instead of rho g/‖g‖"),
@@ -240,6 +283,11 @@ MUTANTS: list[Mutant] = [
            "decays the scheduled mu_t again by (1 + cos(pi t/T))/2"),
     Mutant("msam-per-layer-norm", "msam", msam_per_layer_norm, "u_i normalized per layer, not globally"),
     Mutant("sngd-per-layer-norm", "sngd", sngd_per_layer_norm, "normalized per layer, not by the global ‖g‖"),
+    # the flatness methods (issue 21)
+    Mutant("flat-lora-factor-noise", "flat-lora", flat_lora_factor_noise, "perturbs the factors instead of W"),
+    Mutant("bi-lora-descending-aux", "bi-lora", bi_lora_descending_aux, "the auxiliary descends (ascent sign flipped)"),
+    Mutant("bi-lora-factor-aux", "bi-lora", bi_lora_factor_aux, "the auxiliary perturbs the factors, not W"),
+    Mutant("asam-unscaled", "asam", asam_unscaled, "T = 1 instead of abs(w) + eta_a (no scaling by the weights): SAM"),
 ]
 
 
@@ -259,7 +307,7 @@ VARIANTS: list[tuple[Mutant, tuple[str, ...]]] = [
 ]
 
 #: Built-ins that are not mutated above would be a hole: every optimizer of the paper has mutants.
-assert {m.replaces for m in MUTANTS} == {"sgd", "sngd", "sam", "msam", "nbar", "obar"}
+assert {m.replaces for m in MUTANTS} == {"sgd", "sngd", "sam", "msam", "nbar", "obar", "flat-lora", "bi-lora", "asam"}
 
 
 def catchers(mutant: Mutant, quick: bool) -> tuple[list[str], list]:

@@ -9,7 +9,9 @@ the checks themselves are grouped by topic, and registered in this (report) orde
 * ``closed_forms``: Corollary 2's threshold and Lemma 1's λ_max, checked on their own;
 * ``bounds``: A_t = O(ρ²), the explicit A_t bounds, the sandwich inequalities, Thm 3, Lemma 3;
 * ``toys``: the paper's toy settings, simulated;
-* ``findings``: where the paper is loose or wrong (PASS means the counter-evidence reproduces).
+* ``findings``: where the paper is loose or wrong (PASS means the counter-evidence reproduces);
+* ``flatness``: Flat-LoRA, Bi-LoRA and ASAM beside SAM and BAR (spec/flatness-methods.md §5): the W-space
+  lemma, the methods' fields and toy runs, and where a method does not do what its paper's intuition suggests.
 
 Each check has a :class:`Kind`: ``implementation`` (it runs an optimizer, so a broken one could fail
 it), ``math`` (a closed form or inequality on its own) or ``finding``.
@@ -17,7 +19,7 @@ it), ``math`` (a closed form or inequality on its own) or ``finding``.
 
 from balancedness.checks.registry import (CHECKS, Check, Comparison, Context, Kind, Measurement, Verdict, check,
                                           results_as_json, run_checks, select)
-from balancedness.checks import flows, identities, closed_forms, bounds, toys, findings  # noqa: E402,F401  (registration order)
+from balancedness.checks import flows, identities, closed_forms, bounds, toys, findings, flatness  # noqa: E402,F401  (registration order)
 
 __all__ = ["CHECKS", "Check", "Comparison", "Context", "Kind", "Measurement", "Verdict", "check", "results_as_json",
            "run_checks", "select"]

@@ -11,12 +11,13 @@ import typer
 from rich.console import Console
 
 from balancedness.commands.common import ensure_writable_folder, err_console, fail_usage
-from balancedness.figures import FIGURES, FigureConfig, check_names, render
+from balancedness.figures import FIGURES, SEPARATE, FigureConfig, check_names, render
 from balancedness.figures.runs import DEFAULT_ALPHAS, DEFAULT_SEEDS, QUICK_SEEDS
 
 
 def figures(
-    name: str = typer.Argument(..., help=f"Figure to make: {', '.join(FIGURES)}, all (these), or fig3 (LoRA)."),
+    name: str = typer.Argument(..., help=f"Figure to make: {', '.join(FIGURES)}, all (these), {', '.join(SEPARATE)} (not in all: minutes), "
+                                           "or fig3 (LoRA)."),
     out: Path = typer.Option(Path("figures"), "--out", help="Output folder (created if missing)."),
     format: str = typer.Option("png", "--format", help="Image format(s), comma-separated: png, pdf, svg."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help=f"Seeds per noise level (default {DEFAULT_SEEDS}; "

@@ -26,6 +26,11 @@ class ScheduleName(str, Enum):
     cosine = "cosine"
 
 
+class NoiseScheduleName(str, Enum):
+    cosine = "cosine"
+    constant = "constant"
+
+
 def _parse_vector(text: Optional[str], name: str):
     if text is None:
         return None
@@ -160,10 +165,18 @@ def simulate(
     rank: int = typer.Option(1, help="Rank r of the NOP factors."),
     layers: Optional[int] = typer.Option(None, help="Layers of nop-layered/op-layered (default 3)."),
     optimizer: str = typer.Option("sam", help=f"Optimizer: a registered direction ({_directions()})."),
-    rho: Optional[float] = typer.Option(None, help="SAM radius ρ (default 0.1 for NOP, 0.2 for OP, as in Fig. 1)."),
+    rho: Optional[float] = typer.Option(None, help="SAM/ASAM radius ρ (default 0.1 for NOP, 0.2 for OP, as in Fig. 1); "
+                                                   "Bi-LoRA's clip radius (default 0.05, its paper's)."),
     m: int = typer.Option(1, help="m-sharpness chunks (msam); must divide --batch."),
     mu: float = typer.Option(1.0, help="BAR coefficient μ₀ (nbar, obar)."),
     schedule: ScheduleName = typer.Option(ScheduleName.constant, help="μ_t schedule of BAR."),
+    sigma: float = typer.Option(0.05, help="Flat-LoRA's noise scale σ (its paper's 0.05)."),
+    noise_schedule: NoiseScheduleName = typer.Option(
+        NoiseScheduleName.cosine, help="Flat-LoRA's ramp of σ: cosine (the official ½(1 − cos πt/T)) or constant."),
+    eta_a: float = typer.Option(0.01, "--eta-a", help="ASAM's offset η_a in T = |w| + η_a (official code 0.01)."),
+    kappa: float = typer.Option(1.0, help="Bi-LoRA's η₂/η₁, the auxiliary's ascent step over the primary's."),
+    rank2: int = typer.Option(1, help="Bi-LoRA's auxiliary rank r₂."),
+    aux_init: float = typer.Option(0.01, help="Std of Bi-LoRA's initial auxiliary X₂ (Y₂ = 0)."),
     alpha: Optional[List[float]] = typer.Option(None, help="Noise level α (repeatable; default 0)."),
     seeds: int = typer.Option(1, help="Number of seeds (0..N-1) per noise level."),
     batch: int = typer.Option(1, help="Noise draws per step."),
@@ -201,8 +214,11 @@ def simulate(
         if x0a is not None and y0a is None:
             y0a = -3.0 * x0a
         prob = make_problem(problem.value, rank=rank, layers=layers, x0=x0a, y0=y0a)
-        rho_v = (0.1 if prob.kind == "nop" else 0.2) if rho is None else rho
-        opt = make_optimizer(optimizer, rho=rho_v, m=m, mu=mu, schedule=schedule.value)
+        rho_v = ((0.05 if optimizer == "bi-lora" else 0.1 if prob.kind == "nop" else 0.2)
+                 if rho is None else rho)
+        opt = make_optimizer(optimizer, rho=rho_v, m=m, mu=mu, schedule=schedule.value, sigma=sigma,
+                             noise_schedule=noise_schedule.value, eta_a=eta_a, kappa=kappa, rank2=rank2,
+                             aux_init=aux_init)
         from balancedness.sims.discrete import validate_run
         from balancedness.sims.grid import noise_levels, seed_list
         from balancedness.validation import number

@@ -13,7 +13,11 @@ fig4      GD on f = 30000(xy − 0.005)²: stuck on x = −y; BAR leaves it     
 flow      the η→0 flow over discrete SAM at η = 1e-2, 1e-3, 1e-4; error ∝ η           §2.9, §7.2.18
 rates     measured dB/dt vs the Thm 2 / Lemma 2 leading term ± the explicit A_t bound  §3, §7.2.16
 msharp    m-sharpness: 2|B_t| for m = 1, 2, 4, 8 on the OP toy                        Lemma 3
+flatness  2|B_t| of SGD, SAM, nBAR, oBAR, Flat-LoRA, Bi-LoRA, ASAM beside the theory  [FM] §5
 ========  ==========================================================================  ===========
+
+``flatness`` is made on request only (``balancedness figures flatness``), not by ``all``: three of its methods
+step with numpy, which takes minutes at the paper's scale (:data:`SEPARATE`).
 """
 
 from __future__ import annotations
@@ -37,19 +41,25 @@ FIGURES: dict[str, str] = {
     "msharp": "m-sharpness balances faster for larger m (Lemma 3, beyond the paper)",
 }
 
-__all__ = ["FIGURES", "FigureConfig", "make_figure", "check_names", "render"]
+#: Figures made only when named (not by ``all``): they take minutes at the paper's scale.
+SEPARATE: dict[str, str] = {
+    "flatness": "Which flatness methods balance: 2|B_t| of every method beside the theory (spec/flatness-methods.md)",
+}
+
+__all__ = ["FIGURES", "SEPARATE", "FigureConfig", "make_figure", "check_names", "render"]
 
 
 def check_names(names: Sequence[str]) -> list[str]:
-    """Expand ``all`` and validate figure names; raises ValueError naming the unknown one."""
+    """Expand ``all`` (the figures of :data:`FIGURES`) and validate figure names (those and :data:`SEPARATE`); raises
+    ValueError naming the unknown one."""
     out: list[str] = []
     for n in names:
         if n == "all":
             out.extend(FIGURES)
-        elif n in FIGURES:
+        elif n in FIGURES or n in SEPARATE:
             out.append(n)
         else:
-            raise ValueError(f"unknown figure {n!r}; choose from {', '.join(FIGURES)} or 'all'")
+            raise ValueError(f"unknown figure {n!r}; choose from {', '.join([*FIGURES, *SEPARATE])} or 'all'")
     return list(dict.fromkeys(out))
 
 
@@ -62,7 +72,7 @@ def make_figure(name: str, cfg: FigureConfig, out_dir: str | os.PathLike, format
     module = importlib.import_module(f"balancedness.figures.{name}")
     fig, data = module.build(cfg)
     data.setdefault("figure", name)
-    data.setdefault("title", FIGURES[name])
+    data.setdefault("title", {**FIGURES, **SEPARATE}[name])
     return style.save_figure(fig, out_dir, name, formats, data)
 
 
@@ -73,7 +83,7 @@ def render(names: Sequence[str], cfg: FigureConfig, out: Path, formats: Sequence
     written: dict[str, list[Path]] = {}
     for i, name in enumerate(names, 1):
         started = time.perf_counter()
-        with console.status(f"[{i}/{len(names)}] {name}: {FIGURES[name]}…"):
+        with console.status(f"[{i}/{len(names)}] {name}: {({**FIGURES, **SEPARATE})[name]}…"):
             written[name] = make_figure(name, cfg, out, formats)
         files = ", ".join(p.name for p in written[name])
         console.print(f"[green]✓[/] {name} ({time.perf_counter() - started:.1f} s): {files}")

@@ -14,6 +14,14 @@ nbar     −g + s μ_t (X, −Y),  s_l = +1 if ‖g_{X_l}‖ ≥ ‖g_{Y_l}‖ e
 obar     −g + s μ_t (X, −Y),  s_l = −1 if ‖X_l‖ ≥ ‖Y_l‖ else +1           Alg. 3, SGD base
 =======  =============================================================  ===================
 
+The flatness methods beside them (``spec/flatness-methods.md``, [FM]):
+
+=========  ==========================================================  =========
+flat-lora  −(G̃Y, G̃ᵀX), G̃ = ∇f_t(W + E), E a random W-space draw         [FM] §2.3
+bi-lora    −(GY, GᵀX), G = ∇f_t(W + X₂Y₂ᵀ); the auxiliary ascends       [FM] §3.3
+asam       −∇f_t(z + ρ T²g/‖Tg‖), T = |z| + η_a elementwise              [FM] §4.3
+=========  ==========================================================  =========
+
 With step η, nBAR/oBAR give X⁺ = (1 ± μη)X − ηg with g taken at the unscaled point, which is
 exactly Alg. 2/3 followed by an SGD step (spec §4.5.1). A zero gradient gives no perturbation
 (ε = 0) and no normalized step, never NaN.
@@ -34,6 +42,19 @@ The contract of a direction function
   shape (n,)), the chunk count m, the BAR coefficient μ_t already scheduled, and t/T ∈ [0, 1].
 * returns (d_X, d_Y, g_X, g_Y): the direction d(z) and the whole-batch stochastic gradient at z (the
   simulator records ‖g_X‖² − ‖g_Y‖² from it), arrays shaped like X, Y, X, Y.
+
+Two extensions, both optional (the six paper optimizers use neither):
+
+* **Random perturbations** (``register_direction(..., draws=shape_fn)``): the caller draws standard normal
+  ξ of shape ``(n, *shape_fn(problem))`` for every step, like the minibatch, and passes it as ``hp.xi``.
+  The simulator seeds it per trajectory seed and step (:func:`perturbation_draws`: the same seed gives the
+  same draws, bit for bit; another seed or step other draws). ``hp.xi = None`` asks for the *expected*
+  direction E_ξ d(z) (what the flow solver and ``theory.dB_dt`` integrate); on the quadratic toys it is the
+  direction at ξ = 0, because the gradient is affine in a W-space perturbation.
+* **Auxiliary state** (``register_direction(..., carry=Carry(...))``): state that persists across steps (Bi-LoRA's
+  auxiliary adapter). The field reads it from ``hp.aux`` (a tuple of arrays, or None: the state at its
+  start) and returns a fifth element, the direction of that state; the runners advance it beside the point
+  (discrete: ``aux + η·d_aux``, then ``Carry.project``; flow: ``Carry.flow`` adds the projection's term).
 
 Registering one
 ---------------
@@ -68,17 +89,24 @@ from balancedness.validation import InvalidValue, choice
 
 Field = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
-#: The hyper-parameters an optimizer may use (μ comes with its schedule).
-HYPER_PARAMETERS = ("rho", "m", "mu")
+#: The hyper-parameters an optimizer may use (μ comes with its schedule, σ with its ramp).
+HYPER_PARAMETERS = ("rho", "m", "mu", "sigma", "eta_a", "kappa", "rank2", "aux_init")
 
 
 class HyperParams(NamedTuple):
-    """What a direction function is told besides the point: ρ, m, μ_t and the progress t/T."""
+    """What a direction function is told besides the point: ρ, m, μ_t and the progress t/T; for the flatness
+    methods also σ_t (Flat-LoRA's noise scale, already ramped), η_a (ASAM), κ = η₂/η₁ (Bi-LoRA), the step's
+    perturbation draws ξ (None: the expectation over them) and the auxiliary state (None: at its start)."""
 
     rho: Union[float, np.ndarray]
     m: int
     mu: float
     progress: float
+    sigma: float = 0.0
+    eta_a: float = 0.0
+    kappa: float = 1.0
+    xi: Optional[np.ndarray] = None
+    aux: Optional[tuple] = None
 
 
 class DirectionFn(Protocol):
@@ -88,6 +116,27 @@ class DirectionFn(Protocol):
 
 #: Signature of a switching function: same arguments as a direction, returns (n, k) or None.
 SwitchingFn = Callable[[Problem, np.ndarray, np.ndarray, Optional[np.ndarray], HyperParams], Optional[np.ndarray]]
+#: The shape of one trajectory's perturbation draws ξ of one step, for a problem.
+DrawsFn = Callable[[Problem], tuple]
+
+
+@dataclass(frozen=True)
+class Carry:
+    """State a direction keeps across steps (see the module docstring), as four functions:
+
+    Attributes:
+        init: ``init(problem, seeds, settings) -> aux``: the state of n trajectories at the start (a tuple of
+            arrays with n rows), from the trajectories' seeds (n,) and the optimizer's settings (a dict).
+        project: ``project(problem, aux, rho) -> aux``: applied after every discrete step ``aux + η·d_aux``.
+        flow: ``flow(problem, aux, d_aux, rho) -> d_aux``: the flow's rate of the state (the projection's term
+            added).
+        summary: ``summary(problem, aux) -> {name: (n,) array}``: what the runners record of the state.
+    """
+
+    init: Callable
+    project: Callable
+    flow: Callable
+    summary: Callable
 
 
 @dataclass(frozen=True)
@@ -101,12 +150,16 @@ class Direction:
             others to their neutral values (ρ = 0, m = 1, μ = 0), and only an optimizer using m may have m ≠ 1.
         switching: functions whose sign changes are the field's discontinuities (counted by the flow
             solver), or None for a field continuous away from g = 0.
+        draws: the shape of its per-step perturbation draws ξ (``hp.xi``), or None for a deterministic field.
+        carry: its auxiliary state (:class:`Carry`), or None; then the field returns five values.
     """
 
     name: str
     field: DirectionFn
     uses: frozenset = frozenset()
     switching: Optional[SwitchingFn] = None
+    draws: Optional[DrawsFn] = None
+    carry: Optional[Carry] = None
 
 
 #: The registry: optimizer name → :class:`Direction`, in registration order.
@@ -114,14 +167,16 @@ DIRECTIONS: dict[str, Direction] = {}
 
 
 def register_direction(name: str, *, uses: Iterable[str] = (), switching: Optional[SwitchingFn] = None,
-                       replace: bool = False) -> Callable[[DirectionFn], DirectionFn]:
-    """Decorator: register ``field`` as the optimizer ``name`` (``replace=True`` to override one)."""
+                       replace: bool = False, draws: Optional[DrawsFn] = None,
+                       carry: Optional[Carry] = None) -> Callable[[DirectionFn], DirectionFn]:
+    """Decorator: register ``field`` as the optimizer ``name`` (``replace=True`` to override one); ``draws`` and
+    ``carry``: see the module docstring."""
     used = frozenset(choice("uses", u, HYPER_PARAMETERS) for u in uses)
     if name in DIRECTIONS and not replace:
         raise ValueError(f"optimizer {name!r} is already registered; pass replace=True to override it")
 
     def add(field: DirectionFn) -> DirectionFn:
-        DIRECTIONS[name] = Direction(name, field, used, switching)
+        DIRECTIONS[name] = Direction(name, field, used, switching, draws, carry)
         return field
 
     return add
@@ -305,3 +360,138 @@ def nbar(problem: Problem, X, Y, targets, hp: HyperParams) -> Field:
 def obar(problem: Problem, X, Y, targets, hp: HyperParams) -> Field:
     """Alg. 3 with an SGD base: d = −g + s μ_t (X, −Y), s from the factor norms (:func:`bar_sign`)."""
     return _bar("obar", problem, X, Y, targets, hp)
+
+
+# -- the flatness methods ([FM] = spec/flatness-methods.md) -----------------------------------------
+def layer_products(problem: Problem, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """Each layer's merged weight: W_l = X_l Y_lᵀ, shape (n, L, d1, d2) (NOP), or w_l = ⟨X_l, Y_l⟩, (n, L) (OP)."""
+    if problem.kind == "nop":
+        return np.matmul(X, np.swapaxes(Y, -1, -2))
+    return np.einsum("nlir,nlir->nl", X, Y)
+
+
+def flat_lora_draws(problem: Problem) -> tuple:
+    """The shape of one step's Flat-LoRA draws ξ per trajectory: one per entry of each layer's merged weight."""
+    return (problem.layers, problem.d1, problem.d2) if problem.kind == "nop" else (problem.layers,)
+
+
+def flat_lora_perturbation(problem: Problem, X: np.ndarray, Y: np.ndarray, sigma: float, xi: np.ndarray) -> np.ndarray:
+    """Σ_l E_l, the Flat-LoRA draw added to the product ([FM] §2.1 eq. (7), §2.3), shaped like ``problem.product``.
+
+    A filter (one output unit) of ΔW_l = Y_l X_lᵀ is a column j of X_l Y_lᵀ and its fan-in is d1, so
+    NOP: E_l[i, j] = σ_t·‖W_l[:, j]‖/√d1·ξ_l[i, j] (rank 1: σ_t|y_j|‖x‖/√d1·ξ_ij); OP (fan-in 1): e_l = σ_t|w_l|ξ_l.
+    """
+    W = layer_products(problem, X, Y)
+    if problem.kind == "nop":
+        std = sigma * np.linalg.norm(W, axis=-2, keepdims=True) / np.sqrt(problem.d1)
+        return (std * xi).sum(axis=1)
+    return (sigma * np.abs(W) * xi).sum(axis=1)
+
+
+def flat_lora_ramp(schedule: str, progress: float) -> float:
+    """f_t of Flat-LoRA's noise strength σ_t = f_t σ: ``cosine`` (the official code's ramp ½(1 − cos πt/T), from 0
+    up to 1; [FM] §2.1 item 1) or ``constant`` (f_t = 1)."""
+    return 1.0 if choice("noise_schedule", schedule, NOISE_SCHEDULES) == "constant" else 0.5 * (1 - np.cos(np.pi * progress))
+
+
+#: Flat-LoRA's noise schedules (:func:`flat_lora_ramp`).
+NOISE_SCHEDULES = ("cosine", "constant")
+
+
+@register_direction("flat-lora", uses={"sigma"}, draws=flat_lora_draws)
+def flat_lora(problem: Problem, X, Y, targets, hp: HyperParams) -> Field:
+    """[FM] §2.3: d = −(G̃Y, G̃ᵀX), G̃ = ∇f_t(W + E): the chain rule at the *unperturbed* factors, with the gradient
+    of the loss taken at the weight perturbed by the step's draw E (:func:`flat_lora_perturbation`, σ_t = hp.sigma).
+
+    ``hp.xi = None`` is the expected direction E_E d = −(GY, GᵀX): on the quadratic toys ∇f is affine in W and
+    E[E] = 0, so the Flat-LoRA flow *is* the SGD flow ([FM] §2.3).
+    """
+    C = batch_target(problem, targets)
+    W = problem.product(X, Y)
+    gX, gY = problem.factor_grads(X, Y, problem.outer_grad_at(W, C))
+    if hp.xi is None or not hp.sigma:
+        return -gX, -gY, gX, gY
+    gXt, gYt = problem.factor_grads(X, Y, problem.outer_grad_at(W + flat_lora_perturbation(problem, X, Y, hp.sigma, hp.xi), C))
+    return -gXt, -gYt, gX, gY
+
+
+#: Salt of the Bi-LoRA auxiliary's initial draw (kept apart from the minibatch and the Flat-LoRA streams).
+AUX_SALT = 0xB1
+#: Where Bi-LoRA's flow clip is active: ‖P‖ ≥ ρ(1 − BILORA_CLIP_BAND) (a band, so the solver does not chatter).
+BILORA_CLIP_BAND = 1e-9
+
+
+def bilora_init(problem: Problem, seeds, settings: Mapping) -> tuple[np.ndarray, np.ndarray]:
+    """Bi-LoRA's auxiliary at the start ([FM] §3.3, [ASSUMED]): X₂ ∼ N(0, aux_init²) of shape (L, d1, r₂) drawn
+    from the trajectory's seed, Y₂ = 0 (so the perturbation X₂Y₂ᵀ starts at 0, as B₂ = 0 does in peft)."""
+    rank2, aux_init = int(settings["rank2"]), float(settings["aux_init"])
+    X2 = np.stack([aux_init * np.random.default_rng([AUX_SALT, int(s)]).standard_normal(
+        (problem.layers, problem.d1, rank2)) for s in seeds])
+    return X2, np.zeros((len(seeds), problem.layers, problem.d2, rank2))
+
+
+def bilora_norm(problem: Problem, aux: tuple) -> np.ndarray:
+    """c = √(Σ_l ‖X₂_l Y₂_lᵀ‖²_F) (OP: √(Σ_l ⟨X₂_l, Y₂_l⟩²)), the global norm of eq. (10), shape (n,)."""
+    P = layer_products(problem, *aux)
+    return np.sqrt((P**2).reshape(P.shape[0], -1).sum(axis=1))
+
+
+def bilora_project(problem: Problem, aux: tuple, rho) -> tuple:
+    """Eq. (10), after every step: if c > ρ, multiply X₂ and Y₂ by √(ρ/c) (then c = ρ)."""
+    c = bilora_norm(problem, aux)
+    k = np.where(c > rho, np.sqrt(rho / np.where(c > 0, c, 1.0)), 1.0)[:, None, None, None]
+    return aux[0] * k, aux[1] * k
+
+
+def bilora_flow(problem: Problem, aux: tuple, d_aux: tuple, rho) -> tuple:
+    """The clip in the flow ([FM] §3.3): while c = ρ, (Ẋ₂, Ẏ₂) −= λ(X₂, Y₂) with λ = max(0, ⟨P, Ṗ⟩)/(2c²), which
+    keeps d‖P‖²/dt = 0 (P = X₂Y₂ᵀ per layer, Ṗ its rate under the ascent d_aux)."""
+    X2, Y2 = aux
+    P = layer_products(problem, X2, Y2)
+    dP = layer_products(problem, d_aux[0], Y2) + layer_products(problem, X2, d_aux[1])
+    inner = (P * dP).reshape(P.shape[0], -1).sum(axis=1)
+    c2 = (P**2).reshape(P.shape[0], -1).sum(axis=1)
+    active = np.sqrt(c2) >= np.asarray(rho) * (1 - BILORA_CLIP_BAND)
+    lam = np.where(active, np.maximum(inner, 0.0) / (2 * np.where(c2 > 0, c2, 1.0)), 0.0)[:, None, None, None]
+    return d_aux[0] - lam * X2, d_aux[1] - lam * Y2
+
+
+def bilora_summary(problem: Problem, aux: tuple) -> dict:
+    """What the runners record of the auxiliary: its norm c, its own balancedness B₂ = ½(‖X₂‖² − ‖Y₂‖²) and the
+    factors themselves, flattened (``x2`` (n, L·d1·r₂), ``y2`` (n, L·d2·r₂))."""
+    n = aux[0].shape[0]
+    return {"norm": bilora_norm(problem, aux),
+            "balancedness": 0.5 * (layer_sq_norms(aux[0]).sum(axis=1) - layer_sq_norms(aux[1]).sum(axis=1)),
+            "x2": aux[0].reshape(n, -1), "y2": aux[1].reshape(n, -1)}
+
+
+def bi_lora(problem: Problem, X, Y, targets, hp: HyperParams):
+    """[FM] §3.1 eq. (9), §3.3: one gradient G = ∇f_t(W + X₂Y₂ᵀ) at the full weight; the primary descends,
+    d = −(GY, GᵀX), and the auxiliary ascends, d_aux = +κ(GY₂, GᵀX₂) (κ = η₂/η₁). Returns five values: the
+    contract's four and d_aux. ``hp.aux = None``: no auxiliary (X₂Y₂ᵀ = 0; d_aux None)."""
+    C = batch_target(problem, targets)
+    W = problem.product(X, Y)
+    gX, gY = problem.factor_grads(X, Y, problem.outer_grad_at(W, C))
+    if hp.aux is None:
+        return -gX, -gY, gX, gY, None
+    X2, Y2 = hp.aux
+    G = problem.outer_grad_at(W + problem.product(X2, Y2), C)
+    dX, dY = problem.factor_grads(X, Y, G)
+    aX, aY = problem.factor_grads(X2, Y2, G)
+    return -dX, -dY, gX, gY, (hp.kappa * aX, hp.kappa * aY)
+
+
+BILORA_CARRY = Carry(init=bilora_init, project=bilora_project, flow=bilora_flow, summary=bilora_summary)
+register_direction("bi-lora", uses={"rho", "kappa", "rank2", "aux_init"}, carry=BILORA_CARRY)(bi_lora)
+
+
+@register_direction("asam", uses={"rho", "eta_a"}, switching=op_fprime)
+def asam(problem: Problem, X, Y, targets, hp: HyperParams) -> Field:
+    """[FM] §4.1 [AS-C], §4.3: d = −∇f_t(z̃), z̃ = z + ρ T²⊙g/‖T⊙g‖ with T = |z| + η_a elementwise on both factors
+    and ‖T⊙g‖ global over all layers; the same minibatch for both gradients (z̃ = z where T⊙g = 0)."""
+    C = batch_target(problem, targets)
+    gX, gY = problem.grads_at(X, Y, C)
+    TX, TY = np.abs(X) + hp.eta_a, np.abs(Y) + hp.eta_a
+    s = _safe_scale(hp.rho, global_norm(TX * gX, TY * gY))
+    gXt, gYt = problem.grads_at(X + s * TX**2 * gX, Y + s * TY**2 * gY, C)
+    return -gXt, -gYt, gX, gY

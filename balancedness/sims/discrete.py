@@ -19,7 +19,7 @@ from balancedness.sims import compiled
 from balancedness.sims.directions import lookup
 from balancedness.sims.grid import check_batch, noise_levels, seed_list, values
 from balancedness.sims.optimizers import Optimizer, make_optimizer
-from balancedness.sims.problems import NOISE_BLOCK, NoiseStream, Problem
+from balancedness.sims.problems import NOISE_BLOCK, NoiseStream, Problem, perturbation_block
 from balancedness.sims.recording import Recorder, record_times
 from balancedness.sims.results import SimResult
 from balancedness.validation import choice, integer, number
@@ -67,6 +67,7 @@ def simulate(
     schedule: str = "constant",
     progress: bool = False,
     backend: str = "auto",
+    **flatness,
 ) -> SimResult:
     """Run the discrete stochastic optimizer on every (α, seed) pair at once.
 
@@ -81,15 +82,23 @@ def simulate(
         record_every: record every k steps (step 0 and T always).
         batch: noise draws per step b (the paper's is unknown; 1 by default, spec §8.1).
         progress: show a progress bar.
-        backend: ``auto`` (the compiled kernel of ``sims.compiled`` for a built-in optimizer when numba is
-            installed, else numpy), ``numpy`` (the registered direction function every step) or ``numba``
+        backend: ``auto`` (the compiled kernel of ``sims.compiled`` for a built-in optimizer of the paper when
+            numba is installed, else numpy), ``numpy`` (the registered direction function every step) or ``numba``
             (the kernel, an error where it cannot run). Both give the same records (``tests/test_compiled.py``).
+            The flatness methods (flat-lora, bi-lora, asam) always step with numpy.
+        flatness: the flatness methods' hyper-parameters (``sigma``, ``noise_schedule``, ``eta_a``, ``kappa``,
+            ``rank2``, ``aux_init``; see :class:`Optimizer`), for an optimizer given by name.
+
+    Random perturbations (Flat-LoRA's ξ) are drawn per trajectory seed and step (``problems.perturbation_block``),
+    so a run is reproducible bit for bit and trajectories of one seed (other α or ρ) share them, as they share the
+    minibatch. An optimizer with auxiliary state (Bi-LoRA) starts it from the trajectory's seed and records its
+    summary at every record in ``settings["auxiliary"]`` (name → (n, R) list).
 
     An interrupt (Ctrl-C) returns the records made so far, with ``settings["interrupted"]``.
     """
     rhos = values("rho", rho)
     opt = optimizer if isinstance(optimizer, Optimizer) else make_optimizer(
-        optimizer, rho=rhos[0], m=m, mu=mu, schedule=schedule)
+        optimizer, rho=rhos[0], m=m, mu=mu, schedule=schedule, **flatness)
     if len(rhos) > 1 and "rho" not in lookup(opt.name).uses:
         raise ValueError(f"several rho values {rhos} only apply to optimizers that use rho, not {opt.name!r}")
     validate_run(steps, lr, record_every, batch, opt)
@@ -114,7 +123,7 @@ def simulate(
         "batch": batch, "alpha": alphas, "seeds": seed_ids, "rho_grid": rhos if len(rhos) > 1 else None,
         "x0": problem.x0.tolist(), "y0": problem.y0.tolist(),
     }
-    stepper = _stepper(backend, opt, problem, lr, steps, traj_rho, n)
+    stepper = _stepper(backend, opt, problem, lr, steps, traj_rho, n, traj_seed)
     settings["backend"] = stepper.backend
     bar = _progress(steps, progress, f"{opt.name} on {problem.name}")
     started = time.perf_counter()
@@ -135,6 +144,8 @@ def simulate(
             bar.close()
     settings["seconds"] = time.perf_counter() - started
     settings["diverged"] = rec.diverged()
+    if getattr(stepper, "aux_records", None):
+        settings["auxiliary"] = {k: np.stack(v, axis=1).tolist() for k, v in stepper.aux_records.items()}
     return rec.result(t_rec, traj_alpha, traj_seed, settings, traj_rho)
 
 
@@ -148,17 +159,36 @@ def segments(steps: int) -> Iterator[tuple[int, int]]:
 
 
 class NumpyStepper:
-    """Steps with the registered direction function, one numpy call of ``Optimizer.field`` per step."""
+    """Steps with the registered direction function, one numpy call of ``Optimizer.field`` per step; it draws the
+    perturbations of a field that has them and advances the auxiliary state of one that keeps it."""
 
     backend = "numpy"
 
-    def __init__(self, opt: Optimizer, problem: Problem, lr: float, steps: int, rho: Optional[np.ndarray]):
+    def __init__(self, opt: Optimizer, problem: Problem, lr: float, steps: int, rho: Optional[np.ndarray],
+                 seeds: Optional[np.ndarray] = None):
         self.opt, self.problem, self.lr, self.steps, self.rho = opt, problem, lr, steps, rho
         self.block: Optional[np.ndarray] = None
+        entry = lookup(opt.name)
+        self.draws, self.carry = entry.draws, entry.carry
+        self.seeds = np.zeros(0, dtype=int) if seeds is None else np.asarray(seeds)
+        unique = sorted(set(self.seeds.tolist()))
+        self.unique, self.seed_idx = unique, np.array([unique.index(s) for s in self.seeds.tolist()], dtype=int)
+        self.xi_block: Optional[np.ndarray] = None
+        self.aux = None if self.carry is None else self.carry.init(problem, self.seeds, opt.settings())
+        self.aux_records: dict = {}
 
     def targets(self, block: np.ndarray) -> None:
         """The chunk targets of the next NOISE_BLOCK steps, (K, m, n, *noise_shape)."""
         self.block = block
+
+    def _xi(self, t: int) -> Optional[np.ndarray]:
+        """The perturbation draws of step t, (n, *shape), from the block of its seeds (drawn once per block)."""
+        if self.draws is None:
+            return None
+        if t % NOISE_BLOCK == 0 or self.xi_block is None:
+            block = perturbation_block(self.unique, t // NOISE_BLOCK, self.draws(self.problem))  # (S, K, *shape)
+            self.xi_block = np.moveaxis(block[self.seed_idx], 1, 0)  # (K, n, *shape)
+        return self.xi_block[t % NOISE_BLOCK]
 
     def run(self, X: np.ndarray, Y: np.ndarray, t0: int, count: int, records: Sequence[int], rec: Recorder) -> None:
         """Steps t₀ … t₀ + count − 1 in place (count = 0: only the field at t₀); at the steps ``records`` the
@@ -166,13 +196,24 @@ class NumpyStepper:
         records = set(records)
         for t in range(t0, t0 + max(count, 1)):
             C = None if self.block is None else self.block[t % NOISE_BLOCK]
-            dX, dY, gX, gY = self.opt.field(self.problem, X, Y, C, t / self.steps, self.rho)
+            rho = self.rho if self.rho is not None else self.opt.rho
+            if self.carry is None:
+                dX, dY, gX, gY = self.opt.field(self.problem, X, Y, C, t / self.steps, self.rho, self._xi(t))
+            else:
+                (dX, dY, gX, gY), d_aux = self.opt.field_with_aux(self.problem, X, Y, C, t / self.steps, self.rho,
+                                                                  self._xi(t), self.aux)
             if t in records:
                 rec.add(X, Y, gX, gY)
+                if self.carry is not None:
+                    for k, v in self.carry.summary(self.problem, self.aux).items():
+                        self.aux_records.setdefault(k, []).append(v)
             if count == 0:
                 return
             X += self.lr * dX
             Y += self.lr * dY
+            if self.carry is not None:
+                stepped = tuple(a + self.lr * d for a, d in zip(self.aux, d_aux))
+                self.aux = self.carry.project(self.problem, stepped, rho)
 
 
 class CompiledStepper:
@@ -202,24 +243,25 @@ class CompiledStepper:
             note()
         k0 = t0 % NOISE_BLOCK if self.stride else 0
         kept = self.kernel.run(X, Y, self.C, self.stride, k0, count, self.mus(t0, count), [t - t0 for t in records])
-        for point in zip(*kept):  # one record at a time, each array its own (aligned) copy, as numpy's steps
-            rec.add(*(a.copy() for a in point))  # pass them: einsum's summation order depends on both
+        rec.add_many(*kept)  # the records of the stretch at once (the same numbers as one rec.add per record)
 
 
 BACKENDS = ("auto", "numpy", "numba")
 
 
 def _stepper(backend: str, opt: Optimizer, problem: Problem, lr: float, steps: int,
-             rho: Optional[np.ndarray], n: int):
-    """The compiled stepper where it applies (``auto``: numba installed and a built-in field), else numpy."""
+             rho: Optional[np.ndarray], n: int, seeds: Optional[np.ndarray] = None):
+    """The compiled stepper where it applies (``auto``: numba installed and the field a built-in of the paper's
+    six, ``compiled.OPCODES``), else numpy (every other field: a user's, a variant, a mutant, a flatness method)."""
     choice("backend", backend, BACKENDS)
     op, notes = compiled.kernel_for(opt.name) if backend != "numpy" and compiled.available() else (None, [])
     if op is None and backend == "numba":
         why = ("numba is not installed (pip install 'balancedness[fast]') or $BALANCEDNESS_BACKEND=numpy"
-               if not compiled.available() else f"the field of {opt.name!r} is not a built-in direction function")
+               if not compiled.available() else f"the field of {opt.name!r} is not a built-in direction function "
+               f"it compiles ({', '.join(f.__name__ for f in compiled.OPCODES)})")
         raise ValueError(f"backend 'numba' cannot run: {why}; use backend 'auto' or 'numpy'")
     if op is None:
-        return NumpyStepper(opt, problem, lr, steps, rho)
+        return NumpyStepper(opt, problem, lr, steps, rho, seeds)
     return CompiledStepper(op, opt, problem, lr, steps, rho, n, notes)
 
 

@@ -4,6 +4,13 @@ The field d is the same ``Optimizer.direction`` the discrete simulator steps wit
 deterministic loss: α = 0, or one noise sample drawn from ``seed`` and then frozen (the paper's
 "limiting flow" freezes the minibatch function f_t, spec §8.9).
 
+The flatness methods (spec/flatness-methods.md). A field with random perturbations (Flat-LoRA) is solved as
+the flow of its **expected** direction E_ξ d(z) (the field called with ``xi=None``): on the quadratic toys
+that is exactly the SGD flow, since the gradient is affine in the W-space draw and E[E] = 0 ([FM] §2.3). A
+field with auxiliary state (Bi-LoRA) is solved on the point *and* its state: the state starts from the
+trajectory's seed as in the discrete run (``Carry.init``) and moves with the field's d_aux plus the flow form of
+the projection (``Carry.flow``: Bi-LoRA's clip as −λ(X₂, Y₂) while ‖X₂Y₂ᵀ‖ = ρ).
+
 Discontinuous fields. SAM and SNGD on OP carry sgn f′ (eq. (7)), nBAR switches where
 ‖g_{X_l}‖ = ‖g_{Y_l}‖ and oBAR where ‖X_l‖ = ‖Y_l‖. Where trajectories *cross* such a surface,
 the adaptive solver shortens its step and crosses it; crossings are located with events and
@@ -30,6 +37,9 @@ from typing import Sequence
 import numpy as np
 from scipy.integrate import DOP853, RK23, RK45, Radau, LSODA, BDF
 
+from typing import Optional
+
+from balancedness.sims.directions import lookup
 from balancedness.sims.grid import check_batch, noise_levels, seed_list
 from balancedness.sims.optimizers import Optimizer, make_optimizer
 from balancedness.sims.problems import Problem
@@ -51,19 +61,50 @@ class _Field:
         self.nx = problem.x0.size
         self.shape_x, self.shape_y = (1,) + problem.x0.shape, (1,) + problem.y0.shape
         self.nfev = 0
+        self.targets = None if self.noise is None else np.stack(
+            [problem.effective_target(self.alpha, c) for c in self.noise])
+        self.carry = lookup(opt.name).carry
+        self.aux_shapes: list = []
+
+    def start(self, seed: int) -> np.ndarray:
+        """The initial vector: the problem's point, and the auxiliary state of ``seed`` where the field keeps one."""
+        parts = [self.problem.x0.ravel(), self.problem.y0.ravel()]
+        if self.carry is not None:
+            aux = self.carry.init(self.problem, np.array([seed]), self.opt.settings())
+            self.aux_shapes = [a.shape for a in aux]
+            parts += [a.ravel() for a in aux]
+        return np.concatenate(parts)
 
     def unpack(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return v[: self.nx].reshape(self.shape_x), v[self.nx:].reshape(self.shape_y)
+        ny = int(np.prod(self.shape_y))
+        return v[: self.nx].reshape(self.shape_x), v[self.nx: self.nx + ny].reshape(self.shape_y)
+
+    def unpack_aux(self, v: np.ndarray) -> Optional[tuple]:
+        if not self.aux_shapes:
+            return None
+        out, k = [], self.nx + int(np.prod(self.shape_y))
+        for shape in self.aux_shapes:
+            size = int(np.prod(shape))
+            out.append(v[k: k + size].reshape(shape))
+            k += size
+        return tuple(out)
+
+    def _field(self, v: np.ndarray, progress: float):
+        X, Y = self.unpack(v)
+        aux = self.unpack_aux(v)
+        (dX, dY, gX, gY), d_aux = self.opt.field_with_aux(self.problem, X, Y, self.targets, progress, aux=aux)
+        return X, Y, aux, (dX, dY, gX, gY), d_aux
 
     def __call__(self, t: float, v: np.ndarray) -> np.ndarray:
         self.nfev += 1
-        X, Y = self.unpack(v)
-        dX, dY, _, _ = self.opt.direction(self.problem, X, Y, self.alpha, self.noise, t / self.t_end)
-        return np.concatenate([dX.ravel(), dY.ravel()])
+        _, _, aux, (dX, dY, _, _), d_aux = self._field(v, t / self.t_end)
+        parts = [dX.ravel(), dY.ravel()]
+        if aux is not None:
+            parts += [d.ravel() for d in self.carry.flow(self.problem, aux, d_aux, self.opt.rho)]
+        return np.concatenate(parts)
 
     def grads(self, v: np.ndarray):
-        X, Y = self.unpack(v)
-        _, _, gX, gY = self.opt.direction(self.problem, X, Y, self.alpha, self.noise, 0.0)
+        X, Y, _, (_, _, gX, gY), _ = self._field(v, 0.0)
         return X, Y, gX, gY
 
     def switching(self, v: np.ndarray) -> np.ndarray | None:
@@ -156,6 +197,7 @@ def solve_flow(
     stall_step: float | None = None,
     patience: int = 200,
     sliding_step: float | None = None,
+    **flatness,
 ) -> SimResult:
     """Solve the limiting flow ż = d(z) for each (α, seed): a deterministic loss per trajectory.
 
@@ -172,9 +214,13 @@ def solve_flow(
 
     A trajectory that reaches a point where the field vanishes identically stops there (module docstring:
     ``status`` ``"stopped"``, ``stopped_at``; the records after it are that point).
+
+    ``flatness``: the flatness methods' hyper-parameters (as for ``simulate``). A field with random perturbations
+    is solved as the flow of its expected direction, one with auxiliary state on the point and the state
+    (module docstring); the state's summary at each record goes to ``settings["auxiliary"]``.
     """
     opt = optimizer if isinstance(optimizer, Optimizer) else make_optimizer(
-        optimizer, rho=rho, m=m, mu=mu, schedule=schedule)
+        optimizer, rho=rho, m=m, mu=mu, schedule=schedule, **flatness)
     t_end = number("t_end", t_end, strict=True)
     choice("method", method, METHODS)
     check_batch(batch, opt.m)
@@ -192,11 +238,11 @@ def solve_flow(
     rec = Recorder(problem, len(traj), len(t_rec))
     infos = []
     started = time.perf_counter()
-    v0 = np.concatenate([problem.x0.ravel(), problem.y0.ravel()])
     all_rows = []
     for a, s in traj:
         noise = problem.noise_sequence(s, 1, batch)[0] if (a > 0 and problem.noisy) else None
         fun = _Field(problem, opt, a, noise, t_end)
+        v0 = fun.start(s)
         with np.errstate(all="ignore"):
             rows, info = _integrate_one(fun, v0, t_rec, method=method, rtol=rtol, atol=atol, max_step=max_step,
                                         stall_step=stall_step, patience=patience, sliding_step=sliding_step)
@@ -205,6 +251,12 @@ def solve_flow(
     for k in range(len(t_rec)):
         Xs, Ys, gXs, gYs = zip(*(fun.grads(rows[k]) for fun, rows in all_rows))
         rec.add(np.concatenate(Xs), np.concatenate(Ys), np.concatenate(gXs), np.concatenate(gYs))
+    auxiliary: dict = {}
+    for fun, rows in all_rows:
+        if fun.carry is not None:
+            per = [fun.carry.summary(problem, fun.unpack_aux(row)) for row in rows]
+            for k in per[0]:
+                auxiliary.setdefault(k, []).append([np.asarray(p[k][0]).tolist() for p in per])
     statuses = {i["status"] for i in infos}
     settings = {
         "kind": "flow", "problem": problem.name, "problem_kind": problem.kind, "layers": problem.layers,
@@ -215,4 +267,6 @@ def solve_flow(
         "x0": problem.x0.tolist(), "y0": problem.y0.tolist(),
         "seconds": time.perf_counter() - started,
     }
+    if auxiliary:
+        settings["auxiliary"] = auxiliary
     return rec.result(t_rec, [a for a, _ in traj], [s for _, s in traj], settings)

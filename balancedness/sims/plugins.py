@@ -87,8 +87,11 @@ def _instances() -> list[tuple[str, Problem]]:
 
 def check_contract(name: str, field: DirectionFn, n: int = 2) -> None:
     """Call ``field`` in place of optimizer ``name`` on small instances of every toy; ContractError if it
-    raises, returns the wrong thing, returns non-finite values, or writes into X or Y."""
-    uses = lookup(name).uses
+    raises, returns the wrong thing, returns non-finite values, or writes into X or Y. For an optimizer with
+    perturbation draws the calls pass ``hp.xi`` (and once None, the expected direction); for one with auxiliary
+    state they pass ``hp.aux`` and the field must return five values, the fifth shaped like the state."""
+    entry = lookup(name)
+    uses = entry.uses
     m = 2 if "m" in uses else 1
     rng = np.random.default_rng(0)
     radii = [0.1] + ([np.linspace(0.1, 0.05, n)] if "rho" in uses else [])  # a float, or one radius per trajectory
@@ -96,19 +99,31 @@ def check_contract(name: str, field: DirectionFn, n: int = 2) -> None:
         X = np.broadcast_to(p.x0, (n,) + p.x0.shape) + 0.05 * rng.standard_normal((n,) + p.x0.shape)
         Y = np.broadcast_to(p.y0, (n,) + p.y0.shape) + 0.05 * rng.standard_normal((n,) + p.y0.shape)
         noisy = p.target + rng.standard_normal((m, n) + p.noise_shape)
-        for targets, rho in itertools.product((noisy, None), radii):
-            hp = HyperParams(rho, m, 0.5, 0.25)
+        xis = [None] if entry.draws is None else [rng.standard_normal((n,) + entry.draws(p)), None]
+        aux = None if entry.carry is None else entry.carry.init(p, np.arange(n), _CONTRACT_SETTINGS)
+        aux = None if aux is None else (aux[0], aux[1] + 0.05 * rng.standard_normal(aux[1].shape))
+        for targets, rho, xi in itertools.product((noisy, None), radii, xis):
+            hp = HyperParams(rho, m, 0.5, 0.25, 0.1, 0.01, 1.0, xi, aux)
             where = (f"{name} replacement on the {what} ({'noisy minibatch' if targets is not None else 'noise-free'}"
-                     f"{f', one radius per trajectory (rho of shape ({n},))' if np.ndim(rho) else ''})")
+                     f"{f', one radius per trajectory (rho of shape ({n},))' if np.ndim(rho) else ''}"
+                     f"{', expected over the perturbation (xi None)' if entry.draws is not None and xi is None else ''})")
             X0, Y0 = X.copy(), Y.copy()
             try:
                 out = field(p, X, Y, targets, hp)
             except Exception as e:
                 raise ContractError(f"{where} raised {type(e).__name__}: {e}") from e
-            if not isinstance(out, (tuple, list)) or len(out) != 4:
+            want = 4 if entry.carry is None else 5
+            if not isinstance(out, (tuple, list)) or len(out) != want:
                 raise ContractError(f"{where} returned {type(out).__name__}"
                                     f"{f' of length {len(out)}' if isinstance(out, (tuple, list)) else ''}; "
-                                    "expected the tuple (d_X, d_Y, g_X, g_Y)")
+                                    "expected the tuple (d_X, d_Y, g_X, g_Y" + (", d_aux)" if want == 5 else ")"))
+            if want == 5:
+                d_aux = out[4]
+                if not isinstance(d_aux, (tuple, list)) or [np.shape(d) for d in d_aux] != [a.shape for a in aux]:
+                    raise ContractError(f"{where} returned d_aux {type(d_aux).__name__}; expected arrays shaped like "
+                                        f"the auxiliary state {[a.shape for a in aux]}")
+                if not all(np.all(np.isfinite(d)) for d in d_aux):
+                    raise ContractError(f"{where} returned non-finite values in d_aux")
             for label, arr, like in zip(("d_X", "d_Y", "g_X", "g_Y"), out, (X, Y, X, Y)):
                 shape = np.shape(arr)
                 if shape != like.shape:
@@ -117,6 +132,10 @@ def check_contract(name: str, field: DirectionFn, n: int = 2) -> None:
                     raise ContractError(f"{where} returned non-finite values in {label}")
             if not (np.array_equal(X, X0) and np.array_equal(Y, Y0)):
                 raise ContractError(f"{where} changed X or Y in place; the point is read only")
+
+
+#: The auxiliary settings the contract check starts a state with (Bi-LoRA's defaults).
+_CONTRACT_SETTINGS = {"rank2": 1, "aux_init": 0.01}
 
 
 def load_replacement(text: str) -> tuple[str, DirectionFn, str]:

@@ -174,6 +174,25 @@ class NoiseStream:
         return out
 
 
+#: Salt of the perturbation draws (Flat-LoRA's ξ), so they never coincide with a minibatch stream.
+PERTURBATION_SALT = 0xF1A7
+
+
+def perturbation_block(seeds, block: int, shape: tuple) -> np.ndarray:
+    """Standard normal perturbation draws ξ of the steps block·K … block·K + K − 1 (K = NOISE_BLOCK), one
+    independent stream per (seed, block): shape (len(seeds), K, *shape). Step t's draw depends only on the seed
+    and t (row t mod K of block t // K): the same seed gives the same draws bit for bit, another seed or step
+    other draws, whichever trajectories share the run."""
+    return np.stack([np.random.default_rng([PERTURBATION_SALT, int(s), int(block)]).standard_normal(
+        (NOISE_BLOCK,) + tuple(shape)) for s in seeds])
+
+
+def perturbation_sequence(seed: int, steps: int, shape: tuple) -> np.ndarray:
+    """The perturbation draws the simulator uses for ``seed`` at steps 0 … steps − 1: shape (steps, *shape)."""
+    blocks = [perturbation_block([seed], b, shape)[0] for b in range(-(-steps // NOISE_BLOCK))]
+    return np.concatenate(blocks)[:steps]
+
+
 # -- factories --------------------------------------------------------------------------------
 def _as_init(v: np.ndarray | list | None, shape: tuple[int, ...], name: str) -> np.ndarray | None:
     if v is None:

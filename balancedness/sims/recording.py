@@ -41,6 +41,21 @@ class Recorder:
         self.loss[:, i] = self.problem.excess_loss(X, Y)
         self.count += 1
 
+    def add_many(self, Xs: np.ndarray, Ys: np.ndarray, gXs: np.ndarray, gYs: np.ndarray) -> None:
+        """Record R points at once, each array shaped (R, n, …): the same numbers as R calls of :meth:`add` (the
+        metrics of the R·n points computed together, each point's sums over its own contiguous entries)."""
+        R, n = Xs.shape[:2]
+        if R == 0:
+            return
+        flat = [np.ascontiguousarray(a).reshape((R * n,) + a.shape[2:]) for a in (Xs, Ys, gXs, gYs)]
+        i = self.count
+        self.x[:, i:i + R] = np.swapaxes(Xs, 0, 1)
+        self.y[:, i:i + R] = np.swapaxes(Ys, 0, 1)
+        self.bl[:, i:i + R] = np.swapaxes(balancedness_layers(flat[0], flat[1]).reshape(R, n, -1), 0, 1)
+        self.gap[:, i:i + R] = grad_gap(flat[2], flat[3]).reshape(R, n).T
+        self.loss[:, i:i + R] = self.problem.excess_loss(flat[0], flat[1]).reshape(R, n).T
+        self.count += R
+
     def diverged(self) -> int:
         """How many trajectories recorded a non-finite B at some point."""
         return int(np.sum(~np.all(np.isfinite(self.bl[:, : self.count]), axis=(1, 2))))

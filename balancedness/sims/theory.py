@@ -24,15 +24,18 @@ def field_rate_layers(X: np.ndarray, Y: np.ndarray, dX: np.ndarray, dY: np.ndarr
     return np.einsum("nlij,nlij->nl", X, dX) - np.einsum("nlij,nlij->nl", Y, dY)
 
 
-def dB_dt_layers(problem: Problem, opt: Optimizer, X, Y, alpha, chunk_means=None, progress: float = 0.0) -> np.ndarray:
-    """Exact dB_l/dt = ⟨X_l, Ẋ_l⟩ − ⟨Y_l, Ẏ_l⟩ along the flow of ``opt``, shape (n, L)."""
-    dX, dY, _, _ = opt.direction(problem, X, Y, np.atleast_1d(alpha), chunk_means, progress)
+def dB_dt_layers(problem: Problem, opt: Optimizer, X, Y, alpha, chunk_means=None, progress: float = 0.0,
+                 xi=None, aux=None) -> np.ndarray:
+    """Exact dB_l/dt = ⟨X_l, Ẋ_l⟩ − ⟨Y_l, Ẏ_l⟩ along the flow of ``opt``, shape (n, L) (``xi``: perturbation draws,
+    None for the expected field; ``aux``: the auxiliary state, None for none)."""
+    dX, dY, _, _ = opt.direction(problem, X, Y, np.atleast_1d(alpha), chunk_means, progress, xi=xi, aux=aux)
     return field_rate_layers(X, Y, dX, dY)
 
 
-def dB_dt(problem: Problem, opt: Optimizer, X, Y, alpha, chunk_means=None, progress: float = 0.0) -> np.ndarray:
+def dB_dt(problem: Problem, opt: Optimizer, X, Y, alpha, chunk_means=None, progress: float = 0.0, xi=None,
+          aux=None) -> np.ndarray:
     """Exact dB/dt = Σ_l ⟨X_l, Ẋ_l⟩ − ⟨Y_l, Ẏ_l⟩ along the flow of ``opt``, shape (n,)."""
-    return dB_dt_layers(problem, opt, X, Y, alpha, chunk_means, progress).sum(axis=1)
+    return dB_dt_layers(problem, opt, X, Y, alpha, chunk_means, progress, xi, aux).sum(axis=1)
 
 
 # -- SAM: the exact rate identities (16a), (27a), (33), (41) -----------------------------------
@@ -298,3 +301,49 @@ def sgd_expected_drift_nop(problem: Problem, X: np.ndarray, Y: np.ndarray, alpha
     (η²/2)(‖G₀y‖² − ‖G₀ᵀx‖²) + 2η²k²α²(tr(D²)‖y‖² − d2·xᵀD²x)/b for one layer of rank 1."""
     ex, ey = nop_expected_grad_sq_norms(problem, X, Y, alpha, batch)
     return 0.5 * lr**2 * (ex - ey)
+
+
+# -- the flatness methods (spec/flatness-methods.md, [FM]) ----------------------------------------
+def wspace_step_change(MY: np.ndarray, MtX: np.ndarray, lr) -> np.ndarray:
+    """[FM] §1 Lemma (b): one step x⁺ = x − ηMy, y⁺ = y − ηMᵀx with one matrix M for both factors changes B by
+    exactly (η²/2)(‖My‖² − ‖Mᵀx‖²), whatever M is (a perturbed point, noise, auxiliary state); shape (n,). SGD's
+    (``sgd_discrete_drift``) is the case M = ∇f."""
+    return sgd_discrete_drift(MY, MtX, lr)
+
+
+def wspace_flow_rate_matrix(X: np.ndarray, Y: np.ndarray, M: np.ndarray) -> np.ndarray:
+    """[FM] §1 Lemma (a), rank r: d(X_lᵀX_l − Y_lᵀY_l)/dt under Ẋ_l = −M Y_l, Ẏ_l = −Mᵀ X_l, the (n, L, r, r) matrix
+    −(MY)ᵀX − XᵀMY + (MᵀX)ᵀY + YᵀMᵀX (which the Lemma says is 0)."""
+    MY, MtX = np.einsum("nij,nljr->nlir", M, Y), np.einsum("nij,nlir->nljr", M, X)
+    dXX = -np.einsum("nliq,nlir->nlqr", MY, X) - np.einsum("nliq,nlir->nlqr", X, MY)
+    dYY = -np.einsum("nljq,nljr->nlqr", MtX, Y) - np.einsum("nljq,nljr->nlqr", Y, MtX)
+    return dXX - dYY
+
+
+def factor_noise_expected_rate_nop(X: np.ndarray, Y: np.ndarray, tau: float, k: float = 1.0) -> np.ndarray:
+    """[FM] §1 corollary: with factor noise x̃ = x + τξ_x, ỹ = y + τξ_y (Bi-LoRA's RWP_LoRA baseline) and the chain
+    rule at the noisy factors, d = −(G̃ỹ, G̃ᵀx̃) with G̃ = 2k(x̃ỹᵀ − C), E[dB/dt] = 2kτ²(d1‖y‖² − d2‖x‖²) (one layer,
+    rank 1; = −4kdτ²B for d1 = d2 = d): it balances. Shape (n,)."""
+    d1, d2 = X.shape[-2], Y.shape[-2]
+    return 2 * k * tau**2 * (d1 * np.einsum("nlir,nlir->n", Y, Y) - d2 * np.einsum("nlir,nlir->n", X, X))
+
+
+def flat_lora_expected_drift_nop(X: np.ndarray, Y: np.ndarray, sigma_t: float, lr: float, k: float = 1.0) -> np.ndarray:
+    """[FM] §2.4 (``flat-eta2-drift-cols``): the expected extra ΔB per step of Flat-LoRA over SGD on the same
+    minibatch, one layer of rank 1: 2k²η²σ_t²‖x‖²(‖y‖₄⁴ − ‖x‖²‖y‖²/d1) (from E‖Ey‖² − E‖Eᵀx‖² with E_ij =
+    σ_t|y_j|‖x‖/√d1·ξ_ij; the cross terms with G vanish in expectation). Shape (n,)."""
+    x2 = np.einsum("nlir,nlir->n", X, X)
+    y2 = np.einsum("nlir,nlir->n", Y, Y)
+    y4 = np.sum(Y**4, axis=(1, 2, 3))
+    return 2 * k**2 * lr**2 * sigma_t**2 * x2 * (y4 - x2 * y2 / X.shape[-2])
+
+
+def asam_op_rate(X: np.ndarray, Y: np.ndarray, fprime: np.ndarray, fprime_tilde: np.ndarray, rho: float,
+                 eta_a: float) -> np.ndarray:
+    """[FM] §4.4, OP, exact: dB/dt = ρu_a f̃′[2η_a Σ_i |x_i y_i|(|y_i| − |x_i|) − 2η_a² B] with
+    u_a = sgn f′/√(‖T_x⊙y‖² + ‖T_y⊙x‖²), T = |·| + η_a (sums over all entries of all layers); 0 at η_a = 0."""
+    TX, TY = np.abs(X) + eta_a, np.abs(Y) + eta_a
+    u = np.sign(fprime) / np.sqrt(np.sum((TX * Y) ** 2 + (TY * X) ** 2, axis=(1, 2, 3)))
+    cross = np.sum(np.abs(X * Y) * (np.abs(Y) - np.abs(X)), axis=(1, 2, 3))
+    B = 0.5 * np.sum(X**2 - Y**2, axis=(1, 2, 3))
+    return rho * u * fprime_tilde * (2 * eta_a * cross - 2 * eta_a**2 * B)
