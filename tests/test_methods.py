@@ -84,7 +84,7 @@ def test_every_direction_of_the_table_is_a_registered_numpy_direction():
     from balancedness.sims.directions import DIRECTIONS
 
     missing = {row.direction for row in METHODS.values() if row.direction and row.direction not in DIRECTIONS}
-    assert missing <= {"asam"}, missing  # asam's numpy direction arrives with the i21-numpy branch
+    assert not missing, missing
 
 
 def test_derived_names_keep_their_values():
