@@ -11,7 +11,7 @@ other settings. Every task's data is loaded (and every fingerprint computed) bef
 The cells are worked through by an Optuna study (``study.py``: grid sampler, a journal file in ``out`` by
 default, ``workers`` local processes, or any number of machines on one ``storage``). For each task ×
 method × seed the configuration with the best **dev** metric is selected (``select.py``) and its **test**
-metric reported. ``table.md`` / ``table.csv`` / ``selected.csv`` / ``paired.csv`` / ``paired.png``
+metric reported (``select.select_runs``, a step of its own after the runs). ``table.md`` / ``table.csv`` / ``selected.csv`` / ``paired.csv`` / ``paired.png``
 (``report.py``) state the settings, the search space, the selected hyper-parameters and runs, mean ± std
 over seeds, and each method's difference to LoRA on the same seeds (mean, bootstrap 95% interval,
 wins/ties/losses, sign test).
@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from balancedness.finetune.run import FinetuneConfig, check_config, fit_batch, prepare, run_finetune, world_size
+from balancedness.finetune.record import RunFolder, RunRecord
+from balancedness.finetune.run import FinetuneConfig, check_config, prepare, run_finetune
 from balancedness.finetune.search import PRESETS, SearchSpace
+from balancedness.finetune.select import Selected
 from balancedness.io import write_json
 
 __all__ = ["SweepResult", "run_sweep", "run_dir", "plan_cells"]
@@ -35,8 +37,8 @@ __all__ = ["SweepResult", "run_sweep", "run_dir", "plan_cells"]
 class SweepResult:
     """All complete runs, the selected ones, failures, the number of cells skipped as complete, the tables."""
 
-    runs: list[dict[str, Any]] = field(default_factory=list)
-    selected: list[dict[str, Any]] = field(default_factory=list)
+    runs: list[RunRecord] = field(default_factory=list)
+    selected: list[Selected] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)
     skipped: int = 0
     markdown: str = ""
@@ -69,23 +71,21 @@ def _check_grid(base: FinetuneConfig, tasks: Sequence[str], methods: Sequence[st
 def plan_cells(base: FinetuneConfig, tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
                out: str | Path, space: SearchSpace = PRESETS["fixed"]) -> dict[str, FinetuneConfig]:
     """``{fingerprint id: config}`` for every cell, in grid order; loads every task's data (errors early)."""
-    from balancedness.finetune.provenance import fingerprint, fingerprint_id
-
     _check_grid(base, tasks, methods, seeds, space)
     cells: dict[str, FinetuneConfig] = {}
     for task in tasks:
         for seed in seeds:
-            loaded, model_path = prepare(dataclasses.replace(base, task=task, seed=seed))
+            prepared = prepare(dataclasses.replace(base, task=task, seed=seed))
             for method in methods:
                 points = space.points(method)
-                if len(points) > 1 and not loaded.dev:
+                if len(points) > 1 and not prepared.task.dev:
                     raise ValueError(f"task {task!r} has no dev split, so the {len(points)} configurations of "
                                      f"{method} cannot be selected without the test set; use --space fixed")
                 for point in points:
-                    config = fit_batch(dataclasses.replace(base, task=task, method=method, seed=seed, resume=True,
-                                                           progress=False, **point), len(loaded.train))
-                    fid = fingerprint_id(fingerprint(config.result_options(), loaded, model_path, world_size()))
-                    cells[fid] = dataclasses.replace(config, out=str(run_dir(out, task, method, seed, fid)))
+                    cell = prepared.with_config(dataclasses.replace(base, task=task, method=method, seed=seed,
+                                                                    resume=True, progress=False, **point))
+                    fid = cell.fingerprint_id
+                    cells[fid] = dataclasses.replace(cell.config, out=str(run_dir(out, task, method, seed, fid)))
     return cells
 
 
@@ -98,7 +98,7 @@ def run_sweep(base: FinetuneConfig, *, tasks: Sequence[str], methods: Sequence[s
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from balancedness.finetune.report import write_tables
-    from balancedness.finetune.select import score
+    from balancedness.finetune.select import score, select_runs
     from balancedness.finetune.study import open_study, run_cells, start_workers
 
     cells = plan_cells(base, tasks, methods, seeds, out, space)
@@ -112,15 +112,15 @@ def run_sweep(base: FinetuneConfig, *, tasks: Sequence[str], methods: Sequence[s
         with Progress(*columns, disable=not progress) as bar:
             job = bar.add_task("sweep (this worker)", total=len(cells))
 
-            def done(fid: str, metrics: dict[str, Any]) -> None:
-                bar.update(job, advance=1, description=f"{metrics['task']} {metrics['method']} seed {metrics['seed']}")
+            def done(fid: str, record: RunRecord) -> None:
+                bar.update(job, advance=1, description=f"{record.task} {record.method} seed {record.seed}")
 
             run_cells(cells, out, _recording(result), score, storage, on_done=done)
     finally:
         for proc in procs:
             proc.join()
     result.runs, missing = _collect(cells, out)
-    complete = {str(Path(out) / r["run"]) for r in result.runs}
+    complete = {str(Path(out) / r.run) for r in result.runs}  # type: ignore[operator]
     result.failed = [f for f in result.failed if f["out"] not in complete]  # a retry may have finished it
     result.failed += [{"task": c.task, "method": c.method, "seed": c.seed, "out": c.out,
                        "error": "not complete after the sweep (see the run folder)"}
@@ -129,7 +129,8 @@ def run_sweep(base: FinetuneConfig, *, tasks: Sequence[str], methods: Sequence[s
         write_json(Path(out) / "failures.json", result.failed)
     else:  # an earlier sweep's failures must not outlive it
         (Path(out) / "failures.json").unlink(missing_ok=True)
-    result.markdown, result.selected = write_tables(out, result.runs, order, space, tasks, methods)
+    result.selected = select_runs(result.runs, order)
+    result.markdown = write_tables(out, result.selected, space, tasks, methods)
     return result
 
 
@@ -137,16 +138,17 @@ def _recording(result: SweepResult):
     """``run_finetune`` that records failures and skips instead of raising them into Optuna."""
     import traceback
 
-    def run(config: FinetuneConfig) -> dict[str, Any]:
+    def run(config: FinetuneConfig) -> RunRecord:
         try:
-            metrics = run_finetune(config)
+            record = run_finetune(config)
         except Exception as exc:
             result.failed.append({"task": config.task, "method": config.method, "seed": config.seed,
                                   "out": config.out, "error": f"{type(exc).__name__}: {exc}",
                                   "traceback": traceback.format_exc(limit=5)})
             raise
-        result.skipped += bool(metrics.get("skipped"))
-        return metrics
+        assert record is not None  # a sweep's workers are main processes
+        result.skipped += record.skipped
+        return record
 
     return run
 
@@ -156,15 +158,13 @@ def _relative(run: str | Path, out: str | Path) -> str:
     return Path(run).relative_to(out).as_posix()
 
 
-def _collect(cells: dict[str, FinetuneConfig], out: str | Path) -> tuple[list[dict[str, Any]], list[FinetuneConfig]]:
+def _collect(cells: dict[str, FinetuneConfig], out: str | Path) -> tuple[list[RunRecord], list[FinetuneConfig]]:
     """The complete runs (each with ``run``: its folder relative to ``out``) and the cells not complete."""
-    from balancedness.finetune.runfolder import read_complete
-
     runs, missing = [], []
     for config in cells.values():
-        metrics = read_complete(config.out)  # the one rule: never a failed or unfinished run
-        if metrics is not None:
-            runs.append({**metrics, "run": _relative(config.out, out)})
+        record = RunFolder(config.out).complete_record()  # the one rule: never a failed or unfinished run
+        if record is not None:
+            runs.append(record.replace(run=_relative(config.out, out)))
         else:
             missing.append(config)
     return runs, missing
