@@ -12,13 +12,12 @@ import pytest
 from typer.testing import CliRunner
 
 from balancedness.finetune.record import LOG, RunFolder, RunRecord, is_complete
-from balancedness.io import json_text
 from test_faults import _args, _run
 
 
-def _file_text(record: RunRecord) -> str:
-    """What ``io.write_json`` writes for ``record`` (the writer of metrics.json)."""
-    return json_text(record.to_json(), indent=1)
+def _file_bytes(record: RunRecord, tmp_path: Path) -> bytes:
+    """What ``RunFolder.write`` (the writer of metrics.json) writes for ``record``."""
+    return RunFolder(tmp_path).write(record).read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +59,13 @@ def test_a_finetune_loads_its_task_and_resolves_its_model_once(counted_run):
 
 
 @pytest.mark.slow
-def test_a_complete_record_round_trips_byte_identically(counted_run):
+def test_a_complete_record_round_trips_byte_identically(counted_run, tmp_path):
     out, _ = counted_run
     text = (out / "metrics.json").read_text()
     record = RunRecord.from_json(json.loads(text))
     assert record.status == "complete" and record.method == "sam"
     assert record.value == json.loads(text)["accuracy"] and record.dev == json.loads(text)["dev_accuracy"]
-    assert _file_text(record) == text
+    assert _file_bytes(record, tmp_path) == (out / "metrics.json").read_bytes()
 
 
 @pytest.mark.slow
@@ -99,9 +98,24 @@ def test_the_folder_of_an_interrupted_run_is_not_complete(interrupted):
 
 
 @pytest.mark.slow
-def test_an_interrupted_record_round_trips_byte_identically(interrupted):
-    text = (interrupted / "metrics.json").read_text()
-    assert _file_text(RunRecord.from_json(json.loads(text))) == text
+def test_an_interrupted_record_round_trips_byte_identically(interrupted, tmp_path):
+    data = (interrupted / "metrics.json").read_bytes()
+    assert _file_bytes(RunRecord.from_json(json.loads(data)), tmp_path) == data
+
+
+RECORDS = Path(__file__).with_name("data") / "records"  # metrics.json files written by the commit before RunRecord
+
+
+@pytest.mark.parametrize("name", ["complete", "interrupted", "diverged"])
+def test_records_the_old_writer_wrote_round_trip_byte_identically(name, tmp_path):
+    """Records written by cfc0b58's dict-based writer (a complete m-SAM run with --zero-shot, an nBAR run
+    interrupted at step 2, a diverged one): the typed record writes them back byte for byte."""
+    data = (RECORDS / f"{name}.json").read_bytes()
+    record = RunRecord.from_json(json.loads(data))
+    assert record.status == {"complete": "complete", "interrupted": "interrupted", "diverged": "failed"}[name]
+    assert record.extra == {}  # every key is a typed field
+    assert _file_bytes(record, tmp_path) == data
+    assert is_complete(record) == (name == "complete")
 
 
 def test_the_log_name_is_the_one_the_callback_writes():
