@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from balancedness.finetune.record import LOG, RunFolder, RunRecord, is_complete
-from test_faults import _args, _run
+from test_faults import _args
+from test_run_integrity import interrupted  # noqa: F401 - the fixture: a real run interrupted at step 2 of 6
 
 
 def _file_bytes(record: RunRecord, tmp_path: Path) -> bytes:
@@ -76,15 +77,6 @@ def test_a_complete_folder_is_complete_and_names_its_files(counted_run):
     assert folder.record == RunRecord.from_json(json.loads((out / "metrics.json").read_text()))
     assert folder.log.is_file() and folder.metrics.is_file()
     assert (folder.adapter / "adapter_model.safetensors").is_file()
-
-
-@pytest.fixture(scope="module")
-def interrupted(tmp_path_factory) -> Path:
-    """A real run interrupted (Ctrl-C) at step 2 of 6."""
-    out = tmp_path_factory.mktemp("interrupted") / "run"
-    proc = _run("sigint", 2, _args(out))
-    assert proc.returncode == 130, proc.stderr[-2000:]
-    return out
 
 
 @pytest.mark.slow
