@@ -8,9 +8,9 @@ SAM and AdamW runs of one seed start from the same B_0). B_l = ½(‖A_l‖² �
 2|B_l| = ‖A_l‖² there. The base optimizer is AdamW (our LoRA), not SGD.
 
 ``make_fig3(out_dir, logs=[...])`` plots existing runs (each log's run record beside it, read through
-``finetune.record.RunFolder``, says task and method); it reads logs only. ``balancedness figures fig3`` without ``--log`` first has the finetune
-application produce them (``balancedness.finetune.fig3_runs``). With one task the three panels are three
-layers of that task.
+``finetune.record.RunFolder``, says task and method); it reads logs only. ``balancedness figures fig3``
+without ``--log`` first has the finetune application produce them (``balancedness.finetune.fig3_runs``). With
+one task the three panels are three layers of that task.
 """
 
 from __future__ import annotations

@@ -8,11 +8,11 @@ the torch backend's ``Trainer`` / ``SAMTrainer`` / ``BARTrainer``, evaluates (``
 
 * ``run.json``: the run's fingerprint (``provenance.py``), written before training; what may happen to a
   folder that already holds a run is decided by ``runfolder.plan_run`` (docs/finetune.md "Run folders");
-* ``metrics.json`` (``record.RunRecord``, which ``run_finetune`` returns): task, method, seed, the task metric (key named by ``metric``), majority baseline, timing,
-  steps, ``train_loss``, trainable parameters, the config, ``fingerprint_id``, ``status`` (``complete``,
-  ``interrupted``, or ``failed`` with ``error``: a run whose loss or parameters stop being finite ends at
-  that step, ``diverged_at``, and raises :class:`RunFailedError`; so does one whose outputs cannot be
-  written, a full disk or a read-only folder);
+* ``metrics.json`` (``record.RunRecord``, which ``run_finetune`` returns): task, method, seed, the task metric
+  (key named by ``metric``), majority baseline, timing, steps, ``train_loss``, trainable parameters, the config,
+  ``fingerprint_id``, ``status`` (``complete``, ``interrupted``, or ``failed`` with ``error``: a run whose loss
+  or parameters stop being finite ends at that step, ``diverged_at``, and raises :class:`RunFailedError`; so
+  does one whose outputs cannot be written, a full disk or a read-only folder);
 * ``balancedness.jsonl``: per-layer B_l and the gradient gap every ``log_every`` steps (``BalancednessCallback``);
 * ``adapter/``: the peft adapter (``save_pretrained``), plus ``checkpoints/`` while a run is unfinished (only
   those marked ``COMPLETE`` count, ``checkpoints.py``).
@@ -49,8 +49,9 @@ from balancedness.validation import choice, integer, number
 if TYPE_CHECKING:
     from balancedness.finetune.models import ModelSpec
 
-__all__ = ["METHODS", "TABLE_METHODS", "PRECISIONS", "NOT_COUNTED", "FinetuneConfig", "PreparedRun", "RunRecord", "RunFolderError", "RunFailedError",
-           "check_config", "prepare", "fit_batch", "run_finetune", "read_metrics", "world_size", "micro_batch"]
+__all__ = ["METHODS", "TABLE_METHODS", "PRECISIONS", "NOT_COUNTED", "FinetuneConfig", "PreparedRun", "RunRecord",
+           "RunFolderError", "RunFailedError", "check_config", "prepare", "fit_batch", "run_finetune", "read_metrics",
+           "world_size", "micro_batch"]
 
 METHODS = ("lora", "sam", "msam", "nbar", "obar")
 #: The methods of the paper's Table 1, in its column order: what ``sweep`` and the demo compare by default.
@@ -74,7 +75,7 @@ class FinetuneConfig:
 
     model: str = "minilm"
     task: str | None = None  # None: bbc-news, or "custom" with train_file
-    data_root: str | None = field(default=None, metadata=NOT_COUNTED_FIELD)  # where the data lives: its content counts
+    data_root: str | None = field(default=None, metadata=NOT_COUNTED_FIELD)  # where the data lives (content counts)
     train_file: str | None = field(default=None, metadata=NOT_COUNTED_FIELD)
     eval_file: str | None = field(default=None, metadata=NOT_COUNTED_FIELD)
     text_columns: tuple[str, ...] = ()
@@ -217,9 +218,15 @@ class PreparedRun:
     def with_config(self, config: FinetuneConfig) -> "PreparedRun":
         """This run's task and model under ``config`` (another method or hyper-parameter; the same task, data and
         model options), fitted and fingerprinted without loading anything again."""
-        fitted = fit_batch(config, len(self.task.train))
-        fp = fingerprint(fitted.result_options(), self.task, self.model.path, world_size())
-        return PreparedRun(fitted, self.task, self.model, fp, config.batch_size)
+        return _fitted(config, self.task, self.model)
+
+
+def _fitted(config: FinetuneConfig, task: TaskData, model: ModelSpec) -> PreparedRun:
+    """The :class:`PreparedRun` of ``config`` on the loaded ``task`` and resolved ``model`` (batch fitted,
+    fingerprinted)."""
+    fitted = fit_batch(config, len(task.train))
+    fp = fingerprint(fitted.result_options(), task, model.path, world_size())
+    return PreparedRun(fitted, task, model, fp, config.batch_size)
 
 
 def prepare(config: FinetuneConfig) -> PreparedRun:
@@ -235,8 +242,7 @@ def prepare(config: FinetuneConfig) -> PreparedRun:
     task = load_task(config.task_options())
     model = model_spec(config.model, config.target_modules)
     check_compatible(model.family, task, config.model)
-    placeholder = PreparedRun(config, task, model, {}, config.batch_size)
-    return placeholder.with_config(config)
+    return _fitted(config, task, model)
 
 
 # --------------------------------------------------------------------------------------------- callbacks

@@ -11,10 +11,10 @@ other settings. Every task's data is loaded (and every fingerprint computed) bef
 The cells are worked through by an Optuna study (``study.py``: grid sampler, a journal file in ``out`` by
 default, ``workers`` local processes, or any number of machines on one ``storage``). For each task ×
 method × seed the configuration with the best **dev** metric is selected (``select.py``) and its **test**
-metric reported (``select.select_runs``, a step of its own after the runs). ``table.md`` / ``table.csv`` / ``selected.csv`` / ``paired.csv`` / ``paired.png``
-(``report.py``) state the settings, the search space, the selected hyper-parameters and runs, mean ± std
-over seeds, and each method's difference to LoRA on the same seeds (mean, bootstrap 95% interval,
-wins/ties/losses, sign test).
+metric reported (``select.select_runs``, a step of its own after the runs). ``table.md`` / ``table.csv`` /
+``selected.csv`` / ``paired.csv`` / ``paired.png`` (``report.py``) state the settings, the search space, the
+selected hyper-parameters and runs, mean ± std over seeds, and each method's difference to LoRA on the same
+seeds (mean, bootstrap 95% interval, wins/ties/losses, sign test).
 """
 
 from __future__ import annotations

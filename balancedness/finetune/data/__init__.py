@@ -1,7 +1,8 @@
 """Data layer of ``balancedness finetune``: the task registry and loaders (see docs/data.md).
 
-``load_task(name, ...)`` (or ``load_task(TaskOptions(...))``) returns a :class:`TaskData` (train/eval :class:`Example` lists, label names,
-metric) for a built-in task (``known_tasks()``) or the user's own CSV/TSV/JSONL files.
+``load_task(name, ...)`` (or ``load_task(TaskOptions(...))``) returns a :class:`TaskData` (train/eval
+:class:`Example` lists, label names, metric) for a built-in task (``known_tasks()``) or the user's own
+CSV/TSV/JSONL files.
 """
 
 from .core import DATA_ENV, Example, TaskData, default_data_root, sample_shots
