@@ -24,6 +24,7 @@ import json
 import statistics
 from pathlib import Path
 
+from balancedness.finetune.record import RunFolder, RunRecord
 from balancedness.finetune.report import collect
 from balancedness.finetune.stats import paired
 from balancedness.io import write_text
@@ -31,15 +32,15 @@ from balancedness.io import write_text
 OPTION = {"sam": "rho", "msam": "rho", "nbar": "mu", "obar": "mu"}
 
 
-def final_two_abs_b(root: str | Path, run: dict) -> float | None:
+def final_two_abs_b(root: str | Path, run: RunRecord) -> float | None:
     """Mean over LoRA pairs of 2|B_l| at the last logged step; None when the run logged no step
-    (``--steps`` below ``--log-every``). ``run["run"]`` is its folder relative to the sweep folder ``root``."""
-    return _final_two_abs_b(str(Path(root) / run["run"]))
+    (``--steps`` below ``--log-every``). ``run.run`` is its folder relative to the sweep folder ``root``."""
+    return _final_two_abs_b(str(Path(root) / run.run))
 
 
 @functools.lru_cache(maxsize=None)  # a LoRA run is the partner of every method and option value
 def _final_two_abs_b(out: str) -> float | None:
-    path = Path(out) / "balancedness.jsonl"
+    path = RunFolder(out).log
     lines = [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
     if not lines:
         return None
@@ -49,19 +50,19 @@ def _final_two_abs_b(out: str) -> float | None:
 
 def matched_rows(root: str | Path) -> list[dict]:
     runs = collect(root)
-    key = lambda r: (r["task"], r["seed"], r["config"]["lr"])  # noqa: E731
-    lora = {key(r): r for r in runs if r["method"] == "lora"}
-    tasks = list(dict.fromkeys(r["task"] for r in runs))
+    key = lambda r: (r.task, r.seed, r.config["lr"])  # noqa: E731
+    lora = {key(r): r for r in runs if r.method == "lora"}
+    tasks = list(dict.fromkeys(r.task for r in runs))
     rows = []
-    for method in (m for m in OPTION if any(r["method"] == m for r in runs)):
+    for method in (m for m in OPTION if any(r.method == m for r in runs)):
         option = OPTION[method]
-        for value in sorted({r["config"][option] for r in runs if r["method"] == method}):
+        for value in sorted({r.config[option] for r in runs if r.method == method}):
             for task in [*tasks, "all"]:
-                pairs = [(r, lora[key(r)]) for r in runs if r["method"] == method and r["config"][option] == value
-                         and task in ("all", r["task"]) and key(r) in lora]
+                pairs = [(r, lora[key(r)]) for r in runs if r.method == method and r.config[option] == value
+                         and task in ("all", r.task) and key(r) in lora]
                 if not pairs:
                     continue
-                st = paired([100.0 * (a["accuracy"] - b["accuracy"]) for a, b in pairs])
+                st = paired([100.0 * (a.value - b.value) for a, b in pairs])
                 b = [(x, y) for x, y in ((final_two_abs_b(root, a), final_two_abs_b(root, l)) for a, l in pairs)
                      if x is not None and y is not None]
                 rows.append({"method": method, "option": option, "value": value, "task": task, "stats": st,

@@ -11,7 +11,9 @@ from balancedness.figures.fig3 import load_logs, make_fig3
 
 def _log(folder, task, method, decay):
     folder.mkdir(parents=True)
-    (folder / "metrics.json").write_text(json.dumps({"task": task, "method": method, "seed": 42, "model": "minilm"}))
+    (folder / "metrics.json").write_text(json.dumps({"task": task, "method": method, "model": "minilm", "seed": 42,
+                                                     "metric": "accuracy", "steps": 5, "config": {},
+                                                     "fingerprint_id": "0" * 16, "status": "complete"}))
     lines = []
     for step in range(1, 6):
         bal = {f"base_model.model.bert.encoder.layer.{i}.attention.self.{kind}.default": 0.7 * decay ** step

@@ -9,13 +9,15 @@ import pytest
 from typer.testing import CliRunner
 
 from balancedness.cli import app
+from balancedness.finetune.record import RunRecord
 from balancedness.finetune.report import MixedSettingsError, csv_text, markdown_tables, settings_text, summarize
 from data_fixtures import data_root_or_skip
 
 
 def _record(task, method, seed, acc, sps):
-    return {"task": task, "method": method, "seed": seed, "metric": "accuracy", "accuracy": acc,
-            "seconds_per_step": sps, "majority": 0.5, "status": "complete"}
+    return RunRecord.from_json({"task": task, "method": method, "model": "minilm", "seed": seed, "metric": "accuracy",
+                                "steps": 100, "config": {}, "fingerprint_id": "0" * 16, "accuracy": acc,
+                                "seconds_per_step": sps, "majority": 0.5, "status": "complete"})
 
 
 def test_tables_mean_std_average_and_no_runtime_ratio():
@@ -75,7 +77,7 @@ def test_sweep_tiny_grid_writes_tables_and_resumes(tmp_path, monkeypatch):
 
 def test_tables_refuse_to_mix_settings():
     def run(method, seed, steps, **extra):
-        return {**_record("sst2", method, seed, 0.6, 0.1), "config": {"steps": steps, "lr": 1e-3, **extra}}
+        return _record("sst2", method, seed, 0.6, 0.1).replace(config={"steps": steps, "lr": 1e-3, **extra})
 
     summarize([run("lora", 1, 100), run("sam", 2, 100, rho=0.05)])  # one protocol: fine
     with pytest.raises(MixedSettingsError, match=r"column sst2: steps: 100 .* vs 200"):
@@ -138,24 +140,24 @@ def test_reduced_grid_selects_on_dev_and_pairs_against_lora(tmp_path):
     assert len(selected) == 3 * 2
 
     def grid_index(run):  # the order of the configurations in the search space: lr-major
-        option = second.get(run["method"])
-        return lrs.index(run["config"]["lr"]) * 2 + (option[1].index(run["config"][option[0]]) if option else 0)
+        option = second.get(run.method)
+        return lrs.index(run.config["lr"]) * 2 + (option[1].index(run.config[option[0]]) if option else 0)
 
     import statistics
 
     for method, label in (("lora", "LoRA"), ("sam", "LoRA-SAM"), ("nbar", "LoRA-nBAR")):
         chosen = []
         for seed in (13, 21):  # best dev accuracy, ties to the first configuration of the grid
-            group = [r for r in runs if r["method"] == method and r["seed"] == seed]
-            chosen.append(max(group, key=lambda r: (r["dev_accuracy"], -grid_index(r))))
-        values = [100 * r["accuracy"] for r in chosen]
+            group = [r for r in runs if r.method == method and r.seed == seed]
+            chosen.append(max(group, key=lambda r: (r.dev, -grid_index(r))))
+        values = [100 * r.value for r in chosen]
         cell = f"| {label} | {statistics.fmean(values):.1f}±{statistics.stdev(values):.1f} |"
         assert cell in table, (cell, table)
         listed = {int(row["seed"]): row for row in selected if row["method"] == method}
         for seed, run in zip((13, 21), chosen):  # selected.csv names the same runs, with their options
-            assert listed[seed]["run"] == run["run"]  # relative to the sweep folder
+            assert listed[seed]["run"] == run.run  # relative to the sweep folder
             assert int(listed[seed]["candidates"]) == (2 if method == "lora" else 4)
-            assert json.loads(listed[seed]["options"])["lr"] == run["config"]["lr"]
+            assert json.loads(listed[seed]["options"])["lr"] == run.config["lr"]
 
     # examples/matched_pairs.py: every SAM/nBAR run against the LoRA run of the same seed and learning rate
     import subprocess
@@ -171,9 +173,9 @@ def test_reduced_grid_selects_on_dev_and_pairs_against_lora(tmp_path):
     assert int(matched[("sam", 0.2, "sst2")]["n"]) == 4  # 2 seeds × 2 learning rates
     strong = matched[("nbar", 20.0, "sst2")]  # μ₀ = 20 shrinks |B_l| on every pair, whatever the accuracy does
     assert int(strong["b_lower"]) == int(strong["b_pairs"]) == 4 and float(strong["b_ratio"]) < 1.0
-    lora = {(r["seed"], r["config"]["lr"]): r for r in runs if r["method"] == "lora"}
-    diffs = [100 * (r["accuracy"] - lora[(r["seed"], r["config"]["lr"])]["accuracy"]) for r in runs
-             if r["method"] == "sam" and r["config"]["rho"] == 0.2]
+    lora = {(r.seed, r.config["lr"]): r for r in runs if r.method == "lora"}
+    diffs = [100 * (r.value - lora[(r.seed, r.config["lr"])].value) for r in runs
+             if r.method == "sam" and r.config["rho"] == 0.2]
     assert float(matched[("sam", 0.2, "sst2")]["mean"]) == pytest.approx(statistics.fmean(diffs), abs=1e-4)
 
 

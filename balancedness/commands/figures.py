@@ -53,15 +53,16 @@ def figures(
 def _fig3(out: Path, format: str, logs: Optional[List[Path]], data_root: Optional[Path], quick: bool) -> None:
     """Figure 3 (spec §5): 2|B_l| of an early, a middle and the last query layer, SAM vs AdamW."""
     from balancedness.figures.fig3 import load_logs, make_fig3
+    from balancedness.finetune.record import LOG, RunFolder
     from balancedness.figures.style import check_formats
 
     try:
         ensure_writable_folder(out, "--out")
         formats = check_formats(format.split(","))
         for path in logs or []:
-            log_file = path / "balancedness.jsonl" if path.is_dir() else path
+            log_file = RunFolder(path).log if path.is_dir() else path
             if not log_file.is_file():
-                raise ValueError(f"--log {str(path)!r}: no balancedness.jsonl there")
+                raise ValueError(f"--log {str(path)!r}: no {LOG} there")
         if logs:
             load_logs(logs)  # every log read before any work: one that is not a run's log is named, exit 2
     except ValueError as e:

@@ -124,12 +124,12 @@ def finetune(
         out=str(out), resume=resume, overwrite=overwrite, hparams=hparams)
     try:
         ensure_writable_folder(out, "--out")
-        prepare(config)
+        prepared = prepare(config)
     except (ValueError, FileNotFoundError, OSError) as exc:
         fail_usage(exc)
     try:
         with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-            metrics = run_finetune(config)
+            record = run_finetune(prepared)
     except KeyboardInterrupt:
         typer.echo(f"interrupted: checkpoint and partial metrics in {out}; continue with --resume", err=True)
         raise typer.Exit(130)
@@ -138,19 +138,18 @@ def finetune(
     except RunFailedError as exc:  # diverged, or its files could not be written: status failed, exit 1
         err_console.print(f"[bold red]Run failed:[/] {escape(str(exc))}")
         raise typer.Exit(1)
-    if not metrics:  # a non-zero torchrun rank
+    if record is None:  # a non-zero torchrun rank
         return
-    if metrics.get("skipped"):
-        err_console.print(f"skipped: {out} already holds this run, complete (fingerprint {metrics.get('fingerprint_id')}); "
+    if record.skipped:
+        err_console.print(f"skipped: {out} already holds this run, complete (fingerprint {record.fingerprint_id}); "
                           "--overwrite runs it again", highlight=False)
     if as_json:
-        typer.echo(json_text(metrics, indent=1))  # strict JSON: NaN is null
+        typer.echo(json_text(record.to_json(), indent=1))  # strict JSON: NaN is null
         return
-    name = metrics["metric"]
-    base = f", majority {metrics['majority']:.3f}" if "majority" in metrics else ""
-    step = metrics.get("seconds_per_step")
+    base = f", majority {record.majority:.3f}" if record.majority is not None else ""
+    step = record.seconds_per_step
     timing = f"{step:.3f} s/step" if step is not None else "no step timed"
-    typer.echo(f"{metrics['task']} {metrics['method']} seed {metrics['seed']}: {name} {metrics[name]:.4f}{base}; "
+    typer.echo(f"{record.task} {record.method} seed {record.seed}: {record.metric} {record.value:.4f}{base}; "
                f"{timing}; outputs in {out}")
 
 

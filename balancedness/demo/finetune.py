@@ -64,8 +64,8 @@ def finetune_section(out_dir: str | Path, quick: bool = False) -> str:
     if result.failed:
         lines.append(f"{len(result.failed)} run(s) failed: see `{root / 'failures.json'}`.\n")
     try:
-        logs = [root / r["run"] for m in ("lora", "sam") for r in result.selected
-                if r["method"] == m and r["seed"] == seeds[0]]
+        logs = [root / s.record.run for m in ("lora", "sam") for s in result.selected
+                if s.record.method == m and s.record.seed == seeds[0]]
         paths = make_fig3(root, logs=logs)
         lines += [f"![Figure 3 on MiniLM/{task}: 2|B_l| of query layers 0, 3, 5, SAM vs AdamW]"
                   f"({paths[0].relative_to(Path(out_dir)).as_posix()})", ""]

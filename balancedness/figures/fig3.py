@@ -7,10 +7,10 @@ SAM and AdamW runs of one seed start from the same B_0). B_l = ½(‖A_l‖² �
 (spec §1.2) comes from ``balancedness.jsonl`` (``BalancednessCallback``); at LoRA init B = 0, so
 2|B_l| = ‖A_l‖² there. The base optimizer is AdamW (our LoRA), not SGD.
 
-``make_fig3(out_dir, logs=[...])`` plots existing runs (each log's ``metrics.json`` beside it says task
-and method); it reads logs only. ``balancedness figures fig3`` without ``--log`` first has the finetune
-application produce them (``balancedness.finetune.fig3_runs``). With one task the three panels are three
-layers of that task.
+``make_fig3(out_dir, logs=[...])`` plots existing runs (each log's run record beside it, read through
+``finetune.record.RunFolder``, says task and method); it reads logs only. ``balancedness figures fig3``
+without ``--log`` first has the finetune application produce them (``balancedness.finetune.fig3_runs``). With
+one task the three panels are three layers of that task.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from balancedness.io import read_json_object, write_text
+from balancedness.finetune.record import LOG, RunFolder
+from balancedness.io import write_text
 from balancedness.methods import METHODS, Derived
 
 __all__ = ["make_fig3", "load_logs"]
@@ -38,10 +39,10 @@ def load_logs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     """``[{"task", "method", "seed", "steps": [...], "layers": {index: [2|B_l| per step]}}]`` for query pairs."""
     runs = []
     for path in map(Path, paths):
-        path = path / "balancedness.jsonl" if path.is_dir() else path
+        path = RunFolder(path).log if path.is_dir() else path
         if not path.is_file():
             raise FileNotFoundError(f"balancedness log {str(path)!r} does not exist")
-        meta = _read_meta(path.with_name("metrics.json"))
+        meta = RunFolder(path.parent).record  # the run's record beside its log (None: absent)
         records = _read_records(path)
         layers: dict[int, list[float]] = {}
         for record in records:
@@ -51,16 +52,10 @@ def load_logs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
                     layers.setdefault(int(match.group(1)), []).append(float("nan") if b is None else 2.0 * abs(b))
         if not layers:
             raise ValueError(f"{str(path)!r} has no query-layer LoRA records")
-        runs.append({"task": meta.get("task", path.parent.name), "method": meta.get("method", "?"),
-                     "model": meta.get("model"),
-                     "seed": meta.get("seed"), "steps": [r["step"] for r in records], "layers": layers,
-                     "path": str(path)})
+        runs.append({"task": meta.task if meta else path.parent.name, "method": meta.method if meta else "?",
+                     "model": meta.model if meta else None, "seed": meta.seed if meta else None,
+                     "steps": [r["step"] for r in records], "layers": layers, "path": str(path)})
     return runs
-
-
-def _read_meta(path: Path) -> dict[str, Any]:
-    """The run's ``metrics.json`` beside its log ({} when absent); ValueError naming it when not a JSON object."""
-    return read_json_object(path, "it sits beside the log and must be the run's metrics") or {}
 
 
 def _read_records(path: Path) -> list[dict[str, Any]]:
@@ -81,7 +76,7 @@ def _read_records(path: Path) -> list[dict[str, Any]]:
                 raise ValueError
         except (ValueError, KeyError, TypeError):
             raise ValueError(f"balancedness log {str(path)!r} is not a log of balancedness records: line {number} "
-                             f"is {line[:60]!r}; expected the balancedness.jsonl of a finetune run") from None
+                             f"is {line[:60]!r}; expected the {LOG} of a finetune run") from None
         records.append(record)
     return records
 

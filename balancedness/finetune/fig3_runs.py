@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from balancedness.finetune.record import RunFolder
 from balancedness.finetune.run import FinetuneConfig, run_finetune
 
 __all__ = ["FIG3_TASKS", "fig3_runs"]
@@ -23,9 +24,9 @@ def fig3_runs(out_dir: str | Path, *, quick: bool = False, data_root: str | None
     logs = []
     for task in FIG3_TASKS:
         for method in ("lora", "sam"):
-            run = Path(out_dir) / "fig3_runs" / task / method
+            run = RunFolder(Path(out_dir) / "fig3_runs" / task / method)
             run_finetune(FinetuneConfig(task=task, method=method, data_root=data_root, shots=16, seed=seed,
-                                        steps=steps, log_every=1, max_eval=32, out=str(run), resume=True,
+                                        steps=steps, log_every=1, max_eval=32, out=str(run.path), resume=True,
                                         progress=False))
-            logs.append(run / "balancedness.jsonl")
+            logs.append(run.log)
     return logs

@@ -19,6 +19,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -209,14 +211,49 @@ def _check_targets(model: torch.nn.Module, targets: list[str]) -> None:
                          f"Linear modules available: {linear[:20]}")
 
 
-def load_for_task(model_name: str, task: TaskData, *, lora_r: int = 8, lora_alpha: int = 16,
-                  lora_dropout: float = 0.0, target_modules: list[str] | None = None,
+@dataclass(frozen=True)
+class ModelSpec:
+    """A resolved model: the name asked for, the folder or hub id ``from_pretrained`` loads, its family, and the
+    module names LoRA adapts (those asked for, else the family's :data:`DEFAULT_TARGETS`)."""
+
+    name: str
+    path: str
+    family: ModelFamily
+    targets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """How a model is wrapped for a run: LoRA rank r, α (scale α/r), dropout and target modules (empty: the
+    model's), the parameter dtype, and the token budget per input (None: by task, ``tasks.default_max_length``)."""
+
+    lora_r: int = 8
+    lora_alpha: int = 16
+    target_modules: tuple[str, ...] = ()
+    dtype: torch.dtype = torch.float32
+    max_length: int | None = None
+    lora_dropout: float = 0.0
+
+
+def model_spec(name: str, target_modules: Sequence[str] = ()) -> ModelSpec:
+    """Resolve ``name`` (:func:`resolve_model`), read its family from its config and check its tokenizer
+    (:func:`check_tokenizer`), before any weights load."""
+    path = resolve_model(name)
+    family = model_family(model_config(path))
+    check_tokenizer(path)
+    return ModelSpec(name, path, family, tuple(target_modules) or tuple(DEFAULT_TARGETS[family]))
+
+
+def load_for_task(model: str | ModelSpec, task: TaskData, lora: LoraSpec | None = None, *, lora_r: int = 8,
+                  lora_alpha: int = 16, lora_dropout: float = 0.0, target_modules: list[str] | None = None,
                   dtype: torch.dtype = torch.float32, max_length: int | None = None):
-    """Load ``model_name`` for ``task`` and wrap it with LoRA; returns ``(model, tokenizer, head)``.
+    """Load ``model`` for ``task`` and wrap it with LoRA; returns ``(model, tokenizer, head)``.
 
     Args:
-        model_name: ``minilm``, ``smollm2``, a local folder or a hub id (see :func:`resolve_model`).
+        model: a :class:`ModelSpec` (from :func:`model_spec`: resolved once), or ``minilm``, ``smollm2``, a local
+            folder or a hub id (see :func:`resolve_model`).
         task: the loaded task (decides the head: classifier, label words, choices or generation).
+        lora: a :class:`LoraSpec` holding the arguments below (then give none of them: TypeError), or:
         lora_r, lora_alpha, lora_dropout: LoRA rank, scaling numerator and dropout (paper: r=8, α=16).
         target_modules: module names to adapt; default ``["query","value"]`` for encoders and
             ``["q_proj","v_proj"]`` for causal LMs. Names that match nothing raise a ValueError.
@@ -228,33 +265,40 @@ def load_for_task(model_name: str, task: TaskData, *, lora_r: int = 8, lora_alph
         ``tokenizer``; ``head``: a :class:`~balancedness.finetune.tasks.TaskHead` whose ``module`` is
         what the HF Trainer trains (``forward(**batch)`` returns ``.loss`` and ``.logits``).
     """
+    given = LoraSpec(lora_r, lora_alpha, tuple(target_modules or ()), dtype, max_length, lora_dropout)
+    if lora is not None and given != LoraSpec():
+        raise TypeError("load_for_task takes either a LoraSpec or LoRA keyword arguments, not both")
+    lora = lora or given
+    integer("lora_r", lora.lora_r)
+    integer("lora_alpha", lora.lora_alpha)
+    spec = model if isinstance(model, ModelSpec) else model_spec(model, lora.target_modules)
+    check_compatible(spec.family, task, spec.name)
+    return _wrap(spec, task, lora, list(lora.target_modules) or list(spec.targets))
+
+
+def _wrap(spec: ModelSpec, task: TaskData, lora: LoraSpec, targets: list[str]):
+    """:func:`load_for_task` once ``spec`` is resolved: the weights, the tokenizer, LoRA, the task head."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    integer("lora_r", lora_r)
-    integer("lora_alpha", lora_alpha)
-    path = resolve_model(model_name)
-    config = model_config(path)
-    family = model_family(config)
-    check_compatible(family, task, model_name)
-    targets = list(target_modules) if target_modules else DEFAULT_TARGETS[family]
+    path = spec.path
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "right"  # training batches: ChoiceScorer reads the last real token of each row
-    if family == "encoder":
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels, dtype=dtype)
-        lora = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets,
-                          task_type="SEQ_CLS")  # SEQ_CLS keeps the new classifier head trainable
+    shape = dict(r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout, target_modules=targets)
+    if spec.family == "encoder":
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels, dtype=lora.dtype)
+        config = LoraConfig(**shape, task_type="SEQ_CLS")  # SEQ_CLS keeps the new classifier head trainable
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        lora = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets,
-                          task_type="CAUSAL_LM")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=lora.dtype)
+        config = LoraConfig(**shape, task_type="CAUSAL_LM")
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id
     _check_targets(model, targets)
-    model = get_peft_model(model, lora)
-    return model, tokenizer, make_head(model, tokenizer, task, family=family, max_length=max_length)
+    model = get_peft_model(model, config)
+    return model, tokenizer, make_head(model, tokenizer, task, family=spec.family, max_length=lora.max_length)
 
 
-__all__ = ["SHORT_NAMES", "TOKENIZER_PROBE", "TaskHead", "cache_dir", "check_compatible", "check_label_words",
-           "check_tokenizer", "load_for_task", "model_config", "model_family", "resolve_model"]
+__all__ = ["SHORT_NAMES", "TOKENIZER_PROBE", "LoraSpec", "ModelSpec", "TaskHead", "cache_dir", "check_compatible",
+           "check_label_words", "check_tokenizer", "load_for_task", "model_config", "model_family", "model_spec",
+           "resolve_model"]

@@ -7,10 +7,10 @@ training starts. The fingerprint is a JSON object of
   or an output file (method, seed, steps, lr, batch size, accumulation, precision, LoRA shape and targets,
   dropout, max length, eval subset and batch, zero-shot, log_every, weight decay, model name, task name and
   text/label columns, and the hyper-parameters of the run's own method: ρ for SAM, ρ and m for m-SAM, μ and
-  schedule for BAR). Not counted (:data:`NOT_COUNTED`): where outputs go (``out``),
-  how the command behaves (``resume``, ``overwrite``, ``progress``, ``save_every``, ``keep_checkpoints``)
-  and where the data lives (``data_root``, ``train_file``, ``eval_file``, ``task_file``; their *content* is
-  counted);
+  schedule for BAR): ``FinetuneConfig.result_options()``. Not counted (each such field of ``FinetuneConfig`` says
+  so in its metadata, ``{"counted": False}``): where outputs go (``out``), how the command behaves
+  (``resume``, ``overwrite``, ``progress``, ``save_every``, ``keep_checkpoints``) and where the data lives
+  (``data_root``, ``train_file``, ``eval_file``, ``task_file``; their *content* is counted);
 * ``data``: SHA-256 of the training, evaluation and dev examples actually read (after the K-shot draw and the
   eval subset), and the label names: the same files moved elsewhere match, an edited file does not; for a
   task file also its name, prompt and label words (with the examples, all of the file that shapes a run);
@@ -33,13 +33,11 @@ from typing import Any, Iterable, Mapping
 
 from balancedness.io import read_json_object
 
-__all__ = ["NOT_COUNTED", "RUN_FILE", "TOKENIZER_FILES", "VOCABULARY_FILES", "fingerprint", "fingerprint_id",
+__all__ = ["RUN_FILE", "TOKENIZER_FILES", "VOCABULARY_FILES", "fingerprint", "fingerprint_id",
            "differences", "read_run_file", "model_digest", "tokenizer_digest", "examples_digest"]
 
 RUN_FILE = "run.json"
 FORMAT = 1
-NOT_COUNTED = ("out", "resume", "overwrite", "progress", "save_every", "keep_checkpoints", "data_root",
-               "train_file", "eval_file", "task_file")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 #: The files a transformers tokenizer is saved as and read from (those holding the vocabulary first).
 VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model",
@@ -104,10 +102,11 @@ def _versions() -> dict[str, str]:
 
 
 def fingerprint(options: Mapping[str, Any], task: Any, model_path: str, world_size: int) -> dict[str, Any]:
-    """The fingerprint of a run: ``options`` is ``FinetuneConfig.result_options()``, ``task`` the loaded TaskData."""
+    """The fingerprint of a run: ``options`` is ``FinetuneConfig.result_options()`` (the options that count),
+    ``task`` the loaded TaskData."""
     return json.loads(json.dumps({  # JSON-normal form: tuples are lists, as when read back from run.json
         "format": FORMAT,
-        "options": {k: v for k, v in sorted(options.items()) if k not in NOT_COUNTED},
+        "options": dict(sorted(options.items())),
         "data": {"task": task.name, "train_sha256": examples_digest(task.train),
                  "eval_sha256": examples_digest(task.eval), "dev_sha256": examples_digest(task.dev),
                  "label_names": list(task.label_names), **_prompt(task)},

@@ -1,6 +1,6 @@
 """Tables from finetune runs (the paper's Tables 1 and 2 in our setting, spec §6).
 
-``collect(root)`` reads every complete ``metrics.json`` under ``root``; ``summarize`` groups them by
+``collect(root)`` reads every complete run record (``record.RunRecord``) under ``root``; ``summarize`` groups them by
 (task, method) into mean ± std (sample std, n−1; 0 for one seed) of the task metric (accuracy in %,
 BLEU as is) and the median seconds per step; ``markdown_tables`` renders the accuracy table with an
 average column and a majority-baseline row, and the runtime table (seconds per step relative to
@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from balancedness.finetune.record import RunFolder, RunRecord
+from balancedness.finetune.select import Selected, selected_options
 from balancedness.methods import METHODS as ROWS
 from balancedness.methods import Derived
 
@@ -53,65 +55,61 @@ class Cell:
         return statistics.median(self.seconds_per_step) if self.seconds_per_step else None
 
 
-def collect(root: str | Path) -> list[dict[str, Any]]:
-    """Every ``metrics.json`` of a complete run (``runfolder.is_complete``) below ``root``, sorted by path; each
-    record gains ``run``, its folder relative to ``root`` (the recorded ``config.out`` is where it was trained,
-    which a moved or copied sweep folder no longer is)."""
-    from balancedness.finetune.runfolder import is_complete
+def collect(root: str | Path) -> list[RunRecord]:
+    """The record of every complete run (``record.is_complete``) below ``root``, sorted by path; each with
+    ``run``, its folder relative to ``root`` (the recorded ``config.out`` is where it was trained, which a moved
+    or copied sweep folder no longer is)."""
+    from balancedness.finetune.record import METRICS
 
     runs = []
-    for path in sorted(Path(root).rglob("metrics.json")):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if is_complete(record):
-            runs.append({**record, "run": path.parent.relative_to(root).as_posix()})
+    for path in sorted(Path(root).rglob(METRICS)):
+        record = RunFolder(path.parent).complete_record()
+        if record is not None:
+            runs.append(record.replace(run=path.parent.relative_to(root).as_posix()))
     return runs
 
 
-def _display(record: dict[str, Any]) -> float:
-    value = float(record[record["metric"]])
-    return 100.0 * value if record["metric"] == "accuracy" else value
+def _display(record: RunRecord) -> float:
+    value = float(record.value)  # type: ignore[arg-type]
+    return 100.0 * value if record.metric == "accuracy" else value
 
 
 class MixedSettingsError(ValueError):
     """Runs made with different settings would be averaged into one cell or compared in one column."""
 
 
-def _settings(record: dict[str, Any], varying: Iterable[str] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+def _settings(record: RunRecord, varying: Iterable[str] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
     """(protocol options shared by a whole column, the method's own options: its fields and ``hparams``) of a
     run's ``config``; options in ``varying`` (those a search selects per seed) are in neither."""
-    from balancedness.finetune.provenance import NOT_COUNTED
-    from balancedness.finetune.run import METHOD_FIELDS, METHOD_OPTIONS
+    from balancedness.finetune.run import METHOD_FIELDS, METHOD_OPTIONS, NOT_COUNTED
 
-    config = record.get("config") or {}
+    config = record.config or {}
     varying = set(varying)
-    own = [k for k in METHOD_OPTIONS.get(record["method"], ()) if k not in varying]
+    own = [k for k in METHOD_OPTIONS.get(record.method, ()) if k not in varying]
     skip = set(NOT_COUNTED) | set(METHOD_FIELDS) | varying | {"method", "seed", "hparams"}
     protocol = {k: v for k, v in config.items() if k not in skip}
     hparams = {k: v for k, v in (config.get("hparams") or {}).items() if k not in varying}
     return protocol, {**{k: config[k] for k in own if k in config}, **hparams}
 
 
-def check_settings(runs: Iterable[dict[str, Any]], varying: Iterable[str] = ()) -> None:
+def check_settings(runs: Iterable[RunRecord], varying: Iterable[str] = ()) -> None:
     """MixedSettingsError naming the option, unless every column (task) shares one protocol and every
     cell (task, method) one set of method options (ρ, m, μ, schedule); ``varying``: selected per seed."""
     varying = set(varying)
-    first: dict[tuple[str, ...], tuple[dict[str, Any], dict[str, Any]]] = {}
+    first: dict[tuple[str, ...], tuple[RunRecord, dict[str, Any]]] = {}
     for r in runs:
         protocol, own = _settings(r, varying)
-        for key, mine in (((r["task"],), protocol), ((r["task"], r["method"]), own)):
+        for key, mine in (((r.task,), protocol), ((r.task, r.method), own)):
             seen = first.setdefault(key, (r, mine))
             differing = sorted(k for k in set(seen[1]) | set(mine) if seen[1].get(k) != mine.get(k))
             if differing:
                 where = "column " + key[0] if len(key) == 1 else f"cell {key[0]} × {key[1]}"
-                detail = "; ".join(f"{k}: {seen[1].get(k)!r} (seed {seen[0]['seed']}, {seen[0]['method']}) vs "
-                                   f"{mine.get(k)!r} (seed {r['seed']}, {r['method']})" for k in differing)
+                detail = "; ".join(f"{k}: {seen[1].get(k)!r} (seed {seen[0].seed}, {seen[0].method}) vs "
+                                   f"{mine.get(k)!r} (seed {r.seed}, {r.method})" for k in differing)
                 raise MixedSettingsError(f"refusing to mix runs made with different settings in the {where}: {detail}")
 
 
-def settings_text(runs: Sequence[dict[str, Any]], varying: Iterable[str] = ()) -> str:
+def settings_text(runs: Sequence[RunRecord], varying: Iterable[str] = ()) -> str:
     """A paragraph naming the settings the table's runs were made with (after :func:`check_settings`)."""
     varying = set(varying)
     check_settings(runs, varying)
@@ -125,23 +123,23 @@ def settings_text(runs: Sequence[dict[str, Any]], varying: Iterable[str] = ()) -
         text += f"; per task: {', '.join(per_task)}"
     own = {}
     for r in runs:
-        own.setdefault(r["method"], _settings(r, varying)[1])
+        own.setdefault(r.method, _settings(r, varying)[1])
     extras = [f"{METHOD_LABELS.get(m, m)}: " + ", ".join(f"{k} {v}" for k, v in o.items()) for m, o in own.items() if o]
     return text + (". " + "; ".join(extras) if extras else "") + ".\n"
 
 
-def summarize(runs: Iterable[dict[str, Any]], varying: Iterable[str] = ()) -> dict[tuple[str, str], Cell]:
+def summarize(runs: Iterable[RunRecord], varying: Iterable[str] = ()) -> dict[tuple[str, str], Cell]:
     """Group runs by (task, method); MixedSettingsError when settings differ within a column or cell."""
     runs = list(runs)
     check_settings(runs, varying)
     cells: dict[tuple[str, str], Cell] = {}
     for r in runs:
-        key = (r["task"], r["method"])
-        cell = cells.setdefault(key, Cell(r["task"], r["method"], r["metric"], [], [],
-                                          100.0 * r["majority"] if r.get("majority") is not None else None))
+        key = (r.task, r.method)
+        cell = cells.setdefault(key, Cell(r.task, r.method, r.metric, [], [],
+                                          100.0 * r.majority if r.majority is not None else None))
         cell.values.append(_display(r))
-        if r.get("seconds_per_step"):
-            cell.seconds_per_step.append(float(r["seconds_per_step"]))
+        if r.seconds_per_step:
+            cell.seconds_per_step.append(float(r.seconds_per_step))
     return cells
 
 
@@ -198,7 +196,7 @@ def csv_text(cells: dict[tuple[str, str], Cell]) -> str:
 
 
 # --------------------------------------------------------------------------------------------- sweep tables
-def paired_rows(runs: Sequence[dict[str, Any]], tasks: Sequence[str], methods: Sequence[str],
+def paired_rows(runs: Sequence[RunRecord], tasks: Sequence[str], methods: Sequence[str],
                 baseline: str = "lora") -> list[dict[str, Any]]:
     """Per (method ≠ baseline, task or "avg"): the paired statistics of method − baseline over shared seeds.
 
@@ -206,7 +204,7 @@ def paired_rows(runs: Sequence[dict[str, Any]], tasks: Sequence[str], methods: S
     """
     from balancedness.finetune.stats import paired
 
-    value = {(r["task"], r["method"], r["seed"]): _display(r) for r in runs}
+    value = {(r.task, r.method, r.seed): _display(r) for r in runs}
     rows = []
     for method in methods:
         if method == baseline:
@@ -249,30 +247,25 @@ def paired_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def selected_csv(selected: Sequence[dict[str, Any]], space: Any) -> str:
+def selected_csv(selected: Sequence[Selected], space: Any) -> str:
     """One row per (task, method, seed): the chosen run's folder relative to the sweep folder, its dev and test
     metric, how many configurations it was chosen from, and its searched options (JSON), so the selected runs
     can be read back from wherever the sweep folder is (``balancedness figures fig3 --log <sweep>/<run>``)."""
-    from balancedness.finetune.select import selected_options
-
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["task", "method", "seed", "metric", "dev", "test", "candidates", "options", "run"])
-    for r in selected:
-        dev = r.get(f"dev_{r['metric']}")
-        writer.writerow([r["task"], r["method"], r["seed"], r["metric"], "" if dev is None else f"{float(dev):.4f}",
-                         f"{float(r[r['metric']]):.4f}", r["candidates"],
-                         json.dumps(selected_options(r, space.searched(r["method"])), sort_keys=True),
-                         r["run"]])
+    for chosen in selected:
+        r = chosen.record
+        writer.writerow([r.task, r.method, r.seed, r.metric, "" if r.dev is None else f"{float(r.dev):.4f}",
+                         f"{float(r.value):.4f}", chosen.candidates,  # type: ignore[arg-type]
+                         json.dumps(selected_options(r, space.searched(r.method)), sort_keys=True), r.run])
     return buf.getvalue()
 
 
-def selected_markdown(selected: Sequence[dict[str, Any]], space: Any, tasks: Sequence[str],
+def selected_markdown(selected: Sequence[RunRecord], space: Any, tasks: Sequence[str],
                       methods: Sequence[str]) -> str:
     """Which configuration dev selection chose, per task and method (value: number of seeds)."""
     from collections import Counter
-
-    from balancedness.finetune.select import selected_options
 
     if not space.searched():
         return ""
@@ -282,13 +275,13 @@ def selected_markdown(selected: Sequence[dict[str, Any]], space: Any, tasks: Seq
         cells = []
         for task in tasks:
             chosen = Counter(", ".join(f"{k} {v}" for k, v in selected_options(r, space.searched(method)).items())
-                             for r in selected if r["task"] == task and r["method"] == method)
+                             for r in selected if r.task == task and r.method == method)
             cells.append("; ".join(f"{k} ×{n}" for k, n in sorted(chosen.items())) or "–")
         lines.append(_row(METHOD_LABELS.get(method, method), cells))
     return "\n".join(lines) + "\n"
 
 
-def paired_figure(selected: Sequence[dict[str, Any]], rows: list[dict[str, Any]], tasks: Sequence[str],
+def paired_figure(selected: Sequence[RunRecord], rows: list[dict[str, Any]], tasks: Sequence[str],
                   methods: Sequence[str], path: Path) -> None:
     """One PNG: (a) each method's test metric per task (seed mean, bootstrap 95% interval, the seeds as dots,
     the majority class dashed); (b) method − LoRA with its paired interval."""
@@ -306,7 +299,7 @@ def paired_figure(selected: Sequence[dict[str, Any]], rows: list[dict[str, Any]]
     width = 0.8 / max(1, len(methods))
     for i, method in enumerate(methods):
         for j, task in enumerate(tasks):
-            vals = [_display(r) for r in selected if r["task"] == task and r["method"] == method]
+            vals = [_display(r) for r in selected if r.task == task and r.method == method]
             if not vals:
                 continue
             x = j + (i - (len(methods) - 1) / 2) * width
@@ -316,8 +309,7 @@ def paired_figure(selected: Sequence[dict[str, Any]], rows: list[dict[str, Any]]
                           capsize=3, label=METHOD_LABELS.get(method, method) if j == 0 else None)
             ax_a.scatter([x] * len(vals), vals, s=8, color=colors.get(method, "k"), alpha=0.4)
     for j, task in enumerate(tasks):
-        maj = next((100.0 * r["majority"] for r in selected if r["task"] == task and r.get("majority") is not None),
-                   None)
+        maj = next((100.0 * r.majority for r in selected if r.task == task and r.majority is not None), None)
         if maj is not None:
             ax_a.hlines(maj, j - 0.45, j + 0.45, colors="0.5", linestyles="--", lw=1,
                         label="majority class" if j == 0 else None)
@@ -348,42 +340,41 @@ def paired_figure(selected: Sequence[dict[str, Any]], rows: list[dict[str, Any]]
     plt.close(fig)
 
 
-def write_tables(out: str | Path, runs: Sequence[dict[str, Any]], order: dict[str, int], space: Any,
-                 tasks: Sequence[str], methods: Sequence[str]) -> tuple[str, list[dict[str, Any]]]:
-    """Select on dev, then write ``table.md``, ``table.csv``, ``selected.csv``, ``paired.csv``, ``paired.png``
-    into ``out``.
+def write_tables(out: str | Path, selected: Sequence[Selected], space: Any, tasks: Sequence[str],
+                 methods: Sequence[str]) -> str:
+    """Write the tables of the dev-selected runs (``select.select_runs``): ``table.md``, ``table.csv``,
+    ``selected.csv``, ``paired.csv``, ``paired.png`` into ``out``.
 
-    Returns (markdown, selected runs). MixedSettingsError when the runs' fixed settings differ in a column.
+    Returns the markdown. MixedSettingsError when the runs' fixed settings differ in a column.
     """
-    from balancedness.finetune.select import select_runs
     from balancedness.io import write_text
 
     out = Path(out)
-    if not runs:
+    if not selected:
         markdown = "(no complete runs yet)\n"
         _remove_stale(out, ("table.csv", "selected.csv", "paired.csv", "paired.png"))
         write_text(out / "table.md", markdown)
-        return markdown, []
+        return markdown
     searched = space.searched()
-    selected = select_runs(runs, order)
-    cells = summarize(selected, searched)
-    tasks = _order((r["task"] for r in selected), tasks)
-    methods = _order((r["method"] for r in selected), methods)
-    rows = paired_rows(selected, tasks, methods) if "lora" in methods else []
-    parts = [settings_text(selected, searched), space.describe(methods) + ("; selection on the dev split, test "
+    records = [chosen.record for chosen in selected]
+    cells = summarize(records, searched)
+    tasks = _order((r.task for r in records), tasks)
+    methods = _order((r.method for r in records), methods)
+    rows = paired_rows(records, tasks, methods) if "lora" in methods else []
+    parts = [settings_text(records, searched), space.describe(methods) + ("; selection on the dev split, test "
              "metric reported." if searched else "."), "", markdown_tables(cells, tasks, methods),
-             selected_markdown(selected, space, tasks, methods)]
+             selected_markdown(records, space, tasks, methods)]
     if rows:
         parts += [paired_markdown(rows, tasks), "![paired](paired.png)"]
         write_text(out / "paired.csv", paired_csv(rows))
-        paired_figure(selected, rows, tasks, methods, out / "paired.png")
+        paired_figure(records, rows, tasks, methods, out / "paired.png")
     else:  # no LoRA baseline this time: the pairing of an earlier sweep in this folder must not stay beside it
         _remove_stale(out, ("paired.csv", "paired.png"))
     markdown = "\n".join(p for p in parts if p is not None) + "\n"
     write_text(out / "table.md", markdown)
     write_text(out / "table.csv", csv_text(cells))
     write_text(out / "selected.csv", selected_csv(selected, space))
-    return markdown, selected
+    return markdown
 
 
 def _remove_stale(out: Path, names: Sequence[str]) -> None:

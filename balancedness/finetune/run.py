@@ -1,18 +1,20 @@
 """One LoRA finetune (any method of ``balancedness.methods``: LoRA, SAM, m-SAM, nBAR, oBAR, ASAM, ...) on the HF
 Trainer: the driver behind ``balancedness finetune``.
 
-``run_finetune(config)`` validates the config (:func:`check_config`, cheap), loads the task and checks the model
-name (:func:`prepare`, before any weights load), loads the model with LoRA (``models.load_for_task``), trains with
+:func:`prepare` validates the config (:func:`check_config`, cheap), loads the task and resolves the model, each
+once and before any weights load, into a :class:`PreparedRun`; ``run_finetune(prepared)`` (or
+``run_finetune(config)``, which prepares it) loads the model with LoRA (``models.load_for_task``), trains with
 the method's binding (``bindings.py``: ``Trainer`` / ``SAMTrainer`` / ``BARTrainer``), evaluates
-(``tasks.evaluate``) and writes, into ``config.out`` (rank 0 only, atomically):
+(``tasks.evaluate``) and writes, into ``config.out`` (rank 0 only, atomically; the files of a run folder:
+``record.RunFolder``):
 
 * ``run.json``: the run's fingerprint (``provenance.py``), written before training; what may happen to a
   folder that already holds a run is decided by ``runfolder.plan_run`` (docs/finetune.md "Run folders");
-* ``metrics.json``: task, method, seed, the task metric (key named by ``metric``), majority baseline, timing,
-  steps, ``train_loss``, trainable parameters, the config, ``fingerprint_id``, ``status`` (``complete``,
-  ``interrupted``, or ``failed`` with ``error``: a run whose loss or parameters stop being finite ends at
-  that step, ``diverged_at``, and raises :class:`RunFailedError`; so does one whose outputs cannot be
-  written, a full disk or a read-only folder);
+* ``metrics.json`` (``record.RunRecord``, which ``run_finetune`` returns): task, method, seed, the task metric
+  (key named by ``metric``), majority baseline, timing, steps, ``train_loss``, trainable parameters, the config,
+  ``fingerprint_id``, ``status`` (``complete``, ``interrupted``, or ``failed`` with ``error``: a run whose loss
+  or parameters stop being finite ends at that step, ``diverged_at``, and raises :class:`RunFailedError`; so
+  does one whose outputs cannot be written, a full disk or a read-only folder);
 * ``balancedness.jsonl``: per-layer B_l and the gradient gap every ``log_every`` steps (``BalancednessCallback``);
 * ``adapter/``: the peft adapter (``save_pretrained``), plus ``checkpoints/`` while a run is unfinished (only
   those marked ``COMPLETE`` count, ``checkpoints.py``).
@@ -36,20 +38,25 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from balancedness.finetune.bindings import binding, trainer_class
-from balancedness.finetune.provenance import fingerprint_id
-from balancedness.finetune.runfolder import (RunFailedError, RunFolderError, begin_run, hold_run_folder, plan_run,
-                                             read_metrics)
+from balancedness.finetune.data import TaskData, TaskOptions
+from balancedness.finetune.provenance import fingerprint, fingerprint_id
+from balancedness.finetune.record import RunFolder, RunRecord, Status
+from balancedness.finetune.runfolder import (RunFailedError, RunFolderError, RunPlan, begin_run, hold_run_folder,
+                                             plan_run, read_metrics)
 from balancedness.io import make_temp_dir, umask, write_json
 from balancedness.methods import METHODS as ROWS
 from balancedness.methods import MU, RHO, SCHEDULE, SHARED, Derived, M, method, names
 from balancedness.validation import choice, integer, number
 
-__all__ = ["METHODS", "TABLE_METHODS", "PRECISIONS", "METHOD_FIELDS", "FinetuneConfig", "RunFolderError",
-           "RunFailedError", "check_config", "prepare", "fit_batch", "run_finetune", "read_metrics", "world_size",
-           "micro_batch", "hyper_values", "parse_hparams"]
+if TYPE_CHECKING:
+    from balancedness.finetune.models import ModelSpec
+
+__all__ = ["METHODS", "TABLE_METHODS", "PRECISIONS", "METHOD_FIELDS", "NOT_COUNTED", "FinetuneConfig", "PreparedRun",
+           "RunRecord", "RunFolderError", "RunFailedError", "check_config", "prepare", "fit_batch", "run_finetune",
+           "read_metrics", "world_size", "micro_batch", "hyper_values", "parse_hparams"]
 
 #: The built-in methods' names (``balancedness.methods`` is the table; methods registered later are not here).
 METHODS = names()
@@ -63,20 +70,30 @@ METHOD_FIELDS = ("rho", "m", "mu", "schedule")
 METHOD_OPTIONS = Derived(lambda: {n: tuple(h.name for h in row.hyper if h.name in METHOD_FIELDS)
                                   for n, row in ROWS.items()})
 LR_SCHEDULE = "linear"  # HF Trainer's linear decay to 0, no warm-up (few-shot, ≤ a few hundred steps)
+#: The metadata of a FinetuneConfig field that does not count in the run's fingerprint.
+NOT_COUNTED_FIELD = {"counted": False}
+#: The metadata of a FinetuneConfig field that a record (``to_json``) holds only when it is set: the fields added
+#: after records existed, so the records of runs that do not use them are as they were.
+WHEN_SET = {"json": "when set"}
 
 
 @dataclass
 class FinetuneConfig:
-    """Everything one finetune needs; the CLI options map 1:1 onto these fields (see docs/finetune.md)."""
+    """Everything one finetune needs; the CLI options map 1:1 onto these fields (see docs/finetune.md).
+
+    Every field counts in the run's fingerprint (``provenance.py``) unless its metadata says
+    ``{"counted": False}``; of the methods' own hyper-parameters (:data:`METHOD_OPTIONS`) only the run's
+    method's count."""
 
     model: str = "minilm"
     task: str | None = None  # None: bbc-news, or "custom" with train_file
-    data_root: str | None = None
-    train_file: str | None = None
-    eval_file: str | None = None
+    data_root: str | None = field(default=None, metadata=NOT_COUNTED_FIELD)  # where the data lives (content counts)
+    train_file: str | None = field(default=None, metadata=NOT_COUNTED_FIELD)
+    eval_file: str | None = field(default=None, metadata=NOT_COUNTED_FIELD)
     text_columns: tuple[str, ...] = ()
     label_column: str | None = None
-    task_file: str | None = None  # a TOML task file (finetune/taskfile.py): the task's files, columns and prompt
+    # a TOML task file (finetune/taskfile.py): the task's files, columns and prompt (where it lives: not counted)
+    task_file: str | None = field(default=None, metadata={**NOT_COUNTED_FIELD, **WHEN_SET})
     method: str = "lora"
     shots: int | None = None
     seed: int = 42
@@ -99,31 +116,33 @@ class FinetuneConfig:
     eval_batch_size: int = 64
     zero_shot: bool = False
     log_every: int = 10
-    save_every: int = 0
-    out: str = "runs/finetune"
-    resume: bool = False
-    overwrite: bool = False
-    keep_checkpoints: bool = False
-    progress: bool = True
-    hparams: dict[str, Any] = field(default_factory=dict)  # the method's hyper-parameters that are no field
-    extra_callbacks: list[Any] = field(default_factory=list, repr=False)  # tests: TrainerCallbacks to add
+    save_every: int = field(default=0, metadata=NOT_COUNTED_FIELD)  # how the command behaves, from here on
+    out: str = field(default="runs/finetune", metadata=NOT_COUNTED_FIELD)
+    resume: bool = field(default=False, metadata=NOT_COUNTED_FIELD)
+    overwrite: bool = field(default=False, metadata=NOT_COUNTED_FIELD)
+    keep_checkpoints: bool = field(default=False, metadata=NOT_COUNTED_FIELD)
+    progress: bool = field(default=True, metadata=NOT_COUNTED_FIELD)
+    # the method's hyper-parameters that are no field (counted through result_options; in records when set)
+    hparams: dict[str, Any] = field(default_factory=dict, metadata=WHEN_SET)
+    # tests: TrainerCallbacks to add (not an option: not in metrics.json either)
+    extra_callbacks: list[Any] = field(default_factory=list, repr=False, metadata={"counted": False, "json": False})
 
     def to_json(self) -> dict[str, Any]:
-        """The fields as JSON values (tuples as lists), exactly as ``metrics.json`` reads back; ``hparams`` and
-        ``task_file`` only when set (so the records of runs that use neither are as they were before them)."""
+        """The fields as JSON values (tuples as lists), exactly as ``metrics.json`` reads back: not the fields whose
+        metadata says ``{"json": False}``, and those marked :data:`WHEN_SET` only when set (``hparams``, ``task_file``)."""
         import json
 
         d = asdict(self)
-        d.pop("extra_callbacks")
-        for newer in ("hparams", "task_file"):
-            if not d[newer]:
-                d.pop(newer)
+        for f in dataclasses.fields(self):
+            if not f.metadata.get("json", True) or (f.metadata.get("json") == "when set" and not d[f.name]):
+                d.pop(f.name)
         return json.loads(json.dumps(d))
 
     def result_options(self) -> dict[str, Any]:
-        """The options the run's fingerprint counts: all but the method fields of other methods (ρ only for
-        SAM, ...), and ``hparams`` with every default filled in, when the method's row has such hyper-parameters."""
-        unused = set(METHOD_FIELDS) - set(METHOD_OPTIONS[self.method])
+        """The options the run's fingerprint counts: the counted fields (:data:`NOT_COUNTED`: those whose metadata
+        says ``{"counted": False}``) but not other methods' fields (ρ only for SAM, ...), and ``hparams`` with
+        every default filled in, when the method's row has such hyper-parameters."""
+        unused = (set(METHOD_FIELDS) - set(METHOD_OPTIONS[self.method])) | set(NOT_COUNTED)
         options = {k: v for k, v in self.to_json().items() if k not in unused and k != "hparams"}
         values = hyper_values(self)
         extra = {k: values[k] for k in values if k not in METHOD_FIELDS}
@@ -186,6 +205,15 @@ def _check_hyper(config: FinetuneConfig) -> None:
                 hyper.check(config.hparams[hyper.name])
             except ValueError as exc:
                 raise ValueError(f"hyper-parameter {exc} (method {config.method})") from None
+
+    def task_options(self) -> TaskOptions:
+        """The options of ``data.load_task`` (which task, where its data lives, the K-shot draw, the eval subset)."""
+        return TaskOptions(self.task, self.data_root, self.seed, self.shots, self.train_file, self.eval_file,
+                           tuple(self.text_columns), self.label_column, self.max_eval, self.task_file)
+
+
+#: The fields that do not count in a run's fingerprint (from the fields' metadata: said once, at the field).
+NOT_COUNTED = tuple(f.name for f in dataclasses.fields(FinetuneConfig) if not f.metadata.get("counted", True))
 
 
 def world_size() -> int:
@@ -264,27 +292,52 @@ def fit_batch(config: FinetuneConfig, n_train: int) -> FinetuneConfig:
     return dataclasses.replace(config, batch_size=used)
 
 
-def prepare(config: FinetuneConfig):
-    """Validate ``config``, load the task data and resolve the model name; no weights are loaded.
+@dataclass(frozen=True)
+class PreparedRun:
+    """One run, prepared (:func:`prepare`): its config (``batch_size`` fitted to the data, :func:`fit_batch`), the
+    loaded task, the resolved model and the run's fingerprint. ``requested_batch_size`` is the config's batch
+    size before fitting."""
 
-    Returns ``(task, model_path)``. Raises ValueError / FileNotFoundError naming the bad value.
+    config: FinetuneConfig
+    task: TaskData
+    model: ModelSpec
+    fingerprint: dict[str, Any]
+    requested_batch_size: int
+
+    @property
+    def fingerprint_id(self) -> str:
+        return fingerprint_id(self.fingerprint)
+
+    def with_config(self, config: FinetuneConfig) -> "PreparedRun":
+        """This run's task and model under ``config`` (another method or hyper-parameter; the same task, data and
+        model options), fitted and fingerprinted without loading anything again."""
+        return _fitted(config, self.task, self.model)
+
+
+def _fitted(config: FinetuneConfig, task: TaskData, model: ModelSpec) -> PreparedRun:
+    """The :class:`PreparedRun` of ``config`` on the loaded ``task`` and resolved ``model`` (batch fitted,
+    fingerprinted)."""
+    fitted = fit_batch(config, len(task.train))
+    fp = fingerprint(fitted.result_options(), task, model.path, world_size())
+    return PreparedRun(fitted, task, model, fp, config.batch_size)
+
+
+def prepare(config: FinetuneConfig) -> PreparedRun:
+    """Validate ``config``, load the task data once, resolve the model once (no weights are loaded), fit the batch
+    size to the data and fingerprint the run: the :class:`PreparedRun` that :func:`run_finetune` takes.
+
+    Raises ValueError / FileNotFoundError naming the bad value.
     """
     from balancedness.finetune.data import load_task
-    from balancedness.finetune.models import (check_compatible, check_label_words, check_tokenizer, model_config,
-                                              model_family, resolve_model)
+    from balancedness.finetune.models import check_compatible, check_label_words, model_spec
 
     check_config(config)
-    task = load_task(config.task, data_root=config.data_root, seed=config.seed, shots=config.shots,
-                     train_file=config.train_file, eval_file=config.eval_file,
-                     text_columns=list(config.text_columns) or None, label_column=config.label_column,
-                     max_eval=config.max_eval, task_file=config.task_file)
-    path = resolve_model(config.model)
-    family = model_family(model_config(path))
-    check_compatible(family, task, config.model)
-    check_tokenizer(path)
-    if family == "causal":
-        check_label_words(path, task)
-    return task, path
+    task = load_task(config.task_options())
+    model = model_spec(config.model, config.target_modules)
+    check_compatible(model.family, task, config.model)
+    if model.family == "causal":
+        check_label_words(model.path, task)
+    return _fitted(config, task, model)
 
 
 # --------------------------------------------------------------------------------------------- callbacks
@@ -389,7 +442,7 @@ def _save_adapter(model: Any, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _eval_sorted(head: Any, examples: Any, batch_size: int) -> dict[str, Any]:
+def _eval_sorted(head: Any, examples: Any, batch_size: int) -> dict[str, float]:
     """``tasks.evaluate`` on ``examples`` sorted by length (less padding; the metric is order-free)."""
     from balancedness.finetune.tasks import evaluate
 
@@ -398,12 +451,13 @@ def _eval_sorted(head: Any, examples: Any, batch_size: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------- driver
-def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
-    """Train, evaluate and write the outputs of one run; returns the metrics dict (see module docstring).
+def run_finetune(run: FinetuneConfig | PreparedRun) -> RunRecord | None:
+    """Train, evaluate and write the outputs of one run (``run``: a config, prepared here, or the
+    :class:`PreparedRun` of :func:`prepare`); returns its :class:`RunRecord` (see module docstring).
 
     What happens to ``config.out`` is decided first, before any weights load (:func:`plan_run`, docs/finetune.md
     "Run folders"): a new folder starts a run; a folder holding a complete run with the same fingerprint is
-    skipped (the returned metrics carry ``"skipped": True``); an unfinished one of the same fingerprint
+    skipped (the returned record is the folder's, with ``skipped=True``); an unfinished one of the same fingerprint
     continues from its last complete checkpoint with ``resume``; anything else raises :class:`RunFolderError`
     and touches nothing, unless ``overwrite`` replaces the folder. Ctrl-C: the first finishes the current
     step and checkpoints it, the second aborts at once (keeping the last complete checkpoint); either way
@@ -411,27 +465,26 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     The folder is locked for the whole run (:func:`hold_run_folder`: a second process gets a RunFolderError
     naming the holder). A run that diverges, or whose files cannot be written, ends with ``"status": "failed"``
     (where it can still be written) and :class:`RunFailedError`.
-    Non-zero torchrun ranks train but write nothing and return ``{}``.
+    Non-zero torchrun ranks train but write nothing and return None.
     """
-    task, model_path = prepare(config)
-    fitted = fit_batch(config, len(task.train))
-    if fitted.batch_size != config.batch_size and is_main_process():
-        print(f"batch-size {config.batch_size} is larger than the {len(task.train)} training examples: each step "
-              f"uses {fitted.batch_size}, and that is recorded", file=sys.stderr)
-    config = fitted
+    prepared = run if isinstance(run, PreparedRun) else prepare(run)
+    config = prepared.config
+    if config.batch_size != prepared.requested_batch_size and is_main_process():
+        print(f"batch-size {prepared.requested_batch_size} is larger than the {len(prepared.task.train)} training "
+              f"examples: each step uses {config.batch_size}, and that is recorded", file=sys.stderr)
     with hold_run_folder(config.out, enabled=is_main_process()) as lock:  # only rank 0 writes
-        plan = plan_run(config.result_options(), task, model_path, out=config.out, resume=config.resume,
-                        overwrite=config.overwrite, world_size=world_size(), main=is_main_process())
+        plan = plan_run(prepared.fingerprint, out=config.out, resume=config.resume, overwrite=config.overwrite,
+                        world_size=world_size(), main=is_main_process())
         if plan.action == "skip":
-            return {**plan.previous, "skipped": True}
-        return _train(config, task, model_path, plan, lock)
+            return plan.previous.replace(skipped=True)
+        return _train(prepared, plan, lock)
 
 
-def _train(config: FinetuneConfig, task: Any, model_path: str, plan: Any, lock: Any) -> dict[str, Any]:
+def _train(prepared: PreparedRun, plan: RunPlan, lock: Any) -> RunRecord | None:
     """The run of :func:`run_finetune` in its locked folder, once ``plan`` says fresh or resume."""
-    out = Path(config.out)
-    main = is_main_process()
-    import torch
+    config, task = prepared.config, prepared.task
+    folder = RunFolder(config.out)
+    out, main = folder.path, is_main_process()
     from transformers import set_seed
     from transformers.utils import logging as hf_logging
 
@@ -441,16 +494,9 @@ def _train(config: FinetuneConfig, task: Any, model_path: str, plan: Any, lock: 
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    ckpt_dir = out / "checkpoints"
-    log_path = out / "balancedness.jsonl"
     recorder = RunRecorder.resume(plan.checkpoint)
-
     set_seed(config.seed)
-    dtype = {"fp64": torch.float64, "bf16": torch.bfloat16 if torch.cuda.is_available() else torch.float32}.get(
-        config.precision, torch.float32)
-    model, _tok, head = load_for_task(model_path, task, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
-                                      target_modules=list(config.target_modules) or None, dtype=dtype,
-                                      max_length=config.max_length)
+    _model, _tok, head = load_for_task(prepared.model, task, _lora_spec(config))
     if config.dropout is not None:
         _set_dropout(head.module, config.dropout)
     if main:  # only now: a usage error found while wiring the model (target modules) leaves the folder as it was
@@ -458,14 +504,13 @@ def _train(config: FinetuneConfig, task: Any, model_path: str, plan: Any, lock: 
             begin_run(plan, out, lock)
     StepTimer, GracefulStop = _callback_classes()
     timer, stop = StepTimer(), GracefulStop()
-    callbacks = [BalancednessCallback(every=config.log_every, path=log_path), timer, stop, *config.extra_callbacks]
-    trainer = _make_trainer(config, head, head.dataset(task.train), _training_args(config, ckpt_dir), callbacks,
-                            recorder)
-
-    record = _base_record(config, task, head, plan)
+    callbacks = [BalancednessCallback(every=config.log_every, path=folder.log), timer, stop, *config.extra_callbacks]
+    trainer = _make_trainer(config, head, head.dataset(task.train), _training_args(config, out / "checkpoints"),
+                            callbacks, recorder)
+    record = _base_record(prepared, head)
     if config.zero_shot and main:
         with _writing(out):
-            record["zero_shot"] = _zero_shot(out, head, task, config.eval_batch_size)
+            record = record.replace(zero_shot=_zero_shot(out, head, task, config.eval_batch_size))
     train_seconds = _fit(out, trainer, plan, record, timer, stop, main)
     if recorder.diverged:
         return _diverged(config, out, record, trainer, timer, train_seconds, recorder.diverged, main)
@@ -474,32 +519,41 @@ def _train(config: FinetuneConfig, task: Any, model_path: str, plan: Any, lock: 
             _write_partial(out, record, trainer, timer, train_seconds)
         raise KeyboardInterrupt
     if not main:
-        return {}
-    return _complete(config, task, head, plan, record, trainer, timer, train_seconds, recorder.train_loss)
+        return None
+    return _complete(prepared, head, plan, record, trainer, timer, train_seconds, recorder.train_loss)
 
 
-def _base_record(config: FinetuneConfig, task: Any, head: Any, plan: Any) -> dict[str, Any]:
+def _lora_spec(config: FinetuneConfig):
+    """The run's ``models.LoraSpec``: LoRA shape and targets, the parameter dtype of ``precision``, max length."""
+    import torch
+
+    from balancedness.finetune.models import LoraSpec
+
+    dtype = {"fp64": torch.float64, "bf16": torch.bfloat16 if torch.cuda.is_available() else torch.float32}.get(
+        config.precision, torch.float32)
+    return LoraSpec(config.lora_r, config.lora_alpha, tuple(config.target_modules), dtype, config.max_length)
+
+
+def _base_record(prepared: PreparedRun, head: Any) -> RunRecord:
     """What ``metrics.json`` says of the run before it trains (task, method, sizes, fingerprint, config)."""
     from balancedness.finetune.tasks import majority_accuracy
 
-    trainable = sum(p.numel() for p in head.module.parameters() if p.requires_grad)
-    record: dict[str, Any] = {
-        "task": task.name, "method": config.method, "model": config.model, "seed": config.seed,
-        "metric": task.metric, "steps": config.steps, "trainable_params": trainable,
-        "total_params": sum(p.numel() for p in head.module.parameters()), "world_size": world_size(),
-        "n_train": len(task.train), "n_eval": len(task.eval), "n_dev": len(task.dev), "source": task.source, "notes": task.notes,
-        "fingerprint_id": fingerprint_id(plan.fingerprint), "config": config.to_json(),
-    }
-    if task.kind == "classification":
-        record["majority"] = majority_accuracy(task)
-    return record
+    config, task = prepared.config, prepared.task
+    parameters = list(head.module.parameters())
+    return RunRecord(
+        task=task.name, method=config.method, model=config.model, seed=config.seed, metric=task.metric,
+        steps=config.steps, status="running", config=config.to_json(), fingerprint_id=prepared.fingerprint_id,
+        trainable_params=sum(p.numel() for p in parameters if p.requires_grad),
+        total_params=sum(p.numel() for p in parameters), world_size=world_size(), n_train=len(task.train),
+        n_eval=len(task.eval), n_dev=len(task.dev), source=task.source, notes=task.notes,
+        majority=majority_accuracy(task) if task.kind == "classification" else None)
 
 
-def _fit(out: Path, trainer: Any, plan: Any, record: dict[str, Any], timer: Any, stop: Any, main: bool) -> float:
+def _fit(out: Path, trainer: Any, plan: RunPlan, record: RunRecord, timer: Any, stop: Any, main: bool) -> float:
     """``trainer.train`` (from the plan's checkpoint) under the graceful Ctrl-C handler; the training seconds of
     the whole run, earlier sittings included. A second Ctrl-C writes the partial record and re-raises; a write
     that fails ends the run failed (:func:`_fail_writing`)."""
-    prior_seconds = float((plan.previous or {}).get("train_seconds") or 0.0) if plan.checkpoint else 0.0
+    prior_seconds = float(plan.previous.train_seconds or 0.0) if plan.checkpoint and plan.previous else 0.0
     use_handler = main and world_size() == 1 and _in_main_thread()
     old_handler = signal.signal(signal.SIGINT, _sigint_handler(stop)) if use_handler else None
     t0 = time.perf_counter()
@@ -520,23 +574,25 @@ def _fit(out: Path, trainer: Any, plan: Any, record: dict[str, Any], timer: Any,
     return prior_seconds + time.perf_counter() - t0
 
 
-def _complete(config: FinetuneConfig, task: Any, head: Any, plan: Any, record: dict[str, Any], trainer: Any,
-              timer: Any, train_seconds: float, train_loss: float) -> dict[str, Any]:
+def _complete(prepared: PreparedRun, head: Any, plan: RunPlan, record: RunRecord, trainer: Any, timer: Any,
+              train_seconds: float, train_loss: float) -> RunRecord:
     """Evaluate the trained run, save its adapter and write its complete ``metrics.json`` (main process)."""
-    out = Path(config.out)
-    record.update(_timing(timer, train_seconds), train_loss=train_loss)
-    if record["seconds_per_step"] is None and plan.previous:  # resumed at the last step: no step timed now
-        record["seconds_per_step"] = plan.previous.get("seconds_per_step")
-    record.update(_eval_sorted(head, task.eval, config.eval_batch_size))
-    if task.dev:  # the held-out split hyper-parameter selection reads (sweep): never the test metric
-        record[f"dev_{task.metric}"] = _eval_sorted(head, task.dev, config.eval_batch_size)[task.metric]
-    with _writing(out, lambda error: _write_partial(out, record, trainer, timer, train_seconds, status="failed",
-                                                    error=error)):
-        _save_adapter(head.model, out / "adapter")
-        record["status"] = "complete"
-        write_json(out / "metrics.json", record)
+    config, task = prepared.config, prepared.task
+    folder = RunFolder(config.out)
+    timing = _timing(timer, train_seconds)
+    if timing["seconds_per_step"] is None and plan.previous:  # resumed at the last step: no step timed now
+        timing["seconds_per_step"] = plan.previous.seconds_per_step
+    result = _eval_sorted(head, task.eval, config.eval_batch_size)
+    # the held-out split hyper-parameter selection reads (sweep): never the test metric
+    dev = _eval_sorted(head, task.dev, config.eval_batch_size)[task.metric] if task.dev else None
+    record = record.replace(**timing, train_loss=train_loss, value=result[task.metric], n=result["n"], dev=dev)
+    with _writing(folder.path, lambda error: _write_partial(folder.path, record, trainer, timer, train_seconds,
+                                                            status="failed", error=error)):
+        _save_adapter(head.model, folder.adapter)
+        record = record.replace(status="complete")
+        folder.write(record)
     if not config.keep_checkpoints:
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        shutil.rmtree(folder.path / "checkpoints", ignore_errors=True)
     return record
 
 
@@ -559,27 +615,28 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _timing(timer: Any, train_seconds: float) -> dict[str, float]:
+def _timing(timer: Any, train_seconds: float) -> dict[str, float | None]:
     times = timer.times[1:] or timer.times  # the first step pays for warm-up
     return {"train_seconds": train_seconds, "seconds_per_step": statistics.median(times) if times else None}
 
 
-def _write_partial(out: Path, record: dict[str, Any], trainer: Any, timer: Any, seconds: float,
-                   status: str = "interrupted", **extra: Any) -> None:
+def _write_partial(out: Path, record: RunRecord, trainer: Any, timer: Any, seconds: float,
+                   status: Status = "interrupted", error: str | None = None, diverged_at: int | None = None) -> None:
     """``metrics.json`` of a run that stopped before its end: ``status``, the step reached, the checkpoint."""
     from balancedness.finetune.checkpoints import last_complete_checkpoint
 
     ckpt = last_complete_checkpoint(out / "checkpoints")
-    write_json(out / "metrics.json", {**record, **_timing(timer, seconds), "status": status,
-                                      "step_reached": trainer.state.global_step,
-                                      "checkpoint": None if ckpt is None else str(ckpt), **extra})
+    RunFolder(out).write(record.replace(**_timing(timer, seconds), status=status,
+                                        step_reached=trainer.state.global_step,
+                                        checkpoint=None if ckpt is None else str(ckpt), error=error,
+                                        diverged_at=diverged_at))
 
 
-def _diverged(config: FinetuneConfig, out: Path, record: dict[str, Any], trainer: Any, timer: Any, seconds: float,
-              diverged: dict[str, Any], main: bool) -> dict[str, Any]:
+def _diverged(config: FinetuneConfig, out: Path, record: RunRecord, trainer: Any, timer: Any, seconds: float,
+              diverged: dict[str, Any], main: bool) -> None:
     """End a run whose loss or parameters stopped being finite: ``status`` failed, the step, RunFailedError."""
     if not main:
-        return {}
+        return None
     error = f"training diverged at step {diverged['step']}: {diverged['found']}"
     with _writing(out):
         _write_partial(out, record, trainer, timer, seconds, status="failed", error=error,

@@ -28,33 +28,27 @@ A run that failed for another reason (a write that failed: full disk, read-only 
 unfinished. Refusals raise :class:`RunFolderError` (the CLI exits 2). Damaged files (``run.json``,
 ``metrics.json``, a checkpoint's files, ``balancedness.jsonl``) are named in the error.
 
-:func:`is_complete` is the one definition of a complete run: ``plan_run`` skips only those, and the sweep's
-retries, its selection and every table read only those (``study.py``, ``sweep.py``, ``report.py``).
+What a run folder holds and the one definition of a complete run (:func:`is_complete`) are
+:mod:`balancedness.finetune.record`'s (``RunFolder``, ``RunRecord``): ``plan_run`` skips only complete runs, and
+the sweep's retries, its selection and every table read only those.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping
+from typing import Any, Iterator, Literal
 
 from balancedness.finetune.checkpoints import COMPLETE, checkpoint_step, last_complete_checkpoint, validate_checkpoint
-from balancedness.finetune.provenance import RUN_FILE, differences, fingerprint, fingerprint_id, read_run_file
-from balancedness.io import make_temp_dir, read_json_object, write_json
+from balancedness.finetune.provenance import RUN_FILE, differences, fingerprint_id, read_run_file
+from balancedness.finetune.record import LOG, METRICS, RunFolder, RunFolderError, RunRecord, is_complete
+from balancedness.io import make_temp_dir, write_json
 
 __all__ = ["RunFolderError", "RunFailedError", "RunFolderLock", "RunPlan", "plan_run", "begin_run", "read_metrics",
-           "read_complete", "is_complete", "hold_run_folder", "check_overwrite", "METRICS"]
-
-METRICS = "metrics.json"
-LOG = "balancedness.jsonl"
-
-
-class RunFolderError(ValueError):
-    """The run folder cannot be used as asked; nothing in it was changed."""
+           "read_complete", "is_complete", "hold_run_folder", "check_overwrite", "METRICS", "RunFolder", "RunRecord"]
 
 
 class RunFailedError(RuntimeError):
@@ -62,24 +56,14 @@ class RunFailedError(RuntimeError):
     ``"status": "failed"`` where it could be written. The CLI exits 1."""
 
 
-def is_complete(metrics: Mapping[str, Any] | None) -> bool:
-    """The one definition of a complete run: ``status`` is ``complete`` and its training loss and task metric
-    are finite numbers (a run recorded complete with a NaN loss, by an older version, is not)."""
-    if not metrics or metrics.get("status") != "complete":
-        return False
-    values = (metrics.get("train_loss"), metrics.get(str(metrics.get("metric"))))
-    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+def read_complete(out: str | os.PathLike[str]) -> RunRecord | None:
+    """``out``'s record when it is a complete run (:func:`is_complete`); None otherwise (absent, unfinished,
+    failed or damaged)."""
+    return RunFolder(out).complete_record()
 
 
-def read_complete(out: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """``out/metrics.json`` when it records a complete run (:func:`is_complete`); None otherwise (absent,
-    unfinished, failed or damaged)."""
-    metrics = _quiet(read_metrics, Path(out))
-    return metrics if is_complete(metrics) else None
-
-
-def _diverged(metrics: Mapping[str, Any] | None) -> bool:
-    return bool(metrics) and metrics.get("status") == "failed" and metrics.get("diverged_at") is not None
+def _diverged(record: RunRecord | None) -> bool:
+    return record is not None and record.status == "failed" and record.diverged_at is not None
 
 
 @dataclass
@@ -89,21 +73,19 @@ class RunPlan:
     action: Literal["fresh", "resume", "skip"]
     fingerprint: dict[str, Any]
     checkpoint: Path | None = None
-    previous: dict[str, Any] | None = None
+    previous: RunRecord | None = None
     replace: bool = False
 
 
-def read_metrics(out: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """``out/metrics.json`` as a dict; None when absent; RunFolderError naming the file when damaged."""
-    try:
-        return read_json_object(Path(out) / METRICS, "replace the run with overwrite (--overwrite)")
-    except ValueError as exc:
-        raise RunFolderError(str(exc)) from None
+def read_metrics(out: str | os.PathLike[str]) -> RunRecord | None:
+    """``out``'s record (``metrics.json``); None when absent; RunFolderError naming the file when damaged."""
+    return RunFolder(out).record
 
 
-def plan_run(options: Mapping[str, Any], task: Any, model_path: str, *, out: str | os.PathLike[str],
-             resume: bool, overwrite: bool, world_size: int, main: bool = True) -> RunPlan:
-    """Decide what to do with ``out`` for a run of ``options`` (see the table above). Writes nothing.
+def plan_run(fp: dict[str, Any], *, out: str | os.PathLike[str], resume: bool, overwrite: bool, world_size: int,
+             main: bool = True) -> RunPlan:
+    """Decide what to do with ``out`` for the run of fingerprint ``fp`` (``provenance.fingerprint``; see the
+    table above). Writes nothing.
 
     Non-main torchrun ranks (``main=False``) never refuse (rank 0 does, and torchrun then stops them); they
     only follow: skip a complete run, resume from the last complete checkpoint, or start fresh.
@@ -111,7 +93,6 @@ def plan_run(options: Mapping[str, Any], task: Any, model_path: str, *, out: str
     if resume and overwrite:
         raise RunFolderError("resume and overwrite exclude each other: resume continues the run in the folder, "
                              "overwrite deletes it")
-    fp = fingerprint(options, task, model_path, world_size)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"out {str(out)!r} is a file, not a folder")
@@ -121,8 +102,8 @@ def plan_run(options: Mapping[str, Any], task: Any, model_path: str, *, out: str
         check_overwrite(out)
         return RunPlan("fresh", fp, replace=True)
     if not main:
-        metrics = _quiet(read_metrics, out)
-        if is_complete(metrics) and metrics.get("fingerprint_id") == fingerprint_id(fp):
+        metrics = RunFolder(out).complete_record()
+        if metrics is not None and metrics.fingerprint_id == fingerprint_id(fp):
             return RunPlan("skip", fp, previous=metrics)
         if not resume:
             return RunPlan("fresh", fp)
@@ -143,26 +124,19 @@ def plan_run(options: Mapping[str, Any], task: Any, model_path: str, *, out: str
     if is_complete(metrics):
         return RunPlan("skip", fp, previous=metrics)
     if _diverged(metrics):
-        raise RunFailedError(f"out {str(out)!r} holds this run, failed: {metrics.get('error')}; training it again "
+        raise RunFailedError(f"out {str(out)!r} holds this run, failed: {metrics.error}; training it again "
                              "diverges again: change the settings (e.g. a smaller --lr), or replace it with "
                              "overwrite (--overwrite)")
     checkpoint = last_complete_checkpoint(out / "checkpoints")
     if not resume:
         where = f"checkpoint at step {checkpoint_step(checkpoint)}" if checkpoint else "no complete checkpoint"
-        failed = f", failed: {metrics.get('error')}" if metrics and metrics.get("status") == "failed" else ""
+        failed = f", failed: {metrics.error}" if metrics and metrics.status == "failed" else ""
         raise RunFolderError(f"out {str(out)!r} holds an unfinished run with these settings ({where}{failed}); "
                              "continue it with resume (--resume), or replace it with overwrite (--overwrite)")
     if checkpoint is not None:
         validate_checkpoint(checkpoint, world_size)
     _check_log(out, checkpoint)
     return RunPlan("resume", fp, checkpoint, previous=metrics)
-
-
-def _quiet(read, out):
-    try:
-        return read(out)
-    except ValueError:
-        return None
 
 
 def _check_log(out: Path, checkpoint: Path | None) -> None:

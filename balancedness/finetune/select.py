@@ -10,31 +10,41 @@ independent of run order. A task without a dev split can only run a search space
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any, Sequence
 
-__all__ = ["score", "select_runs", "selected_options"]
+from balancedness.finetune.record import RunRecord
+
+__all__ = ["Selected", "score", "select_runs", "selected_options"]
 
 
-def score(metrics: dict[str, Any]) -> float:
+@dataclass(frozen=True)
+class Selected:
+    """The run dev selection chose for one (task, method, seed), and how many configurations it was chosen from."""
+
+    record: RunRecord
+    candidates: int
+
+
+def score(record: RunRecord) -> float:
     """The number selection maximizes: the dev metric, or the test metric when the task has no dev split."""
-    key = f"dev_{metrics['metric']}"
-    return float(metrics[key] if key in metrics else metrics[metrics["metric"]])
+    return float(record.dev if record.dev is not None else record.value)  # type: ignore[arg-type]
 
 
-def select_runs(runs: Sequence[dict[str, Any]], order: dict[str, int]) -> list[dict[str, Any]]:
-    """One run per (task, method, seed): the best dev metric, ties to the lowest ``order[run["run"]]`` (the
-    run's folder relative to the sweep folder, so the choice does not depend on the path the sweep was given)."""
-    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
+def select_runs(runs: Sequence[RunRecord], order: dict[str, int]) -> list[Selected]:
+    """One run per (task, method, seed): the best dev metric, ties to the lowest ``order[run.run]`` (the run's
+    folder relative to the sweep folder, so the choice does not depend on the path the sweep was given)."""
+    groups: dict[tuple[str, str, int], list[RunRecord]] = defaultdict(list)
     for run in runs:
-        groups[(run["task"], run["method"], run["seed"])].append(run)
+        groups[(run.task, run.method, run.seed)].append(run)
     chosen = []
     for key in sorted(groups, key=lambda k: (k[0], k[1], k[2])):
-        best = max(groups[key], key=lambda r: (score(r), -order[r["run"]]))
-        chosen.append({**best, "candidates": len(groups[key])})
+        best = max(groups[key], key=lambda r: (score(r), -order[r.run]))  # type: ignore[index]
+        chosen.append(Selected(best, len(groups[key])))
     return chosen
 
 
-def selected_options(run: dict[str, Any], searched: set[str]) -> dict[str, Any]:
+def selected_options(run: RunRecord, searched: set[str]) -> dict[str, Any]:
     """The searched options of a selected run, as configured (a config field, or one of its ``hparams``)."""
-    config = {**run["config"].get("hparams", {}), **run["config"]}
+    config = {**run.config.get("hparams", {}), **run.config}
     return {k: config[k] for k in sorted(searched) if k in config}

@@ -28,6 +28,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from balancedness.finetune.record import RunFolder, RunRecord
+
 __all__ = ["open_study", "run_cells", "cell_lock", "study_name", "storage_for", "start_workers", "repair_journal",
            "StorageError"]
 
@@ -178,10 +180,10 @@ def cell_lock(out: str | os.PathLike[str], fid: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def run_cells(cells: dict[str, Any], out: str | os.PathLike[str], run: Callable[[Any], dict[str, Any]],
-              score: Callable[[dict[str, Any]], float], storage: str | None = None,
-              on_done: Callable[[str, dict[str, Any]], None] | None = None) -> None:
-    """Work through the study's cells in this process until none is left; ``run(config) -> metrics``."""
+def run_cells(cells: dict[str, Any], out: str | os.PathLike[str], run: Callable[[Any], RunRecord | None],
+              score: Callable[[RunRecord], float], storage: str | None = None,
+              on_done: Callable[[str, RunRecord], None] | None = None) -> None:
+    """Work through the study's cells in this process until none is left; ``run(config) -> RunRecord``."""
     import optuna
 
     fids = sorted(cells)
@@ -194,11 +196,13 @@ def run_cells(cells: dict[str, Any], out: str | os.PathLike[str], run: Callable[
         trial.set_user_attr("run", str(config.out))
         trial.set_user_attr("worker", os.getpid())
         with cell_lock(out, fid):
-            metrics = run(config)
-        trial.set_user_attr("trained", not metrics.get("skipped", False))
+            record = run(config)
+        if record is None:
+            raise RuntimeError(f"cell {fid}: the run returned no record (not the main process)")
+        trial.set_user_attr("trained", not record.skipped)
         if on_done is not None:
-            on_done(fid, metrics)
-        return score(metrics)
+            on_done(fid, record)
+        return score(record)
 
     study.optimize(objective, catch=(Exception,), gc_after_trial=False)
     for fid in fids:  # retry: whatever is not complete yet (a failed or interrupted trial) runs once more
@@ -236,9 +240,7 @@ def _quiet_interrupts() -> None:
 
 
 def _complete(config: Any) -> bool:
-    from balancedness.finetune.runfolder import read_complete
-
-    return read_complete(config.out) is not None
+    return RunFolder(config.out).is_complete
 
 
 def _worker(cells: dict[str, Any], out: str, storage: str | None, threads: int, plugins: tuple[str, ...] = ()) -> None:

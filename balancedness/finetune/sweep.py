@@ -11,10 +11,10 @@ other settings. Every task's data is loaded (and every fingerprint computed) bef
 The cells are worked through by an Optuna study (``study.py``: grid sampler, a journal file in ``out`` by
 default, ``workers`` local processes, or any number of machines on one ``storage``). For each task ×
 method × seed the configuration with the best **dev** metric is selected (``select.py``) and its **test**
-metric reported. ``table.md`` / ``table.csv`` / ``selected.csv`` / ``paired.csv`` / ``paired.png``
-(``report.py``) state the settings, the search space, the selected hyper-parameters and runs, mean ± std
-over seeds, and each method's difference to LoRA on the same seeds (mean, bootstrap 95% interval,
-wins/ties/losses, sign test).
+metric reported (``select.select_runs``, a step of its own after the runs). ``table.md`` / ``table.csv`` /
+``selected.csv`` / ``paired.csv`` / ``paired.png`` (``report.py``) state the settings, the search space, the
+selected hyper-parameters and runs, mean ± std over seeds, and each method's difference to LoRA on the same
+seeds (mean, bootstrap 95% interval, wins/ties/losses, sign test).
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from balancedness.finetune.run import FinetuneConfig, check_config, fit_batch, prepare, run_finetune, world_size
+from balancedness.finetune.record import RunFolder, RunRecord
+from balancedness.finetune.run import FinetuneConfig, check_config, prepare, run_finetune
 from balancedness.finetune.search import PRESETS, SearchSpace
+from balancedness.finetune.select import Selected
 from balancedness.io import write_json
 
 __all__ = ["SweepResult", "run_sweep", "run_dir", "plan_cells", "task_name"]
@@ -35,8 +37,8 @@ __all__ = ["SweepResult", "run_sweep", "run_dir", "plan_cells", "task_name"]
 class SweepResult:
     """All complete runs, the selected ones, failures, the number of cells skipped as complete, the tables."""
 
-    runs: list[dict[str, Any]] = field(default_factory=list)
-    selected: list[dict[str, Any]] = field(default_factory=list)
+    runs: list[RunRecord] = field(default_factory=list)
+    selected: list[Selected] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)
     skipped: int = 0
     markdown: str = ""
@@ -71,26 +73,25 @@ def plan_cells(base: FinetuneConfig, tasks: Sequence[str], methods: Sequence[str
                task_files: Sequence[str] = ()) -> dict[str, FinetuneConfig]:
     """``{fingerprint id: config}`` for every cell, in grid order; loads every task's data (errors early).
     ``task_files``: TOML task files (``taskfile.py``) run beside the built-in ``tasks``, named by their ``name``."""
-    from balancedness.finetune.provenance import fingerprint, fingerprint_id
-
     _check_grid(base, tasks, methods, seeds, space, task_files)
     cells: dict[str, FinetuneConfig] = {}
     claimed: dict[str, dict[str, str]] = {}
     for fields in [*({"task": t} for t in tasks), *({"task_file": str(f)} for f in task_files)]:
         for seed in seeds:
-            loaded, model_path = prepare(dataclasses.replace(base, seed=seed, **fields))
-            _claim(claimed, loaded.name, fields)
+            prepared = prepare(dataclasses.replace(base, seed=seed, **fields))
+            name = prepared.task.name
+            _claim(claimed, name, fields)
             for method in methods:
                 points = space.points(method)
-                if len(points) > 1 and not loaded.dev:
-                    raise ValueError(f"task {loaded.name!r} has no dev split, so the {len(points)} configurations of "
+                if len(points) > 1 and not prepared.task.dev:
+                    raise ValueError(f"task {name!r} has no dev split, so the {len(points)} configurations of "
                                      f"{method} cannot be selected without the test set; use --space fixed"
                                      + ("" if "task" in fields else " or give the task file a dev file"))
                 for point in points:
-                    config = fit_batch(base.with_options(**fields, method=method, seed=seed, resume=True,
-                                                         progress=False, **point), len(loaded.train))
-                    fid = fingerprint_id(fingerprint(config.result_options(), loaded, model_path, world_size()))
-                    cells[fid] = dataclasses.replace(config, out=str(run_dir(out, loaded.name, method, seed, fid)))
+                    cell = prepared.with_config(base.with_options(**fields, method=method, seed=seed, resume=True,
+                                                                  progress=False, **point))
+                    fid = cell.fingerprint_id
+                    cells[fid] = dataclasses.replace(cell.config, out=str(run_dir(out, name, method, seed, fid)))
     return cells
 
 
@@ -120,7 +121,7 @@ def run_sweep(base: FinetuneConfig, *, tasks: Sequence[str], methods: Sequence[s
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from balancedness.finetune.report import write_tables
-    from balancedness.finetune.select import score
+    from balancedness.finetune.select import score, select_runs
     from balancedness.finetune.study import open_study, run_cells, start_workers
 
     cells = plan_cells(base, tasks, methods, seeds, out, space, task_files)
@@ -134,15 +135,15 @@ def run_sweep(base: FinetuneConfig, *, tasks: Sequence[str], methods: Sequence[s
         with Progress(*columns, disable=not progress) as bar:
             job = bar.add_task("sweep (this worker)", total=len(cells))
 
-            def done(fid: str, metrics: dict[str, Any]) -> None:
-                bar.update(job, advance=1, description=f"{metrics['task']} {metrics['method']} seed {metrics['seed']}")
+            def done(fid: str, record: RunRecord) -> None:
+                bar.update(job, advance=1, description=f"{record.task} {record.method} seed {record.seed}")
 
             run_cells(cells, out, _recording(result), score, storage, on_done=done)
     finally:
         for proc in procs:
             proc.join()
     result.runs, missing = _collect(cells, out)
-    complete = {str(Path(out) / r["run"]) for r in result.runs}
+    complete = {str(Path(out) / r.run) for r in result.runs}  # type: ignore[operator]
     result.failed = [f for f in result.failed if f["out"] not in complete]  # a retry may have finished it
     result.failed += [{"task": task_name(c), "method": c.method, "seed": c.seed, "out": c.out,
                        "error": "not complete after the sweep (see the run folder)"}
@@ -151,7 +152,8 @@ def run_sweep(base: FinetuneConfig, *, tasks: Sequence[str], methods: Sequence[s
         write_json(Path(out) / "failures.json", result.failed)
     else:  # an earlier sweep's failures must not outlive it
         (Path(out) / "failures.json").unlink(missing_ok=True)
-    result.markdown, result.selected = write_tables(out, result.runs, order, space, tasks, methods)
+    result.selected = select_runs(result.runs, order)
+    result.markdown = write_tables(out, result.selected, space, tasks, methods)
     return result
 
 
@@ -159,16 +161,17 @@ def _recording(result: SweepResult):
     """``run_finetune`` that records failures and skips instead of raising them into Optuna."""
     import traceback
 
-    def run(config: FinetuneConfig) -> dict[str, Any]:
+    def run(config: FinetuneConfig) -> RunRecord:
         try:
-            metrics = run_finetune(config)
+            record = run_finetune(config)
         except Exception as exc:
             result.failed.append({"task": task_name(config), "method": config.method, "seed": config.seed,
                                   "out": config.out, "error": f"{type(exc).__name__}: {exc}",
                                   "traceback": traceback.format_exc(limit=5)})
             raise
-        result.skipped += bool(metrics.get("skipped"))
-        return metrics
+        assert record is not None  # a sweep's workers are main processes
+        result.skipped += record.skipped
+        return record
 
     return run
 
@@ -178,15 +181,13 @@ def _relative(run: str | Path, out: str | Path) -> str:
     return Path(run).relative_to(out).as_posix()
 
 
-def _collect(cells: dict[str, FinetuneConfig], out: str | Path) -> tuple[list[dict[str, Any]], list[FinetuneConfig]]:
+def _collect(cells: dict[str, FinetuneConfig], out: str | Path) -> tuple[list[RunRecord], list[FinetuneConfig]]:
     """The complete runs (each with ``run``: its folder relative to ``out``) and the cells not complete."""
-    from balancedness.finetune.runfolder import read_complete
-
     runs, missing = [], []
     for config in cells.values():
-        metrics = read_complete(config.out)  # the one rule: never a failed or unfinished run
-        if metrics is not None:
-            runs.append({**metrics, "run": _relative(config.out, out)})
+        record = RunFolder(config.out).complete_record()  # the one rule: never a failed or unfinished run
+        if record is not None:
+            runs.append(record.replace(run=_relative(config.out, out)))
         else:
             missing.append(config)
     return runs, missing

@@ -21,8 +21,12 @@ __all__ = [
     "LoraPair", "lora_pairs", "lora_balancedness", "lora_grad_gap", "decay_groups",
     "VARIANTS", "SCHEDULES", "create_bar_optimizer", "bar_optimizer_class", "scheduler_total_steps",
     "SAM", "sam_step_accumulated", "sam_step_msharpness", "sam_backward",
-    "SAMTrainer", "BARTrainer", "BalancednessCallback",
+    "SAMTrainer", "BARTrainer", "BalancednessCallback", "LOG_NAME",
 ]
+
+#: The balancedness log's file name (``BalancednessCallback(path=True)`` writes ``<output_dir>/balancedness.jsonl``;
+#: a finetune run folder holds it under this name). Here, not in ``callbacks``, so torch-free readers share it.
+LOG_NAME = "balancedness.jsonl"
 
 _LAZY = {
     "LoraPair": "pairs", "lora_pairs": "pairs", "lora_balancedness": "pairs", "lora_grad_gap": "pairs",

@@ -10,14 +10,13 @@ from typing import Any
 from transformers import TrainerCallback
 
 from balancedness.io import json_text
+from balancedness.optim import LOG_NAME
 from balancedness.optim.pairs import lora_balancedness, lora_grad_gap
 from balancedness.validation import integer
 
 __all__ = ["BalancednessCallback", "balancedness_logs", "kept_log_lines", "trim_log"]
 
 logger = logging.getLogger(__name__)
-
-LOG_NAME = "balancedness.jsonl"  # the file's name inside ``output_dir`` for ``path=True``
 
 
 class BalancednessCallback(TrainerCallback):

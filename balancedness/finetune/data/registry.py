@@ -13,6 +13,7 @@ seed still drives ``--shots`` sampling and training, and ``TaskData.notes`` says
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Sequence
@@ -243,8 +244,26 @@ def _load_files(train_file: str | os.PathLike[str], eval_file: str | os.PathLike
     return train, eval_ex, names, tuple(text_columns), f"{paths[0]} | {paths[1]}"
 
 
-def load_task(name: str | None = None, *, data_root: str | os.PathLike[str] | None = None, seed: int = 42,
-              shots: int | None = None, train_file: str | os.PathLike[str] | None = None,
+@dataclass(frozen=True)
+class TaskOptions:
+    """Which task to load and how: the arguments of :func:`load_task` as one value (see there).
+
+    ``task_file`` names a task file (read by the task-file loader; not read here)."""
+
+    task: str | None = None
+    data_root: str | os.PathLike[str] | None = None
+    seed: int = 42
+    shots: int | None = None
+    train_file: str | os.PathLike[str] | None = None
+    eval_file: str | os.PathLike[str] | None = None
+    text_columns: tuple[str, ...] = ()
+    label_column: str | None = None
+    max_eval: int | None = None
+    task_file: str | None = None
+
+
+def load_task(name: str | TaskOptions | None = None, *, data_root: str | os.PathLike[str] | None = None,
+              seed: int = 42, shots: int | None = None, train_file: str | os.PathLike[str] | None = None,
               eval_file: str | os.PathLike[str] | None = None, text_columns: Sequence[str] | None = None,
               label_column: str | None = None, max_eval: int | None = None,
               task_file: str | os.PathLike[str] | None = None) -> TaskData:
@@ -252,7 +271,8 @@ def load_task(name: str | None = None, *, data_root: str | os.PathLike[str] | No
 
     Args:
         name: a built-in task (``known_tasks()``); ``None`` means ``"bbc-news"`` unless ``train_file``
-            is given, in which case ``name`` (default ``"custom"``) only labels the run.
+            is given, in which case ``name`` (default ``"custom"``) only labels the run. Or a
+            :class:`TaskOptions` holding every argument (then give no other: TypeError).
         data_root: folder laid out like ``shared/data``; default ``$BALANCEDNESS_DATA``, else
             ``../shared/data`` next to the cwd or the repo. Not needed for ``bbc-news`` or user files.
         seed: picks the LM-BFF split folder ``16-<seed>`` (see the module docstring) and seeds ``shots``.
@@ -270,10 +290,24 @@ def load_task(name: str | None = None, *, data_root: str | os.PathLike[str] | No
         ValueError: unknown task, bad shots/max_eval, missing columns, unknown labels, empty files.
         FileNotFoundError: missing data root or data file (the message says how to set --data-root).
     """
-    if task_file is not None:
+    given = TaskOptions(None, data_root, seed, shots, train_file, eval_file, tuple(text_columns or ()),
+                        label_column, max_eval, None if task_file is None else str(task_file))
+    if isinstance(name, TaskOptions):
+        if given != TaskOptions():
+            raise TypeError("load_task takes either a TaskOptions or keyword arguments, not both")
+        return _load(name)
+    return _load(dataclasses.replace(given, task=name))
+
+
+def _load(options: TaskOptions) -> TaskData:
+    """:func:`load_task` of ``options``."""
+    if options.task_file is not None:
         from balancedness.finetune.taskfile import load as load_task_file
 
-        return load_task_file(task_file, seed=seed, shots=shots, max_eval=max_eval, taken=tuple(TASKS))
+        return load_task_file(options.task_file, seed=options.seed, shots=options.shots, max_eval=options.max_eval,
+                              taken=tuple(TASKS))
+    name, seed, shots, max_eval = options.task, options.seed, options.shots, options.max_eval
+    train_file, eval_file = options.train_file, options.eval_file
     check_shots(shots)
     if max_eval is not None:
         integer("max_eval", max_eval)
@@ -283,11 +317,12 @@ def load_task(name: str | None = None, *, data_root: str | os.PathLike[str] | No
             raise ValueError("eval_file needs train_file too")
         if name is not None and name.strip().lower() in TASKS:
             raise ValueError(f"give either the built-in task {name!r} or train_file/eval_file, not both")
-        train, eval_ex, labels, fields, source = _load_files(train_file, eval_file, text_columns, label_column)
+        train, eval_ex, labels, fields, source = _load_files(train_file, eval_file,
+                                                             list(options.text_columns) or None, options.label_column)
         task_name, kind, metric, dev = name or "custom", "classification", "accuracy", []
     else:
         spec = get_spec(name or "bbc-news")
-        train, eval_ex, dev, labels, source = _load_builtin(spec, data_root, seed, notes)
+        train, eval_ex, dev, labels, source = _load_builtin(spec, options.data_root, seed, notes)
         task_name, kind, metric, fields = spec.name, spec.kind, spec.metric, spec.text_fields
     for split, examples in (("training", train), ("evaluation", eval_ex)):
         if not examples:
