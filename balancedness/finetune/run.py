@@ -155,6 +155,11 @@ class FinetuneConfig:
         own = {k: v for k, v in options.items() if k in known}
         return dataclasses.replace(self, **own, **({"hparams": {**self.hparams, **extra}} if extra else {}))
 
+    def task_options(self) -> TaskOptions:
+        """The options of ``data.load_task`` (which task, where its data lives, the K-shot draw, the eval subset)."""
+        return TaskOptions(self.task, self.data_root, self.seed, self.shots, self.train_file, self.eval_file,
+                           tuple(self.text_columns), self.label_column, self.max_eval, self.task_file)
+
 
 _CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(FinetuneConfig))
 
@@ -205,11 +210,6 @@ def _check_hyper(config: FinetuneConfig) -> None:
                 hyper.check(config.hparams[hyper.name])
             except ValueError as exc:
                 raise ValueError(f"hyper-parameter {exc} (method {config.method})") from None
-
-    def task_options(self) -> TaskOptions:
-        """The options of ``data.load_task`` (which task, where its data lives, the K-shot draw, the eval subset)."""
-        return TaskOptions(self.task, self.data_root, self.seed, self.shots, self.train_file, self.eval_file,
-                           tuple(self.text_columns), self.label_column, self.max_eval, self.task_file)
 
 
 #: The fields that do not count in a run's fingerprint (from the fields' metadata: said once, at the field).
