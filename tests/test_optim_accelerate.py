@@ -296,3 +296,18 @@ def test_bar_save_state_load_state_resumes_bit_identically(tmp_path):
     steps(second, model, opt, data, 2)
     assert opt.optimizer.bar_step_count == 4
     assert all(torch.equal(p, expected[n]) for n, p in trainable(model).items())
+
+
+def test_sam_step_with_closure_through_accelerate_without_accumulation():
+    """Without gradient accumulation accelerate runs step(closure) on every batch: plain SAM per batch."""
+    model = _toy()
+    accelerator = Accelerator(cpu=True)
+    model, opt, loader = accelerator.prepare(model, SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR),
+                                             DataLoader(_data(), batch_size=2))
+    for batch in loader:
+        opt.step(lambda: accelerator.backward(_loss(model, batch)))
+        opt.zero_grad()
+    data = _data()
+    x, y = _hand_sam(_toy(), [_concat(data, [0, 1]), _concat(data, [2, 3])])
+    torch.testing.assert_close(model.x, x, rtol=0, atol=1e-14)
+    torch.testing.assert_close(model.y, y, rtol=0, atol=1e-14)
