@@ -324,3 +324,8 @@ def test_a_state_saved_before_mu_lived_in_the_groups_resumes():
         _grads(m)
         o.step()
     assert torch.equal(model.x, reference.x) and torch.equal(model.y, reference.y)
+
+
+def test_a_bar_scheduler_needs_a_bar_optimizer():
+    with pytest.raises(TypeError, match="BARScheduler needs a BAR optimizer .* got SGD"):
+        BARScheduler(torch.optim.SGD(_toy().parameters(), lr=0.1), "linear", total_steps=4)

@@ -71,6 +71,10 @@ class BARScheduler:
     """
 
     def __init__(self, optimizer: Any, schedule: str = "constant", total_steps: Any = None) -> None:
+        optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer
+        if "bar_mu" not in getattr(optimizer, "defaults", {}):
+            raise TypeError(f"BARScheduler needs a BAR optimizer (create_bar_optimizer, bar_optimizer_class), got "
+                            f"{type(optimizer).__name__}")
         self.schedule = check_schedule(schedule)
         self.awaits_total_steps = total_steps == "scheduler" and self.schedule != "constant"
         if total_steps == "scheduler":
