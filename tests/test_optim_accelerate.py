@@ -296,3 +296,35 @@ def test_bar_save_state_load_state_resumes_bit_identically(tmp_path):
     steps(second, model, opt, data, 2)
     assert opt.optimizer.bar_step_count == 4
     assert all(torch.equal(p, expected[n]) for n, p in trainable(model).items())
+
+
+def test_sam_step_with_closure_through_accelerate_without_accumulation():
+    """Without gradient accumulation accelerate runs step(closure) on every batch: plain SAM per batch."""
+    model = _toy()
+    accelerator = Accelerator(cpu=True)
+    model, opt, loader = accelerator.prepare(model, SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR),
+                                             DataLoader(_data(), batch_size=2))
+    for batch in loader:
+        opt.step(lambda: accelerator.backward(_loss(model, batch)))
+        opt.zero_grad()
+    data = _data()
+    x, y = _hand_sam(_toy(), [_concat(data, [0, 1]), _concat(data, [2, 3])])
+    torch.testing.assert_close(model.x, x, rtol=0, atol=1e-14)
+    torch.testing.assert_close(model.y, y, rtol=0, atol=1e-14)
+
+
+def test_a_bar_scheduler_made_on_the_prepared_optimizer_drives_the_bar_optimizer():
+    from balancedness.optim import BARScheduler
+
+    model = _toy()
+    bar = create_bar_optimizer(model, torch.optim.SGD, lr=LR, mu=MU)
+    accelerator = Accelerator(cpu=True)
+    model, opt = accelerator.prepare(model, bar)
+    schedule = BARScheduler(opt, "linear", total_steps=4)
+    batch = _concat(_data(), [0, 1])
+    for _ in range(2):
+        accelerator.backward(_loss(model, batch))
+        opt.step()
+        opt.zero_grad()
+    assert bar.bar_scheduler is schedule and schedule.step_count == 2
+    assert bar.param_groups[0]["bar_mu"] == MU * (1 - 2 / 4)

@@ -8,9 +8,11 @@ import warnings
 
 import pytest
 import torch
+from transformers import get_linear_schedule_with_warmup
 
-from balancedness.optim import bar_optimizer_class, create_bar_optimizer, lora_pairs
+from balancedness.optim import BARScheduler, bar_optimizer_class, create_bar_optimizer, lora_pairs
 from balancedness.optim.schedules import scheduled_mu
+from balancedness.schedules import mu_at
 from finetune_fixtures import ToyLoRA, batch_loss, minilm_lora, sst2_batch, trainable
 
 X0 = torch.tensor([[0.2], [-0.1], [0.3]], dtype=torch.float64)
@@ -249,3 +251,81 @@ def test_stepping_past_total_steps_warns_once():
         warnings.simplefilter("error")
         _grads(model)
         opt.step()
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+def test_mu_t_in_the_param_groups_is_the_shared_schedule(schedule):
+    """group["bar_mu"] before step t is balancedness.schedules.mu_at(μ₀, schedule, t/T), past T too."""
+    model = _toy()
+    opt = create_bar_optimizer(model, torch.optim.SGD, lr=0.01, mu=2.0, schedule=schedule, total_steps=5)
+    seen = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the step past T warns (tested above)
+        for _ in range(7):
+            seen.append(opt.param_groups[0]["bar_mu"])
+            _grads(model)
+            opt.step()
+    assert seen == [mu_at(2.0, schedule, min(t / 5, 1.0)) for t in range(7)]
+    assert opt.bar_scheduler.state_dict() == {"step": 7, "mu": 2.0, "schedule": schedule, "total_steps": 5}
+
+
+def test_a_bar_scheduler_made_next_to_the_lr_scheduler_takes_the_same_steps():
+    """A hand-written loop: BARScheduler(opt, "linear", total_steps=lr_scheduler) on a constant-μ optimizer
+    steps exactly as create_bar_optimizer(schedule="linear", total_steps=T), and nothing in the loop calls it."""
+    def run(**schedule):
+        model = _toy(head=True)
+        opt = create_bar_optimizer(model, torch.optim.SGD, lr=0.05, mu=3.0, **schedule)
+        lr_schedule = get_linear_schedule_with_warmup(opt, num_warmup_steps=1, num_training_steps=6)
+        mu_schedule = opt.bar_scheduler if schedule else BARScheduler(opt, "linear", total_steps=lr_schedule)
+        for _ in range(6):
+            _grads(model)
+            opt.step()
+            lr_schedule.step()
+        return trainable(model), mu_schedule
+
+    (mine, mu_schedule), (reference, _) = run(), run(schedule="linear", total_steps=6)
+    assert mu_schedule.optimizer.bar_scheduler is mu_schedule
+    assert mu_schedule.total_steps == 6 and mu_schedule.step_count == 6
+    assert all(torch.equal(mine[n], reference[n]) for n in reference)
+
+
+def test_each_group_rescales_with_its_own_mu():
+    """μ_t is per group, like η_t: A in a group with μ₀ = 2, B in one with μ₀ = 0.5 (oBAR, SGD)."""
+    model = _toy()
+    a, b = model.toy.lora_A["default"].weight, model.toy.lora_B["default"].weight
+    opt = create_bar_optimizer(model, torch.optim.SGD, lr=0.1, mu=1.0, variant="obar",
+                               params=[{"params": [a], "bar_mu": 2.0}, {"params": [b], "bar_mu": 0.5}])
+    x, y = model.x.detach().clone(), model.y.detach().clone()
+    gx, gy = _grads(model)
+    s = -1.0 if x.norm() >= y.norm() else 1.0
+    opt.step()
+    torch.testing.assert_close(model.x, (1 + s * 2.0 * 0.1) * x - 0.1 * gx, rtol=0, atol=1e-15)
+    torch.testing.assert_close(model.y, (1 - s * 0.5 * 0.1) * y - 0.1 * gy, rtol=0, atol=1e-15)
+
+
+def test_a_state_saved_before_mu_lived_in_the_groups_resumes():
+    """Checkpoints of the previous layout hold t under "bar" and no "bar_mu" in their param groups."""
+    def make(model):
+        return create_bar_optimizer(model, torch.optim.SGD, lr=0.05, mu=2.0, schedule="cosine", total_steps=5)
+
+    model, reference = _toy(), _toy()
+    opt, ref_opt = make(model), make(reference)
+    for m, o in ((model, opt), (reference, ref_opt)):
+        for _ in range(2):
+            _grads(m)
+            o.step()
+    old = copy.deepcopy(opt.state_dict())
+    for group in old["param_groups"]:
+        del group["bar_mu"], group["initial_bar_mu"]
+    opt = make(model)
+    opt.load_state_dict(old)
+    assert opt.bar_step_count == 2 and opt.bar_mu == ref_opt.bar_mu
+    for m, o in ((model, opt), (reference, ref_opt)):
+        _grads(m)
+        o.step()
+    assert torch.equal(model.x, reference.x) and torch.equal(model.y, reference.y)
+
+
+def test_a_bar_scheduler_needs_a_bar_optimizer():
+    with pytest.raises(TypeError, match="BARScheduler needs a BAR optimizer .* got SGD"):
+        BARScheduler(torch.optim.SGD(_toy().parameters(), lr=0.1), "linear", total_steps=4)

@@ -284,3 +284,48 @@ def test_step_without_closure_finishes_a_first_step():
 
     via_step, via_second = run(lambda s: s.step()), run(lambda s: s.second_step())
     assert all(torch.equal(via_step[n], via_second[n]) for n in via_step)
+
+
+def _two_group_toy():
+    torch.manual_seed(7)
+    model = ToyLoRA(torch.randn(3, 2, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64))
+    a, b = model.toy.lora_A["default"].weight, model.toy.lora_B["default"].weight
+    return model, a, b
+
+
+def test_each_param_group_climbs_with_its_own_rho_over_the_global_norm():
+    """davda54/sam semantics (spec §2.7): e_g = ρ_g g_g/‖g‖, ‖g‖ the norm over *all* groups."""
+    model, a, b = _two_group_toy()
+    sam = SAM([{"params": [a], "rho": 0.1}, {"params": [b], "rho": 0.4}], torch.optim.SGD, rho=0.05, lr=0.1)
+    model.product().sin().sum().backward()
+    w_a, w_b, g_a, g_b = a.detach().clone(), b.detach().clone(), a.grad.clone(), b.grad.clone()
+    norm = torch.sqrt(g_a.square().sum() + g_b.square().sum())
+    assert sam.first_step()
+    torch.testing.assert_close(a.detach(), w_a + 0.1 * g_a / norm, rtol=0, atol=1e-15)
+    torch.testing.assert_close(b.detach(), w_b + 0.4 * g_b / norm, rtol=0, atol=1e-15)
+    sam.restore()
+    assert torch.equal(a, w_a) and torch.equal(b, w_b)
+
+
+def test_a_step_with_two_radii_is_sgd_at_the_per_group_perturbed_point():
+    """step(closure) over two groups (ρ 0.3 and 0): w⁺ = w − η ∇L(w + e), e = (0.3 g_A/‖g‖, 0)."""
+    model, a, b = _two_group_toy()
+    loss_fn = lambda: (model.product() - 0.5).square().sum()
+    w = [a.detach().clone(), b.detach().clone()]
+    g = torch.autograd.grad(loss_fn(), [a, b])
+    norm = torch.sqrt(sum(t.square().sum() for t in g))
+    reference = copy.deepcopy(model)
+    ref_a, ref_b = reference.toy.lora_A["default"].weight, reference.toy.lora_B["default"].weight
+    with torch.no_grad():
+        ref_a.add_(0.3 * g[0] / norm)
+    g_tilde = torch.autograd.grad((reference.product() - 0.5).square().sum(), [ref_a, ref_b])
+    sam = SAM([{"params": [a], "rho": 0.3}, {"params": [b], "rho": 0.0}], torch.optim.SGD, rho=0.05, lr=0.1)
+    sam.step(lambda: loss_fn().backward())
+    torch.testing.assert_close(a.detach(), w[0] - 0.1 * g_tilde[0], rtol=0, atol=1e-14)
+    torch.testing.assert_close(b.detach(), w[1] - 0.1 * g_tilde[1], rtol=0, atol=1e-14)
+
+
+def test_a_group_radius_is_validated():
+    model, a, b = _two_group_toy()
+    with pytest.raises(ValueError, match="rho must be a finite number >= 0, got -1"):
+        SAM([{"params": [a], "rho": -1.0}, {"params": [b]}], torch.optim.SGD, rho=0.05, lr=0.1)

@@ -19,7 +19,7 @@ from typing import Any
 
 __all__ = [
     "LoraPair", "lora_pairs", "lora_balancedness", "lora_grad_gap", "decay_groups",
-    "VARIANTS", "SCHEDULES", "create_bar_optimizer", "bar_optimizer_class", "scheduler_total_steps",
+    "VARIANTS", "SCHEDULES", "BARScheduler", "create_bar_optimizer", "bar_optimizer_class", "scheduler_total_steps",
     "SAM", "sam_step_accumulated", "sam_step_msharpness", "sam_backward",
     "SAMTrainer", "BARTrainer", "BalancednessCallback", "LOG_NAME",
 ]
@@ -32,7 +32,7 @@ _LAZY = {
     "LoraPair": "pairs", "lora_pairs": "pairs", "lora_balancedness": "pairs", "lora_grad_gap": "pairs",
     "decay_groups": "groups",
     "VARIANTS": "bar", "SCHEDULES": "schedules", "create_bar_optimizer": "bar", "bar_optimizer_class": "bar",
-    "scheduler_total_steps": "schedules",
+    "scheduler_total_steps": "schedules", "BARScheduler": "schedules",
     "SAM": "sam", "sam_step_accumulated": "sam", "sam_step_msharpness": "sam", "sam_backward": "microbatch",
     "SAMTrainer": "trainer", "BARTrainer": "trainer", "BalancednessCallback": "callbacks",
 }

@@ -7,7 +7,8 @@ unscaled point (spec §4.5.1) and η_t the current lr of the parameter's group (
     oBAR (Alg. 3): if ‖A‖ ≥ ‖B‖:      A ← (1 − μ_t η_t) A,  B ← (1 + μ_t η_t) B;  else the reverse.
 
 then the base optimizer steps with the same (line-3) gradients. With an SGD base this is exactly
-x_{t+1} = (1 ± μ_t η_t) x_t − η_t g(x_t) (spec §4.5.1). μ_t follows ``schedules.py``.
+x_{t+1} = (1 ± μ_t η_t) x_t − η_t g(x_t) (spec §4.5.1). μ_t, like η_t, is the group's (``group["bar_mu"]``),
+written by the optimizer's ``schedules.BARScheduler``; the mixin holds the pairs, the rescaling and the base step.
 
 The rescaling is decoupled, like AdamW's weight decay ``p.mul_(1 − lr·wd)``: it does **not** touch the base
 optimizer's state (Adam's moments m, v are estimates of gradient statistics, which Algs. 2/3 leave to
@@ -19,7 +20,6 @@ overflow that GradScaler is about to skip) the nBAR rescaling of that step is sk
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -28,7 +28,7 @@ from torch.optim import Optimizer
 
 from balancedness.optim.groups import decay_groups
 from balancedness.optim.pairs import LoraPair, compute_dtype, lora_pairs, norms
-from balancedness.optim.schedules import check_schedule, check_total_steps, scheduled_mu, scheduler_total_steps
+from balancedness.optim.schedules import BARScheduler, check_schedule
 from balancedness.validation import choice, number
 
 __all__ = ["VARIANTS", "BAROptimizerMixin", "bar_optimizer_class", "check_bar_args", "create_bar_optimizer"]
@@ -50,17 +50,21 @@ class BAROptimizerMixin:
         BAR<optimizer_cls>(params, *, pairs, mu, variant="nbar", schedule="constant", total_steps=None,
                            **optimizer_kwargs)
 
-    ``pairs`` (``lora_pairs(model)``) must all be among ``params``; see ``create_bar_optimizer`` for the rest.
-    This is the class for the Trainer's own hook, which builds it from its decay/no-decay groups::
+    ``pairs`` (``lora_pairs(model)``) must all be among ``params``; ``mu`` is μ₀ of every param group that sets
+    no ``"bar_mu"`` of its own. μ_t lives in the groups (``group["bar_mu"]``, like ``group["lr"]``), driven by
+    the optimizer's ``BARScheduler`` (``opt.bar_scheduler``), made from ``schedule``/``total_steps``; see
+    ``create_bar_optimizer`` for the rest. This is the class for the Trainer's own hook, which builds it from
+    its decay/no-decay groups::
 
         Trainer(..., optimizer_cls_and_kwargs=(bar_optimizer_class(torch.optim.AdamW),
                                                {"pairs": lora_pairs(model), "mu": 0.5, "lr": 1e-3}))
     """
 
     _bar_base_step: Callable[..., Any]
+    bar_scheduler: BARScheduler  # set by BARScheduler itself
 
     def __init__(self, params: Any, *, pairs: Sequence[LoraPair] | None = None, mu: float | None = None,
-                 variant: str = "nbar", schedule: str = "constant", total_steps: int | str | None = None,
+                 variant: str = "nbar", schedule: str = "constant", total_steps: Any = None,
                  **optimizer_kwargs: Any) -> None:
         name = type(self).__name__
         if pairs is None or mu is None:
@@ -69,43 +73,33 @@ class BAROptimizerMixin:
                 f"optimizer_cls_and_kwargs=({name}, {{'pairs': lora_pairs(model), 'mu': 0.5, 'lr': ...}})); "
                 "or use create_bar_optimizer(model, ...) or BARTrainer, which find the pairs themselves"
             )
-        self.bar_mu0, self.bar_variant, self.bar_schedule = check_bar_args(mu, variant, schedule)
-        self._bar_awaits_scheduler = total_steps == "scheduler" and schedule != "constant"
-        self.bar_total_steps = None if total_steps == "scheduler" else check_total_steps(schedule, total_steps)
+        mu, self.bar_variant, schedule = check_bar_args(mu, variant, schedule)
         super().__init__(params, **optimizer_kwargs)
-        group_of = {id(p): i for i, g in enumerate(self.param_groups) for p in g["params"]}
+        self.defaults["bar_mu"] = mu
+        for group in self.param_groups:
+            group["bar_mu"] = number("mu", group.get("bar_mu", mu))
+        self._bar_group_of = {id(p): i for i, g in enumerate(self.param_groups) for p in g["params"]}
         for pair in pairs:
             for factor in (pair.lora_A, pair.lora_B):
-                if id(factor) not in group_of:
+                if id(factor) not in self._bar_group_of:
                     raise ValueError(f"LoRA factor of {pair.name!r} is not among this optimizer's parameters")
         self.bar_pairs = list(pairs)
-        self.bar_step_count = 0  # t: BAR steps taken so far
-        self._bar_warned_past_t = False
-        self._bar_group_of = group_of
+        BARScheduler(self, schedule, total_steps)
+
+    # The schedule's state, read off its BARScheduler (names of the optimizer's public API).
+    bar_mu0 = property(lambda self: self.bar_scheduler.state_dict()["mu"], doc="μ₀ (of the first group).")
+    bar_schedule = property(lambda self: self.bar_scheduler.schedule, doc="The μ schedule's name.")
+    bar_total_steps = property(lambda self: self.bar_scheduler.total_steps, doc="T of the μ schedule.")
+    bar_step_count = property(lambda self: self.bar_scheduler.step_count, doc="t: BAR steps taken so far.")
 
     @property
     def bar_mu(self) -> float:
-        """μ_t for the next step."""
-        if self._bar_awaits_scheduler:
-            raise RuntimeError(
-                f"this BAR optimizer was created with total_steps='scheduler' but has not seen its LR scheduler: "
-                f"call opt.bar_sync_total_steps(lr_scheduler) before the first step (T of the {self.bar_schedule!r} "
-                "μ schedule), or pass total_steps=T, or use BARTrainer"
-            )
-        return scheduled_mu(self.bar_mu0, self.bar_schedule, self.bar_step_count, self.bar_total_steps)
+        """μ_t for the next step (of the first group)."""
+        return self._known([self.param_groups[0]["bar_mu"]])[0]
 
     def bar_sync_total_steps(self, lr_scheduler: Any) -> int:
-        """Take T of the μ schedule from the LR scheduler this optimizer runs with (``scheduler_total_steps``), or,
-        when T is already set, check that the two agree (ValueError if not: μ would reach 0 at another step than
-        the learning rate). A constant μ schedule ignores T. Returns the scheduler's T."""
-        total = scheduler_total_steps(lr_scheduler)
-        if self.bar_schedule == "constant":
-            return total
-        if self.bar_total_steps is not None and self.bar_total_steps != total:
-            raise ValueError(f"the BAR optimizer's μ schedule runs over total_steps={self.bar_total_steps} but the LR "
-                             f"scheduler over {total} steps; they must agree")
-        self.bar_total_steps, self._bar_awaits_scheduler = total, False
-        return total
+        """T of the μ schedule from the LR scheduler (``BARScheduler.sync_total_steps``)."""
+        return self.bar_scheduler.sync_total_steps(lr_scheduler)
 
     def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
         """Evaluate ``closure`` (if given) for the gradients, rescale the LoRA pairs, then the base step."""
@@ -119,21 +113,13 @@ class BAROptimizerMixin:
 
     @torch.no_grad()
     def bar_rescale_(self) -> None:
-        """Lines 3–10 of Alg. 2/3 for every pair with gradients; advances t."""
-        mu_t = self.bar_mu
-        if (self.bar_schedule != "constant" and self.bar_step_count >= self.bar_total_steps
-                and not self._bar_warned_past_t):
-            warnings.warn(f"BAR step {self.bar_step_count + 1} is past total_steps={self.bar_total_steps}, the T of its "
-                          f"{self.bar_schedule!r} μ schedule: μ stays 0 from here. Give the optimizer the number of "
-                          "training steps (BARTrainer does), or take it from the LR scheduler "
-                          "(total_steps='scheduler' + bar_sync_total_steps)", stacklevel=3)
-            self._bar_warned_past_t = True
-        self.bar_step_count += 1
+        """Lines 3–10 of Alg. 2/3 for every pair with gradients, with μ_t and η_t of each factor's group."""
         pairs = [p for p in self.bar_pairs if p.lora_A.grad is not None and p.lora_B.grad is not None]
-        if mu_t == 0.0 or not pairs:
-            return
         a = [p.lora_A for p in pairs]
         b = [p.lora_B for p in pairs]
+        mu_a, mu_b = self._bar_group_values(a, "bar_mu"), self._bar_group_values(b, "bar_mu")
+        if not any(mu_a + mu_b):
+            return
         dtype = compute_dtype(a + b)
         if self.bar_variant == "nbar":
             n_a, n_b = norms([p.grad for p in a], dtype), norms([p.grad for p in b], dtype)
@@ -143,35 +129,42 @@ class BAROptimizerMixin:
         else:
             n_a, n_b = norms(a, dtype), norms(b, dtype)
             sign = torch.where(n_a >= n_b, -1.0, 1.0).to(dtype)  # −1: shrink A, grow B
-        lr_a = self._bar_lrs(a, dtype, sign.device)
-        lr_b = self._bar_lrs(b, dtype, sign.device)
-        _scale_(a, 1.0 + mu_t * lr_a * sign)
-        _scale_(b, 1.0 - mu_t * lr_b * sign)
+        rate_a = _tensor(mu_a, dtype, sign.device) * _tensor(self._bar_group_values(a, "lr"), dtype, sign.device)
+        rate_b = _tensor(mu_b, dtype, sign.device) * _tensor(self._bar_group_values(b, "lr"), dtype, sign.device)
+        _scale_(a, 1.0 + rate_a * sign)
+        _scale_(b, 1.0 - rate_b * sign)
 
-    def _bar_lrs(self, params: list[nn.Parameter], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        lrs = [float(self.param_groups[self._bar_group_of[id(p)]]["lr"]) for p in params]
-        return torch.tensor(lrs, dtype=dtype, device=device)
+    def _bar_group_values(self, params: list[nn.Parameter], key: str) -> list[float]:
+        """``group[key]`` of each parameter's group (μ_t or η_t); RuntimeError while μ_t awaits T."""
+        return self._known([self.param_groups[self._bar_group_of[id(p)]][key] for p in params])
+
+    def _known(self, values: list[Any]) -> list[float]:
+        if None in values:
+            raise RuntimeError(
+                f"this BAR optimizer's {self.bar_schedule!r} μ schedule has no T yet (total_steps='scheduler'): call "
+                "opt.bar_sync_total_steps(lr_scheduler) before the first step, or create "
+                "BARScheduler(opt, schedule, total_steps=T), or use BARTrainer"
+            )
+        return [float(v) for v in values]
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        state["bar"] = {"step": self.bar_step_count, "mu": self.bar_mu0, "variant": self.bar_variant,
-                        "schedule": self.bar_schedule, "total_steps": self.bar_total_steps}
+        state["bar"] = {**self.bar_scheduler.state_dict(), "variant": self.bar_variant}
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """The base optimizer's state and the schedule position t. A saved T that differs from this
-        optimizer's (linear/cosine schedules) raises ValueError: t/T would silently change meaning."""
+        """The base optimizer's state and the schedule position t (``BARScheduler.load_state_dict``: a saved T
+        that differs raises ValueError before anything is loaded)."""
         state_dict = dict(state_dict)
         bar = state_dict.pop("bar", None)
-        saved_total = None if bar is None else bar.get("total_steps")
-        if self.bar_schedule != "constant" and saved_total not in (None, self.bar_total_steps):
-            raise ValueError(
-                f"the BAR state was saved with total_steps={saved_total} (T of the μ schedule) but this "
-                f"optimizer has total_steps={self.bar_total_steps}; resume with the same number of training steps"
-            )
-        super().load_state_dict(state_dict)
         if bar is not None:
-            self.bar_step_count = int(bar["step"])
+            self.bar_scheduler.load_state_dict(bar)
+        super().load_state_dict(state_dict)
+        self.bar_scheduler.apply()  # μ_t into the loaded groups (a state saved before μ_t lived in them has none)
+
+
+def _tensor(values: list[float], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=dtype, device=device)
 
 
 def _scale_(params: list[nn.Parameter], factors: torch.Tensor) -> None:
@@ -207,7 +200,7 @@ def create_bar_optimizer(
     mu: float,
     variant: str = "nbar",
     schedule: str = "constant",
-    total_steps: int | str | None = None,
+    total_steps: Any = None,
     params: Iterable[Any] | None = None,
     weight_decay: float | None = None,
     **optimizer_kwargs: Any,
@@ -222,8 +215,10 @@ def create_bar_optimizer(
         mu: μ₀ ≥ 0 (finite), the BAR coefficient (the paper's α_t in Algs. 2/3, "μ₀" in its tables).
         variant: ``"nbar"`` (Alg. 2, decides on gradient norms) or ``"obar"`` (Alg. 3, on weight norms).
         schedule: ``"constant"``, ``"linear"`` or ``"cosine"`` decay of μ_t (spec §4.5.7).
-        total_steps: T of the linear/cosine schedule (required for those): an int, or ``"scheduler"`` to take it
-            from the LR scheduler with ``opt.bar_sync_total_steps(lr_scheduler)`` before the first step.
+        total_steps: T of the linear/cosine schedule (required for those): an int, the LR scheduler, or
+            ``"scheduler"`` to take it from the LR scheduler with ``opt.bar_sync_total_steps(lr_scheduler)`` before
+            the first step. Or leave ``schedule`` constant and make ``BARScheduler(opt, schedule, total_steps=T)``
+            next to the LR scheduler yourself (``BARTrainer`` does).
         params: the parameters or parameter groups to optimize, as for any torch optimizer (e.g. with
             per-group ``weight_decay``); default: every trainable parameter of ``model``. Every LoRA factor
             must be among them.
@@ -234,7 +229,7 @@ def create_bar_optimizer(
 
     Returns:
         an instance of ``bar_optimizer_class(optimizer_cls)``, a subclass of ``optimizer_cls``; its
-        ``state_dict`` carries the schedule position t.
+        ``state_dict`` carries the schedule position t (``opt.bar_scheduler.state_dict()``).
     """
     lr = number("lr", lr, strict=True)
     cls = bar_optimizer_class(optimizer_cls)

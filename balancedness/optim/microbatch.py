@@ -18,25 +18,40 @@ perturbs with its own gradient); the descent gradient is all-reduced once, by th
 overflow (non-finite norm) leaves the weights alone; when a GradScaler will step, the gradients are
 NaN-filled so that it skips the step and lowers the scale (``amp.py``).
 
-``sam_micro_batch`` is the ordering, shared by ``SAMTrainer.training_step`` and ``sam_backward`` (accelerate).
+``sam_micro_batch`` is SAM's only ordering of passes: ``SAMTrainer.training_step`` and ``sam_backward``
+(accelerate) call it once per micro-batch of their loops; ``SAM.step(closure)``, ``sam_step_accumulated`` and
+``sam_step_msharpness`` (``sam.py``) are short loops over it.
 """
 
 from __future__ import annotations
 
 import weakref
 from contextlib import nullcontext
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from balancedness.optim.amp import poison_grads_
-from balancedness.optim.sam import SAM, stash_grads, unstash_grads
 from balancedness.validation import boolean
 
-__all__ = ["RunPass", "sam_micro_batch", "sam_backward"]
+__all__ = ["RunPass", "sam_micro_batch", "sam_backward", "stash_grads", "unstash_grads"]
 
 RunPass = Callable[[Any, bool], torch.Tensor]  # (micro-batch, local) -> its loss; local: no gradient all-reduce
+
+
+def stash_grads(params: Sequence[nn.Parameter]) -> list[torch.Tensor | None]:
+    """Detach the current ``.grad``s (e.g. accumulated descent gradients) and leave ``None`` in place."""
+    saved = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    return saved
+
+
+def unstash_grads(params: Sequence[nn.Parameter], saved: Sequence[torch.Tensor | None]) -> None:
+    """Put stashed gradients back (discarding whatever ``.grad`` holds now)."""
+    for p, g in zip(params, saved):
+        p.grad = g
 
 
 def sam_micro_batch(batch: Any, pending: list[Any], *, run_pass: RunPass, params: list[nn.Parameter],
@@ -83,7 +98,7 @@ def sam_micro_batch(batch: Any, pending: list[Any], *, run_pass: RunPass, params
     return loss
 
 
-_PENDING: weakref.WeakKeyDictionary[SAM, list[Any]] = weakref.WeakKeyDictionary()
+_PENDING: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
 
 
 def sam_backward(accelerator: Any, model: nn.Module, optimizer: Any, batch: Any, *,
@@ -106,12 +121,7 @@ def sam_backward(accelerator: Any, model: nn.Module, optimizer: Any, batch: Any,
     k-th, where ``optimizer.step()`` (which accelerate runs only then) applies the descent gradient of all k.
     Returns this micro-batch's loss at w (detached, not divided by k).
     """
-    sam = optimizer
-    while not isinstance(sam, SAM) and hasattr(sam, "optimizer"):  # accelerate's AcceleratedOptimizer
-        sam = sam.optimizer
-    if not isinstance(sam, SAM):
-        raise TypeError(f"sam_backward needs the SAM optimizer (as returned by accelerator.prepare(SAM(...))), got "
-                        f"{type(optimizer).__name__}")
+    sam = _unwrap_sam(optimizer)
     msharpness = boolean("msharpness", msharpness)
     loss_fn = loss_fn if loss_fn is not None else (lambda b: model(**b).loss)
 
@@ -125,3 +135,19 @@ def sam_backward(accelerator: Any, model: nn.Module, optimizer: Any, batch: Any,
     return sam_micro_batch(batch, _PENDING.setdefault(sam, []), run_pass=run_pass, params=params,
                            climb=sam.first_step, restore=sam.restore, msharpness=msharpness,
                            last=accelerator.sync_gradients, scaled=accelerator.scaler is not None)
+
+
+def _unwrap_sam(optimizer: Any) -> Any:
+    """The ``SAM`` inside accelerate's ``AcceleratedOptimizer`` (which hides SAM's halves). Recognised by its
+    two halves ``first_step``/``restore`` (this module sits below ``sam.py``, which runs its steps through it)."""
+    sam = optimizer
+    while not _is_sam(sam) and hasattr(sam, "optimizer"):
+        sam = sam.optimizer
+    if not _is_sam(sam):
+        raise TypeError(f"sam_backward needs the SAM optimizer (as returned by accelerator.prepare(SAM(...))), got "
+                        f"{type(optimizer).__name__}")
+    return sam
+
+
+def _is_sam(optimizer: Any) -> bool:
+    return callable(getattr(optimizer, "first_step", None)) and callable(getattr(optimizer, "restore", None))

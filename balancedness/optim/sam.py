@@ -1,14 +1,17 @@
 """SAM (spec §2.1, Alg. 1) as a torch optimizer wrapping any base optimizer, after davda54/sam.
 
-    first_step:   w ← w + e(w),   e = ρ g/‖g‖                 (Alg. 1 line 5; eq. (4a), (22a))
-                                  e = ρ w² ⊙ g/‖|w| ⊙ g‖       (ASAM, ``adaptive=True``)
+    first_step:   w ← w + e(w),   e_g = ρ_g g/‖g‖                (Alg. 1 line 5; eq. (4a), (22a))
+                                  e_g = ρ_g w² ⊙ g/‖|w| ⊙ g‖      (ASAM, ``adaptive=True``)
     second_step:  w ← w (restored), then the base optimizer steps with g(w + e)   (line 6; (4c), (22c))
 
-‖g‖ is the *global* norm over all parameters of the optimizer (u_t of eq. (22a), spec §2.7). A zero
-gradient gives e = 0 (never NaN). The same minibatch must be used for both gradients (spec §2.1).
+‖g‖ is the *global* norm over all parameters of the optimizer (u_t of eq. (22a), spec §2.7); each param group
+climbs with its own radius ρ_g (and ``adaptive`` flag), as in davda54/sam (``group["rho"]`` over the global
+norm). A zero gradient gives e = 0 (never NaN). The same minibatch must be used for both gradients (spec §2.1).
 
-Helpers for several micro-batches:
+The order of the passes is written once, in ``microbatch.sam_micro_batch`` (the streaming order of the HF
+Trainer and accelerate loops); here it is looped over:
 
+* ``SAM.step(closure)``: one micro-batch, the closure runs its own backward.
 * ``sam_step_accumulated``: exact gradient accumulation. The ascent gradient is the average of the k
   micro-batch gradients at w, the point is perturbed once, and the descent gradient is the average of the
   k micro-batch gradients at w + e: the same update as SAM on the concatenated batch.
@@ -19,8 +22,9 @@ Mixed precision: pass ``scaler=`` (a ``torch.amp.GradScaler``) to ``step``/``sec
 scale every backward with it (the helpers do). See ``amp.py`` for why no explicit unscale is needed before
 the perturbation, and how an overflow in either pass skips the whole step.
 
-Loops that hand over one micro-batch at a time (the HF Trainer, ``accelerate``) are served by
-``microbatch.py``; ``step(closure)`` needs every micro-batch at once and is refused under accelerate.
+accelerate: ``step(closure)`` works under ``accelerator.prepare`` without gradient accumulation; with
+accumulation (accelerate runs ``step()`` only on every k-th micro-batch, so the others' data would never reach
+the update) it is refused, and ``microbatch.sam_backward`` is the way in.
 """
 
 from __future__ import annotations
@@ -34,13 +38,15 @@ from torch import nn
 from torch.optim import Optimizer
 
 from balancedness.optim.amp import backward, poison_grads_
+from balancedness.optim.microbatch import sam_micro_batch, stash_grads, unstash_grads
 from balancedness.optim.pairs import compute_dtype, norms
 from balancedness.validation import boolean, number
 
-__all__ = ["SAM", "Perturbation", "check_sam_args", "climb_", "restore_", "stash_grads", "unstash_grads",
-           "sam_step_accumulated", "sam_step_msharpness"]
+__all__ = ["SAM", "Perturbation", "RadiusGroup", "check_sam_args", "climb_", "climb_groups_", "restore_",
+           "stash_grads", "unstash_grads", "sam_step_accumulated", "sam_step_msharpness"]
 
 Backups = list[torch.Tensor]
+RadiusGroup = tuple[Sequence[nn.Parameter], float, bool]  # (parameters, ρ, adaptive): one param group's radius
 
 
 def check_sam_args(rho: float, adaptive: bool = False) -> tuple[float, bool]:
@@ -48,31 +54,46 @@ def check_sam_args(rho: float, adaptive: bool = False) -> tuple[float, bool]:
     return number("rho", rho), boolean("adaptive", adaptive)
 
 
-@torch.no_grad()
 def climb_(params: Iterable[nn.Parameter], rho: float, adaptive: bool = False) -> tuple[list[nn.Parameter], Backups] | None:
-    """w ← w + e(w) for every parameter with a gradient (module docstring), in ≥ fp32.
+    """w ← w + e(w) for every parameter with a gradient, one radius for all (``climb_groups_``)."""
+    return climb_groups_([(list(params), rho, adaptive)])
+
+
+@torch.no_grad()
+def climb_groups_(groups: Sequence[RadiusGroup]) -> tuple[list[nn.Parameter], Backups] | None:
+    """w ← w + e(w) for every parameter with a gradient (module docstring), in ≥ fp32: each group with its
+    own ρ_g (and ASAM flag), all over the one global norm ‖g‖ (of |w| ⊙ g in the adaptive groups).
 
     Returns (the perturbed parameters, copies of their values at w) for ``restore_``; or None, with nothing
     changed, when the global gradient norm is inf/NaN (an fp16 overflow).
     """
-    params = [p for p in params if p.grad is not None]
+    groups = [([p for p in params if p.grad is not None], rho, adaptive) for params, rho, adaptive in groups]
+    groups = [group for group in groups if group[0]]
+    params = [p for group_params, _, _ in groups for p in group_params]
     if not params:
         return [], []
     dtype = compute_dtype(params)
-    grads = [p.grad.to(dtype) for p in params]
-    if adaptive:
-        grads = torch._foreach_mul(torch._foreach_abs([p.to(dtype) for p in params]), grads)  # |w| ⊙ g
-    grad_norm = torch.linalg.vector_norm(norms(grads, dtype))
+    grads = [_ascent_gradients(group_params, adaptive, dtype) for group_params, _, adaptive in groups]
+    grad_norm = torch.linalg.vector_norm(norms([g for group_grads in grads for g in group_grads], dtype))
     if not torch.isfinite(grad_norm):  # the one host sync of a SAM step
         return None
-    coef = torch.where(grad_norm > 0, rho / grad_norm, torch.zeros_like(grad_norm))
-    step = torch._foreach_mul(grads, coef)  # ρ g/‖g‖, or ρ |w|⊙g/‖|w|⊙g‖ ...
-    if adaptive:
-        step = torch._foreach_mul(step, torch._foreach_abs([p.to(dtype) for p in params]))  # ... ⊙ |w|
     backups = [p.detach().clone() for p in params]
-    for p, e in zip(params, step):
-        p.add_(e)
+    for (group_params, rho, adaptive), group_grads in zip(groups, grads):
+        coef = torch.where(grad_norm > 0, rho / grad_norm, torch.zeros_like(grad_norm))
+        step = torch._foreach_mul(group_grads, coef)  # ρ g/‖g‖, or ρ |w|⊙g/‖|w|⊙g‖ ...
+        if adaptive:
+            step = torch._foreach_mul(step, torch._foreach_abs([p.to(dtype) for p in group_params]))  # ... ⊙ |w|
+        for p, e in zip(group_params, step):
+            p.add_(e)
     return params, backups
+
+
+def _ascent_gradients(params: list[nn.Parameter], adaptive: bool, dtype: torch.dtype) -> list[torch.Tensor]:
+    """g in ``dtype``, or |w| ⊙ g for ASAM: the vectors whose global norm normalizes the perturbation."""
+    grads = [p.grad.to(dtype) for p in params]
+    if adaptive:
+        grads = torch._foreach_mul(torch._foreach_abs([p.to(dtype) for p in params]), grads)
+    return grads
 
 
 @torch.no_grad()
@@ -83,12 +104,19 @@ def restore_(params: Sequence[nn.Parameter], backups: Backups) -> None:
 
 
 class Perturbation:
-    """w ↔ w + e(w) on a fixed parameter list: ``climb()`` (``climb_``; False, nothing changed, on an overflow)
-    and ``restore()`` (``restore_``; a no-op when not climbed)."""
+    """w ↔ w + e(w) on fixed parameter groups: ``climb()`` (``climb_groups_``; False, nothing changed, on an
+    overflow) and ``restore()`` (``restore_``; a no-op when not climbed). ``Perturbation(params, rho, adaptive)``
+    is one group; ``Perturbation.of_param_groups(optimizer.param_groups)`` takes each group's ``rho``/``adaptive``."""
 
     def __init__(self, params: Iterable[nn.Parameter], rho: float, adaptive: bool = False) -> None:
-        self.params, self.rho, self.adaptive = list(params), rho, adaptive
+        self.groups: list[RadiusGroup] = [(list(params), rho, adaptive)]
         self._climbed: tuple[list[nn.Parameter], Backups] | None = None
+
+    @classmethod
+    def of_param_groups(cls, param_groups: Sequence[dict[str, Any]]) -> Perturbation:
+        perturbation = cls((), 0.0)
+        perturbation.groups = [(list(g["params"]), g["rho"], g["adaptive"]) for g in param_groups]
+        return perturbation
 
     @property
     def climbed(self) -> bool:
@@ -96,7 +124,7 @@ class Perturbation:
         return self._climbed is not None
 
     def climb(self) -> bool:
-        self._climbed = climb_(self.params, self.rho, self.adaptive)
+        self._climbed = climb_groups_(self.groups)
         return self._climbed is not None
 
     def restore(self) -> None:
@@ -105,29 +133,16 @@ class Perturbation:
             self._climbed = None
 
 
-def stash_grads(params: Sequence[nn.Parameter]) -> list[torch.Tensor | None]:
-    """Detach the current ``.grad``s (e.g. accumulated descent gradients) and leave ``None`` in place."""
-    saved = [p.grad for p in params]
-    for p in params:
-        p.grad = None
-    return saved
-
-
-def unstash_grads(params: Sequence[nn.Parameter], saved: Sequence[torch.Tensor | None]) -> None:
-    """Put stashed gradients back (discarding whatever ``.grad`` holds now)."""
-    for p, g in zip(params, saved):
-        p.grad = g
-
-
 class SAM(Optimizer):
     """Sharpness-Aware Minimization around ``base_optimizer_cls`` (Foret et al. 2021; spec Alg. 1).
 
     Args:
-        params: parameters or param groups, as for any optimizer.
+        params: parameters or param groups, as for any optimizer; a group may set its own ``rho`` and
+            ``adaptive`` (davda54/sam semantics: the group's radius over the global gradient norm).
         base_optimizer_cls: e.g. ``torch.optim.SGD``/``AdamW``; built on the same param groups, so LR
             schedulers attached to the SAM instance drive the base optimizer.
-        rho: the radius ρ ≥ 0 (ρ = 0 is the base optimizer).
-        adaptive: ASAM's scale-invariant perturbation (Kwon et al. 2021).
+        rho: the radius ρ ≥ 0 of groups that set none (ρ = 0 is the base optimizer).
+        adaptive: ASAM's scale-invariant perturbation (Kwon et al. 2021), for groups that set none.
         **base_kwargs: passed to ``base_optimizer_cls`` (``lr``, ``momentum``, ...).
 
     Use either ``step(closure)`` — the closure zeroes nothing, computes the loss, calls backward (through
@@ -147,6 +162,8 @@ class SAM(Optimizer):
         if not (isinstance(base_optimizer_cls, type) and issubclass(base_optimizer_cls, Optimizer)):
             raise TypeError(f"base_optimizer_cls must be a torch.optim.Optimizer subclass, got {base_optimizer_cls!r}")
         super().__init__(params, dict(rho=rho, adaptive=adaptive, **base_kwargs))
+        for group in self.param_groups:
+            group["rho"], group["adaptive"] = check_sam_args(group["rho"], group["adaptive"])
         self.base_optimizer = base_optimizer_cls(self.param_groups, **base_kwargs)
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
@@ -160,12 +177,12 @@ class SAM(Optimizer):
 
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> bool:
-        """Climb to w + e(w) with the current gradients. Returns False (and changes nothing) on an overflow:
-        the step is then skipped by ``second_step`` and the descent pass may be left out."""
+        """Climb to w + e(w) with the current gradients, each group with its ρ. Returns False (and changes
+        nothing) on an overflow: the step is then skipped by ``second_step`` and the descent pass may be left out."""
         if self._perturbation is not None and self._perturbation.climbed:
             raise RuntimeError("SAM.first_step() was called while the weights are still at w + e: call "
                                "second_step() (or restore()) before climbing again")
-        self._perturbation = Perturbation(self._params(), self.rho, self.adaptive)
+        self._perturbation = Perturbation.of_param_groups(self.param_groups)
         self._overflow = not self._perturbation.climb()
         self._in_step = True
         if zero_grad:
@@ -206,7 +223,8 @@ class SAM(Optimizer):
 
     def step(self, closure: Callable[[], torch.Tensor] | None = None, *,
              scaler: torch.amp.GradScaler | None = None) -> torch.Tensor | None:
-        """One SAM step: ascent pass, climb, descent pass, restore, base step. Returns the loss at w.
+        """One SAM step, the passes of ``microbatch.sam_micro_batch`` for one micro-batch: ascent pass,
+        climb, descent pass, restore; then the base step. Returns the loss at w.
 
         Without a closure: ``second_step(scaler=scaler)`` of a step begun with ``first_step()`` (returns None).
         """
@@ -219,19 +237,21 @@ class SAM(Optimizer):
                 "Trainer use balancedness.optim.SAMTrainer (Trainer(optimizers=(SAM(...), None)) cannot run SAM's "
                 "second pass); in an accelerate loop use balancedness.optim.sam_backward"
             )
-        if _stepped_by_accelerate():
+        if _accelerate_accumulates():
             raise RuntimeError(
-                "SAM.step(closure) was called through accelerate's AcceleratedOptimizer, which skips step() on "
-                "gradient-accumulation micro-batches (their data would never reach the update) and cannot run a "
-                "closure under a GradScaler: call balancedness.optim.sam_backward(accelerator, model, optimizer, "
-                "batch) inside accelerator.accumulate(model), then optimizer.step() (docs/torch-backend.md)"
+                "SAM.step(closure) was called in an accelerate loop that accumulates gradients: accelerate's "
+                "AcceleratedOptimizer skips step() on the other micro-batches (their data would never reach the "
+                "update): call balancedness.optim.sam_backward(accelerator, model, optimizer, batch) inside "
+                "accelerator.accumulate(model), then optimizer.step() (docs/torch-backend.md)"
             )
-        self.zero_grad()
-        with torch.enable_grad():
-            loss = closure()
-        if self.first_step(zero_grad=True):
+
+        def run_pass(_batch: Any, _local: bool) -> torch.Tensor:
             with torch.enable_grad():
-                closure()
+                return closure()
+
+        self.zero_grad()
+        loss = sam_micro_batch(None, [], run_pass=run_pass, params=self._params(), climb=self.first_step,
+                               restore=self.restore, msharpness=False, last=True, scaled=scaler is not None)
         self.second_step(scaler=scaler)
         return loss
 
@@ -244,13 +264,15 @@ class SAM(Optimizer):
         self.param_groups = self.base_optimizer.param_groups
 
 
-def _stepped_by_accelerate() -> bool:
-    """Whether ``SAM.step`` was called by accelerate (its ``AcceleratedOptimizer.step``), looking past torch's
-    own wrappers of ``step`` (profiling hooks, LR-scheduler counters)."""
-    frame = sys._getframe(2)  # 0: here, 1: SAM.step, 2: its caller
-    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "torch":
-        frame = frame.f_back
-    return frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "accelerate"
+def _accelerate_accumulates() -> bool:
+    """Whether an accelerate loop accumulates gradients right now, by accelerate's own record of it: its shared
+    ``GradientState`` (read from ``sys.modules``: nothing here imports accelerate) holds k > 1 accumulation steps
+    and a prepared DataLoader is being iterated. There accelerate calls ``step()`` on every k-th micro-batch only."""
+    state = sys.modules.get("accelerate.state")
+    if state is None or not state.GradientState._shared_state:
+        return False
+    gradient_state = state.GradientState()
+    return gradient_state.num_steps > 1 and gradient_state.in_dataloader
 
 
 LossFn = Callable[[Any], torch.Tensor]
@@ -270,17 +292,7 @@ def sam_step_accumulated(sam: SAM, loss_fn: LossFn, micro_batches: Sequence[Any]
     but the last, so each worker perturbs with its own gradient and the descent gradient is all-reduced once.
     Returns the mean loss at w.
     """
-    k = _check_batches(micro_batches)
-    no_sync = no_sync or nullcontext
-    sam.zero_grad()
-    with no_sync():
-        loss = sum(_backward_of(loss_fn, mb, k, scaler) for mb in micro_batches)
-    if sam.first_step(zero_grad=True):
-        for j, mb in enumerate(micro_batches):
-            with (no_sync() if j < k - 1 else nullcontext()):
-                _backward_of(loss_fn, mb, k, scaler)
-    sam.second_step(scaler=scaler)
-    return loss
+    return _loop(sam, loss_fn, micro_batches, msharpness=False, scaler=scaler, no_sync=no_sync)
 
 
 def sam_step_msharpness(sam: SAM, loss_fn: LossFn, chunks: Sequence[Any], *,
@@ -291,24 +303,33 @@ def sam_step_msharpness(sam: SAM, loss_fn: LossFn, chunks: Sequence[Any], *,
 
     ``loss_fn`` as for ``sam_step_accumulated`` (returns the loss, no backward). The chunks' descent
     gradients accumulate in ``.grad`` while each ascent gradient is computed on its own (the accumulated
-    gradients are stashed meanwhile). An overflow in any pass skips the step. Returns the mean loss at w.
+    gradients are stashed meanwhile; both passes of a chunk back-propagate L_i/m, as in the Trainer's loop,
+    and e is invariant to that scale). An overflow in any pass skips the step. Returns the mean loss at w.
     """
-    m = _check_batches(chunks)
+    return _loop(sam, loss_fn, chunks, msharpness=True, scaler=scaler, no_sync=no_sync)
+
+
+def _loop(sam: SAM, loss_fn: LossFn, batches: Sequence[Any], *, msharpness: bool,
+          scaler: torch.amp.GradScaler | None, no_sync: NoSync | None) -> torch.Tensor:
+    """One SAM step over ``batches``: ``sam_micro_batch`` for each, as the Trainer's loop feeds them (its sync
+    context: ``no_sync`` on every micro-batch but the last), then the base step. Stops at an overflow."""
+    k = _check_batches(batches)
     no_sync = no_sync or nullcontext
-    params = sam._params()
+    pending: list[Any] = []
     sam.zero_grad()
-    loss: Any = 0.0
-    for i, chunk in enumerate(chunks):
-        saved = stash_grads(params)
-        with no_sync():
-            loss = loss + _backward_of(loss_fn, chunk, 1, scaler) / m
-        climbed = sam.first_step()
-        unstash_grads(params, saved)
-        if not climbed:
+    loss: Any = 0
+    for j, batch in enumerate(batches):
+        last = j == k - 1
+
+        def run_pass(micro: Any, local: bool) -> torch.Tensor:
+            with no_sync() if local or not last else nullcontext():
+                return _backward_of(loss_fn, micro, k, scaler)
+
+        loss = loss + sam_micro_batch(batch, pending, run_pass=run_pass, params=sam._params(), climb=sam.first_step,
+                                      restore=sam.restore, msharpness=msharpness, last=last,
+                                      scaled=scaler is not None)
+        if sam._overflow:
             break
-        with (no_sync() if i < m - 1 else nullcontext()):
-            _backward_of(loss_fn, chunk, m, scaler)
-        sam.restore()
     sam.second_step(scaler=scaler)
     return loss
 

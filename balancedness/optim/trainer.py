@@ -17,7 +17,8 @@ the passes is ``microbatch.sam_micro_batch``, which ``sam_backward`` shares for 
 
 ``BARTrainer`` builds its optimizer with ``create_bar_optimizer`` (spec Algs. 2/3) from the Trainer's own
 optimizer class and keyword arguments (``args.optim``, lr, betas, ...) and its usual decay/no-decay parameter
-groups; T for linear/cosine μ-schedules is the Trainer's number of training steps.
+groups, and the μ schedule's ``BARScheduler`` next to the LR scheduler, with the same T (the Trainer's number
+of training steps).
 
 Both link every ``BalancednessCallback`` to themselves when training starts, so that its values go through
 ``Trainer.log`` into ``log_history``, ``trainer_state.json`` and the ``report_to`` integrations.
@@ -37,6 +38,7 @@ from balancedness.optim.callbacks import BalancednessCallback
 from balancedness.optim.groups import decay_groups
 from balancedness.optim.microbatch import sam_micro_batch
 from balancedness.optim.sam import SAM, Perturbation, check_sam_args
+from balancedness.optim.schedules import BARScheduler
 from balancedness.validation import boolean
 
 __all__ = ["SAMTrainer", "BARTrainer"]
@@ -110,17 +112,16 @@ class BARTrainer(_LoRATrainer):
     ``create_optimizer`` calls ``create_bar_optimizer`` with the class and kwargs of
     ``get_optimizer_cls_and_kwargs(args)`` (or the ``optimizer_cls_and_kwargs`` given to the Trainer), the
     learning rate of ``args``, and the Trainer's two groups: ``args.weight_decay`` for
-    ``get_decay_parameter_names(model)``, 0 for the rest. T comes from ``create_optimizer_and_scheduler``
-    (or, inside ``train()``, from the step count the Trainer has computed by then); ``create_scheduler``
-    checks that the LR schedule and the μ schedule agree on T. An optimizer passed in through
-    ``optimizers=(...)`` must already be a BAR optimizer.
+    ``get_decay_parameter_names(model)``, 0 for the rest; its μ schedule awaits T. ``create_scheduler`` creates,
+    next to the LR scheduler and with the same T, the μ schedule's ``BARScheduler``; for an optimizer that has
+    a T already it checks that the two agree. t and T travel in the optimizer's state, so a checkpoint resumes
+    them. An optimizer passed in through ``optimizers=(...)`` must already be a BAR optimizer.
     """
 
     def __init__(self, *args: Any, bar_mu: float, bar_variant: str = "nbar", bar_schedule: str = "constant",
                  **kwargs: Any) -> None:
         self.bar_mu, self.bar_variant, self.bar_schedule = check_bar_args(bar_mu, bar_variant, bar_schedule,
                                                                           prefix="bar_")
-        self._bar_total_steps: int | None = None
         super().__init__(*args, **kwargs)
         if self.optimizer is not None and not isinstance(_unwrap(self.optimizer), BAROptimizerMixin):
             raise TypeError(
@@ -129,11 +130,18 @@ class BARTrainer(_LoRATrainer):
             )
 
     def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
-        self._bar_total_steps = num_training_steps
+        if self.optimizer is None:  # T comes with the scheduler, next
+            self.optimizer = self._bar_optimizer(self.model)
         super().create_optimizer_and_scheduler(num_training_steps)
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         if self.optimizer is None:
+            if self.bar_schedule != "constant" and not self.state.max_steps:
+                raise RuntimeError(
+                    f"BARTrainer needs T, the number of training steps, for bar_schedule={self.bar_schedule!r}, and "
+                    "learns it in train() or create_optimizer_and_scheduler(num_training_steps); a bare "
+                    "create_optimizer() call does not know it"
+                )
             self.optimizer = self._bar_optimizer(self.model if model is None else model)
         return super().create_optimizer(model)
 
@@ -150,27 +158,18 @@ class BARTrainer(_LoRATrainer):
         groups = decay_groups(model, self.args.weight_decay, self.get_decay_parameter_names(model))
         return create_bar_optimizer(
             model, optimizer_cls, params=groups, lr=optimizer_kwargs.pop("lr", self.args.learning_rate),
-            mu=self.bar_mu, variant=self.bar_variant, schedule=self.bar_schedule,
-            total_steps=self._training_steps(), **optimizer_kwargs)
-
-    def _training_steps(self) -> int | None:
-        """T: from ``create_optimizer_and_scheduler``, else the ``state.max_steps`` that ``train()`` sets before
-        it builds the optimizer. None (and an error for linear/cosine μ) when neither has happened yet."""
-        steps = self._bar_total_steps or self.state.max_steps or None
-        if steps is None and self.bar_schedule != "constant":
-            raise RuntimeError(
-                f"BARTrainer needs T, the number of training steps, for bar_schedule={self.bar_schedule!r}, and "
-                "learns it in train() or create_optimizer_and_scheduler(num_training_steps); a bare "
-                "create_optimizer() call does not know it"
-            )
-        return steps
+            mu=self.bar_mu, variant=self.bar_variant, schedule=self.bar_schedule, total_steps="scheduler",
+            **optimizer_kwargs)
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
         bar = _unwrap(optimizer if optimizer is not None else self.optimizer)
-        if (isinstance(bar, BAROptimizerMixin) and bar.bar_schedule != "constant"
-                and bar.bar_total_steps != num_training_steps):
-            raise ValueError(
-                f"the BAR optimizer's μ schedule runs over total_steps={bar.bar_total_steps} but the Trainer "
-                f"schedules {num_training_steps} training steps; they must agree"
-            )
+        if isinstance(bar, BAROptimizerMixin):
+            mu_schedule = bar.bar_scheduler
+            if mu_schedule.awaits_total_steps:
+                BARScheduler(bar, mu_schedule.schedule, total_steps=num_training_steps)
+            elif mu_schedule.schedule != "constant" and mu_schedule.total_steps != num_training_steps:
+                raise ValueError(
+                    f"the BAR optimizer's μ schedule runs over total_steps={mu_schedule.total_steps} but the "
+                    f"Trainer schedules {num_training_steps} training steps; they must agree"
+                )
         return super().create_scheduler(num_training_steps, optimizer)
