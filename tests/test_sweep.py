@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 from balancedness.cli import app
 from balancedness.finetune.record import RunRecord
 from balancedness.finetune.report import MixedSettingsError, csv_text, markdown_tables, settings_text, summarize
+from conftest import built_once
 from data_fixtures import data_root_or_skip
 
 
@@ -117,62 +119,91 @@ def test_paired_statistics():
         paired([])
 
 
+_LRS, _SECOND = [1e-3, 4e-3], {"sam": ("rho", [0.05, 0.2]), "nbar": ("mu", [1.0, 20.0])}
+
+
+@pytest.fixture(scope="session")
+def reduced_sweep(tmp_path_factory) -> Path:
+    """Two values per axis, two steps, a small eval subset (lora, sam, nbar × seeds 13, 21 on SST-2): a finished
+    sweep folder, built once for the tests below (conftest.built_once), which only read it."""
+    def build(out: Path) -> None:
+        args = ["sweep", "--tasks", "sst2", "--methods", "lora,sam,nbar", "--seeds", "13,21", "--steps", "2",
+                "--batch-size", "4", "--shots", "2", "--max-eval", "16", "--data-root", str(data_root_or_skip()),
+                "--grid", "all:lr=1e-3,4e-3", "--grid", "sam:rho=0.05,0.2", "--grid", "nbar:mu=1,20",
+                "--log-every", "1", "--out", str(out)]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+
+    return built_once(tmp_path_factory, "reduced-sweep", build)
+
+
+def _grid_index(run) -> int:
+    """The order of a run's configuration in the search space (lr-major): what breaks dev-accuracy ties."""
+    option = _SECOND.get(run.method)
+    return _LRS.index(run.config["lr"]) * 2 + (option[1].index(run.config[option[0]]) if option else 0)
+
+
+def _chosen(runs, method: str) -> list:
+    """Per seed (13, 21), the run of ``method`` with the best dev accuracy, ties to the first configuration."""
+    return [max((r for r in runs if r.method == method and r.seed == seed), key=lambda r: (r.dev, -_grid_index(r)))
+            for seed in (13, 21)]
+
+
 @pytest.mark.slow
-def test_reduced_grid_selects_on_dev_and_pairs_against_lora(tmp_path):
-    """Two values per axis, two steps, a small eval subset: dev selection and paired statistics end to end."""
-    args = ["sweep", "--tasks", "sst2", "--methods", "lora,sam,nbar", "--seeds", "13,21", "--steps", "2",
-            "--batch-size", "4", "--shots", "2", "--max-eval", "16", "--data-root", str(data_root_or_skip()),
-            "--grid", "all:lr=1e-3,4e-3", "--grid", "sam:rho=0.05,0.2", "--grid", "nbar:mu=1,20", "--log-every",
-            "1", "--out", str(tmp_path)]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
+def test_reduced_grid_runs_every_configuration_and_writes_the_tables(reduced_sweep):
     from balancedness.finetune.report import collect
 
-    runs = collect(tmp_path)
-    assert len(runs) == 2 * (2 + 4 + 4)
-    table = (tmp_path / "table.md").read_text()
-    assert "Selected hyper-parameters" in table and "selection on the dev split" in table
-    paired_rows = (tmp_path / "paired.csv").read_text().splitlines()
+    assert len(collect(reduced_sweep)) == 2 * (2 + 4 + 4)
+    table = (reduced_sweep / "table.md").read_text()
+    assert "Selected hyper-parameters" in table
+    assert "selection on the dev split" in table
+    paired_rows = (reduced_sweep / "paired.csv").read_text().splitlines()
     assert paired_rows[0].startswith("method,task,n,mean,ci_low,ci_high,wins,ties,losses,p_sign")
     assert {r.split(",")[0] for r in paired_rows[1:]} == {"sam", "nbar"}
-    lrs, second = [1e-3, 4e-3], {"sam": ("rho", [0.05, 0.2]), "nbar": ("mu", [1.0, 20.0])}
-    selected = list(csv.DictReader((tmp_path / "selected.csv").open()))
-    assert len(selected) == 3 * 2
 
-    def grid_index(run):  # the order of the configurations in the search space: lr-major
-        option = second.get(run.method)
-        return lrs.index(run.config["lr"]) * 2 + (option[1].index(run.config[option[0]]) if option else 0)
 
+@pytest.mark.slow
+@pytest.mark.parametrize("method,label", [("lora", "LoRA"), ("sam", "LoRA-SAM"), ("nbar", "LoRA-nBAR")])
+def test_reduced_grid_selects_on_dev(reduced_sweep, method, label):
+    """The table's cell is the mean ± std of the dev-selected runs, and selected.csv names those runs."""
     import statistics
 
-    for method, label in (("lora", "LoRA"), ("sam", "LoRA-SAM"), ("nbar", "LoRA-nBAR")):
-        chosen = []
-        for seed in (13, 21):  # best dev accuracy, ties to the first configuration of the grid
-            group = [r for r in runs if r.method == method and r.seed == seed]
-            chosen.append(max(group, key=lambda r: (r.dev, -grid_index(r))))
-        values = [100 * r.value for r in chosen]
-        cell = f"| {label} | {statistics.fmean(values):.1f}±{statistics.stdev(values):.1f} |"
-        assert cell in table, (cell, table)
-        listed = {int(row["seed"]): row for row in selected if row["method"] == method}
-        for seed, run in zip((13, 21), chosen):  # selected.csv names the same runs, with their options
-            assert listed[seed]["run"] == run.run  # relative to the sweep folder
-            assert int(listed[seed]["candidates"]) == (2 if method == "lora" else 4)
-            assert json.loads(listed[seed]["options"])["lr"] == run.config["lr"]
+    from balancedness.finetune.report import collect
 
-    # examples/matched_pairs.py: every SAM/nBAR run against the LoRA run of the same seed and learning rate
+    chosen = _chosen(collect(reduced_sweep), method)
+    values = [100 * r.value for r in chosen]
+    cell = f"| {label} | {statistics.fmean(values):.1f}±{statistics.stdev(values):.1f} |"
+    table = (reduced_sweep / "table.md").read_text()
+    assert cell in table, (cell, table)
+    selected = list(csv.DictReader((reduced_sweep / "selected.csv").open()))
+    assert len(selected) == 3 * 2
+    listed = {int(row["seed"]): row for row in selected if row["method"] == method}
+    for seed, run in zip((13, 21), chosen):
+        assert listed[seed]["run"] == run.run  # relative to the sweep folder
+        assert int(listed[seed]["candidates"]) == (2 if method == "lora" else 4)
+        assert json.loads(listed[seed]["options"])["lr"] == run.config["lr"]
+
+
+@pytest.mark.slow
+def test_matched_pairs_compares_each_run_with_lora_at_its_seed_and_lr(reduced_sweep, tmp_path):
+    """examples/matched_pairs.py: every SAM/nBAR run against the LoRA run of the same seed and learning rate."""
+    import statistics
     import subprocess
     import sys
-    from pathlib import Path
+
+    from balancedness.finetune.report import collect
 
     script = Path(__file__).resolve().parents[1] / "examples" / "matched_pairs.py"
-    p = subprocess.run([sys.executable, str(script), str(tmp_path), "--csv", str(tmp_path / "matched.csv")],
+    p = subprocess.run([sys.executable, str(script), str(reduced_sweep), "--csv", str(tmp_path / "matched.csv")],
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     matched = {(r["method"], float(r["value"]), r["task"]): r
                for r in csv.DictReader((tmp_path / "matched.csv").open())}
     assert int(matched[("sam", 0.2, "sst2")]["n"]) == 4  # 2 seeds × 2 learning rates
     strong = matched[("nbar", 20.0, "sst2")]  # μ₀ = 20 shrinks |B_l| on every pair, whatever the accuracy does
-    assert int(strong["b_lower"]) == int(strong["b_pairs"]) == 4 and float(strong["b_ratio"]) < 1.0
+    assert int(strong["b_lower"]) == int(strong["b_pairs"]) == 4
+    assert float(strong["b_ratio"]) < 1.0
+    runs = collect(reduced_sweep)
     lora = {(r.seed, r.config["lr"]): r for r in runs if r.method == "lora"}
     diffs = [100 * (r.value - lora[(r.seed, r.config["lr"])].value) for r in runs
              if r.method == "sam" and r.config["rho"] == 0.2]
