@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import built_once
+
 pytest.importorskip("mkdocs")
 pytest.importorskip("mkdocstrings_handlers.python")
 
@@ -33,13 +35,16 @@ REFERENCE = {  # page -> API names that must have a rendered entry there
 REMOTE = re.compile(r"""<(?:script|link|img)\b[^>]*\b(?:src|href)=["'](?:https?:)?//""", re.I)
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("site")
+def _build(out: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600, env=dict(os.environ, NO_MKDOCS_2_WARNING="1"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return out
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """The site, built once for all xdist workers (``conftest.built_once``)."""
+    return built_once(tmp_path_factory, "docs-site", _build)
 
 
 @pytest.mark.parametrize("page", sorted(REFERENCE))

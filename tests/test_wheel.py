@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import built_once
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,6 +86,11 @@ print("sam ok, bar ok", float(b0), float(b1))
 """
 
 
+# The fresh venv's commands run without PYTHONPATH and outside the checkout (a python's sys.path starts with
+# its working folder, where ``build`` leaves balancedness.egg-info): neither may show them this checkout.
+CLEAN = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
+
+
 def _run(*cmd: str, **kw) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}"
@@ -92,27 +99,31 @@ def _run(*cmd: str, **kw) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
-    _run(sys.executable, "-m", "build", "--outdir", str(out), str(ROOT))
-    return out
+    """The sdist and the wheel, built once for all xdist workers (``conftest.built_once``)."""
+    return built_once(tmp_path_factory, "dist",
+                      lambda out: _run(sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)))
+
+
+def _fresh_venv(dist: Path, env: Path) -> None:
+    """A fresh venv with the wheel installed (not editable), then this interpreter's packages appended."""
+    venv.EnvBuilder(with_pip=False).create(env)
+    python = env / "bin" / "python"
+    (wheel,) = dist.glob("*.whl")
+    _run(sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", str(wheel),
+         cwd=env, env=CLEAN)
+    purelib = Path(_run(str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))", cwd=env,
+                        env=CLEAN).stdout.strip())
+    ours = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
+    (purelib / "zz_dependencies.pth").write_text("".join(f"{p}\n" for p in sorted(ours)))
 
 
 @pytest.fixture(scope="module")
 def fresh(dist, tmp_path_factory) -> Path:
-    """A fresh venv with the wheel installed (not editable), then this interpreter's packages appended."""
-    env = tmp_path_factory.mktemp("venv") / "fresh"
-    venv.EnvBuilder(with_pip=False).create(env)
-    python = env / "bin" / "python"
-    (wheel,) = dist.glob("*.whl")
-    _run(sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", str(wheel))
-    purelib = Path(_run(str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))").stdout.strip())
-    ours = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
-    (purelib / "zz_dependencies.pth").write_text("".join(f"{p}\n" for p in sorted(ours)))
-    return env
+    return built_once(tmp_path_factory, "wheel-venv", lambda folder: _fresh_venv(dist, folder / "fresh")) / "fresh"
 
 
 def test_sdist_and_wheel_pass_twine_check(dist):
-    files = sorted(dist.iterdir())
+    files = sorted(f for f in dist.iterdir() if f.name != ".built")
     assert sorted(f.suffix for f in files) == [".gz", ".whl"], files
     _run(sys.executable, "-m", "twine", "check", "--strict", *map(str, files))
 
@@ -128,18 +139,14 @@ def test_the_wheel_holds_the_package_and_its_data(dist):
 
 
 def test_installed_wheel_meets_its_declared_requirements(fresh):
-    _run(str(fresh / "bin" / "python"), "-c", REQUIREMENTS, cwd=fresh)
+    _run(str(fresh / "bin" / "python"), "-c", REQUIREMENTS, cwd=fresh, env=CLEAN)
 
 
 def test_installed_wheel_runs_check_quick(fresh):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env.pop("PYTHONPATH", None)
-    proc = _run(str(fresh / "bin" / "balancedness"), "check", "--quick", "--brief", cwd=fresh, env=env)
+    proc = _run(str(fresh / "bin" / "balancedness"), "check", "--quick", "--brief", cwd=fresh, env=CLEAN)
     assert "0 failed" in proc.stdout, proc.stdout
 
 
 def test_installed_wheel_takes_a_sam_and_a_bar_step(fresh):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env.pop("PYTHONPATH", None)
-    proc = _run(str(fresh / "bin" / "python"), "-c", STEPS, cwd=fresh, env=env)
+    proc = _run(str(fresh / "bin" / "python"), "-c", STEPS, cwd=fresh, env=CLEAN)
     assert "sam ok, bar ok" in proc.stdout
