@@ -24,10 +24,22 @@ pytest.importorskip("mkdocstrings_handlers.python")
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = {  # page -> API names that must have a rendered entry there
-    "optim": ["bar.create_bar_optimizer", "sam.SAM", "trainer.SAMTrainer", "trainer.BARTrainer",
-              "callbacks.BalancednessCallback", "pairs.lora_pairs", "microbatch.sam_backward"],
-    "sims": ["directions.register_direction", "directions.Direction", "discrete.simulate", "flows.solve_flow",
-             "results.SimResult"],
+    "optim": [
+        "bar.create_bar_optimizer",
+        "sam.SAM",
+        "trainer.SAMTrainer",
+        "trainer.BARTrainer",
+        "callbacks.BalancednessCallback",
+        "pairs.lora_pairs",
+        "microbatch.sam_backward",
+    ],
+    "sims": [
+        "directions.register_direction",
+        "directions.Direction",
+        "discrete.simulate",
+        "flows.solve_flow",
+        "results.SimResult",
+    ],
     "checks": ["registry.Verdict", "registry.Check", "registry.Kind", "registry.run_checks"],
     "methods": ["Method", "Hyper", "register_method"],
     "finetune": ["run.FinetuneConfig", "run.run_finetune", "sweep.run_sweep", "taskfile.TaskFile"],
@@ -36,8 +48,14 @@ REMOTE = re.compile(r"""<(?:script|link|img)\b[^>]*\b(?:src|href)=["'](?:https?:
 
 
 def _build(out: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600, env=dict(os.environ, NO_MKDOCS_2_WARNING="1"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, NO_MKDOCS_2_WARNING="1"),
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -58,8 +76,12 @@ def test_reference_pages_render_the_public_api(site, page):
 def test_math_is_typeset_by_the_bundled_katex(site):
     index = (site / "index.html").read_text(encoding="utf-8")
     assert 'class="arithmatex"' in index  # \( \) and \[ \] left for KaTeX
-    for asset in ("assets/katex/katex.min.js", "assets/katex/contrib/auto-render.min.js",
-                  "assets/katex/katex.min.css", "assets/katex.js"):
+    for asset in (
+        "assets/katex/katex.min.js",
+        "assets/katex/contrib/auto-render.min.js",
+        "assets/katex/katex.min.css",
+        "assets/katex.js",
+    ):
         assert asset in index and (site / asset).is_file(), asset
     fonts = re.findall(r"url\((fonts/[^)]+\.woff2)\)", (site / "assets/katex/katex.min.css").read_text())
     assert fonts and all((site / "assets/katex" / f).is_file() for f in fonts)

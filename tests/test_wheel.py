@@ -100,8 +100,9 @@ def _run(*cmd: str, **kw) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory) -> Path:
     """The sdist and the wheel, built once for all xdist workers (``conftest.built_once``)."""
-    return built_once(tmp_path_factory, "dist",
-                      lambda out: _run(sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)))
+    return built_once(
+        tmp_path_factory, "dist", lambda out: _run(sys.executable, "-m", "build", "--outdir", str(out), str(ROOT))
+    )
 
 
 def _fresh_venv(dist: Path, env: Path) -> None:
@@ -109,10 +110,24 @@ def _fresh_venv(dist: Path, env: Path) -> None:
     venv.EnvBuilder(with_pip=False).create(env)
     python = env / "bin" / "python"
     (wheel,) = dist.glob("*.whl")
-    _run(sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", str(wheel),
-         cwd=env, env=CLEAN)
-    purelib = Path(_run(str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))", cwd=env,
-                        env=CLEAN).stdout.strip())
+    _run(
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        str(python),
+        "install",
+        "--no-deps",
+        "--no-index",
+        str(wheel),
+        cwd=env,
+        env=CLEAN,
+    )
+    purelib = Path(
+        _run(
+            str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))", cwd=env, env=CLEAN
+        ).stdout.strip()
+    )
     ours = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
     (purelib / "zz_dependencies.pth").write_text("".join(f"{p}\n" for p in sorted(ours)))
 
@@ -132,8 +147,14 @@ def test_the_wheel_holds_the_package_and_its_data(dist):
     (wheel,) = dist.glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "balancedness/py.typed" in names
-    for package in ("balancedness/finetune/data/", "balancedness/optim/", "balancedness/sims/",
-                    "balancedness/checks/", "balancedness/figures/", "balancedness/commands/"):
+    for package in (
+        "balancedness/finetune/data/",
+        "balancedness/optim/",
+        "balancedness/sims/",
+        "balancedness/checks/",
+        "balancedness/figures/",
+        "balancedness/commands/",
+    ):
         assert f"{package}__init__.py" in names, package
     assert not any(n.startswith(("tests/", "docs/", "benchmarks/")) for n in names)
 

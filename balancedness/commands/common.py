@@ -14,7 +14,8 @@ from rich.markup import escape
 
 from balancedness.validation import InvalidValue
 
-__all__ = ["Command", "console", "err_console", "fail_usage", "split_values", "ensure_writable_folder", "ensure_writable_file"]
+__all__ = ["Command", "console", "err_console", "fail_usage", "split_values", "ensure_writable_folder",
+           "ensure_writable_file"]
 
 console = Console()
 err_console = Console(stderr=True)
