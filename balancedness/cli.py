@@ -8,15 +8,16 @@ from __future__ import annotations
 import typer
 
 from balancedness.commands import figures, finetune, sims
+from balancedness.commands.common import Command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="SAM's implicit regularization of balancedness: simulators, theory checks, figures, LoRA.")
 
-app.command()(sims.check)
-app.command()(sims.simulate)
-app.command()(figures.figures)
-app.command()(finetune.finetune)
-app.command()(finetune.sweep)
+app.command(cls=Command)(sims.check)
+app.command(cls=Command)(sims.simulate)
+app.command(cls=Command)(figures.figures)
+app.command(cls=Command)(finetune.finetune)
+app.command(cls=Command)(finetune.sweep)
 
 
 def main() -> None:

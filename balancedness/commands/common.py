@@ -8,15 +8,41 @@ from pathlib import Path
 from typing import List, NoReturn, Optional
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.markup import escape
 
 from balancedness.validation import InvalidValue
 
-__all__ = ["console", "err_console", "fail_usage", "split_values", "ensure_writable_folder", "ensure_writable_file"]
+__all__ = ["Command", "console", "err_console", "fail_usage", "split_values", "ensure_writable_folder",
+           "ensure_writable_file"]
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+class _FlagOption(typer.core.TyperOption):
+    """An option whose rich help shows a value placeholder only if it takes a value.
+
+    typer 0.29's rich help asks every option for its type (``--quick <bool>``, ``--help <bool>``); its plain
+    help already leaves flags and counters bare, and so does this.
+    """
+
+    def display_type_rich(self, ctx: typer.core._click.Context) -> str | None:
+        return None if self.is_flag or self.count else super().display_type_rich(ctx)
+
+
+class Command(typer.core.TyperCommand):
+    """The class of every ``balancedness`` command (``app.command(cls=Command)``): flags read as flags in
+    ``--help``, the help option included (it is made per call, so the options are retyped where click lists them).
+    """
+
+    def get_params(self, ctx: typer.core._click.Context) -> list[typer.core._click.Parameter]:
+        params = super().get_params(ctx)
+        for param in params:
+            if type(param) is typer.core.TyperOption:
+                param.__class__ = _FlagOption  # same fields, one method changed
+        return params
 
 
 def fail_usage(error: str | Exception) -> NoReturn:

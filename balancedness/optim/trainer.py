@@ -103,11 +103,18 @@ def _unwrap(optimizer: Any) -> Any:
     return optimizer
 
 
+NO_DEFAULT_BAR_MU = (
+    "BARTrainer needs bar_mu=μ₀, the BAR coefficient (spec Algs. 2/3), and has no default: each step rescales "
+    "a LoRA pair by 1 ± μ·lr, so a good μ₀ depends on the learning rate and the model, as peft's LoRA+ asks "
+    "for loraplus_lr_ratio. Try bar_mu=0.5 (the finetune command's default --mu; the paper's grid is 0.5, 1, 2)"
+)
+
+
 class BARTrainer(_LoRATrainer):
     """``Trainer`` whose optimizer is BAR (spec Algs. 2/3) over the Trainer's own optimizer class.
 
-    Extra args: ``bar_mu`` (μ₀ ≥ 0), ``bar_variant`` (``"nbar"``/``"obar"``), ``bar_schedule``
-    (``"constant"``/``"linear"``/``"cosine"``, T = the Trainer's total number of optimizer steps).
+    Extra args: ``bar_mu`` (μ₀ ≥ 0, required: ``NO_DEFAULT_BAR_MU`` says why), ``bar_variant`` (``"nbar"``/``"obar"``),
+    ``bar_schedule`` (``"constant"``/``"linear"``/``"cosine"``, T = the Trainer's total number of optimizer steps).
 
     ``create_optimizer`` calls ``create_bar_optimizer`` with the class and kwargs of
     ``get_optimizer_cls_and_kwargs(args)`` (or the ``optimizer_cls_and_kwargs`` given to the Trainer), the
@@ -118,8 +125,10 @@ class BARTrainer(_LoRATrainer):
     them. An optimizer passed in through ``optimizers=(...)`` must already be a BAR optimizer.
     """
 
-    def __init__(self, *args: Any, bar_mu: float, bar_variant: str = "nbar", bar_schedule: str = "constant",
-                 **kwargs: Any) -> None:
+    def __init__(self, *args: Any, bar_mu: float | None = None, bar_variant: str = "nbar",
+                 bar_schedule: str = "constant", **kwargs: Any) -> None:
+        if bar_mu is None:
+            raise TypeError(NO_DEFAULT_BAR_MU)
         self.bar_mu, self.bar_variant, self.bar_schedule = check_bar_args(bar_mu, bar_variant, bar_schedule,
                                                                           prefix="bar_")
         super().__init__(*args, **kwargs)
