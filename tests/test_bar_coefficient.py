@@ -14,7 +14,9 @@ def test_bar_trainer_without_bar_mu_says_why_and_suggests_a_value(tmp_path):
     with pytest.raises(TypeError) as info:
         BARTrainer(model=minilm_lora(), args=args)
     message = str(info.value)
-    assert "bar_mu" in message and "no default" in message and "bar_mu=0.5" in message, message
+    assert "bar_mu" in message, message
+    assert "no default" in message, message
+    assert "bar_mu=0.5" in message, message
 
 
 def test_bar_trainer_with_bar_mu_is_built(tmp_path):

@@ -15,14 +15,17 @@ def results():
 def test_at_least_25_claims_each_traceable(results):
     assert len(results) >= 25
     for cid, ref, claim, role, _ in CHECKS:
-        assert ref and claim and role in ("claim", "finding"), cid
+        assert ref, cid
+        assert claim, cid
+        assert role in ("claim", "finding"), cid
 
 
 @pytest.mark.parametrize("cid", [c[0] for c in CHECKS])
 def test_claim_holds(results, cid):
     r = results[cid]
     assert r.status == "PASS", f"{cid}: {r.measured} (tolerance {r.tolerance})"
-    assert np.isfinite(r.value) and r.error is None
+    assert np.isfinite(r.value)
+    assert r.error is None
 
 
 def test_each_check_runs_exactly_the_optimizers_it_declares(results):
@@ -32,7 +35,9 @@ def test_each_check_runs_exactly_the_optimizers_it_declares(results):
         assert set(r.exercised) == set(c.runs), f"{c.id} declares {c.runs} but called {r.exercised}"
         assert bool(c.runs) == (c.kind is Kind.IMPLEMENTATION) or c.kind is Kind.FINDING, c.id
     kinds = {k: sum(c.kind is k for c in CHECKS) for k in Kind}
-    assert kinds[Kind.IMPLEMENTATION] >= 30 and kinds[Kind.MATH] >= 5 and kinds[Kind.FINDING] >= 5, kinds
+    assert kinds[Kind.IMPLEMENTATION] >= 30, kinds
+    assert kinds[Kind.MATH] >= 5, kinds
+    assert kinds[Kind.FINDING] >= 5, kinds
 
 
 def test_quick_mode_runs_everything():
@@ -51,7 +56,8 @@ def test_registration_rules():
         check("x-impl", "ref", "claim", Kind.IMPLEMENTATION)
     with pytest.raises(ValueError, match="math check 'x-math' runs"):
         check("x-math", "ref", "claim", Kind.MATH, runs=("sam",))
-    assert "x-impl" not in CHECKS and "x-math" not in CHECKS
+    assert "x-impl" not in CHECKS
+    assert "x-math" not in CHECKS
 
 
 def test_a_check_that_raises_fails_with_the_error(monkeypatch):
@@ -59,7 +65,9 @@ def test_a_check_that_raises_fails_with_the_error(monkeypatch):
         raise RuntimeError("boom in my field")
 
     r, = run_checks(quick=True, only=["sam-op-identity"], replace={"sam": broken})
-    assert not r.passed and "RuntimeError: boom in my field" in r.error and r.measured.startswith("error:")
+    assert not r.passed
+    assert "RuntimeError: boom in my field" in r.error
+    assert r.measured.startswith("error:")
     assert DIRECTIONS["sam"].field.__name__ == "sam"  # the built-in is back
 
 

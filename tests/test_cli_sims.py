@@ -24,7 +24,8 @@ def test_simulate_paper_nop_setting_sam_balances_sgd_does_not(tmp_path):
             "--out", str(tmp_path / f"{opt}.json"))
         out[opt] = json.loads((tmp_path / f"{opt}.json").read_text())
     sgd, sam = out["sgd"], out["sam"]
-    assert sgd["t"][0] == 0 and sgd["t"][-1] == 100_000
+    assert sgd["t"][0] == 0
+    assert sgd["t"][-1] == 100_000
     assert set(sgd["runs"][0]) >= {"alpha", "seed", "balancedness", "grad_gap", "loss"}
     assert {r["alpha"] for r in sam["runs"]} == {0.5, 1.0}
     for r in sgd["runs"]:
@@ -32,7 +33,8 @@ def test_simulate_paper_nop_setting_sam_balances_sgd_does_not(tmp_path):
         assert abs(r["balancedness"][-1] + 0.56) <= 0.01 * 0.56
     for r_sam, r_sgd in zip(sam["runs"], sgd["runs"]):
         assert abs(r_sam["balancedness"][-1]) < 0.3 * abs(r_sgd["balancedness"][-1])
-    assert sam["settings"]["optimizer"]["rho"] == 0.1 and sam["settings"]["lr"] == 1e-4
+    assert sam["settings"]["optimizer"]["rho"] == 0.1
+    assert sam["settings"]["lr"] == 1e-4
 
 
 def test_simulate_flow_writes_times(tmp_path):
@@ -40,7 +42,9 @@ def test_simulate_flow_writes_times(tmp_path):
     run("simulate", "--problem", "op", "--optimizer", "sam", "--flow", "--t-end", "2", "--steps", "2000",
         "--record-every", "100", "--out", str(path))
     d = json.loads(path.read_text())
-    assert d["settings"]["kind"] == "flow" and d["t"][0] == 0 and d["t"][-1] == 2.0
+    assert d["settings"]["kind"] == "flow"
+    assert d["t"][0] == 0
+    assert d["t"][-1] == 2.0
     B = np.array(d["runs"][0]["balancedness"])
     assert abs(B[-1]) < abs(B[0])
 
@@ -52,7 +56,8 @@ def test_simulate_layered_rank_and_bar(tmp_path):
     from balancedness.sims import SimResult
 
     res = SimResult.load(path)
-    assert res.x.shape[2:] == (2, 3, 2) and res.n_runs == 2
+    assert res.x.shape[2:] == (2, 3, 2)
+    assert res.n_runs == 2
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -79,14 +84,16 @@ def test_check_quick_json(tmp_path):
     path = tmp_path / "check.json"
     p = run("check", "--quick", "--json", str(path))
     rows = json.loads(path.read_text())
-    assert len(rows) >= 25 and all(r["status"] == "PASS" for r in rows)
+    assert len(rows) >= 25
+    assert all(r["status"] == "PASS" for r in rows)
     assert {"id", "ref", "measured", "tolerance", "status"} <= set(rows[0])
     assert "passed, 0 failed" in p.stdout
 
 
 def test_check_unknown_id_exits_2():
     p = run("check", "--only", "nope", check=False)
-    assert p.returncode == 2 and "nope" in p.stderr
+    assert p.returncode == 2
+    assert "nope" in p.stderr
 
 
 def _docs_example():
@@ -135,7 +142,8 @@ def test_check_bad_replace_exits_2_before_any_check(tmp_path, spec, needle):
                  "def wrong_shape(problem, X, Y, targets, hp):\n    return -X[:, 0], -Y, X, Y\n")
     p = run("check", "--replace", spec.format(f=f, d=tmp_path), check=False)
     assert p.returncode == 2, p.stdout + p.stderr
-    assert needle in " ".join((p.stdout + p.stderr).split()) and "checks:" not in p.stdout
+    assert needle in " ".join((p.stdout + p.stderr).split())
+    assert "checks:" not in p.stdout
 
 
 def test_simulate_with_replace_records_it(tmp_path):
@@ -150,7 +158,8 @@ def test_simulate_with_replace_records_it(tmp_path):
     assert mine["settings"]["replaced"] == {"sam": f"{tmp_path / 'half.py'}:half"}
     assert mine["runs"][0]["balancedness"] == ref["runs"][0]["balancedness"]
     p = run("simulate", "--replace", "sngd=nope.py:f", check=False)
-    assert p.returncode == 2 and "no such file" in p.stderr
+    assert p.returncode == 2
+    assert "no such file" in p.stderr
 
 
 def test_simulate_runs_every_registered_direction(tmp_path):
@@ -172,4 +181,5 @@ def test_simulate_runs_every_registered_direction(tmp_path):
     finally:
         unregister_direction("sam-half")
     gone = CliRunner().invoke(app, ["simulate", "--optimizer", "sam-half", "--steps", "10"])
-    assert gone.exit_code == 2 and "unknown optimizer 'sam-half'" in gone.output
+    assert gone.exit_code == 2
+    assert "unknown optimizer 'sam-half'" in gone.output

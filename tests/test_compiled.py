@@ -98,13 +98,15 @@ def test_an_observed_built_in_runs_compiled_and_is_still_noted():
     kw = dict(rho=0.1, alpha=[0.5, 1.0], seeds=2, steps=1500, lr=1e-3, record_every=100)
     with replaced_directions({"sam": observed(observed(sam, note), note)}):
         watched = simulate(nop_problem(), "sam", **kw)
-    assert watched.settings["backend"] == "numba" and len(seen) >= 2
+    assert watched.settings["backend"] == "numba"
+    assert len(seen) >= 2
     plain = simulate(nop_problem(), "sam", backend="numpy", **kw)
     np.testing.assert_array_equal(watched.x, plain.x)
     seen.clear()
     with replaced_directions({"sam": observed(lambda *a: sam(*a), note)}):  # observes a non-built-in: numpy
         res = simulate(nop_problem(), "sam", **{**kw, "steps": 10})
-    assert res.settings["backend"] == "numpy" and len(seen) == 11  # noted on every call, as numpy calls it
+    assert res.settings["backend"] == "numpy"
+    assert len(seen) == 11  # noted on every call, as numpy calls it
 
 
 def test_warm_compiles_the_kernel_a_run_uses():

@@ -23,7 +23,9 @@ def test_checks_table_has_one_row_per_claim():
 def test_checks_table_marks_failures():
     row = {"id": "x", "ref": "Thm 9", "claim": "a|b", "measured": "1", "tolerance": "<= 0", "status": "FAIL"}
     table = checks_table([row])
-    assert "**FAIL**" in table and "a\\|b" in table and "1 failed" in table
+    assert "**FAIL**" in table
+    assert "a\\|b" in table
+    assert "1 failed" in table
 
 
 def test_gallery_links_images_relative_to_report(tmp_path):
@@ -31,7 +33,8 @@ def test_gallery_links_images_relative_to_report(tmp_path):
     figs.mkdir()
     (figs / "fig1.json").write_text(json.dumps({"title": "T", "caption": "C 0.22"}))
     md = figure_gallery(figs, tmp_path, ["fig1"])
-    assert "![fig1](figures/fig1.png)" in md and "C 0.22" in md
+    assert "![fig1](figures/fig1.png)" in md
+    assert "C 0.22" in md
 
 
 def test_run_writes_report_with_registered_sections(tmp_path, monkeypatch):
@@ -47,7 +50,8 @@ def test_run_writes_report_with_registered_sections(tmp_path, monkeypatch):
     ctx = demo.run(tmp_path / "out", quick=True)
     text = (tmp_path / "out" / "REPORT.md").read_text()
     assert text.index("## First") < text.index("## Extra")
-    assert "Failed: thing." in text and ctx.failures == ["thing"]
+    assert "Failed: thing." in text
+    assert ctx.failures == ["thing"]
 
 
 @pytest.mark.slow
@@ -65,17 +69,24 @@ def test_quick_demo_end_to_end(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     report = (out / "REPORT.md").read_text()
     checks = json.loads((out / "checks.json").read_text())
-    assert len(checks) >= 25 and all(r["status"] == "PASS" for r in checks)
+    assert len(checks) >= 25
+    assert all(r["status"] == "PASS" for r in checks)
     assert "| id | paper | claim | measured | tolerance | result |" in report
     for name in ("fig1", "fig2", "fig4", "flow", "rates", "msharp"):
-        assert f"figures/{name}.png" in report and (out / "figures" / f"{name}.png").is_file()
+        assert f"figures/{name}.png" in report
+        assert (out / "figures" / f"{name}.png").is_file()
     assert "LoRA vs SAM vs oBAR vs nBAR" in report
     for method in ("lora", "sam", "obar", "nbar"):
         runs = list((out / "finetune" / "sst2" / method).glob("seed13-*"))
         assert len(runs) == 2  # two learning rates, the dev split picks one
         for run in runs:
             metrics = json.loads((run / "metrics.json").read_text())
-            assert metrics["status"] == "complete" and 0 <= metrics["accuracy"] <= 1 and "dev_accuracy" in metrics
-    assert "selected on the dev split" in report and "finetune/paired.png" in report
-    assert (out / "finetune" / "paired.png").is_file() and " x |" not in report
-    assert (out / "finetune" / "fig3.png").is_file() and "fig3.png" in report
+            assert metrics["status"] == "complete"
+            assert 0 <= metrics["accuracy"] <= 1
+            assert "dev_accuracy" in metrics
+    assert "selected on the dev split" in report
+    assert "finetune/paired.png" in report
+    assert (out / "finetune" / "paired.png").is_file()
+    assert " x |" not in report
+    assert (out / "finetune" / "fig3.png").is_file()
+    assert "fig3.png" in report

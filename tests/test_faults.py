@@ -76,7 +76,8 @@ def _assert_identical(a: dict, b: dict) -> None:
         assert torch.equal(a["weights"][key], b["weights"][key]), key
     assert a["log"] == b["log"]
     assert len(a["log"].splitlines()) == STEPS
-    assert a["train_loss"] == b["train_loss"] and a["accuracy"] == b["accuracy"]
+    assert a["train_loss"] == b["train_loss"]
+    assert a["accuracy"] == b["accuracy"]
 
 
 def _tree(folder: Path) -> dict[str, str]:
@@ -111,7 +112,8 @@ def test_one_sigint_checkpoints_the_step_and_resume_is_exact(tmp_path, reference
     first = _run("sigint", step, _args(out))
     assert first.returncode == 130, first.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["status"] == "interrupted" and metrics["step_reached"] == step
+    assert metrics["status"] == "interrupted"
+    assert metrics["step_reached"] == step
     assert metrics["checkpoint"].endswith(f"checkpoint-{step}")
     assert (out / "checkpoints" / f"checkpoint-{step}" / "COMPLETE").is_file()
     resumed = _finetune(_args(out, "--resume"))
@@ -136,7 +138,8 @@ def test_second_sigint_during_the_checkpoint_write(tmp_path, reference):
     first = _run("sigint-in-save", 3, _args(out))
     assert first.returncode == 130, first.stderr[-2000:]
     partial = out / "checkpoints" / "checkpoint-3"
-    assert partial.is_dir() and not (partial / "COMPLETE").exists()  # half-written, never taken for good
+    assert partial.is_dir()
+    assert not (partial / "COMPLETE").exists()  # half-written, never taken for good
     assert json.loads((out / "metrics.json").read_text())["checkpoint"] is None
     resumed = _finetune(_args(out, "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -182,7 +185,8 @@ def test_a_damaged_checkpoint_file_is_named_and_nothing_is_touched(tmp_path, int
     before = _tree(out)
     again = _finetune(_args(out, "--resume"))
     assert again.returncode == 2, again.stderr[-2000:]
-    assert name in again.stderr and "Traceback" not in again.stderr
+    assert name in again.stderr
+    assert "Traceback" not in again.stderr
     assert _tree(out) == before
 
 
@@ -195,7 +199,8 @@ def test_a_damaged_log_is_named_a_torn_last_line_is_not(tmp_path, reference):
     before = _tree(out)
     damaged = _finetune(_args(out, "--resume"))
     text = "".join(damaged.stderr.split())  # rich wraps long lines, even inside a path
-    assert damaged.returncode == 2 and f"{log}'isdamagedatline1" in text
+    assert damaged.returncode == 2
+    assert f"{log}'isdamagedatline1" in text
     assert _tree(out) == before
     log.write_text(good + '{"step": 4, "balanc')  # what a kill in the middle of a write leaves
     resumed = _finetune(_args(out, "--resume"))
@@ -210,9 +215,11 @@ def test_resume_with_changed_options_or_fewer_steps_is_refused(tmp_path):
     hybrid = _finetune(_args(out, "--resume", method="sam", steps=4))
     assert hybrid.returncode == 2
     text = " ".join(hybrid.stderr.split())
-    assert "method: 'nbar' → 'sam'" in text and "steps: 6 → 4" in text
+    assert "method: 'nbar' → 'sam'" in text
+    assert "steps: 6 → 4" in text
     fewer = _finetune(_args(out, "--resume", steps=3))
-    assert fewer.returncode == 2 and "steps: 6 → 3" in " ".join(fewer.stderr.split())
+    assert fewer.returncode == 2
+    assert "steps: 6 → 3" in " ".join(fewer.stderr.split())
     assert _tree(out) == before
 
 
@@ -221,10 +228,12 @@ def test_a_finished_run_is_skipped_refused_or_overwritten(tmp_path):
     assert _finetune(_args(out, "--zero-shot", steps=2)).returncode == 0
     before = _tree(out)
     same = _finetune(_args(out, "--zero-shot", steps=2))
-    assert same.returncode == 0 and "skipped" in same.stderr
+    assert same.returncode == 0
+    assert "skipped" in same.stderr
     assert _tree(out) == before
     other = _finetune(_args(out, method="sam", steps=2))
-    assert other.returncode == 2 and "--overwrite" in " ".join(other.stderr.split())
+    assert other.returncode == 2
+    assert "--overwrite" in " ".join(other.stderr.split())
     assert _tree(out) == before
     replaced = _finetune(_args(out, "--overwrite", method="sam", steps=2))
     assert replaced.returncode == 0, replaced.stderr[-3000:]
@@ -261,7 +270,8 @@ def test_a_pickle_planted_in_a_checkpoint_never_runs(tmp_path, interrupted_run, 
     assert not marker.exists(), "the planted pickle ran"
     assert again.returncode == 2, again.stderr[-2000:]
     text = " ".join(again.stderr.split())
-    assert name in "".join(again.stderr.split()) and "needs code to load" in text
+    assert name in "".join(again.stderr.split())
+    assert "needs code to load" in text
     assert "Traceback" not in again.stderr
     assert _tree(out) == before
 

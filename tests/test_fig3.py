@@ -26,7 +26,8 @@ def _log(folder, task, method, decay):
 def test_fig3_from_logs(tmp_path):
     logs = [_log(tmp_path / t / m, t, m, d) for t in ("rte", "sst5", "mnli") for m, d in (("lora", 1.0), ("sam", 0.9))]
     runs = load_logs(logs)
-    assert sorted(runs[0]["layers"]) == list(range(6)) and runs[0]["layers"][0][0] == 1.4
+    assert sorted(runs[0]["layers"]) == list(range(6))
+    assert runs[0]["layers"][0][0] == 1.4
     paths = make_fig3(tmp_path / "fig", logs=logs)
     assert {p.name for p in paths} == {"fig3.png", "fig3.json", "fig3.csv"}
     data = json.loads((tmp_path / "fig" / "fig3.json").read_text())

@@ -42,7 +42,8 @@ def test_bad_input_exits_2(tmp_path, args, needle):
 def test_target_modules_matching_nothing_exits_2(tmp_path):
     result = runner.invoke(app, ["finetune", "--task", "sst2", "--data-root", str(data_root_or_skip()),
                                  "--target-modules", "foo,bar", *TINY, "--out", str(tmp_path)])
-    assert result.exit_code == 2 and "match no module" in " ".join(result.output.split())
+    assert result.exit_code == 2
+    assert "match no module" in " ".join(result.output.split())
 
 
 @pytest.mark.slow
@@ -55,9 +56,12 @@ def test_finetune_writes_all_outputs(tmp_path):
     for key in ("task", "method", "seed", "metric", "accuracy", "train_seconds", "seconds_per_step", "steps",
                 "trainable_params", "majority", "status"):
         assert key in metrics, key
-    assert metrics["status"] == "complete" and metrics["method"] == "sam" and metrics["n"] == 16
+    assert metrics["status"] == "complete"
+    assert metrics["method"] == "sam"
+    assert metrics["n"] == 16
     records = [json.loads(x) for x in (out / "balancedness.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [1, 2, 3] and len(records[0]["balancedness"]) == 12
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert len(records[0]["balancedness"]) == 12
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert not (out / "checkpoints").exists()
 
@@ -88,4 +92,5 @@ def test_plain_tsv_task_it_has_never_seen(tmp_path):
                                  "kind", "--lr", "2e-3", "--out", str(tmp_path / "o"), "--json"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
-    assert metrics["task"] == "custom" and metrics["accuracy"] > metrics["majority"] + 0.10, metrics
+    assert metrics["task"] == "custom", metrics
+    assert metrics["accuracy"] > metrics["majority"] + 0.10, metrics

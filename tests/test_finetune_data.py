@@ -33,11 +33,15 @@ def test_every_task_loads_with_the_right_counts(root: Path, name: str) -> None:
     n_train, n_eval, n_classes = EXPECTED[name]
     assert (len(task.train), len(task.eval), task.num_labels) == (n_train, n_eval, n_classes)
     for ex in task.train + task.eval:
-        assert len(ex.texts) == len(task.text_fields) and all(isinstance(t, str) and t for t in ex.texts)
+        assert len(ex.texts) == len(task.text_fields)
+        assert all(isinstance(t, str) and t for t in ex.texts)
         if task.kind == "classification":
-            assert ex.label is not None and 0 <= ex.label < task.num_labels
+            assert ex.label is not None
+            assert 0 <= ex.label < task.num_labels
         else:
-            assert ex.label is None and ex.references and all(ex.references)
+            assert ex.label is None
+            assert ex.references
+            assert all(ex.references)
 
 
 def test_registry_is_complete() -> None:
@@ -47,16 +51,19 @@ def test_registry_is_complete() -> None:
 @pytest.mark.parametrize("name", ["sst2", "sst5", "trec", "rte", "snli"])
 def test_lmbff_seed_picks_the_split_folder(root: Path, name: str) -> None:
     by_seed = {s: load_task(name, data_root=root, seed=s) for s in (13, 42)}
-    assert by_seed[13].source.endswith("16-13") and by_seed[42].source.endswith("16-42")
+    assert by_seed[13].source.endswith("16-13")
+    assert by_seed[42].source.endswith("16-42")
     assert by_seed[13].train[0].texts != by_seed[42].train[0].texts
     assert by_seed[13].eval == by_seed[42].eval  # one test set for every seed
 
 
 def test_missing_or_nonstandard_seed_falls_back_with_a_note(root: Path) -> None:
     mnli = load_task("mnli", data_root=root, seed=42)  # the data ships MNLI 16-13 and 16-100 only
-    assert mnli.source.endswith("16-13") and "16-13" in mnli.notes[0]
+    assert mnli.source.endswith("16-13")
+    assert "16-13" in mnli.notes[0]
     sst2 = load_task("sst2", data_root=root, seed=7)
-    assert sst2.source.endswith("16-42") and "seed 7" in sst2.notes[0]
+    assert sst2.source.endswith("16-42")
+    assert "seed 7" in sst2.notes[0]
 
 
 @pytest.mark.parametrize("name", ["snli", "mnli"])
@@ -73,25 +80,29 @@ def test_nli_eval_is_disjoint_from_every_kshot_split(root: Path, name: str) -> N
 def test_shots_are_stratified_deterministic_and_seeded(root: Path) -> None:
     a = load_task("trec", data_root=root, seed=13, shots=4)
     b = load_task("trec", data_root=root, seed=13, shots=4)
-    assert a.train == b.train and len(a.train) == 24
+    assert a.train == b.train
+    assert len(a.train) == 24
     assert Counter(ex.label for ex in a.train) == {k: 4 for k in range(6)}
     full = load_task("trec", data_root=root, seed=13)
     assert all(ex in full.train for ex in a.train)
     bbc = [load_task("bbc-news", shots=3, seed=s).train for s in (1, 2)]
-    assert bbc[0] != bbc[1] and Counter(ex.label for ex in bbc[0]) == {k: 3 for k in range(5)}
+    assert bbc[0] != bbc[1]
+    assert Counter(ex.label for ex in bbc[0]) == {k: 3 for k in range(5)}
     assert len(load_task("webnlg", data_root=root, shots=5).train) == 5  # K in total for generation
 
 
 def test_bbc_split_is_fixed_and_disjoint() -> None:
     a, b = load_task("bbc-news", seed=1), load_task("bbc-news", seed=2)
-    assert a.eval == b.eval and a.label_names == ["business", "entertainment", "politics", "sports", "tech"]
+    assert a.eval == b.eval
+    assert a.label_names == ["business", "entertainment", "politics", "sports", "tech"]
     assert not {ex.texts for ex in a.train} & {ex.texts for ex in a.eval}
 
 
 def test_max_eval_keeps_a_fixed_subset(root: Path) -> None:
     a = load_task("sst2", data_root=root, max_eval=50, seed=13)
     b = load_task("sst2", data_root=root, max_eval=50, seed=42)
-    assert len(a.eval) == 50 and a.eval == b.eval
+    assert len(a.eval) == 50
+    assert a.eval == b.eval
 
 
 def test_majority_baselines(root: Path) -> None:
@@ -120,9 +131,12 @@ def toy_files(tmp_path: Path) -> tuple[Path, Path]:
 def test_user_files_load_with_sorted_labels(toy_files: tuple[Path, Path]) -> None:
     train, evalf = toy_files
     task = load_task(train_file=train, eval_file=evalf, text_columns=["question", "reply"], label_column="verdict")
-    assert task.name == "custom" and task.label_names == ["neutral", "polite", "rude"]
-    assert task.text_fields == ("question", "reply") and len(task.train) == 9
-    assert [ex.label for ex in task.eval] == [1, 2] and task.eval[0].texts == ("how?", "please")
+    assert task.name == "custom"
+    assert task.label_names == ["neutral", "polite", "rude"]
+    assert task.text_fields == ("question", "reply")
+    assert len(task.train) == 9
+    assert [ex.label for ex in task.eval] == [1, 2]
+    assert task.eval[0].texts == ("how?", "please")
     assert Counter(ex.label for ex in load_task(train_file=train, eval_file=evalf, text_columns=["question"],
                                                 label_column="verdict", shots=2, seed=3).train) == {0: 2, 1: 2, 2: 2}
 
@@ -131,7 +145,8 @@ def test_user_csv_with_integer_labels_sorts_numerically(tmp_path: Path) -> None:
     rows = "text,y\n" + "".join(f"t{i},{y}\n" for i, y in enumerate([10, 2, 1, 2]))
     f = _write(tmp_path / "a.csv", rows)
     task = load_task(train_file=f, eval_file=f, text_columns=["text"], label_column="y")
-    assert task.label_names == ["1", "2", "10"] and [ex.label for ex in task.train] == [2, 1, 0, 1]
+    assert task.label_names == ["1", "2", "10"]
+    assert [ex.label for ex in task.train] == [2, 1, 0, 1]
 
 
 def test_unseen_eval_label_is_named(tmp_path: Path, toy_files: tuple[Path, Path]) -> None:
@@ -237,7 +252,8 @@ def test_malformed_json_lines_are_named_with_their_line(tmp_path):
     typed = tmp_path / "typed.jsonl"
     typed.write_text('{"text": "x", "label": 1}\n{"text": "y", "label": 0}\n{"text": "z", "label": 10}\n')
     task = load_task(train_file=typed, eval_file=typed, text_columns=["text"], label_column="label")
-    assert task.label_names == ["0", "1", "10"] and [ex.label for ex in task.train] == [1, 0, 2]
+    assert task.label_names == ["0", "1", "10"]
+    assert [ex.label for ex in task.train] == [1, 0, 2]
 
 
 def test_an_edited_file_is_never_read_from_a_stale_cache(tmp_path):
@@ -267,5 +283,6 @@ def test_rows_reach_the_examples_through_datasets(tmp_path):
     path = tmp_path / "quoted.csv"
     path.write_text('text,label\n"a, b",x\n"say ""hi""",y\n"two\nlines",x\n')
     table = read_table(path)
-    assert isinstance(table.dataset, Dataset) and table.lines == [2, 3, 4]
+    assert isinstance(table.dataset, Dataset)
+    assert table.lines == [2, 3, 4]
     assert table.column("text") == ["a, b", 'say "hi"', "two\nlines"]

@@ -51,7 +51,8 @@ def test_resolve_model_rejects_folders_without_config(tmp_path: Path) -> None:
 
 def test_minilm_lora_has_the_right_trainable_parameters(minilm_sst2) -> None:
     model, tokenizer, head = minilm_sst2
-    assert head.mode == "classifier" and head.module is model
+    assert head.mode == "classifier"
+    assert head.module is model
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     assert sum(".lora_A." in n for n in names) == sum(".lora_B." in n for n in names) == 12
     assert _trainable(model) == LORA_MINILM_R8 + 384 * 2 + 2  # + the classifier head (weight, bias)
@@ -65,7 +66,8 @@ def test_minilm_batch_gives_a_loss_and_gradients(minilm_sst2, sst2) -> None:
     model.zero_grad()
     loss = head.module(**batch).loss
     loss.backward()
-    assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     model.zero_grad()
 
 
@@ -79,7 +81,9 @@ def test_minilm_trains_with_the_hf_trainer(minilm_sst2, sst2, tmp_path: Path) ->
 def test_evaluate_runs_on_a_small_eval_subset(minilm_sst2) -> None:
     _, _, head = minilm_sst2
     result = evaluate(head, batch_size=8, max_examples=10)
-    assert result["metric"] == "accuracy" and result["n"] == 10 and 0.0 <= result["accuracy"] <= 1.0
+    assert result["metric"] == "accuracy"
+    assert result["n"] == 10
+    assert 0.0 <= result["accuracy"] <= 1.0
 
 
 def test_target_modules_that_match_nothing_raise(sst2) -> None:
@@ -133,19 +137,23 @@ def test_smollm2_heads_give_a_valid_loss_and_gradient(root: Path, smollm2_path: 
                                                       tmp_path: Path) -> None:
     task = load_task(name, data_root=root, shots=2, max_eval=2)
     model, tokenizer, head = load_for_task("smollm2", task)
-    assert head.mode == mode and _trainable(model) == 30 * ((8 * 576 + 576 * 8) + (8 * 576 + 192 * 8))  # q_proj + v_proj
+    assert head.mode == mode
+    assert _trainable(model) == 30 * ((8 * 576 + 576 * 8) + (8 * 576 + 192 * 8))  # q_proj + v_proj
     if mode != "generation":
         assert isinstance(head.module, ChoiceScorer)
     data = head.dataset(task.train)
     out = head.module(**head.collate([data[0], data[1]]))
     out.loss.backward()
     grads = [p.grad for n, p in model.named_parameters() if ".lora_B." in n]
-    assert torch.isfinite(out.loss) and out.loss > 0 and all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert torch.isfinite(out.loss)
+    assert out.loss > 0
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
     if mode != "generation":
         assert out.logits.shape == (2, task.num_labels)
     result = evaluate(head, batch_size=2, max_new_tokens=8)
-    assert result["n"] == 2 and result[task.metric] >= 0.0
+    assert result["n"] == 2
+    assert result[task.metric] >= 0.0
     _train_two_steps(head, task.train, tmp_path)
 
 

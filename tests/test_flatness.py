@@ -39,7 +39,8 @@ def test_flat_lora_runs_are_reproducible_and_seeded_per_trajectory(kind):
     one = simulate(p, "flat-lora", alpha=[0.0, 1.0], seeds=[0, 1], **kw)
     again = simulate(p, "flat-lora", alpha=[0.0, 1.0], seeds=[0, 1], **kw)
     alone = simulate(p, "flat-lora", alpha=1.0, seeds=[1], **kw)
-    assert np.array_equal(one.x, again.x) and np.array_equal(one.y, again.y)
+    assert np.array_equal(one.x, again.x)
+    assert np.array_equal(one.y, again.y)
     assert np.array_equal(one.x[3], alone.x[0])  # seed 1, α = 1: the same draws whoever shares the run
     assert not np.array_equal(one.x[0], one.x[1])  # seeds 0 and 1 at α = 0: only the perturbations differ
     sgd = simulate(p, "sgd", alpha=[0.0, 1.0], seeds=[0, 1], backend="numpy", **{k: kw[k] for k in ("lr", "steps",
@@ -51,10 +52,12 @@ def test_flat_lora_runs_are_reproducible_and_seeded_per_trajectory(kind):
 def test_flat_lora_flow_is_the_sgd_flow_and_bi_lora_flow_carries_its_clip():
     p = nop_problem()
     sgd, flat = (solve_flow(p, name, t_end=5.0, alpha=[0.0, 1.0], n_records=11) for name in ("sgd", "flat-lora"))
-    assert np.array_equal(sgd.x, flat.x) and np.array_equal(sgd.y, flat.y)
+    assert np.array_equal(sgd.x, flat.x)
+    assert np.array_equal(sgd.y, flat.y)
     bl = solve_flow(p, "bi-lora", t_end=5.0, alpha=1.0, n_records=11, rho=0.05)
     norm = np.array(bl.settings["auxiliary"]["norm"][0])
-    assert norm[-1] == pytest.approx(0.05, rel=1e-6) and np.all(norm <= 0.05 * (1 + 1e-6))  # reached, then held
+    assert norm[-1] == pytest.approx(0.05, rel=1e-6)
+    assert np.all(norm <= 0.05 * (1 + 1e-6))  # reached, then held
     assert np.max(np.abs(bl.balancedness - bl.balancedness[:, :1])) < 1e-8  # the primary's B is conserved
 
 
@@ -62,8 +65,10 @@ def test_bi_lora_records_its_auxiliary_and_clips_it():
     r = simulate(nop_problem(), "bi-lora", alpha=0.0, seeds=[0, 1], lr=2e-2, steps=300, record_every=10,
                  rho=0.02, aux_init=0.1)
     aux = r.settings["auxiliary"]
-    assert set(aux) == {"norm", "balancedness", "x2", "y2"} and np.shape(aux["norm"]) == (2, 31)
-    assert np.max(aux["norm"]) <= 0.02 * (1 + 1e-12) and np.max(aux["norm"]) == pytest.approx(0.02)
+    assert set(aux) == {"norm", "balancedness", "x2", "y2"}
+    assert np.shape(aux["norm"]) == (2, 31)
+    assert np.max(aux["norm"]) <= 0.02 * (1 + 1e-12)
+    assert np.max(aux["norm"]) == pytest.approx(0.02)
     assert r.settings["optimizer"] == {"name": "bi-lora", "rho": 0.02, "m": 1, "mu": 0.0, "schedule": "constant",
                                        "kappa": 1.0, "rank2": 1, "aux_init": 0.1}
     assert not np.array_equal(aux["x2"][0][0], aux["x2"][1][0])  # each seed its own initial auxiliary
@@ -72,7 +77,8 @@ def test_bi_lora_records_its_auxiliary_and_clips_it():
 @pytest.mark.parametrize("name", FLATNESS_OPTIMIZERS)
 def test_the_flatness_methods_step_with_numpy(name):
     """The compiled stepper knows the paper's six only (tests/test_compiled.py covers each); these go to numpy."""
-    assert name in DIRECTIONS and name not in OPTIMIZERS
+    assert name in DIRECTIONS
+    assert name not in OPTIMIZERS
     opt = make_optimizer(name, **KW[name])
     assert _stepper("auto", opt, nop_problem(), 1e-3, 10, None, 2, np.array([0, 1])).backend == "numpy"
     pytest.importorskip("numba")
@@ -113,7 +119,8 @@ def test_simulate_cli_runs_each_flatness_method(tmp_path):
 ])
 def test_simulate_cli_bad_flatness_values_exit_2(args, needle):
     p = run("simulate", "--steps", "10", *args)
-    assert p.returncode == 2 and needle in " ".join((p.stdout + p.stderr).split()), p.stdout + p.stderr
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert needle in " ".join((p.stdout + p.stderr).split()), p.stdout + p.stderr
     assert "Traceback" not in p.stderr
 
 
@@ -122,7 +129,8 @@ def test_a_bi_lora_replacement_must_return_the_auxiliary_direction(tmp_path):
     f.write_text("from balancedness.sims.directions import sgd\n"
                  "def field(problem, X, Y, targets, hp):\n    return sgd(problem, X, Y, targets, hp)\n")
     p = run("check", "--quick", "--replace", f"bi-lora={f}:field")
-    assert p.returncode == 2 and "expected the tuple (d_X, d_Y, g_X, g_Y, d_aux)" in " ".join(p.stderr.split())
+    assert p.returncode == 2
+    assert "expected the tuple (d_X, d_Y, g_X, g_Y, d_aux)" in " ".join(p.stderr.split())
 
 
 def test_check_replace_with_a_flatness_built_in_passes_its_claims(tmp_path):
@@ -137,7 +145,9 @@ def test_the_flatness_figure_is_separate_from_all_and_shows_the_predictions(tmp_
     from balancedness.figures import FIGURES, SEPARATE, FigureConfig, check_names
     from balancedness.figures import flatness
 
-    assert "flatness" in SEPARATE and "flatness" not in check_names(["all"]) and "flatness" not in FIGURES
+    assert "flatness" in SEPARATE
+    assert "flatness" not in check_names(["all"])
+    assert "flatness" not in FIGURES
     fig, data = flatness.build(FigureConfig(steps=2000, lr=1e-3, record_every=100, seeds=1))
     for kind in ("nop", "op"):
         rows = {c["method"]: c for c in data[kind]}
@@ -145,5 +155,6 @@ def test_the_flatness_figure_is_separate_from_all_and_shows_the_predictions(tmp_
         for m in flatness.W_SPACE:  # the flow conserves B: its 2|B_t| is the constant 2|B_0|
             assert np.allclose(rows[m]["flow_two_abs_B"], rows[m]["two_abs_B0"], rtol=1e-8)
         end = {m: rows[m]["two_abs_B"]["1"]["mean"][-1] / rows[m]["two_abs_B0"] for m in rows}
-        assert end["sam"] < end["sgd"] - 0.1 and abs(end["flat-lora"] - end["sgd"]) < 0.01
+        assert end["sam"] < end["sgd"] - 0.1
+        assert abs(end["flat-lora"] - end["sgd"]) < 0.01
     assert "flat-lora" in data["caption"]

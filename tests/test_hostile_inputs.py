@@ -112,7 +112,8 @@ def test_a_moved_sweep_reports_from_its_new_path_and_drops_stale_outputs(tmp_pat
     result = sweep(first)
     assert result.exit_code == 0, result.output
     table = (first / "table.md").read_text()
-    assert (first / "paired.csv").is_file() and (first / "paired.png").is_file()
+    assert (first / "paired.csv").is_file()
+    assert (first / "paired.png").is_file()
     (first / "failures.json").write_text('[{"error": "an earlier sweep failed"}]\n')
 
     moved = tmp_path / "elsewhere" / "sweep"
@@ -136,7 +137,8 @@ def test_a_moved_sweep_reports_from_its_new_path_and_drops_stale_outputs(tmp_pat
 
     only_sam = sweep(Path("sweep"), methods="sam")  # no LoRA baseline: no pairing of the earlier sweep may stay
     assert only_sam.exit_code == 0, only_sam.output
-    assert not (moved / "paired.csv").exists() and not (moved / "paired.png").exists()
+    assert not (moved / "paired.csv").exists()
+    assert not (moved / "paired.png").exists()
     assert "paired.png" not in (moved / "table.md").read_text()
 
 
@@ -160,7 +162,8 @@ def test_a_torn_last_journal_record_is_dropped_and_the_journal_stays_usable(tmp_
     journal.write_bytes(good + torn)
     study = open_study(tmp_path, ["a", "b"])
     repaired = journal.read_bytes()
-    assert repaired.startswith(good) and torn not in repaired  # only the torn bytes went
+    assert repaired.startswith(good)
+    assert torn not in repaired  # only the torn bytes went
     assert str(journal) in capfd.readouterr().err
     study.optimize(lambda trial: float(trial.suggest_categorical("cell", ["a", "b"]) == "a"), n_trials=1)
     trials = optuna.load_study(study_name=study_name(["a", "b"]), storage=storage_for(tmp_path, None)).trials
@@ -279,8 +282,11 @@ def test_a_full_datasets_cache_is_not_blamed_on_the_file(tmp_path):
         subprocess.run(["umount", str(cache)], check=True)
     text = " ".join((p.stdout + p.stderr).split())
     assert p.returncode == 2, text
-    assert f"the datasets cache '{cache}'" in text and "No space left on device" in text and "the file is fine" in text
-    assert "passed the structural check" not in text and "Traceback" not in text
+    assert f"the datasets cache '{cache}'" in text
+    assert "No space left on device" in text
+    assert "the file is fine" in text
+    assert "passed the structural check" not in text
+    assert "Traceback" not in text
 
 
 @pytest.mark.slow

@@ -207,7 +207,8 @@ def test_bf16_autocast_recipe_is_close_to_fp32():
         _run((model, SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR)), sam=True, accelerator=accelerator,
              loss_fn=loss_fn)
         results[precision] = model.x.detach() - _toy(torch.float32).x
-    assert torch.bfloat16 in dtypes and torch.float32 in dtypes  # autocast was on for the bf16 run only
+    assert torch.bfloat16 in dtypes
+    assert torch.float32 in dtypes  # autocast was on for the bf16 run only
     rel = ((results["bf16"] - results["no"]).norm() / results["no"].norm()).item()
     assert 0 < rel < 0.05, rel
 
@@ -326,5 +327,6 @@ def test_a_bar_scheduler_made_on_the_prepared_optimizer_drives_the_bar_optimizer
         accelerator.backward(_loss(model, batch))
         opt.step()
         opt.zero_grad()
-    assert bar.bar_scheduler is schedule and schedule.step_count == 2
+    assert bar.bar_scheduler is schedule
+    assert schedule.step_count == 2
     assert bar.param_groups[0]["bar_mu"] == MU * (1 - 2 / 4)

@@ -66,7 +66,8 @@ def test_schedules():
     assert scheduled_mu(2.0, "constant", 7, None) == 2.0
     assert scheduled_mu(2.0, "linear", 25, 100) == pytest.approx(1.5)
     assert scheduled_mu(2.0, "cosine", 50, 100) == pytest.approx(1.0)
-    assert scheduled_mu(2.0, "cosine", 0, 100) == 2.0 and scheduled_mu(2.0, "linear", 200, 100) == 0.0
+    assert scheduled_mu(2.0, "cosine", 0, 100) == 2.0
+    assert scheduled_mu(2.0, "linear", 200, 100) == 0.0
     model = _toy()
     opt = create_bar_optimizer(model, torch.optim.SGD, lr=0.01, mu=1.0, schedule="cosine", total_steps=4)
     seen = []
@@ -165,7 +166,8 @@ def test_adam_moments_untouched_and_minilm_step_matches_manual():
     for p, q in zip([p for p in model.parameters() if p.requires_grad],
                     [p for p in reference.parameters() if p.requires_grad]):
         torch.testing.assert_close(opt.state[p]["exp_avg_sq"], ref_opt.state[q]["exp_avg_sq"], rtol=1e-5, atol=1e-12)
-    assert type(opt).__name__ == "BARAdamW" and isinstance(opt, torch.optim.AdamW)
+    assert type(opt).__name__ == "BARAdamW"
+    assert isinstance(opt, torch.optim.AdamW)
 
 
 def test_bf16_params_use_fp32_math():
@@ -191,7 +193,8 @@ def test_gradscaler_overflow_skips_rescaling_bit_identically():
     scaler.scale((model.product() - C).square().sum() * float("inf")).backward()
     scaler.step(opt)
     scaler.update()
-    assert scaler.get_scale() == 512.0 and opt.bar_step_count == 0
+    assert scaler.get_scale() == 512.0
+    assert opt.bar_step_count == 0
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n])
     # The rescaling alone also refuses non-finite gradient norms (fused optimizers step with scaled grads).
@@ -207,7 +210,8 @@ def test_param_groups_and_the_class_the_factory_instantiates():
     lora = [p for n, p in model.named_parameters() if "lora_" in n]
     groups = [{"params": lora, "weight_decay": 0.0}, {"params": [model.head], "weight_decay": 0.5}]
     opt = create_bar_optimizer(model, torch.optim.SGD, params=groups, lr=0.1, mu=1.0, variant="obar")
-    assert type(opt) is bar_optimizer_class(torch.optim.SGD) and isinstance(opt, torch.optim.SGD)
+    assert type(opt) is bar_optimizer_class(torch.optim.SGD)
+    assert isinstance(opt, torch.optim.SGD)
     x, y, head = model.x.detach().clone(), model.y.detach().clone(), model.head.detach().clone()
     gx, _ = _grads(model)
     hg = model.head.grad.clone()
@@ -285,7 +289,8 @@ def test_a_bar_scheduler_made_next_to_the_lr_scheduler_takes_the_same_steps():
 
     (mine, mu_schedule), (reference, _) = run(), run(schedule="linear", total_steps=6)
     assert mu_schedule.optimizer.bar_scheduler is mu_schedule
-    assert mu_schedule.total_steps == 6 and mu_schedule.step_count == 6
+    assert mu_schedule.total_steps == 6
+    assert mu_schedule.step_count == 6
     assert all(torch.equal(mine[n], reference[n]) for n in reference)
 
 
@@ -319,11 +324,13 @@ def test_a_state_saved_before_mu_lived_in_the_groups_resumes():
         del group["bar_mu"], group["initial_bar_mu"]
     opt = make(model)
     opt.load_state_dict(old)
-    assert opt.bar_step_count == 2 and opt.bar_mu == ref_opt.bar_mu
+    assert opt.bar_step_count == 2
+    assert opt.bar_mu == ref_opt.bar_mu
     for m, o in ((model, opt), (reference, ref_opt)):
         _grads(m)
         o.step()
-    assert torch.equal(model.x, reference.x) and torch.equal(model.y, reference.y)
+    assert torch.equal(model.x, reference.x)
+    assert torch.equal(model.y, reference.y)
 
 
 def test_a_bar_scheduler_needs_a_bar_optimizer():

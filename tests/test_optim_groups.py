@@ -47,7 +47,8 @@ def test_create_bar_optimizer_with_weight_decay_makes_the_trainers_groups(minilm
     ids = lambda groups: [({id(p) for p in g["params"]}, g["weight_decay"]) for g in groups]
     assert ids(opt.param_groups) == ids(trainer.optimizer.param_groups)
     no_decay = {n for n, p in minilm.named_parameters() if id(p) in ids(opt.param_groups)[1][0]}
-    assert no_decay and all("bias" in n for n in no_decay)  # the classifier's bias
+    assert no_decay
+    assert all("bias" in n for n in no_decay)  # the classifier's bias
     with pytest.raises(ValueError, match="weight_decay must be a finite number >= 0, got -1"):
         create_bar_optimizer(minilm, torch.optim.AdamW, lr=1e-3, mu=1.0, weight_decay=-1)
     groups = decay_groups(minilm, 0.3)
@@ -77,8 +78,10 @@ def test_bar_takes_t_from_its_lr_scheduler():
         opt.step()
     assert opt.bar_step_count == 0
     sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=0, num_training_steps=8)
-    assert opt.bar_sync_total_steps(sched) == 8 and opt.bar_total_steps == 8
+    assert opt.bar_sync_total_steps(sched) == 8
+    assert opt.bar_total_steps == 8
     opt.step()
-    assert opt.bar_step_count == 1 and opt.bar_mu == pytest.approx(1.0 * (1 - 1 / 8))
+    assert opt.bar_step_count == 1
+    assert opt.bar_mu == pytest.approx(1.0 * (1 - 1 / 8))
     with pytest.raises(ValueError, match="total_steps=8 but the LR scheduler over 5 steps"):
         opt.bar_sync_total_steps(get_linear_schedule_with_warmup(opt, 0, 5))

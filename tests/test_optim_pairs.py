@@ -22,7 +22,8 @@ def test_minilm_pairs_by_name(minilm):
     assert len(pairs) == 12  # 6 layers × (query, value)
     for pair in pairs:
         assert pair.name.endswith((".query.default", ".value.default"))
-        assert pair.lora_A.shape == (4, 384) and pair.lora_B.shape == (384, 4)
+        assert pair.lora_A.shape == (4, 384)
+        assert pair.lora_B.shape == (384, 4)
         assert pair.scaling == 2.0  # lora_alpha / r = 8 / 4
     names = {n: p for n, p in minilm.named_parameters()}
     a_name = next(n for n, p in names.items() if p is pairs[3].lora_A)
@@ -55,7 +56,8 @@ def test_gpt2_conv1d_and_embedding_lora():
     assert sum(".c_attn." in n for n in names) == 2
     emb = [p for p in pairs if p.name.endswith("wte.default")]
     assert len(emb) == 1  # lora_embedding_A ↔ lora_embedding_B
-    assert emb[0].lora_A.shape == (2, 64) and emb[0].lora_B.shape == (16, 2)
+    assert emb[0].lora_A.shape == (2, 64)
+    assert emb[0].lora_B.shape == (16, 2)
     assert set(lora_balancedness(model)) == set(names)
 
 
@@ -72,7 +74,8 @@ def test_multiple_adapters():
     model.add_adapter("second", LoraConfig(r=3, target_modules=["c_attn"]))
     model.base_model.set_adapter(["default", "second"])
     names = [p.name for p in lora_pairs(model)]
-    assert sum(n.endswith(".second") for n in names) == 2 and sum(n.endswith(".default") for n in names) == 2
+    assert sum(n.endswith(".second") for n in names) == 2
+    assert sum(n.endswith(".default") for n in names) == 2
 
 
 def test_errors():

@@ -57,10 +57,12 @@ def test_first_second_step_api_and_zero_gradient():
     sam = SAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1)
     (model.product() - 1.0).square().sum().backward()  # g = 0 at x = y = 0
     assert sam.first_step(zero_grad=True)
-    assert torch.count_nonzero(model.x) == 0 and torch.count_nonzero(model.y) == 0
+    assert torch.count_nonzero(model.x) == 0
+    assert torch.count_nonzero(model.y) == 0
     (model.product() - 1.0).square().sum().backward()
     sam.second_step(zero_grad=True)
-    assert torch.isfinite(model.x).all() and torch.count_nonzero(model.x) == 0
+    assert torch.isfinite(model.x).all()
+    assert torch.count_nonzero(model.x) == 0
 
 
 def test_asam_perturbation_formula():
@@ -107,7 +109,8 @@ def test_accumulation_equals_concatenated_batch(minilm64):
         sam_step_accumulated(sam2, lambda b: batch_loss(two, b), halves)
     diff = max((p - q).abs().max().item() for p, q in zip(_params(one), _params(two)))
     moved = max((p - q).abs().max().item() for p, q in zip(_params(one), _params(minilm64)))
-    assert diff < 1e-10 and moved > 1e-3
+    assert diff < 1e-10
+    assert moved > 1e-3
 
 
 def test_state_dict_round_trip_and_lr_scheduler():
@@ -304,7 +307,8 @@ def test_each_param_group_climbs_with_its_own_rho_over_the_global_norm():
     torch.testing.assert_close(a.detach(), w_a + 0.1 * g_a / norm, rtol=0, atol=1e-15)
     torch.testing.assert_close(b.detach(), w_b + 0.4 * g_b / norm, rtol=0, atol=1e-15)
     sam.restore()
-    assert torch.equal(a, w_a) and torch.equal(b, w_b)
+    assert torch.equal(a, w_a)
+    assert torch.equal(b, w_b)
 
 
 def test_a_step_with_two_radii_is_sgd_at_the_per_group_perturbed_point():

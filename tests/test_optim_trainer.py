@@ -86,7 +86,9 @@ def test_bartrainer_equals_explicit_bar_optimizer(tmp_path, base_model):
                          bar_variant="nbar", bar_schedule="linear")
     trainer.train()
     opt = trainer.optimizer.optimizer
-    assert type(opt).__name__ == "BARAdamW" and opt.bar_total_steps == 2 and opt.bar_step_count == 2
+    assert type(opt).__name__ == "BARAdamW"
+    assert opt.bar_total_steps == 2
+    assert opt.bar_step_count == 2
     bar = create_bar_optimizer(two, torch.optim.AdamW, lr=1e-3, mu=4.0, schedule="linear", total_steps=2,
                                weight_decay=0.0)
     Trainer(model=two, args=_args(tmp_path, max_steps=2), train_dataset=data, optimizers=(bar, None)).train()
@@ -115,7 +117,9 @@ def test_bartrainer_builds_the_trainers_own_optimizer(tmp_path, base_model):
     trainer = BARTrainer(model=base_model, args=args, bar_mu=2.0, bar_variant="obar", bar_schedule="cosine")
     trainer.create_optimizer_and_scheduler(num_training_steps=7)
     opt = trainer.optimizer
-    assert type(opt).__name__ == "BARAdamW" and opt.bar_total_steps == 7 and opt.bar_variant == "obar"
+    assert type(opt).__name__ == "BARAdamW"
+    assert opt.bar_total_steps == 7
+    assert opt.bar_variant == "obar"
     decay = set(trainer.get_decay_parameter_names(base_model))
     names = {id(p): n for n, p in base_model.named_parameters()}
     assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
@@ -184,9 +188,11 @@ def test_mixed_precision_trainer_runs(tmp_path, base_model, precision):
                          train_dataset=_dataset(8), rho=0.05)
     trainer.train()
     if precision == "fp16":  # documented: on CPU, accelerate silently drops fp16 (no autocast, no GradScaler)
-        assert trainer.accelerator.scaler is None and not trainer.accelerator.native_amp
+        assert trainer.accelerator.scaler is None
+        assert not trainer.accelerator.native_amp
     moved = [not torch.equal(p, q) for p, q in zip(trainable(model).values(), trainable(base_model).values())]
-    assert any(moved) and all(torch.isfinite(p).all() for p in trainable(model).values())
+    assert any(moved)
+    assert all(torch.isfinite(p).all() for p in trainable(model).values())
 
 
 def test_stock_trainer_takes_a_bar_class_through_its_own_hook(tmp_path, base_model):
@@ -216,7 +222,8 @@ def test_bartrainer_takes_t_from_epochs(tmp_path, base_model):
                          train_dataset=_dataset(8), bar_mu=1.0, bar_schedule="cosine")
     trainer.train()
     bar = trainer.optimizer.optimizer
-    assert bar.bar_total_steps == trainer.state.max_steps == 4 and bar.bar_step_count == 4
+    assert bar.bar_total_steps == trainer.state.max_steps == 4
+    assert bar.bar_step_count == 4
 
 
 def test_sam_with_the_stock_trainer_names_samtrainer(tmp_path, base_model):

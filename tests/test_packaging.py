@@ -25,7 +25,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def test_the_blocker_blocks():
     for name in ("torch", "numba"):
         proc = _run(f"import {name}")
-        assert proc.returncode != 0 and "ModuleNotFoundError" in proc.stderr
+        assert proc.returncode != 0
+        assert "ModuleNotFoundError" in proc.stderr
 
 
 def test_numpy_side_imports_without_torch():
@@ -41,7 +42,8 @@ def test_simulate_and_check_run_without_torch(tmp_path):
                 "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     settings = json.loads(out.read_text())["settings"]
-    assert settings["optimizer"]["name"] == "sam" and settings["backend"] == "numpy"
+    assert settings["optimizer"]["name"] == "sam"
+    assert settings["backend"] == "numpy"
     proc = _cli("check", "--quick", "--only", "sam-op-identity")
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -50,4 +52,5 @@ def test_finetune_without_the_extra_says_how_to_install():
     proc = _cli("finetune", "--method", "nbar")
     assert proc.returncode == 2
     text = " ".join(proc.stderr.split())  # rich wraps long lines
-    assert "pip install" in text and "'balancedness[finetune]'" in text
+    assert "pip install" in text
+    assert "'balancedness[finetune]'" in text

@@ -82,5 +82,6 @@ def test_two_sweep_processes_on_one_postgres_study_train_each_cell_once(postgres
     study = optuna.load_study(study_name=summary.study_name, storage=postgres_url)
     cells = {t.params["cell"] for t in study.trials}
     trained = [t.params["cell"] for t in study.trials if t.user_attrs.get("trained")]
-    assert len(cells) == 8 and sorted(trained) == sorted(cells)  # every cell trained exactly once
+    assert len(cells) == 8
+    assert sorted(trained) == sorted(cells)  # every cell trained exactly once
     assert len(list(tmp_path.glob("sst2/*/seed*-*/metrics.json"))) == 8

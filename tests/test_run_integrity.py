@@ -77,8 +77,10 @@ def test_overwrite_deletes_only_run_or_sweep_folders(tmp_path, monkeypatch):
     for path, why in cases.items():
         with pytest.raises(RunFolderError) as err:
             check_overwrite(path)
-        assert why in str(err.value) and "would delete" in str(err.value), (path, str(err.value))
-    assert (foreign / "holiday.jpg").exists() and (tmp_path / "run" / "run.json").exists()
+        assert why in str(err.value), (path, str(err.value))
+        assert "would delete" in str(err.value), (path, str(err.value))
+    assert (foreign / "holiday.jpg").exists()
+    assert (tmp_path / "run" / "run.json").exists()
 
 
 @pytest.mark.slow
@@ -90,14 +92,20 @@ def test_overwrite_of_a_folder_that_is_not_a_run_is_refused_by_the_cli(tmp_path)
     proc = _finetune(_args(foreign, "--overwrite", steps=2))
     assert proc.returncode == 2, proc.stderr[-2000:]
     text = _flat(proc.stderr)
-    assert "not a run or sweep folder" in text and "thesis.tex" in text and "Traceback" not in proc.stderr
+    assert "not a run or sweep folder" in text
+    assert "thesis.tex" in text
+    assert "Traceback" not in proc.stderr
     assert _tree(foreign) == before
     refused = _finetune(_args(foreign, steps=2))  # the first refusal no longer suggests --overwrite
-    assert refused.returncode == 2 and "--overwrite" not in _flat(refused.stderr)
+    assert refused.returncode == 2
+    assert "--overwrite" not in _flat(refused.stderr)
     here = _run_folder(tmp_path / "cwd")
     dot = _cli("finetune", *_args(Path("."), "--overwrite", steps=2), cwd=here)
-    assert dot.returncode == 2 and "working directory" in _flat(dot.stderr) and "Traceback" not in dot.stderr
-    assert (here / "run.json").exists() and not [p for p in tmp_path.iterdir() if "replaced" in p.name]
+    assert dot.returncode == 2
+    assert "working directory" in _flat(dot.stderr)
+    assert "Traceback" not in dot.stderr
+    assert (here / "run.json").exists()
+    assert not [p for p in tmp_path.iterdir() if "replaced" in p.name]
 
 
 # ------------------------------------------------------------------------------------------ item 3: one writer
@@ -118,7 +126,8 @@ def test_one_writer_per_run_folder_and_no_stale_lock_after_a_kill(tmp_path):
             second = _finetune(_args(out, *extra, method=method))
             assert second.returncode == 2, second.stderr[-2000:]
             text = _flat(second.stderr)
-            assert f"in use by process {first.pid}" in text and "one writer" in text, text
+            assert f"in use by process {first.pid}" in text, text
+            assert "one writer" in text, text
             assert "Traceback" not in second.stderr
         assert _tree(out) == before
     finally:
@@ -138,17 +147,22 @@ def test_a_diverged_run_is_failed_not_complete(tmp_path):
     out = tmp_path / "run"
     proc = _finetune(_args(out, "--lr", "1e30", "--json", steps=4))
     assert proc.returncode == 1, proc.stderr[-2000:]
-    assert "diverged at step" in _flat(proc.stderr) and "Traceback" not in proc.stderr
+    assert "diverged at step" in _flat(proc.stderr)
+    assert "Traceback" not in proc.stderr
     assert proc.stdout.strip() == ""
     metrics = _strict((out / "metrics.json").read_text())
-    assert metrics["status"] == "failed" and metrics["diverged_at"] == metrics["step_reached"] <= 4
-    assert "accuracy" not in metrics and ("nan" in metrics["error"] or "not finite" in metrics["error"])
+    assert metrics["status"] == "failed"
+    assert metrics["diverged_at"] == metrics["step_reached"] <= 4
+    assert "accuracy" not in metrics
+    assert "nan" in metrics["error"] or "not finite" in metrics["error"]
     for line in (out / "balancedness.jsonl").read_text().splitlines():  # strict JSON: null, never NaN
         _strict(line)
-    assert read_complete(out) is None and collect(tmp_path) == []
+    assert read_complete(out) is None
+    assert collect(tmp_path) == []
     before = _tree(out)
     again = _finetune(_args(out, "--lr", "1e30", "--resume", steps=4))  # known outcome: refused, not retrained
-    assert again.returncode == 1 and "diverges again" in _flat(again.stderr)
+    assert again.returncode == 1
+    assert "diverges again" in _flat(again.stderr)
     assert _tree(out) == before
 
 
@@ -176,9 +190,11 @@ def test_a_sweep_never_selects_or_tabulates_a_diverged_run(tmp_path):
                 "--data-root", str(data_root_or_skip()), "--out", str(out))
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     failures = json.loads((out / "failures.json").read_text())
-    assert len({f["out"] for f in failures}) == 1 and "diverged" in failures[0]["error"]
+    assert len({f["out"] for f in failures}) == 1
+    assert "diverged" in failures[0]["error"]
     rows = (out / "selected.csv").read_text().splitlines()
-    assert len(rows) == 2 and failures[0]["out"] not in rows[1]
+    assert len(rows) == 2
+    assert failures[0]["out"] not in rows[1]
     selected = Path(rows[1].split(",")[rows[0].split(",").index("run")])
     selected = selected if selected.is_absolute() else out / selected
     assert json.loads((selected / "metrics.json").read_text())["config"]["lr"] == 1e-3
@@ -207,7 +223,8 @@ def test_a_checkpoint_missing_a_file_is_refused_by_name(interrupted, tmp_path, n
     proc = _finetune(_args(out, "--resume"))
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"lacks {name}" in _flat(proc.stderr)
-    assert "Traceback" not in proc.stderr and _tree(out) == before
+    assert "Traceback" not in proc.stderr
+    assert _tree(out) == before
 
 
 @pytest.mark.slow
@@ -218,7 +235,8 @@ def test_losses_that_are_not_finite_numbers_are_refused(interrupted, tmp_path, l
     before = _tree(out)
     proc = _finetune(_args(out, "--resume"))
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "losses.json" in "".join(proc.stderr.split()) and "Traceback" not in proc.stderr
+    assert "losses.json" in "".join(proc.stderr.split())
+    assert "Traceback" not in proc.stderr
     assert _tree(out) == before
 
 
@@ -251,7 +269,9 @@ def test_only_the_last_complete_checkpoint_is_kept_and_survives_a_kill(tmp_path,
 def test_a_usage_error_found_while_wiring_the_model_leaves_no_run_behind(tmp_path):
     out = tmp_path / "run"
     typo = _finetune(_args(out, "--target-modules", "querry", steps=2))
-    assert typo.returncode == 2 and "querry" in typo.stderr and "Traceback" not in typo.stderr
+    assert typo.returncode == 2
+    assert "querry" in typo.stderr
+    assert "Traceback" not in typo.stderr
     assert not out.exists()
     fixed = _finetune(_args(out, "--target-modules", "query", steps=2))
     assert fixed.returncode == 0, fixed.stderr[-2000:]
@@ -265,11 +285,13 @@ def test_the_batch_actually_used_is_recorded_and_outputs_have_the_usual_permissi
                           capture_output=True, text=True, env=ENV, timeout=600, preexec_fn=lambda: os.umask(0o022))
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["n_train"] == 8 and metrics["config"]["batch_size"] == 8
+    assert metrics["n_train"] == 8
+    assert metrics["config"]["batch_size"] == 8
     assert json.loads((out / "run.json").read_text())["fingerprint"]["options"]["batch_size"] == 8
     assert "uses 8" in _flat(proc.stderr)
     same = _finetune(_args(out, "--batch-size", "8", steps=2))  # the very same run: skipped
-    assert same.returncode == 0 and "skipped" in same.stderr
+    assert same.returncode == 0
+    assert "skipped" in same.stderr
     assert (out / "adapter").stat().st_mode & 0o777 == 0o755
     assert {p.stat().st_mode & 0o777 for p in (out / "adapter").iterdir()} == {0o644}
 
@@ -286,9 +308,12 @@ def test_a_write_that_fails_mid_run_ends_failed_with_a_sentence_and_resumes(tmp_
                           text=True, env=ENV, timeout=600, preexec_fn=limit)
     assert proc.returncode == 1, proc.stderr[-3000:]
     text = _flat(proc.stderr)
-    assert "File too large" in text and "--resume" in text and "Traceback" not in proc.stderr
+    assert "File too large" in text
+    assert "--resume" in text
+    assert "Traceback" not in proc.stderr
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["status"] == "failed" and "File too large" in metrics["error"]
+    assert metrics["status"] == "failed"
+    assert "File too large" in metrics["error"]
     resumed = _finetune(_args(out, "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_identical(_outcome(out), reference)
@@ -310,4 +335,5 @@ def test_fig3_log_that_is_not_a_log_exits_2(tmp_path):
     for log, name in ((text_file, "notes.txt"), (run, "metrics.json")):
         proc = _cli("figures", "fig3", "--log", str(log), "--out", str(tmp_path / "fig"))
         assert proc.returncode == 2, proc.stderr[-2000:]
-        assert name in "".join(proc.stderr.split()) and "Traceback" not in proc.stderr
+        assert name in "".join(proc.stderr.split())
+        assert "Traceback" not in proc.stderr

@@ -63,8 +63,10 @@ def test_a_complete_record_round_trips_byte_identically(counted_run, tmp_path):
     out, _ = counted_run
     text = (out / "metrics.json").read_text()
     record = RunRecord.from_json(json.loads(text))
-    assert record.status == "complete" and record.method == "sam"
-    assert record.value == json.loads(text)["accuracy"] and record.dev == json.loads(text)["dev_accuracy"]
+    assert record.status == "complete"
+    assert record.method == "sam"
+    assert record.value == json.loads(text)["accuracy"]
+    assert record.dev == json.loads(text)["dev_accuracy"]
     assert _file_bytes(record, tmp_path) == (out / "metrics.json").read_bytes()
 
 
@@ -74,7 +76,8 @@ def test_a_complete_folder_is_complete_and_names_its_files(counted_run):
     folder = RunFolder(out)
     assert folder.is_complete
     assert folder.record == RunRecord.from_json(json.loads((out / "metrics.json").read_text()))
-    assert folder.log.is_file() and folder.metrics.is_file()
+    assert folder.log.is_file()
+    assert folder.metrics.is_file()
     assert (folder.adapter / "adapter_model.safetensors").is_file()
 
 
@@ -82,7 +85,9 @@ def test_a_complete_folder_is_complete_and_names_its_files(counted_run):
 def test_the_folder_of_an_interrupted_run_is_not_complete(interrupted_run):  # conftest: SIGINT at step 2 of 6
     folder = RunFolder(interrupted_run)
     record = folder.record
-    assert record is not None and record.status == "interrupted" and record.step_reached == 2
+    assert record is not None
+    assert record.status == "interrupted"
+    assert record.step_reached == 2
     assert not folder.is_complete
     assert not is_complete(record)
     assert folder.complete_record() is None
@@ -121,7 +126,8 @@ def test_keys_a_record_does_not_know_are_kept_in_place():
            "fingerprint_id": "0" * 16, "config": {}, "train_seconds": 1.0, "seconds_per_step": None,
            "train_loss": 0.5, "accuracy": 0.75, "n": 8, "status": "complete", "from_a_plugin": [1, 2]}
     record = RunRecord.from_json(obj)
-    assert record.extra == {"from_a_plugin": [1, 2]} and record.value == 0.75
+    assert record.extra == {"from_a_plugin": [1, 2]}
+    assert record.value == 0.75
     assert list(record.to_json().items()) == list(obj.items())
     with pytest.raises(ValueError, match="status"):
         RunRecord.from_json({k: v for k, v in obj.items() if k != "status"})

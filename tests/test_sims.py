@@ -79,7 +79,8 @@ def test_vectorized_simulator_equals_reference_loop(kind, opt, kw, backend):
                    backend=backend, **kw)
     for i, (a, s) in enumerate([(0.5, 3), (0.5, 4), (1.0, 3), (1.0, 4)]):
         B, x, y = reference_loop(kind, opt, steps, lr, a, s, batch=batch, **kw)
-        assert res.alpha[i] == a and res.seed[i] == s
+        assert res.alpha[i] == a
+        assert res.seed[i] == s
         np.testing.assert_allclose(res.balancedness[i], B, rtol=0, atol=1e-12)
         np.testing.assert_allclose(res.x[i, -1, 0, :, 0], x, atol=1e-12)
 
@@ -96,14 +97,17 @@ def test_noise_depends_only_on_the_seed():
 
 def test_record_times_include_zero_and_end():
     res = simulate(op_problem(), "sgd", steps=1001, record_every=100, lr=1e-3)
-    assert res.t[0] == 0 and res.t[-1] == 1001 and len(res.t) == 12
+    assert res.t[0] == 0
+    assert res.t[-1] == 1001
+    assert len(res.t) == 12
 
 
 def test_zero_gradient_gives_no_perturbation_and_no_nan():
     p = nop_problem(x0=np.zeros(3), y0=np.zeros(3))
     for name in ("sam", "msam", "sngd", "nbar", "obar"):
         res = simulate(p, name, rho=0.1, mu=1.0, steps=5, record_every=1, lr=1e-2)
-        assert np.all(np.isfinite(res.x)) and np.all(res.x == 0), name
+        assert np.all(np.isfinite(res.x)), name
+        assert np.all(res.x == 0), name
     # SAM at an exact minimizer of the noise-free OP toy: g = 0, so the step is zero
     q = op_problem(x0=[1.0, 0, 0], y0=[0.5, 0, 0])
     res = simulate(q, "sam", rho=0.2, steps=3, record_every=1, lr=0.1)
@@ -174,7 +178,8 @@ def test_discrete_converges_to_flow_linearly_in_eta(kind):
     for lr in (1e-2, 1e-3, 1e-4):
         d = simulate(p, "sam", rho=rho, lr=lr, steps=round(1 / lr), record_every=round(1 / lr))
         errs.append(abs(d.balancedness[0, -1] - flow))
-    assert 7 < errs[0] / errs[1] < 13 and 7 < errs[1] / errs[2] < 13, errs
+    assert 7 < errs[0] / errs[1] < 13, errs
+    assert 7 < errs[1] / errs[2] < 13, errs
 
 
 def test_flow_reports_sliding_on_the_discontinuous_sam_op_field():
@@ -202,15 +207,19 @@ def test_flow_stops_where_the_field_vanishes_identically():
     with replaced_directions({"sgd": dead_zone}):
         res = solve_flow(op_problem(), "sgd", t_end=10.0, n_records=101)
     run = res.settings["runs"][0]
-    assert res.settings["status"] == "stopped" and run["status"] == "stopped" and run["sliding_from"] is None
+    assert res.settings["status"] == "stopped"
+    assert run["status"] == "stopped"
+    assert run["sliding_from"] is None
     assert 0 < run["stopped_at"] < 10
     after = res.t > run["stopped_at"]
-    assert after.sum() > 50 and np.all(res.x[0, after] == res.x[0, after][0])
+    assert after.sum() > 50
+    assert np.all(res.x[0, after] == res.x[0, after][0])
     assert not np.allclose(res.x[0, 0], res.x[0, after][0])
     f = op_problem().outer_grad_at(op_problem().product(res.x[0, after][:1], res.y[0, after][:1]), 0.5)
     assert abs(f[0]) < 0.05
     ok = solve_flow(op_problem(), "sgd", t_end=10.0, n_records=11).settings
-    assert ok["status"] == "ok" and ok["runs"][0]["stopped_at"] is None
+    assert ok["status"] == "ok"
+    assert ok["runs"][0]["stopped_at"] is None
 
 
 def test_flow_with_frozen_noise_and_bar():
@@ -262,7 +271,9 @@ def test_interrupt_returns_partial_result(monkeypatch):
 
     monkeypatch.setattr(Optimizer, "field", interrupting)
     res = simulate(nop_problem(), "sgd", steps=1000, record_every=100, lr=1e-3, backend="numpy")
-    assert res.settings["interrupted"] and len(res.t) == 3 and res.t[-1] == 200
+    assert res.settings["interrupted"]
+    assert len(res.t) == 3
+    assert res.t[-1] == 200
 
 
 def test_interrupt_returns_partial_result_of_the_compiled_stepper(monkeypatch):
@@ -280,14 +291,17 @@ def test_interrupt_returns_partial_result_of_the_compiled_stepper(monkeypatch):
 
     monkeypatch.setattr(compiled.Stepper, "run", interrupting)
     res = simulate(nop_problem(), "sgd", steps=3000, record_every=100, lr=1e-3, backend="numba")
-    assert res.settings["interrupted"] and len(res.t) == 11 and res.t[-1] == 1000  # the first block's records
+    assert res.settings["interrupted"]
+    assert len(res.t) == 11
+    assert res.t[-1] == 1000  # the first block's records
 
 
 def test_divergence_is_counted():
     ok = simulate(nop_problem(), "sgd", steps=100, lr=1e-3, record_every=10)
     assert ok.settings["diverged"] == 0
     bad = simulate(nop_problem(), "sgd", alpha=[0.0], seeds=2, steps=200, lr=5.0, record_every=10)
-    assert bad.settings["diverged"] == 2 and not np.all(np.isfinite(bad.balancedness))
+    assert bad.settings["diverged"] == 2
+    assert not np.all(np.isfinite(bad.balancedness))
 
 
 def test_a_registered_direction_runs_in_the_simulator():
@@ -301,7 +315,8 @@ def test_a_registered_direction_runs_in_the_simulator():
         unregister_direction("sam-half")
     full = simulate(nop_problem(), "sam", rho=0.1, alpha=1.0, seeds=2, steps=300, lr=1e-3, record_every=30)
     np.testing.assert_array_equal(half.balancedness, full.balancedness)
-    assert half.settings["optimizer"]["name"] == "sam-half" and "sam-half" not in DIRECTIONS
+    assert half.settings["optimizer"]["name"] == "sam-half"
+    assert "sam-half" not in DIRECTIONS
     with pytest.raises(ValueError, match="unknown optimizer 'sam-half'"):
         make_optimizer("sam-half")
 
@@ -311,7 +326,8 @@ def test_replaced_directions_is_scoped_and_restores_on_error():
 
     built_in = DIRECTIONS["sam"]
     with replaced_directions({"sam": sgd}) as installed:
-        assert DIRECTIONS["sam"].field is sgd and installed["sam"].uses == built_in.uses
+        assert DIRECTIONS["sam"].field is sgd
+        assert installed["sam"].uses == built_in.uses
         assert DIRECTIONS["sam"].switching is built_in.switching
         res = simulate(nop_problem(), "sam", rho=0.1, alpha=1.0, steps=300, lr=1e-3, record_every=300)
     assert DIRECTIONS["sam"] is built_in
@@ -325,7 +341,8 @@ def test_replaced_directions_is_scoped_and_restores_on_error():
         with pytest.raises(ValueError, match=match):
             with replaced_directions(bad):
                 pass
-        assert DIRECTIONS["sam"] is built_in and DIRECTIONS["nbar"].field.__name__ == "nbar"
+        assert DIRECTIONS["sam"] is built_in
+        assert DIRECTIONS["nbar"].field.__name__ == "nbar"
 
 
 def _write(tmp_path, body: str):
@@ -360,7 +377,8 @@ def test_a_user_field_that_keeps_the_contract_loads(tmp_path):
 
     path = _write(tmp_path, "def f(p, X, Y, t, hp):\n    return sam(p, X, Y, t, hp)\n")
     name, field, label = load_replacement(f"sam={path}:f")
-    assert name == "sam" and label.endswith("user_field.py:f")
+    assert name == "sam"
+    assert label.endswith("user_field.py:f")
     with replaced_directions({name: field}):
         mine = simulate(nop_problem(), "sam", rho=0.1, alpha=1.0, steps=200, lr=1e-3, record_every=200)
     ref = simulate(nop_problem(), "sam", rho=0.1, alpha=1.0, steps=200, lr=1e-3, record_every=200)

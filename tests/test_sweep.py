@@ -31,13 +31,15 @@ def test_tables_mean_std_average_and_no_runtime_ratio():
     assert "| LoRA | 65.0±7.1 | 50.0±0.0 | 57.5 |" in md
     assert "| LoRA-SAM | 80.0±0.0 | 50.0±0.0 | 65.0 |" in md
     assert "| majority class | 50.0 | 50.0 | 50.0 |" in md
-    assert "x |" not in md and "benchmarks/overhead.py" in md  # separate runs' timings are never compared
+    assert "x |" not in md
+    assert "benchmarks/overhead.py" in md  # separate runs' timings are never compared
     assert "sst2,sam,accuracy,2,80.0000,0.0000,50.0000" in csv_text(cells)
 
 
 def test_sweep_rejects_bad_grid(tmp_path):
     result = CliRunner().invoke(app, ["sweep", "--tasks", "sst2,nope", "--out", str(tmp_path)])
-    assert result.exit_code == 2 and "nope" in result.output
+    assert result.exit_code == 2
+    assert "nope" in result.output
 
 
 @pytest.mark.slow
@@ -51,12 +53,15 @@ def test_sweep_tiny_grid_writes_tables_and_resumes(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     table = (tmp_path / "table.md").read_text()
-    assert "| method | SST-2 | RTE | avg |" in table and "LoRA-nBAR" in table
+    assert "| method | SST-2 | RTE | avg |" in table
+    assert "LoRA-nBAR" in table
     assert len((tmp_path / "table.csv").read_text().splitlines()) == 5
-    assert "nbar,sst2,1," in (tmp_path / "paired.csv").read_text() and (tmp_path / "paired.png").stat().st_size
+    assert "nbar,sst2,1," in (tmp_path / "paired.csv").read_text()
+    assert (tmp_path / "paired.png").stat().st_size
     [run] = (tmp_path / "rte" / "nbar").glob("seed42-*")
     assert json.loads((run / "metrics.json").read_text())["status"] == "complete"
-    assert "Settings of every run:" in table and "steps 2" in table
+    assert "Settings of every run:" in table
+    assert "steps 2" in table
 
     import balancedness.finetune.models as models
 
@@ -74,7 +79,9 @@ def test_sweep_tiny_grid_writes_tables_and_resumes(tmp_path, monkeypatch):
     assert len(list((tmp_path / "rte" / "lora").glob("seed42-*"))) == 2  # a new run beside the old one
     assert (run / "metrics.json").is_file()  # the old evidence is kept
     new_table = (tmp_path / "table.md").read_text()
-    assert "steps 3" in new_table and "steps 2" not in new_table and "LoRA-nBAR" not in new_table
+    assert "steps 3" in new_table
+    assert "steps 2" not in new_table
+    assert "LoRA-nBAR" not in new_table
 
 
 def test_tables_refuse_to_mix_settings():
@@ -93,27 +100,35 @@ def test_search_spaces_and_bad_axes():
     from balancedness.finetune.search import PRESETS, make_space
 
     paper = PRESETS["paper"]
-    assert len(paper.points("lora")) == 3 and len(paper.points("sam")) == 9 and len(paper.points("nbar")) == 18
+    assert len(paper.points("lora")) == 3
+    assert len(paper.points("sam")) == 9
+    assert len(paper.points("nbar")) == 18
     cpu = PRESETS["cpu"]
     assert {len(cpu.points(m)) for m in ("lora", "sam", "nbar", "obar")} == {4}  # the same grid size for all
     space = make_space("fixed", ["all:lr=1e-3,2e-3", "sam:rho=0.05,0.1"], ["lora", "sam"])
-    assert space.points("lora") == [{"lr": 1e-3}, {"lr": 2e-3}] and len(space.points("sam")) == 4
+    assert space.points("lora") == [{"lr": 1e-3}, {"lr": 2e-3}]
+    assert len(space.points("sam")) == 4
     for bad, needle in (("lora:rho=0.1", "does not read rho"), ("sam:beta=1", "cannot be searched"),
                         ("sam=0.1", "METHOD:OPTION"), ("nbar:mu=1", "not among"), ("sam:rho=x", "floats")):
         with pytest.raises(ValueError, match=needle):
             make_space("fixed", [bad], ["lora", "sam"])
     result = CliRunner().invoke(app, ["sweep", "--space", "huge", "--out", "x"])
-    assert result.exit_code == 2 and "huge" in result.output
+    assert result.exit_code == 2
+    assert "huge" in result.output
 
 
 def test_paired_statistics():
     from balancedness.finetune.stats import bootstrap_interval, paired, sign_test
 
-    assert sign_test(5, 0) == pytest.approx(2 / 32) and sign_test(3, 3) == 1.0 and sign_test(0, 0) == 1.0
+    assert sign_test(5, 0) == pytest.approx(2 / 32)
+    assert sign_test(3, 3) == 1.0
+    assert sign_test(0, 0) == 1.0
     assert sign_test(9, 1) == pytest.approx(2 * (1 + 10) / 1024)
     st = paired([1.0, 2.0, 0.0, -1.0, 3.0])
-    assert (st.wins, st.ties, st.losses, st.n) == (3, 1, 1, 5) and st.mean == pytest.approx(1.0)
-    assert st.low < 1.0 < st.high and (st.low, st.high) == bootstrap_interval([1.0, 2.0, 0.0, -1.0, 3.0])
+    assert (st.wins, st.ties, st.losses, st.n) == (3, 1, 1, 5)
+    assert st.mean == pytest.approx(1.0)
+    assert st.low < 1.0 < st.high
+    assert (st.low, st.high) == bootstrap_interval([1.0, 2.0, 0.0, -1.0, 3.0])
     assert paired([2.0, 2.0]).low == paired([2.0, 2.0]).high == 2.0
     with pytest.raises(ValueError, match="share no seed"):
         paired([])
@@ -226,7 +241,8 @@ def test_two_workers_share_one_study_without_duplicated_cells(tmp_path):
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
     trained = [t.params["cell"] for t in study.trials if t.user_attrs.get("trained")]
     cells = {t.params["cell"] for t in study.trials}
-    assert len(cells) == 8 and sorted(trained) == sorted(cells)  # every cell trained exactly once
+    assert len(cells) == 8
+    assert sorted(trained) == sorted(cells)  # every cell trained exactly once
     assert len(list(tmp_path.glob("sst2/*/seed*-*"))) == 8
 
 
@@ -241,7 +257,9 @@ def test_the_gpu_recipe_runs_at_a_tiny_scale(tmp_path):
     doc = (Path(__file__).resolve().parents[1] / "docs" / "results.md").read_text()
     block = re.search(r"<!-- gpu-recipe -->\s*```bash\n(.*?)```", doc, re.S).group(1)
     args = shlex.split(block.replace("\\\n", " "))
-    assert args[:2] == ["balancedness", "sweep"] and "--space" in args and args[args.index("--space") + 1] == "paper"
+    assert args[:2] == ["balancedness", "sweep"]
+    assert "--space" in args
+    assert args[args.index("--space") + 1] == "paper"
     scale = {"--model": "minilm", "--tasks": "sst2", "--methods": "lora,sam", "--seeds": "13", "--steps": "1",
              "--batch-size": "4", "--data-root": str(data_root_or_skip()), "--out": str(tmp_path)}
     for i, arg in enumerate(args):
