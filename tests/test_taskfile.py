@@ -278,16 +278,16 @@ def test_sweep_runs_a_task_file_with_label_words_and_selects_on_dev(tmp_path):
 
     runs = collect(out)
     assert len(runs) == 2
-    assert {(r["task"], r["n"], r["n_dev"]) for r in runs} == {("mr", 32, 16)}
+    assert {(r.task, r.n, r.n_dev) for r in runs} == {("mr", 32, 16)}
     lrs = [1e-4, 5e-2]
-    first = lambda metric: max(runs, key=lambda r: (r[metric], -lrs.index(r["config"]["lr"])))  # noqa: E731
-    by_dev, by_test = first("dev_accuracy"), first("accuracy")
-    assert by_dev["run"] != by_test["run"]  # the swapped dev labels make the two choices differ
+    first = lambda metric: max(runs, key=lambda r: (getattr(r, metric), -lrs.index(r.config["lr"])))  # noqa: E731
+    by_dev, by_test = first("dev"), first("value")
+    assert by_dev.run != by_test.run  # the swapped dev labels make the two choices differ
     [row] = list(csv.DictReader((out / "selected.csv").open()))
-    assert (row["task"], row["run"], row["candidates"]) == ("mr", by_dev["run"], "2")
-    assert float(row["dev"]) == pytest.approx(by_dev["dev_accuracy"], abs=1e-4)
+    assert (row["task"], row["run"], row["candidates"]) == ("mr", by_dev.run, "2")
+    assert float(row["dev"]) == pytest.approx(by_dev.dev, abs=1e-4)
     table = (out / "table.md").read_text()
     assert "| method | mr |" in table
-    assert f"| LoRA | {100 * by_dev['accuracy']:.1f}±0.0 |" in table
-    run_file = json.loads((out / by_dev["run"] / "run.json").read_text())
+    assert f"| LoRA | {100 * by_dev.value:.1f}±0.0 |" in table
+    run_file = json.loads((out / by_dev.run / "run.json").read_text())
     assert run_file["fingerprint"]["data"]["label_words"] == [" terrible", " great"]
