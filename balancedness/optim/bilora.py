@@ -178,67 +178,68 @@ def __getattr__(name: str) -> Any:
 
 
 def _bilora_trainer() -> type:
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
     from balancedness.optim.trainer import _LoRATrainer
 
-    class BiLoRATrainer(_LoRATrainer):
-        """``Trainer`` with Bi-LoRA: the auxiliary (:class:`BiLoRA`) is made with the Trainer, joins the
-        Trainer's own optimizer as an ascent group at lr κ·``args.learning_rate`` (the Trainer's LR schedule
-        drives both), is clipped after every optimizer step, its gradients dropped at the first micro-batch of every step (the
-        Trainer's ``model.zero_grad()`` cannot reach them), saved beside each checkpoint (``bilora_aux.pt``,
-        loaded on resume) and removed when ``train()`` ends (evaluation and the saved adapter: W0 + sB₁A₁).
+    cls = type("BiLoRATrainer", (_BiLoRAMixin, _LoRATrainer), {"__module__": __name__, "__doc__": _BiLoRAMixin.__doc__})
+    cls.__qualname__ = "BiLoRATrainer"
+    return cls
 
-        Extra args: ``bilora_rank`` (r₂), ``bilora_rho`` (ρ), ``bilora_kappa`` (κ = η₂/η₁), ``bilora_aux_init``,
-        ``bilora_seed`` (None: ``args.seed``).
-        """
 
-        def __init__(self, *args: Any, bilora_rank: int = 8, bilora_rho: float = 0.05, bilora_kappa: float = 1.0,
-                     bilora_aux_init: float | None = None, bilora_seed: int | None = None, **kwargs: Any) -> None:
-            self.bilora_kappa = number("bilora_kappa", bilora_kappa, strict=True)
-            super().__init__(*args, **kwargs)
-            seed = self.args.seed if bilora_seed is None else bilora_seed
-            self.bilora = BiLoRA(self.model, bilora_rank, bilora_rho, aux_init=bilora_aux_init, seed=seed)
-            self._bilora_attached: Any = None
-            self._bilora_step: int | None = None
+class _BiLoRAMixin:
+    """``Trainer`` with Bi-LoRA: the auxiliary (:class:`BiLoRA`) is made with the Trainer, joins the Trainer's own
+    optimizer as an ascent group at lr κ·``args.learning_rate`` (the Trainer's LR schedule drives both), is clipped
+    after every optimizer step, its gradients dropped at the first micro-batch of every step (the Trainer's
+    ``model.zero_grad()`` cannot reach them), saved beside each checkpoint (``bilora_aux.pt``, loaded on resume)
+    and removed when ``train()`` ends (evaluation and the saved adapter: W0 + sB₁A₁).
 
-        def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
-            optimizer = super().create_optimizer(model)
-            if self._bilora_attached is not optimizer:
-                self.bilora.attach(optimizer, self.bilora_kappa * self.args.learning_rate)
-                self._bilora_attached = optimizer
-            return optimizer
+    Extra args: ``bilora_rank`` (r₂), ``bilora_rho`` (ρ), ``bilora_kappa`` (κ = η₂/η₁), ``bilora_aux_init``,
+    ``bilora_seed`` (None: ``args.seed``).
+    """
 
-        def train(self, *args: Any, **kwargs: Any) -> Any:
-            if not self.bilora._handles:
-                raise RuntimeError("BiLoRATrainer.train() ran before: its auxiliary adapter was discarded at the "
-                                   "end of that run; make a new BiLoRATrainer to train again")
-            try:
-                return super().train(*args, **kwargs)
-            finally:
-                self.bilora.remove()
+    def __init__(self, *args: Any, bilora_rank: int = 8, bilora_rho: float = 0.05, bilora_kappa: float = 1.0,
+                 bilora_aux_init: float | None = None, bilora_seed: int | None = None, **kwargs: Any) -> None:
+        self.bilora_kappa = number("bilora_kappa", bilora_kappa, strict=True)
+        super().__init__(*args, **kwargs)
+        seed = self.args.seed if bilora_seed is None else bilora_seed
+        self.bilora = BiLoRA(self.model, bilora_rank, bilora_rho, aux_init=bilora_aux_init, seed=seed)
+        self._bilora_attached: Any = None
+        self._bilora_step: int | None = None
 
-        def training_step(self, model: nn.Module, inputs: dict[str, Any],
-                          num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
-            if self._bilora_step != self.state.global_step:  # the Trainer zeroes the model's grads only
-                self.bilora.zero_grad()
-                self._bilora_step = self.state.global_step
-            return super().training_step(model, inputs, num_items_in_batch)
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        optimizer = super().create_optimizer(model)
+        if self._bilora_attached is not optimizer:
+            self.bilora.attach(optimizer, self.bilora_kappa * self.args.learning_rate)
+            self._bilora_attached = optimizer
+        return optimizer
 
-        def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-            super()._save_checkpoint(model, trial)
-            if self.args.should_save:
-                folder = os.path.join(self._get_output_dir(trial=trial),
-                                      f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-                tmp = os.path.join(folder, AUX_FILE + ".tmp")
-                torch.save(self.bilora.state_dict(), tmp)
-                os.replace(tmp, os.path.join(folder, AUX_FILE))
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.bilora._handles:
+            raise RuntimeError("BiLoRATrainer.train() ran before: its auxiliary adapter was discarded at the end of "
+                               "that run; make a new BiLoRATrainer to train again")
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self.bilora.remove()
 
-        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
-            path = os.path.join(resume_from_checkpoint, AUX_FILE)
-            if os.path.isfile(path):
-                self.bilora.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    def training_step(self, model: nn.Module, inputs: dict[str, Any],
+                      num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+        if self._bilora_step != self.state.global_step:  # the Trainer zeroes the model's grads only
+            self.bilora.zero_grad()
+            self._bilora_step = self.state.global_step
+        return super().training_step(model, inputs, num_items_in_batch)
 
-    BiLoRATrainer.__module__, BiLoRATrainer.__qualname__ = __name__, "BiLoRATrainer"
-    return BiLoRATrainer
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            tmp = os.path.join(folder, AUX_FILE + ".tmp")
+            torch.save(self.bilora.state_dict(), tmp)
+            os.replace(tmp, os.path.join(folder, AUX_FILE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, AUX_FILE)
+        if os.path.isfile(path):
+            self.bilora.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

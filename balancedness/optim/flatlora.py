@@ -182,45 +182,48 @@ def __getattr__(name: str) -> Any:
 def _flat_lora_trainer() -> type:
     from balancedness.optim.trainer import _LoRATrainer
 
-    class FlatLoRATrainer(_LoRATrainer):
-        """``Trainer`` with Flat-LoRA: E is drawn in the first micro-batch's ``training_step`` of every optimizer
-        step (t = ``state.global_step``, T = ``state.max_steps``), kept for all micro-batches of the accumulation,
-        and removed after the last one's backward, before the Trainer's ``optimizer.step()``. The Trainer's own
-        optimizer, scheduler, AMP (bf16, fp16 GradScaler) and accumulation are used unchanged.
+    cls = type("FlatLoRATrainer", (_FlatLoRAMixin, _LoRATrainer),
+               {"__module__": __name__, "__doc__": _FlatLoRAMixin.__doc__})
+    cls.__qualname__ = "FlatLoRATrainer"
+    return cls
 
-        Extra args: ``flat_sigma`` (σ), ``flat_noise_schedule`` (``cosine``/``constant``), ``flat_seed`` (None:
-        ``args.seed``). The logged training loss is the loss at the perturbed weight.
-        """
 
-        def __init__(self, *args: Any, flat_sigma: float = 0.05, flat_noise_schedule: str = "cosine",
-                     flat_seed: int | None = None, **kwargs: Any) -> None:
-            number("flat_sigma", flat_sigma)
-            choice("flat_noise_schedule", flat_noise_schedule, NOISE_SCHEDULES)
-            super().__init__(*args, **kwargs)
-            seed = self.args.seed if flat_seed is None else integer("flat_seed", flat_seed, minimum=0)
-            self.flat_lora = FlatLoRA(self.model, flat_sigma, noise_schedule=flat_noise_schedule, seed=seed)
+class _FlatLoRAMixin:
+    """``Trainer`` with Flat-LoRA: E is drawn in the first micro-batch's ``training_step`` of every optimizer step
+    (t = ``state.global_step``, T = ``state.max_steps``), kept for all micro-batches of the accumulation, and
+    removed after the last one's backward, before the Trainer's ``optimizer.step()``. The Trainer's own optimizer,
+    scheduler, AMP (bf16, fp16 GradScaler) and accumulation are used unchanged.
 
-        def train(self, *args: Any, **kwargs: Any) -> Any:
-            self.flat_lora.restore()
-            try:
-                return super().train(*args, **kwargs)
-            finally:
-                self.flat_lora.restore()  # an interrupted accumulation leaves no noise behind
+    Extra args: ``flat_sigma`` (σ), ``flat_noise_schedule`` (``cosine``/``constant``), ``flat_seed`` (None:
+    ``args.seed``). The logged training loss is the loss at the perturbed weight.
+    """
 
-        def training_step(self, model: nn.Module, inputs: dict[str, Any],
-                          num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
-            flat = self.flat_lora
-            if not flat.is_perturbed:
-                flat.total_steps = self.state.max_steps or None
-                flat.perturb(self.state.global_step)
-            try:
-                loss = super().training_step(model, inputs, num_items_in_batch)
-            except BaseException:
-                flat.restore()
-                raise
-            if self.accelerator.sync_gradients:
-                flat.restore()
-            return loss
+    def __init__(self, *args: Any, flat_sigma: float = 0.05, flat_noise_schedule: str = "cosine",
+                 flat_seed: int | None = None, **kwargs: Any) -> None:
+        number("flat_sigma", flat_sigma)
+        choice("flat_noise_schedule", flat_noise_schedule, NOISE_SCHEDULES)
+        super().__init__(*args, **kwargs)
+        seed = self.args.seed if flat_seed is None else integer("flat_seed", flat_seed, minimum=0)
+        self.flat_lora = FlatLoRA(self.model, flat_sigma, noise_schedule=flat_noise_schedule, seed=seed)
 
-    FlatLoRATrainer.__module__, FlatLoRATrainer.__qualname__ = __name__, "FlatLoRATrainer"
-    return FlatLoRATrainer
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        self.flat_lora.restore()
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self.flat_lora.restore()  # an interrupted accumulation leaves no noise behind
+
+    def training_step(self, model: nn.Module, inputs: dict[str, Any],
+                      num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+        flat = self.flat_lora
+        if not flat.is_perturbed:
+            flat.total_steps = self.state.max_steps or None
+            flat.perturb(self.state.global_step)
+        try:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        except BaseException:
+            flat.restore()
+            raise
+        if self.accelerator.sync_gradients:
+            flat.restore()
+        return loss
