@@ -180,3 +180,66 @@ def test_bilora_forward_adds_the_auxiliary():
 def test_bilora_refuses_bad_settings(tmp_path, bad):
     with pytest.raises(ValueError):
         SeqBi(model=minilm_lora(), args=_args(tmp_path), train_dataset=_dataset(4), **bad)
+
+
+def test_bilora_under_a_grad_scaler_takes_the_unscaled_step():
+    """fp16-style loss scaling (``torch.amp.GradScaler``): the auxiliary's group is unscaled with the others, so
+    one scaled step equals the unscaled one; an overflowed step moves neither the adapters nor the auxiliary."""
+    batch = sst2_batch(4, max_length=16)
+    results = []
+    for scaled in (False, True, "overflow"):
+        model = minilm_lora(seed=4)
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-2)  # SGD: scale shows
+        bilora = BiLoRA(model, rank=2, rho=1e-3)
+        with torch.no_grad():
+            for a in bilora.adapters:
+                a.lora_B.normal_(0.0, 0.01)
+        bilora.attach(opt, 1e-2)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10) if scaled else None
+        loss = model(**batch).loss * (float("inf") if scaled == "overflow" else 1.0)
+        (scaler.scale(loss) if scaler else loss).backward()
+        before = [p.detach().clone() for p in bilora.parameters()]
+        if scaler:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        results.append((trainable(model), [p.detach().clone() for p in bilora.parameters()], before))
+    (plain, aux, _), (scaled_, aux_s, _), (over, aux_o, before_o) = results
+    assert max((plain[k] - scaled_[k]).abs().max() for k in plain) < 1e-6
+    assert max((a - b).abs().max() for a, b in zip(aux, aux_s)) < 1e-6
+    assert all(torch.equal(a, b) for a, b in zip(aux_o, before_o))  # skipped: no ascent, no clip
+
+
+def test_flat_lora_and_bi_lora_need_torch_alone():
+    """``FlatLoRA`` on given layers and ``bilora_clip_`` run with transformers unimportable; the Trainers do not."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import sys
+        sys.modules["transformers"] = None
+        import torch
+        from torch import nn
+        import balancedness.optim as optim
+        from balancedness.optim.bilora import AuxAdapter
+        w0 = nn.Parameter(torch.randn(3, 4), requires_grad=False)
+        A, B = torch.randn(2, 4), torch.randn(3, 2)
+        flat = optim.FlatLoRA([optim.flatlora.FlatLayer("l", w0, ((A, B, 1.0),))], 0.1, noise_schedule="constant")
+        before = w0.detach().clone()
+        with flat.perturbed(0):
+            assert not torch.equal(w0, before)
+        assert torch.equal(w0, before)
+        aux = AuxAdapter("l", nn.Parameter(torch.ones(1, 4)), nn.Parameter(torch.ones(3, 1)), 1.0)
+        assert optim.bilora_clip_([aux], 0.5) > 0.5 and abs(float(optim.bilora_norm([aux])) - 0.5) < 1e-6
+        for name in ("FlatLoRATrainer", "BiLoRATrainer"):
+            try:
+                getattr(optim, name)
+            except ImportError:
+                continue
+            raise AssertionError(name + " should need transformers")
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
