@@ -84,6 +84,23 @@ def test_flat_lora_draws_are_seeded(tmp_path):
     assert any(not torch.equal(runs[0][k], runs[2][k]) for k in runs[0] if "lora_" in k)
 
 
+def test_flat_lora_draws_depend_on_seed_and_step_only():
+    """E of (seed, step) is the same whenever it is drawn, another for another step or seed; the global RNG is
+    left alone."""
+    model = minilm_lora(seed=1)
+
+    def noise(seed, step):
+        flat = FlatLoRA(model, 0.1, noise_schedule="constant", seed=seed)
+        w0 = flat.layers[0].weight.detach().clone()
+        with flat.perturbed(step):
+            return flat.layers[0].weight.detach() - w0
+
+    state = torch.get_rng_state()
+    e = noise(0, 5)
+    assert torch.equal(e, noise(0, 5)) and not torch.equal(e, noise(0, 6)) and not torch.equal(e, noise(1, 5))
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_flat_lora_one_draw_per_optimizer_step(tmp_path):
     """Accumulation over 2 micro-batches of 2 shares one draw: the same update as one batch of 4 (SGD)."""
     runs = [trainable(_flat_run(tmp_path, optim="sgd", per_device_train_batch_size=b, gradient_accumulation_steps=k,
