@@ -6,7 +6,9 @@
     .venv/bin/python benchmarks/overhead.py --methods lora,sam,asam,obar,nbar,flat-lora,bi-lora --json
 
 Methods run round-robin in one process (one step each per round, after warm-up rounds), on the same batch, so
-drifts in machine speed hit all methods alike; the table shows median step times and their ratio to LoRA.
+drifts in machine speed hit all methods alike; each round starts one method later, so that no method always
+follows the same other one (a method's step can pay for its predecessor's memory traffic: Bi-LoRA's steps run
+on a copy of the model); the table shows median step times and their ratio to LoRA.
 Every method is at matched settings: AdamW lr 1e-4, no weight decay, LoRA r 8 on the same modules; SAM ρ 0.05,
 ASAM ρ 0.5 (η_a = 0), BAR μ₀ 0.5, Flat-LoRA σ 0.05 at full strength (``constant``: the cosine ramp's first
 step draws nothing), Bi-LoRA r₂ 8, ρ 0.05 (its auxiliary on a copy of the model, so that its hooks reach no other
@@ -213,8 +215,10 @@ def peak_bytes(step: Callable[[], None], device: str) -> int:
 def bench(steps: dict[str, Callable[[], None]], rounds: int, warmup: int) -> dict[str, float]:
     times: dict[str, list[float]] = {k: [] for k in steps}
     cuda = torch.cuda.is_available()
+    names = list(steps)
     for r in range(warmup + rounds):
-        for name, step in steps.items():
+        for name in names[r % len(names):] + names[:r % len(names)]:  # each round starts one method later
+            step = steps[name]
             t0 = time.perf_counter()
             step()
             if cuda:

@@ -18,7 +18,7 @@ order: the same seed gives the same run, a resumed run the same draws, and the g
 ``noise=`` replaces the draws by given standard normal ones (the numpy cross-check feeds the simulator's ξ).
 
 Cost: one forward and one backward per step, as LoRA; per step one N(0, 1) draw and one copy of each adapted W0
-(transient, freed at restore). Under DDP every worker draws the same E (same seed and step).
+(transient, freed at restore); the filter norms come from r-sized products (W′ is never formed). Under DDP every worker draws the same E (same seed and step).
 """
 
 from __future__ import annotations
@@ -95,15 +95,24 @@ def flat_lora_perturb_(layers: Sequence[FlatLayer], sigma_t: float, *, generator
     for i, layer in enumerate(layers):
         w0 = layer.weight.data
         dtype = compute_dtype([w0])
-        merged = w0.to(dtype)
-        for lora_A, lora_B, scaling in layer.factors:
-            merged = merged + scaling * (lora_B.detach().to(dtype) @ lora_A.detach().to(dtype))
-        std = (sigma_t / math.sqrt(w0.shape[1])) * torch.linalg.vector_norm(merged, dim=1, keepdim=True)
+        w = w0.to(dtype)
+        std = (sigma_t / math.sqrt(w0.shape[1])) * _row_norms(w, layer.factors, dtype)
         xi = (noise(i, w0.shape) if noise is not None
               else torch.randn(w0.shape, generator=generator, device=w0.device, dtype=dtype))
         originals.append(w0)
-        layer.weight.data = (w0.to(dtype) + std * xi.to(device=w0.device, dtype=dtype)).to(w0.dtype)
+        layer.weight.data = torch.addcmul(w, std, xi.to(device=w0.device, dtype=dtype)).to(w0.dtype)
     return originals
+
+
+def _row_norms(w: torch.Tensor, factors: Sequence[tuple[torch.Tensor, torch.Tensor, float]],
+               dtype: torch.dtype) -> torch.Tensor:
+    """‖W′_{i,:}‖ (out × 1) of W′ = W + Σ s·B·A without forming W′ (one read of W, r-sized products):
+    ‖W_i‖² + 2⟨(W Aᵀ)_i, B̃_i⟩ + B̃_i (A Aᵀ) B̃_iᵀ, with B̃ = [s·B …] and A = [A …] over the adapters."""
+    A = torch.cat([a.detach().to(dtype) for a, _, _ in factors], dim=0)
+    B = torch.cat([s * b.detach().to(dtype) for _, b, s in factors], dim=1)
+    sq = torch.linalg.vector_norm(w, dim=1).square()
+    sq = sq + 2 * ((w @ A.T) * B).sum(dim=1) + ((B @ (A @ A.T)) * B).sum(dim=1)
+    return sq.clamp_min(0).sqrt().unsqueeze(1)
 
 
 @torch.no_grad()
