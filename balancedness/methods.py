@@ -28,10 +28,12 @@ from balancedness.schedules import SCHEDULES
 from balancedness.validation import InvalidValue, choice, integer, number
 
 __all__ = ["Hyper", "Method", "Derived", "METHODS", "SHARED", "SEARCH_PRESETS", "RHO", "M", "MU", "SCHEDULE",
-           "register_method", "unregister_method", "method", "names"]
+           "SIGMA", "NOISE_SCHEDULE", "KAPPA", "RANK2", "register_method", "unregister_method", "method", "names"]
 
-#: The search presets a row gives values for (``fixed``, the command's own options, needs none).
-SEARCH_PRESETS = ("paper", "cpu")
+#: The search presets a row gives values for (``fixed``, the command's own options, needs none). ``cpu-2024``
+#: is the ``cpu`` grid before the shared learning-rate axis (LoRA lr ∈ {5e-4, 1e-3, 2e-3, 4e-3}), which the
+#: committed docs/results-cpu was produced with.
+SEARCH_PRESETS = ("paper", "cpu", "cpu-2024")
 _TYPES = (float, int, str)
 
 
@@ -177,24 +179,42 @@ class Derived(Mapping[str, Any]):
 
 # ------------------------------------------------------------------------------------------------ the rows
 _PAPER_LR = (1e-4, 3e-4, 5e-4)  # spec §4.6 / Table 6, every method
-_CPU_LR = (1e-3, 2e-3)          # docs/results.md: 2 learning rates × 2 values of the method's own axis
+_CPU_LR = (1e-3, 2e-3)          # the shared CPU axis: 2 learning rates × 2 values of the method's own axis
 RHO = Hyper("rho", float, 0.05, "SAM radius ρ", strict=True,
-            search={"paper": (0.05, 0.1, 0.2), "cpu": (0.05, 0.1)})
+            search={"paper": (0.05, 0.1, 0.2), "cpu": (0.05, 0.1), "cpu-2024": (0.05, 0.1)})
 M = Hyper("m", int, 4, "m-SAM: chunks per batch, each perturbed with its own gradient", minimum=1)
-MU = Hyper("mu", float, 0.5, "BAR coefficient μ₀", search={"paper": (0.5, 1.0, 2.0), "cpu": (2.0, 8.0)})
+MU = Hyper("mu", float, 0.5, "BAR coefficient μ₀",
+           search={"paper": (0.5, 1.0, 2.0), "cpu": (2.0, 8.0), "cpu-2024": (2.0, 8.0)})
 SCHEDULE = Hyper("schedule", str, "linear", "μ schedule for BAR: " + " | ".join(SCHEDULES), choices=SCHEDULES,
                  search={"paper": ("linear", "cosine")})
-_ASAM_RHO = dataclasses.replace(RHO, search={"paper": (0.5, 1.0, 2.0), "cpu": (0.5, 1.0)})
-_SEARCH_LR = {"paper": {"lr": _PAPER_LR}, "cpu": {"lr": _CPU_LR}}
+_ASAM_RHO = dataclasses.replace(RHO, search={"paper": (0.5, 1.0, 2.0), "cpu": (0.5, 1.0), "cpu-2024": (0.5, 1.0)})
+# Flat-LoRA (spec flatness-methods.md §2.1): σ = 0.05 (T5, Llama) or 0.10 (its App. D), the official cosine ramp.
+SIGMA = Hyper("sigma", float, 0.05, "Flat-LoRA noise scale σ (filter-wise, ramped by noise_schedule)",
+              search={"paper": (0.05, 0.1), "cpu": (0.05, 0.1)})
+NOISE_SCHEDULE = Hyper("noise_schedule", str, "cosine", "Flat-LoRA noise ramp: cosine | constant",
+                       choices=("cosine", "constant"))
+# Bi-LoRA (§3.1): ρ the global clip radius of the auxiliary (its Table-A grid), r₂ = 8, κ = η₂/η₁ = 1.
+_BILORA_RHO = dataclasses.replace(RHO, help="Bi-LoRA radius ρ of the auxiliary adapter (global clip)",
+                                  search={"paper": (0.005, 0.01, 0.05, 0.1, 0.2, 0.5), "cpu": (0.05, 0.1)})
+KAPPA = Hyper("kappa", float, 1.0, "Bi-LoRA ascent step η₂/η₁ of the auxiliary adapter", strict=True)
+RANK2 = Hyper("rank2", int, 8, "Bi-LoRA rank r₂ of the auxiliary adapter", minimum=1)
+_SEARCH_LR = {"paper": {"lr": _PAPER_LR}, "cpu": {"lr": _CPU_LR}, "cpu-2024": {"lr": _CPU_LR}}
+_NEW_SEARCH_LR = {"paper": {"lr": _PAPER_LR}, "cpu": {"lr": _CPU_LR}}  # methods newer than cpu-2024
+# LoRA's second CPU axis: AdamW weight decay {0, 0.01} (search.py's docstring says why).
+_LORA_SEARCH = {"paper": {"lr": _PAPER_LR}, "cpu": {"lr": _CPU_LR, "weight_decay": (0.0, 0.01)},
+                "cpu-2024": {"lr": (5e-4, 1e-3, 2e-3, 4e-3)}}
 _BAR = (MU, SCHEDULE)
 
 for _row in (
-    Method("lora", "LoRA", "LoRA (AdamW)", "#555555", (), "sgd", True, "AdamW",
-           {"paper": {"lr": _PAPER_LR}, "cpu": {"lr": (5e-4, 1e-3, 2e-3, 4e-3)}}),
+    Method("lora", "LoRA", "LoRA (AdamW)", "#555555", (), "sgd", True, "AdamW", _LORA_SEARCH),
     Method("sam", "LoRA-SAM", "SAM", "#1f5fa8", (RHO,), "sam", True, "SAM", _SEARCH_LR),
     Method("obar", "LoRA-oBAR", "oBAR", "#b04bb0", _BAR, "obar", True, "overparametrized BAR", _SEARCH_LR),
     Method("nbar", "LoRA-nBAR", "nBAR", "#2ca02c", _BAR, "nbar", True, "non-overparametrized BAR", _SEARCH_LR),
     Method("msam", "LoRA-mSAM", "m-SAM", "#17becf", (RHO, M), "msam", False, "m-sharpness", _SEARCH_LR),
     Method("asam", "LoRA-ASAM", "ASAM", "#d95f02", (_ASAM_RHO,), "asam", False, "adaptive SAM", _SEARCH_LR),
+    Method("flat-lora", "Flat-LoRA", "Flat-LoRA", "#8c564b", (SIGMA, NOISE_SCHEDULE), "flat-lora", False,
+           "random weight-space noise (Li et al., 2025)", _NEW_SEARCH_LR),
+    Method("bi-lora", "Bi-LoRA", "Bi-LoRA", "#e377c2", (_BILORA_RHO, KAPPA, RANK2), "bi-lora", False,
+           "auxiliary adapter by gradient ascent (Liu et al., 2026)", _NEW_SEARCH_LR),
 ):
     register_method(_row)

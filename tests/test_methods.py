@@ -91,13 +91,15 @@ def test_derived_names_keep_their_values():
     from balancedness.finetune.run import METHOD_OPTIONS, METHODS as RUN_METHODS, TABLE_METHODS
 
     assert TABLE_METHODS == ("lora", "sam", "obar", "nbar")
-    assert set(RUN_METHODS) == {"lora", "sam", "msam", "nbar", "obar", "asam"}
+    assert set(RUN_METHODS) == {"lora", "sam", "msam", "nbar", "obar", "asam", "flat-lora", "bi-lora"}
     assert dict(METHOD_OPTIONS) == {"lora": (), "sam": ("rho",), "msam": ("rho", "m"), "nbar": ("mu", "schedule"),
-                                    "obar": ("mu", "schedule"), "asam": ("rho",)}
+                                    "obar": ("mu", "schedule"), "asam": ("rho",), "flat-lora": (), "bi-lora": ("rho",)}
 
 
 def test_presets_keep_their_grids():
-    """The grids of ``paper`` and ``cpu`` as they were before the table (search.py at cfc0b58), plus ASAM's."""
+    """``paper`` as before the table (search.py at cfc0b58) plus ASAM's, Flat-LoRA's and Bi-LoRA's; ``cpu-2024`` the
+    old ``cpu`` grid (docs/results-cpu was made with it) plus ASAM's; ``cpu`` one shared learning-rate axis, 4
+    configurations for every method."""
     from balancedness.finetune.search import PRESETS
 
     paper_lr, cpu_lr = (1e-4, 3e-4, 5e-4), (1e-3, 2e-3)
@@ -105,11 +107,17 @@ def test_presets_keep_their_grids():
     assert {m: dict(g) for m, g in PRESETS["paper"].grids.items()} == {
         "lora": {"lr": paper_lr}, "sam": {"lr": paper_lr, "rho": (0.05, 0.1, 0.2)},
         "msam": {"lr": paper_lr, "rho": (0.05, 0.1, 0.2)}, "nbar": bar, "obar": bar,
-        "asam": {"lr": paper_lr, "rho": (0.5, 1.0, 2.0)}}
-    assert {m: dict(g) for m, g in PRESETS["cpu"].grids.items()} == {
-        "lora": {"lr": (5e-4, 1e-3, 2e-3, 4e-3)}, "sam": {"lr": cpu_lr, "rho": (0.05, 0.1)},
-        "msam": {"lr": cpu_lr, "rho": (0.05, 0.1)}, "nbar": {"lr": cpu_lr, "mu": (2.0, 8.0)},
-        "obar": {"lr": cpu_lr, "mu": (2.0, 8.0)}, "asam": {"lr": cpu_lr, "rho": (0.5, 1.0)}}
+        "asam": {"lr": paper_lr, "rho": (0.5, 1.0, 2.0)}, "flat-lora": {"lr": paper_lr, "sigma": (0.05, 0.1)},
+        "bi-lora": {"lr": paper_lr, "rho": (0.005, 0.01, 0.05, 0.1, 0.2, 0.5)}}
+    old = {"sam": {"lr": cpu_lr, "rho": (0.05, 0.1)}, "msam": {"lr": cpu_lr, "rho": (0.05, 0.1)},
+           "nbar": {"lr": cpu_lr, "mu": (2.0, 8.0)}, "obar": {"lr": cpu_lr, "mu": (2.0, 8.0)},
+           "asam": {"lr": cpu_lr, "rho": (0.5, 1.0)}}
+    assert {m: dict(g) for m, g in PRESETS["cpu-2024"].grids.items()} == {"lora": {"lr": (5e-4, 1e-3, 2e-3, 4e-3)},
+                                                                          **old}
+    cpu = {m: dict(g) for m, g in PRESETS["cpu"].grids.items()}
+    assert cpu == {"lora": {"lr": cpu_lr, "weight_decay": (0.0, 0.01)}, **old,
+                   "flat-lora": {"lr": cpu_lr, "sigma": (0.05, 0.1)}, "bi-lora": {"lr": cpu_lr, "rho": (0.05, 0.1)}}
+    assert {len(PRESETS["cpu"].points(m)) for m in cpu} == {4} and {g["lr"] for g in cpu.values()} == {cpu_lr}
     assert [list(g) for g in PRESETS["paper"].grids.values()][3] == ["lr", "mu", "schedule"]  # the axis order
 
 

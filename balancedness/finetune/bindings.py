@@ -1,10 +1,10 @@
 """One binding per method: the application's half of a method (its row, ``balancedness/methods.py``, is the other).
 
 A :class:`Binding` says how ``run_finetune`` trains a method: its Trainer class (the HF ``Trainer``, the torch
-backend's ``SAMTrainer`` or ``BARTrainer``, or a user's own), the keyword arguments the class takes beside the
-Trainer's own, computed from the method's hyper-parameter values (``{name: value}`` for every ``Hyper`` of its
-row), and the hyper-parameter, if any, that multiplies the micro-batches of a step (m-SAM: ``m``, one
-m-sharpness chunk per micro-batch). ``run.py`` reads nothing else about a method.
+backend's ``SAMTrainer``, ``BARTrainer``, ``FlatLoRATrainer`` or ``BiLoRATrainer``, or a user's own), the
+keyword arguments the class takes beside the Trainer's own, computed from the method's hyper-parameter values
+(``{name: value}`` for every ``Hyper`` of its row), and the hyper-parameter, if any, that multiplies the
+micro-batches of a step (m-SAM: ``m``, one m-sharpness chunk per micro-batch). ``run.py`` reads nothing else about a method.
 
 A method from outside the package is a Python file that registers a row and a binding
 (``balancedness finetune --plugin FILE.py``, :func:`load_plugin`; docs/architecture.md):
@@ -108,6 +108,18 @@ def _bar_trainer() -> type:
     return BARTrainer
 
 
+def _flat_lora_trainer() -> type:
+    from balancedness.optim.flatlora import FlatLoRATrainer
+
+    return FlatLoRATrainer
+
+
+def _bilora_trainer() -> type:
+    from balancedness.optim.bilora import BiLoRATrainer
+
+    return BiLoRATrainer
+
+
 def _bar(variant: str) -> TrainerKwargs:
     return lambda hp: dict(bar_mu=hp["mu"], bar_variant=variant, bar_schedule=hp["schedule"])
 
@@ -118,6 +130,10 @@ register_binding("msam", _sam_trainer, lambda hp: dict(rho=hp["rho"], msharpness
 register_binding("nbar", _bar_trainer, _bar("nbar"))
 register_binding("obar", _bar_trainer, _bar("obar"))
 register_binding("asam", _sam_trainer, lambda hp: dict(rho=hp["rho"], adaptive=True))
+register_binding("flat-lora", _flat_lora_trainer,
+                 lambda hp: dict(flat_sigma=hp["sigma"], flat_noise_schedule=hp["noise_schedule"]))
+register_binding("bi-lora", _bilora_trainer,
+                 lambda hp: dict(bilora_rho=hp["rho"], bilora_kappa=hp["kappa"], bilora_rank=hp["rank2"]))
 
 
 # ------------------------------------------------------------------------------------------------ plugins

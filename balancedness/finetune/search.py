@@ -5,7 +5,7 @@ shared options' values (``lr``) per preset, each of its ``Hyper``'s ``search`` i
 and for which methods, is what the rows declare. A :class:`SearchSpace` maps each method to a grid ``{option: values}``; a method's configurations are the
 Cartesian product in the order the options and values are given (that order also breaks ties in
 :func:`~balancedness.finetune.select.select_runs`). Options a method does not read cannot be searched for it
-(ρ only for SAM/m-SAM/ASAM, μ₀ and the μ schedule only for BAR, a plugin method's own hyper-parameters only
+(ρ only for SAM/m-SAM/ASAM/Bi-LoRA, σ only for Flat-LoRA, μ₀ and the μ schedule only for BAR, a plugin method's own hyper-parameters only
 for it); ``lr`` and ``weight_decay`` apply to all.
 
 Presets (``balancedness sweep --space NAME``):
@@ -14,15 +14,31 @@ Presets (``balancedness sweep --space NAME``):
 * ``paper``: the paper's few-shot grid (spec §4.6, Table 6): lr ∈ {1e-4, 3e-4, 5e-4} for every method,
   ρ ∈ {0.05, 0.1, 0.2} for SAM, μ₀ ∈ {0.5, 1, 2} × schedule ∈ {linear, cosine} for BAR. The learning rates
   are the spec's reading of Table 6 (the rendered PDF is hard to read there; we take 1e-4, 3e-4, 5e-4);
-* ``cpu``: the grid of our committed CPU result (docs/results.md): every method gets the **same number of
-  configurations (4)**, so none is favoured by a larger search: LoRA lr ∈ {5e-4, 1e-3, 2e-3, 4e-3}; SAM
-  lr ∈ {1e-3, 2e-3} × ρ ∈ {0.05, 0.1}; nBAR/oBAR lr ∈ {1e-3, 2e-3} × μ₀ ∈ {2, 8} (linear μ schedule).
+* ``cpu``: **4 configurations for every method on one shared learning-rate axis**, lr ∈ {1e-3, 2e-3} × two
+  values of the method's own hyper-parameter, so no method is favoured by a larger search or by learning
+  rates the others never see: SAM/m-SAM ρ ∈ {0.05, 0.1}; nBAR/oBAR μ₀ ∈ {2, 8} (linear μ schedule); ASAM
+  ρ ∈ {0.5, 1}; Flat-LoRA σ ∈ {0.05, 0.1}; Bi-LoRA ρ ∈ {0.05, 0.1}. LoRA has no hyper-parameter of its own,
+  so its second axis is AdamW's weight decay ∈ {0, 0.01}: the only knob it has besides lr, and nearly
+  neutral for balancedness at this size (decoupled decay multiplies B_l by (1 − lr·λ)^{2t}, a 0.16% shrink
+  over 40 steps at lr 2e-3; weight decay does balance by itself, spec flatness-methods §1, so a larger λ
+  would confound the comparison), and better than repeating a configuration (a repeat is the same run, same fingerprint, and would leave LoRA 2 configurations). Before
+  this axis was shared, LoRA searched lr ∈ {5e-4, 1e-3, 2e-3, 4e-3} while the others spent their four on ρ/μ₀,
+  which confounded the committed CPU result on TREC (LoRA alone reached lr 4e-3);
+* ``cpu-2024``: that earlier ``cpu`` grid, kept so that the committed docs/results-cpu stays reproducible
+  (LoRA lr ∈ {5e-4, 1e-3, 2e-3, 4e-3}; the others as in ``cpu``; Flat-LoRA and Bi-LoRA, newer than it, have
+  no grid there and run one configuration).
 
 ASAM (adaptive SAM, ``--method asam``; not in the paper) takes the learning rates of SAM and its own radii:
 ρ ∈ {0.5, 1, 2} (``paper``) and ρ ∈ {0.5, 1} (``cpu``, 4 configurations like the others). Its perturbation
 ρ·|w|²⊙g/‖|w|⊙g‖ is relative to the weights, so its radius is not comparable with SAM's: ASAM's authors
 (Kwon et al., 2021) use ρ from 0.5 to 2 where SAM uses 0.05, which is the range searched here. (LoRA's B
 starts at 0, so ASAM perturbs only A at the first step.)
+
+Flat-LoRA (``--method flat-lora``, spec flatness-methods.md §2) in ``paper``: σ ∈ {0.05, 0.1}, the two values
+its App. D recommends (its runs use 0.05 for T5 and Llama-2, 0.15 for CLIP; it publishes no grid), with the
+official cosine ramp (``--hparam noise_schedule=constant`` for none). Bi-LoRA (``--method bi-lora``, §3) in
+``paper``: its own ρ grid {0.005, 0.01, 0.05, 0.1, 0.2, 0.5} (the radius of the auxiliary adapter, ``--rho``),
+with r₂ = 8 and η₂ = η₁ (``--hparam rank2=…``, ``--hparam kappa=…``).
 
 ``--grid METHOD:OPTION=V1,V2`` adds or replaces one axis (``all:lr=...`` for every method).
 """

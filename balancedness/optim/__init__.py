@@ -1,10 +1,11 @@
-"""SAM, m-SAM and BAR (nBAR/oBAR) for torch/peft LoRA models, plus HF Trainer integration.
+"""SAM, m-SAM, BAR (nBAR/oBAR), Flat-LoRA and Bi-LoRA for torch/peft LoRA models, plus HF Trainer integration.
 
 The torch optimizer library of the package; the LM finetuning application (``balancedness.finetune``) is
 built on it, never the reverse. Math for each method lives in one module: ``pairs`` (B_l, spec §1.2),
 ``sam`` (Alg. 1, eqs. (4), (22), (38)), ``microbatch`` (SAM fed one micro-batch at a time: the Trainer's and
 accelerate's accumulation loops), ``bar`` (Algs. 2/3), ``groups`` (the weight-decay split), ``schedules``
-(μ_t by step, spec §4.5.7), ``amp`` (GradScaler semantics); ``trainer`` and ``callbacks`` plug them into the
+(μ_t by step, spec §4.5.7), ``amp`` (GradScaler semantics), ``flatlora`` and ``bilora`` (flatness-methods
+§2, §3; their Trainers are built on first use); ``trainer`` and ``callbacks`` plug them into the
 HF ``Trainer`` and are the only modules that import transformers (none imports accelerate). Everything else needs torch alone (peft models are found by their
 parameter names, not by importing peft).
 
@@ -22,6 +23,8 @@ __all__ = [
     "VARIANTS", "SCHEDULES", "BARScheduler", "create_bar_optimizer", "bar_optimizer_class", "scheduler_total_steps",
     "SAM", "sam_step_accumulated", "sam_step_msharpness", "sam_backward",
     "SAMTrainer", "BARTrainer", "BalancednessCallback", "LOG_NAME",
+    "FlatLoRA", "flat_lora_layers", "flat_lora_perturb_", "flat_lora_restore_", "FlatLoRATrainer",
+    "BiLoRA", "bilora_clip_", "bilora_norm", "BiLoRATrainer",
 ]
 
 #: The balancedness log's file name (``BalancednessCallback(path=True)`` writes ``<output_dir>/balancedness.jsonl``;
@@ -35,6 +38,9 @@ _LAZY = {
     "scheduler_total_steps": "schedules", "BARScheduler": "schedules",
     "SAM": "sam", "sam_step_accumulated": "sam", "sam_step_msharpness": "sam", "sam_backward": "microbatch",
     "SAMTrainer": "trainer", "BARTrainer": "trainer", "BalancednessCallback": "callbacks",
+    "FlatLoRA": "flatlora", "flat_lora_layers": "flatlora", "flat_lora_perturb_": "flatlora",
+    "flat_lora_restore_": "flatlora", "FlatLoRATrainer": "flatlora",
+    "BiLoRA": "bilora", "bilora_clip_": "bilora", "bilora_norm": "bilora", "BiLoRATrainer": "bilora",
 }
 
 
