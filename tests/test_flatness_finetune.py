@@ -39,7 +39,8 @@ def test_flat_lora_and_bi_lora_run_through_finetune(tmp_path):
     bi = _finetune(tmp_path / "bi", "--method", "bi-lora", "--rho", "0.1", "--hparam", "rank2=2")
     assert flat["status"] == bi["status"] == lora["status"] == "complete"
     assert flat["config"]["hparams"] == {"sigma": 0.5, "noise_schedule": "constant"}
-    assert bi["config"]["rho"] == 0.1 and bi["config"]["hparams"]["rank2"] == 2
+    assert bi["config"]["rho"] == 0.1
+    assert bi["config"]["hparams"]["rank2"] == 2
     ref = _adapter(tmp_path / "lora")
     for name in ("flat", "bi"):
         adapter = _adapter(tmp_path / name)
@@ -52,7 +53,8 @@ def test_bad_hparams_of_the_new_methods_exit_2(tmp_path):
                          (["--method", "bi-lora", "--hparam", "rank2=0"], "rank2"),
                          (["--method", "bi-lora", "--hparam", "kappa=0"], "kappa")):
         result = runner.invoke(app, ["finetune", "--task", "sst2", *args, "--steps", "1", "--out", str(tmp_path / "o")])
-        assert result.exit_code == 2 and needle in result.output, result.output
+        assert result.exit_code == 2, result.output
+        assert needle in result.output, result.output
         assert "Traceback" not in result.output
 
 
@@ -64,5 +66,7 @@ def test_a_tiny_sweep_of_lora_flat_lora_and_bi_lora(tmp_path):
                                  "--data-root", str(data_root_or_skip()), "--out", str(out)])
     assert result.exit_code == 0, result.output
     table = (out / "table.md").read_text()
-    assert "| Flat-LoRA |" in table and "| Bi-LoRA |" in table and "| LoRA |" in table
+    assert "| Flat-LoRA |" in table
+    assert "| Bi-LoRA |" in table
+    assert "| LoRA |" in table
     assert {p.parent.name for p in out.glob("sst2/*/seed13-*")} == {"lora", "flat-lora", "bi-lora"}

@@ -117,7 +117,8 @@ def test_presets_keep_their_grids():
     cpu = {m: dict(g) for m, g in PRESETS["cpu"].grids.items()}
     assert cpu == {"lora": {"lr": cpu_lr, "weight_decay": (0.0, 0.01)}, **old,
                    "flat-lora": {"lr": cpu_lr, "sigma": (0.05, 0.1)}, "bi-lora": {"lr": cpu_lr, "rho": (0.05, 0.1)}}
-    assert {len(PRESETS["cpu"].points(m)) for m in cpu} == {4} and {g["lr"] for g in cpu.values()} == {cpu_lr}
+    assert {len(PRESETS["cpu"].points(m)) for m in cpu} == {4}
+    assert {g["lr"] for g in cpu.values()} == {cpu_lr}
     assert [list(g) for g in PRESETS["paper"].grids.values()][3] == ["lr", "mu", "schedule"]  # the axis order
 
 
@@ -189,7 +190,8 @@ def test_a_sweep_grid_varies_a_hyper_parameter_of_the_row(plugin):
     space = make_space("fixed", ["sam-half:scale=0.5,0.25"], ["lora", "sam-half"])
     assert space.points("sam-half") == [{"scale": 0.5}, {"scale": 0.25}]
     config = FinetuneConfig().with_options(method="sam-half", **space.points("sam-half")[1])
-    assert config.hparams == {"scale": 0.25} and config.method == "sam-half"
+    assert config.hparams == {"scale": 0.25}
+    assert config.method == "sam-half"
     assert dict(PRESETS["cpu"].grids["sam-half"]) == {"rho": (0.05, 0.1), "scale": (0.5, 0.25)}  # RHO's and its own
     with pytest.raises(ValueError, match="does not read scale"):
         make_space("fixed", ["lora:scale=1"], ["lora", "sam-half"])
@@ -227,7 +229,8 @@ def test_bad_plugin_exits_2_and_registers_nothing(tmp_path, registry, text, need
         result = runner.invoke(app, [*command, "--plugin", str(path), "--steps", "0", "--out", str(tmp_path / "o")])
         assert result.exit_code == 2, result.output
         assert _flat(needle) in _flat(result.output)
-    assert "lonely" not in METHODS and not (tmp_path / "o").exists()
+    assert "lonely" not in METHODS
+    assert not (tmp_path / "o").exists()
 
 
 def _adapter(run):
@@ -248,7 +251,9 @@ def test_asam_runs_through_finetune_and_is_not_sam(tmp_path):
     import torch
 
     asam = _finetune(tmp_path / "asam", "--method", "asam", "--rho", "0.5")
-    assert asam["method"] == "asam" and asam["status"] == "complete" and asam["config"]["rho"] == 0.5
+    assert asam["method"] == "asam"
+    assert asam["status"] == "complete"
+    assert asam["config"]["rho"] == 0.5
     _finetune(tmp_path / "sam", "--method", "sam", "--rho", "0.5")
     a, s = _adapter(tmp_path / "asam"), _adapter(tmp_path / "sam")
     assert not all(torch.equal(a[k], s[k]) for k in a)  # the binding's adaptive=True reaches the Trainer
@@ -259,7 +264,8 @@ def test_a_plugin_method_runs_through_finetune_and_a_sweep(tmp_path, plugin):
     import torch
 
     half = _finetune(tmp_path / "half", "--plugin", str(plugin), "--method", "sam-half", "--rho", "0.1")
-    assert half["method"] == "sam-half" and half["status"] == "complete"
+    assert half["method"] == "sam-half"
+    assert half["status"] == "complete"
     _finetune(tmp_path / "sam", "--method", "sam", "--rho", "0.05")
     a, s = _adapter(tmp_path / "half"), _adapter(tmp_path / "sam")
     assert all(torch.equal(a[k], s[k]) for k in a)  # SAM/2 at ρ 0.1 is SAM at ρ 0.05: its binding's kwargs count
@@ -270,5 +276,6 @@ def test_a_plugin_method_runs_through_finetune_and_a_sweep(tmp_path, plugin):
                                  "16", "--data-root", str(data_root_or_skip()), "--out", str(out)])
     assert result.exit_code == 0, result.output
     table = (out / "table.md").read_text()
-    assert "| LoRA-SAM/2 |" in table and "| LoRA-ASAM |" in table
+    assert "| LoRA-SAM/2 |" in table
+    assert "| LoRA-ASAM |" in table
     assert {p.parent.name for p in out.glob("sst2/*/seed13-*")} == {"asam", "sam-half"}

@@ -97,7 +97,9 @@ def test_flat_lora_draws_depend_on_seed_and_step_only():
 
     state = torch.get_rng_state()
     e = noise(0, 5)
-    assert torch.equal(e, noise(0, 5)) and not torch.equal(e, noise(0, 6)) and not torch.equal(e, noise(1, 5))
+    assert torch.equal(e, noise(0, 5))
+    assert not torch.equal(e, noise(0, 6))
+    assert not torch.equal(e, noise(1, 5))
     assert torch.equal(torch.get_rng_state(), state)
 
 
@@ -149,14 +151,17 @@ def test_bilora_aux_never_reaches_the_users_adapter(tmp_path):
     norms = []
     trainer.add_callback(_Norms(trainer, norms))
     trainer.train()
-    assert len(norms) == 4 and max(norms) <= 0.05 * (1 + 1e-6) and norms[-1] > 0
+    assert len(norms) == 4
+    assert max(norms) <= 0.05 * (1 + 1e-6)
+    assert norms[-1] > 0
     assert any(a.lora_B.abs().max() > 0 for a in trainer.bilora.adapters)  # the auxiliary ascended
     saved = tmp_path / "saved"
     model.save_pretrained(saved)
     assert _adapter_keys(saved) == _adapter_keys(reference)
     assert not any(m._forward_hooks for m in model.modules())
     checkpoint = tmp_path / "run" / "checkpoint-2"
-    assert _adapter_keys(checkpoint) == _adapter_keys(reference) and (checkpoint / AUX_FILE).is_file()
+    assert _adapter_keys(checkpoint) == _adapter_keys(reference)
+    assert (checkpoint / AUX_FILE).is_file()
     aux = torch.load(checkpoint / AUX_FILE, weights_only=True)
     assert len(aux) == 2 * len(flat_lora_layers(model))
 
@@ -259,4 +264,5 @@ def test_flat_lora_and_bi_lora_need_torch_alone():
         print("ok")
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok", done.stderr
