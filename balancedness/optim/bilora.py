@@ -178,9 +178,9 @@ def __getattr__(name: str) -> Any:
 
 
 def _bilora_trainer() -> type:
-    from balancedness.optim.trainer import _LoRATrainer
+    from balancedness.optim.trainer import LoRATrainer
 
-    cls = type("BiLoRATrainer", (_BiLoRAMixin, _LoRATrainer), {"__module__": __name__, "__doc__": _BiLoRAMixin.__doc__})
+    cls = type("BiLoRATrainer", (_BiLoRAMixin, LoRATrainer), {"__module__": __name__, "__doc__": _BiLoRAMixin.__doc__})
     cls.__qualname__ = "BiLoRATrainer"
     return cls
 

@@ -189,9 +189,9 @@ def __getattr__(name: str) -> Any:
 
 
 def _flat_lora_trainer() -> type:
-    from balancedness.optim.trainer import _LoRATrainer
+    from balancedness.optim.trainer import LoRATrainer
 
-    cls = type("FlatLoRATrainer", (_FlatLoRAMixin, _LoRATrainer),
+    cls = type("FlatLoRATrainer", (_FlatLoRAMixin, LoRATrainer),
                {"__module__": __name__, "__doc__": _FlatLoRAMixin.__doc__})
     cls.__qualname__ = "FlatLoRATrainer"
     return cls

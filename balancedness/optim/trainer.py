@@ -41,12 +41,13 @@ from balancedness.optim.sam import SAM, Perturbation, check_sam_args
 from balancedness.optim.schedules import BARScheduler
 from balancedness.validation import boolean
 
-__all__ = ["SAMTrainer", "BARTrainer"]
+__all__ = ["LoRATrainer", "SAMTrainer", "BARTrainer"]
 
 
-class _LoRATrainer(Trainer):
-    """The common base: every ``BalancednessCallback`` of the Trainer is linked to it when training starts, so
-    that its values go through ``Trainer.log`` (``log_history``, ``trainer_state.json``, ``report_to``)."""
+class LoRATrainer(Trainer):
+    """The common base of the LoRA Trainers (SAM, BAR, Flat-LoRA, Bi-LoRA): every ``BalancednessCallback`` of the
+    Trainer is linked to it when training starts, so that its values go through ``Trainer.log`` (``log_history``,
+    ``trainer_state.json``, ``report_to``)."""
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         for callback in self.callback_handler.callbacks:
@@ -55,7 +56,7 @@ class _LoRATrainer(Trainer):
         return super().train(*args, **kwargs)
 
 
-class SAMTrainer(_LoRATrainer):
+class SAMTrainer(LoRATrainer):
     """``Trainer`` with SAM (``rho``, ``adaptive`` = ASAM) and optional m-sharpness over micro-batches.
 
     The logged training loss is the loss at w (the ascent pass), normalized as the Trainer does. The optimizer
@@ -110,7 +111,7 @@ NO_DEFAULT_BAR_MU = (
 )
 
 
-class BARTrainer(_LoRATrainer):
+class BARTrainer(LoRATrainer):
     """``Trainer`` whose optimizer is BAR (spec Algs. 2/3) over the Trainer's own optimizer class.
 
     Extra args: ``bar_mu`` (μ₀ ≥ 0, required: ``NO_DEFAULT_BAR_MU`` says why), ``bar_variant`` (``"nbar"``/``"obar"``),
