@@ -149,3 +149,37 @@ def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor
 
 def trainable(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def sst2_dataset(n: int, offset: int = 0) -> list[dict]:
+    """``n`` SST-2 training examples (from ``sst2_batch``, 16 tokens) as the list of dicts a Trainer takes."""
+    enc = sst2_batch(n, offset=offset, max_length=16)
+    return [{k: v[i] for k, v in enc.items()} for i in range(n)]
+
+
+def training_args(output_dir, **kw):
+    """The tests' ``TrainingArguments``: CPU, one step, constant lr 1e-3, no clipping, no decay, nothing saved or
+    logged; ``kw`` overrides any of them."""
+    from transformers import TrainingArguments
+
+    base = dict(output_dir=str(output_dir), per_device_train_batch_size=4, max_steps=1, learning_rate=1e-3,
+                lr_scheduler_type="constant", max_grad_norm=0.0, weight_decay=0.0, optim="adamw_torch",
+                report_to=[], use_cpu=True, save_strategy="no", logging_strategy="no", disable_tqdm=True,
+                seed=0, dataloader_num_workers=0)
+    base.update(kw)
+    return TrainingArguments(**base)
+
+
+class Sequential:
+    """Trainer mix-in: the data in dataset order, so micro-batches are known to the test. Also tells the Trainer that
+    the model does not use ``num_items_in_batch`` (a peft-wrapped BERT classifier ignores it, but its
+    ``**kwargs`` make the Trainer assume it does and skip the 1/k accumulation scaling)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = False
+
+    def _get_train_sampler(self, train_dataset=None):
+        from torch.utils.data import SequentialSampler
+
+        return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)

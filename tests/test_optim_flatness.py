@@ -7,45 +7,24 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch.utils.data import SequentialSampler
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainerCallback
 
 from balancedness.optim import BiLoRA, FlatLoRA, bilora_norm, flat_lora_layers
 from balancedness.optim.bilora import AUX_FILE, BiLoRATrainer
 from balancedness.optim.flatlora import FlatLoRATrainer
-from finetune_fixtures import minilm_lora, sst2_batch, trainable
-
-
-def _dataset(n):
-    enc = sst2_batch(n, max_length=16)
-    return [{k: v[i] for k, v in enc.items()} for i in range(n)]
+from finetune_fixtures import Sequential, minilm_lora, sst2_batch, sst2_dataset, trainable, training_args
 
 
 def _args(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=4, learning_rate=5e-3,
-                lr_scheduler_type="constant", max_grad_norm=0.0, weight_decay=0.0, optim="adamw_torch",
-                report_to=[], use_cpu=True, save_strategy="no", logging_strategy="no", disable_tqdm=True,
-                seed=0, dataloader_num_workers=0)
-    base.update(kw)
-    return TrainingArguments(**base)
+    """``training_args`` with four steps at lr 5e-3 (Flat-LoRA's and Bi-LoRA's effects need a few)."""
+    return training_args(tmp_path, **{"max_steps": 4, "learning_rate": 5e-3, **kw})
 
 
-class _Sequential:
-    """The data in dataset order; the model does not use ``num_items_in_batch`` (see test_optim_trainer)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.model_accepts_loss_kwargs = False
-
-    def _get_train_sampler(self, train_dataset=None):
-        return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
-
-
-class SeqFlat(_Sequential, FlatLoRATrainer):
+class SeqFlat(Sequential, FlatLoRATrainer):
     pass
 
 
-class SeqBi(_Sequential, BiLoRATrainer):
+class SeqBi(Sequential, BiLoRATrainer):
     pass
 
 
@@ -56,7 +35,7 @@ def _base_weights(model):
 def _flat_run(tmp_path, *, dtype=torch.float32, seed=0, flat_seed=None, sigma=0.05, **args):
     model = minilm_lora(seed=3, dtype=dtype)
     before = _base_weights(model)
-    trainer = SeqFlat(model=model, args=_args(tmp_path, **args), train_dataset=_dataset(16), flat_sigma=sigma,
+    trainer = SeqFlat(model=model, args=_args(tmp_path, **args), train_dataset=sst2_dataset(16), flat_sigma=sigma,
                       flat_noise_schedule="constant", flat_seed=flat_seed)
     trainer.train()
     return model, before
@@ -147,7 +126,7 @@ def test_bilora_aux_never_reaches_the_users_adapter(tmp_path):
     reference = tmp_path / "reference"
     model.save_pretrained(reference)
     trainer = SeqBi(model=model, args=_args(tmp_path / "run", save_strategy="steps", save_steps=2),
-                    train_dataset=_dataset(16), bilora_rank=2, bilora_rho=0.05)
+                    train_dataset=sst2_dataset(16), bilora_rank=2, bilora_rho=0.05)
     norms = []
     trainer.add_callback(_Norms(trainer, norms))
     trainer.train()
@@ -171,7 +150,7 @@ def test_bilora_resume_continues_the_auxiliary(tmp_path):
     def run(folder, resume=None, steps=4):
         model = minilm_lora(seed=3)
         trainer = SeqBi(model=model, args=_args(folder, max_steps=steps, save_strategy="steps", save_steps=2),
-                        train_dataset=_dataset(16), bilora_rank=2, bilora_rho=0.05)
+                        train_dataset=sst2_dataset(16), bilora_rank=2, bilora_rho=0.05)
         trainer.train(resume_from_checkpoint=resume)
         return trainable(model)
 
@@ -201,7 +180,7 @@ def test_bilora_forward_adds_the_auxiliary():
 @pytest.mark.parametrize("bad", [dict(bilora_rank=0), dict(bilora_rho=-1.0), dict(bilora_kappa=0.0)])
 def test_bilora_refuses_bad_settings(tmp_path, bad):
     with pytest.raises(ValueError):
-        SeqBi(model=minilm_lora(), args=_args(tmp_path), train_dataset=_dataset(4), **bad)
+        SeqBi(model=minilm_lora(), args=_args(tmp_path), train_dataset=sst2_dataset(4), **bad)
 
 
 def test_bilora_under_a_grad_scaler_takes_the_unscaled_step():

@@ -7,43 +7,15 @@ import json
 
 import pytest
 import torch
-from torch.utils.data import SequentialSampler
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback
 
 from balancedness.optim import (SAM, BalancednessCallback, BARTrainer, SAMTrainer, bar_optimizer_class,
                                 create_bar_optimizer, lora_balancedness, lora_pairs, sam_step_accumulated,
                                 sam_step_msharpness)
-from finetune_fixtures import batch_loss, minilm_lora, sst2_batch, trainable
+from finetune_fixtures import Sequential, batch_loss, minilm_lora, sst2_dataset, trainable, training_args
 
 
-def _dataset(n, offset=0):
-    enc = sst2_batch(n, offset=offset, max_length=16)
-    return [{k: v[i] for k, v in enc.items()} for i in range(n)]
-
-
-def _args(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=1, learning_rate=1e-3,
-                lr_scheduler_type="constant", max_grad_norm=0.0, weight_decay=0.0, optim="adamw_torch",
-                report_to=[], use_cpu=True, save_strategy="no", logging_strategy="no", disable_tqdm=True,
-                seed=0, dataloader_num_workers=0)
-    base.update(kw)
-    return TrainingArguments(**base)
-
-
-class _Sequential:
-    """Mix-in: the data in dataset order, so micro-batches are known to the test. Also tells the Trainer that
-    the model does not use ``num_items_in_batch`` (a peft-wrapped BERT classifier ignores it, but its
-    ``**kwargs`` make the Trainer assume it does and skip the 1/k accumulation scaling)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.model_accepts_loss_kwargs = False
-
-    def _get_train_sampler(self, train_dataset=None):
-        return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
-
-
-class SeqSAMTrainer(_Sequential, SAMTrainer):
+class SeqSAMTrainer(Sequential, SAMTrainer):
     pass
 
 
@@ -65,10 +37,10 @@ def _collate(rows):
 
 @pytest.mark.parametrize("msharpness", [False, True])
 def test_samtrainer_matches_sam_with_accumulation(tmp_path, base_model, msharpness):
-    data = _dataset(4)
+    data = sst2_dataset(4)
     model = copy.deepcopy(base_model)
-    SeqSAMTrainer(model=model, args=_args(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2),
-                  train_dataset=data, rho=0.05, msharpness=msharpness).train()
+    args = training_args(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2)
+    SeqSAMTrainer(model=model, args=args, train_dataset=data, rho=0.05, msharpness=msharpness).train()
     expected = _manual(copy.deepcopy(base_model), [_collate(data[:2]), _collate(data[2:])], msharpness=msharpness)
     for name, value in trainable(model).items():
         torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-6, msg=name)
@@ -80,9 +52,9 @@ def test_samtrainer_matches_sam_with_accumulation(tmp_path, base_model, msharpne
 
 
 def test_bartrainer_equals_explicit_bar_optimizer(tmp_path, base_model):
-    data = _dataset(4)
+    data = sst2_dataset(4)
     one, two = copy.deepcopy(base_model), copy.deepcopy(base_model)
-    trainer = BARTrainer(model=one, args=_args(tmp_path, max_steps=2), train_dataset=data, bar_mu=4.0,
+    trainer = BARTrainer(model=one, args=training_args(tmp_path, max_steps=2), train_dataset=data, bar_mu=4.0,
                          bar_variant="nbar", bar_schedule="linear")
     trainer.train()
     opt = trainer.optimizer.optimizer
@@ -91,7 +63,7 @@ def test_bartrainer_equals_explicit_bar_optimizer(tmp_path, base_model):
     assert opt.bar_step_count == 2
     bar = create_bar_optimizer(two, torch.optim.AdamW, lr=1e-3, mu=4.0, schedule="linear", total_steps=2,
                                weight_decay=0.0)
-    Trainer(model=two, args=_args(tmp_path, max_steps=2), train_dataset=data, optimizers=(bar, None)).train()
+    Trainer(model=two, args=training_args(tmp_path, max_steps=2), train_dataset=data, optimizers=(bar, None)).train()
     for (n, p), q in zip(trainable(one).items(), trainable(two).values()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-7, msg=n)
     assert max((p - q).abs().max() for p, q in zip(trainable(one).values(), trainable(base_model).values())) > 1e-4
@@ -101,7 +73,7 @@ def test_balancedness_callback_writes_jsonl(tmp_path, base_model):
     model = copy.deepcopy(base_model)
     path = tmp_path / "bal.jsonl"
     initial = lora_balancedness(model)
-    SAMTrainer(model=model, args=_args(tmp_path, max_steps=3), train_dataset=_dataset(12), rho=0.05,
+    SAMTrainer(model=model, args=training_args(tmp_path, max_steps=3), train_dataset=sst2_dataset(12), rho=0.05,
                callbacks=[BalancednessCallback(every=1, path=path)]).train()
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
@@ -113,7 +85,7 @@ def test_balancedness_callback_writes_jsonl(tmp_path, base_model):
 
 def test_bartrainer_builds_the_trainers_own_optimizer(tmp_path, base_model):
     """BAR over args.optim with the Trainer's decay/no-decay groups, lr from args and T from the step count."""
-    args = _args(tmp_path, weight_decay=0.1, learning_rate=3e-4, adam_beta2=0.99)
+    args = training_args(tmp_path, weight_decay=0.1, learning_rate=3e-4, adam_beta2=0.99)
     trainer = BARTrainer(model=base_model, args=args, bar_mu=2.0, bar_variant="obar", bar_schedule="cosine")
     trainer.create_optimizer_and_scheduler(num_training_steps=7)
     opt = trainer.optimizer
@@ -133,28 +105,28 @@ def test_bartrainer_builds_the_trainers_own_optimizer(tmp_path, base_model):
 
 def test_trainer_errors(tmp_path, base_model):
     with pytest.raises(ValueError, match="-1"):
-        SAMTrainer(model=base_model, args=_args(tmp_path), rho=-1.0)
+        SAMTrainer(model=base_model, args=training_args(tmp_path), rho=-1.0)
     with pytest.raises(ValueError, match="msharpness must be True or False"):
-        SAMTrainer(model=base_model, args=_args(tmp_path), msharpness=1)
+        SAMTrainer(model=base_model, args=training_args(tmp_path), msharpness=1)
     with pytest.raises(ValueError, match="bar_variant must be one of nbar, obar, got 'qbar'"):
-        BARTrainer(model=base_model, args=_args(tmp_path), bar_mu=1.0, bar_variant="qbar")
+        BARTrainer(model=base_model, args=training_args(tmp_path), bar_mu=1.0, bar_variant="qbar")
     with pytest.raises(ValueError, match="bar_mu must be a finite number >= 0, got -2"):
-        BARTrainer(model=base_model, args=_args(tmp_path), bar_mu=-2.0)
+        BARTrainer(model=base_model, args=training_args(tmp_path), bar_mu=-2.0)
     with pytest.raises(ValueError, match="bar_mu must be a finite number >= 0, got inf"):
-        BARTrainer(model=base_model, args=_args(tmp_path), bar_mu=float("inf"))
+        BARTrainer(model=base_model, args=training_args(tmp_path), bar_mu=float("inf"))
     with pytest.raises(ValueError, match="bar_schedule must be one of constant, linear, cosine"):
-        BARTrainer(model=base_model, args=_args(tmp_path), bar_mu=1.0, bar_schedule="step")
+        BARTrainer(model=base_model, args=training_args(tmp_path), bar_mu=1.0, bar_schedule="step")
     with pytest.raises(TypeError, match="not a BAR optimizer"):
         plain = torch.optim.SGD(base_model.parameters(), lr=0.1)
-        BARTrainer(model=base_model, args=_args(tmp_path), bar_mu=1.0, optimizers=(plain, None))
+        BARTrainer(model=base_model, args=training_args(tmp_path), bar_mu=1.0, optimizers=(plain, None))
     with pytest.raises(RuntimeError, match="number of training steps"):
-        BARTrainer(model=base_model, args=_args(tmp_path), bar_mu=1.0, bar_schedule="linear").create_optimizer()
+        BARTrainer(model=base_model, args=training_args(tmp_path), bar_mu=1.0, bar_schedule="linear").create_optimizer()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sam", "bar"])
 def test_checkpoint_resume_is_bit_identical(tmp_path, kind):
-    data = _dataset(16)
+    data = sst2_dataset(16)
 
     class StopAt2(TrainerCallback):  # interrupt a 4-step run (same schedule T) right after checkpoint-2
         def on_step_end(self, args, state, control, **kwargs):
@@ -162,8 +134,8 @@ def test_checkpoint_resume_is_bit_identical(tmp_path, kind):
 
     def trainer(out, max_steps=4, callbacks=()):
         model = minilm_lora(seed=6, dropout=0.1)  # dropout on: the RNG state must be restored too
-        args = _args(out, max_steps=max_steps, save_strategy="steps", save_steps=2, per_device_train_batch_size=2,
-                     gradient_accumulation_steps=2)
+        args = training_args(out, max_steps=max_steps, save_strategy="steps", save_steps=2,
+                             per_device_train_batch_size=2, gradient_accumulation_steps=2)
         if kind == "sam":
             return SAMTrainer(model=model, args=args, train_dataset=data, rho=0.05, callbacks=list(callbacks))
         return BARTrainer(model=model, args=args, train_dataset=data, bar_mu=5.0, bar_schedule="cosine",
@@ -184,8 +156,8 @@ def test_checkpoint_resume_is_bit_identical(tmp_path, kind):
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trainer_runs(tmp_path, base_model, precision):
     model = copy.deepcopy(base_model)
-    trainer = SAMTrainer(model=model, args=_args(tmp_path, max_steps=2, **{precision: True}),
-                         train_dataset=_dataset(8), rho=0.05)
+    trainer = SAMTrainer(model=model, args=training_args(tmp_path, max_steps=2, **{precision: True}),
+                         train_dataset=sst2_dataset(8), rho=0.05)
     trainer.train()
     if precision == "fp16":  # documented: on CPU, accelerate silently drops fp16 (no autocast, no GradScaler)
         assert trainer.accelerator.scaler is None
@@ -198,28 +170,29 @@ def test_mixed_precision_trainer_runs(tmp_path, base_model, precision):
 def test_stock_trainer_takes_a_bar_class_through_its_own_hook(tmp_path, base_model):
     """optimizer_cls_and_kwargs=(bar_optimizer_class(AdamW), {...}): the Trainer builds BAR from its own decay
     groups, and trains to the parameters BARTrainer reaches from the same TrainingArguments."""
-    data = _dataset(8)
+    data = sst2_dataset(8)
     args = dict(max_steps=2, weight_decay=0.1)
     one, two = copy.deepcopy(base_model), copy.deepcopy(base_model)
     hook = (bar_optimizer_class(torch.optim.AdamW),
             {"pairs": lora_pairs(one), "mu": 4.0, "lr": 1e-3, "schedule": "linear", "total_steps": 2})
-    stock = Trainer(model=one, args=_args(tmp_path / "stock", **args), train_dataset=data,
+    stock = Trainer(model=one, args=training_args(tmp_path / "stock", **args), train_dataset=data,
                     optimizer_cls_and_kwargs=hook)
     stock.train()
     assert [g["weight_decay"] for g in stock.optimizer.param_groups] == [0.1, 0.0]
     assert stock.optimizer.optimizer.bar_step_count == 2
-    BARTrainer(model=two, args=_args(tmp_path / "bar", **args), train_dataset=data, bar_mu=4.0,
+    BARTrainer(model=two, args=training_args(tmp_path / "bar", **args), train_dataset=data, bar_mu=4.0,
                bar_schedule="linear").train()
     for (n, p), q in zip(trainable(one).items(), trainable(two).values()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-7, msg=n)
     with pytest.raises(TypeError, match=r"needs pairs=lora_pairs\(model\) and mu"):
-        Trainer(model=one, args=_args(tmp_path / "bad"), train_dataset=data,
+        Trainer(model=one, args=training_args(tmp_path / "bad"), train_dataset=data,
                 optimizer_cls_and_kwargs=(bar_optimizer_class(torch.optim.AdamW), {"mu": 1.0})).train()
 
 
 def test_bartrainer_takes_t_from_epochs(tmp_path, base_model):
-    trainer = BARTrainer(model=copy.deepcopy(base_model), args=_args(tmp_path, max_steps=-1, num_train_epochs=2),
-                         train_dataset=_dataset(8), bar_mu=1.0, bar_schedule="cosine")
+    args = training_args(tmp_path, max_steps=-1, num_train_epochs=2)
+    trainer = BARTrainer(model=copy.deepcopy(base_model), args=args,
+                         train_dataset=sst2_dataset(8), bar_mu=1.0, bar_schedule="cosine")
     trainer.train()
     bar = trainer.optimizer.optimizer
     assert bar.bar_total_steps == trainer.state.max_steps == 4
@@ -231,7 +204,8 @@ def test_sam_with_the_stock_trainer_names_samtrainer(tmp_path, base_model):
     sam = SAM([p for p in model.parameters() if p.requires_grad], torch.optim.AdamW, rho=0.05, lr=1e-3)
     before = trainable(model)
     with pytest.raises(ValueError, match="use balancedness.optim.SAMTrainer"):
-        Trainer(model=model, args=_args(tmp_path), train_dataset=_dataset(4), optimizers=(sam, None)).train()
+        args = training_args(tmp_path)
+        Trainer(model=model, args=args, train_dataset=sst2_dataset(4), optimizers=(sam, None)).train()
     assert all(torch.equal(p, before[n]) for n, p in trainable(model).items())
     with pytest.raises(TypeError, match="not a SAM optimizer"):
-        SAMTrainer(model=model, args=_args(tmp_path), optimizers=(sam, None))
+        SAMTrainer(model=model, args=training_args(tmp_path), optimizers=(sam, None))
