@@ -26,7 +26,7 @@ def _refused(args, needle):
     result = runner.invoke(app, args)
     text = " ".join(result.output.split())
     assert result.exit_code == 2, result.output
-    assert needle in text
+    assert "".join(needle.split()) in "".join(text.split())  # rich wraps long (xdist) paths anywhere
     assert "Traceback" not in text
     assert time.perf_counter() - started < 20  # refused up front, not after the work
 
