@@ -64,3 +64,17 @@ def interrupted_run(tmp_path_factory) -> Path:
         assert proc.returncode == 130, proc.stderr[-2000:]
 
     return built_once(tmp_path_factory, "interrupted-run", build) / "run"
+
+
+def need(module: str, why: str = "") -> None:
+    """Import ``module`` or skip the test (the module, at module level), with the reason; under CI, which installs
+    every extra, a missing module is a failure instead."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"{module} is not installed{': ' + why if why else ''} (pip install -e '.[all]')",
+                    allow_module_level=True)

@@ -9,11 +9,13 @@ Any field that is not the built-in function object runs through numpy.
 import numpy as np
 import pytest
 
+from conftest import need
+
 from balancedness.sims import (OPTIMIZERS, make_problem, nop_problem, observed, op_problem, replaced_directions,
                                simulate, toy2d_problem)
 from balancedness.sims.directions import sam, sgd
 
-pytest.importorskip("numba")
+need("numba", "the compiled stepper")
 from balancedness.sims import compiled  # noqa: E402
 
 FIELDS = ("x", "y", "balancedness", "balancedness_layers", "grad_gap", "loss")

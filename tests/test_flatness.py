@@ -14,6 +14,8 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import need
+
 from balancedness.sims import DIRECTIONS, make_optimizer, nop_problem, op_problem, simulate, solve_flow
 from balancedness.sims.discrete import _stepper
 from balancedness.sims.optimizers import FLATNESS_OPTIMIZERS, OPTIMIZERS
@@ -81,7 +83,7 @@ def test_the_flatness_methods_step_with_numpy(name):
     assert name not in OPTIMIZERS
     opt = make_optimizer(name, **KW[name])
     assert _stepper("auto", opt, nop_problem(), 1e-3, 10, None, 2, np.array([0, 1])).backend == "numpy"
-    pytest.importorskip("numba")
+    need("numba", "the compiled stepper")
     with pytest.raises(ValueError, match="not a built-in direction function it compiles"):
         _stepper("numba", opt, nop_problem(), 1e-3, 10, None, 2, np.array([0, 1]))
 

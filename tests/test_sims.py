@@ -4,6 +4,8 @@ import json
 
 import numpy as np
 import pytest
+
+from conftest import need
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -277,7 +279,7 @@ def test_interrupt_returns_partial_result(monkeypatch):
 
 
 def test_interrupt_returns_partial_result_of_the_compiled_stepper(monkeypatch):
-    pytest.importorskip("numba")
+    need("numba", "the compiled stepper")
     from balancedness.sims import compiled
 
     calls = {"n": 0}
