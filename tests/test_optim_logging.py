@@ -14,7 +14,8 @@ from transformers import Trainer, TrainerCallback
 from balancedness.optim import BalancednessCallback, BARTrainer, SAMTrainer, lora_pairs
 from balancedness.optim.callbacks import balancedness_logs
 from finetune_fixtures import minilm_lora, trainable
-from test_optim_trainer import _args, _dataset
+from finetune_fixtures import sst2_dataset as _dataset
+from finetune_fixtures import training_args as _args
 
 
 @pytest.fixture(scope="module")
