@@ -10,8 +10,11 @@ import typer
 from balancedness.commands import figures, finetune, sims
 from balancedness.commands.common import Command
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="SAM's implicit regularization of balancedness: simulators, theory checks, figures, LoRA.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="SAM's implicit regularization of balancedness: simulators, theory checks, figures, LoRA.",
+)
 
 app.command(cls=Command)(sims.check)
 app.command(cls=Command)(sims.simulate)

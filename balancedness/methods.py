@@ -20,15 +20,34 @@ other methods modify. The search values of ASAM's ρ are larger than SAM's: ASAM
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from balancedness.schedules import SCHEDULES
 from balancedness.validation import InvalidValue, choice, integer, number
 
-__all__ = ["Hyper", "Method", "Derived", "METHODS", "SHARED", "SEARCH_PRESETS", "RHO", "M", "MU", "SCHEDULE",
-           "SIGMA", "NOISE_SCHEDULE", "KAPPA", "RANK2", "register_method", "unregister_method", "method", "names"]
+__all__ = [
+    "Hyper",
+    "Method",
+    "Derived",
+    "METHODS",
+    "SHARED",
+    "SEARCH_PRESETS",
+    "RHO",
+    "M",
+    "MU",
+    "SCHEDULE",
+    "SIGMA",
+    "NOISE_SCHEDULE",
+    "KAPPA",
+    "RANK2",
+    "register_method",
+    "unregister_method",
+    "method",
+    "names",
+]
 
 #: The search presets a row gives values for (``fixed``, the command's own options, needs none). ``cpu-2024``
 #: is the ``cpu`` grid before the shared learning-rate axis (LoRA lr ∈ {5e-4, 1e-3, 2e-3, 4e-3}), which the
@@ -57,8 +76,10 @@ class Hyper:
             raise ValueError(f"hyper-parameter {self.name!r}: type must be float, int or str, got {self.type!r}")
         unknown = sorted(set(self.search) - set(SEARCH_PRESETS))
         if unknown:
-            raise ValueError(f"hyper-parameter {self.name!r}: unknown search preset(s) {unknown}; "
-                             f"expected some of {', '.join(SEARCH_PRESETS)}")
+            raise ValueError(
+                f"hyper-parameter {self.name!r}: unknown search preset(s) {unknown}; "
+                f"expected some of {', '.join(SEARCH_PRESETS)}"
+            )
         object.__setattr__(self, "search", MappingProxyType({k: tuple(v) for k, v in self.search.items()}))
         self.check(self.default)
 
@@ -77,8 +98,9 @@ class Hyper:
         try:
             return self.type(text.strip())
         except ValueError:
-            raise ValueError(f"{self.name} must be {'an' if self.type is int else 'a'} {self.type.__name__}, "
-                             f"got {text!r}") from None
+            raise ValueError(
+                f"{self.name} must be {'an' if self.type is int else 'a'} {self.type.__name__}, got {text!r}"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -104,13 +126,17 @@ class Method:
         names = [h.name for h in self.hyper]
         clashes = sorted({n for n in names if names.count(n) > 1} | (set(names) & {h.name for h in SHARED}))
         if clashes:
-            raise ValueError(f"method {self.name!r}: hyper-parameter(s) {clashes} declared twice or shared by "
-                             f"every method ({', '.join(h.name for h in SHARED)})")
+            raise ValueError(
+                f"method {self.name!r}: hyper-parameter(s) {clashes} declared twice or shared by "
+                f"every method ({', '.join(h.name for h in SHARED)})"
+            )
         for preset, grid in self.search.items():
             unknown = sorted(set(grid) - {h.name for h in SHARED})
             if preset not in SEARCH_PRESETS or unknown:
-                raise ValueError(f"method {self.name!r}: search {preset!r} {dict(grid)} must name a preset of "
-                                 f"{', '.join(SEARCH_PRESETS)} and shared options only, not {unknown}")
+                raise ValueError(
+                    f"method {self.name!r}: search {preset!r} {dict(grid)} must name a preset of "
+                    f"{', '.join(SEARCH_PRESETS)} and shared options only, not {unknown}"
+                )
         frozen = {p: MappingProxyType({k: tuple(v) for k, v in g.items()}) for p, g in self.search.items()}
         object.__setattr__(self, "search", MappingProxyType(frozen))
 
@@ -125,8 +151,10 @@ class Method:
 
 
 #: The options every method reads (their grids are per method: ``Method.search``).
-SHARED = (Hyper("lr", float, 1e-3, "AdamW learning rate (linear decay to 0)", strict=True),
-          Hyper("weight_decay", float, 0.0, "AdamW weight decay"))
+SHARED = (
+    Hyper("lr", float, 1e-3, "AdamW learning rate (linear decay to 0)", strict=True),
+    Hyper("weight_decay", float, 0.0, "AdamW weight decay"),
+)
 
 #: The registry, in registration order: ``{name: Method}``.
 METHODS: dict[str, Method] = {}
@@ -179,30 +207,55 @@ class Derived(Mapping[str, Any]):
 
 # ------------------------------------------------------------------------------------------------ the rows
 _PAPER_LR = (1e-4, 3e-4, 5e-4)  # spec §4.6 / Table 6, every method
-_CPU_LR = (1e-3, 2e-3)          # the shared CPU axis: 2 learning rates × 2 values of the method's own axis
-RHO = Hyper("rho", float, 0.05, "SAM radius ρ", strict=True,
-            search={"paper": (0.05, 0.1, 0.2), "cpu": (0.05, 0.1), "cpu-2024": (0.05, 0.1)})
+_CPU_LR = (1e-3, 2e-3)  # the shared CPU axis: 2 learning rates × 2 values of the method's own axis
+RHO = Hyper(
+    "rho",
+    float,
+    0.05,
+    "SAM radius ρ",
+    strict=True,
+    search={"paper": (0.05, 0.1, 0.2), "cpu": (0.05, 0.1), "cpu-2024": (0.05, 0.1)},
+)
 M = Hyper("m", int, 4, "m-SAM: chunks per batch, each perturbed with its own gradient", minimum=1)
-MU = Hyper("mu", float, 0.5, "BAR coefficient μ₀",
-           search={"paper": (0.5, 1.0, 2.0), "cpu": (2.0, 8.0), "cpu-2024": (2.0, 8.0)})
-SCHEDULE = Hyper("schedule", str, "linear", "μ schedule for BAR: " + " | ".join(SCHEDULES), choices=SCHEDULES,
-                 search={"paper": ("linear", "cosine")})
+MU = Hyper(
+    "mu", float, 0.5, "BAR coefficient μ₀", search={"paper": (0.5, 1.0, 2.0), "cpu": (2.0, 8.0), "cpu-2024": (2.0, 8.0)}
+)
+SCHEDULE = Hyper(
+    "schedule",
+    str,
+    "linear",
+    "μ schedule for BAR: " + " | ".join(SCHEDULES),
+    choices=SCHEDULES,
+    search={"paper": ("linear", "cosine")},
+)
 _ASAM_RHO = dataclasses.replace(RHO, search={"paper": (0.5, 1.0, 2.0), "cpu": (0.5, 1.0), "cpu-2024": (0.5, 1.0)})
 # Flat-LoRA (spec flatness-methods.md §2.1): σ = 0.05 (T5, Llama) or 0.10 (its App. D), the official cosine ramp.
-SIGMA = Hyper("sigma", float, 0.05, "Flat-LoRA noise scale σ (filter-wise, ramped by noise_schedule)",
-              search={"paper": (0.05, 0.1), "cpu": (0.05, 0.1)})
-NOISE_SCHEDULE = Hyper("noise_schedule", str, "cosine", "Flat-LoRA noise ramp: cosine | constant",
-                       choices=("cosine", "constant"))
+SIGMA = Hyper(
+    "sigma",
+    float,
+    0.05,
+    "Flat-LoRA noise scale σ (filter-wise, ramped by noise_schedule)",
+    search={"paper": (0.05, 0.1), "cpu": (0.05, 0.1)},
+)
+NOISE_SCHEDULE = Hyper(
+    "noise_schedule", str, "cosine", "Flat-LoRA noise ramp: cosine | constant", choices=("cosine", "constant")
+)
 # Bi-LoRA (§3.1): ρ the global clip radius of the auxiliary (its Table-A grid), r₂ = 8, κ = η₂/η₁ = 1.
-_BILORA_RHO = dataclasses.replace(RHO, help="Bi-LoRA radius ρ of the auxiliary adapter (global clip)",
-                                  search={"paper": (0.005, 0.01, 0.05, 0.1, 0.2, 0.5), "cpu": (0.05, 0.1)})
+_BILORA_RHO = dataclasses.replace(
+    RHO,
+    help="Bi-LoRA radius ρ of the auxiliary adapter (global clip)",
+    search={"paper": (0.005, 0.01, 0.05, 0.1, 0.2, 0.5), "cpu": (0.05, 0.1)},
+)
 KAPPA = Hyper("kappa", float, 1.0, "Bi-LoRA ascent step η₂/η₁ of the auxiliary adapter", strict=True)
 RANK2 = Hyper("rank2", int, 8, "Bi-LoRA rank r₂ of the auxiliary adapter", minimum=1)
 _SEARCH_LR = {"paper": {"lr": _PAPER_LR}, "cpu": {"lr": _CPU_LR}, "cpu-2024": {"lr": _CPU_LR}}
 _NEW_SEARCH_LR = {"paper": {"lr": _PAPER_LR}, "cpu": {"lr": _CPU_LR}}  # methods newer than cpu-2024
 # LoRA's second CPU axis: AdamW weight decay {0, 0.01} (search.py's docstring says why).
-_LORA_SEARCH = {"paper": {"lr": _PAPER_LR}, "cpu": {"lr": _CPU_LR, "weight_decay": (0.0, 0.01)},
-                "cpu-2024": {"lr": (5e-4, 1e-3, 2e-3, 4e-3)}}
+_LORA_SEARCH = {
+    "paper": {"lr": _PAPER_LR},
+    "cpu": {"lr": _CPU_LR, "weight_decay": (0.0, 0.01)},
+    "cpu-2024": {"lr": (5e-4, 1e-3, 2e-3, 4e-3)},
+}
 _BAR = (MU, SCHEDULE)
 
 for _row in (
@@ -212,9 +265,27 @@ for _row in (
     Method("nbar", "LoRA-nBAR", "nBAR", "#2ca02c", _BAR, "nbar", True, "non-overparametrized BAR", _SEARCH_LR),
     Method("msam", "LoRA-mSAM", "m-SAM", "#17becf", (RHO, M), "msam", False, "m-sharpness", _SEARCH_LR),
     Method("asam", "LoRA-ASAM", "ASAM", "#d95f02", (_ASAM_RHO,), "asam", False, "adaptive SAM", _SEARCH_LR),
-    Method("flat-lora", "Flat-LoRA", "Flat-LoRA", "#8c564b", (SIGMA, NOISE_SCHEDULE), "flat-lora", False,
-           "random weight-space noise (Li et al., 2025)", _NEW_SEARCH_LR),
-    Method("bi-lora", "Bi-LoRA", "Bi-LoRA", "#e377c2", (_BILORA_RHO, KAPPA, RANK2), "bi-lora", False,
-           "auxiliary adapter by gradient ascent (Liu et al., 2026)", _NEW_SEARCH_LR),
+    Method(
+        "flat-lora",
+        "Flat-LoRA",
+        "Flat-LoRA",
+        "#8c564b",
+        (SIGMA, NOISE_SCHEDULE),
+        "flat-lora",
+        False,
+        "random weight-space noise (Li et al., 2025)",
+        _NEW_SEARCH_LR,
+    ),
+    Method(
+        "bi-lora",
+        "Bi-LoRA",
+        "Bi-LoRA",
+        "#e377c2",
+        (_BILORA_RHO, KAPPA, RANK2),
+        "bi-lora",
+        False,
+        "auxiliary adapter by gradient ascent (Liu et al., 2026)",
+        _NEW_SEARCH_LR,
+    ),
 ):
     register_method(_row)

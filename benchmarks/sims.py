@@ -78,9 +78,20 @@ class Regime:
         return [(k, "sam" if r else "sgd", r) for k, rs in self.rhos.items() for r in rs]
 
     def run(self, backend: str, steps: int) -> list:
-        return [simulate(nop_problem() if k == "nop" else op_problem(), "sam", rho=rs, alpha=self.alphas,
-                         seeds=self.seeds, lr=1e-4, steps=steps, record_every=100, backend=backend)
-                for k, rs in self.rhos.items()]
+        return [
+            simulate(
+                nop_problem() if k == "nop" else op_problem(),
+                "sam",
+                rho=rs,
+                alpha=self.alphas,
+                seeds=self.seeds,
+                lr=1e-4,
+                steps=steps,
+                record_every=100,
+                backend=backend,
+            )
+            for k, rs in self.rhos.items()
+        ]
 
 
 def timed(fn) -> tuple[float, object]:
@@ -102,15 +113,19 @@ def loop_seconds(regime: Regime, loop_steps: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1/10 of the steps, 2 repetitions")
-    ap.add_argument("--seeds", type=int, default=20, help="seeds per (problem, rho, alpha) of the many regime (20: 320)")
+    ap.add_argument(
+        "--seeds", type=int, default=20, help="seeds per (problem, rho, alpha) of the many regime (20: 320)"
+    )
     ap.add_argument("--loop-steps", type=int, default=2000, help="steps per timed plain-loop trajectory")
     ap.add_argument("--numpy-steps", type=int, default=2000, help="steps of the timed numpy-backend runs")
     ap.add_argument("--repeats", type=int, default=None, help="interleaved repetitions (default 5; 2 with --quick)")
     args = ap.parse_args()
     scale = 10 if args.quick else 1
     repeats = args.repeats or (2 if args.quick else 5)
-    regimes = [Regime("many", {k: [0.0, r] for k, r in RHO.items()}, ALPHAS, args.seeds, 10_000 // scale),
-               Regime("few", {k: [r] for k, r in RHO.items()}, [0.5, 1.0, 2.0], 2, 100_000 // scale)]
+    regimes = [
+        Regime("many", {k: [0.0, r] for k, r in RHO.items()}, ALPHAS, args.seeds, 10_000 // scale),
+        Regime("few", {k: [r] for k, r in RHO.items()}, [0.5, 1.0, 2.0], 2, 100_000 // scale),
+    ]
     backends = (["numba"] if compiled.available() else []) + ["numpy"]
 
     warm = None
@@ -126,16 +141,24 @@ def main() -> None:
                 times.setdefault((reg.name, b), []).append(s * reg.steps / steps)
                 if rep == 0 and b == "numpy" and "numba" in backends:
                     same = reg.run("numba", steps)
-                    identical[reg.name] = all(np.array_equal(a.x, c.x) and np.array_equal(a.grad_gap, c.grad_gap)
-                                              for a, c in zip(res, same))
+                    identical[reg.name] = all(
+                        np.array_equal(a.x, c.x) and np.array_equal(a.grad_gap, c.grad_gap) for a, c in zip(res, same)
+                    )
             times.setdefault((reg.name, "loop"), []).append(loop_seconds(reg, args.loop_steps))
 
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"{repeats} interleaved repetitions, medians; plain loop timed on {args.loop_steps} steps per config, "
-          f"numpy backend on {args.numpy_steps} steps, both scaled to the workload"
-          + (f"; numba's first call (compile or cache load) {warm:.2f} s, not counted" if warm is not None else
-             "; numba not installed: numpy backend only"))
-    print(f"{'regime (runs x trajectories x steps)':36s} {'backend':8s} {'seconds':>9s} {'us/step/traj':>13s} {'x plain loop':>13s}")
+    print(
+        f"{repeats} interleaved repetitions, medians; plain loop timed on {args.loop_steps} steps per config, "
+        f"numpy backend on {args.numpy_steps} steps, both scaled to the workload"
+        + (
+            f"; numba's first call (compile or cache load) {warm:.2f} s, not counted"
+            if warm is not None
+            else "; numba not installed: numpy backend only"
+        )
+    )
+    print(
+        f"{'regime (runs x trajectories x steps)':36s} {'backend':8s} {'seconds':>9s} {'us/step/traj':>13s} {'x plain loop':>13s}"
+    )
     for reg in regimes:
         runs = len(reg.rhos)
         label = f"{reg.name}: {runs} x {reg.trajectories // runs} traj x {reg.steps:g}"
@@ -145,8 +168,10 @@ def main() -> None:
             print(f"{label:36s} {b:8s} {s:9.2f} {1e6 * s / (reg.trajectories * reg.steps):13.3f} {loop / s:12.1f}x")
             label = ""
     if identical:
-        print("records of the numba and numpy backends on the same runs: "
-              + ", ".join(f"{k} {'bit-identical' if v else 'DIFFERENT'}" for k, v in identical.items()))
+        print(
+            "records of the numba and numpy backends on the same runs: "
+            + ", ".join(f"{k} {'bit-identical' if v else 'DIFFERENT'}" for k, v in identical.items())
+        )
     print("targets (issue 23): >= 100x in the many regime, >= 20x in the few regime")
 
 

@@ -38,7 +38,7 @@ def final_two_abs_b(root: str | Path, run: RunRecord) -> float | None:
     return _final_two_abs_b(str(Path(root) / run.run))
 
 
-@functools.lru_cache(maxsize=None)  # a LoRA run is the partner of every method and option value
+@functools.cache  # a LoRA run is the partner of every method and option value
 def _final_two_abs_b(out: str) -> float | None:
     path = RunFolder(out).log
     lines = [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
@@ -58,16 +58,31 @@ def matched_rows(root: str | Path) -> list[dict]:
         option = OPTION[method]
         for value in sorted({r.config[option] for r in runs if r.method == method}):
             for task in [*tasks, "all"]:
-                pairs = [(r, lora[key(r)]) for r in runs if r.method == method and r.config[option] == value
-                         and task in ("all", r.task) and key(r) in lora]
+                pairs = [
+                    (r, lora[key(r)])
+                    for r in runs
+                    if r.method == method and r.config[option] == value and task in ("all", r.task) and key(r) in lora
+                ]
                 if not pairs:
                     continue
                 st = paired([100.0 * (a.value - b.value) for a, b in pairs])
-                b = [(x, y) for x, y in ((final_two_abs_b(root, a), final_two_abs_b(root, l)) for a, l in pairs)
-                     if x is not None and y is not None]
-                rows.append({"method": method, "option": option, "value": value, "task": task, "stats": st,
-                             "b_ratio": statistics.fmean(x / y for x, y in b) if b else None,
-                             "b_lower": sum(x < y for x, y in b), "b_pairs": len(b)})
+                b = [
+                    (x, y)
+                    for x, y in ((final_two_abs_b(root, a), final_two_abs_b(root, l)) for a, l in pairs)
+                    if x is not None and y is not None
+                ]
+                rows.append(
+                    {
+                        "method": method,
+                        "option": option,
+                        "value": value,
+                        "task": task,
+                        "stats": st,
+                        "b_ratio": statistics.fmean(x / y for x, y in b) if b else None,
+                        "b_lower": sum(x < y for x, y in b),
+                        "b_pairs": len(b),
+                    }
+                )
     return rows
 
 
@@ -86,18 +101,53 @@ def main() -> None:
     for r in rows:
         st = r["stats"]
         ratio = "–" if r["b_ratio"] is None else f"{r['b_ratio']:.3f}"
-        print(f"| {r['method']} | {r['option']} = {r['value']:g} | {r['task']} | {st.n} | {st.text()} | "
-              f"{ratio} | {r['b_lower']}/{r['b_pairs']} |")
+        print(
+            f"| {r['method']} | {r['option']} = {r['value']:g} | {r['task']} | {st.n} | {st.text()} | "
+            f"{ratio} | {r['b_lower']}/{r['b_pairs']} |"
+        )
     if args.csv:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["method", "option", "value", "task", "n", "mean", "ci_low", "ci_high", "wins", "ties",
-                         "losses", "p_sign", "b_ratio", "b_lower", "b_pairs"])
+        writer.writerow(
+            [
+                "method",
+                "option",
+                "value",
+                "task",
+                "n",
+                "mean",
+                "ci_low",
+                "ci_high",
+                "wins",
+                "ties",
+                "losses",
+                "p_sign",
+                "b_ratio",
+                "b_lower",
+                "b_pairs",
+            ]
+        )
         for r in rows:
             st = r["stats"]
-            writer.writerow([r["method"], r["option"], r["value"], r["task"], st.n, f"{st.mean:.4f}",
-                             f"{st.low:.4f}", f"{st.high:.4f}", st.wins, st.ties, st.losses, f"{st.p_sign:.4g}",
-                             "" if r["b_ratio"] is None else f"{r['b_ratio']:.4f}", r["b_lower"], r["b_pairs"]])
+            writer.writerow(
+                [
+                    r["method"],
+                    r["option"],
+                    r["value"],
+                    r["task"],
+                    st.n,
+                    f"{st.mean:.4f}",
+                    f"{st.low:.4f}",
+                    f"{st.high:.4f}",
+                    st.wins,
+                    st.ties,
+                    st.losses,
+                    f"{st.p_sign:.4g}",
+                    "" if r["b_ratio"] is None else f"{r['b_ratio']:.4f}",
+                    r["b_lower"],
+                    r["b_pairs"],
+                ]
+            )
         write_text(args.csv, buf.getvalue())
 
 

@@ -16,8 +16,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 
 import shutil  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Callable  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -76,5 +76,6 @@ def need(module: str, why: str = "") -> None:
     except ImportError:
         if os.environ.get("CI"):
             raise
-        pytest.skip(f"{module} is not installed{': ' + why if why else ''} (pip install -e '.[all]')",
-                    allow_module_level=True)
+        pytest.skip(
+            f"{module} is not installed{': ' + why if why else ''} (pip install -e '.[all]')", allow_module_level=True
+        )

@@ -22,4 +22,3 @@ def data_root_or_skip() -> Path:
             pytest.fail(message + "; CI must have it")
         pytest.skip(message)
     return root
-

@@ -25,7 +25,7 @@ import sys
 
 def main() -> None:
     fault, step = sys.argv[1], int(sys.argv[2])
-    args = sys.argv[sys.argv.index("--") + 1:]
+    args = sys.argv[sys.argv.index("--") + 1 :]
     import torch
 
     from balancedness.optim.callbacks import BalancednessCallback

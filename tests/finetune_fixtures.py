@@ -108,9 +108,11 @@ def minilm_lora(seed: int = 0, r: int = 4, dtype: torch.dtype = torch.float32, d
     logging.set_verbosity_error()
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(
-        minilm_dir(), num_labels=2, dtype=dtype, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=["query", "value"], lora_dropout=0.0,
-                        modules_to_save=["classifier"])
+        minilm_dir(), num_labels=2, dtype=dtype, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout
+    )
+    config = LoraConfig(
+        r=r, lora_alpha=2 * r, target_modules=["query", "value"], lora_dropout=0.0, modules_to_save=["classifier"]
+    )
     model = get_peft_model(model, config)
     # Give lora_B non-zero values so that both factors have gradients and B_l varies.
     with torch.no_grad():
@@ -137,8 +139,9 @@ def sst2_sentences(split: str = "train") -> tuple[list[str], list[int]]:
 def sst2_batch(n: int, offset: int = 0, max_length: int = 32) -> dict[str, torch.Tensor]:
     sentences, labels = sst2_sentences()
     idx = [(offset + i) % len(sentences) for i in range(n)]
-    enc = tokenizer()([sentences[i] for i in idx], padding="max_length", truncation=True,
-                      max_length=max_length, return_tensors="pt")
+    enc = tokenizer()(
+        [sentences[i] for i in idx], padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
+    )
     enc["labels"] = torch.tensor([labels[i] for i in idx])
     return dict(enc)
 
@@ -162,10 +165,23 @@ def training_args(output_dir, **kw):
     logged; ``kw`` overrides any of them."""
     from transformers import TrainingArguments
 
-    base = dict(output_dir=str(output_dir), per_device_train_batch_size=4, max_steps=1, learning_rate=1e-3,
-                lr_scheduler_type="constant", max_grad_norm=0.0, weight_decay=0.0, optim="adamw_torch",
-                report_to=[], use_cpu=True, save_strategy="no", logging_strategy="no", disable_tqdm=True,
-                seed=0, dataloader_num_workers=0)
+    base = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=4,
+        max_steps=1,
+        learning_rate=1e-3,
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        weight_decay=0.0,
+        optim="adamw_torch",
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+        dataloader_num_workers=0,
+    )
     base.update(kw)
     return TrainingArguments(**base)
 

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from balancedness.metrics import global_norm, layer_sq_norms, sq_norms
-from balancedness.sims.directions import DirectionFn, asam, batch_target, bi_lora, flat_lora, nbar, obar, sam, sngd, sgd
+from balancedness.sims.directions import DirectionFn, batch_target, bi_lora, flat_lora, nbar, obar, sam, sgd, sngd
 
 
 class Mutant(NamedTuple):
@@ -86,6 +86,7 @@ def sam_noise_free_ascent(problem, X, Y, targets, hp):
 
 def sam_per_layer_norm(problem, X, Y, targets, hp):
     """u_l = 1/‖g_l‖ per layer instead of the global u of (22)/(41)."""
+
     def perturb(gX, gY, rho):
         n = np.sqrt(layer_sq_norms(gX) + layer_sq_norms(gY))[:, :, None, None]
         return rho * gX / n, rho * gY / n
@@ -95,6 +96,7 @@ def sam_per_layer_norm(problem, X, Y, targets, hp):
 
 def sam_x_only(problem, X, Y, targets, hp):
     """Perturbs x only (y's ascent forgotten)."""
+
     def perturb(gX, gY, rho):
         return rho * gX / _scale(global_norm(gX, gY)), np.zeros_like(gY)
 
@@ -147,14 +149,16 @@ def _bar_with(problem, X, Y, targets, hp, sign):
 
 
 def nbar_flipped(problem, X, Y, targets, hp):
-    return _bar_with(problem, X, Y, targets, hp,
-                     lambda X, Y, gX, gY: np.where(layer_sq_norms(gX) >= layer_sq_norms(gY), -1.0, 1.0))
+    return _bar_with(
+        problem, X, Y, targets, hp, lambda X, Y, gX, gY: np.where(layer_sq_norms(gX) >= layer_sq_norms(gY), -1.0, 1.0)
+    )
 
 
 def nbar_weight_norms(problem, X, Y, targets, hp):
     """Decides on ‖X_l‖ ≥ ‖Y_l‖ where Alg. 2 says ‖g_{X_l}‖ ≥ ‖g_{Y_l}‖."""
-    return _bar_with(problem, X, Y, targets, hp,
-                     lambda X, Y, gX, gY: np.where(layer_sq_norms(X) >= layer_sq_norms(Y), 1.0, -1.0))
+    return _bar_with(
+        problem, X, Y, targets, hp, lambda X, Y, gX, gY: np.where(layer_sq_norms(X) >= layer_sq_norms(Y), 1.0, -1.0)
+    )
 
 
 def nbar_mu_twice(problem, X, Y, targets, hp):
@@ -163,8 +167,9 @@ def nbar_mu_twice(problem, X, Y, targets, hp):
 
 
 def obar_flipped(problem, X, Y, targets, hp):
-    return _bar_with(problem, X, Y, targets, hp,
-                     lambda X, Y, gX, gY: np.where(layer_sq_norms(X) >= layer_sq_norms(Y), 1.0, -1.0))
+    return _bar_with(
+        problem, X, Y, targets, hp, lambda X, Y, gX, gY: np.where(layer_sq_norms(X) >= layer_sq_norms(Y), 1.0, -1.0)
+    )
 
 
 def obar_mu_twice(problem, X, Y, targets, hp):
@@ -275,12 +280,17 @@ MUTANTS: list[Mutant] = [
     Mutant("sngd-blockwise", "sngd", sngd_blockwise, "SNGD normalizes g_x and g_y separately"),
     # the blind spots of issue 19
     Mutant("sam-first-rho", "sam", sam_first_rho, "the first radius for every trajectory (rho of shape (n,))"),
-    Mutant("sam-returns-perturbed-grad", "sam", sam_returns_perturbed_grad,
-           "returns the gradient at the perturbed point as g (the trajectory is unchanged)"),
+    Mutant(
+        "sam-returns-perturbed-grad",
+        "sam",
+        sam_returns_perturbed_grad,
+        "returns the gradient at the perturbed point as g (the trajectory is unchanged)",
+    ),
     Mutant("sngd-returns-normalized-grad", "sngd", sngd_returns_normalized_grad, "returns g/‖g‖ as g"),
     Mutant("nbar-mu-decayed-twice", "nbar", nbar_mu_decayed_twice, "decays the scheduled mu_t again by (1 − t/T)"),
-    Mutant("obar-mu-decayed-twice", "obar", obar_mu_decayed_twice,
-           "decays the scheduled mu_t again by (1 + cos(pi t/T))/2"),
+    Mutant(
+        "obar-mu-decayed-twice", "obar", obar_mu_decayed_twice, "decays the scheduled mu_t again by (1 + cos(pi t/T))/2"
+    ),
     Mutant("msam-per-layer-norm", "msam", msam_per_layer_norm, "u_i normalized per layer, not globally"),
     Mutant("sngd-per-layer-norm", "sngd", sngd_per_layer_norm, "normalized per layer, not by the global ‖g‖"),
     # the flatness methods (issue 21)
@@ -294,6 +304,7 @@ MUTANTS: list[Mutant] = [
 def sam_float32(problem, X, Y, targets, hp):
     """SAM computed in float32 (the point, the minibatch and the target rounded): correct in behaviour, but its
     direction is exactly 0 in a band around f′ = 0, where the OP flow then stops."""
+
     def f32(a):
         return None if a is None else np.asarray(a, dtype=np.float32)
 
@@ -320,6 +331,7 @@ def catchers(mutant: Mutant, quick: bool) -> tuple[list[str], list]:
 
 def table_row(mutant: Mutant, quick_ids: list[str], full_ids: list[str]) -> str:
     """The row of docs/sims.md's mutant table (full scale: "same" when it equals quick)."""
+
     def ids(v):
         return ", ".join(f"`{i}`" for i in v) or "**none**"
 

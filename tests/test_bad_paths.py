@@ -32,8 +32,9 @@ def _refused(args, needle):
 
 
 def test_simulate_out_under_a_file(blocker):
-    _refused(["simulate", "--steps", "100000", "--seeds", "50", "--out", str(blocker / "sam.json")],
-             "the folder of --out")
+    _refused(
+        ["simulate", "--steps", "100000", "--seeds", "50", "--out", str(blocker / "sam.json")], "the folder of --out"
+    )
     _refused(["simulate", "--out", str(blocker / "deeper" / "sam.json")], "cannot be created")
 
 
@@ -56,7 +57,8 @@ def test_finetune_out_is_a_file(blocker):
 
 def test_sweep_out_under_a_file_and_missing_data_root(blocker, tmp_path):
     _refused(["sweep", "--tasks", "sst2", "--out", str(blocker / "s")], "cannot be created")
-    _refused(["sweep", "--tasks", "sst2", "--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "s")],
-             "nowhere")
+    _refused(
+        ["sweep", "--tasks", "sst2", "--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "s")], "nowhere"
+    )
     assert not (tmp_path / "s").exists()
     data_root_or_skip()

@@ -64,7 +64,7 @@ def test_a_check_that_raises_fails_with_the_error(monkeypatch):
     def broken(problem, X, Y, targets, hp):
         raise RuntimeError("boom in my field")
 
-    r, = run_checks(quick=True, only=["sam-op-identity"], replace={"sam": broken})
+    (r,) = run_checks(quick=True, only=["sam-op-identity"], replace={"sam": broken})
     assert not r.passed
     assert "RuntimeError: boom in my field" in r.error
     assert r.measured.startswith("error:")

@@ -20,8 +20,19 @@ def run(*args, check=True):
 def test_simulate_paper_nop_setting_sam_balances_sgd_does_not(tmp_path):
     out = {}
     for opt in ("sgd", "sam"):
-        run("simulate", "--problem", "nop", "--optimizer", opt, "--alpha", "0.5", "--alpha", "1",
-            "--out", str(tmp_path / f"{opt}.json"))
+        run(
+            "simulate",
+            "--problem",
+            "nop",
+            "--optimizer",
+            opt,
+            "--alpha",
+            "0.5",
+            "--alpha",
+            "1",
+            "--out",
+            str(tmp_path / f"{opt}.json"),
+        )
         out[opt] = json.loads((tmp_path / f"{opt}.json").read_text())
     sgd, sam = out["sgd"], out["sam"]
     assert sgd["t"][0] == 0
@@ -39,8 +50,22 @@ def test_simulate_paper_nop_setting_sam_balances_sgd_does_not(tmp_path):
 
 def test_simulate_flow_writes_times(tmp_path):
     path = tmp_path / "flow.json"
-    run("simulate", "--problem", "op", "--optimizer", "sam", "--flow", "--t-end", "2", "--steps", "2000",
-        "--record-every", "100", "--out", str(path))
+    run(
+        "simulate",
+        "--problem",
+        "op",
+        "--optimizer",
+        "sam",
+        "--flow",
+        "--t-end",
+        "2",
+        "--steps",
+        "2000",
+        "--record-every",
+        "100",
+        "--out",
+        str(path),
+    )
     d = json.loads(path.read_text())
     assert d["settings"]["kind"] == "flow"
     assert d["t"][0] == 0
@@ -51,8 +76,29 @@ def test_simulate_flow_writes_times(tmp_path):
 
 def test_simulate_layered_rank_and_bar(tmp_path):
     path = tmp_path / "l.npz"
-    run("simulate", "--problem", "nop-layered", "--layers", "2", "--rank", "2", "--optimizer", "nbar",
-        "--mu", "0.5", "--schedule", "cosine", "--steps", "500", "--lr", "1e-3", "--seeds", "2", "--out", str(path))
+    run(
+        "simulate",
+        "--problem",
+        "nop-layered",
+        "--layers",
+        "2",
+        "--rank",
+        "2",
+        "--optimizer",
+        "nbar",
+        "--mu",
+        "0.5",
+        "--schedule",
+        "cosine",
+        "--steps",
+        "500",
+        "--lr",
+        "1e-3",
+        "--seeds",
+        "2",
+        "--out",
+        str(path),
+    )
     from balancedness.sims import SimResult
 
     res = SimResult.load(path)
@@ -60,20 +106,23 @@ def test_simulate_layered_rank_and_bar(tmp_path):
     assert res.n_runs == 2
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--rho", "-0.5"], "rho must be"),
-    (["--mu", "-1"], "mu must be"),
-    (["--lr", "-1"], "lr must be"),
-    (["--optimizer", "msam", "--m", "3", "--batch", "4"], "must divide"),
-    (["--problem", "transformer"], "transformer"),
-    (["--optimizer", "adamw"], "adamw"),
-    (["--x0", "0.2,inf,0.3"], "finite"),
-    (["--seeds", "0"], "seeds"),
-    (["--alpha", "-1"], "--alpha values must be a finite number >= 0"),
-    (["--problem", "toy2d", "--alpha", "0.5"], "has no noise term"),
-    (["--flow", "--t-end", "0"], "--t-end must be a finite number > 0"),
-    (["--out", "result.txt"], ".json or .npz"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--rho", "-0.5"], "rho must be"),
+        (["--mu", "-1"], "mu must be"),
+        (["--lr", "-1"], "lr must be"),
+        (["--optimizer", "msam", "--m", "3", "--batch", "4"], "must divide"),
+        (["--problem", "transformer"], "transformer"),
+        (["--optimizer", "adamw"], "adamw"),
+        (["--x0", "0.2,inf,0.3"], "finite"),
+        (["--seeds", "0"], "seeds"),
+        (["--alpha", "-1"], "--alpha values must be a finite number >= 0"),
+        (["--problem", "toy2d", "--alpha", "0.5"], "has no noise term"),
+        (["--flow", "--t-end", "0"], "--t-end must be a finite number > 0"),
+        (["--out", "result.txt"], ".json or .npz"),
+    ],
+)
 def test_simulate_bad_input_exits_2(args, needle):
     p = run("simulate", *args, check=False)
     assert p.returncode == 2, p.stdout + p.stderr
@@ -115,8 +164,9 @@ def test_docs_worked_example_runs_as_documented(tmp_path):
     (tmp_path / "my_asam.py").write_text(code + "\n")
     args = shlex.split(command)
     assert args[0] == "balancedness"
-    p = subprocess.run(CLI + args[1:], capture_output=True, text=True, cwd=tmp_path,
-                       env={**os.environ, "COLUMNS": "300"})
+    p = subprocess.run(
+        CLI + args[1:], capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "COLUMNS": "300"}
+    )
     assert p.returncode == 1, p.stdout + p.stderr  # ASAM fails claims about SAM: exit 1
     assert p.stdout.rstrip("\n") == output, p.stdout
 
@@ -129,17 +179,22 @@ def test_check_replace_with_the_built_in_passes_its_claims(tmp_path):
     assert "exact identities of the paper's update (a variant is expected to differ): 3 of 3 satisfied" in p.stdout
 
 
-@pytest.mark.parametrize("spec,needle", [
-    ("sam", "--replace must be NAME=FILE.py:FUNCTION"),
-    ("adamw={f}:f", "unknown optimizer 'adamw'"),
-    ("sam={d}/missing.py:f", "no such file"),
-    ("sam={f}:nothere", "has no function 'nothere'"),
-    ("sam={f}:wrong_shape", "returned d_X of shape"),
-])
+@pytest.mark.parametrize(
+    "spec,needle",
+    [
+        ("sam", "--replace must be NAME=FILE.py:FUNCTION"),
+        ("adamw={f}:f", "unknown optimizer 'adamw'"),
+        ("sam={d}/missing.py:f", "no such file"),
+        ("sam={f}:nothere", "has no function 'nothere'"),
+        ("sam={f}:wrong_shape", "returned d_X of shape"),
+    ],
+)
 def test_check_bad_replace_exits_2_before_any_check(tmp_path, spec, needle):
     f = tmp_path / "user.py"
-    f.write_text("def f(problem, X, Y, targets, hp):\n    return -X, -Y, X, Y\n"
-                 "def wrong_shape(problem, X, Y, targets, hp):\n    return -X[:, 0], -Y, X, Y\n")
+    f.write_text(
+        "def f(problem, X, Y, targets, hp):\n    return -X, -Y, X, Y\n"
+        "def wrong_shape(problem, X, Y, targets, hp):\n    return -X[:, 0], -Y, X, Y\n"
+    )
     p = run("check", "--replace", spec.format(f=f, d=tmp_path), check=False)
     assert p.returncode == 2, p.stdout + p.stderr
     assert needle in " ".join((p.stdout + p.stderr).split())
@@ -149,11 +204,22 @@ def test_check_bad_replace_exits_2_before_any_check(tmp_path, spec, needle):
 def test_simulate_with_replace_records_it(tmp_path):
     (tmp_path / "half.py").write_text(
         "from balancedness.sims.directions import sam\n"
-        "def half(problem, X, Y, targets, hp):\n    return sam(problem, X, Y, targets, hp._replace(rho=hp.rho / 2))\n")
+        "def half(problem, X, Y, targets, hp):\n    return sam(problem, X, Y, targets, hp._replace(rho=hp.rho / 2))\n"
+    )
     mine_args = ["--replace", f"sam={tmp_path / 'half.py'}:half", "--rho", "0.2"]
     for name, extra in (("mine", mine_args), ("ref", ["--rho", "0.1"])):
-        run("simulate", "--alpha", "1", "--steps", "500", "--lr", "1e-3", "--out", str(tmp_path / f"{name}.json"),
-            *extra)
+        run(
+            "simulate",
+            "--alpha",
+            "1",
+            "--steps",
+            "500",
+            "--lr",
+            "1e-3",
+            "--out",
+            str(tmp_path / f"{name}.json"),
+            *extra,
+        )
     mine, ref = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("mine", "ref"))
     assert mine["settings"]["replaced"] == {"sam": f"{tmp_path / 'half.py'}:half"}
     assert mine["runs"][0]["balancedness"] == ref["runs"][0]["balancedness"]
@@ -174,8 +240,20 @@ def test_simulate_runs_every_registered_direction(tmp_path):
         return sam(problem, X, Y, targets, hp._replace(rho=hp.rho / 2))
 
     try:
-        result = CliRunner().invoke(app, ["simulate", "--optimizer", "sam-half", "--steps", "10", "--record-every",
-                                          "5", "--out", str(tmp_path / "half.json")])
+        result = CliRunner().invoke(
+            app,
+            [
+                "simulate",
+                "--optimizer",
+                "sam-half",
+                "--steps",
+                "10",
+                "--record-every",
+                "5",
+                "--out",
+                str(tmp_path / "half.json"),
+            ],
+        )
         assert result.exit_code == 0, result.output
         assert json.loads((tmp_path / "half.json").read_text())["settings"]["optimizer"]["name"] == "sam-half"
     finally:

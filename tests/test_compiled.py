@@ -9,20 +9,38 @@ Any field that is not the built-in function object runs through numpy.
 import numpy as np
 import pytest
 
-from conftest import need
-
-from balancedness.sims import (OPTIMIZERS, make_problem, nop_problem, observed, op_problem, replaced_directions,
-                               simulate, toy2d_problem)
+from balancedness.sims import (
+    OPTIMIZERS,
+    make_problem,
+    nop_problem,
+    observed,
+    op_problem,
+    replaced_directions,
+    simulate,
+    toy2d_problem,
+)
 from balancedness.sims.directions import sam, sgd
+from conftest import need
 
 need("numba", "the compiled stepper")
 from balancedness.sims import compiled  # noqa: E402
 
 FIELDS = ("x", "y", "balancedness", "balancedness_layers", "grad_gap", "loss")
-HYPER = {"sgd": {}, "sngd": {}, "sam": {"rho": [0.0, 0.1, 0.3]}, "msam": {"rho": 0.1, "m": 2, "batch": 4},
-         "nbar": {"mu": 1.0, "schedule": "linear"}, "obar": {"mu": 2.0, "schedule": "cosine"}}
-RANK1 = {"nop": nop_problem, "op": op_problem, "nop-layered": lambda: make_problem("nop-layered"),
-         "op-layered": lambda: make_problem("op-layered"), "toy2d": toy2d_problem}
+HYPER = {
+    "sgd": {},
+    "sngd": {},
+    "sam": {"rho": [0.0, 0.1, 0.3]},
+    "msam": {"rho": 0.1, "m": 2, "batch": 4},
+    "nbar": {"mu": 1.0, "schedule": "linear"},
+    "obar": {"mu": 2.0, "schedule": "cosine"},
+}
+RANK1 = {
+    "nop": nop_problem,
+    "op": op_problem,
+    "nop-layered": lambda: make_problem("nop-layered"),
+    "op-layered": lambda: make_problem("op-layered"),
+    "toy2d": toy2d_problem,
+}
 
 
 def both(problem, name, **kw):

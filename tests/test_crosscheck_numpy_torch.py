@@ -17,7 +17,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from torch import nn
 
 from balancedness.optim import SAM, create_bar_optimizer, sam_step_accumulated, sam_step_msharpness
@@ -28,13 +27,19 @@ from finetune_fixtures import ToyLoRA
 
 STEPS, LR, ALPHA, RHO, MU = 1000, 1e-2, 1.0, 0.1, 0.5
 CASES = {  # optimizer: (batch, m, schedule)
-    "sgd": (1, 1, "constant"), "sam": (2, 1, "constant"), "msam": (4, 2, "constant"),
-    "nbar": (1, 1, "linear"), "obar": (1, 1, "cosine"),
+    "sgd": (1, 1, "constant"),
+    "sam": (2, 1, "constant"),
+    "msam": (4, 2, "constant"),
+    "nbar": (1, 1, "linear"),
+    "obar": (1, 1, "cosine"),
 }
 SIGMA, KAPPA, AUX_INIT = 0.5, 0.5, 0.01
 BILORA_RHO = {"nop": 5e-4, "op": 1.5e-4}  # the auxiliary's norm passes these mid-run, so the clip acts
-FLATNESS = {"flat-lora": dict(sigma=SIGMA, noise_schedule="cosine"), "asam": dict(eta_a=0.0),
-            "bi-lora": dict(kappa=KAPPA, rank2=1, aux_init=AUX_INIT)}
+FLATNESS = {
+    "flat-lora": dict(sigma=SIGMA, noise_schedule="cosine"),
+    "asam": dict(eta_a=0.0),
+    "bi-lora": dict(kappa=KAPPA, rank2=1, aux_init=AUX_INIT),
+}
 
 
 def _loss_fn(problem, model, extra=lambda: 0.0):
@@ -88,8 +93,9 @@ def _bi_lora_run(problem, model, noise):
         aux = AuxAdapter("toy", nn.Parameter(X2.clone()), nn.Parameter(Y2.T.clone()), 1.0)
         extra = lambda: (aux.lora_B @ aux.lora_A)[0, 0]  # x₂ᵀy₂
     loss = _loss_fn(problem, model, extra)
-    opt = torch.optim.SGD([{"params": list(model.parameters())},
-                           bilora_ascent_group([aux.lora_A, aux.lora_B], KAPPA * LR)], lr=LR)
+    opt = torch.optim.SGD(
+        [{"params": list(model.parameters())}, bilora_ascent_group([aux.lora_A, aux.lora_B], KAPPA * LR)], lr=LR
+    )
     clipped = []
 
     def step(t):
@@ -116,8 +122,9 @@ def _torch_run(problem, name, batch, m, schedule):
     elif name == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=LR)
     else:
-        opt = create_bar_optimizer(model, torch.optim.SGD, lr=LR, mu=MU, variant=name, schedule=schedule,
-                                   total_steps=STEPS)
+        opt = create_bar_optimizer(
+            model, torch.optim.SGD, lr=LR, mu=MU, variant=name, schedule=schedule, total_steps=STEPS
+        )
     xs, ys = [model.x.detach().clone()], [model.y.detach().clone()]
     for t in range(STEPS):
         if special is not None:
@@ -141,8 +148,21 @@ def test_torch_takes_the_simulator_steps(kind, name):
     batch, m, schedule = CASES.get(name, (2 if name == "asam" else 1, 1, "constant"))
     problem = nop_problem() if kind == "nop" else op_problem()
     rho = BILORA_RHO[kind] if name == "bi-lora" else RHO
-    sim = simulate(problem, name, alpha=[ALPHA], seeds=[0], lr=LR, steps=STEPS, record_every=1, batch=batch,
-                   rho=rho, m=m, mu=MU, schedule=schedule, **FLATNESS.get(name, {}))
+    sim = simulate(
+        problem,
+        name,
+        alpha=[ALPHA],
+        seeds=[0],
+        lr=LR,
+        steps=STEPS,
+        record_every=1,
+        batch=batch,
+        rho=rho,
+        m=m,
+        mu=MU,
+        schedule=schedule,
+        **FLATNESS.get(name, {}),
+    )
     x_np, y_np = sim.x[0, :, 0], sim.y[0, :, 0]
     x_t, y_t = _torch_run(problem, name, batch, m, schedule)
     assert x_np.shape == x_t.shape == (STEPS + 1, 3, 1)

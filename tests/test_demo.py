@@ -64,8 +64,12 @@ def test_quick_demo_end_to_end(tmp_path):
     data_root_or_skip()  # the finetune section runs the LM-BFF SST-2 protocol when the data is there
 
     out = tmp_path / "demo"
-    p = subprocess.run([sys.executable, "-m", "balancedness.demo", "--out", str(out), "--quick"],
-                       capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    p = subprocess.run(
+        [sys.executable, "-m", "balancedness.demo", "--out", str(out), "--quick"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     report = (out / "REPORT.md").read_text()
     checks = json.loads((out / "checks.json").read_text())

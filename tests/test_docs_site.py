@@ -25,8 +25,9 @@ try:
 except ImportError:
     if os.environ.get("CI"):  # CI installs [all], which has the [docs] extra: a missing one is a failure there
         raise
-    pytest.skip("mkdocs/mkdocstrings are not installed: pip install -e '.[docs]' (or make docs)",
-                allow_module_level=True)
+    pytest.skip(
+        "mkdocs/mkdocstrings are not installed: pip install -e '.[docs]' (or make docs)", allow_module_level=True
+    )
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = {  # page -> API names that must have a rendered entry there

@@ -19,8 +19,14 @@ from conftest import built_once
 DOC = Path(__file__).resolve().parents[1] / "docs" / "torch-backend.md"
 BLOCK = re.compile(r"^<!-- (example-setup|example: ([\w-]+)) -->\n```python\n(.*?)^```$", re.M | re.S)
 RUNNER = Path(__file__).resolve().parent / "doc_example_runner.py"
-ENTRY_POINTS = ["stock-trainer-bar", "samtrainer", "bartrainer", "hand-written-loop", "accelerate-sam",
-                "accelerate-bar"]
+ENTRY_POINTS = [
+    "stock-trainer-bar",
+    "samtrainer",
+    "bartrainer",
+    "hand-written-loop",
+    "accelerate-sam",
+    "accelerate-bar",
+]
 
 
 def _blocks() -> tuple[str, dict[str, str]]:
@@ -43,13 +49,20 @@ def test_every_entry_point_has_an_example():
 def example_results(tmp_path_factory) -> Path:
     """Every example run once, all in one Python process (``doc_example_runner.py``): the folder of their results
     (built once for all xdist workers: ``conftest.built_once``)."""
+
     def build(root: Path) -> None:
         setup, examples = _blocks()
         for name in ENTRY_POINTS:
             (root / f"{name}.py").write_text(setup + "\n" + examples[name], encoding="utf-8")
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-        subprocess.run([sys.executable, str(RUNNER), str(root), *ENTRY_POINTS], cwd=root, env=env,
-                       capture_output=True, text=True, timeout=1200)
+        subprocess.run(
+            [sys.executable, str(RUNNER), str(root), *ENTRY_POINTS],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
 
     return built_once(tmp_path_factory, "doc-examples", build)
 

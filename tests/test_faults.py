@@ -32,15 +32,40 @@ STEPS = 6
 
 
 def _args(out: Path, *extra: str, method: str = "nbar", steps: int = STEPS) -> list[str]:
-    return ["--task", "sst2", "--data-root", str(data_root_or_skip()), "--shots", "4", "--steps", str(steps),
-            "--batch-size", "4", "--max-eval", "8", "--log-every", "1", "--method", method, "--mu", "5",
-            "--out", str(out), *extra]
+    return [
+        "--task",
+        "sst2",
+        "--data-root",
+        str(data_root_or_skip()),
+        "--shots",
+        "4",
+        "--steps",
+        str(steps),
+        "--batch-size",
+        "4",
+        "--max-eval",
+        "8",
+        "--log-every",
+        "1",
+        "--method",
+        method,
+        "--mu",
+        "5",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def _run(fault: str, step: int, args: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(RUNNER), fault, str(step), "--", *args], capture_output=True,
-                          text=True, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(RUNNER), fault, str(step), "--", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
 
 
 def _finetune(args: list[str]) -> subprocess.CompletedProcess:
@@ -64,9 +89,13 @@ def _finetune(args: list[str]) -> subprocess.CompletedProcess:
 
 def _outcome(out: Path) -> dict:
     metrics = json.loads((out / "metrics.json").read_text())
-    return {"weights": load_file(out / "adapter" / "adapter_model.safetensors"),
-            "log": (out / "balancedness.jsonl").read_text(), "train_loss": metrics["train_loss"],
-            "accuracy": metrics["accuracy"], "status": metrics["status"]}
+    return {
+        "weights": load_file(out / "adapter" / "adapter_model.safetensors"),
+        "log": (out / "balancedness.jsonl").read_text(),
+        "train_loss": metrics["train_loss"],
+        "accuracy": metrics["accuracy"],
+        "status": metrics["status"],
+    }
 
 
 def _assert_identical(a: dict, b: dict) -> None:
@@ -82,8 +111,11 @@ def _assert_identical(a: dict, b: dict) -> None:
 
 def _tree(folder: Path) -> dict[str, str]:
     """Every file below ``folder`` with the SHA-256 of its bytes (to prove nothing was touched)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -163,8 +195,12 @@ def test_sigkill_after_the_last_step_resumes_without_training(tmp_path, referenc
 def test_sigkill_at_a_random_moment(tmp_path, reference, seed):
     out = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(RUNNER), "none", "0", "--", *_args(out, "--save-every", "1")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, str(RUNNER), "none", "0", "--", *_args(out, "--save-every", "1")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     log = out / "balancedness.jsonl"
     deadline = time.monotonic() + 300
     while not (log.exists() and log.stat().st_size) and proc.poll() is None and time.monotonic() < deadline:

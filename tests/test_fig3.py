@@ -11,13 +11,28 @@ from balancedness.figures.fig3 import load_logs, make_fig3
 
 def _log(folder, task, method, decay):
     folder.mkdir(parents=True)
-    (folder / "metrics.json").write_text(json.dumps({"task": task, "method": method, "model": "minilm", "seed": 42,
-                                                     "metric": "accuracy", "steps": 5, "config": {},
-                                                     "fingerprint_id": "0" * 16, "status": "complete"}))
+    (folder / "metrics.json").write_text(
+        json.dumps(
+            {
+                "task": task,
+                "method": method,
+                "model": "minilm",
+                "seed": 42,
+                "metric": "accuracy",
+                "steps": 5,
+                "config": {},
+                "fingerprint_id": "0" * 16,
+                "status": "complete",
+            }
+        )
+    )
     lines = []
     for step in range(1, 6):
-        bal = {f"base_model.model.bert.encoder.layer.{i}.attention.self.{kind}.default": 0.7 * decay ** step
-               for i in range(6) for kind in ("query", "value")}
+        bal = {
+            f"base_model.model.bert.encoder.layer.{i}.attention.self.{kind}.default": 0.7 * decay**step
+            for i in range(6)
+            for kind in ("query", "value")
+        }
         lines.append(json.dumps({"step": step, "balancedness": bal, "grad_gap": {}}))
     (folder / "balancedness.jsonl").write_text("\n".join(lines) + "\n")
     return folder
@@ -43,20 +58,59 @@ def test_fig3_cli_from_real_runs(tmp_path):
     import subprocess
     import sys
 
-
-
     from data_fixtures import data_root_or_skip
 
     root = data_root_or_skip()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     for method in ("lora", "sam"):
-        subprocess.run([sys.executable, "-m", "balancedness", "finetune", "--model", "minilm", "--task", "rte",
-                        "--data-root", str(root), "--method", method, "--steps", "6", "--batch-size", "8",
-                        "--log-every", "1", "--max-eval", "16", "--out", str(tmp_path / method)],
-                       check=True, capture_output=True, env=env)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "balancedness",
+                "finetune",
+                "--model",
+                "minilm",
+                "--task",
+                "rte",
+                "--data-root",
+                str(root),
+                "--method",
+                method,
+                "--steps",
+                "6",
+                "--batch-size",
+                "8",
+                "--log-every",
+                "1",
+                "--max-eval",
+                "16",
+                "--out",
+                str(tmp_path / method),
+            ],
+            check=True,
+            capture_output=True,
+            env=env,
+        )
     out = tmp_path / "fig"
-    p = subprocess.run([sys.executable, "-m", "balancedness", "figures", "fig3", "--log", str(tmp_path / "lora"),
-                        "--log", str(tmp_path / "sam"), "--out", str(out)], capture_output=True, text=True, env=env)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "balancedness",
+            "figures",
+            "fig3",
+            "--log",
+            str(tmp_path / "lora"),
+            "--log",
+            str(tmp_path / "sam"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert p.returncode == 0, p.stderr
     data = json.loads((out / "fig3.json").read_text())
     assert [pnl["layer"] for pnl in data["panels"]] == [0, 3, 5]
@@ -65,4 +119,3 @@ def test_fig3_cli_from_real_runs(tmp_path):
     for run in load_logs([tmp_path / "lora", tmp_path / "sam"]):
         assert run["steps"] == [1, 2, 3, 4, 5, 6]
         assert all(v[0] > 0 for v in run["layers"].values())
-

@@ -96,15 +96,18 @@ def test_msharp_larger_m_balances_at_least_as_fast(figs):
     assert mid[-1] < 0.8 * mid[0]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["figures", "fig9"], "unknown figure"),
-    (["figures", "fig1", "--log", "run/balancedness.jsonl"], "--log applies to fig3 only"),
-    (["figures", "fig3", "--log", "no/such/run"], "no balancedness.jsonl there"),
-    (["figures", "fig3", "--format", "gif"], "unknown image format"),
-    (["figures", "fig1", "--format", "png,jpg"], "unknown image format"),
-    (["figures", "fig1", "--seeds", "0"], "--seeds must be an integer >= 1, got 0"),
-    (["figures", "fig1", "--alpha", "-1"], "alpha values must be finite"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["figures", "fig9"], "unknown figure"),
+        (["figures", "fig1", "--log", "run/balancedness.jsonl"], "--log applies to fig3 only"),
+        (["figures", "fig3", "--log", "no/such/run"], "no balancedness.jsonl there"),
+        (["figures", "fig3", "--format", "gif"], "unknown image format"),
+        (["figures", "fig1", "--format", "png,jpg"], "unknown image format"),
+        (["figures", "fig1", "--seeds", "0"], "--seeds must be an integer >= 1, got 0"),
+        (["figures", "fig1", "--alpha", "-1"], "alpha values must be finite"),
+    ],
+)
 def test_bad_input_exits_2(tmp_path, args, message):
     res = runner.invoke(app, args + ["--out", str(tmp_path)])
     assert res.exit_code == 2

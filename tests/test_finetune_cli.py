@@ -15,20 +15,25 @@ runner = CliRunner()
 TINY = ["--steps", "3", "--batch-size", "4", "--max-eval", "16", "--log-every", "1"]
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--task", "nope"], "'nope'"),
-    (["--model", "nomodel"], "'nomodel'"),
-    (["--task", "sst2", "--shots", "99"], "shots=99"),
-    (["--method", "sgd"], "'sgd'"),
-    (["--lr", "-1"], "--lr must be a finite number > 0, got -1.0"),
-    (["--rho", "0"], "--rho must be a finite number > 0, got 0.0"),
-    (["--mu", "-0.5"], "--mu must be a finite number >= 0, got -0.5"),
-    (["--method", "msam", "--m", "3"], "multiple of 3"),
-    (["--precision", "fp16"], "fp16"),
-    (["--schedule", "step"], "'step'"),
-    (["--train-file", "missing.tsv", "--eval-file", "missing.tsv", "--text-column", "a", "--label-column", "b"],
-     "missing.tsv"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--task", "nope"], "'nope'"),
+        (["--model", "nomodel"], "'nomodel'"),
+        (["--task", "sst2", "--shots", "99"], "shots=99"),
+        (["--method", "sgd"], "'sgd'"),
+        (["--lr", "-1"], "--lr must be a finite number > 0, got -1.0"),
+        (["--rho", "0"], "--rho must be a finite number > 0, got 0.0"),
+        (["--mu", "-0.5"], "--mu must be a finite number >= 0, got -0.5"),
+        (["--method", "msam", "--m", "3"], "multiple of 3"),
+        (["--precision", "fp16"], "fp16"),
+        (["--schedule", "step"], "'step'"),
+        (
+            ["--train-file", "missing.tsv", "--eval-file", "missing.tsv", "--text-column", "a", "--label-column", "b"],
+            "missing.tsv",
+        ),
+    ],
+)
 def test_bad_input_exits_2(tmp_path, args, needle):
     if "--task" in args and "sst2" in args:
         args = [*args, "--data-root", str(data_root_or_skip())]
@@ -40,8 +45,21 @@ def test_bad_input_exits_2(tmp_path, args, needle):
 
 @pytest.mark.slow
 def test_target_modules_matching_nothing_exits_2(tmp_path):
-    result = runner.invoke(app, ["finetune", "--task", "sst2", "--data-root", str(data_root_or_skip()),
-                                 "--target-modules", "foo,bar", *TINY, "--out", str(tmp_path)])
+    result = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--task",
+            "sst2",
+            "--data-root",
+            str(data_root_or_skip()),
+            "--target-modules",
+            "foo,bar",
+            *TINY,
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code == 2
     assert "match no module" in " ".join(result.output.split())
 
@@ -49,12 +67,39 @@ def test_target_modules_matching_nothing_exits_2(tmp_path):
 @pytest.mark.slow
 def test_finetune_writes_all_outputs(tmp_path):
     out = tmp_path / "run"
-    result = runner.invoke(app, ["finetune", "--task", "sst2", "--data-root", str(data_root_or_skip()), "--shots", "4",
-                                 "--method", "sam", *TINY, "--out", str(out), "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--task",
+            "sst2",
+            "--data-root",
+            str(data_root_or_skip()),
+            "--shots",
+            "4",
+            "--method",
+            "sam",
+            *TINY,
+            "--out",
+            str(out),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("task", "method", "seed", "metric", "accuracy", "train_seconds", "seconds_per_step", "steps",
-                "trainable_params", "majority", "status"):
+    for key in (
+        "task",
+        "method",
+        "seed",
+        "metric",
+        "accuracy",
+        "train_seconds",
+        "seconds_per_step",
+        "steps",
+        "trainable_params",
+        "majority",
+        "status",
+    ):
         assert key in metrics, key
     assert metrics["status"] == "complete"
     assert metrics["method"] == "sam"
@@ -69,9 +114,27 @@ def test_finetune_writes_all_outputs(tmp_path):
 @pytest.mark.slow
 def test_done_when_sst2_nbar_beats_majority(tmp_path):
     """The issue's check, with the default steps/lr/batch: 16-shot SST-2 nBAR clearly above 50.9 %."""
-    result = runner.invoke(app, ["finetune", "--model", "minilm", "--task", "sst2", "--data-root",
-                                 str(data_root_or_skip()), "--shots", "16", "--seed", "42", "--method", "nbar",
-                                 "--out", str(tmp_path), "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--model",
+            "minilm",
+            "--task",
+            "sst2",
+            "--data-root",
+            str(data_root_or_skip()),
+            "--shots",
+            "16",
+            "--seed",
+            "42",
+            "--method",
+            "nbar",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["accuracy"] >= 0.60 > metrics["majority"] + 0.05, metrics
@@ -87,9 +150,25 @@ def test_plain_tsv_task_it_has_never_seen(tmp_path):
             rows = list(csv.reader(fh))[:n]
         with open(tmp_path / f"{split}.tsv", "w", encoding="utf-8") as fh:
             fh.write("kind\tquestion_text\n" + "".join(f"{names[int(lab)]}\t{text}\n" for lab, text in rows))
-    result = runner.invoke(app, ["finetune", "--train-file", str(tmp_path / "train.tsv"), "--eval-file",
-                                 str(tmp_path / "test.tsv"), "--text-column", "question_text", "--label-column",
-                                 "kind", "--lr", "2e-3", "--out", str(tmp_path / "o"), "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--train-file",
+            str(tmp_path / "train.tsv"),
+            "--eval-file",
+            str(tmp_path / "test.tsv"),
+            "--text-column",
+            "question_text",
+            "--label-column",
+            "kind",
+            "--lr",
+            "2e-3",
+            "--out",
+            str(tmp_path / "o"),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert metrics["task"] == "custom", metrics

@@ -9,16 +9,23 @@ from pathlib import Path
 
 import pytest
 
-from data_fixtures import data_root_or_skip  # first: sets HF_HUB_OFFLINE before transformers loads
-
 from balancedness.finetune.data import known_tasks, load_task
 from balancedness.finetune.tasks import majority_accuracy
+from data_fixtures import data_root_or_skip  # first: sets HF_HUB_OFFLINE before transformers loads
 
 # (task, seed) -> (train, eval, classes); SNLI 16-42 has 18/14/16 by gold_label (see docs/data.md).
 EXPECTED = {
-    "sst2": (32, 872, 2), "sst5": (80, 2210, 5), "trec": (96, 500, 6), "rte": (32, 277, 2),
-    "snli": (48, 1000, 3), "mnli": (48, 1000, 3), "cb": (32, 56, 3), "copa": (32, 100, 2),
-    "boolq": (32, 3270, 2), "bbc-news": (1699, 426, 5), "webnlg": (6940, 1862, 0),
+    "sst2": (32, 872, 2),
+    "sst5": (80, 2210, 5),
+    "trec": (96, 500, 6),
+    "rte": (32, 277, 2),
+    "snli": (48, 1000, 3),
+    "mnli": (48, 1000, 3),
+    "cb": (32, 56, 3),
+    "copa": (32, 100, 2),
+    "boolq": (32, 3270, 2),
+    "bbc-news": (1699, 426, 5),
+    "webnlg": (6940, 1862, 0),
 }
 
 
@@ -120,10 +127,15 @@ def _write(path: Path, text: str) -> Path:
 @pytest.fixture()
 def toy_files(tmp_path: Path) -> tuple[Path, Path]:
     """A made-up pair task ("is the answer polite?") as TSV train and JSONL eval."""
-    train = _write(tmp_path / "train.tsv", "question\treply\tverdict\n" + "".join(
-        f"q{i}\tr{i}\t{v}\n" for i, v in enumerate(["rude", "polite", "neutral"] * 3)))
-    rows = [{"question": "how?", "reply": "please", "verdict": "polite"},
-            {"question": "what?", "reply": "go away", "verdict": "rude"}]
+    train = _write(
+        tmp_path / "train.tsv",
+        "question\treply\tverdict\n"
+        + "".join(f"q{i}\tr{i}\t{v}\n" for i, v in enumerate(["rude", "polite", "neutral"] * 3)),
+    )
+    rows = [
+        {"question": "how?", "reply": "please", "verdict": "polite"},
+        {"question": "what?", "reply": "go away", "verdict": "rude"},
+    ]
     evalf = _write(tmp_path / "eval.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     return train, evalf
 
@@ -137,8 +149,12 @@ def test_user_files_load_with_sorted_labels(toy_files: tuple[Path, Path]) -> Non
     assert len(task.train) == 9
     assert [ex.label for ex in task.eval] == [1, 2]
     assert task.eval[0].texts == ("how?", "please")
-    assert Counter(ex.label for ex in load_task(train_file=train, eval_file=evalf, text_columns=["question"],
-                                                label_column="verdict", shots=2, seed=3).train) == {0: 2, 1: 2, 2: 2}
+    assert Counter(
+        ex.label
+        for ex in load_task(
+            train_file=train, eval_file=evalf, text_columns=["question"], label_column="verdict", shots=2, seed=3
+        ).train
+    ) == {0: 2, 1: 2, 2: 2}
 
 
 def test_user_csv_with_integer_labels_sorts_numerically(tmp_path: Path) -> None:
@@ -156,14 +172,17 @@ def test_unseen_eval_label_is_named(tmp_path: Path, toy_files: tuple[Path, Path]
         load_task(train_file=train, eval_file=bad, text_columns=["question"], label_column="verdict")
 
 
-@pytest.mark.parametrize("kwargs, error, pattern", [
-    (dict(name="sst-7"), ValueError, r"unknown task 'sst-7'; known tasks: bbc-news, sst2"),
-    (dict(name="sst2", shots=0), ValueError, r"shots must be an integer >= 1, got 0"),
-    (dict(name="sst2", shots=17), ValueError, r"shots=17.*class 'negative'.*only 16"),
-    (dict(name="cb", shots=4), ValueError, r"class 'neutral'.*only 3.*shots=4|shots=4.*'neutral'.*only 3"),
-    (dict(name="snli", shots=17), ValueError, r"class 'entailment'.*only 16"),
-    (dict(name="sst2", max_eval=0), ValueError, r"max_eval.*got 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, pattern",
+    [
+        (dict(name="sst-7"), ValueError, r"unknown task 'sst-7'; known tasks: bbc-news, sst2"),
+        (dict(name="sst2", shots=0), ValueError, r"shots must be an integer >= 1, got 0"),
+        (dict(name="sst2", shots=17), ValueError, r"shots=17.*class 'negative'.*only 16"),
+        (dict(name="cb", shots=4), ValueError, r"class 'neutral'.*only 3.*shots=4|shots=4.*'neutral'.*only 3"),
+        (dict(name="snli", shots=17), ValueError, r"class 'entailment'.*only 16"),
+        (dict(name="sst2", max_eval=0), ValueError, r"max_eval.*got 0"),
+    ],
+)
 def test_bad_task_arguments_are_named(root: Path, kwargs: dict, error: type, pattern: str) -> None:
     with pytest.raises(error, match=pattern):
         load_task(data_root=root, **kwargs)
@@ -179,13 +198,19 @@ def test_missing_data_root_and_files_are_named(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(FileNotFoundError, match=r"fewglue.CB.train\.jsonl"):
         load_task("cb")
     with pytest.raises(FileNotFoundError, match=r"missing\.tsv"):
-        load_task(train_file=tmp_path / "missing.tsv", eval_file=tmp_path / "missing.tsv",
-                  text_columns=["a"], label_column="b")
+        load_task(
+            train_file=tmp_path / "missing.tsv",
+            eval_file=tmp_path / "missing.tsv",
+            text_columns=["a"],
+            label_column="b",
+        )
 
 
 def test_user_file_errors_are_named(tmp_path: Path, toy_files: tuple[Path, Path]) -> None:
     train, evalf = toy_files
-    with pytest.raises(ValueError, match=r"no column\(s\) \['text'\]; columns found: \['question', 'reply', 'verdict'\]"):
+    with pytest.raises(
+        ValueError, match=r"no column\(s\) \['text'\]; columns found: \['question', 'reply', 'verdict'\]"
+    ):
         load_task(train_file=train, eval_file=evalf, text_columns=["text"], label_column="verdict")
     empty = _write(tmp_path / "empty.tsv", "question\treply\tverdict\n")
     with pytest.raises(ValueError, match=r"empty\.tsv.*no data rows"):
@@ -216,7 +241,10 @@ def test_malformed_user_files_are_named_with_their_line(tmp_path):
 
     good = write("eval.csv", "text,label\nfine,a\nbad,b\n")
     cases = [
-        (write("ragged.csv", "text,label\nok,a\ntoo,many,fields\n"), r"ragged.csv' line 3 has 3 comma-separated fields, expected 2"),
+        (
+            write("ragged.csv", "text,label\nok,a\ntoo,many,fields\n"),
+            r"ragged.csv' line 3 has 3 comma-separated fields, expected 2",
+        ),
         (write("short.tsv", "text\tlabel\nok\ta\nshort\n"), r"short.tsv' line 3 has 1 tab-separated fields"),
         (write("quote.csv", 'text,label\nok,a\n"bad"quote,b\n'), r"quote.csv' line 3: .*must be quoted"),
         (write("nolabel.csv", "text,label\nok,a\nempty,\n"), r"nolabel.csv' line 3: the label cell"),
@@ -230,19 +258,29 @@ def test_malformed_user_files_are_named_with_their_line(tmp_path):
     assert len(load_task(train_file=bom, eval_file=good, text_columns=["text"], label_column="label").train) == 2
 
 
-
 def test_malformed_json_lines_are_named_with_their_line(tmp_path):
     """JSON lines: each failure a sentence naming the file and line, before datasets reads the file (it
     would coerce a mixed-type field or fill a missing one with null without saying where)."""
     good = tmp_path / "eval.jsonl"
     good.write_text('{"text": "fine", "label": "a"}\n{"text": "bad", "label": "b"}\n')
     cases = {
-        "mixed.jsonl": ('{"text": "x", "label": "a"}\n{"text": "y", "label": 1}\n',
-                        r"mixed.jsonl' line 2: field 'label' holds a number, but on line 1 it holds a string"),
-        "notjson.jsonl": ('{"text": "x", "label": "a"}\n{"text": "y", label: b}\n', r"notjson.jsonl' line 2 is not JSON"),
+        "mixed.jsonl": (
+            '{"text": "x", "label": "a"}\n{"text": "y", "label": 1}\n',
+            r"mixed.jsonl' line 2: field 'label' holds a number, but on line 1 it holds a string",
+        ),
+        "notjson.jsonl": (
+            '{"text": "x", "label": "a"}\n{"text": "y", label: b}\n',
+            r"notjson.jsonl' line 2 is not JSON",
+        ),
         "array.jsonl": ('{"text": "x", "label": "a"}\n["y", "b"]\n', r"array.jsonl' line 2: expected a JSON object"),
-        "hole.jsonl": ('{"text": "x", "label": "a"}\n\n{"label": "b"}\n', r"hole.jsonl' line 3: field 'text' is missing"),
-        "null.jsonl": ('{"text": "x", "label": "a"}\n{"text": "y", "label": null}\n', r"null.jsonl' line 2: field 'label' is missing or null"),
+        "hole.jsonl": (
+            '{"text": "x", "label": "a"}\n\n{"label": "b"}\n',
+            r"hole.jsonl' line 3: field 'text' is missing",
+        ),
+        "null.jsonl": (
+            '{"text": "x", "label": "a"}\n{"text": "y", "label": null}\n',
+            r"null.jsonl' line 2: field 'label' is missing or null",
+        ),
     }
     for name, (text, message) in cases.items():
         path = tmp_path / name
@@ -265,8 +303,10 @@ def test_an_edited_file_is_never_read_from_a_stale_cache(tmp_path):
     evalf.write_text("text,label\nu,a\nv,b\n")
     train.write_text("text,label\nfirst,a\nsecond,b\n")
     stamp = os.stat(train).st_mtime_ns
-    assert [ex.texts for ex in load_task(train_file=train, eval_file=evalf, text_columns=["text"],
-                                         label_column="label").train] == [("first",), ("second",)]
+    assert [
+        ex.texts
+        for ex in load_task(train_file=train, eval_file=evalf, text_columns=["text"], label_column="label").train
+    ] == [("first",), ("second",)]
     train.write_text("text,label\nthird,b\nfourth,a\n")
     os.utime(train, ns=(stamp, stamp))
     task = load_task(train_file=train, eval_file=evalf, text_columns=["text"], label_column="label")

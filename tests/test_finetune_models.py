@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from data_fixtures import data_root_or_skip  # first: sets HF_HUB_OFFLINE before transformers loads
 import torch
 
 from balancedness.finetune.data import load_task
 from balancedness.finetune.models import load_for_task, resolve_model
 from balancedness.finetune.prompts import prompt_for
 from balancedness.finetune.tasks import ChoiceScorer, bleu, evaluate, label_word_ids
+from data_fixtures import data_root_or_skip  # first: sets HF_HUB_OFFLINE before transformers loads
 
 LORA_MINILM_R8 = 6 * 2 * (8 * 384 + 384 * 8)  # 6 layers x {query, value} x (A + B) = 73,728
 
@@ -133,8 +132,9 @@ def test_label_words_are_distinct_for_every_classification_task(root: Path, smol
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, mode", [("sst2", "label-words"), ("copa", "choices"), ("webnlg", "generation")])
-def test_smollm2_heads_give_a_valid_loss_and_gradient(root: Path, smollm2_path: str, name: str, mode: str,
-                                                      tmp_path: Path) -> None:
+def test_smollm2_heads_give_a_valid_loss_and_gradient(
+    root: Path, smollm2_path: str, name: str, mode: str, tmp_path: Path
+) -> None:
     task = load_task(name, data_root=root, shots=2, max_eval=2)
     model, tokenizer, head = load_for_task("smollm2", task)
     assert head.mode == mode
@@ -163,8 +163,15 @@ def _train_two_steps(head, examples, tmp_path: Path) -> None:
 
     model = head.model
     before = {n: p.detach().clone() for n, p in model.named_parameters() if ".lora_B." in n}
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2,
-                             learning_rate=1e-3, report_to=[], save_strategy="no", use_cpu=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        learning_rate=1e-3,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+    )
     Trainer(model=head.module, args=args, train_dataset=head.dataset(examples), data_collator=head.collator).train()
     assert all(not torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)
 

@@ -14,16 +14,18 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import need
-
 from balancedness.sims import DIRECTIONS, make_optimizer, nop_problem, op_problem, simulate, solve_flow
 from balancedness.sims.discrete import _stepper
 from balancedness.sims.optimizers import FLATNESS_OPTIMIZERS, OPTIMIZERS
 from balancedness.sims.problems import NOISE_BLOCK, perturbation_block, perturbation_sequence
+from conftest import need
 
 CLI = [sys.executable, "-m", "balancedness"]
-KW = {"flat-lora": {"sigma": 0.5, "noise_schedule": "constant"}, "bi-lora": {"rho": 0.05, "aux_init": 0.1},
-      "asam": {"rho": 0.1}}
+KW = {
+    "flat-lora": {"sigma": 0.5, "noise_schedule": "constant"},
+    "bi-lora": {"rho": 0.05, "aux_init": 0.1},
+    "asam": {"rho": 0.1},
+}
 
 
 def test_perturbation_draws_depend_only_on_seed_and_step():
@@ -45,8 +47,9 @@ def test_flat_lora_runs_are_reproducible_and_seeded_per_trajectory(kind):
     assert np.array_equal(one.y, again.y)
     assert np.array_equal(one.x[3], alone.x[0])  # seed 1, α = 1: the same draws whoever shares the run
     assert not np.array_equal(one.x[0], one.x[1])  # seeds 0 and 1 at α = 0: only the perturbations differ
-    sgd = simulate(p, "sgd", alpha=[0.0, 1.0], seeds=[0, 1], backend="numpy", **{k: kw[k] for k in ("lr", "steps",
-                                                                                                    "record_every")})
+    sgd = simulate(
+        p, "sgd", alpha=[0.0, 1.0], seeds=[0, 1], backend="numpy", **{k: kw[k] for k in ("lr", "steps", "record_every")}
+    )
     assert not np.array_equal(one.x, sgd.x)  # the perturbation acts
     assert np.max(np.abs(one.balancedness - sgd.balancedness)) < 0.01  # and leaves B where SGD has it
 
@@ -64,15 +67,24 @@ def test_flat_lora_flow_is_the_sgd_flow_and_bi_lora_flow_carries_its_clip():
 
 
 def test_bi_lora_records_its_auxiliary_and_clips_it():
-    r = simulate(nop_problem(), "bi-lora", alpha=0.0, seeds=[0, 1], lr=2e-2, steps=300, record_every=10,
-                 rho=0.02, aux_init=0.1)
+    r = simulate(
+        nop_problem(), "bi-lora", alpha=0.0, seeds=[0, 1], lr=2e-2, steps=300, record_every=10, rho=0.02, aux_init=0.1
+    )
     aux = r.settings["auxiliary"]
     assert set(aux) == {"norm", "balancedness", "x2", "y2"}
     assert np.shape(aux["norm"]) == (2, 31)
     assert np.max(aux["norm"]) <= 0.02 * (1 + 1e-12)
     assert np.max(aux["norm"]) == pytest.approx(0.02)
-    assert r.settings["optimizer"] == {"name": "bi-lora", "rho": 0.02, "m": 1, "mu": 0.0, "schedule": "constant",
-                                       "kappa": 1.0, "rank2": 1, "aux_init": 0.1}
+    assert r.settings["optimizer"] == {
+        "name": "bi-lora",
+        "rho": 0.02,
+        "m": 1,
+        "mu": 0.0,
+        "schedule": "constant",
+        "kappa": 1.0,
+        "rank2": 1,
+        "aux_init": 0.1,
+    }
     assert not np.array_equal(aux["x2"][0][0], aux["x2"][1][0])  # each seed its own initial auxiliary
 
 
@@ -103,22 +115,44 @@ def run(*args):
 
 
 def test_simulate_cli_runs_each_flatness_method(tmp_path):
-    for name, extra in (("flat-lora", ["--sigma", "0.3", "--noise-schedule", "constant"]),
-                        ("bi-lora", ["--rank2", "2", "--kappa", "0.5"]), ("asam", ["--eta-a", "0"])):
+    for name, extra in (
+        ("flat-lora", ["--sigma", "0.3", "--noise-schedule", "constant"]),
+        ("bi-lora", ["--rank2", "2", "--kappa", "0.5"]),
+        ("asam", ["--eta-a", "0"]),
+    ):
         path = tmp_path / f"{name}.json"
-        p = run("simulate", "--problem", "op", "--optimizer", name, "--steps", "300", "--lr", "1e-3",
-                "--record-every", "100", "--alpha", "1", "--out", str(path), *extra)
+        p = run(
+            "simulate",
+            "--problem",
+            "op",
+            "--optimizer",
+            name,
+            "--steps",
+            "300",
+            "--lr",
+            "1e-3",
+            "--record-every",
+            "100",
+            "--alpha",
+            "1",
+            "--out",
+            str(path),
+            *extra,
+        )
         assert p.returncode == 0, p.stdout + p.stderr
         opt = json.loads(path.read_text())["settings"]["optimizer"]
         assert opt["name"] == name
     assert opt == {"name": "asam", "rho": 0.2, "m": 1, "mu": 0.0, "schedule": "constant", "eta_a": 0.0}
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--optimizer", "flat-lora", "--sigma", "-1"], "--sigma must be a finite number >= 0, got -1.0"),
-    (["--optimizer", "bi-lora", "--kappa", "0"], "--kappa must be a finite number > 0"),
-    (["--optimizer", "bi-lora", "--rank2", "0"], "--rank2 must be an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--optimizer", "flat-lora", "--sigma", "-1"], "--sigma must be a finite number >= 0, got -1.0"),
+        (["--optimizer", "bi-lora", "--kappa", "0"], "--kappa must be a finite number > 0"),
+        (["--optimizer", "bi-lora", "--rank2", "0"], "--rank2 must be an integer >= 1"),
+    ],
+)
 def test_simulate_cli_bad_flatness_values_exit_2(args, needle):
     p = run("simulate", "--steps", "10", *args)
     assert p.returncode == 2, p.stdout + p.stderr
@@ -128,8 +162,10 @@ def test_simulate_cli_bad_flatness_values_exit_2(args, needle):
 
 def test_a_bi_lora_replacement_must_return_the_auxiliary_direction(tmp_path):
     f = tmp_path / "four.py"
-    f.write_text("from balancedness.sims.directions import sgd\n"
-                 "def field(problem, X, Y, targets, hp):\n    return sgd(problem, X, Y, targets, hp)\n")
+    f.write_text(
+        "from balancedness.sims.directions import sgd\n"
+        "def field(problem, X, Y, targets, hp):\n    return sgd(problem, X, Y, targets, hp)\n"
+    )
     p = run("check", "--quick", "--replace", f"bi-lora={f}:field")
     assert p.returncode == 2
     assert "expected the tuple (d_X, d_Y, g_X, g_Y, d_aux)" in " ".join(p.stderr.split())
@@ -144,8 +180,7 @@ def test_check_replace_with_a_flatness_built_in_passes_its_claims(tmp_path):
 
 
 def test_the_flatness_figure_is_separate_from_all_and_shows_the_predictions(tmp_path):
-    from balancedness.figures import FIGURES, SEPARATE, FigureConfig, check_names
-    from balancedness.figures import flatness
+    from balancedness.figures import FIGURES, SEPARATE, FigureConfig, check_names, flatness
 
     assert "flatness" in SEPARATE
     assert "flatness" not in check_names(["all"])

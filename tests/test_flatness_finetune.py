@@ -16,8 +16,9 @@ TINY = ["--steps", "2", "--batch-size", "4", "--shots", "2", "--max-eval", "16",
 
 
 def _finetune(out, *args):
-    result = runner.invoke(app, ["finetune", "--task", "sst2", "--data-root", str(data_root_or_skip()), *TINY, *args,
-                                 "--out", str(out)])
+    result = runner.invoke(
+        app, ["finetune", "--task", "sst2", "--data-root", str(data_root_or_skip()), *TINY, *args, "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     return json.loads((out / "metrics.json").read_text())
 
@@ -34,8 +35,9 @@ def test_flat_lora_and_bi_lora_run_through_finetune(tmp_path):
     import torch
 
     lora = _finetune(tmp_path / "lora", "--method", "lora")
-    flat = _finetune(tmp_path / "flat", "--method", "flat-lora", "--hparam", "sigma=0.5",
-                     "--hparam", "noise_schedule=constant")
+    flat = _finetune(
+        tmp_path / "flat", "--method", "flat-lora", "--hparam", "sigma=0.5", "--hparam", "noise_schedule=constant"
+    )
     bi = _finetune(tmp_path / "bi", "--method", "bi-lora", "--rho", "0.1", "--hparam", "rank2=2")
     assert flat["status"] == bi["status"] == lora["status"] == "complete"
     assert flat["config"]["hparams"] == {"sigma": 0.5, "noise_schedule": "constant"}
@@ -49,9 +51,11 @@ def test_flat_lora_and_bi_lora_run_through_finetune(tmp_path):
 
 
 def test_bad_hparams_of_the_new_methods_exit_2(tmp_path):
-    for args, needle in ((["--method", "flat-lora", "--hparam", "noise_schedule=linear"], "noise_schedule"),
-                         (["--method", "bi-lora", "--hparam", "rank2=0"], "rank2"),
-                         (["--method", "bi-lora", "--hparam", "kappa=0"], "kappa")):
+    for args, needle in (
+        (["--method", "flat-lora", "--hparam", "noise_schedule=linear"], "noise_schedule"),
+        (["--method", "bi-lora", "--hparam", "rank2=0"], "rank2"),
+        (["--method", "bi-lora", "--hparam", "kappa=0"], "kappa"),
+    ):
         result = runner.invoke(app, ["finetune", "--task", "sst2", *args, "--steps", "1", "--out", str(tmp_path / "o")])
         assert result.exit_code == 2, result.output
         assert needle in result.output, result.output
@@ -61,9 +65,30 @@ def test_bad_hparams_of_the_new_methods_exit_2(tmp_path):
 @pytest.mark.slow
 def test_a_tiny_sweep_of_lora_flat_lora_and_bi_lora(tmp_path):
     out = tmp_path / "sweep"
-    result = runner.invoke(app, ["sweep", "--tasks", "sst2", "--methods", "lora,flat-lora,bi-lora", "--seeds", "13",
-                                 "--steps", "2", "--batch-size", "4", "--shots", "2", "--max-eval", "16",
-                                 "--data-root", str(data_root_or_skip()), "--out", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "sweep",
+            "--tasks",
+            "sst2",
+            "--methods",
+            "lora,flat-lora,bi-lora",
+            "--seeds",
+            "13",
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--shots",
+            "2",
+            "--max-eval",
+            "16",
+            "--data-root",
+            str(data_root_or_skip()),
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     table = (out / "table.md").read_text()
     assert "| Flat-LoRA |" in table

@@ -57,23 +57,40 @@ def _model_folder(tmp_path: Path, tokenizer: bool) -> Path:
 
 def _small(*extra: str) -> list[str]:
     """The smallest real run's options (two shots, one step), without the task."""
-    return ["--data-root", str(data_root_or_skip()), "--shots", "2", "--steps", "1",
-            "--batch-size", "4", "--max-eval", "8", *extra]
+    return [
+        "--data-root",
+        str(data_root_or_skip()),
+        "--shots",
+        "2",
+        "--steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--max-eval",
+        "8",
+        *extra,
+    ]
 
 
 # ----------------------------------------------------------------------------------- item 5: the tokenizer
 def test_a_model_folder_without_its_tokenizer_is_refused(tmp_path):
     folder = _model_folder(tmp_path, tokenizer=False)
-    _refused(["finetune", "--model", str(folder), "--task", "sst2", *_small("--out", str(tmp_path / "run"))],
-             str(folder), "has no tokenizer", "vocab.txt")
+    _refused(
+        ["finetune", "--model", str(folder), "--task", "sst2", *_small("--out", str(tmp_path / "run"))],
+        str(folder),
+        "has no tokenizer",
+        "vocab.txt",
+    )
     assert not (tmp_path / "run").exists()
 
 
 def test_a_tokenizer_that_knows_no_word_is_refused(tmp_path):
     folder = _model_folder(tmp_path, tokenizer=False)
     (folder / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")  # what transformers builds without files
-    _refused(["finetune", "--model", str(folder), "--task", "sst2", *_small("--out", str(tmp_path / "run"))],
-             "(5 tokens) turns every word of 'The movie was great.' into its unknown token")
+    _refused(
+        ["finetune", "--model", str(folder), "--task", "sst2", *_small("--out", str(tmp_path / "run"))],
+        "(5 tokens) turns every word of 'The movie was great.' into its unknown token",
+    )
 
 
 def test_the_tokenizer_counts_in_the_fingerprint(tmp_path):
@@ -105,8 +122,9 @@ def test_the_packaged_causal_lm_has_a_usable_tokenizer():
 @pytest.mark.slow
 def test_a_moved_sweep_reports_from_its_new_path_and_drops_stale_outputs(tmp_path, monkeypatch):
     def sweep(out, methods="lora,sam"):
-        return runner.invoke(app, ["sweep", "--methods", methods, "--seeds", "13", "--out", str(out),
-                                   *_small("--tasks", "sst2")])
+        return runner.invoke(
+            app, ["sweep", "--methods", methods, "--seeds", "13", "--out", str(out), *_small("--tasks", "sst2")]
+        )
 
     first = tmp_path / "made-here"
     result = sweep(first)
@@ -146,15 +164,16 @@ def test_a_moved_sweep_reports_from_its_new_path_and_drops_stale_outputs(tmp_pat
 def _journal_with_a_trial(out: Path) -> Path:
     from balancedness.finetune.study import open_study
 
-    open_study(out, ["a", "b"]).optimize(lambda trial: float(trial.suggest_categorical("cell", ["a", "b"]) == "a"),
-                                         n_trials=1)
+    open_study(out, ["a", "b"]).optimize(
+        lambda trial: float(trial.suggest_categorical("cell", ["a", "b"]) == "a"), n_trials=1
+    )
     return out / "study.journal"
 
 
 def test_a_torn_last_journal_record_is_dropped_and_the_journal_stays_usable(tmp_path, capfd):
     import optuna
 
-    from balancedness.finetune.study import open_study, study_name, storage_for
+    from balancedness.finetune.study import open_study, storage_for, study_name
 
     journal = _journal_with_a_trial(tmp_path)
     good = journal.read_bytes()
@@ -175,35 +194,71 @@ def test_a_damaged_journal_line_is_named_and_nothing_is_appended(tmp_path):
     lines = journal.read_bytes().splitlines(keepends=True)
     damaged = b"".join([*lines[:2], b'{"op_code":4,"wor{"op_code":5}\n', *lines[2:]])  # a torn record glued to the next
     journal.write_bytes(damaged)
-    _refused(["sweep", "--methods", "lora", "--seeds", "13", "--out", str(tmp_path), *_small("--tasks", "sst2")],
-             str(journal), "line 3 is not a JSON record", "move the file aside")
+    _refused(
+        ["sweep", "--methods", "lora", "--seeds", "13", "--out", str(tmp_path), *_small("--tasks", "sst2")],
+        str(journal),
+        "line 3 is not a JSON record",
+        "move the file aside",
+    )
     assert journal.read_bytes() == damaged
 
 
 # ----------------------------------------------------------------------------- item 9: the smaller ones
-@pytest.mark.parametrize("storage,needles", [
-    ("{tmp}/folder", ["is a folder; expected a journal file path or an RDB URL"]),
-    ("sqlite:///{tmp}/missing/study.db", ["missing' of the database file does not exist"]),
-    ("mysql://ann:s3cr3t@localhost/study", ["'mysql://ann:***@localhost/study'", "needs the database driver module"]),
-    ("postgresql://ann:s3cr3t@127.0.0.1:1/study", ["'postgresql://ann:***@127.0.0.1:1/study' cannot be used",
-                                                   "Connection refused"]),
-])
+@pytest.mark.parametrize(
+    "storage,needles",
+    [
+        ("{tmp}/folder", ["is a folder; expected a journal file path or an RDB URL"]),
+        ("sqlite:///{tmp}/missing/study.db", ["missing' of the database file does not exist"]),
+        (
+            "mysql://ann:s3cr3t@localhost/study",
+            ["'mysql://ann:***@localhost/study'", "needs the database driver module"],
+        ),
+        (
+            "postgresql://ann:s3cr3t@127.0.0.1:1/study",
+            ["'postgresql://ann:***@127.0.0.1:1/study' cannot be used", "Connection refused"],
+        ),
+    ],
+)
 def test_bad_storage_values_are_refused_without_the_password(tmp_path, storage, needles):
     import importlib.util
 
     if storage.startswith("mysql") and importlib.util.find_spec("MySQLdb") is not None:
         pytest.skip("the MySQL driver is installed here")
     (tmp_path / "folder").mkdir()
-    text = _refused(["sweep", "--methods", "lora", "--seeds", "13", "--out", str(tmp_path / "out"),
-                     "--storage", storage.format(tmp=tmp_path), *_small("--tasks", "sst2")], *needles)
+    text = _refused(
+        [
+            "sweep",
+            "--methods",
+            "lora",
+            "--seeds",
+            "13",
+            "--out",
+            str(tmp_path / "out"),
+            "--storage",
+            storage.format(tmp=tmp_path),
+            *_small("--tasks", "sst2"),
+        ],
+        *needles,
+    )
     assert "s3cr3t" not in text
     assert not list((tmp_path / "out").glob("sst2/*/*"))  # no run started
 
 
 @pytest.mark.parametrize("flag,values", [("--tasks", "sst2,rte,sst2"), ("--methods", "lora,sam,lora")])
 def test_repeated_grid_values_are_refused(tmp_path, flag, values):
-    args = ["sweep", "--tasks", "sst2", "--methods", "lora", "--seeds", "13", "--out", str(tmp_path / "out"),
-            "--data-root", str(tmp_path / "nowhere")]  # checked before the data: no data needed to refuse
+    args = [
+        "sweep",
+        "--tasks",
+        "sst2",
+        "--methods",
+        "lora",
+        "--seeds",
+        "13",
+        "--out",
+        str(tmp_path / "out"),
+        "--data-root",
+        str(tmp_path / "nowhere"),
+    ]  # checked before the data: no data needed to refuse
     args[args.index(flag) + 1] = values
     _refused(args, f"{flag.lstrip('-')} lists", "more than once", within=20)
 
@@ -211,17 +266,39 @@ def test_repeated_grid_values_are_refused(tmp_path, flag, values):
 def test_a_directory_as_train_file_is_named_a_directory(tmp_path):
     (tmp_path / "train").mkdir()
     (tmp_path / "eval.csv").write_text("text,label\nfine,a\n")
-    _refused(["finetune", "--train-file", str(tmp_path / "train"), "--eval-file", str(tmp_path / "eval.csv"),
-              "--text-column", "text", "--label-column", "label", "--out", str(tmp_path / "run")],
-             f"training file '{tmp_path / 'train'}' is a directory; expected a file", within=30)
+    _refused(
+        [
+            "finetune",
+            "--train-file",
+            str(tmp_path / "train"),
+            "--eval-file",
+            str(tmp_path / "eval.csv"),
+            "--text-column",
+            "text",
+            "--label-column",
+            "label",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        f"training file '{tmp_path / 'train'}' is a directory; expected a file",
+        within=30,
+    )
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["simulate", "--out", "/proc/balancedness/sam.json"], "the folder of --out '/proc/balancedness' is not writable"),
-    (["simulate", "--out", "/proc/sam.json"], "the folder of --out '/proc' is not writable"),
-    (["check", "--quick", "--only", "rank-r-sgd-conserves", "--json", "/proc/1/checks.json"],
-     "the folder of --json '/proc/1' is not writable"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (
+            ["simulate", "--out", "/proc/balancedness/sam.json"],
+            "the folder of --out '/proc/balancedness' is not writable",
+        ),
+        (["simulate", "--out", "/proc/sam.json"], "the folder of --out '/proc' is not writable"),
+        (
+            ["check", "--quick", "--only", "rank-r-sgd-conserves", "--json", "/proc/1/checks.json"],
+            "the folder of --json '/proc/1' is not writable",
+        ),
+    ],
+)
 def test_outputs_that_cannot_be_created_are_refused_before_the_job(args, needle):
     if not Path("/proc/1").is_dir():
         if os.environ.get("CI"):
@@ -231,10 +308,19 @@ def test_outputs_that_cannot_be_created_are_refused_before_the_job(args, needle)
 
 
 def test_simulate_refuses_a_grid_larger_than_memory():
-    _refused(["simulate", "--seeds", "2000", "--steps", "10", "--max-memory", "0.5"],  # first: small if unguarded
-             "about 0.6 GB", "limit of 0.5 GB", within=20)
-    text = _refused(["simulate", "--seeds", "1000000", "--steps", "10"], "GB of memory", "1,000,000 trajectories",
-                    "--max-memory", within=20)
+    _refused(
+        ["simulate", "--seeds", "2000", "--steps", "10", "--max-memory", "0.5"],  # first: small if unguarded
+        "about 0.6 GB",
+        "limit of 0.5 GB",
+        within=20,
+    )
+    text = _refused(
+        ["simulate", "--seeds", "1000000", "--steps", "10"],
+        "GB of memory",
+        "1,000,000 trajectories",
+        "--max-memory",
+        within=20,
+    )
     assert "default half of this machine" in text
     _refused(["simulate", "--max-memory", "-1"], "--max-memory must be", within=20)
 
@@ -244,13 +330,16 @@ def test_simulate_memory_estimate_matches_a_measured_run():
     measured on a quiet machine, 1.18 GB estimated), nor far above it (resident memory reads lower when the
     machine is short of memory and pages are swapped out). The peak is the process's own ``VmHWM``: Linux keeps
     ``ru_maxrss`` across fork and exec, so under a large parent (a pytest-xdist worker) it reads the parent's."""
-    code = ("import sys; from balancedness.sims import make_problem, simulate; "
-            "hwm = lambda: int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]); "
-            "base = hwm(); "
-            "simulate(make_problem('nop'), 'sam', rho=0.1, seeds=int(sys.argv[1]), steps=10, record_every=100); "
-            "print((hwm() - base) * 1024)")
-    measured = int(subprocess.run([sys.executable, "-c", code, "4000"], capture_output=True, text=True,
-                                  check=True, env=ENV).stdout)
+    code = (
+        "import sys; from balancedness.sims import make_problem, simulate; "
+        "hwm = lambda: int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]); "
+        "base = hwm(); "
+        "simulate(make_problem('nop'), 'sam', rho=0.1, seeds=int(sys.argv[1]), steps=10, record_every=100); "
+        "print((hwm() - base) * 1024)"
+    )
+    measured = int(
+        subprocess.run([sys.executable, "-c", code, "4000"], capture_output=True, text=True, check=True, env=ENV).stdout
+    )
     from balancedness.sims import make_problem
     from balancedness.sims.discrete import memory_estimate
 
@@ -262,8 +351,13 @@ def test_a_full_datasets_cache_is_not_blamed_on_the_file(tmp_path):
     """A real full disk: a 200 kB tmpfs as the datasets cache (root only; required under CI)."""
     cache = tmp_path / "cache"
     cache.mkdir()
-    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(cache)],
-                                                   capture_output=True).returncode == 0
+    mounted = (
+        os.geteuid() == 0
+        and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(cache)], capture_output=True
+        ).returncode
+        == 0
+    )
     if not mounted:
         if os.environ.get("CI"):
             pytest.fail("CI runs as root and must be able to mount a small tmpfs")
@@ -274,10 +368,26 @@ def test_a_full_datasets_cache_is_not_blamed_on_the_file(tmp_path):
                 writer = csv.writer(fh)
                 writer.writerow(["text", "label"])
                 writer.writerows([f"sentence {i} " * 20, "ab"[i % 2]] for i in range(4000))
-        p = subprocess.run([*CLI, "finetune", "--train-file", str(tmp_path / "train.csv"), "--eval-file",
-                            str(tmp_path / "eval.csv"), "--text-column", "text", "--label-column", "label",
-                            "--out", str(tmp_path / "run")], capture_output=True, text=True,
-                           env={**ENV, "HF_DATASETS_CACHE": str(cache)}, timeout=300)
+        p = subprocess.run(
+            [
+                *CLI,
+                "finetune",
+                "--train-file",
+                str(tmp_path / "train.csv"),
+                "--eval-file",
+                str(tmp_path / "eval.csv"),
+                "--text-column",
+                "text",
+                "--label-column",
+                "label",
+                "--out",
+                str(tmp_path / "run"),
+            ],
+            capture_output=True,
+            text=True,
+            env={**ENV, "HF_DATASETS_CACHE": str(cache)},
+            timeout=300,
+        )
     finally:
         subprocess.run(["umount", str(cache)], check=True)
     text = " ".join((p.stdout + p.stderr).split())
@@ -292,11 +402,33 @@ def test_a_full_datasets_cache_is_not_blamed_on_the_file(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_on_a_sweep_with_workers_is_one_clean_exit(tmp_path):
     """SIGINT to the whole process group (what a terminal's Ctrl-C does) while two workers train."""
-    args = [*CLI, "sweep", "--tasks", "sst2", "--methods", "lora,nbar", "--seeds", "13,21", "--workers", "2",
-            "--data-root", str(data_root_or_skip()), "--shots", "2", "--steps", "400", "--batch-size", "4",
-            "--max-eval", "8", "--out", str(tmp_path)]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-                            start_new_session=True)
+    args = [
+        *CLI,
+        "sweep",
+        "--tasks",
+        "sst2",
+        "--methods",
+        "lora,nbar",
+        "--seeds",
+        "13,21",
+        "--workers",
+        "2",
+        "--data-root",
+        str(data_root_or_skip()),
+        "--shots",
+        "2",
+        "--steps",
+        "400",
+        "--batch-size",
+        "4",
+        "--max-eval",
+        "8",
+        "--out",
+        str(tmp_path),
+    ]
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 240
         while len(list(tmp_path.glob("sst2/*/*/run.json"))) < 2 and time.monotonic() < deadline:

@@ -25,11 +25,21 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "balancedness"
 
 UNITS = {  # top-level name under balancedness/ -> (layer, unit)
-    "__init__": (0, "basics"), "metrics": (0, "basics"), "schedules": (0, "basics"), "io": (0, "basics"),
-    "validation": (0, "basics"), "methods": (0, "basics"),
-    "sims": (1, "sims"), "optim": (1, "optim"),
-    "checks": (2, "checks"), "figures": (2, "figures"), "finetune": (2, "finetune"),
-    "demo": (3, "demo"), "commands": (3, "commands"), "cli": (3, "commands"), "__main__": (3, "commands"),
+    "__init__": (0, "basics"),
+    "metrics": (0, "basics"),
+    "schedules": (0, "basics"),
+    "io": (0, "basics"),
+    "validation": (0, "basics"),
+    "methods": (0, "basics"),
+    "sims": (1, "sims"),
+    "optim": (1, "optim"),
+    "checks": (2, "checks"),
+    "figures": (2, "figures"),
+    "finetune": (2, "finetune"),
+    "demo": (3, "demo"),
+    "commands": (3, "commands"),
+    "cli": (3, "commands"),
+    "__main__": (3, "commands"),
 }
 
 
@@ -47,8 +57,9 @@ def _unit(module: str) -> tuple[int, str]:
     parts = module.split(".")
     key = parts[1] if len(parts) > 1 else "__init__"
     if key not in UNITS:
-        raise AssertionError(f"module {module} is in no layer: add its top-level name to UNITS and to "
-                             "docs/architecture.md")
+        raise AssertionError(
+            f"module {module} is in no layer: add its top-level name to UNITS and to docs/architecture.md"
+        )
     return UNITS[key]
 
 
@@ -93,8 +104,12 @@ def _upward(edges) -> list[str]:
 
 
 def _private(edges) -> list[str]:
-    return [f"{importer}:{line} imports {name} from {target}" for importer, target, names, line in edges
-            for name in names if name.startswith("_") and name != "__version__" and target != importer]
+    return [
+        f"{importer}:{line} imports {name} from {target}"
+        for importer, target, names, line in edges
+        for name in names
+        if name.startswith("_") and name != "__version__" and target != importer
+    ]
 
 
 def test_imports_only_point_down():
@@ -123,7 +138,7 @@ def test_no_import_cycles_between_modules():
         stack.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                cycle = stack[stack.index(nxt):] + [nxt]
+                cycle = stack[stack.index(nxt) :] + [nxt]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if nxt not in state:
                 visit(nxt)
@@ -148,8 +163,8 @@ def test_the_checker_sees_violations(tmp_path):
     edges = list(_edges(pkg))
     up = _upward(edges)
     assert any("balancedness.metrics" in e and "sims.core" in e for e in up), up  # upward, inside a function
-    assert any("balancedness.sims.core" in e and "optim" in e for e in up), up    # sideways, same layer
-    assert not any(e.startswith("balancedness.figures") for e in up), up           # down is fine
+    assert any("balancedness.sims.core" in e and "optim" in e for e in up), up  # sideways, same layer
+    assert not any(e.startswith("balancedness.figures") for e in up), up  # down is fine
     assert _private(edges) == ["balancedness.sims.core:2 imports _h from balancedness.metrics"]
 
 
@@ -162,8 +177,15 @@ def test_the_run_record_module_is_light():
     for _unit_name, module in READABLE:
         own = {target for importer, target, _n, _l in EDGES if importer == module}
         assert own <= {"balancedness.io", "balancedness.optim"}, own
-        code = (f"import sys, {module}; heavy = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]; "
-                "assert not heavy, heavy")
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                              cwd=PACKAGE.parent, env={**__import__("os").environ, "PYTHONPATH": str(PACKAGE.parent)})
+        code = (
+            f"import sys, {module}; heavy = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]; "
+            "assert not heavy, heavy"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            cwd=PACKAGE.parent,
+            env={**__import__("os").environ, "PYTHONPATH": str(PACKAGE.parent)},
+        )
         assert proc.returncode == 0, proc.stderr

@@ -20,7 +20,7 @@ runner = CliRunner()
 TINY = ["--steps", "2", "--batch-size", "4", "--shots", "2", "--max-eval", "16", "--log-every", "1", "--seed", "13"]
 
 #: A method from outside the package: SAM at radius scale·ρ, ``scale`` a hyper-parameter with no option of its own.
-PLUGIN = '''
+PLUGIN = """
 from balancedness.finetune.bindings import register_binding
 from balancedness.methods import RHO, Hyper, Method, register_method
 from balancedness.optim.trainer import SAMTrainer
@@ -28,7 +28,7 @@ from balancedness.optim.trainer import SAMTrainer
 SCALE = Hyper("scale", float, 0.5, "the fraction of rho that SAM climbs by", strict=True, search={"cpu": (0.5, 0.25)})
 register_method(Method("sam-half", "LoRA-SAM/2", "SAM/2", "#8c564b", (RHO, SCALE), "sam", help="SAM at scale x rho"))
 register_binding("sam-half", SAMTrainer, lambda hp: {"rho": hp["rho"] * hp["scale"]})
-'''
+"""
 
 
 @pytest.fixture
@@ -88,12 +88,21 @@ def test_every_direction_of_the_table_is_a_registered_numpy_direction():
 
 
 def test_derived_names_keep_their_values():
-    from balancedness.finetune.run import METHOD_OPTIONS, METHODS as RUN_METHODS, TABLE_METHODS
+    from balancedness.finetune.run import METHOD_OPTIONS, TABLE_METHODS
+    from balancedness.finetune.run import METHODS as RUN_METHODS
 
     assert TABLE_METHODS == ("lora", "sam", "obar", "nbar")
     assert set(RUN_METHODS) == {"lora", "sam", "msam", "nbar", "obar", "asam", "flat-lora", "bi-lora"}
-    assert dict(METHOD_OPTIONS) == {"lora": (), "sam": ("rho",), "msam": ("rho", "m"), "nbar": ("mu", "schedule"),
-                                    "obar": ("mu", "schedule"), "asam": ("rho",), "flat-lora": (), "bi-lora": ("rho",)}
+    assert dict(METHOD_OPTIONS) == {
+        "lora": (),
+        "sam": ("rho",),
+        "msam": ("rho", "m"),
+        "nbar": ("mu", "schedule"),
+        "obar": ("mu", "schedule"),
+        "asam": ("rho",),
+        "flat-lora": (),
+        "bi-lora": ("rho",),
+    }
 
 
 def test_presets_keep_their_grids():
@@ -105,18 +114,33 @@ def test_presets_keep_their_grids():
     paper_lr, cpu_lr = (1e-4, 3e-4, 5e-4), (1e-3, 2e-3)
     bar = {"lr": paper_lr, "mu": (0.5, 1.0, 2.0), "schedule": ("linear", "cosine")}
     assert {m: dict(g) for m, g in PRESETS["paper"].grids.items()} == {
-        "lora": {"lr": paper_lr}, "sam": {"lr": paper_lr, "rho": (0.05, 0.1, 0.2)},
-        "msam": {"lr": paper_lr, "rho": (0.05, 0.1, 0.2)}, "nbar": bar, "obar": bar,
-        "asam": {"lr": paper_lr, "rho": (0.5, 1.0, 2.0)}, "flat-lora": {"lr": paper_lr, "sigma": (0.05, 0.1)},
-        "bi-lora": {"lr": paper_lr, "rho": (0.005, 0.01, 0.05, 0.1, 0.2, 0.5)}}
-    old = {"sam": {"lr": cpu_lr, "rho": (0.05, 0.1)}, "msam": {"lr": cpu_lr, "rho": (0.05, 0.1)},
-           "nbar": {"lr": cpu_lr, "mu": (2.0, 8.0)}, "obar": {"lr": cpu_lr, "mu": (2.0, 8.0)},
-           "asam": {"lr": cpu_lr, "rho": (0.5, 1.0)}}
-    assert {m: dict(g) for m, g in PRESETS["cpu-2024"].grids.items()} == {"lora": {"lr": (5e-4, 1e-3, 2e-3, 4e-3)},
-                                                                          **old}
+        "lora": {"lr": paper_lr},
+        "sam": {"lr": paper_lr, "rho": (0.05, 0.1, 0.2)},
+        "msam": {"lr": paper_lr, "rho": (0.05, 0.1, 0.2)},
+        "nbar": bar,
+        "obar": bar,
+        "asam": {"lr": paper_lr, "rho": (0.5, 1.0, 2.0)},
+        "flat-lora": {"lr": paper_lr, "sigma": (0.05, 0.1)},
+        "bi-lora": {"lr": paper_lr, "rho": (0.005, 0.01, 0.05, 0.1, 0.2, 0.5)},
+    }
+    old = {
+        "sam": {"lr": cpu_lr, "rho": (0.05, 0.1)},
+        "msam": {"lr": cpu_lr, "rho": (0.05, 0.1)},
+        "nbar": {"lr": cpu_lr, "mu": (2.0, 8.0)},
+        "obar": {"lr": cpu_lr, "mu": (2.0, 8.0)},
+        "asam": {"lr": cpu_lr, "rho": (0.5, 1.0)},
+    }
+    assert {m: dict(g) for m, g in PRESETS["cpu-2024"].grids.items()} == {
+        "lora": {"lr": (5e-4, 1e-3, 2e-3, 4e-3)},
+        **old,
+    }
     cpu = {m: dict(g) for m, g in PRESETS["cpu"].grids.items()}
-    assert cpu == {"lora": {"lr": cpu_lr, "weight_decay": (0.0, 0.01)}, **old,
-                   "flat-lora": {"lr": cpu_lr, "sigma": (0.05, 0.1)}, "bi-lora": {"lr": cpu_lr, "rho": (0.05, 0.1)}}
+    assert cpu == {
+        "lora": {"lr": cpu_lr, "weight_decay": (0.0, 0.01)},
+        **old,
+        "flat-lora": {"lr": cpu_lr, "sigma": (0.05, 0.1)},
+        "bi-lora": {"lr": cpu_lr, "rho": (0.05, 0.1)},
+    }
     assert {len(PRESETS["cpu"].points(m)) for m in cpu} == {4}
     assert {g["lr"] for g in cpu.values()} == {cpu_lr}
     assert [list(g) for g in PRESETS["paper"].grids.values()][3] == ["lr", "mu", "schedule"]  # the axis order
@@ -124,16 +148,53 @@ def test_presets_keep_their_grids():
 
 def test_empty_hparams_leave_the_record_and_fingerprint_options_as_they_were():
     """The keys of ``metrics.json``'s config and of the fingerprint's options before ``hparams`` existed."""
-    before = ["batch_size", "data_root", "dropout", "eval_batch_size", "eval_file", "grad_accum", "keep_checkpoints",
-              "label_column", "log_every", "lora_alpha", "lora_r", "lr", "m", "max_eval", "max_length", "method",
-              "model", "mu", "out", "overwrite", "precision", "progress", "resume", "rho", "save_every", "schedule",
-              "seed", "shots", "steps", "target_modules", "task", "text_columns", "train_file", "weight_decay",
-              "zero_shot"]
+    before = [
+        "batch_size",
+        "data_root",
+        "dropout",
+        "eval_batch_size",
+        "eval_file",
+        "grad_accum",
+        "keep_checkpoints",
+        "label_column",
+        "log_every",
+        "lora_alpha",
+        "lora_r",
+        "lr",
+        "m",
+        "max_eval",
+        "max_length",
+        "method",
+        "model",
+        "mu",
+        "out",
+        "overwrite",
+        "precision",
+        "progress",
+        "resume",
+        "rho",
+        "save_every",
+        "schedule",
+        "seed",
+        "shots",
+        "steps",
+        "target_modules",
+        "task",
+        "text_columns",
+        "train_file",
+        "weight_decay",
+        "zero_shot",
+    ]
     for method in ("lora", "sam", "msam", "nbar", "obar"):
         config = FinetuneConfig(method=method)
         assert sorted(config.to_json()) == before
-        unused = {"lora": {"rho", "m", "mu", "schedule"}, "sam": {"m", "mu", "schedule"}, "msam": {"mu", "schedule"},
-                  "nbar": {"rho", "m"}, "obar": {"rho", "m"}}[method]
+        unused = {
+            "lora": {"rho", "m", "mu", "schedule"},
+            "sam": {"m", "mu", "schedule"},
+            "msam": {"mu", "schedule"},
+            "nbar": {"rho", "m"},
+            "obar": {"rho", "m"},
+        }[method]
         assert sorted(config.result_options()) == sorted(set(before) - unused - set(NOT_COUNTED)), method
 
 
@@ -167,8 +228,12 @@ def test_unknown_method_and_missing_binding_are_named(registry):
 def test_hparams_are_checked_against_the_row(plugin):
     bindings.load_plugin(plugin)
     check_config(FinetuneConfig(method="sam-half", hparams={"scale": 0.25}))
-    for hparams, needle in (({"beta": 1.0}, "'beta'"), ({"rho": 0.1}, "'rho'"), ({"scale": "0.5"}, "'0.5'"),
-                            ({"scale": 0.0}, "scale must be a finite number > 0")):
+    for hparams, needle in (
+        ({"beta": 1.0}, "'beta'"),
+        ({"rho": 0.1}, "'rho'"),
+        ({"scale": "0.5"}, "'0.5'"),
+        ({"scale": 0.0}, "scale must be a finite number > 0"),
+    ):
         with pytest.raises(ValueError, match=needle):
             check_config(FinetuneConfig(method="sam-half", hparams=hparams))
     with pytest.raises(ValueError, match="'scale'"):
@@ -199,13 +264,16 @@ def test_a_sweep_grid_varies_a_hyper_parameter_of_the_row(plugin):
         make_space("fixed", ["sam-half:scale=big"], ["sam-half"])
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--method", "sam", "--hparam", "scale=1"], "NAME a hyper-parameter of method sam"),
-    (["--method", "sam-half", "--hparam", "scale=big"], "scale must be a float, got 'big'"),
-    (["--method", "sam-half", "--hparam", "scale=-1"], "hyper-parameter scale must be a finite number > 0"),
-    (["--method", "sam-half", "--hparam", "beta=1"], "'beta=1'"),
-    (["--method", "sam-half", "--hparam", "rho=0.1"], "'rho=0.1'"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--method", "sam", "--hparam", "scale=1"], "NAME a hyper-parameter of method sam"),
+        (["--method", "sam-half", "--hparam", "scale=big"], "scale must be a float, got 'big'"),
+        (["--method", "sam-half", "--hparam", "scale=-1"], "hyper-parameter scale must be a finite number > 0"),
+        (["--method", "sam-half", "--hparam", "beta=1"], "'beta=1'"),
+        (["--method", "sam-half", "--hparam", "rho=0.1"], "'rho=0.1'"),
+    ],
+)
 def test_bad_hparam_exits_2_before_any_work(tmp_path, plugin, args, needle):
     result = runner.invoke(app, ["finetune", "--plugin", str(plugin), *args, "--out", str(tmp_path / "o")])
     assert result.exit_code == 2, result.output
@@ -214,13 +282,19 @@ def test_bad_hparam_exits_2_before_any_work(tmp_path, plugin, args, needle):
 
 
 # ------------------------------------------------------------------------------------ plugins
-@pytest.mark.parametrize("text, needle", [
-    (None, "is not a file"),
-    ("x = 1\n", "registers no method"),
-    ("import no_such_module_here\n", "failed to import: ModuleNotFoundError"),
-    ("from balancedness.methods import Method, register_method\n"
-     "register_method(Method('lonely', 'L', 'L', '#000002'))\n", "lonely without a binding"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        (None, "is not a file"),
+        ("x = 1\n", "registers no method"),
+        ("import no_such_module_here\n", "failed to import: ModuleNotFoundError"),
+        (
+            "from balancedness.methods import Method, register_method\n"
+            "register_method(Method('lonely', 'L', 'L', '#000002'))\n",
+            "lonely without a binding",
+        ),
+    ],
+)
 def test_bad_plugin_exits_2_and_registers_nothing(tmp_path, registry, text, needle):
     path = tmp_path / "plugin.py"
     if text is not None:
@@ -240,8 +314,9 @@ def _adapter(run):
 
 
 def _finetune(out, *args):
-    result = runner.invoke(app, ["finetune", "--task", "sst2", "--data-root", str(data_root_or_skip()), *TINY, *args,
-                                 "--out", str(out)])
+    result = runner.invoke(
+        app, ["finetune", "--task", "sst2", "--data-root", str(data_root_or_skip()), *TINY, *args, "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     return json.loads((out / "metrics.json").read_text())
 
@@ -271,9 +346,32 @@ def test_a_plugin_method_runs_through_finetune_and_a_sweep(tmp_path, plugin):
     assert all(torch.equal(a[k], s[k]) for k in a)  # SAM/2 at ρ 0.1 is SAM at ρ 0.05: its binding's kwargs count
 
     out = tmp_path / "sweep"
-    result = runner.invoke(app, ["sweep", "--plugin", str(plugin), "--tasks", "sst2", "--methods", "asam,sam-half",
-                                 "--seeds", "13", "--steps", "2", "--batch-size", "4", "--shots", "2", "--max-eval",
-                                 "16", "--data-root", str(data_root_or_skip()), "--out", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "sweep",
+            "--plugin",
+            str(plugin),
+            "--tasks",
+            "sst2",
+            "--methods",
+            "asam,sam-half",
+            "--seeds",
+            "13",
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--shots",
+            "2",
+            "--max-eval",
+            "16",
+            "--data-root",
+            str(data_root_or_skip()),
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     table = (out / "table.md").read_text()
     assert "| LoRA-SAM/2 |" in table

@@ -43,7 +43,8 @@ def _assert_caught_as_documented_one(m, caught: list[str], verdicts: list, colum
     assert not failed_by_error, f"mutant {m.id}: checks raised instead of measuring: {failed_by_error}"
     assert caught == expected, (
         f"mutant {m.id}: docs/sims.md lists {expected}, the checks that catch it are {caught} "
-        "(regenerate the table with `python tests/mutants.py`)")
+        "(regenerate the table with `python tests/mutants.py`)"
+    )
 
 
 def _assert_caught_as_documented(runs: dict, column: int) -> None:

@@ -15,8 +15,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from torch.utils.data import DataLoader, TensorDataset
 
-from balancedness.optim import (SAM, create_bar_optimizer, sam_backward, sam_step_accumulated,
-                                sam_step_msharpness)
+from balancedness.optim import SAM, create_bar_optimizer, sam_backward, sam_step_accumulated, sam_step_msharpness
 from finetune_fixtures import ToyLoRA, batch_loss, minilm_lora, sst2_batch, trainable
 
 D1, D2, R, N = 4, 3, 2, 4  # N micro-batches of one example each; accumulation over 2: two optimizer steps
@@ -104,8 +103,7 @@ def _run(optimizer, *, sam, msharpness=False, accelerator=None, loss_fn=_loss, s
     for batch in loader:
         with accelerator.accumulate(model):
             if sam:
-                sam_backward(accelerator, model, opt, batch, loss_fn=lambda b: loss_fn(model, b),
-                             msharpness=msharpness)
+                sam_backward(accelerator, model, opt, batch, loss_fn=lambda b: loss_fn(model, b), msharpness=msharpness)
             else:
                 accelerator.backward(loss_fn(model, batch))
             opt.step()
@@ -140,7 +138,9 @@ def test_sam_under_accelerate_uses_every_micro_batch():
     # dropping any one micro-batch would change the result far beyond the tolerance
     for j in range(N):
         keep = [i for i in range(N) if i != j]
-        x_drop, _ = _hand_sam(_toy(), [_concat(data, [i for i in keep if i < 2]), _concat(data, [i for i in keep if i >= 2])])
+        x_drop, _ = _hand_sam(
+            _toy(), [_concat(data, [i for i in keep if i < 2]), _concat(data, [i for i in keep if i >= 2])]
+        )
         assert (x_drop - x).abs().max() > 1e-3
 
 
@@ -173,8 +173,9 @@ def test_sam_step_with_closure_through_accelerate_fails_loudly():
     model = _toy()
     before = trainable(model)
     accelerator = Accelerator(cpu=True, gradient_accumulation_steps=2)
-    model, opt, loader = accelerator.prepare(model, SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR),
-                                             DataLoader(_data(), batch_size=1))
+    model, opt, loader = accelerator.prepare(
+        model, SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR), DataLoader(_data(), batch_size=1)
+    )
     with pytest.raises(AttributeError):
         opt.first_step  # accelerate's wrapper hides SAM's halves
     with pytest.raises(RuntimeError, match="sam_backward"):
@@ -204,8 +205,12 @@ def test_bf16_autocast_recipe_is_close_to_fp32():
             dtypes.append(m.compute_dtype)
             return loss
 
-        _run((model, SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR)), sam=True, accelerator=accelerator,
-             loss_fn=loss_fn)
+        _run(
+            (model, SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR)),
+            sam=True,
+            accelerator=accelerator,
+            loss_fn=loss_fn,
+        )
         results[precision] = model.x.detach() - _toy(torch.float32).x
     assert torch.bfloat16 in dtypes
     assert torch.float32 in dtypes  # autocast was on for the bf16 run only
@@ -219,7 +224,7 @@ def test_fp16_gradscaler_overflow_skips_the_step():
     model = _toy(torch.float32)
     before = trainable(model)
     accelerator = Accelerator(cpu=True, gradient_accumulation_steps=2)
-    accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
+    accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
     calls, poison = [], {1, 5}
 
     def loss_fn(m, batch):
@@ -231,11 +236,11 @@ def test_fp16_gradscaler_overflow_skips_the_step():
     sam = SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR)
     _run((model, sam), sam=True, accelerator=accelerator, loss_fn=loss_fn)
     assert len(calls) == 6
-    assert accelerator.scaler.get_scale() == 2.0 ** 10  # both steps skipped, the scale halved twice
+    assert accelerator.scaler.get_scale() == 2.0**10  # both steps skipped, the scale halved twice
     assert all(torch.equal(p, before[n]) for n, p in trainable(model).items())
     poison.clear()
     _run((model, sam), sam=True, accelerator=accelerator, loss_fn=loss_fn)
-    assert accelerator.scaler.get_scale() == 2.0 ** 10
+    assert accelerator.scaler.get_scale() == 2.0**10
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert all(not torch.equal(p, before[n]) for n, p in trainable(model).items())
 
@@ -303,8 +308,9 @@ def test_sam_step_with_closure_through_accelerate_without_accumulation():
     """Without gradient accumulation accelerate runs step(closure) on every batch: plain SAM per batch."""
     model = _toy()
     accelerator = Accelerator(cpu=True)
-    model, opt, loader = accelerator.prepare(model, SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR),
-                                             DataLoader(_data(), batch_size=2))
+    model, opt, loader = accelerator.prepare(
+        model, SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR), DataLoader(_data(), batch_size=2)
+    )
     for batch in loader:
         opt.step(lambda: accelerator.backward(_loss(model, batch)))
         opt.zero_grad()

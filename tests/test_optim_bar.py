@@ -81,8 +81,10 @@ def test_schedules():
 def test_lr_scheduler_drives_eta_and_head_is_plain_sgd():
     model = _toy(head=True)
     opt = create_bar_optimizer(model, torch.optim.SGD, lr=0.1, mu=1.0, variant="obar")
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 ** t)
-    _grads(model); opt.step(); sched.step()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5**t)
+    _grads(model)
+    opt.step()
+    sched.step()
     x, head = model.x.detach().clone(), model.head.detach().clone()
     gx, _ = _grads(model)
     hg = model.head.grad.clone()
@@ -125,8 +127,7 @@ def test_errors():
 def test_state_dict_round_trip_keeps_schedule_position():
     def run(split):
         model = _toy()
-        make = lambda m: create_bar_optimizer(m, torch.optim.Adam, lr=0.01, mu=2.0, schedule="linear",
-                                              total_steps=6)
+        make = lambda m: create_bar_optimizer(m, torch.optim.Adam, lr=0.01, mu=2.0, schedule="linear", total_steps=6)
         opt = make(model)
         for t in range(6):
             if t == split:
@@ -163,8 +164,9 @@ def test_adam_moments_untouched_and_minilm_step_matches_manual():
         ref_opt.step()
     for (n, p), q in zip(trainable(model).items(), trainable(reference).values()):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=n)
-    for p, q in zip([p for p in model.parameters() if p.requires_grad],
-                    [p for p in reference.parameters() if p.requires_grad]):
+    for p, q in zip(
+        [p for p in model.parameters() if p.requires_grad], [p for p in reference.parameters() if p.requires_grad]
+    ):
         torch.testing.assert_close(opt.state[p]["exp_avg_sq"], ref_opt.state[q]["exp_avg_sq"], rtol=1e-5, atol=1e-12)
     assert type(opt).__name__ == "BARAdamW"
     assert isinstance(opt, torch.optim.AdamW)
@@ -276,6 +278,7 @@ def test_mu_t_in_the_param_groups_is_the_shared_schedule(schedule):
 def test_a_bar_scheduler_made_next_to_the_lr_scheduler_takes_the_same_steps():
     """A hand-written loop: BARScheduler(opt, "linear", total_steps=lr_scheduler) on a constant-μ optimizer
     steps exactly as create_bar_optimizer(schedule="linear", total_steps=T), and nothing in the loop calls it."""
+
     def run(**schedule):
         model = _toy(head=True)
         opt = create_bar_optimizer(model, torch.optim.SGD, lr=0.05, mu=3.0, **schedule)
@@ -298,8 +301,14 @@ def test_each_group_rescales_with_its_own_mu():
     """μ_t is per group, like η_t: A in a group with μ₀ = 2, B in one with μ₀ = 0.5 (oBAR, SGD)."""
     model = _toy()
     a, b = model.toy.lora_A["default"].weight, model.toy.lora_B["default"].weight
-    opt = create_bar_optimizer(model, torch.optim.SGD, lr=0.1, mu=1.0, variant="obar",
-                               params=[{"params": [a], "bar_mu": 2.0}, {"params": [b], "bar_mu": 0.5}])
+    opt = create_bar_optimizer(
+        model,
+        torch.optim.SGD,
+        lr=0.1,
+        mu=1.0,
+        variant="obar",
+        params=[{"params": [a], "bar_mu": 2.0}, {"params": [b], "bar_mu": 0.5}],
+    )
     x, y = model.x.detach().clone(), model.y.detach().clone()
     gx, gy = _grads(model)
     s = -1.0 if x.norm() >= y.norm() else 1.0
@@ -310,6 +319,7 @@ def test_each_group_rescales_with_its_own_mu():
 
 def test_a_state_saved_before_mu_lived_in_the_groups_resumes():
     """Checkpoints of the previous layout hold t under "bar" and no "bar_mu" in their param groups."""
+
     def make(model):
         return create_bar_optimizer(model, torch.optim.SGD, lr=0.05, mu=2.0, schedule="cosine", total_steps=5)
 

@@ -35,8 +35,14 @@ def _base_weights(model):
 def _flat_run(tmp_path, *, dtype=torch.float32, seed=0, flat_seed=None, sigma=0.05, **args):
     model = minilm_lora(seed=3, dtype=dtype)
     before = _base_weights(model)
-    trainer = SeqFlat(model=model, args=_args(tmp_path, **args), train_dataset=sst2_dataset(16), flat_sigma=sigma,
-                      flat_noise_schedule="constant", flat_seed=flat_seed)
+    trainer = SeqFlat(
+        model=model,
+        args=_args(tmp_path, **args),
+        train_dataset=sst2_dataset(16),
+        flat_sigma=sigma,
+        flat_noise_schedule="constant",
+        flat_seed=flat_seed,
+    )
     trainer.train()
     return model, before
 
@@ -44,14 +50,28 @@ def _flat_run(tmp_path, *, dtype=torch.float32, seed=0, flat_seed=None, sigma=0.
 def test_flat_lora_leaves_w0_bit_exact_in_bf16(tmp_path):
     """bf16 weights, bf16 autocast, accumulation 2, σ = 0.2: W0 after training is W0 before, bit for bit (the
     official add-then-subtract drifts in bf16, spec §2.1 item 5); the noise did act (LoRA moved unlike σ = 0)."""
-    model, before = _flat_run(tmp_path, dtype=torch.bfloat16, sigma=0.2, bf16=True, gradient_accumulation_steps=2,
-                              per_device_train_batch_size=2, max_steps=6)
+    model, before = _flat_run(
+        tmp_path,
+        dtype=torch.bfloat16,
+        sigma=0.2,
+        bf16=True,
+        gradient_accumulation_steps=2,
+        per_device_train_batch_size=2,
+        max_steps=6,
+    )
     after = _base_weights(model)
     assert all(w.dtype == torch.bfloat16 for w in after.values())
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not any(p.grad is not None for layer in flat_lora_layers(model) for p in [layer.weight])
-    plain, _ = _flat_run(tmp_path, dtype=torch.bfloat16, sigma=0.0, bf16=True, gradient_accumulation_steps=2,
-                         per_device_train_batch_size=2, max_steps=6)
+    plain, _ = _flat_run(
+        tmp_path,
+        dtype=torch.bfloat16,
+        sigma=0.0,
+        bf16=True,
+        gradient_accumulation_steps=2,
+        per_device_train_batch_size=2,
+        max_steps=6,
+    )
     noisy, clean = trainable(model), trainable(plain)
     assert max((noisy[k].float() - clean[k].float()).abs().max() for k in noisy if "lora_" in k) > 0
 
@@ -84,8 +104,14 @@ def test_flat_lora_draws_depend_on_seed_and_step_only():
 
 def test_flat_lora_one_draw_per_optimizer_step(tmp_path):
     """Accumulation over 2 micro-batches of 2 shares one draw: the same update as one batch of 4 (SGD)."""
-    runs = [trainable(_flat_run(tmp_path, optim="sgd", per_device_train_batch_size=b, gradient_accumulation_steps=k,
-                                max_steps=3)[0]) for b, k in ((4, 1), (2, 2))]
+    runs = [
+        trainable(
+            _flat_run(tmp_path, optim="sgd", per_device_train_batch_size=b, gradient_accumulation_steps=k, max_steps=3)[
+                0
+            ]
+        )
+        for b, k in ((4, 1), (2, 2))
+    ]
     assert max((runs[0][k] - runs[1][k]).abs().max() for k in runs[0]) < 1e-6
 
 
@@ -125,8 +151,13 @@ def test_bilora_aux_never_reaches_the_users_adapter(tmp_path):
     model = minilm_lora(seed=3)
     reference = tmp_path / "reference"
     model.save_pretrained(reference)
-    trainer = SeqBi(model=model, args=_args(tmp_path / "run", save_strategy="steps", save_steps=2),
-                    train_dataset=sst2_dataset(16), bilora_rank=2, bilora_rho=0.05)
+    trainer = SeqBi(
+        model=model,
+        args=_args(tmp_path / "run", save_strategy="steps", save_steps=2),
+        train_dataset=sst2_dataset(16),
+        bilora_rank=2,
+        bilora_rho=0.05,
+    )
     norms = []
     trainer.add_callback(_Norms(trainer, norms))
     trainer.train()
@@ -147,10 +178,16 @@ def test_bilora_aux_never_reaches_the_users_adapter(tmp_path):
 
 def test_bilora_resume_continues_the_auxiliary(tmp_path):
     """4 steps straight = 2 steps, a checkpoint, and 2 resumed steps (the auxiliary comes back from its file)."""
+
     def run(folder, resume=None, steps=4):
         model = minilm_lora(seed=3)
-        trainer = SeqBi(model=model, args=_args(folder, max_steps=steps, save_strategy="steps", save_steps=2),
-                        train_dataset=sst2_dataset(16), bilora_rank=2, bilora_rho=0.05)
+        trainer = SeqBi(
+            model=model,
+            args=_args(folder, max_steps=steps, save_strategy="steps", save_steps=2),
+            train_dataset=sst2_dataset(16),
+            bilora_rank=2,
+            bilora_rho=0.05,
+        )
         trainer.train(resume_from_checkpoint=resume)
         return trainable(model)
 
@@ -196,7 +233,7 @@ def test_bilora_under_a_grad_scaler_takes_the_unscaled_step():
             for a in bilora.adapters:
                 a.lora_B.normal_(0.0, 0.01)
         bilora.attach(opt, 1e-2)
-        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10) if scaled else None
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10) if scaled else None
         loss = model(**batch).loss * (float("inf") if scaled == "overflow" else 1.0)
         (scaler.scale(loss) if scaler else loss).backward()
         before = [p.detach().clone() for p in bilora.parameters()]

@@ -5,8 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import (LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments, get_constant_schedule,
-                          get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup)
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    Trainer,
+    TrainingArguments,
+    get_constant_schedule,
+    get_cosine_schedule_with_warmup,
+    get_linear_schedule_with_warmup,
+)
 
 from balancedness.optim import create_bar_optimizer, decay_groups, scheduler_total_steps
 from balancedness.optim.groups import decay_parameter_names
@@ -26,8 +33,14 @@ def minilm():
 def _llama():
     from peft import LoraConfig, get_peft_model
 
-    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     return get_peft_model(LlamaForCausalLM(config), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
 
 

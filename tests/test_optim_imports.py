@@ -50,7 +50,12 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_optim_needs_neither_transformers_nor_peft():
-    done = subprocess.run([sys.executable, "-c", SCRIPT.format(tests=str(TESTS))], capture_output=True, text=True,
-                          cwd=TESTS.parent, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT.format(tests=str(TESTS))],
+        capture_output=True,
+        text=True,
+        cwd=TESTS.parent,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok", done.stderr

@@ -37,16 +37,24 @@ def _logged(history):
 
 def test_balancedness_logs_flattens_a_record():
     record = {"step": 3, "balancedness": {"a.q.default": 0.5, "a.v.default": -2.0}, "grad_gap": {}}
-    assert balancedness_logs(record) == {"balancedness/a.q.default": 0.5, "balancedness/a.v.default": -2.0,
-                                         "balancedness/mean_abs": 1.25, "balancedness/max_abs": 2.0}
+    assert balancedness_logs(record) == {
+        "balancedness/a.q.default": 0.5,
+        "balancedness/a.v.default": -2.0,
+        "balancedness/mean_abs": 1.25,
+        "balancedness/max_abs": 2.0,
+    }
 
 
 def test_samtrainer_tensorboard_event_file_holds_per_layer_balancedness(tmp_path, base_model):
     out = tmp_path / "run"
     model = copy.deepcopy(base_model)
-    trainer = SAMTrainer(model=model, args=_args(out, max_steps=3, report_to="tensorboard", logging_strategy="steps",
-                                                 logging_steps=1),
-                         train_dataset=_dataset(12), rho=0.05, callbacks=[BalancednessCallback(path=True)])
+    trainer = SAMTrainer(
+        model=model,
+        args=_args(out, max_steps=3, report_to="tensorboard", logging_strategy="steps", logging_steps=1),
+        train_dataset=_dataset(12),
+        rho=0.05,
+        callbacks=[BalancednessCallback(path=True)],
+    )
     trainer.train()
     trainer.save_state()
     layers = [pair.name for pair in lora_pairs(model)]
@@ -72,8 +80,9 @@ def test_samtrainer_tensorboard_event_file_holds_per_layer_balancedness(tmp_path
     for history in (trainer.state.log_history, json.loads((out / "trainer_state.json").read_text())["log_history"]):
         logged = _logged(history)
         assert sorted(logged) == [1, 2, 3]
-        assert all(logged[r["step"]][f"balancedness/{layer}"] == r["balancedness"][layer]
-                   for r in records for layer in layers)
+        assert all(
+            logged[r["step"]][f"balancedness/{layer}"] == r["balancedness"][layer] for r in records for layer in layers
+        )
 
     # logging reads, never changes, the training computation
     plain = copy.deepcopy(base_model)
@@ -87,14 +96,23 @@ def test_stock_trainer_links_by_argument_and_falls_back_to_log_history(tmp_path,
     linked.add_callback(BalancednessCallback(every=2, trainer=linked))
     linked.train()
     assert sorted(_logged(linked.state.log_history)) == [2, 4]
-    unlinked = Trainer(model=copy.deepcopy(base_model), args=_args(tmp_path / "b", **args), train_dataset=_dataset(16),
-                       callbacks=[BalancednessCallback(every=2)])
+    unlinked = Trainer(
+        model=copy.deepcopy(base_model),
+        args=_args(tmp_path / "b", **args),
+        train_dataset=_dataset(16),
+        callbacks=[BalancednessCallback(every=2)],
+    )
     unlinked.train()
     assert _logged(unlinked.state.log_history).keys() == _logged(linked.state.log_history).keys()
     # logging_strategy="no" (the finetune application's setting): the file only
     path = tmp_path / "c" / "log.jsonl"
-    quiet = BARTrainer(model=copy.deepcopy(base_model), args=_args(tmp_path / "c", max_steps=4),
-                       train_dataset=_dataset(16), bar_mu=1.0, callbacks=[BalancednessCallback(every=2, path=path)])
+    quiet = BARTrainer(
+        model=copy.deepcopy(base_model),
+        args=_args(tmp_path / "c", max_steps=4),
+        train_dataset=_dataset(16),
+        bar_mu=1.0,
+        callbacks=[BalancednessCallback(every=2, path=path)],
+    )
     quiet.train()
     assert not _logged(quiet.state.log_history)
     assert [r["step"] for r in _records(path)] == [2, 4]
@@ -118,10 +136,15 @@ def test_resumed_run_logs_every_step_once(tmp_path):
             control.should_training_stop = state.global_step >= 3
 
     def trainer(out, callbacks=()):
-        args = _args(out, max_steps=4, save_strategy="steps", save_steps=2, logging_strategy="steps",
-                     logging_steps=1)
-        return BARTrainer(model=minilm_lora(seed=6), args=args, train_dataset=data, bar_mu=5.0,
-                          bar_schedule="cosine", callbacks=[BalancednessCallback(path=True), *callbacks])
+        args = _args(out, max_steps=4, save_strategy="steps", save_steps=2, logging_strategy="steps", logging_steps=1)
+        return BARTrainer(
+            model=minilm_lora(seed=6),
+            args=args,
+            train_dataset=data,
+            bar_mu=5.0,
+            bar_schedule="cosine",
+            callbacks=[BalancednessCallback(path=True), *callbacks],
+        )
 
     full = trainer(tmp_path / "full")
     full.train()
@@ -129,6 +152,8 @@ def test_resumed_run_logs_every_step_once(tmp_path):
     assert [r["step"] for r in _records(tmp_path / "cut" / "balancedness.jsonl")] == [1, 2, 3]
     resumed = trainer(tmp_path / "cut")
     resumed.train(resume_from_checkpoint=str(tmp_path / "cut" / "checkpoint-2"))
-    assert (tmp_path / "cut" / "balancedness.jsonl").read_bytes() == (tmp_path / "full" / "balancedness.jsonl").read_bytes()
+    assert (tmp_path / "cut" / "balancedness.jsonl").read_bytes() == (
+        tmp_path / "full" / "balancedness.jsonl"
+    ).read_bytes()
     assert sorted(_logged(resumed.state.log_history)) == [1, 2, 3, 4]
     assert _logged(resumed.state.log_history) == _logged(full.state.log_history)

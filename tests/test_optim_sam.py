@@ -8,8 +8,16 @@ import pytest
 import torch
 
 from balancedness.optim import SAM, sam_step_accumulated, sam_step_msharpness
-from finetune_fixtures import (DDP_X0, ToyLoRA, batch_loss, ddp_sam_worker, ddp_targets, minilm_lora, sst2_batch,
-                               trainable)
+from finetune_fixtures import (
+    DDP_X0,
+    ToyLoRA,
+    batch_loss,
+    ddp_sam_worker,
+    ddp_targets,
+    minilm_lora,
+    sst2_batch,
+    trainable,
+)
 
 
 def _params(model):
@@ -125,10 +133,11 @@ def test_state_dict_round_trip_and_lr_scheduler():
                 state = copy.deepcopy((sam.state_dict(), sched.state_dict()))
                 sam = make()
                 sched = torch.optim.lr_scheduler.StepLR(sam, step_size=1, gamma=0.5)
-                sam.load_state_dict(state[0]); sched.load_state_dict(state[1])
+                sam.load_state_dict(state[0])
+                sched.load_state_dict(state[1])
             sam.step(lambda: (model.product() - 0.5).square().sum().backward())
             sched.step()
-        assert sam.base_optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** 4)
+        assert sam.base_optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**4)
         return model.x.detach()
 
     assert torch.equal(run(None), run(2))
@@ -187,9 +196,9 @@ def test_fp16_gradscaler_overflow_skips_whole_step():
     model = minilm_lora(seed=3)
     batch = sst2_batch(2, max_length=16)
     sam = SAM(_params(model), torch.optim.AdamW, rho=0.05, lr=1e-3)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
     before = trainable(model)
-    for poison_call, scale in ((1, 2.0 ** 11), (2, 2.0 ** 10)):  # overflow in the ascent / the descent pass
+    for poison_call, scale in ((1, 2.0**11), (2, 2.0**10)):  # overflow in the ascent / the descent pass
         _fp16_run(model, batch, sam, scaler, poison_call)
         assert scaler.get_scale() == scale
         for n, p in model.named_parameters():
@@ -197,7 +206,7 @@ def test_fp16_gradscaler_overflow_skips_whole_step():
                 assert torch.equal(p, before[n]), n
         assert not sam.base_optimizer.state  # AdamW never stepped
     _fp16_run(model, batch, sam, scaler)  # a clean step moves the weights, finitely
-    assert scaler.get_scale() == 2.0 ** 10
+    assert scaler.get_scale() == 2.0**10
     assert all(torch.isfinite(p).all() for p in _params(model))
     assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if p.requires_grad)
 
@@ -276,8 +285,11 @@ def test_helpers_state_their_loss_fn_contract():
 
 def test_step_without_closure_finishes_a_first_step():
     """What accelerate's wrapper calls: step() == second_step() after first_step()."""
+
     def run(finish):
-        model = ToyLoRA(torch.tensor([[0.2], [-0.1], [0.3]], dtype=torch.float64), torch.ones(3, 1, dtype=torch.float64))
+        model = ToyLoRA(
+            torch.tensor([[0.2], [-0.1], [0.3]], dtype=torch.float64), torch.ones(3, 1, dtype=torch.float64)
+        )
         sam = SAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1)
         (model.product() - 0.5).square().sum().backward()
         sam.first_step(zero_grad=True)

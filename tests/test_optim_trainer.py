@@ -9,9 +9,18 @@ import pytest
 import torch
 from transformers import Trainer, TrainerCallback
 
-from balancedness.optim import (SAM, BalancednessCallback, BARTrainer, SAMTrainer, bar_optimizer_class,
-                                create_bar_optimizer, lora_balancedness, lora_pairs, sam_step_accumulated,
-                                sam_step_msharpness)
+from balancedness.optim import (
+    SAM,
+    BalancednessCallback,
+    BARTrainer,
+    SAMTrainer,
+    bar_optimizer_class,
+    create_bar_optimizer,
+    lora_balancedness,
+    lora_pairs,
+    sam_step_accumulated,
+    sam_step_msharpness,
+)
 from finetune_fixtures import Sequential, batch_loss, minilm_lora, sst2_dataset, trainable, training_args
 
 
@@ -54,15 +63,22 @@ def test_samtrainer_matches_sam_with_accumulation(tmp_path, base_model, msharpne
 def test_bartrainer_equals_explicit_bar_optimizer(tmp_path, base_model):
     data = sst2_dataset(4)
     one, two = copy.deepcopy(base_model), copy.deepcopy(base_model)
-    trainer = BARTrainer(model=one, args=training_args(tmp_path, max_steps=2), train_dataset=data, bar_mu=4.0,
-                         bar_variant="nbar", bar_schedule="linear")
+    trainer = BARTrainer(
+        model=one,
+        args=training_args(tmp_path, max_steps=2),
+        train_dataset=data,
+        bar_mu=4.0,
+        bar_variant="nbar",
+        bar_schedule="linear",
+    )
     trainer.train()
     opt = trainer.optimizer.optimizer
     assert type(opt).__name__ == "BARAdamW"
     assert opt.bar_total_steps == 2
     assert opt.bar_step_count == 2
-    bar = create_bar_optimizer(two, torch.optim.AdamW, lr=1e-3, mu=4.0, schedule="linear", total_steps=2,
-                               weight_decay=0.0)
+    bar = create_bar_optimizer(
+        two, torch.optim.AdamW, lr=1e-3, mu=4.0, schedule="linear", total_steps=2, weight_decay=0.0
+    )
     Trainer(model=two, args=training_args(tmp_path, max_steps=2), train_dataset=data, optimizers=(bar, None)).train()
     for (n, p), q in zip(trainable(one).items(), trainable(two).values()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-7, msg=n)
@@ -73,8 +89,13 @@ def test_balancedness_callback_writes_jsonl(tmp_path, base_model):
     model = copy.deepcopy(base_model)
     path = tmp_path / "bal.jsonl"
     initial = lora_balancedness(model)
-    SAMTrainer(model=model, args=training_args(tmp_path, max_steps=3), train_dataset=sst2_dataset(12), rho=0.05,
-               callbacks=[BalancednessCallback(every=1, path=path)]).train()
+    SAMTrainer(
+        model=model,
+        args=training_args(tmp_path, max_steps=3),
+        train_dataset=sst2_dataset(12),
+        rho=0.05,
+        callbacks=[BalancednessCallback(every=1, path=path)],
+    ).train()
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
     assert records[0]["balancedness"] == pytest.approx(initial, rel=1e-6)
@@ -134,12 +155,19 @@ def test_checkpoint_resume_is_bit_identical(tmp_path, kind):
 
     def trainer(out, max_steps=4, callbacks=()):
         model = minilm_lora(seed=6, dropout=0.1)  # dropout on: the RNG state must be restored too
-        args = training_args(out, max_steps=max_steps, save_strategy="steps", save_steps=2,
-                             per_device_train_batch_size=2, gradient_accumulation_steps=2)
+        args = training_args(
+            out,
+            max_steps=max_steps,
+            save_strategy="steps",
+            save_steps=2,
+            per_device_train_batch_size=2,
+            gradient_accumulation_steps=2,
+        )
         if kind == "sam":
             return SAMTrainer(model=model, args=args, train_dataset=data, rho=0.05, callbacks=list(callbacks))
-        return BARTrainer(model=model, args=args, train_dataset=data, bar_mu=5.0, bar_schedule="cosine",
-                          callbacks=list(callbacks))
+        return BARTrainer(
+            model=model, args=args, train_dataset=data, bar_mu=5.0, bar_schedule="cosine", callbacks=list(callbacks)
+        )
 
     full = trainer(tmp_path / "full")
     full.train()
@@ -156,8 +184,12 @@ def test_checkpoint_resume_is_bit_identical(tmp_path, kind):
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trainer_runs(tmp_path, base_model, precision):
     model = copy.deepcopy(base_model)
-    trainer = SAMTrainer(model=model, args=training_args(tmp_path, max_steps=2, **{precision: True}),
-                         train_dataset=sst2_dataset(8), rho=0.05)
+    trainer = SAMTrainer(
+        model=model,
+        args=training_args(tmp_path, max_steps=2, **{precision: True}),
+        train_dataset=sst2_dataset(8),
+        rho=0.05,
+    )
     trainer.train()
     if precision == "fp16":  # documented: on CPU, accelerate silently drops fp16 (no autocast, no GradScaler)
         assert trainer.accelerator.scaler is None
@@ -173,26 +205,35 @@ def test_stock_trainer_takes_a_bar_class_through_its_own_hook(tmp_path, base_mod
     data = sst2_dataset(8)
     args = dict(max_steps=2, weight_decay=0.1)
     one, two = copy.deepcopy(base_model), copy.deepcopy(base_model)
-    hook = (bar_optimizer_class(torch.optim.AdamW),
-            {"pairs": lora_pairs(one), "mu": 4.0, "lr": 1e-3, "schedule": "linear", "total_steps": 2})
-    stock = Trainer(model=one, args=training_args(tmp_path / "stock", **args), train_dataset=data,
-                    optimizer_cls_and_kwargs=hook)
+    hook = (
+        bar_optimizer_class(torch.optim.AdamW),
+        {"pairs": lora_pairs(one), "mu": 4.0, "lr": 1e-3, "schedule": "linear", "total_steps": 2},
+    )
+    stock = Trainer(
+        model=one, args=training_args(tmp_path / "stock", **args), train_dataset=data, optimizer_cls_and_kwargs=hook
+    )
     stock.train()
     assert [g["weight_decay"] for g in stock.optimizer.param_groups] == [0.1, 0.0]
     assert stock.optimizer.optimizer.bar_step_count == 2
-    BARTrainer(model=two, args=training_args(tmp_path / "bar", **args), train_dataset=data, bar_mu=4.0,
-               bar_schedule="linear").train()
+    BARTrainer(
+        model=two, args=training_args(tmp_path / "bar", **args), train_dataset=data, bar_mu=4.0, bar_schedule="linear"
+    ).train()
     for (n, p), q in zip(trainable(one).items(), trainable(two).values()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-7, msg=n)
     with pytest.raises(TypeError, match=r"needs pairs=lora_pairs\(model\) and mu"):
-        Trainer(model=one, args=training_args(tmp_path / "bad"), train_dataset=data,
-                optimizer_cls_and_kwargs=(bar_optimizer_class(torch.optim.AdamW), {"mu": 1.0})).train()
+        Trainer(
+            model=one,
+            args=training_args(tmp_path / "bad"),
+            train_dataset=data,
+            optimizer_cls_and_kwargs=(bar_optimizer_class(torch.optim.AdamW), {"mu": 1.0}),
+        ).train()
 
 
 def test_bartrainer_takes_t_from_epochs(tmp_path, base_model):
     args = training_args(tmp_path, max_steps=-1, num_train_epochs=2)
-    trainer = BARTrainer(model=copy.deepcopy(base_model), args=args,
-                         train_dataset=sst2_dataset(8), bar_mu=1.0, bar_schedule="cosine")
+    trainer = BARTrainer(
+        model=copy.deepcopy(base_model), args=args, train_dataset=sst2_dataset(8), bar_mu=1.0, bar_schedule="cosine"
+    )
     trainer.train()
     bar = trainer.optimizer.optimizer
     assert bar.bar_total_steps == trainer.state.max_steps == 4

@@ -30,16 +30,29 @@ def test_the_blocker_blocks():
 
 
 def test_numpy_side_imports_without_torch():
-    proc = _run("import balancedness.sims, balancedness.checks, balancedness.figures, balancedness.cli\n"
-                "import balancedness.sims.flows, balancedness.sims.theory\nprint('ok')")
+    proc = _run(
+        "import balancedness.sims, balancedness.checks, balancedness.figures, balancedness.cli\n"
+        "import balancedness.sims.flows, balancedness.sims.theory\nprint('ok')"
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
 
 
 def test_simulate_and_check_run_without_torch(tmp_path):
     out = tmp_path / "sam.json"
-    proc = _cli("simulate", "--problem", "nop", "--optimizer", "sam", "--steps", "200", "--record-every", "100",
-                "--out", str(out))
+    proc = _cli(
+        "simulate",
+        "--problem",
+        "nop",
+        "--optimizer",
+        "sam",
+        "--steps",
+        "200",
+        "--record-every",
+        "100",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     settings = json.loads(out.read_text())["settings"]
     assert settings["optimizer"]["name"] == "sam"

@@ -54,26 +54,64 @@ def postgres_url():
     data = base / "data"
     try:
         server(str(bindir / "initdb"), "-D", str(data), "-U", "sweeper", "--auth=trust", "--no-sync")
-        server(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "server.log"), "-w", "-o",
-               f"-c listen_addresses='' -k {base}", "start")
+        server(
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(base / "server.log"),
+            "-w",
+            "-o",
+            f"-c listen_addresses='' -k {base}",
+            "start",
+        )
         server(str(bindir / "createdb"), "-h", str(base), "-U", "sweeper", "study")
         yield f"postgresql+psycopg://sweeper@/study?host={base}"  # named: SQLAlchemy 2.0's default is psycopg2
     finally:
         if (data / "postmaster.pid").exists():
-            subprocess.run([*as_server, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                           capture_output=True, timeout=60)
+            subprocess.run(
+                [*as_server, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                capture_output=True,
+                timeout=60,
+            )
         shutil.rmtree(base, ignore_errors=True)
 
 
 def test_two_sweep_processes_on_one_postgres_study_train_each_cell_once(postgres_url, tmp_path):
     import optuna
 
-    args = [sys.executable, "-m", "balancedness", "sweep", "--tasks", "sst2", "--methods", "lora,nbar", "--seeds",
-            "13,21", "--steps", "2", "--batch-size", "4", "--shots", "2", "--max-eval", "8", "--data-root",
-            str(data_root_or_skip()), "--grid", "all:lr=1e-3,2e-3", "--storage", postgres_url, "--out", str(tmp_path)]
+    args = [
+        sys.executable,
+        "-m",
+        "balancedness",
+        "sweep",
+        "--tasks",
+        "sst2",
+        "--methods",
+        "lora,nbar",
+        "--seeds",
+        "13,21",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--shots",
+        "2",
+        "--max-eval",
+        "8",
+        "--data-root",
+        str(data_root_or_skip()),
+        "--grid",
+        "all:lr=1e-3,2e-3",
+        "--storage",
+        postgres_url,
+        "--out",
+        str(tmp_path),
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=900) for p in procs]
     for p, (out, err) in zip(procs, outputs):
         assert p.returncode == 0, out + err

@@ -34,15 +34,23 @@ def _flat(text: str) -> str:
 
 
 def _cli(*args: str, cwd: Path | None = None, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "balancedness", *args], capture_output=True, text=True,
-                          env={**ENV, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **(env or {})},
-                          cwd=cwd, timeout=600, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "balancedness", *args],
+        capture_output=True,
+        text=True,
+        env={**ENV, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **(env or {})},
+        cwd=cwd,
+        timeout=600,
+        **kw,
+    )
 
 
 def _strict(text: str):
     """``json.loads`` that refuses NaN / Infinity (what strict JSON readers do)."""
+
     def refuse(name):
         raise ValueError(f"bare {name} in JSON")
+
     return json.loads(text, parse_constant=refuse)
 
 
@@ -71,9 +79,15 @@ def test_overwrite_deletes_only_run_or_sweep_folders(tmp_path, monkeypatch):
     link = tmp_path / "link"
     link.symlink_to(tmp_path / "run")
     monkeypatch.chdir(_run_folder(tmp_path / "work" / "here"))
-    cases = {foreign: "not a run or sweep folder", Path("/"): "root", home: "home folder",
-             Path("."): "working directory", tmp_path / "work": "working directory", repo: "git working tree",
-             link: "symbolic link"}
+    cases = {
+        foreign: "not a run or sweep folder",
+        Path("/"): "root",
+        home: "home folder",
+        Path("."): "working directory",
+        tmp_path / "work": "working directory",
+        repo: "git working tree",
+        link: "symbolic link",
+    }
     for path, why in cases.items():
         with pytest.raises(RunFolderError) as err:
             check_overwrite(path)
@@ -113,9 +127,13 @@ def test_overwrite_of_a_folder_that_is_not_a_run_is_refused_by_the_cli(tmp_path)
 def test_one_writer_per_run_folder_and_no_stale_lock_after_a_kill(tmp_path):
     out = tmp_path / "run"
     marker = tmp_path / "paused"
-    first = subprocess.Popen([sys.executable, str(RUNNER), "pause", "2", "--", *_args(out, "--save-every", "1")],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                             env={**ENV, "FAULT_MARKER": str(marker)})
+    first = subprocess.Popen(
+        [sys.executable, str(RUNNER), "pause", "2", "--", *_args(out, "--save-every", "1")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**ENV, "FAULT_MARKER": str(marker)},
+    )
     try:
         deadline = time.monotonic() + 300
         while not marker.exists() and first.poll() is None and time.monotonic() < deadline:
@@ -172,8 +190,14 @@ def test_the_completeness_rule_refuses_nan_and_failed_records(tmp_path):
 
     good = {"status": "complete", "metric": "accuracy", "accuracy": 0.5, "train_loss": 0.7}
     assert is_complete(good)
-    for bad in ({**good, "train_loss": None}, {**good, "train_loss": float("nan")}, {**good, "accuracy": None},
-                {**good, "status": "failed"}, {**good, "status": "interrupted"}, None):
+    for bad in (
+        {**good, "train_loss": None},
+        {**good, "train_loss": float("nan")},
+        {**good, "accuracy": None},
+        {**good, "status": "failed"},
+        {**good, "status": "interrupted"},
+        None,
+    ):
         assert not is_complete(bad), bad
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "metrics.json").write_text(json.dumps({**good, "train_loss": None}))
@@ -185,9 +209,31 @@ def test_a_sweep_never_selects_or_tabulates_a_diverged_run(tmp_path):
     from data_fixtures import data_root_or_skip
 
     out = tmp_path / "sweep"
-    proc = _cli("sweep", "--tasks", "sst2", "--methods", "lora", "--seeds", "42", "--shots", "4", "--steps", "2",
-                "--batch-size", "4", "--max-eval", "8", "--grid", "all:lr=1e30,1e-3", "--space", "fixed",
-                "--data-root", str(data_root_or_skip()), "--out", str(out))
+    proc = _cli(
+        "sweep",
+        "--tasks",
+        "sst2",
+        "--methods",
+        "lora",
+        "--seeds",
+        "42",
+        "--shots",
+        "4",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--max-eval",
+        "8",
+        "--grid",
+        "all:lr=1e30,1e-3",
+        "--space",
+        "fixed",
+        "--data-root",
+        str(data_root_or_skip()),
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     failures = json.loads((out / "failures.json").read_text())
     assert len({f["out"] for f in failures}) == 1
@@ -214,8 +260,9 @@ def _copy(interrupted: Path, tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
-                                  "adapter_model.safetensors"])
+@pytest.mark.parametrize(
+    "name", ["optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "adapter_model.safetensors"]
+)
 def test_a_checkpoint_missing_a_file_is_refused_by_name(interrupted, tmp_path, name):
     out = _copy(interrupted, tmp_path)
     (out / "checkpoints" / "checkpoint-2" / name).unlink()
@@ -280,9 +327,14 @@ def test_a_usage_error_found_while_wiring_the_model_leaves_no_run_behind(tmp_pat
 @pytest.mark.slow
 def test_the_batch_actually_used_is_recorded_and_outputs_have_the_usual_permissions(tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, str(RUNNER), "none", "0", "--", *_args(out, "--batch-size", "16",
-                                                                               steps=2)],
-                          capture_output=True, text=True, env=ENV, timeout=600, preexec_fn=lambda: os.umask(0o022))
+    proc = subprocess.run(
+        [sys.executable, str(RUNNER), "none", "0", "--", *_args(out, "--batch-size", "16", steps=2)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+        preexec_fn=lambda: os.umask(0o022),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_train"] == 8
@@ -304,8 +356,14 @@ def test_a_write_that_fails_mid_run_ends_failed_with_a_sentence_and_resumes(tmp_
     def limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (6000, 6000))
 
-    proc = subprocess.run([sys.executable, str(RUNNER), "none", "0", "--", *_args(out)], capture_output=True,
-                          text=True, env=ENV, timeout=600, preexec_fn=limit)
+    proc = subprocess.run(
+        [sys.executable, str(RUNNER), "none", "0", "--", *_args(out)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+        preexec_fn=limit,
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     text = _flat(proc.stderr)
     assert "File too large" in text

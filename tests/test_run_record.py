@@ -122,9 +122,23 @@ def test_the_log_name_is_the_one_the_callback_writes():
 
 
 def test_keys_a_record_does_not_know_are_kept_in_place():
-    obj = {"task": "t", "method": "lora", "model": "m", "seed": 1, "metric": "accuracy", "steps": 2,
-           "fingerprint_id": "0" * 16, "config": {}, "train_seconds": 1.0, "seconds_per_step": None,
-           "train_loss": 0.5, "accuracy": 0.75, "n": 8, "status": "complete", "from_a_plugin": [1, 2]}
+    obj = {
+        "task": "t",
+        "method": "lora",
+        "model": "m",
+        "seed": 1,
+        "metric": "accuracy",
+        "steps": 2,
+        "fingerprint_id": "0" * 16,
+        "config": {},
+        "train_seconds": 1.0,
+        "seconds_per_step": None,
+        "train_loss": 0.5,
+        "accuracy": 0.75,
+        "n": 8,
+        "status": "complete",
+        "from_a_plugin": [1, 2],
+    }
     record = RunRecord.from_json(obj)
     assert record.extra == {"from_a_plugin": [1, 2]}
     assert record.value == 0.75

@@ -1,21 +1,29 @@
 """The simulator against plain reference loops, its invariances, the flows, and bad input."""
 
-import json
-
 import numpy as np
 import pytest
-
-from conftest import need
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from balancedness.metrics import balancedness
 from balancedness.schedules import mu_at
-from balancedness.sims import (DIRECTIONS, Optimizer, SimResult, make_optimizer, make_problem, nop_problem,
-                               op_problem, register_direction, replaced_directions, simulate, solve_flow,
-                               unregister_direction)
+from balancedness.sims import (
+    DIRECTIONS,
+    Optimizer,
+    SimResult,
+    make_optimizer,
+    make_problem,
+    nop_problem,
+    op_problem,
+    register_direction,
+    replaced_directions,
+    simulate,
+    solve_flow,
+    unregister_direction,
+)
 from balancedness.sims.directions import sam
 from balancedness.sims.problems import NOISE_BLOCK
+from conftest import need
 
 
 def reference_loop(kind, opt, steps, lr, alpha, seed, rho=0.1, mu=1.0, batch=1, m=1):
@@ -69,16 +77,25 @@ def reference_loop(kind, opt, steps, lr, alpha, seed, rho=0.1, mu=1.0, batch=1, 
 
 
 @pytest.mark.parametrize("kind", ["nop", "op"])
-@pytest.mark.parametrize("opt,kw", [("sgd", {}), ("sam", {"rho": 0.1}), ("msam", {"rho": 0.1, "m": 2, "batch": 4}),
-                                    ("nbar", {"mu": 1.0}), ("obar", {"mu": 2.0})])
+@pytest.mark.parametrize(
+    "opt,kw",
+    [
+        ("sgd", {}),
+        ("sam", {"rho": 0.1}),
+        ("msam", {"rho": 0.1, "m": 2, "batch": 4}),
+        ("nbar", {"mu": 1.0}),
+        ("obar", {"mu": 2.0}),
+    ],
+)
 @pytest.mark.parametrize("backend", ["numpy", "auto"])  # auto: the compiled stepper where numba is installed
 def test_vectorized_simulator_equals_reference_loop(kind, opt, kw, backend):
     steps, lr = 1500, 1e-3  # crosses a noise block boundary
     p = nop_problem() if kind == "nop" else op_problem()
     kw = dict(kw)
     batch = kw.pop("batch", 1)
-    res = simulate(p, opt, alpha=[0.5, 1.0], seeds=[3, 4], lr=lr, steps=steps, record_every=1, batch=batch,
-                   backend=backend, **kw)
+    res = simulate(
+        p, opt, alpha=[0.5, 1.0], seeds=[3, 4], lr=lr, steps=steps, record_every=1, batch=batch, backend=backend, **kw
+    )
     for i, (a, s) in enumerate([(0.5, 3), (0.5, 4), (1.0, 3), (1.0, 4)]):
         B, x, y = reference_loop(kind, opt, steps, lr, a, s, batch=batch, **kw)
         assert res.alpha[i] == a
@@ -148,7 +165,9 @@ def test_bar_schedules():
     lin = simulate(nop_problem(), "nbar", mu=1.0, schedule="linear", alpha=1.0, steps=2000, lr=1e-3)
     const = simulate(nop_problem(), "nbar", mu=1.0, schedule="constant", alpha=1.0, steps=2000, lr=1e-3)
     # the decaying coefficient moves B less than the constant one
-    assert abs(lin.balancedness[0, -1] - lin.balancedness[0, 0]) < abs(const.balancedness[0, -1] - const.balancedness[0, 0])
+    assert abs(lin.balancedness[0, -1] - lin.balancedness[0, 0]) < abs(
+        const.balancedness[0, -1] - const.balancedness[0, 0]
+    )
 
 
 @settings(max_examples=60, deadline=None)
@@ -242,20 +261,23 @@ def test_result_round_trip(tmp_path, suffix):
     assert not list(tmp_path.glob(".*tmp"))  # no temp file left behind
 
 
-@pytest.mark.parametrize("call,match", [
-    (lambda: make_optimizer("sam", rho=-0.1), "rho must be .*-0.1"),
-    (lambda: make_optimizer("nbar", mu=-1.0), "mu must be .*-1.0"),
-    (lambda: make_optimizer("adam"), "unknown optimizer 'adam'"),
-    (lambda: make_problem("lstm"), "unknown problem 'lstm'"),
-    (lambda: simulate(nop_problem(), "sgd", lr=-1e-3), "lr must be .*-0.001"),
-    (lambda: simulate(nop_problem(), "msam", m=3, batch=4), "m=3 must divide the batch size 4"),
-    (lambda: nop_problem(x0=[0.2, np.nan, 0.3]), "x0 must be finite"),
-    (lambda: nop_problem(x0=[1.0, 2.0]), "x0 has 2 entries"),
-    (lambda: simulate(nop_problem(), "sgd", alpha=-1.0), "alpha values must be .*-1.0"),
-    (lambda: simulate(make_problem("toy2d"), "sgd", alpha=1.0), "no noise term"),
-    (lambda: make_problem("op", rank=2), "rank applies to NOP"),
-    (lambda: solve_flow(nop_problem(), "sgd", t_end=-1.0), "t_end must be"),
-])
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: make_optimizer("sam", rho=-0.1), "rho must be .*-0.1"),
+        (lambda: make_optimizer("nbar", mu=-1.0), "mu must be .*-1.0"),
+        (lambda: make_optimizer("adam"), "unknown optimizer 'adam'"),
+        (lambda: make_problem("lstm"), "unknown problem 'lstm'"),
+        (lambda: simulate(nop_problem(), "sgd", lr=-1e-3), "lr must be .*-0.001"),
+        (lambda: simulate(nop_problem(), "msam", m=3, batch=4), "m=3 must divide the batch size 4"),
+        (lambda: nop_problem(x0=[0.2, np.nan, 0.3]), "x0 must be finite"),
+        (lambda: nop_problem(x0=[1.0, 2.0]), "x0 has 2 entries"),
+        (lambda: simulate(nop_problem(), "sgd", alpha=-1.0), "alpha values must be .*-1.0"),
+        (lambda: simulate(make_problem("toy2d"), "sgd", alpha=1.0), "no noise term"),
+        (lambda: make_problem("op", rank=2), "rank applies to NOP"),
+        (lambda: solve_flow(nop_problem(), "sgd", t_end=-1.0), "t_end must be"),
+    ],
+)
 def test_bad_input_is_a_clear_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
@@ -353,20 +375,26 @@ def _write(tmp_path, body: str):
     return path
 
 
-@pytest.mark.parametrize("body,spec,match", [
-    ("def f(p, X, Y, t, hp):\n    return -X, -Y\n", "sam={}:f", "returned tuple of length 2"),
-    ("def f(p, X, Y, t, hp):\n    return -X[:, 0], -Y, X, Y\n", "sam={}:f",
-     r"d_X of shape \(2, 3, 1\); expected \(2, 1, 3, 1\)"),
-    ("def f(p, X, Y, t, hp):\n    X *= 2\n    return -X, -Y, X, Y\n", "sam={}:f", "changed X or Y in place"),
-    ("def f(p, X, Y, t, hp):\n    return X * np.nan, Y, X, Y\n", "sam={}:f", "non-finite values in d_X"),
-    ("def f(p, X, Y, t, hp):\n    raise KeyError('chunk')\n", "sam={}:f", "raised KeyError"),
-    ("def f(p, X, Y, t, hp):\n    return sam(p, X, Y, t, hp)\n", "sam={}:g", "has no function 'g' .*defines: f"),
-    ("f = 3\n", "sam={}:f", "is not a function"),
-    ("raise ImportError('no torch here')\n", "sam={}:f", "importing .* failed: ImportError: no torch here"),
-    ("def f(p, X, Y, t, hp):\n    return sam(p, X, Y, t, hp)\n", "adamw={}:f", "unknown optimizer 'adamw'"),
-    ("def f(p, X, Y, t, hp):\n    return sam(p, X, Y, t, hp)\n", "sam={}", "NAME=FILE.py:FUNCTION"),
-    ("def f(p, X, Y, t, hp):\n    return sam(p, X, Y, t, hp)\n", "sam=missing.py:f", "no such file 'missing.py'"),
-])
+@pytest.mark.parametrize(
+    "body,spec,match",
+    [
+        ("def f(p, X, Y, t, hp):\n    return -X, -Y\n", "sam={}:f", "returned tuple of length 2"),
+        (
+            "def f(p, X, Y, t, hp):\n    return -X[:, 0], -Y, X, Y\n",
+            "sam={}:f",
+            r"d_X of shape \(2, 3, 1\); expected \(2, 1, 3, 1\)",
+        ),
+        ("def f(p, X, Y, t, hp):\n    X *= 2\n    return -X, -Y, X, Y\n", "sam={}:f", "changed X or Y in place"),
+        ("def f(p, X, Y, t, hp):\n    return X * np.nan, Y, X, Y\n", "sam={}:f", "non-finite values in d_X"),
+        ("def f(p, X, Y, t, hp):\n    raise KeyError('chunk')\n", "sam={}:f", "raised KeyError"),
+        ("def f(p, X, Y, t, hp):\n    return sam(p, X, Y, t, hp)\n", "sam={}:g", "has no function 'g' .*defines: f"),
+        ("f = 3\n", "sam={}:f", "is not a function"),
+        ("raise ImportError('no torch here')\n", "sam={}:f", "importing .* failed: ImportError: no torch here"),
+        ("def f(p, X, Y, t, hp):\n    return sam(p, X, Y, t, hp)\n", "adamw={}:f", "unknown optimizer 'adamw'"),
+        ("def f(p, X, Y, t, hp):\n    return sam(p, X, Y, t, hp)\n", "sam={}", "NAME=FILE.py:FUNCTION"),
+        ("def f(p, X, Y, t, hp):\n    return sam(p, X, Y, t, hp)\n", "sam=missing.py:f", "no such file 'missing.py'"),
+    ],
+)
 def test_a_user_field_is_checked_against_the_contract(tmp_path, body, spec, match):
     from balancedness.sims.plugins import load_replacement
 

@@ -17,9 +17,22 @@ from data_fixtures import data_root_or_skip
 
 
 def _record(task, method, seed, acc, sps):
-    return RunRecord.from_json({"task": task, "method": method, "model": "minilm", "seed": seed, "metric": "accuracy",
-                                "steps": 100, "config": {}, "fingerprint_id": "0" * 16, "accuracy": acc,
-                                "seconds_per_step": sps, "majority": 0.5, "status": "complete"})
+    return RunRecord.from_json(
+        {
+            "task": task,
+            "method": method,
+            "model": "minilm",
+            "seed": seed,
+            "metric": "accuracy",
+            "steps": 100,
+            "config": {},
+            "fingerprint_id": "0" * 16,
+            "accuracy": acc,
+            "seconds_per_step": sps,
+            "majority": 0.5,
+            "status": "complete",
+        }
+    )
 
 
 def test_tables_mean_std_average_and_no_runtime_ratio():
@@ -45,9 +58,27 @@ def test_sweep_rejects_bad_grid(tmp_path):
 @pytest.mark.slow
 def test_sweep_tiny_grid_writes_tables_and_resumes(tmp_path, monkeypatch):
     def sweep_args(methods, steps):
-        return ["sweep", "--tasks", "sst2,rte", "--methods", methods, "--seeds", "42", "--steps", steps,
-                "--batch-size", "4", "--shots", "2", "--max-eval", "16", "--data-root", str(data_root_or_skip()),
-                "--out", str(tmp_path)]
+        return [
+            "sweep",
+            "--tasks",
+            "sst2,rte",
+            "--methods",
+            methods,
+            "--seeds",
+            "42",
+            "--steps",
+            steps,
+            "--batch-size",
+            "4",
+            "--shots",
+            "2",
+            "--max-eval",
+            "16",
+            "--data-root",
+            str(data_root_or_skip()),
+            "--out",
+            str(tmp_path),
+        ]
 
     args = sweep_args("lora,nbar", "2")
     result = CliRunner().invoke(app, args)
@@ -108,8 +139,13 @@ def test_search_spaces_and_bad_axes():
     space = make_space("fixed", ["all:lr=1e-3,2e-3", "sam:rho=0.05,0.1"], ["lora", "sam"])
     assert space.points("lora") == [{"lr": 1e-3}, {"lr": 2e-3}]
     assert len(space.points("sam")) == 4
-    for bad, needle in (("lora:rho=0.1", "does not read rho"), ("sam:beta=1", "cannot be searched"),
-                        ("sam=0.1", "METHOD:OPTION"), ("nbar:mu=1", "not among"), ("sam:rho=x", "floats")):
+    for bad, needle in (
+        ("lora:rho=0.1", "does not read rho"),
+        ("sam:beta=1", "cannot be searched"),
+        ("sam=0.1", "METHOD:OPTION"),
+        ("nbar:mu=1", "not among"),
+        ("sam:rho=x", "floats"),
+    ):
         with pytest.raises(ValueError, match=needle):
             make_space("fixed", [bad], ["lora", "sam"])
     result = CliRunner().invoke(app, ["sweep", "--space", "huge", "--out", "x"])
@@ -141,11 +177,37 @@ _LRS, _SECOND = [1e-3, 4e-3], {"sam": ("rho", [0.05, 0.2]), "nbar": ("mu", [1.0,
 def reduced_sweep(tmp_path_factory) -> Path:
     """Two values per axis, two steps, a small eval subset (lora, sam, nbar × seeds 13, 21 on SST-2): a finished
     sweep folder, built once for the tests below (conftest.built_once), which only read it."""
+
     def build(out: Path) -> None:
-        args = ["sweep", "--tasks", "sst2", "--methods", "lora,sam,nbar", "--seeds", "13,21", "--steps", "2",
-                "--batch-size", "4", "--shots", "2", "--max-eval", "16", "--data-root", str(data_root_or_skip()),
-                "--grid", "all:lr=1e-3,4e-3", "--grid", "sam:rho=0.05,0.2", "--grid", "nbar:mu=1,20",
-                "--log-every", "1", "--out", str(out)]
+        args = [
+            "sweep",
+            "--tasks",
+            "sst2",
+            "--methods",
+            "lora,sam,nbar",
+            "--seeds",
+            "13,21",
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--shots",
+            "2",
+            "--max-eval",
+            "16",
+            "--data-root",
+            str(data_root_or_skip()),
+            "--grid",
+            "all:lr=1e-3,4e-3",
+            "--grid",
+            "sam:rho=0.05,0.2",
+            "--grid",
+            "nbar:mu=1,20",
+            "--log-every",
+            "1",
+            "--out",
+            str(out),
+        ]
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, result.output
 
@@ -160,8 +222,10 @@ def _grid_index(run) -> int:
 
 def _chosen(runs, method: str) -> list:
     """Per seed (13, 21), the run of ``method`` with the best dev accuracy, ties to the first configuration."""
-    return [max((r for r in runs if r.method == method and r.seed == seed), key=lambda r: (r.dev, -_grid_index(r)))
-            for seed in (13, 21)]
+    return [
+        max((r for r in runs if r.method == method and r.seed == seed), key=lambda r: (r.dev, -_grid_index(r)))
+        for seed in (13, 21)
+    ]
 
 
 @pytest.mark.slow
@@ -209,19 +273,26 @@ def test_matched_pairs_compares_each_run_with_lora_at_its_seed_and_lr(reduced_sw
     from balancedness.finetune.report import collect
 
     script = Path(__file__).resolve().parents[1] / "examples" / "matched_pairs.py"
-    p = subprocess.run([sys.executable, str(script), str(reduced_sweep), "--csv", str(tmp_path / "matched.csv")],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, str(script), str(reduced_sweep), "--csv", str(tmp_path / "matched.csv")],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stderr
-    matched = {(r["method"], float(r["value"]), r["task"]): r
-               for r in csv.DictReader((tmp_path / "matched.csv").open())}
+    matched = {
+        (r["method"], float(r["value"]), r["task"]): r for r in csv.DictReader((tmp_path / "matched.csv").open())
+    }
     assert int(matched[("sam", 0.2, "sst2")]["n"]) == 4  # 2 seeds × 2 learning rates
     strong = matched[("nbar", 20.0, "sst2")]  # μ₀ = 20 shrinks |B_l| on every pair, whatever the accuracy does
     assert int(strong["b_lower"]) == int(strong["b_pairs"]) == 4
     assert float(strong["b_ratio"]) < 1.0
     runs = collect(reduced_sweep)
     lora = {(r.seed, r.config["lr"]): r for r in runs if r.method == "lora"}
-    diffs = [100 * (r.value - lora[(r.seed, r.config["lr"])].value) for r in runs
-             if r.method == "sam" and r.config["rho"] == 0.2]
+    diffs = [
+        100 * (r.value - lora[(r.seed, r.config["lr"])].value)
+        for r in runs
+        if r.method == "sam" and r.config["rho"] == 0.2
+    ]
     assert float(matched[("sam", 0.2, "sst2")]["mean"]) == pytest.approx(statistics.fmean(diffs), abs=1e-4)
 
 
@@ -231,9 +302,31 @@ def test_two_workers_share_one_study_without_duplicated_cells(tmp_path):
 
     from balancedness.finetune.study import storage_for
 
-    args = ["sweep", "--tasks", "sst2", "--methods", "lora,nbar", "--seeds", "13,21", "--steps", "2",
-            "--batch-size", "4", "--shots", "2", "--max-eval", "8", "--data-root", str(data_root_or_skip()),
-            "--grid", "all:lr=1e-3,2e-3", "--workers", "2", "--out", str(tmp_path)]
+    args = [
+        "sweep",
+        "--tasks",
+        "sst2",
+        "--methods",
+        "lora,nbar",
+        "--seeds",
+        "13,21",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--shots",
+        "2",
+        "--max-eval",
+        "8",
+        "--data-root",
+        str(data_root_or_skip()),
+        "--grid",
+        "all:lr=1e-3,2e-3",
+        "--workers",
+        "2",
+        "--out",
+        str(tmp_path),
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     storage = storage_for(tmp_path, None)
@@ -244,7 +337,6 @@ def test_two_workers_share_one_study_without_duplicated_cells(tmp_path):
     assert len(cells) == 8
     assert sorted(trained) == sorted(cells)  # every cell trained exactly once
     assert len(list(tmp_path.glob("sst2/*/seed*-*"))) == 8
-
 
 
 @pytest.mark.slow
@@ -260,8 +352,16 @@ def test_the_gpu_recipe_runs_at_a_tiny_scale(tmp_path):
     assert args[:2] == ["balancedness", "sweep"]
     assert "--space" in args
     assert args[args.index("--space") + 1] == "paper"
-    scale = {"--model": "minilm", "--tasks": "sst2", "--methods": "lora,sam", "--seeds": "13", "--steps": "1",
-             "--batch-size": "4", "--data-root": str(data_root_or_skip()), "--out": str(tmp_path)}
+    scale = {
+        "--model": "minilm",
+        "--tasks": "sst2",
+        "--methods": "lora,sam",
+        "--seeds": "13",
+        "--steps": "1",
+        "--batch-size": "4",
+        "--data-root": str(data_root_or_skip()),
+        "--out": str(tmp_path),
+    }
     for i, arg in enumerate(args):
         if arg in scale:
             args[i + 1] = scale[arg]

@@ -53,8 +53,17 @@ def write_movie_task(folder: Path, raw: str = "", swap_dev: bool = False, **keys
             writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
             writer.writerow(["sentence", "label"])
             writer.writerows(rows)
-    content = {"name": "mr", "train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv", "text": ["sentence"],
-               "label": "label", "metric": "accuracy", "prompt": "{sentence} It was", "label_words": WORDS}
+    content = {
+        "name": "mr",
+        "train": "train.tsv",
+        "dev": "dev.tsv",
+        "test": "test.tsv",
+        "text": ["sentence"],
+        "label": "label",
+        "metric": "accuracy",
+        "prompt": "{sentence} It was",
+        "label_words": WORDS,
+    }
     content.update(keys)
     text = "".join(f"{k} = {_toml(v)}\n" for k, v in content.items() if v is not None) + raw
     (folder / "mr.toml").write_text(text, encoding="utf-8")
@@ -100,11 +109,15 @@ def test_sst2_as_a_task_file_reads_the_builtin_examples(tmp_path):
     """The shared SST-2 split written as a task file: the same examples, prompt and label words as `sst2`."""
     folder = data_root_or_skip() / "lm-bff" / "k-shot" / "SST-2" / "16-13"
     file = tmp_path / "sst2.toml"
-    file.write_text(f'name = "sst2-file"\ntrain = "{folder}/train.tsv"\ndev = "{folder}/dev.tsv"\n'
-                    f'test = "{folder}/test.tsv"\ntext = ["sentence"]\nlabel = "label"\nmetric = "accuracy"\n'
-                    'prompt = "{sentence} It was"\nlabel_words = { "0" = " terrible", "1" = " great" }\n')
-    mine, builtin = load_task(task_file=file, max_eval=300), load_task("sst2", data_root=data_root_or_skip(),
-                                                                      seed=13, max_eval=300)
+    file.write_text(
+        f'name = "sst2-file"\ntrain = "{folder}/train.tsv"\ndev = "{folder}/dev.tsv"\n'
+        f'test = "{folder}/test.tsv"\ntext = ["sentence"]\nlabel = "label"\nmetric = "accuracy"\n'
+        'prompt = "{sentence} It was"\nlabel_words = { "0" = " terrible", "1" = " great" }\n'
+    )
+    mine, builtin = (
+        load_task(task_file=file, max_eval=300),
+        load_task("sst2", data_root=data_root_or_skip(), seed=13, max_eval=300),
+    )
     for split in ("train", "eval", "dev"):
         assert getattr(mine, split) == getattr(builtin, split), split
     assert prompt_for(mine) == PROMPTS["sst2"]
@@ -120,8 +133,14 @@ def _fid(task, task_file: Path | None = None) -> str:
 def test_the_fingerprint_counts_the_prompt_and_label_words(tmp_path):
     base = _fid(load_task(task_file=write_movie_task(tmp_path / "a")))
     assert _fid(load_task(task_file=write_movie_task(tmp_path / "b", prompt="Review: {sentence} It was"))) != base
-    assert _fid(load_task(task_file=write_movie_task(
-        tmp_path / "c", label_words={"negative": " bad", "positive": " great"}))) != base
+    assert (
+        _fid(
+            load_task(
+                task_file=write_movie_task(tmp_path / "c", label_words={"negative": " bad", "positive": " great"})
+            )
+        )
+        != base
+    )
     assert _fid(load_task(task_file=write_movie_task(tmp_path / "d", name="mr2"))) != base
 
 
@@ -138,14 +157,21 @@ def test_the_fingerprint_counts_the_data_not_where_it_lives(tmp_path):
 def test_builtin_fingerprints_hold_no_prompt(tmp_path):
     """Old run folders stay recognised: a task without its own prompt adds nothing to the fingerprint."""
     task = load_task(task_file=write_movie_task(tmp_path, prompt=None, label_words=None))
-    assert set(fingerprint({}, task, "no/model", 1)["data"]) == {"task", "train_sha256", "eval_sha256",
-                                                                 "dev_sha256", "label_names"}
+    assert set(fingerprint({}, task, "no/model", 1)["data"]) == {
+        "task",
+        "train_sha256",
+        "eval_sha256",
+        "dev_sha256",
+        "label_names",
+    }
 
 
 # --------------------------------------------------------------------------------------------- bad files
 #: Keeps a command that should have been refused small, should it run after all.
-SMALL = {"finetune": ["--steps", "1", "--batch-size", "2"],
-         "sweep": ["--methods", "lora", "--seeds", "13", "--steps", "1", "--batch-size", "2"]}
+SMALL = {
+    "finetune": ["--steps", "1", "--batch-size", "2"],
+    "sweep": ["--methods", "lora", "--seeds", "13", "--steps", "1", "--batch-size", "2"],
+}
 
 
 class _Message(str):
@@ -200,11 +226,14 @@ def test_a_placeholder_naming_no_column_is_refused(tmp_path):
     assert "{sentence}" in message
 
 
-@pytest.mark.parametrize("key, value, needle", [
-    ("text", "sentence", "key 'text': expected a list of one or two column names"),
-    ("label", 3, "key 'label': expected a non-empty string, got an integer"),
-    ("label_words", [" terrible", " great"], "key 'label_words': expected a table"),
-])
+@pytest.mark.parametrize(
+    "key, value, needle",
+    [
+        ("text", "sentence", "key 'text': expected a list of one or two column names"),
+        ("label", 3, "key 'label': expected a non-empty string, got an integer"),
+        ("label_words", [" terrible", " great"], "key 'label_words': expected a table"),
+    ],
+)
 def test_a_value_of_the_wrong_type_is_refused(tmp_path, key, value, needle):
     assert needle in _refused(write_movie_task(tmp_path, **{key: value}), tmp_path)
 
@@ -254,8 +283,21 @@ def test_a_task_file_excludes_task_and_columns(tmp_path):
 @pytest.mark.slow
 def test_finetune_runs_a_task_file(tmp_path):
     out = tmp_path / "run"
-    result = runner.invoke(app, ["finetune", "--task-file", str(write_movie_task(tmp_path / "mr")), "--steps", "2",
-                                 "--batch-size", "4", "--out", str(out), "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--task-file",
+            str(write_movie_task(tmp_path / "mr")),
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--out",
+            str(out),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["task"], metrics["n"], metrics["n_dev"]) == ("mr", 32, 16)
@@ -269,10 +311,30 @@ def test_sweep_runs_a_task_file_with_label_words_and_selects_on_dev(tmp_path):
     test split ranks lower: selected.csv must name the run with the best dev metric, not the best test metric
     nor the first listed."""
     out = tmp_path / "sweep"
-    result = runner.invoke(app, ["sweep", "--task-file", str(write_movie_task(tmp_path / "mr", swap_dev=True)),
-                                 "--model", "smollm2", "--methods", "lora", "--seeds", "13", "--steps", "3",
-                                 "--batch-size", "4", "--grid", "lora:lr=1e-4,5e-2", "--log-every", "1",
-                                 "--out", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "sweep",
+            "--task-file",
+            str(write_movie_task(tmp_path / "mr", swap_dev=True)),
+            "--model",
+            "smollm2",
+            "--methods",
+            "lora",
+            "--seeds",
+            "13",
+            "--steps",
+            "3",
+            "--batch-size",
+            "4",
+            "--grid",
+            "lora:lr=1e-4,5e-2",
+            "--log-every",
+            "1",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     from balancedness.finetune.report import collect
 

@@ -30,17 +30,54 @@ import torch
 
 from data_fixtures import data_root_or_skip
 
-ARGS = ["--task", "sst2", "--shots", "4", "--steps", "3", "--batch-size", "8", "--dropout", "0", "--max-eval", "8",
-        "--log-every", "1", "--lr", "2e-3", "--precision", "fp64"]
+ARGS = [
+    "--task",
+    "sst2",
+    "--shots",
+    "4",
+    "--steps",
+    "3",
+    "--batch-size",
+    "8",
+    "--dropout",
+    "0",
+    "--max-eval",
+    "8",
+    "--log-every",
+    "1",
+    "--lr",
+    "2e-3",
+    "--precision",
+    "fp64",
+]
 
 
 def _run(tmp_path, method, nproc):
     out = tmp_path / f"{method}-{nproc}"
-    cmd = [sys.executable, "-m", "balancedness", "finetune", *ARGS, "--method", method,
-           "--data-root", str(data_root_or_skip()), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "balancedness",
+        "finetune",
+        *ARGS,
+        "--method",
+        method,
+        "--data-root",
+        str(data_root_or_skip()),
+        "--out",
+        str(out),
+    ]
     if nproc > 1:
-        cmd[1:3] = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(_free_port()),
-                    "-m", "balancedness"]
+        cmd[1:3] = [
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "balancedness",
+        ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

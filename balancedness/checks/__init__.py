@@ -17,9 +17,31 @@ Each check has a :class:`Kind`: ``implementation`` (it runs an optimizer, so a b
 it), ``math`` (a closed form or inequality on its own) or ``finding``.
 """
 
-from balancedness.checks.registry import (CHECKS, Check, Comparison, Context, Kind, Measurement, Verdict, check,
-                                          results_as_json, run_checks, select)
-from balancedness.checks import flows, identities, closed_forms, bounds, toys, findings, flatness  # noqa: E402,F401  (registration order)
+from balancedness.checks import bounds, closed_forms, findings, flatness, flows, identities, toys  # noqa: E402,F401  (registration order)
+from balancedness.checks.registry import (
+    CHECKS,
+    Check,
+    Comparison,
+    Context,
+    Kind,
+    Measurement,
+    Verdict,
+    check,
+    results_as_json,
+    run_checks,
+    select,
+)
 
-__all__ = ["CHECKS", "Check", "Comparison", "Context", "Kind", "Measurement", "Verdict", "check", "results_as_json",
-           "run_checks", "select"]
+__all__ = [
+    "CHECKS",
+    "Check",
+    "Comparison",
+    "Context",
+    "Kind",
+    "Measurement",
+    "Verdict",
+    "check",
+    "results_as_json",
+    "run_checks",
+    "select",
+]

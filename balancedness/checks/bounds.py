@@ -21,8 +21,9 @@ from balancedness.sims.problems import nop_problem
 IMPL, MATH = Kind.IMPLEMENTATION, Kind.MATH
 
 
-def sam_remainder(p, X, Y, leading, rho: float, layers: bool = False, opt: str = "sam", m: int = 1,
-                  alpha=0.0, chunks=None) -> np.ndarray:
+def sam_remainder(
+    p, X, Y, leading, rho: float, layers: bool = False, opt: str = "sam", m: int = 1, alpha=0.0, chunks=None
+) -> np.ndarray:
     """A_t = exact dB/dt of the ``opt`` field − ``leading(ρ)`` (per layer if ``layers``)."""
     rate = th.dB_dt_layers if layers else th.dB_dt
     return rate(p, Optimizer(opt, rho=rho, m=m), X, Y, alpha, chunks) - leading(rho)
@@ -66,8 +67,9 @@ def thm2_a_order(ctx: Context) -> Measurement:
     return order_measurement(a_order_ratio(p, X, Y, lambda rho: th.thm2_leading(gX, gY, rho)))
 
 
-@check("lemma2-A-order", "Lemma 2 (32)", "OP: A_t = O(rho^2): A_t(rho)/A_t(rho/10) ~ 100", IMPL, runs=("sam",),
-       exact=True)
+@check(
+    "lemma2-A-order", "Lemma 2 (32)", "OP: A_t = O(rho^2): A_t(rho)/A_t(rho/10) ~ 100", IMPL, runs=("sam",), exact=True
+)
 def lemma2_a_order(ctx: Context) -> Measurement:
     p, X, Y = random_op(ctx.rng, ctx.n)
     f = p.outer_grad(p.product(X, Y), np.zeros(ctx.n), None)
@@ -92,71 +94,113 @@ def thm7_a_order(ctx: Context) -> Measurement:
     return order_measurement(r, f"over {L} layers x points")
 
 
-@check("lemma3-A-order", "Lemma 3 (39)", "m-sharpness on OP: A_t = O(rho^2) (m = 4 random chunks)", IMPL,
-       runs=("msam",), exact=True)
+@check(
+    "lemma3-A-order",
+    "Lemma 3 (39)",
+    "m-sharpness on OP: A_t = O(rho^2) (m = 4 random chunks)",
+    IMPL,
+    runs=("msam",),
+    exact=True,
+)
 def lemma3_a_order(ctx: Context) -> Measurement:
     m = 4
     p, X, Y = random_op(ctx.rng, ctx.n)
     chunks, fi = op_chunks(ctx, p, X, Y, m)
-    r = a_order_ratio(p, X, Y, lambda rho: th.lemma3_leading(fi, X, Y, rho), opt="msam", m=m,
-                      alpha=np.ones(ctx.n), chunks=chunks)
+    r = a_order_ratio(
+        p, X, Y, lambda rho: th.lemma3_leading(fi, X, Y, rho), opt="msam", m=m, alpha=np.ones(ctx.n), chunks=chunks
+    )
     return order_measurement(r)
 
 
 # -- explicit A_t bounds ---------------------------------------------------------------------------
-@check("thm2-A-bound", "Thm 2 (16b)", "NOP: |A_t| <= L rho^2 (|x|+|y|)^2 + L rho^3 (|x|+|y|)/2", IMPL,
-       runs=("sam",), exact=True)
+@check(
+    "thm2-A-bound",
+    "Thm 2 (16b)",
+    "NOP: |A_t| <= L rho^2 (|x|+|y|)^2 + L rho^3 (|x|+|y|)/2",
+    IMPL,
+    runs=("sam",),
+    exact=True,
+)
 def thm2_a_bound(ctx: Context) -> Measurement:
     p, X, Y = random_nop(ctx.rng, 20 * ctx.n)
     gX, gY, _ = p.grads(X, Y, np.zeros(len(X)), None)
-    v = a_bound_ratio(p, X, Y, lambda rho: th.thm2_leading(gX, gY, rho),
-                      lambda rho: th.thm2_A_bound(X, Y, rho, p.lipschitz))
+    v = a_bound_ratio(
+        p, X, Y, lambda rho: th.thm2_leading(gX, gY, rho), lambda rho: th.thm2_A_bound(X, Y, rho, p.lipschitz)
+    )
     return at_most(v, 1.0, f"max |A_t|/bound = {v:.3f} over {len(X)} points x 3 radii")
 
 
-@check("lemma2-A-bound", "Lemma 2", "OP: |A_t| <= 2 L rho^2 |B| (1 + rho/(2 sqrt(|x|^2+|y|^2)))", IMPL,
-       runs=("sam",), exact=True)
+@check(
+    "lemma2-A-bound",
+    "Lemma 2",
+    "OP: |A_t| <= 2 L rho^2 |B| (1 + rho/(2 sqrt(|x|^2+|y|^2)))",
+    IMPL,
+    runs=("sam",),
+    exact=True,
+)
 def lemma2_a_bound(ctx: Context) -> Measurement:
     p, X, Y = random_op(ctx.rng, 20 * ctx.n)
     f = p.outer_grad(p.product(X, Y), np.zeros(len(X)), None)
-    v = a_bound_ratio(p, X, Y, lambda rho: th.lemma2_leading(f, X, Y, rho),
-                      lambda rho: th.lemma2_A_bound(X, Y, rho, p.lipschitz))
+    v = a_bound_ratio(
+        p, X, Y, lambda rho: th.lemma2_leading(f, X, Y, rho), lambda rho: th.lemma2_A_bound(X, Y, rho, p.lipschitz)
+    )
     return at_most(v, 1.0, f"max |A_t|/bound = {v:.3f} over {len(X)} points x 3 radii")
 
 
-@check("lemma3-A-bound", "Lemma 3 (39), proof",
-       "m-sharpness: |A_t| <= 2 L rho^2 |B| (1 + rho/(2 sqrt(|x|^2+|y|^2))), i.e. O(rho^2 L |B|)", IMPL,
-       runs=("msam",), exact=True)
+@check(
+    "lemma3-A-bound",
+    "Lemma 3 (39), proof",
+    "m-sharpness: |A_t| <= 2 L rho^2 |B| (1 + rho/(2 sqrt(|x|^2+|y|^2))), i.e. O(rho^2 L |B|)",
+    IMPL,
+    runs=("msam",),
+    exact=True,
+)
 def lemma3_a_bound(ctx: Context) -> Measurement:
     m = 4
     p, X, Y = random_op(ctx.rng, 5 * ctx.n)
     chunks, fi = op_chunks(ctx, p, X, Y, m)
-    v = a_bound_ratio(p, X, Y, lambda rho: th.lemma3_leading(fi, X, Y, rho),
-                      lambda rho: th.lemma2_A_bound(X, Y, rho, p.lipschitz), opt="msam", m=m,
-                      alpha=np.ones(len(X)), chunks=chunks)
-    return at_most(v, 1.0, f"max |A_t|/bound = {v:.3f} over {len(X)} points x 3 radii "
-                   "(each chunk obeys Lemma 2's bound)")
+    v = a_bound_ratio(
+        p,
+        X,
+        Y,
+        lambda rho: th.lemma3_leading(fi, X, Y, rho),
+        lambda rho: th.lemma2_A_bound(X, Y, rho, p.lipschitz),
+        opt="msam",
+        m=m,
+        alpha=np.ones(len(X)),
+        chunks=chunks,
+    )
+    return at_most(
+        v, 1.0, f"max |A_t|/bound = {v:.3f} over {len(X)} points x 3 radii (each chunk obeys Lemma 2's bound)"
+    )
 
 
 # -- the inequalities on their own -----------------------------------------------------------------
-@check("thm2-sandwich", "Thm 2 (6)",
-       "|a-b| <= |a^2-b^2|/sqrt(a^2+b^2) <= sqrt(|a^2-b^2|) for a, b >= 0 (the sqrt reading of (6))", MATH)
+@check(
+    "thm2-sandwich",
+    "Thm 2 (6)",
+    "|a-b| <= |a^2-b^2|/sqrt(a^2+b^2) <= sqrt(|a^2-b^2|) for a, b >= 0 (the sqrt reading of (6))",
+    MATH,
+)
 def thm2_sandwich(ctx: Context) -> Measurement:
     a, b = np.abs(ctx.rng.standard_normal((2, 100_000))) * np.exp(ctx.rng.uniform(-5, 3, (2, 100_000)))
     bad = chain_violations(*th.thm2_sandwich(a, b))
     return at_most(bad, 0.0, f"{bad} violations in 100000 draws")
 
 
-@check("thm3-sandwich", "Thm 3 (36)-(37)",
-       "C_t <= 2|B|/sqrt(|x|^2+|y|^2) <= sqrt(2|B|), with C_t = ||x| - |y||", MATH)
+@check("thm3-sandwich", "Thm 3 (36)-(37)", "C_t <= 2|B|/sqrt(|x|^2+|y|^2) <= sqrt(2|B|), with C_t = ||x| - |y||", MATH)
 def thm3_sandwich(ctx: Context) -> Measurement:
     p, X, Y = random_op(ctx.rng, 10 * ctx.n)
     bad = chain_violations(*th.thm3_sandwich(X, Y))
     return at_most(bad, 0.0, f"{bad} violations in {len(X)} random points")
 
 
-@check("lemma3-triangle", "Lemma 3 (39), §4",
-       "m-sharpness's coefficient is at least SAM's: (1/m) sum_i |f'_i| >= |f'| with f' = (1/m) sum_i f'_i", MATH)
+@check(
+    "lemma3-triangle",
+    "Lemma 3 (39), §4",
+    "m-sharpness's coefficient is at least SAM's: (1/m) sum_i |f'_i| >= |f'| with f' = (1/m) sum_i f'_i",
+    MATH,
+)
 def lemma3_triangle(ctx: Context) -> Measurement:
     m = 4
     p, X, Y = random_op(ctx.rng, 10 * ctx.n)
@@ -168,9 +212,14 @@ def lemma3_triangle(ctx: Context) -> Measurement:
 
 
 # -- rates of SAM against the theorems --------------------------------------------------------------
-@check("thm3-rate-bounds", "Thm 3",
-       "SAM-OP: rho|f'|C_t - s <= |dB/dt| <= rho|f'|sqrt(2|B|) + s (s = the explicit A_t bound), and |B| "
-       "decreases wherever rho|f'|C_t > s", IMPL, runs=("sam",))
+@check(
+    "thm3-rate-bounds",
+    "Thm 3",
+    "SAM-OP: rho|f'|C_t - s <= |dB/dt| <= rho|f'|sqrt(2|B|) + s (s = the explicit A_t bound), and |B| "
+    "decreases wherever rho|f'|C_t > s",
+    IMPL,
+    runs=("sam",),
+)
 def thm3_rate_bounds(ctx: Context) -> Measurement:
     p, X, Y = random_op(ctx.rng, 10 * ctx.n)
     f = p.outer_grad(p.product(X, Y), np.zeros(len(X)), None)
@@ -188,9 +237,14 @@ def thm3_rate_bounds(ctx: Context) -> Measurement:
     return at_most(bad, 0.0, f"{bad} violations in {2 * len(X)} (point, rho) pairs; |B| must decrease at {shrink}")
 
 
-@check("lemma3-msharp-stronger", "Lemma 3 (39), §4",
-       "m-SAM contracts B faster than with m = 1 (SAM) on the same minibatch, by (39)'s gain over (32) up to both "
-       "A_t bounds", IMPL, runs=("msam",))
+@check(
+    "lemma3-msharp-stronger",
+    "Lemma 3 (39), §4",
+    "m-SAM contracts B faster than with m = 1 (SAM) on the same minibatch, by (39)'s gain over (32) up to both "
+    "A_t bounds",
+    IMPL,
+    runs=("msam",),
+)
 def lemma3_msharp_stronger(ctx: Context) -> Measurement:
     """c = −sign(B) dB/dt (the contraction). Lemmas 2 and 3 give c_m − c_1 ≥ (|lead_m| − |lead_1|) − (s_m + s_1)
     with the leading terms (39), (32) and their A_t bounds s (Lemma 2's bound holds for each chunk). m-SAM
@@ -200,22 +254,32 @@ def lemma3_msharp_stronger(ctx: Context) -> Measurement:
     chunks, fi = op_chunks(ctx, p, X, Y, m)
     ones = np.ones(len(X))
     B = balancedness(X, Y)
-    contraction = {o: -np.sign(B) * th.dB_dt(p, Optimizer("msam", rho=rho, m=k), X, Y, ones, c)
-                   for o, k, c in (("msam", m, chunks), ("sam", 1, chunks.mean(0)[None]))}
+    contraction = {
+        o: -np.sign(B) * th.dB_dt(p, Optimizer("msam", rho=rho, m=k), X, Y, ones, c)
+        for o, k, c in (("msam", m, chunks), ("sam", 1, chunks.mean(0)[None]))
+    }
     gain = np.abs(th.lemma3_leading(fi, X, Y, rho)) - np.abs(th.lemma2_leading(fi.mean(0), X, Y, rho))
     slack = 2 * th.lemma2_A_bound(X, Y, rho, p.lipschitz)
     holds = contraction["msam"] - contraction["sam"] >= gain - slack
     bad = int(np.sum(~holds))
     stronger = int(np.sum(gain > slack))
     ratio = float(np.median(contraction["msam"] / contraction["sam"]))
-    return at_most(bad, 0.0, f"{bad} of {len(X)} points break it; at {stronger} the gain exceeds the slack, so m-SAM "
-                   f"(m = {m}) must contract strictly faster; median ratio m-SAM/SAM {ratio:.2f} (rho = {rho})")
+    return at_most(
+        bad,
+        0.0,
+        f"{bad} of {len(X)} points break it; at {stronger} the gain exceeds the slack, so m-SAM "
+        f"(m = {m}) must contract strictly faster; median ratio m-SAM/SAM {ratio:.2f} (rho = {rho})",
+    )
 
 
-@check("thm5-sqrtD-weaker", "Thm 5, §3",
-       "per layer, SAM's rate is O(sqrt D) weaker than SAM normalized on that layer alone: x1/sqrt(D) for D "
-       "equal layers",
-       IMPL, runs=("sam",), exact=True)
+@check(
+    "thm5-sqrtD-weaker",
+    "Thm 5, §3",
+    "per layer, SAM's rate is O(sqrt D) weaker than SAM normalized on that layer alone: x1/sqrt(D) for D equal layers",
+    IMPL,
+    runs=("sam",),
+    exact=True,
+)
 def thm5_sqrt_d_weaker(ctx: Context) -> Measurement:
     rho, ratios = 1e-4, {}
     for D in (1, 2, 4, 8):
@@ -229,13 +293,21 @@ def thm5_sqrt_d_weaker(ctx: Context) -> Measurement:
     v = float(np.max([abs(r * np.sqrt(D) - 1) for D, r in ratios.items()]))  # NaN propagates
     by_sqrt = ", ".join(f"{r * np.sqrt(D):.4f}" for D, r in ratios.items())
     by_d = ", ".join(f"{r * D:.2f}" for D, r in ratios.items())
-    return at_most(v, 0.01, f"rate / rate alone x sqrt(D) = {by_sqrt} for D = 1, 2, 4, 8 (S1's O(D) reading, "
-                   f"x D: {by_d}); judged |. - 1| <= 0.01 at rho = {rho:g}")
+    return at_most(
+        v,
+        0.01,
+        f"rate / rate alone x sqrt(D) = {by_sqrt} for D = 1, 2, 4, 8 (S1's O(D) reading, "
+        f"x D: {by_d}); judged |. - 1| <= 0.01 at rho = {rho:g}",
+    )
 
 
-@check("cor2-dynamics", "Cor 1, Cor 2 (21)",
-       "SAM-NOP: B above the threshold Bbar^rho(+eps) shrinks, B below Bbar^rho(-eps) grows (eps = A_t bound/rho)",
-       IMPL, runs=("sam",))
+@check(
+    "cor2-dynamics",
+    "Cor 1, Cor 2 (21)",
+    "SAM-NOP: B above the threshold Bbar^rho(+eps) shrinks, B below Bbar^rho(-eps) grows (eps = A_t bound/rho)",
+    IMPL,
+    runs=("sam",),
+)
 def cor2_dynamics(ctx: Context) -> Measurement:
     p, X, Y = random_nop(ctx.rng, 10 * ctx.n)
     gX, gY, _ = p.grads(X, Y, np.zeros(len(X)), None)

@@ -18,8 +18,12 @@ from balancedness.sims.problems import op_problem
 MATH = Kind.MATH
 
 
-@check("cor2-closed-form", "Cor 2 (21)",
-       "the paper's construction (21) equals 1/2(r|x|^2 - |y|^2/r), r = |g_x|/|g_y|", MATH)
+@check(
+    "cor2-closed-form",
+    "Cor 2 (21)",
+    "the paper's construction (21) equals 1/2(r|x|^2 - |y|^2/r), r = |g_x|/|g_y|",
+    MATH,
+)
 def cor2_closed_form(ctx: Context) -> Measurement:
     p, X, Y = random_nop(ctx.rng, ctx.n)
     gX, gY, G = p.grads(X, Y, np.zeros(ctx.n), None)
@@ -46,9 +50,13 @@ def cor2_h_prime(ctx: Context) -> Measurement:
     return at_most(v, 1e-6, f"max rel. error {v:.1e}; h' > 0 everywhere: {bool(np.all(th.cor2_h_prime(z, a, b) > 0))}")
 
 
-@check("cor1-threshold-rho", "Cor 1, proof of Cor 2",
-       "the rho > 0 threshold: z = (S + eps sqrt S)/(2a), S = (eps^2 + sqrt(eps^4 + 16ab))/2 solves h(z) = eps, "
-       "and eps = 0 gives (21)", MATH)
+@check(
+    "cor1-threshold-rho",
+    "Cor 1, proof of Cor 2",
+    "the rho > 0 threshold: z = (S + eps sqrt S)/(2a), S = (eps^2 + sqrt(eps^4 + 16ab))/2 solves h(z) = eps, "
+    "and eps = 0 gives (21)",
+    MATH,
+)
 def cor1_threshold_rho(ctx: Context) -> Measurement:
     p, X, Y = random_nop(ctx.rng, ctx.n)
     gX, gY, _ = p.grads(X, Y, np.zeros(ctx.n), None)
@@ -60,12 +68,19 @@ def cor1_threshold_rho(ctx: Context) -> Measurement:
         z = (B_rho + np.sqrt(B_rho**2 + nx**2 * ny**2)) / (nx * ny)  # invert B = ½‖x̄‖²(z − 1/z), ‖x̄‖² = ‖x‖‖y‖
         errs.append(float(np.max(np.abs(th.cor2_h(z, a, b) - eps))))
     v = float(np.max(errs))
-    return at_most(v, 1e-9, f"eps = 0 vs (21): rel. error {errs[0]:.1e}; max |h(z) - eps| {np.max(errs[1:]):.1e} "
-                   "for eps = -0.5, 0.1, 2")
+    return at_most(
+        v,
+        1e-9,
+        f"eps = 0 vs (21): rel. error {errs[0]:.1e}; max |h(z) - eps| {np.max(errs[1:]):.1e} for eps = -0.5, 0.1, 2",
+    )
 
 
-@check("lemma1-lambda-max", "Lemma 1",
-       "on W* (f' = 0) the Hessian of the OP loss k(x'y - c)^2 has lambda_max = f''(w)(|x|^2 + |y|^2), f'' = 2k", MATH)
+@check(
+    "lemma1-lambda-max",
+    "Lemma 1",
+    "on W* (f' = 0) the Hessian of the OP loss k(x'y - c)^2 has lambda_max = f''(w)(|x|^2 + |y|^2), f'' = 2k",
+    MATH,
+)
 def lemma1_lambda_max(ctx: Context) -> Measurement:
     errs = []
     for _ in range(20):
@@ -74,9 +89,14 @@ def lemma1_lambda_max(ctx: Context) -> Measurement:
         x, y = ctx.rng.standard_normal((2, 3))
         y *= c / (x @ y)  # put the point on W*: x'y = c, where f'(w) = 0
         lam = float(th.lemma1_lambda_max(x[None, None, :, None], y[None, None, :, None], 2 * k)[0])
-        H = hessian(lambda v: float(p.excess_loss(v[None, None, :3, None], v[None, None, 3:, None])[0]),
-                    np.concatenate([x, y]))
+        H = hessian(
+            lambda v: float(p.excess_loss(v[None, None, :3, None], v[None, None, 3:, None])[0]), np.concatenate([x, y])
+        )
         errs.append(abs(np.linalg.eigvalsh(H)[-1] - lam) / lam)
     v = float(np.max(errs))
-    return at_most(v, 1e-5, f"max rel. error {v:.1e} (finite-difference Hessian of the problem's loss, 20 random "
-                   "(k, c, point) with f'' = 2k)")
+    return at_most(
+        v,
+        1e-5,
+        f"max rel. error {v:.1e} (finite-difference Hessian of the problem's loss, 20 random "
+        "(k, c, point) with f'' = 2k)",
+    )

@@ -92,8 +92,9 @@ def paper_asam(p, X, Y, C, rho: float, eta_a: float):
 def _rate_layers(X, Y, dX, dY) -> np.ndarray:
     """⟨X_l, Ẋ_l⟩ − ⟨Y_l, Ẏ_l⟩ per point and layer, relative to ‖X_l‖‖Ẋ_l‖ + ‖Y_l‖‖Ẏ_l‖ (the size of each term)."""
     rate = np.einsum("nlir,nlir->nl", X, dX) - np.einsum("nlir,nlir->nl", Y, dY)
-    scale = (np.sqrt(np.einsum("nlir,nlir->nl", X, X) * np.einsum("nlir,nlir->nl", dX, dX))
-             + np.sqrt(np.einsum("nlir,nlir->nl", Y, Y) * np.einsum("nlir,nlir->nl", dY, dY)))
+    scale = np.sqrt(np.einsum("nlir,nlir->nl", X, X) * np.einsum("nlir,nlir->nl", dX, dX)) + np.sqrt(
+        np.einsum("nlir,nlir->nl", Y, Y) * np.einsum("nlir,nlir->nl", dY, dY)
+    )
     return np.abs(rate) / np.maximum(scale, 1e-300)
 
 
@@ -107,9 +108,13 @@ def _instances(ctx: Context):
 
 
 # -- math: the lemma and the factor-space contrast -------------------------------------------------
-@check("wspace-lemma-flow", "[FM] §1 Lemma (a)",
-       "any W-space perturbation (one matrix M for both factors: x' = -My, y' = -M'x) leaves d(X'X - Y'Y)/dt = 0 "
-       "exactly, per layer and at rank r", MATH)
+@check(
+    "wspace-lemma-flow",
+    "[FM] §1 Lemma (a)",
+    "any W-space perturbation (one matrix M for both factors: x' = -My, y' = -M'x) leaves d(X'X - Y'Y)/dt = 0 "
+    "exactly, per layer and at rank r",
+    MATH,
+)
 def wspace_lemma_flow(ctx: Context) -> Measurement:
     p, X, Y = random_nop(ctx.rng, ctx.n, layers=2, rank=3, d1=5, d2=4)
     M = ctx.rng.standard_normal((ctx.n, 5, 4)) * np.exp(ctx.rng.uniform(-2, 2, (ctx.n, 1, 1)))
@@ -117,13 +122,17 @@ def wspace_lemma_flow(ctx: Context) -> Measurement:
     MY = np.einsum("nij,nljr->nlir", M, Y)
     scale = np.sqrt(np.einsum("nlir,nlir->nl", X, X) * np.einsum("nlir,nlir->nl", MY, MY))[:, :, None, None]
     v = float(np.max(np.abs(D) / scale))
-    return at_most(v, 1e-13, f"max |d(X'X - Y'Y)/dt| / (|X||MY|) = {v:.1e} over {ctx.n} random M (5x4), 2 layers of "
-                   "rank 3")
+    return at_most(
+        v, 1e-13, f"max |d(X'X - Y'Y)/dt| / (|X||MY|) = {v:.1e} over {ctx.n} random M (5x4), 2 layers of rank 3"
+    )
 
 
-@check("wspace-lemma-discrete", "[FM] §1 Lemma (b)",
-       "one step x+ = x - eta My, y+ = y - eta M'x changes B by exactly (eta^2/2)(|My|^2 - |M'x|^2), whatever M is",
-       MATH)
+@check(
+    "wspace-lemma-discrete",
+    "[FM] §1 Lemma (b)",
+    "one step x+ = x - eta My, y+ = y - eta M'x changes B by exactly (eta^2/2)(|My|^2 - |M'x|^2), whatever M is",
+    MATH,
+)
 def wspace_lemma_discrete(ctx: Context) -> Measurement:
     p, X, Y = random_nop(ctx.rng, ctx.n, layers=2, rank=3, d1=5, d2=4)
     M = ctx.rng.standard_normal((ctx.n, 5, 4))
@@ -133,13 +142,21 @@ def wspace_lemma_discrete(ctx: Context) -> Measurement:
     pred = th.wspace_step_change(MY, MtX, lr)
     scale = 0.5 * lr**2 * (np.einsum("nlir,nlir->n", MY, MY) + np.einsum("nljr,nljr->n", MtX, MtX))
     v = float(np.max(np.abs(step - pred) / scale))
-    return at_most(v, 1e-8, f"max |dB - (eta^2/2)(|My|^2 - |M'x|^2)| / (eta^2/2)(|My|^2 + |M'x|^2) = {v:.1e} "
-                   f"(eta = {lr:.1e}, {ctx.n} random M, 2 layers of rank 3; B itself is O(1): the float error)")
+    return at_most(
+        v,
+        1e-8,
+        f"max |dB - (eta^2/2)(|My|^2 - |M'x|^2)| / (eta^2/2)(|My|^2 + |M'x|^2) = {v:.1e} "
+        f"(eta = {lr:.1e}, {ctx.n} random M, 2 layers of rank 3; B itself is O(1): the float error)",
+    )
 
 
-@check("factor-space-noise-balances", "[FM] §1 corollary (RWP_LoRA)",
-       "noise on the factors instead (x + tau xi_x, y + tau xi_y, chain rule there) balances: E[dB/dt] = "
-       "2k tau^2 (d1|y|^2 - d2|x|^2) = -4k d tau^2 B for d1 = d2 = d (Monte Carlo within 4 s.e.)", MATH)
+@check(
+    "factor-space-noise-balances",
+    "[FM] §1 corollary (RWP_LoRA)",
+    "noise on the factors instead (x + tau xi_x, y + tau xi_y, chain rule there) balances: E[dB/dt] = "
+    "2k tau^2 (d1|y|^2 - d2|x|^2) = -4k d tau^2 B for d1 = d2 = d (Monte Carlo within 4 s.e.)",
+    MATH,
+)
 def factor_space_noise_balances(ctx: Context) -> Measurement:
     draws, tau, d = (4000 if ctx.quick else 16000), 0.3, 3
     worst, parts = 0.0, []
@@ -154,15 +171,25 @@ def factor_space_noise_balances(ctx: Context) -> Measurement:
         z = abs(rate.mean() - pred) / (rate.std() / np.sqrt(draws))
         worst = max(worst, z, abs(pred + 4 * d * tau**2 * B) / abs(pred))
         parts.append(f"B={B:+.2f}: MC {rate.mean():+.3f} vs {pred:+.3f}")
-    return at_most(worst, 4.0, f"{'; '.join(parts)} ({draws} draws each, tau = {tau}); worst |MC - prediction|/s.e. "
-                   f"{worst:.2f} (and the closed form = -4k d tau^2 B): the sign of B is always opposed")
+    return at_most(
+        worst,
+        4.0,
+        f"{'; '.join(parts)} ({draws} draws each, tau = {tau}); worst |MC - prediction|/s.e. "
+        f"{worst:.2f} (and the closed form = -4k d tau^2 B): the sign of B is always opposed",
+    )
 
 
 # -- Flat-LoRA -------------------------------------------------------------------------------------
-@check("flat-lora-field", "[FM] §2.3, §2.4",
-       "flat-lora's field is -(G~Y, G~'X) with G~ at W + E (E of eq. (7), filters = columns of XY', fan-in d1; "
-       "sigma_t = sigma (1 - cos(pi t/T))/2): its dB_l/dt is 0 exactly for every draw, and its expectation "
-       "(xi = None) is SGD's -g", IMPL, runs=("flat-lora",), exact=True)
+@check(
+    "flat-lora-field",
+    "[FM] §2.3, §2.4",
+    "flat-lora's field is -(G~Y, G~'X) with G~ at W + E (E of eq. (7), filters = columns of XY', fan-in d1; "
+    "sigma_t = sigma (1 - cos(pi t/T))/2): its dB_l/dt is 0 exactly for every draw, and its expectation "
+    "(xi = None) is SGD's -g",
+    IMPL,
+    runs=("flat-lora",),
+    exact=True,
+)
 def flat_lora_field(ctx: Context) -> Measurement:
     errs, rates, means, grads = [], [], [], []
     for p, X, Y, N, C in _instances(ctx):
@@ -177,15 +204,24 @@ def flat_lora_field(ctx: Context) -> Measurement:
         mean = Optimizer("flat-lora", sigma=0.3).direction(p, X, Y, 1.0, N[None], 0.5)
         means.append(pair_error(mean[0], mean[1], -ref[2], -ref[3]))
     v = float(np.max([errs, grads, rates] + [means * 3]))
-    return at_most(v, 1e-12, f"direction vs the spec's rule: rel. error {max(errs):.1e}; returned g {max(grads):.1e}; "
-                   f"|dB_l/dt| / (|x||x'| + |y||y'|) {max(rates):.1e}; expected field vs -g {max(means):.1e} "
-                   f"({ctx.n} random points, NOP 2 layers of rank 2 and OP 2 layers, t/T = 0.25, 0.5, 0.9)")
+    return at_most(
+        v,
+        1e-12,
+        f"direction vs the spec's rule: rel. error {max(errs):.1e}; returned g {max(grads):.1e}; "
+        f"|dB_l/dt| / (|x||x'| + |y||y'|) {max(rates):.1e}; expected field vs -g {max(means):.1e} "
+        f"({ctx.n} random points, NOP 2 layers of rank 2 and OP 2 layers, t/T = 0.25, 0.5, 0.9)",
+    )
 
 
-@check("flat-lora-eta2-drift", "[FM] §2.4 (flat-eta2-drift-cols)",
-       "one flat-lora step on the NOP toy adds to SGD's dB (same minibatch) the expected "
-       "2 k^2 eta^2 sigma^2 |x|^2 (|y|_4^4 - |x|^2|y|^2/d1) (Monte Carlo over the draws within 4 s.e.)", IMPL,
-       runs=("flat-lora",), exact=True)
+@check(
+    "flat-lora-eta2-drift",
+    "[FM] §2.4 (flat-eta2-drift-cols)",
+    "one flat-lora step on the NOP toy adds to SGD's dB (same minibatch) the expected "
+    "2 k^2 eta^2 sigma^2 |x|^2 (|y|_4^4 - |x|^2|y|^2/d1) (Monte Carlo over the draws within 4 s.e.)",
+    IMPL,
+    runs=("flat-lora",),
+    exact=True,
+)
 def flat_lora_eta2_drift(ctx: Context) -> Measurement:
     p, lr, sigma = nop_problem(), 1e-2, 0.5
     draws = 20_000 if ctx.quick else 40_000
@@ -198,26 +234,37 @@ def flat_lora_eta2_drift(ctx: Context) -> Measurement:
     dX, dY, gX, gY = opt.direction(p, X, Y, 1.0, N[None], 0.5, xi=xi)
     B0 = balancedness_layers(X, Y).sum(axis=1)
     extra = (balancedness_layers(X + lr * dX, Y + lr * dY).sum(axis=1) - B0) - th.sgd_discrete_drift(gX, gY, lr)
-    pairs = 0.5 * (extra[: draws // 2] + extra[draws // 2:])
+    pairs = 0.5 * (extra[: draws // 2] + extra[draws // 2 :])
     pred = float(th.flat_lora_expected_drift_nop(p.x0[None], p.y0[None], sigma, lr)[0])
     se = pairs.std() / np.sqrt(len(pairs))
     z = abs(pairs.mean() - pred) / se
-    return at_most(z, 4.0, f"mean extra dB {pairs.mean():.3e} +- {se:.1e} vs predicted {pred:.3e} ({draws} draws in "
-                   f"antithetic pairs at the toy's init, eta = {lr:g}, sigma = {sigma}): |diff|/s.e. {z:.2f}")
+    return at_most(
+        z,
+        4.0,
+        f"mean extra dB {pairs.mean():.3e} +- {se:.1e} vs predicted {pred:.3e} ({draws} draws in "
+        f"antithetic pairs at the toy's init, eta = {lr:g}, sigma = {sigma}): |diff|/s.e. {z:.2f}",
+    )
 
 
 # -- Bi-LoRA ---------------------------------------------------------------------------------------
-@check("bi-lora-field", "[FM] §3.1 eq. (9), §3.3-3.4",
-       "bi-lora's field: one G at W + X2 Y2'; the primary descends -(GY, G'X), the auxiliary ascends +kappa(G Y2, "
-       "G'X2); the primary's dB_l/dt is 0 exactly", IMPL, runs=("bi-lora",), exact=True)
+@check(
+    "bi-lora-field",
+    "[FM] §3.1 eq. (9), §3.3-3.4",
+    "bi-lora's field: one G at W + X2 Y2'; the primary descends -(GY, G'X), the auxiliary ascends +kappa(G Y2, "
+    "G'X2); the primary's dB_l/dt is 0 exactly",
+    IMPL,
+    runs=("bi-lora",),
+    exact=True,
+)
 def bi_lora_field(ctx: Context) -> Measurement:
     errs, auxe, rates, grads = [], [], [], []
     for p, X, Y, N, C in _instances(ctx):
         X2 = 0.3 * ctx.rng.standard_normal((ctx.n, p.layers, p.d1, 1))
         Y2 = 0.3 * ctx.rng.standard_normal((ctx.n, p.layers, p.d2, 1))
         opt = Optimizer("bi-lora", rho=0.05, kappa=0.7)
-        (dX, dY, gX, gY), (aX, aY) = opt.field_with_aux(p, X, Y, p.effective_target(np.ones(1), N)[None], 0.3,
-                                                         aux=(X2, Y2))
+        (dX, dY, gX, gY), (aX, aY) = opt.field_with_aux(
+            p, X, Y, p.effective_target(np.ones(1), N)[None], 0.3, aux=(X2, Y2)
+        )
         rX, rY, rX2, rY2 = paper_bi_lora(p, X, Y, C, X2, Y2, 0.7)
         g = _chain(p, X, Y, _outer(p, _products(p, X, Y).sum(axis=1), C))
         errs.append(pair_error(dX, dY, rX, rY))
@@ -225,25 +272,38 @@ def bi_lora_field(ctx: Context) -> Measurement:
         grads.append(pair_error(gX, gY, *g))
         rates.append(float(np.max(_rate_layers(X, Y, dX, dY))))
     v = float(np.max([errs, auxe, grads, rates]))
-    return at_most(v, 1e-12, f"primary direction rel. error {max(errs):.1e}, auxiliary {max(auxe):.1e}, returned g "
-                   f"{max(grads):.1e}; |dB_l/dt| / (|x||x'| + |y||y'|) {max(rates):.1e} ({ctx.n} random points and "
-                   "auxiliaries, NOP 2 layers of rank 2 and OP 2 layers, kappa = 0.7)")
+    return at_most(
+        v,
+        1e-12,
+        f"primary direction rel. error {max(errs):.1e}, auxiliary {max(auxe):.1e}, returned g "
+        f"{max(grads):.1e}; |dB_l/dt| / (|x||x'| + |y||y'|) {max(rates):.1e} ({ctx.n} random points and "
+        "auxiliaries, NOP 2 layers of rank 2 and OP 2 layers, kappa = 0.7)",
+    )
 
 
 def bilora_clip_run(ctx: Context) -> SimResult:
     """Bi-LoRA on the noise-free NOP toy with a small clip radius ρ = 0.02 (aux_init 0.1, η = 2e-2, T = 500, every
     5th step recorded), where the clip is active for most of the run; shared by a check and a finding."""
-    return ctx.cached(("bilora-clip",), lambda: simulate(
-        nop_problem(), "bi-lora", rho=0.02, aux_init=0.1, alpha=0.0, seeds=[0], lr=2e-2, steps=500, record_every=5))
+    return ctx.cached(
+        ("bilora-clip",),
+        lambda: simulate(
+            nop_problem(), "bi-lora", rho=0.02, aux_init=0.1, alpha=0.0, seeds=[0], lr=2e-2, steps=500, record_every=5
+        ),
+    )
 
 
 def _aux(run: SimResult, name: str) -> np.ndarray:
     return np.asarray(run.settings["auxiliary"][name])[0]
 
 
-@check("bi-lora-aux-clip", "[FM] §3.1 eq. (10), §5 item 4, Prop. 2",
-       "bi-lora on the noise-free NOP toy (rho = 0.02): |X2 Y2'| <= rho after every step, the clip is active, and the auxiliary "
-       "is an ascent: f(W + X2 Y2') > f(W) at >= 90% of the records", IMPL, runs=("bi-lora",))
+@check(
+    "bi-lora-aux-clip",
+    "[FM] §3.1 eq. (10), §5 item 4, Prop. 2",
+    "bi-lora on the noise-free NOP toy (rho = 0.02): |X2 Y2'| <= rho after every step, the clip is active, and the auxiliary "
+    "is an ascent: f(W + X2 Y2') > f(W) at >= 90% of the records",
+    IMPL,
+    runs=("bi-lora",),
+)
 def bi_lora_aux_clip(ctx: Context) -> Measurement:
     run, rho, p = bilora_clip_run(ctx), 0.02, nop_problem()
     norm = _aux(run, "norm")
@@ -255,16 +315,23 @@ def bi_lora_aux_clip(ctx: Context) -> Measurement:
     up = float(np.mean(gain[1:] > 0))
     active = float(np.mean(np.abs(norm - rho) <= 1e-9 * rho))
     top = float(np.max(norm) / rho)
-    return all_hold(top <= 1 + 1e-12 and active >= 0.5 and up >= 0.9,
-                    f"max |X2 Y2'|/rho = {top:.12f}; clipped at {100 * active:.0f}% of {len(norm)} records; the "
-                    f"auxiliary raises the excess loss at {100 * up:.0f}% (median gain {np.median(gain):.1e})")
+    return all_hold(
+        top <= 1 + 1e-12 and active >= 0.5 and up >= 0.9,
+        f"max |X2 Y2'|/rho = {top:.12f}; clipped at {100 * active:.0f}% of {len(norm)} records; the "
+        f"auxiliary raises the excess loss at {100 * up:.0f}% (median gain {np.median(gain):.1e})",
+    )
 
 
 # -- ASAM ------------------------------------------------------------------------------------------
-@check("asam-field", "[FM] §4.1 [AS-C], §4.3, §4.4",
-       "asam's field is -grad f at z + rho T^2 g/|Tg|, T = |z| + eta_a; on OP its dB/dt is the exact "
-       "rho u_a f~'[2 eta_a sum|x_i y_i|(|y_i| - |x_i|) - 2 eta_a^2 B], which is 0 at eta_a = 0", IMPL, runs=("asam",),
-       exact=True)
+@check(
+    "asam-field",
+    "[FM] §4.1 [AS-C], §4.3, §4.4",
+    "asam's field is -grad f at z + rho T^2 g/|Tg|, T = |z| + eta_a; on OP its dB/dt is the exact "
+    "rho u_a f~'[2 eta_a sum|x_i y_i|(|y_i| - |x_i|) - 2 eta_a^2 B], which is 0 at eta_a = 0",
+    IMPL,
+    runs=("asam",),
+    exact=True,
+)
 def asam_field(ctx: Context) -> Measurement:
     errs, op_rate, zero = [], [], []
     for p, X, Y, N, C in _instances(ctx):
@@ -280,14 +347,24 @@ def asam_field(ctx: Context) -> Measurement:
                 scale = np.abs(f) * np.sqrt(np.sum(X**2 + Y**2, axis=(1, 2, 3))) * 0.2 * np.abs(ft)
                 (zero if eta_a == 0 else op_rate).append(float(np.max(np.abs(rate - pred) / scale)))
     v = float(np.max([max(errs), max(op_rate), max(zero)]))
-    return at_most(v, 1e-11, f"direction vs the spec's rule: rel. error {max(errs):.1e} (eta_a = 0, 0.01, 0.3); OP "
-                   f"dB/dt vs the exact formula {max(op_rate):.1e}, vs 0 at eta_a = 0 {max(zero):.1e} (relative to "
-                   f"rho|f'||f~'||(x, y)|; {ctx.n} random points, NOP 2 layers of rank 2 and OP 2 layers)")
+    return at_most(
+        v,
+        1e-11,
+        f"direction vs the spec's rule: rel. error {max(errs):.1e} (eta_a = 0, 0.01, 0.3); OP "
+        f"dB/dt vs the exact formula {max(op_rate):.1e}, vs 0 at eta_a = 0 {max(zero):.1e} (relative to "
+        f"rho|f'||f~'||(x, y)|; {ctx.n} random points, NOP 2 layers of rank 2 and OP 2 layers)",
+    )
 
 
-@check("asam-nop-orbit-invariant", "[FM] §4.4 (asam-nop-orbit-invariant)",
-       "asam with eta_a = 0 on NOP: dB/dt is the same at (cX, Y/c) as at (X, Y) (to all orders in rho), per-column "
-       "rescaling at rank r too: no pull toward balance", IMPL, runs=("asam",), exact=True)
+@check(
+    "asam-nop-orbit-invariant",
+    "[FM] §4.4 (asam-nop-orbit-invariant)",
+    "asam with eta_a = 0 on NOP: dB/dt is the same at (cX, Y/c) as at (X, Y) (to all orders in rho), per-column "
+    "rescaling at rank r too: no pull toward balance",
+    IMPL,
+    runs=("asam",),
+    exact=True,
+)
 def asam_nop_orbit_invariant(ctx: Context) -> Measurement:
     p, X, Y = random_nop(ctx.rng, ctx.n, layers=1, rank=2)
     N, _ = random_minibatch(ctx.rng, p, ctx.n)
@@ -297,14 +374,22 @@ def asam_nop_orbit_invariant(ctx: Context) -> Measurement:
     for c in (0.5, 2.0, np.array([3.0, 0.4])):
         moved = th.dB_dt(p, opt, X * c, Y / c, 1.0, N[None])
         worst = max(worst, float(np.max(np.abs(moved - base) / np.maximum(np.abs(base), 1e-12))))
-    return at_most(worst, 1e-8, f"max |dB/dt(cX, Y/c) - dB/dt(X, Y)| / |dB/dt| = {worst:.1e} for c = 0.5, 2 and "
-                   f"per column (3, 0.4), {ctx.n} random points of rank 2")
+    return at_most(
+        worst,
+        1e-8,
+        f"max |dB/dt(cX, Y/c) - dB/dt(X, Y)| / |dB/dt| = {worst:.1e} for c = 0.5, 2 and "
+        f"per column (3, 0.4), {ctx.n} random points of rank 2",
+    )
 
 
-@check("asam-rate-vs-sam", "[FM] §4.4 (asam-op-rate-vs-sam), §5",
-       "finding: ASAM, SAM made adaptive, keeps almost none of SAM's balancing: at the OP toy's init (eta_a = 0.01, "
-       "noise-free) its dB/dt is 1.09% of SAM's at equal rho as rho -> 0 (judged +-10% at rho = 1e-4)", FINDING,
-       runs=("asam", "sam"))
+@check(
+    "asam-rate-vs-sam",
+    "[FM] §4.4 (asam-op-rate-vs-sam), §5",
+    "finding: ASAM, SAM made adaptive, keeps almost none of SAM's balancing: at the OP toy's init (eta_a = 0.01, "
+    "noise-free) its dB/dt is 1.09% of SAM's at equal rho as rho -> 0 (judged +-10% at rho = 1e-4)",
+    FINDING,
+    runs=("asam", "sam"),
+)
 def asam_rate_vs_sam(ctx: Context) -> Measurement:
     p = op_problem()
     X, Y = p.x0[None], p.y0[None]
@@ -315,16 +400,20 @@ def asam_rate_vs_sam(ctx: Context) -> Measurement:
         return a / s, a, s
 
     small, (big, a, s) = ratio(1e-4)[0], ratio(0.2)
-    return within(small, (0.0109 * 0.9, 0.0109 * 1.1),
-                  f"dB/dt ASAM / SAM = {small:.4f} at rho = 1e-4 (spec 0.0109); at Fig. 1's rho = 0.2: ASAM {a:.3e}, "
-                  f"SAM {s:.3e}, ratio {big:.4f}: over the paper's horizon 0.348^{big:.4f} = {0.348 ** big:.3f} of "
-                  "2|B_0| where SAM reaches 0.348")
+    return within(
+        small,
+        (0.0109 * 0.9, 0.0109 * 1.1),
+        f"dB/dt ASAM / SAM = {small:.4f} at rho = 1e-4 (spec 0.0109); at Fig. 1's rho = 0.2: ASAM {a:.3e}, "
+        f"SAM {s:.3e}, ratio {big:.4f}: over the paper's horizon 0.348^{big:.4f} = {0.348**big:.3f} of "
+        "2|B_0| where SAM reaches 0.348",
+    )
 
 
 # -- the toys --------------------------------------------------------------------------------------
 def flat_toy(ctx: Context, kind: str, name: str, lr: float) -> SimResult:
     """``name`` (sgd, flat-lora with :data:`FLAT`, bi-lora with :data:`BILORA`) on a toy at ηT = 2, one trajectory
     per α in ``TOY_ALPHAS``, seed 0 (made once per ``run_checks``)."""
+
     def run():
         p = nop_problem() if kind == "nop" else op_problem()
         kw = FLAT if name == "flat-lora" else BILORA if name == "bi-lora" else {}
@@ -338,9 +427,14 @@ def _ratio(run: SimResult) -> np.ndarray:
     return np.abs(run.balancedness[:, -1]) / np.abs(run.balancedness[:, 0])
 
 
-@check("toy-flatness-like-sgd", "[FM] §5 item 2",
-       "both toys (eta = 4e-3, eta T = 2, a in {0, 0.5, 1, 2}): flat-lora (sigma = 0.5) and bi-lora (rho = 0.05) end "
-       "with 2|B_T|/2|B_0| within 0.01 of SGD's on the same draws", IMPL, runs=("sgd", "flat-lora", "bi-lora"))
+@check(
+    "toy-flatness-like-sgd",
+    "[FM] §5 item 2",
+    "both toys (eta = 4e-3, eta T = 2, a in {0, 0.5, 1, 2}): flat-lora (sigma = 0.5) and bi-lora (rho = 0.05) end "
+    "with 2|B_T|/2|B_0| within 0.01 of SGD's on the same draws",
+    IMPL,
+    runs=("sgd", "flat-lora", "bi-lora"),
+)
 def toy_flatness_like_sgd(ctx: Context) -> Measurement:
     gaps, parts = [], []
     for kind in ("nop", "op"):
@@ -354,9 +448,14 @@ def toy_flatness_like_sgd(ctx: Context) -> Measurement:
     return at_most(v, 0.01, "; ".join(parts) + f" (a = 0, 0.5, 1, 2); largest gap to SGD {v:.4f}")
 
 
-@check("toy-flatness-eta2-drift", "[FM] §2.4, §3.4, §5 item 2",
-       "both toys, a in {0.5, 1}: flat-lora's and bi-lora's |B_T - B_0| at eta T = 2 halves when eta halves (8e-3 -> "
-       "4e-3: O(eta^2) per step, O(eta) per unit time), ratio in [1.8, 2.2]", IMPL, runs=("flat-lora", "bi-lora"))
+@check(
+    "toy-flatness-eta2-drift",
+    "[FM] §2.4, §3.4, §5 item 2",
+    "both toys, a in {0.5, 1}: flat-lora's and bi-lora's |B_T - B_0| at eta T = 2 halves when eta halves (8e-3 -> "
+    "4e-3: O(eta^2) per step, O(eta) per unit time), ratio in [1.8, 2.2]",
+    IMPL,
+    runs=("flat-lora", "bi-lora"),
+)
 def toy_flatness_eta2_drift(ctx: Context) -> Measurement:
     ratios, parts = [], []
     for kind in ("nop", "op"):
@@ -367,15 +466,23 @@ def toy_flatness_eta2_drift(ctx: Context) -> Measurement:
             ratios += list(q)
             parts.append(f"{kind.upper()} {name} {q[0]:.3f}, {q[1]:.3f}")
     lo, hi = float(np.min(ratios)), float(np.max(ratios))
-    return all_hold(lo >= 1.8 and hi <= 2.2, "|B_T - B_0|(eta = 8e-3) / (eta = 4e-3) at a = 0.5, 1: " + "; ".join(parts)
-                    + " (an O(1) effect on B would give 1)")
+    return all_hold(
+        lo >= 1.8 and hi <= 2.2,
+        "|B_T - B_0|(eta = 8e-3) / (eta = 4e-3) at a = 0.5, 1: "
+        + "; ".join(parts)
+        + " (an O(1) effect on B would give 1)",
+    )
 
 
 # -- findings --------------------------------------------------------------------------------------
-@check("bilora-aux-balances-itself", "[FM] §3.4 (bilora-aux-clip-balances-aux)",
-       "finding: Bi-LoRA's flatness lives in the auxiliary: while the clip is active the auxiliary balances itself "
-       "(|B2| falls by > 100x), but it is discarded after training, and the primary's B moves like SGD's", FINDING,
-       runs=("bi-lora",))
+@check(
+    "bilora-aux-balances-itself",
+    "[FM] §3.4 (bilora-aux-clip-balances-aux)",
+    "finding: Bi-LoRA's flatness lives in the auxiliary: while the clip is active the auxiliary balances itself "
+    "(|B2| falls by > 100x), but it is discarded after training, and the primary's B moves like SGD's",
+    FINDING,
+    runs=("bi-lora",),
+)
 def bilora_aux_balances_itself(ctx: Context) -> Measurement:
     run, rho = bilora_clip_run(ctx), 0.02
     norm, B2 = _aux(run, "norm"), _aux(run, "balancedness")
@@ -383,5 +490,8 @@ def bilora_aux_balances_itself(ctx: Context) -> Measurement:
     first, last = (abs(B2[clipped[0]]), abs(B2[-1])) if len(clipped) else (np.nan, np.nan)
     drop = first / last
     B = run.balancedness[0]
-    return all_hold(bool(drop > 100), f"|B2| {first:.2e} at the first clipped record -> {last:.2e} at the end ({drop:.0f}x); "
-                    f"the primary's B {B[0]:.4f} -> {B[-1]:.4f}")
+    return all_hold(
+        bool(drop > 100),
+        f"|B2| {first:.2e} at the first clipped record -> {last:.2e} at the end ({drop:.0f}x); "
+        f"the primary's B {B[0]:.4f} -> {B[-1]:.4f}",
+    )

@@ -18,8 +18,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from balancedness.checks.instances import (CHUNK_NOISE, PaperSam, pair_error, paper_for, paper_mu, paper_nop,
-                                           paper_op, random_minibatch, random_nop, random_op, rel_error)
+from balancedness.checks.instances import (
+    CHUNK_NOISE,
+    PaperSam,
+    pair_error,
+    paper_for,
+    paper_mu,
+    paper_nop,
+    paper_op,
+    random_minibatch,
+    random_nop,
+    random_op,
+    rel_error,
+)
 from balancedness.checks.registry import Context, Kind, Measurement, at_most, check
 from balancedness.metrics import balancedness, balancedness_layers, layer_sq_norms
 from balancedness.sims import theory as th
@@ -46,8 +57,10 @@ def sam_rate_error(ctx: Context, p, X, Y, rho: float, identity, layers: bool = F
     s = paper_for(p)(p, X, Y, C, rho)
     out = Optimizer("sam", rho=rho).direction(p, X, Y, np.ones(len(X)), N[None])
     rate = th.field_rate_layers(X, Y, out[0], out[1])
-    return (rel_error(rate if layers else rate.sum(axis=1), identity(X, Y, s.G, s.G_tilde, s.grad_norm, rho)),
-            gradient_error(out, s))
+    return (
+        rel_error(rate if layers else rate.sum(axis=1), identity(X, Y, s.G, s.G_tilde, s.grad_norm, rho)),
+        gradient_error(out, s),
+    )
 
 
 def one_step(opt: Optimizer, p, X, Y, lr: float, chunks: np.ndarray, layers: bool = False):
@@ -58,32 +71,50 @@ def one_step(opt: Optimizer, p, X, Y, lr: float, chunks: np.ndarray, layers: boo
     return B(X, Y), B(X + lr * out[0], Y + lr * out[1]), out
 
 
-@check("sam-nop-identity", "(16a)", "SAM-NOP flow: dB/dt = rho*u*[y'G~'G y - x'G~ G'x] exactly (random minibatch)",
-       IMPL, runs=("sam",), exact=True)
+@check(
+    "sam-nop-identity",
+    "(16a)",
+    "SAM-NOP flow: dB/dt = rho*u*[y'G~'G y - x'G~ G'x] exactly (random minibatch)",
+    IMPL,
+    runs=("sam",),
+    exact=True,
+)
 def sam_nop_identity(ctx: Context) -> Measurement:
     p, X, Y = random_nop(ctx.rng, ctx.n)
     v, g = sam_rate_error(ctx, p, X, Y, 0.1, th.sam_nop_rate)
     return with_gradient(v, g, 1e-10, f"max rel. error {v:.1e} over {ctx.n} random points and minibatches")
 
 
-@check("sam-op-identity", "(33)", "SAM-OP flow: dB/dt = -2 rho f' f~' B / ||g|| exactly (random minibatch)",
-       IMPL, runs=("sam",), exact=True)
+@check(
+    "sam-op-identity",
+    "(33)",
+    "SAM-OP flow: dB/dt = -2 rho f' f~' B / ||g|| exactly (random minibatch)",
+    IMPL,
+    runs=("sam",),
+    exact=True,
+)
 def sam_op_identity(ctx: Context) -> Measurement:
     p, X, Y = random_op(ctx.rng, ctx.n)
     v, g = sam_rate_error(ctx, p, X, Y, 0.2, th.sam_op_rate)
     return with_gradient(v, g, 1e-10, f"max rel. error {v:.1e} over {ctx.n} random points and minibatches")
 
 
-@check("sgd-discrete-nop", "§7.1.5",
-       "one SGD/SNGD step on NOP: B+ - B = (eta^2/2)(|g_x|^2 - |g_y|^2) (eta/|g| for SNGD)", IMPL,
-       runs=("sgd", "sngd"), exact=True)
+@check(
+    "sgd-discrete-nop",
+    "§7.1.5",
+    "one SGD/SNGD step on NOP: B+ - B = (eta^2/2)(|g_x|^2 - |g_y|^2) (eta/|g| for SNGD)",
+    IMPL,
+    runs=("sgd", "sngd"),
+    exact=True,
+)
 def sgd_discrete_nop(ctx: Context) -> Measurement:
     lr = 0.05
     p, X, Y = random_nop(ctx.rng, ctx.n)
     N, C = random_minibatch(ctx.rng, p, ctx.n)
     v, g, errs = sgd_sngd_step_errors(p, X, Y, N, lr)
-    return with_gradient(v, g, 1e-8, f"max rel. error {v:.1e} (SGD {errs[0]:.1e}, SNGD {errs[1]:.1e}), random "
-                         "minibatches")
+    return with_gradient(
+        v, g, 1e-8, f"max rel. error {v:.1e} (SGD {errs[0]:.1e}, SNGD {errs[1]:.1e}), random minibatches"
+    )
 
 
 def sgd_sngd_step_errors(p, X, Y, N: np.ndarray, lr: float, layers: bool = False) -> tuple[float, float, list]:
@@ -104,8 +135,14 @@ def sgd_sngd_step_errors(p, X, Y, N: np.ndarray, lr: float, layers: bool = False
     return float(np.max(errs)), float(np.max(g_errs)), errs  # NaN propagates
 
 
-@check("sgd-discrete-op", "§7.1.6", "one SGD step on OP: B+ = (1 - eta^2 f'^2) B (random minibatch)", IMPL,
-       runs=("sgd",), exact=True)
+@check(
+    "sgd-discrete-op",
+    "§7.1.6",
+    "one SGD step on OP: B+ = (1 - eta^2 f'^2) B (random minibatch)",
+    IMPL,
+    runs=("sgd",),
+    exact=True,
+)
 def sgd_discrete_op(ctx: Context) -> Measurement:
     lr = 0.05
     p, X, Y = random_op(ctx.rng, ctx.n)
@@ -116,9 +153,14 @@ def sgd_discrete_op(ctx: Context) -> Measurement:
     return with_gradient(v, gradient_error(out, s), 1e-10, f"max rel. error {v:.1e}")
 
 
-@check("sam-discrete-op", "§7.1.7",
-       "one SAM step on OP: B+ = [1 - 2 eta rho u f~' - eta^2 f~'^2 (1 - rho^2 u^2)] B (random minibatch)", IMPL,
-       runs=("sam",), exact=True)
+@check(
+    "sam-discrete-op",
+    "§7.1.7",
+    "one SAM step on OP: B+ = [1 - 2 eta rho u f~' - eta^2 f~'^2 (1 - rho^2 u^2)] B (random minibatch)",
+    IMPL,
+    runs=("sam",),
+    exact=True,
+)
 def sam_discrete_op(ctx: Context) -> Measurement:
     lr, rho = 0.05, 0.2
     p, X, Y = random_op(ctx.rng, ctx.n)
@@ -129,9 +171,14 @@ def sam_discrete_op(ctx: Context) -> Measurement:
     return with_gradient(v, gradient_error(out, s), 1e-10, f"max rel. error {v:.1e}")
 
 
-@check("sam-discrete-nop", "§7.1.8",
-       "one SAM step on NOP: B+ - B = eta rho u [y'G~'Gy - x'G~G'x] + (eta^2/2)(|g_x~|^2 - |g_y~|^2)", IMPL,
-       runs=("sam",), exact=True)
+@check(
+    "sam-discrete-nop",
+    "§7.1.8",
+    "one SAM step on NOP: B+ - B = eta rho u [y'G~'Gy - x'G~G'x] + (eta^2/2)(|g_x~|^2 - |g_y~|^2)",
+    IMPL,
+    runs=("sam",),
+    exact=True,
+)
 def sam_discrete_nop(ctx: Context) -> Measurement:
     lr, rho = 0.05, 0.1
     p, X, Y = random_nop(ctx.rng, ctx.n)
@@ -142,8 +189,14 @@ def sam_discrete_nop(ctx: Context) -> Measurement:
     return with_gradient(v, gradient_error(out, s), 1e-8, f"max rel. error {v:.1e}")
 
 
-@check("msam-discrete-op", "§7.1.9 (38)", "one m-sharpness step on OP: B+ = [(1 - eta b)^2 - eta^2 a^2] B", IMPL,
-       runs=("msam",), exact=True)
+@check(
+    "msam-discrete-op",
+    "§7.1.9 (38)",
+    "one m-sharpness step on OP: B+ = [(1 - eta b)^2 - eta^2 a^2] B",
+    IMPL,
+    runs=("msam",),
+    exact=True,
+)
 def msam_discrete_op(ctx: Context) -> Measurement:
     p, X, Y = random_op(ctx.rng, ctx.n)
     v, g = msam_step_errors(ctx, p, X, Y)
@@ -163,9 +216,14 @@ def msam_step_errors(ctx: Context, p, X, Y, layers: bool = False) -> tuple[float
     return rel_error(B1, (factor[:, None] if layers else factor) * B), gradient_error(out, whole)
 
 
-@check("thm5-layer-identity-nop", "(27a)",
-       "layer-wise SAM-NOP (global u): dB_l/dt = rho u [y_l'G~_l'G_l y_l - x_l'G~_l G_l'x_l]", IMPL,
-       runs=("sam",), exact=True)
+@check(
+    "thm5-layer-identity-nop",
+    "(27a)",
+    "layer-wise SAM-NOP (global u): dB_l/dt = rho u [y_l'G~_l'G_l y_l - x_l'G~_l G_l'x_l]",
+    IMPL,
+    runs=("sam",),
+    exact=True,
+)
 def thm5_layer_identity_nop(ctx: Context) -> Measurement:
     rho, L = 0.1, 3
     p, X, Y = random_nop(ctx.rng, ctx.n, layers=L)
@@ -173,8 +231,14 @@ def thm5_layer_identity_nop(ctx: Context) -> Measurement:
     return with_gradient(v, g, 1e-10, f"max rel. error {v:.1e} ({L} layers)")
 
 
-@check("thm7-layer-identity-op", "(41), Thm 7",
-       "layer-wise SAM-OP (global u): dB_l/dt = -rho u f'_l f~'_l (|x_l|^2 - |y_l|^2)", IMPL, runs=("sam",), exact=True)
+@check(
+    "thm7-layer-identity-op",
+    "(41), Thm 7",
+    "layer-wise SAM-OP (global u): dB_l/dt = -rho u f'_l f~'_l (|x_l|^2 - |y_l|^2)",
+    IMPL,
+    runs=("sam",),
+    exact=True,
+)
 def thm7_layer_identity_op(ctx: Context) -> Measurement:
     rho, L = 0.2, 3
     p, X, Y = random_op(ctx.rng, ctx.n, layers=L)
@@ -182,16 +246,23 @@ def thm7_layer_identity_op(ctx: Context) -> Measurement:
     return with_gradient(v, g, 1e-10, f"max rel. error {v:.1e} ({L} layers)")
 
 
-@check("rank-r-sam-identity", "§7.1.11", "rank-r SAM flow: dB/dt = rho u [tr(Y'G~'GY) - tr(X'G~G'X)]", IMPL,
-       runs=("sam",), exact=True)
+@check(
+    "rank-r-sam-identity",
+    "§7.1.11",
+    "rank-r SAM flow: dB/dt = rho u [tr(Y'G~'GY) - tr(X'G~G'X)]",
+    IMPL,
+    runs=("sam",),
+    exact=True,
+)
 def rank_r_sam_identity(ctx: Context) -> Measurement:
     p, X, Y = random_nop(ctx.rng, ctx.n, rank=3, d1=5, d2=4)
     v, g = sam_rate_error(ctx, p, X, Y, 0.1, th.sam_nop_rate)
     return with_gradient(v, g, 1e-10, f"max rel. error {v:.1e} (rank 3, 5x4)")
 
 
-def bar_rate_error(ctx: Context, variant: str, p, X, Y, schedule: str = "constant",
-                   progress: tuple[float, ...] = (0.0,)) -> tuple[float, float]:
+def bar_rate_error(
+    ctx: Context, variant: str, p, X, Y, schedule: str = "constant", progress: tuple[float, ...] = (0.0,)
+) -> tuple[float, float]:
     """(max rel. error of the exact dB/dt of the nBAR/oBAR field (μ₀ = 0.7, ``schedule``) on a random minibatch at each
     t/T in ``progress`` against ``theory.bar_flow_rate`` with μ_t = ``paper_mu`` (the sign rule of Alg. 2/3 written
     there, the gradient norms from the paper's equations), that of the returned g)."""
@@ -208,18 +279,28 @@ def bar_rate_error(ctx: Context, variant: str, p, X, Y, schedule: str = "constan
     return float(np.max(errs)), float(np.max(g_errs))
 
 
-@check("nbar-flow-rate", "Alg 2, §4.5.5",
-       "nBAR flow (SGD base): dB/dt = sum_l s_l mu (|x_l|^2 + |y_l|^2), s_l = sign(|g_x_l| - |g_y_l|)", IMPL,
-       runs=("nbar",), exact=True)
+@check(
+    "nbar-flow-rate",
+    "Alg 2, §4.5.5",
+    "nBAR flow (SGD base): dB/dt = sum_l s_l mu (|x_l|^2 + |y_l|^2), s_l = sign(|g_x_l| - |g_y_l|)",
+    IMPL,
+    runs=("nbar",),
+    exact=True,
+)
 def nbar_flow_rate(ctx: Context) -> Measurement:
     p, X, Y = random_nop(ctx.rng, ctx.n, layers=2)
     v, g = bar_rate_error(ctx, "nbar", p, X, Y)
     return with_gradient(v, g, 1e-10, f"max rel. error {v:.1e} (2 layers, per-layer sign, random minibatch)")
 
 
-@check("obar-flow-rate", "Alg 3, §4.5.5",
-       "oBAR flow (SGD base): dB/dt = -sign(B) mu (|x|^2 + |y|^2) (per layer on 2 NOP layers)", IMPL,
-       runs=("obar",), exact=True)
+@check(
+    "obar-flow-rate",
+    "Alg 3, §4.5.5",
+    "oBAR flow (SGD base): dB/dt = -sign(B) mu (|x|^2 + |y|^2) (per layer on 2 NOP layers)",
+    IMPL,
+    runs=("obar",),
+    exact=True,
+)
 def obar_flow_rate(ctx: Context) -> Measurement:
     p, X, Y = random_op(ctx.rng, ctx.n)
     one = rel_error(th.dB_dt(p, Optimizer("obar", mu=0.7), X, Y, 0.0), th.obar_flow_rate(X, Y, 0.7))
@@ -233,9 +314,15 @@ def obar_flow_rate(ctx: Context) -> Measurement:
 BAR_PROGRESS = (0.0, 0.25, 0.5, 0.9)
 
 
-@check("bar-schedule-rates", "Algs 2-3, §4.5.5, §4.5.7",
-       "nBAR/oBAR flow at t/T = 0, 0.25, 0.5, 0.9: dB/dt = sum_l s_l mu_t (|x_l|^2 + |y_l|^2) with mu_t = mu0, "
-       "mu0 (1 - t/T), mu0 (1 + cos(pi t/T))/2 (constant, linear, cosine)", IMPL, runs=("nbar", "obar"), exact=True)
+@check(
+    "bar-schedule-rates",
+    "Algs 2-3, §4.5.5, §4.5.7",
+    "nBAR/oBAR flow at t/T = 0, 0.25, 0.5, 0.9: dB/dt = sum_l s_l mu_t (|x_l|^2 + |y_l|^2) with mu_t = mu0, "
+    "mu0 (1 - t/T), mu0 (1 + cos(pi t/T))/2 (constant, linear, cosine)",
+    IMPL,
+    runs=("nbar", "obar"),
+    exact=True,
+)
 def bar_schedule_rates(ctx: Context) -> Measurement:
     errs, g_errs = {}, []
     for variant in ("nbar", "obar"):
@@ -244,11 +331,18 @@ def bar_schedule_rates(ctx: Context) -> Measurement:
             errs[variant, schedule], g = bar_rate_error(ctx, variant, p, X, Y, schedule, BAR_PROGRESS)
             g_errs.append(g)
     v = float(np.max(list(errs.values())))
-    by = "; ".join(f"{name} " + ", ".join(f"{errs[name.lower(), sc]:.0e}" for sc in ("constant", "linear", "cosine"))
-                   for name in ("nBAR", "oBAR"))
-    return with_gradient(v, float(np.max(g_errs)), 1e-10,
-                         f"max rel. error {v:.1e} over constant, linear, cosine x t/T = "
-                         + ", ".join(f"{t:g}" for t in BAR_PROGRESS) + f" ({by}; 2 NOP layers, random minibatch)")
+    by = "; ".join(
+        f"{name} " + ", ".join(f"{errs[name.lower(), sc]:.0e}" for sc in ("constant", "linear", "cosine"))
+        for name in ("nBAR", "oBAR")
+    )
+    return with_gradient(
+        v,
+        float(np.max(g_errs)),
+        1e-10,
+        f"max rel. error {v:.1e} over constant, linear, cosine x t/T = "
+        + ", ".join(f"{t:g}" for t in BAR_PROGRESS)
+        + f" ({by}; 2 NOP layers, random minibatch)",
+    )
 
 
 # -- beyond one radius and one layer ------------------------------------------------------------
@@ -256,20 +350,28 @@ def bar_schedule_rates(ctx: Context) -> Measurement:
 RHO_GRID = (0.0, 0.05, 0.1, 0.2)
 
 
-def grid_errors(name: str, p, X, Y, targets: np.ndarray, rhos: np.ndarray, direction, whole: PaperSam,
-                m: int = 1) -> tuple[np.ndarray, float]:
+def grid_errors(
+    name: str, p, X, Y, targets: np.ndarray, rhos: np.ndarray, direction, whole: PaperSam, m: int = 1
+) -> tuple[np.ndarray, float]:
     """(per point: ‖d − d_paper‖/‖d_paper‖ of the ``name`` field with one radius per trajectory, the returned g's
     error against ``whole``); ``direction`` = (d_X, d_Y) of the paper for each row's own ρ."""
     out = Optimizer(name, m=m).field(p, X, Y, targets, 0.0, rhos)
-    per_point = [pair_error(out[0][i:i + 1], out[1][i:i + 1], direction[0][i:i + 1], direction[1][i:i + 1])
-                 for i in range(len(X))]
+    per_point = [
+        pair_error(out[0][i : i + 1], out[1][i : i + 1], direction[0][i : i + 1], direction[1][i : i + 1])
+        for i in range(len(X))
+    ]
     return np.array(per_point), gradient_error(out, whole)
 
 
-@check("rho-grid-identity", "(4), (7), (38); the contract's rho of shape (n,)",
-       "SAM (NOP, OP) and m-SAM (OP, m = 4) with one radius per trajectory, rho in {0, 0.05, 0.1, 0.2}: each row steps "
-       "along -grad f(z + rho_i g/|g|) of its own rho_i, and the rho = 0 rows along SGD's -g", IMPL, runs=("sam", "msam"),
-       exact=True)
+@check(
+    "rho-grid-identity",
+    "(4), (7), (38); the contract's rho of shape (n,)",
+    "SAM (NOP, OP) and m-SAM (OP, m = 4) with one radius per trajectory, rho in {0, 0.05, 0.1, 0.2}: each row steps "
+    "along -grad f(z + rho_i g/|g|) of its own rho_i, and the rho = 0 rows along SGD's -g",
+    IMPL,
+    runs=("sam", "msam"),
+    exact=True,
+)
 def rho_grid_identity(ctx: Context) -> Measurement:
     rhos = np.resize(np.array(RHO_GRID), ctx.n)
     rows, g_errs = [], []
@@ -290,31 +392,54 @@ def rho_grid_identity(ctx: Context) -> Measurement:
     errs = np.stack(rows)  # (SAM NOP, SAM OP, m-SAM OP) x points
     zero, positive = float(np.max(errs[:, rhos == 0])), float(np.max(errs[:, rhos > 0]))
     v = float(np.max(errs))
-    return with_gradient(v, float(np.max(g_errs)), 1e-10,
-                         f"max rel. error of the direction {v:.1e} over {ctx.n} points with rho cycling "
-                         + ", ".join(f"{r:g}" for r in RHO_GRID) + f" (rho > 0 rows {positive:.1e}; rho = 0 rows vs "
-                         f"SGD's -g {zero:.1e}; SAM NOP {np.max(errs[0]):.0e}, OP {np.max(errs[1]):.0e}, m-SAM "
-                         f"{np.max(errs[2]):.0e})")
+    return with_gradient(
+        v,
+        float(np.max(g_errs)),
+        1e-10,
+        f"max rel. error of the direction {v:.1e} over {ctx.n} points with rho cycling "
+        + ", ".join(f"{r:g}" for r in RHO_GRID)
+        + f" (rho > 0 rows {positive:.1e}; rho = 0 rows vs "
+        f"SGD's -g {zero:.1e}; SAM NOP {np.max(errs[0]):.0e}, OP {np.max(errs[1]):.0e}, m-SAM "
+        f"{np.max(errs[2]):.0e})",
+    )
 
 
-@check("sngd-discrete-layers", "§7.1.5, (15) with layers",
-       "one SGD/SNGD step on 3 NOP layers: B_l+ - B_l = (eta^2/2)(|g_x_l|^2 - |g_y_l|^2) per layer, eta/|g| for SNGD "
-       "with |g| the global norm over layers", IMPL, runs=("sgd", "sngd"), exact=True)
+@check(
+    "sngd-discrete-layers",
+    "§7.1.5, (15) with layers",
+    "one SGD/SNGD step on 3 NOP layers: B_l+ - B_l = (eta^2/2)(|g_x_l|^2 - |g_y_l|^2) per layer, eta/|g| for SNGD "
+    "with |g| the global norm over layers",
+    IMPL,
+    runs=("sgd", "sngd"),
+    exact=True,
+)
 def sngd_discrete_layers(ctx: Context) -> Measurement:
     L = 3
     p, X, Y = random_nop(ctx.rng, ctx.n, layers=L, rank=2)
     N, _ = random_minibatch(ctx.rng, p, ctx.n)
     v, g, errs = sgd_sngd_step_errors(p, X, Y, N, 0.05, layers=True)
-    return with_gradient(v, g, 1e-8, f"max error {v:.1e} per layer, relative to (eta^2/2)(|g_x_l|^2 + |g_y_l|^2) "
-                         f"(SGD {errs[0]:.1e}, SNGD {errs[1]:.1e}; {L} layers of rank 2, random minibatches)")
+    return with_gradient(
+        v,
+        g,
+        1e-8,
+        f"max error {v:.1e} per layer, relative to (eta^2/2)(|g_x_l|^2 + |g_y_l|^2) "
+        f"(SGD {errs[0]:.1e}, SNGD {errs[1]:.1e}; {L} layers of rank 2, random minibatches)",
+    )
 
 
-@check("msam-discrete-layers", "§7.1.9 (38) with (41)'s global u",
-       "one m-sharpness step on 3 OP layers: every B_l+ = [(1 - eta b)^2 - eta^2 a^2] B_l, u_i = sgn f'_i / "
-       "sqrt(sum_l |x_l|^2 + |y_l|^2)", IMPL, runs=("msam",), exact=True)
+@check(
+    "msam-discrete-layers",
+    "§7.1.9 (38) with (41)'s global u",
+    "one m-sharpness step on 3 OP layers: every B_l+ = [(1 - eta b)^2 - eta^2 a^2] B_l, u_i = sgn f'_i / "
+    "sqrt(sum_l |x_l|^2 + |y_l|^2)",
+    IMPL,
+    runs=("msam",),
+    exact=True,
+)
 def msam_discrete_layers(ctx: Context) -> Measurement:
     L = 3
     p, X, Y = random_op(ctx.rng, ctx.n, layers=L)
     v, g = msam_step_errors(ctx, p, X, Y, layers=True)
-    return with_gradient(v, g, 1e-10, f"max rel. error {v:.1e} per layer (m = 4, {L} layers, each chunk its own "
-                         "minibatch)")
+    return with_gradient(
+        v, g, 1e-10, f"max rel. error {v:.1e} per layer (m = 4, {L} layers, each chunk its own minibatch)"
+    )

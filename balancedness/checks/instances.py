@@ -41,14 +41,22 @@ def pair_error(aX: np.ndarray, aY: np.ndarray, bX: np.ndarray, bY: np.ndarray) -
 def paper_mu(mu0: float, schedule: str, progress: float) -> float:
     """μ_t of spec §4.5.7, written again (apart from ``balancedness.schedules``): constant μ₀, linear μ₀(1 − t/T),
     cosine μ₀·½(1 + cos(π t/T))."""
-    return {"constant": mu0, "linear": mu0 * (1 - progress),
-            "cosine": mu0 * 0.5 * (1 + np.cos(np.pi * progress))}[schedule]
+    return {"constant": mu0, "linear": mu0 * (1 - progress), "cosine": mu0 * 0.5 * (1 + np.cos(np.pi * progress))}[
+        schedule
+    ]
 
 
 def random_nop(rng: np.random.Generator, n: int, layers: int = 1, rank: int = 1, d1: int = 3, d2: int = 3):
     """A NOP problem with a random target, and n random points: (problem, X, Y)."""
-    p = nop_problem(rank, layers, d1=d1, d2=d2, target=rng.standard_normal((d1, d2)),
-                    x0=rng.standard_normal((layers, d1, rank)), y0=rng.standard_normal((layers, d2, rank)))
+    p = nop_problem(
+        rank,
+        layers,
+        d1=d1,
+        d2=d2,
+        target=rng.standard_normal((d1, d2)),
+        x0=rng.standard_normal((layers, d1, rank)),
+        y0=rng.standard_normal((layers, d2, rank)),
+    )
     X = rng.standard_normal((n, layers, d1, rank))
     Y = rng.standard_normal((n, layers, d2, rank))
     return p, X, Y

@@ -27,9 +27,10 @@ from __future__ import annotations
 import time
 import traceback
 import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Union
 
 import numpy as np
 
@@ -53,10 +54,10 @@ class Kind(str, Enum):
 class Comparison(str, Enum):
     """How a measured value is judged against its bound."""
 
-    AT_MOST = "<="       # value ≤ bound
-    ABOVE = ">"          # value > bound
-    WITHIN = "in"        # bound[0] ≤ value ≤ bound[1]
-    ALL_HOLD = "all"     # value == bound: 1.0 when every part of the claim holds
+    AT_MOST = "<="  # value ≤ bound
+    ABOVE = ">"  # value > bound
+    WITHIN = "in"  # bound[0] ≤ value ≤ bound[1]
+    ALL_HOLD = "all"  # value == bound: 1.0 when every part of the claim holds
 
     def holds(self, value: float, bound: Bound) -> bool:
         """Whether ``value`` satisfies the comparison (never for a non-finite value)."""
@@ -139,7 +140,7 @@ class Verdict:
     runs: tuple[str, ...] = ()
     exact: bool = False
     exercised: tuple[str, ...] = ()
-    error: Optional[str] = None
+    error: str | None = None
 
     @property
     def status(self) -> str:
@@ -148,11 +149,24 @@ class Verdict:
     def as_json(self) -> dict:
         """A JSON object of plain values (``status`` included)."""
         bound = list(self.bound) if isinstance(self.bound, tuple) else self.bound
-        return {"id": self.id, "ref": self.ref, "claim": self.claim, "measured": self.measured,
-                "tolerance": self.tolerance, "status": self.status, "kind": self.kind.value, "value": self.value,
-                "bound": bound, "comparison": self.comparison.value, "passed": self.passed, "seconds": self.seconds,
-                "runs": list(self.runs), "exact": self.exact, "exercised": list(self.exercised),
-                "error": self.error}
+        return {
+            "id": self.id,
+            "ref": self.ref,
+            "claim": self.claim,
+            "measured": self.measured,
+            "tolerance": self.tolerance,
+            "status": self.status,
+            "kind": self.kind.value,
+            "value": self.value,
+            "bound": bound,
+            "comparison": self.comparison.value,
+            "passed": self.passed,
+            "seconds": self.seconds,
+            "runs": list(self.runs),
+            "exact": self.exact,
+            "exercised": list(self.exercised),
+            "error": self.error,
+        }
 
 
 @dataclass
@@ -213,7 +227,7 @@ class Check:
 
     @property
     def role(self) -> str:
-        """"finding" where PASS means our counter-evidence reproduces, else "claim"."""
+        """ "finding" where PASS means our counter-evidence reproduces, else "claim"."""
         return "finding" if self.kind is Kind.FINDING else "claim"
 
     def _row(self) -> tuple:
@@ -239,9 +253,23 @@ class Check:
                 ours = [f for f in frames if "site-packages" not in f.filename] or frames  # not numpy's insides
                 error = f"{type(e).__name__}: {e} ({ours[-1].filename.rsplit('/', 1)[-1]}:{ours[-1].lineno})"
                 m = Measurement(float("nan"), 1.0, Comparison.ALL_HOLD, f"error: {error}")
-        return Verdict(self.id, self.ref, self.claim, self.kind, m.value, m.bound, m.comparison,
-                       m.comparison.holds(m.value, m.bound), m.text, m.comparison.describe(m.bound),
-                       time.perf_counter() - started, self.runs, self.exact, tuple(sorted(called)), error)
+        return Verdict(
+            self.id,
+            self.ref,
+            self.claim,
+            self.kind,
+            m.value,
+            m.bound,
+            m.comparison,
+            m.comparison.holds(m.value, m.bound),
+            m.text,
+            m.comparison.describe(m.bound),
+            time.perf_counter() - started,
+            self.runs,
+            self.exact,
+            tuple(sorted(called)),
+            error,
+        )
 
 
 def _recording(name: str, fn: DirectionFn, calls: list) -> DirectionFn:
@@ -286,8 +314,9 @@ class Registry:
 CHECKS = Registry()
 
 
-def check(id: str, ref: str, claim: str, kind: Kind, runs: Iterable[str] = (), exact: bool = False
-          ) -> Callable[[CheckFn], CheckFn]:
+def check(
+    id: str, ref: str, claim: str, kind: Kind, runs: Iterable[str] = (), exact: bool = False
+) -> Callable[[CheckFn], CheckFn]:
     """Decorator: register the function as the check ``id`` (one line above its definition).
 
     ``runs`` names the registered optimizers it runs: required for an implementation check, forbidden
@@ -307,7 +336,7 @@ def check(id: str, ref: str, claim: str, kind: Kind, runs: Iterable[str] = (), e
     return add
 
 
-def select(only: Optional[Sequence[str]] = None, runs: Optional[Iterable[str]] = None) -> list[Check]:
+def select(only: Sequence[str] | None = None, runs: Iterable[str] | None = None) -> list[Check]:
     """The checks to run: those named in ``only`` (an unknown id raises ``InvalidValue``); else, with
     ``runs``, the implementation checks that run one of those optimizers; else all."""
     if only:
@@ -319,9 +348,13 @@ def select(only: Optional[Sequence[str]] = None, runs: Optional[Iterable[str]] =
     return list(CHECKS)
 
 
-def run_checks(quick: bool = False, seed: int = 0, only: Optional[Sequence[str]] = None,
-               progress: Optional[Callable[[Verdict], None]] = None,
-               replace: Optional[Mapping[str, DirectionFn]] = None) -> list[Verdict]:
+def run_checks(
+    quick: bool = False,
+    seed: int = 0,
+    only: Sequence[str] | None = None,
+    progress: Callable[[Verdict], None] | None = None,
+    replace: Mapping[str, DirectionFn] | None = None,
+) -> list[Verdict]:
     """Run every registered check (or those in ``only``) and return their verdicts in report order.
 
     ``replace`` maps optimizer names to direction functions that stand in for them during this run

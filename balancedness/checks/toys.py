@@ -36,11 +36,13 @@ def toy_steps(ctx: Context) -> int:
 def toy_simulation(ctx: Context, kind: str, optimizer: str, rho) -> SimResult:
     """``optimizer`` on the NOP or OP toy with radius (or radii) ``rho``, one trajectory per α in ``TOY_ALPHAS``
     (per ρ and α for several radii), made once per ``run_checks``."""
+
     def run():
         p = nop_problem() if kind == "nop" else op_problem()
         steps = toy_steps(ctx)
-        return simulate(p, optimizer, rho=rho, alpha=TOY_ALPHAS, seeds=[0], lr=1e-4, steps=steps,
-                        record_every=steps // 1000)
+        return simulate(
+            p, optimizer, rho=rho, alpha=TOY_ALPHAS, seeds=[0], lr=1e-4, steps=steps, record_every=steps // 1000
+        )
 
     return ctx.cached(("toy", kind, optimizer, str(rho)), run)
 
@@ -80,9 +82,11 @@ def sam_balances(ctx: Context, kind: str) -> Measurement:
     drift = float(np.max([abs(sgd.balancedness[i, -1] - B0) / abs(B0) for i in (0, 1, 2)]))
     frac = end_fractions(sam)
     limit = balance_limit(ctx)
-    return all_hold(drift <= 0.01 and np.max(frac) < limit,
-                    f"T={steps}: SAM 2|B_T|/2|B_0| = {frac[0]:.3f} (a=0.5), {frac[1]:.3f} (a=1) < {limit}; "
-                    f"SGD max drift {100 * drift:.2f}% (a<=1) <= 1%")
+    return all_hold(
+        drift <= 0.01 and np.max(frac) < limit,
+        f"T={steps}: SAM 2|B_T|/2|B_0| = {frac[0]:.3f} (a=0.5), {frac[1]:.3f} (a=1) < {limit}; "
+        f"SGD max drift {100 * drift:.2f}% (a<=1) <= 1%",
+    )
 
 
 def noisier_balances_faster(ctx: Context, kind: str) -> Measurement:
@@ -94,27 +98,47 @@ def noisier_balances_faster(ctx: Context, kind: str) -> Measurement:
     R = b_sgd - b_sam
     margin = 2 * float(np.max(np.abs(b_sgd - 2 * abs(sgd.balancedness[0, 0]))))
     step = float(np.min(np.diff(R)))
-    return above(step, margin, f"t={int(sgd.t[k])}: SAM 2|B| " + ", ".join(f"{v:.4f}" for v in b_sam)
-                 + " for a = 0, 0.5, 1, 2; SGD " + ", ".join(f"{v:.4f}" for v in b_sgd)
-                 + f"; smallest step of R = 2|B_SGD| - 2|B_SAM| {step:.4f} vs 2 x SGD's largest drift {margin:.4f}")
+    return above(
+        step,
+        margin,
+        f"t={int(sgd.t[k])}: SAM 2|B| "
+        + ", ".join(f"{v:.4f}" for v in b_sam)
+        + " for a = 0, 0.5, 1, 2; SGD "
+        + ", ".join(f"{v:.4f}" for v in b_sgd)
+        + f"; smallest step of R = 2|B_SGD| - 2|B_SAM| {step:.4f} vs 2 x SGD's largest drift {margin:.4f}",
+    )
 
 
-@check("toy-nop-sam-balances", "Fig 1a, Thm 1-2",
-       "NOP toy: SAM halves 2|B| for a in {0.5, 1}; SGD stays within 1% of B0", IMPL, runs=("sgd", "sam"))
+@check(
+    "toy-nop-sam-balances",
+    "Fig 1a, Thm 1-2",
+    "NOP toy: SAM halves 2|B| for a in {0.5, 1}; SGD stays within 1% of B0",
+    IMPL,
+    runs=("sgd", "sam"),
+)
 def toy_nop_sam_balances(ctx: Context) -> Measurement:
     return sam_balances(ctx, "nop")
 
 
-@check("toy-op-sam-balances", "Fig 1b, Thm 3, 6",
-       "OP toy: SAM halves 2|B| for a in {0.5, 1}; SGD stays within 1% of B0", IMPL, runs=("sgd", "sam"))
+@check(
+    "toy-op-sam-balances",
+    "Fig 1b, Thm 3, 6",
+    "OP toy: SAM halves 2|B| for a in {0.5, 1}; SGD stays within 1% of B0",
+    IMPL,
+    runs=("sgd", "sam"),
+)
 def toy_op_sam_balances(ctx: Context) -> Measurement:
     return sam_balances(ctx, "op")
 
 
-@check("toy-rho-grid", "Fig 1 layout; the contract's rho of shape (n,)",
-       "both toys, SAM with the radii [0, rho] side by side in one run (one per trajectory): the rho = 0 rows are the "
-       "SGD run bit for bit, and the rho rows balance (2|B_T|/2|B_0| below the limit at a = 0.5, 1)", IMPL,
-       runs=("sgd", "sam"))
+@check(
+    "toy-rho-grid",
+    "Fig 1 layout; the contract's rho of shape (n,)",
+    "both toys, SAM with the radii [0, rho] side by side in one run (one per trajectory): the rho = 0 rows are the "
+    "SGD run bit for bit, and the rho rows balance (2|B_T|/2|B_0| below the limit at a = 0.5, 1)",
+    IMPL,
+    runs=("sgd", "sam"),
+)
 def toy_rho_grid_check(ctx: Context) -> Measurement:
     parts, ok = [], True
     for kind in ("nop", "op"):
@@ -123,14 +147,23 @@ def toy_rho_grid_check(ctx: Context) -> Measurement:
         gap = float(max(np.max(np.abs(zero.x - sgd.x)), np.max(np.abs(zero.y - sgd.y))))  # NaN propagates
         frac, frac_sgd = end_fractions(sam), end_fractions(sgd)
         ok = ok and gap == 0 and max(frac) < balance_limit(ctx)
-        parts.append(f"{kind.upper()}: rho=0 rows vs SGD max|diff| {gap:.1e}; rho={TOY_RHO[kind]:g} rows 2|B_T|/2|B_0| "
-                     f"= {frac[0]:.3f}, {frac[1]:.3f} (SGD {frac_sgd[0]:.3f}, {frac_sgd[1]:.3f})")
-    return all_hold(ok, f"T={toy_steps(ctx)}, a = 0.5, 1: " + "; ".join(parts) + f"; judged 0 and < {balance_limit(ctx)}")
+        parts.append(
+            f"{kind.upper()}: rho=0 rows vs SGD max|diff| {gap:.1e}; rho={TOY_RHO[kind]:g} rows 2|B_T|/2|B_0| "
+            f"= {frac[0]:.3f}, {frac[1]:.3f} (SGD {frac_sgd[0]:.3f}, {frac_sgd[1]:.3f})"
+        )
+    return all_hold(
+        ok, f"T={toy_steps(ctx)}, a = 0.5, 1: " + "; ".join(parts) + f"; judged 0 and < {balance_limit(ctx)}"
+    )
 
 
-@check("toy-grad-gap", "Fig 1 (right panels), (3), (14)",
-       "both toys: the gradient gap the SAM runs record (rho = 0 and rho rows) is |g_x|^2 - |g_y|^2 of the paper's "
-       "gradient at z on the minibatch of each recorded step", IMPL, runs=("sam",))
+@check(
+    "toy-grad-gap",
+    "Fig 1 (right panels), (3), (14)",
+    "both toys: the gradient gap the SAM runs record (rho = 0 and rho rows) is |g_x|^2 - |g_y|^2 of the paper's "
+    "gradient at z on the minibatch of each recorded step",
+    IMPL,
+    runs=("sam",),
+)
 def toy_grad_gap(ctx: Context) -> Measurement:
     """The simulator records Σ_l ‖g_{X_l}‖² − ‖g_{Y_l}‖² from the gradient the field returns; here it is recomputed with
     ``instances.paper_for`` at every record, for the target A + α N_t of that step's noise draw. The error
@@ -149,22 +182,36 @@ def toy_grad_gap(ctx: Context) -> Measurement:
                 rel.append(np.abs(grid.grad_gap[i] / (gx - gy) - 1))
         worst[kind], typical[kind] = float(np.max(err)), float(np.median(rel))  # NaN propagates
     v = max(worst.values())
-    return at_most(v, 1e-10, f"max |recorded - paper| / (|g_x|^2 + |g_y|^2) = {v:.1e} (NOP {worst['nop']:.1e}, OP "
-                   f"{worst['op']:.1e}) over 8 trajectories (rho = 0 and rho, 4 noise levels) x {len(grid.t)} records; "
-                   f"median |recorded/paper - 1| of SAM's gap at a = 0.5, 1: NOP {typical['nop']:.1e}, OP "
-                   f"{typical['op']:.1e}")
+    return at_most(
+        v,
+        1e-10,
+        f"max |recorded - paper| / (|g_x|^2 + |g_y|^2) = {v:.1e} (NOP {worst['nop']:.1e}, OP "
+        f"{worst['op']:.1e}) over 8 trajectories (rho = 0 and rho, 4 noise levels) x {len(grid.t)} records; "
+        f"median |recorded/paper - 1| of SAM's gap at a = 0.5, 1: NOP {typical['nop']:.1e}, OP "
+        f"{typical['op']:.1e}",
+    )
 
 
-@check("toy-nop-noisier-faster", "§3 (Fig 1a)",
-       "NOP toy: noisier data balances faster: SAM's reduction of 2|B| beyond SGD's grows with a, by more than "
-       "2x SGD's own drift per step", IMPL, runs=("sgd", "sam"))
+@check(
+    "toy-nop-noisier-faster",
+    "§3 (Fig 1a)",
+    "NOP toy: noisier data balances faster: SAM's reduction of 2|B| beyond SGD's grows with a, by more than "
+    "2x SGD's own drift per step",
+    IMPL,
+    runs=("sgd", "sam"),
+)
 def toy_nop_noisier_faster(ctx: Context) -> Measurement:
     return noisier_balances_faster(ctx, "nop")
 
 
-@check("toy-op-noisier-faster", "§4 (Fig 1b)",
-       "OP toy: noisier data balances faster: SAM's reduction of 2|B| beyond SGD's grows with a, by more than "
-       "2x SGD's own drift per step", IMPL, runs=("sgd", "sam"))
+@check(
+    "toy-op-noisier-faster",
+    "§4 (Fig 1b)",
+    "OP toy: noisier data balances faster: SAM's reduction of 2|B| beyond SGD's grows with a, by more than "
+    "2x SGD's own drift per step",
+    IMPL,
+    runs=("sgd", "sam"),
+)
 def toy_op_noisier_faster(ctx: Context) -> Measurement:
     return noisier_balances_faster(ctx, "op")
 
@@ -193,23 +240,36 @@ def _rates_along_sam(ctx: Context) -> dict:
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-@check("thm2-rate-bounds", "Thm 2 (6)",
-       "along SAM's own NOP trajectory: rho||g_x| - |g_y|| - s <= |dB/dt| <= rho sqrt(||g_x|^2 - |g_y|^2|) + s "
-       "(s = the explicit A_t bound)", IMPL, runs=("sam",))
+@check(
+    "thm2-rate-bounds",
+    "Thm 2 (6)",
+    "along SAM's own NOP trajectory: rho||g_x| - |g_y|| - s <= |dB/dt| <= rho sqrt(||g_x|^2 - |g_y|^2|) + s "
+    "(s = the explicit A_t bound)",
+    IMPL,
+    runs=("sam",),
+)
 def thm2_rate_bounds(ctx: Context) -> Measurement:
     r = rates_along_sam(ctx)
     low_ok = r["rate"] >= r["lo"] - r["slack"]
     high_ok = r["rate"] <= r["hi"] + r["slack"]
     bad = int(np.sum(~(low_ok & high_ok)))
     binding = int(np.sum(r["lo"] > r["slack"]))
-    return at_most(bad, 0.0, f"{bad} violations at {len(r['rate'])} points (4 noise levels, minibatch of each step); "
-                   f"the lower side is above 0 at {binding}: there SAM must move B")
+    return at_most(
+        bad,
+        0.0,
+        f"{bad} violations at {len(r['rate'])} points (4 noise levels, minibatch of each step); "
+        f"the lower side is above 0 at {binding}: there SAM must move B",
+    )
 
 
-@check("fig2a-threshold", "Cor 1, Fig 2(a)",
-       "NOP toy: after convergence SAM's 2|B| sits at the time-averaged threshold 2|Bbar| (ratio in [2/3, 3/2], "
-       "a = 0.5, 1)",
-       IMPL, runs=("sam",))
+@check(
+    "fig2a-threshold",
+    "Cor 1, Fig 2(a)",
+    "NOP toy: after convergence SAM's 2|B| sits at the time-averaged threshold 2|Bbar| (ratio in [2/3, 3/2], "
+    "a = 0.5, 1)",
+    IMPL,
+    runs=("sam",),
+)
 def fig2a_threshold(ctx: Context) -> Measurement:
     """Threshold (21) with r² = E‖g_x‖²/E‖g_y‖² (``theory.cor2_threshold_expected``, the choice of Fig. 2),
     averaged over the whole run; SAM's 2|B| averaged over the last 10% of the run. Quick: η = 5e-4, T = 2e4
@@ -223,17 +283,23 @@ def fig2a_threshold(ctx: Context) -> Measurement:
     ratios, parts = [], []
     for i in rows:
         thr = 2 * np.abs(th.cor2_threshold_expected(p, res.x[i], res.y[i], float(res.alpha[i])))
-        tail = 2 * np.abs(res.balancedness[i, int(0.9 * len(res.t)):])
+        tail = 2 * np.abs(res.balancedness[i, int(0.9 * len(res.t)) :])
         ratios.append(float(np.mean(tail) / np.mean(thr)))
-        parts.append(f"a={res.alpha[i]:g}: 2|B| {np.mean(tail):.3f} vs avg 2|Bbar| {np.mean(thr):.3f} "
-                     f"(ratio {ratios[-1]:.2f})")
+        parts.append(
+            f"a={res.alpha[i]:g}: 2|B| {np.mean(tail):.3f} vs avg 2|Bbar| {np.mean(thr):.3f} (ratio {ratios[-1]:.2f})"
+        )
     v = float(np.exp(np.max(np.abs(np.log(ratios)))))
     return at_most(v, 1.5, "; ".join(parts) + "; the worst ratio or its inverse judged <= 1.5")
 
 
-@check("toy-sgd-drift-nop", "§7.3(c)",
-       "NOP toy, a=2: SGD's drift of B is the predicted O(eta^2) term (sum along the run)", IMPL, runs=("sgd",),
-       exact=True)
+@check(
+    "toy-sgd-drift-nop",
+    "§7.3(c)",
+    "NOP toy, a=2: SGD's drift of B is the predicted O(eta^2) term (sum along the run)",
+    IMPL,
+    runs=("sgd",),
+    exact=True,
+)
 def toy_sgd_drift_nop(ctx: Context) -> Measurement:
     p = nop_problem()
     r = simulate(p, "sgd", alpha=2.0, seeds=[0], lr=1e-4, steps=toy_steps(ctx), record_every=1)
@@ -243,8 +309,14 @@ def toy_sgd_drift_nop(ctx: Context) -> Measurement:
     return at_most(v, 0.10, f"predicted dB = {pred:.5f}, observed {obs:.5f} (rel. gap {100 * v:.1f}%)")
 
 
-@check("toy-sgd-drift-op", "§7.3(c)", "OP toy: SGD has B_T = B_0 exp(-eta^2 sum f'^2) (discrete)", IMPL,
-       runs=("sgd",), exact=True)
+@check(
+    "toy-sgd-drift-op",
+    "§7.3(c)",
+    "OP toy: SGD has B_T = B_0 exp(-eta^2 sum f'^2) (discrete)",
+    IMPL,
+    runs=("sgd",),
+    exact=True,
+)
 def toy_sgd_drift_op(ctx: Context) -> Measurement:
     p, lr, steps = op_problem(), 1e-4, toy_steps(ctx)
     r = simulate(p, "sgd", alpha=1.0, seeds=[0], lr=lr, steps=steps, record_every=1)
@@ -257,8 +329,13 @@ def toy_sgd_drift_op(ctx: Context) -> Measurement:
     return at_most(v, 1e-9, f"B_T = {BT:.6f}; product formula {pred:.6f} (rel. err {v:.1e}); exp form {approx:.6f}")
 
 
-@check("toy-bar-balances", "Fig 2b, Algs 2-3",
-       "NOP toy a=1, mu=1: nBAR and oBAR reduce 2|B| and fit better than SGD", IMPL, runs=("sgd", "nbar", "obar"))
+@check(
+    "toy-bar-balances",
+    "Fig 2b, Algs 2-3",
+    "NOP toy a=1, mu=1: nBAR and oBAR reduce 2|B| and fit better than SGD",
+    IMPL,
+    runs=("sgd", "nbar", "obar"),
+)
 def toy_bar_balances(ctx: Context) -> Measurement:
     p = nop_problem()
     steps, lr = (20_000, 5e-4) if ctx.quick else (100_000, 1e-4)  # same horizon eta*T = 10
@@ -271,30 +348,54 @@ def toy_bar_balances(ctx: Context) -> Measurement:
 
 
 #: Spec §7.3(e): 2|B| after 1e5 steps (η = 1e-4) on the NOP toy, α = 1, μ₀ = 0.1, SGD base.
-SPEC_BAR_MU01 = {("nbar", "constant"): 0.24, ("nbar", "linear"): 0.41, ("obar", "constant"): 0.0,
-                 ("obar", "linear"): 0.084}
+SPEC_BAR_MU01 = {
+    ("nbar", "constant"): 0.24,
+    ("nbar", "linear"): 0.41,
+    ("obar", "constant"): 0.0,
+    ("obar", "linear"): 0.084,
+}
 #: Where 0.000 is the reference, 2|B_T| must stay below this; the others within ±20% (spec §7.3: ±20%).
 BAR_ZERO = 0.01
 
 
-@check("toy-bar-reference", "Fig 2b, §7.3(e)",
-       "NOP toy a=1, mu0=0.1, constant and linear mu_t: 2|B_T| of nBAR 0.24 / 0.41, oBAR 0.000 / 0.084 (+-20%; below "
-       "0.01 for 0.000)", IMPL, runs=("nbar", "obar"), exact=True)
+@check(
+    "toy-bar-reference",
+    "Fig 2b, §7.3(e)",
+    "NOP toy a=1, mu0=0.1, constant and linear mu_t: 2|B_T| of nBAR 0.24 / 0.41, oBAR 0.000 / 0.084 (+-20%; below "
+    "0.01 for 0.000)",
+    IMPL,
+    runs=("nbar", "obar"),
+    exact=True,
+)
 def toy_bar_reference(ctx: Context) -> Measurement:
     """The spec's horizon ηT = 10 in 1e4 steps of η = 1e-3 (quick and full: at η = 1e-4, T = 1e5 the simulator gives
     0.239, 0.409, 0.000, 0.084 with seed 0), the mean of seeds 0, 1, 2."""
     p, parts, ok = nop_problem(), [], True
     for (variant, schedule), ref in SPEC_BAR_MU01.items():
-        r = simulate(p, variant, mu=0.1, schedule=schedule, alpha=1.0, seeds=[0, 1, 2], lr=1e-3, steps=10_000,
-                     record_every=10_000)
+        r = simulate(
+            p,
+            variant,
+            mu=0.1,
+            schedule=schedule,
+            alpha=1.0,
+            seeds=[0, 1, 2],
+            lr=1e-3,
+            steps=10_000,
+            record_every=10_000,
+        )
         b = float(np.mean(2 * np.abs(r.balancedness[:, -1])))
         ok = ok and (b < BAR_ZERO if ref == 0 else abs(b - ref) <= 0.2 * ref)
         parts.append(f"{variant} {schedule} {b:.3f} (spec {ref:.3f})")
     return all_hold(ok, "2|B_T| at eta*T = 10: " + ", ".join(parts) + " (mean of seeds 0, 1, 2)")
 
 
-@check("fig4-saddle-trap", "Fig 4",
-       "GD on f = 30000(xy-0.005)^2 from x = -y stays on the line and goes to the saddle (0, 0)", IMPL, runs=("sgd",))
+@check(
+    "fig4-saddle-trap",
+    "Fig 4",
+    "GD on f = 30000(xy-0.005)^2 from x = -y stays on the line and goes to the saddle (0, 0)",
+    IMPL,
+    runs=("sgd",),
+)
 def fig4_saddle_trap(ctx: Context) -> Measurement:
     p = toy2d_problem(0.1, -0.1)
     r = simulate(p, "sgd", lr=1e-4, steps=20_000, record_every=20_000)
@@ -303,5 +404,9 @@ def fig4_saddle_trap(ctx: Context) -> Measurement:
     s = simulate(q, "sgd", lr=1e-4, steps=20_000, record_every=20_000)
     w = float(q.product(s.x[:, -1], s.y[:, -1])[0])
     v = float(np.max(np.abs([x, y, x + y])))
-    return at_most(v, 1e-6, f"from (0.1, -0.1): ends at ({x:.1e}, {y:.1e}); from (0.1, 0.09): xy = {w:.5f} "
-                   "(minimizer 0.005: the trap is the x = -y branch only)")
+    return at_most(
+        v,
+        1e-6,
+        f"from (0.1, -0.1): ends at ({x:.1e}, {y:.1e}); from (0.1, 0.09): xy = {w:.5f} "
+        "(minimizer 0.005: the trap is the x = -y branch only)",
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import List, NoReturn, Optional
+from typing import NoReturn
 
 import typer
 import typer.core
@@ -14,8 +14,15 @@ from rich.markup import escape
 
 from balancedness.validation import InvalidValue
 
-__all__ = ["Command", "console", "err_console", "fail_usage", "split_values", "ensure_writable_folder",
-           "ensure_writable_file"]
+__all__ = [
+    "Command",
+    "console",
+    "err_console",
+    "fail_usage",
+    "split_values",
+    "ensure_writable_folder",
+    "ensure_writable_file",
+]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -56,7 +63,7 @@ def fail_usage(error: str | Exception) -> NoReturn:
     raise typer.Exit(code=2)
 
 
-def split_values(values: Optional[List[str]]) -> tuple[str, ...]:
+def split_values(values: list[str] | None) -> tuple[str, ...]:
     """Repeatable and comma-separated options, flattened: ``-t a,b -t c`` → ``(a, b, c)``."""
     return tuple(v.strip() for item in values or [] for v in item.split(",") if v.strip())
 
@@ -79,8 +86,9 @@ def ensure_writable_folder(path: Path, flag: str) -> None:
     try:  # try it: os.access says yes to root, even under /proc or on a read-only mount
         os.rmdir(tempfile.mkdtemp(prefix=".write-probe-", dir=existing))
     except OSError as exc:
-        raise ValueError(f"{flag} {str(path)!r} is not writable: nothing can be created in {str(existing)!r} "
-                         f"({exc.strerror})") from None
+        raise ValueError(
+            f"{flag} {str(path)!r} is not writable: nothing can be created in {str(existing)!r} ({exc.strerror})"
+        ) from None
 
 
 def ensure_writable_file(path: Path, flag: str) -> None:

@@ -5,30 +5,41 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
 
 import typer
 from rich.console import Console
 
-from balancedness.commands.common import ensure_writable_folder, err_console, fail_usage
+from balancedness.commands.common import ensure_writable_folder, fail_usage
 from balancedness.figures import FIGURES, SEPARATE, FigureConfig, check_names, render
 from balancedness.figures.runs import DEFAULT_ALPHAS, DEFAULT_SEEDS, QUICK_SEEDS
 
 
 def figures(
-    name: str = typer.Argument(..., help=f"Figure to make: {', '.join(FIGURES)}, all (these), {', '.join(SEPARATE)} (not in all: minutes), "
-                                           "or fig3 (LoRA)."),
+    name: str = typer.Argument(
+        ...,
+        help=f"Figure to make: {', '.join(FIGURES)}, all (these), {', '.join(SEPARATE)} (not in all: minutes), "
+        "or fig3 (LoRA).",
+    ),
     out: Path = typer.Option(Path("figures"), "--out", help="Output folder (created if missing)."),
     format: str = typer.Option("png", "--format", help="Image format(s), comma-separated: png, pdf, svg."),
-    seeds: Optional[int] = typer.Option(None, "--seeds", help=f"Seeds per noise level (default {DEFAULT_SEEDS}; "
-                                        f"{QUICK_SEEDS} with --quick)."),
-    alpha: Optional[List[float]] = typer.Option(None, "--alpha", help="Noise level α of Fig. 1/2(a) (repeatable; "
-                                                f"default {', '.join(map(str, DEFAULT_ALPHAS))}; the paper's are unknown)."),
+    seeds: int | None = typer.Option(
+        None, "--seeds", help=f"Seeds per noise level (default {DEFAULT_SEEDS}; {QUICK_SEEDS} with --quick)."
+    ),
+    alpha: list[float] | None = typer.Option(
+        None,
+        "--alpha",
+        help="Noise level α of Fig. 1/2(a) (repeatable; "
+        f"default {', '.join(map(str, DEFAULT_ALPHAS))}; the paper's are unknown).",
+    ),
     quick: bool = typer.Option(False, "--quick", help="Small runs for tests: T = 2e4 steps, 2 seeds, short flows."),
-    log: Optional[List[Path]] = typer.Option(None, "--log", help="fig3 only: a run's balancedness.jsonl (or its "
-                                             "folder), repeatable; without it fig3 runs short SAM and AdamW "
-                                             "finetunes of MiniLM on rte, sst5, mnli itself."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="fig3 self-run only: the data folder."),
+    log: list[Path] | None = typer.Option(
+        None,
+        "--log",
+        help="fig3 only: a run's balancedness.jsonl (or its "
+        "folder), repeatable; without it fig3 runs short SAM and AdamW "
+        "finetunes of MiniLM on rte, sst5, mnli itself.",
+    ),
+    data_root: Path | None = typer.Option(None, "--data-root", help="fig3 self-run only: the data folder."),
 ) -> None:
     """Regenerate the paper's Figures 1, 2, 4 and the flow/rates/msharp figures, each with its data (JSON)."""
     from balancedness.figures.style import check_formats
@@ -50,11 +61,11 @@ def figures(
     Console(stderr=True).print(f"{len(names)} figure(s) in {out} ({time.perf_counter() - started:.1f} s)")
 
 
-def _fig3(out: Path, format: str, logs: Optional[List[Path]], data_root: Optional[Path], quick: bool) -> None:
+def _fig3(out: Path, format: str, logs: list[Path] | None, data_root: Path | None, quick: bool) -> None:
     """Figure 3 (spec §5): 2|B_l| of an early, a middle and the last query layer, SAM vs AdamW."""
     from balancedness.figures.fig3 import load_logs, make_fig3
-    from balancedness.finetune.record import LOG, RunFolder
     from balancedness.figures.style import check_formats
+    from balancedness.finetune.record import LOG, RunFolder
 
     try:
         ensure_writable_folder(out, "--out")
@@ -74,5 +85,6 @@ def _fig3(out: Path, format: str, logs: Optional[List[Path]], data_root: Optiona
 
         logs = fig3_runs(out, quick=quick, data_root=None if data_root is None else str(data_root))
     paths = make_fig3(out, logs=logs, formats=formats)
-    Console(stderr=True).print(f"[green]✓[/] fig3 ({time.perf_counter() - started:.1f} s): "
-                               + ", ".join(p.name for p in paths))
+    Console(stderr=True).print(
+        f"[green]✓[/] fig3 ({time.perf_counter() - started:.1f} s): " + ", ".join(p.name for p in paths)
+    )

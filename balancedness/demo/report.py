@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from balancedness.io import write_text
 
@@ -21,7 +21,9 @@ def checks_table(results: Iterable[dict]) -> str:
     lines = ["| id | paper | claim | measured | tolerance | result |", "|---|---|---|---|---|---|"]
     for r in rows:
         mark = "PASS" if r["status"] == "PASS" else "**FAIL**"
-        lines.append("| " + " | ".join(_cell(r[k]) for k in ("id", "ref", "claim", "measured", "tolerance")) + f" | {mark} |")
+        lines.append(
+            "| " + " | ".join(_cell(r[k]) for k in ("id", "ref", "claim", "measured", "tolerance")) + f" | {mark} |"
+        )
     n_fail = sum(r["status"] != "PASS" for r in rows)
     lines.append("")
     lines.append(f"{len(rows) - n_fail} of {len(rows)} checks passed" + (f", **{n_fail} failed**." if n_fail else "."))
@@ -34,8 +36,10 @@ def figure_gallery(fig_dir: Path, report_dir: Path, names: Sequence[str]) -> str
     for name in names:
         data = json.loads((fig_dir / f"{name}.json").read_text())
         rel = Path(os.path.relpath(fig_dir / f"{name}.png", report_dir)).as_posix()
-        parts.append(f"### {data.get('title', name)}\n\n![{name}]({rel})\n\n{data.get('caption', '')}\n\n"
-                     f"Data: [`{name}.json`]({Path(rel).with_suffix('.json').as_posix()})")
+        parts.append(
+            f"### {data.get('title', name)}\n\n![{name}]({rel})\n\n{data.get('caption', '')}\n\n"
+            f"Data: [`{name}.json`]({Path(rel).with_suffix('.json').as_posix()})"
+        )
     return "\n\n".join(parts)
 
 

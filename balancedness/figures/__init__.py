@@ -25,8 +25,8 @@ from __future__ import annotations
 import importlib
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from rich.console import Console
 
@@ -63,7 +63,9 @@ def check_names(names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def make_figure(name: str, cfg: FigureConfig, out_dir: str | os.PathLike, formats: Sequence[str] = ("png",)) -> list[Path]:
+def make_figure(
+    name: str, cfg: FigureConfig, out_dir: str | os.PathLike, formats: Sequence[str] = ("png",)
+) -> list[Path]:
     """Build figure ``name`` and save ``<name>.<fmt>`` for each format plus ``<name>.json``."""
     from balancedness.figures import style
 
@@ -76,8 +78,9 @@ def make_figure(name: str, cfg: FigureConfig, out_dir: str | os.PathLike, format
     return style.save_figure(fig, out_dir, name, formats, data)
 
 
-def render(names: Sequence[str], cfg: FigureConfig, out: Path, formats: Sequence[str],
-           console: Console | None = None) -> dict[str, list[Path]]:
+def render(
+    names: Sequence[str], cfg: FigureConfig, out: Path, formats: Sequence[str], console: Console | None = None
+) -> dict[str, list[Path]]:
     """Build and save each figure in ``names`` (already validated); prints one line per figure."""
     console = console or Console(stderr=True)
     written: dict[str, list[Path]] = {}

@@ -27,13 +27,17 @@ def curves(kind: str, cfg: FigureConfig) -> list[dict]:
         for a in cfg.alphas:
             mask = res.select(alpha=a)
             gap = np.abs(res.grad_gap[mask])
-            out.append({
-                "optimizer": opt, "alpha": a, "t": res.t,
-                "two_abs_B": style.summarize(two_abs_b(res, mask)),
-                "grad_gap_raw": style.summarize(gap),
-                "grad_gap_smooth": style.summarize(style.moving_average(gap, GAP_WINDOW)),
-                "excess_loss_final": float(res.loss[mask, -1].mean()),
-            })
+            out.append(
+                {
+                    "optimizer": opt,
+                    "alpha": a,
+                    "t": res.t,
+                    "two_abs_B": style.summarize(two_abs_b(res, mask)),
+                    "grad_gap_raw": style.summarize(gap),
+                    "grad_gap_smooth": style.summarize(style.moving_average(gap, GAP_WINDOW)),
+                    "excess_loss_final": float(res.loss[mask, -1].mean()),
+                }
+            )
     return out
 
 
@@ -46,8 +50,9 @@ def draw_row(axes, kind: str, rows: list[dict], alphas, label: str) -> None:
         name = f"{c['optimizer'].upper()}, α={c['alpha']:g}"
         style.plot_band(axB, c["t"], c["two_abs_B"], color=color, label=name, floor=style.LOG_FLOOR, ls=ls)
         if c["optimizer"] == "sam" or c["alpha"] == alphas[-1]:
-            axG.plot(c["t"], np.maximum(c["grad_gap_raw"]["mean"], style.LOG_FLOOR), color=color, lw=0.4,
-                     alpha=0.25, ls=ls)
+            axG.plot(
+                c["t"], np.maximum(c["grad_gap_raw"]["mean"], style.LOG_FLOOR), color=color, lw=0.4, alpha=0.25, ls=ls
+            )
             style.plot_band(axG, c["t"], c["grad_gap_smooth"], color=color, label=name, floor=style.LOG_FLOOR, ls=ls)
     axB.set_yscale("log")
     axB.set_ylabel("2|B_t| = |‖x_t‖² − ‖y_t‖²|")
@@ -69,8 +74,10 @@ def build(cfg: FigureConfig):
         rows = curves(kind, cfg)
         draw_row(axes[row], kind, rows, cfg.alphas, label)
         data[kind] = rows
-    fig.suptitle(f"Fig. 1: SAM balances, SGD does not (η = {cfg.lr:g}, T = {cfg.steps:g}, {cfg.seeds} seeds, "
-                 "mean and min–max band)")
+    fig.suptitle(
+        f"Fig. 1: SAM balances, SGD does not (η = {cfg.lr:g}, T = {cfg.steps:g}, {cfg.seeds} seeds, "
+        "mean and min–max band)"
+    )
     data["caption"] = caption(data, cfg)
     return fig, data
 
@@ -84,5 +91,9 @@ def caption(data: dict, cfg: FigureConfig) -> str:
         sgd = ", ".join(f"{by[('sgd', a)]:.3g}" for a in cfg.alphas)
         parts.append(f"{kind.upper()}: 2|B_T| SAM {sam}; SGD {sgd} (from 1.12)")
     note = " α=2 drives SAM to x=y=0 (|B|→0 without fitting, spec §7.3(d))." if 2.0 in cfg.alphas else ""
-    return ("Fig. 1. 2|B_t| (left) and the stochastic gradient gap (right) for SGD (dashed) and SAM (solid); "
-            + "; ".join(parts) + "." + note)
+    return (
+        "Fig. 1. 2|B_t| (left) and the stochastic gradient gap (right) for SGD (dashed) and SAM (solid); "
+        + "; ".join(parts)
+        + "."
+        + note
+    )

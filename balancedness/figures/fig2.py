@@ -32,9 +32,11 @@ def thresholds(res: SimResult, i: int, steps: int) -> dict[str, np.ndarray]:
     X, Y, a = res.x[i], res.y[i], np.full(len(res.t), res.alpha[i])
     noise = p.noise_sequence(int(res.seed[i]), steps + 1)[res.t.astype(int), 0]
     with np.errstate(all="ignore"):
-        out = {"expected": cor2_threshold_expected(p, X, Y, float(res.alpha[i])),
-               "noise_free": cor2_threshold(X, Y, *p.grads(X, Y, a, None)[:2]),
-               "stochastic": cor2_threshold(X, Y, *p.grads(X, Y, a, noise)[:2])}
+        out = {
+            "expected": cor2_threshold_expected(p, X, Y, float(res.alpha[i])),
+            "noise_free": cor2_threshold(X, Y, *p.grads(X, Y, a, None)[:2]),
+            "stochastic": cor2_threshold(X, Y, *p.grads(X, Y, a, noise)[:2]),
+        }
     return {k: 2 * np.abs(v) for k, v in out.items()}
 
 
@@ -48,11 +50,23 @@ def panel_a(ax, cfg: FigureConfig) -> list[dict]:
         curve = style.summarize(two_abs_b(res, res.select(alpha=a)))
         color = style.alpha_color(a, cfg.alphas)
         style.plot_band(ax, res.t, curve, color=color, label=f"SAM, α={a:g}", floor=style.LOG_FLOOR)
-        ax.axhline(max(avg["expected"], style.LOG_FLOOR), color=color, ls=":", lw=1.6,
-                   label=f"avg 2|B̄| = {avg['expected']:.3g}")
-        rows.append({"alpha": a, "t": res.t, "two_abs_B": curve, "final_two_abs_B": float(curve["mean"][-1]),
-                     "threshold_time_avg_two_abs": avg,
-                     "threshold_expected_mean_curve": np.nanmean([t["expected"] for t in thr], axis=0)})
+        ax.axhline(
+            max(avg["expected"], style.LOG_FLOOR),
+            color=color,
+            ls=":",
+            lw=1.6,
+            label=f"avg 2|B̄| = {avg['expected']:.3g}",
+        )
+        rows.append(
+            {
+                "alpha": a,
+                "t": res.t,
+                "two_abs_B": curve,
+                "final_two_abs_B": float(curve["mean"][-1]),
+                "threshold_time_avg_two_abs": avg,
+                "threshold_expected_mean_curve": np.nanmean([t["expected"] for t in thr], axis=0),
+            }
+        )
     ax.set_yscale("log")
     ax.set_ylim(bottom=style.LOG_FLOOR * 0.7)
     ax.set_ylabel("2|B_t|")
@@ -74,8 +88,17 @@ def panel_b(axB, axL, cfg: FigureConfig) -> list[dict]:
         loss = style.summarize(res.loss[mask])
         style.plot_band(axB, res.t, B, color=color, label=label, floor=style.LOG_FLOOR)
         style.plot_band(axL, res.t, loss, color=color, label=label, floor=1e-8)
-        rows.append({"optimizer": opt, "label": label, "t": res.t, "two_abs_B": B, "excess_loss": loss,
-                     "final_two_abs_B": float(B["mean"][-1]), "final_excess_loss": float(loss["mean"][-1])})
+        rows.append(
+            {
+                "optimizer": opt,
+                "label": label,
+                "t": res.t,
+                "two_abs_B": B,
+                "excess_loss": loss,
+                "final_two_abs_B": float(B["mean"][-1]),
+                "final_excess_loss": float(loss["mean"][-1]),
+            }
+        )
     axB.set_yscale("log")
     axB.set_ylim(bottom=style.LOG_FLOOR * 0.7)
     axB.set_ylabel("2|B_t|")
@@ -92,15 +115,28 @@ def panel_b(axB, axL, cfg: FigureConfig) -> list[dict]:
 def build(cfg: FigureConfig):
     """The three-panel figure ((a), (b) balancedness, (b) loss) and its data."""
     fig, axes = style.new_figure(1, 3, width=14.0, height=4.0)
-    data = {"settings": settings_of(cfg, rho=RHO["nop"], bar_alpha=BAR_ALPHA, bar_mu=BAR_MU, bar_schedule="constant",
-                                    threshold="rho->0 closed form (21), r^2 = E||g_x||^2 / E||g_y||^2, "
-                                              "time-averaged 2|Bbar| over the records and seeds")}
+    data = {
+        "settings": settings_of(
+            cfg,
+            rho=RHO["nop"],
+            bar_alpha=BAR_ALPHA,
+            bar_mu=BAR_MU,
+            bar_schedule="constant",
+            threshold="rho->0 closed form (21), r^2 = E||g_x||^2 / E||g_y||^2, "
+            "time-averaged 2|Bbar| over the records and seeds",
+        )
+    }
     data["a"] = panel_a(axes[0, 0], cfg)
     data["b"] = panel_b(axes[0, 1], axes[0, 2], cfg)
     fig.suptitle(f"Fig. 2: NOP toy (11), η = {cfg.lr:g}, T = {cfg.steps:g}, {cfg.seeds} seeds (mean, min–max band)")
-    a = "; ".join(f"α={r['alpha']:g}: final 2|B_T| {r['final_two_abs_B']:.3g} vs avg 2|B̄| "
-                  f"{r['threshold_time_avg_two_abs']['expected']:.3g}" for r in data["a"])
+    a = "; ".join(
+        f"α={r['alpha']:g}: final 2|B_T| {r['final_two_abs_B']:.3g} vs avg 2|B̄| "
+        f"{r['threshold_time_avg_two_abs']['expected']:.3g}"
+        for r in data["a"]
+    )
     b = ", ".join(f"{r['label']} {r['final_two_abs_B']:.3g} (loss {r['final_excess_loss']:.1e})" for r in data["b"])
-    data["caption"] = ("Fig. 2. (a) SAM's 2|B_t| with dotted lines at the time-averaged 2|B̄_t| of Cor. 2 "
-                       f"(ρ→0 form, expected gradient norms): {a}. (b) 2|B_T| at α={BAR_ALPHA:g}: {b}.")
+    data["caption"] = (
+        "Fig. 2. (a) SAM's 2|B_t| with dotted lines at the time-averaged 2|B̄_t| of Cor. 2 "
+        f"(ρ→0 form, expected gradient norms): {a}. (b) 2|B_T| at α={BAR_ALPHA:g}: {b}."
+    )
     return fig, data

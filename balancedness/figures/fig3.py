@@ -19,8 +19,9 @@ import csv
 import io
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from balancedness.finetune.record import LOG, RunFolder
 from balancedness.io import write_text
@@ -52,9 +53,17 @@ def load_logs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
                     layers.setdefault(int(match.group(1)), []).append(float("nan") if b is None else 2.0 * abs(b))
         if not layers:
             raise ValueError(f"{str(path)!r} has no query-layer LoRA records")
-        runs.append({"task": meta.task if meta else path.parent.name, "method": meta.method if meta else "?",
-                     "model": meta.model if meta else None, "seed": meta.seed if meta else None,
-                     "steps": [r["step"] for r in records], "layers": layers, "path": str(path)})
+        runs.append(
+            {
+                "task": meta.task if meta else path.parent.name,
+                "method": meta.method if meta else "?",
+                "model": meta.model if meta else None,
+                "seed": meta.seed if meta else None,
+                "steps": [r["step"] for r in records],
+                "layers": layers,
+                "path": str(path),
+            }
+        )
     return runs
 
 
@@ -71,12 +80,17 @@ def _read_records(path: Path) -> list[dict[str, Any]]:
             continue
         try:
             record = json.loads(line)
-            if not (isinstance(record["step"], int) and isinstance(record["balancedness"], dict)
-                    and all(v is None or isinstance(v, (int, float)) for v in record["balancedness"].values())):
+            if not (
+                isinstance(record["step"], int)
+                and isinstance(record["balancedness"], dict)
+                and all(v is None or isinstance(v, (int, float)) for v in record["balancedness"].values())
+            ):
                 raise ValueError
         except (ValueError, KeyError, TypeError):
-            raise ValueError(f"balancedness log {str(path)!r} is not a log of balancedness records: line {number} "
-                             f"is {line[:60]!r}; expected the {LOG} of a finetune run") from None
+            raise ValueError(
+                f"balancedness log {str(path)!r} is not a log of balancedness records: line {number} "
+                f"is {line[:60]!r}; expected the {LOG} of a finetune run"
+            ) from None
         records.append(record)
     return records
 
@@ -118,8 +132,13 @@ def make_fig3(out_dir: str | Path, logs: Sequence[str | Path], formats: Sequence
             values = run["layers"][layer]
             # a seed fixes the LoRA init, so runs of one seed share a line style and start from the same B_0
             style = _SEED_STYLES[seeds.index(run["seed"]) % len(_SEED_STYLES)]
-            ax.plot(run["steps"][:len(values)], values, color=color, linestyle=style,
-                    label=None if run["method"] in labelled else label)
+            ax.plot(
+                run["steps"][: len(values)],
+                values,
+                color=color,
+                linestyle=style,
+                label=None if run["method"] in labelled else label,
+            )
             labelled.add(run["method"])
             rows += [(task, run["method"], run["seed"], layer, s, v) for s, v in zip(run["steps"], values)]
         ax.set_title(f"{task}: query layer {layer}")
@@ -129,14 +148,19 @@ def make_fig3(out_dir: str | Path, logs: Sequence[str | Path], formats: Sequence
         panel_label(ax, f"({chr(97 + i)})")
     models = ", ".join(dict.fromkeys(str(r["model"]) for r in runs if r["model"])) or "LoRA model"
     seeds_note = " (line style: seed)" if len({r["seed"] for r in runs}) > 1 else ""
-    fig.suptitle(f"Implicit regularization of SAM on LoRA ({models}): $2|B_{{t,l}}|$, SAM vs AdamW{seeds_note}",
-                 fontsize=10)
+    fig.suptitle(
+        f"Implicit regularization of SAM on LoRA ({models}): $2|B_{{t,l}}|$, SAM vs AdamW{seeds_note}", fontsize=10
+    )
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["task", "method", "seed", "layer", "step", "two_abs_b"])
     writer.writerows(rows)
     write_text(out_dir / "fig3.csv", buf.getvalue())
-    data = {"panels": [{"task": t, "layer": l} for t, l in panels],
-            "runs": [{k: v for k, v in r.items() if k != "layers"} | {"layers": {str(k): v for k, v in r["layers"].items()}}
-                     for r in runs]}
+    data = {
+        "panels": [{"task": t, "layer": l} for t, l in panels],
+        "runs": [
+            {k: v for k, v in r.items() if k != "layers"} | {"layers": {str(k): v for k, v in r["layers"].items()}}
+            for r in runs
+        ],
+    }
     return save_figure(fig, out_dir, "fig3", formats, data) + [out_dir / "fig3.csv"]

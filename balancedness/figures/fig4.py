@@ -36,8 +36,15 @@ DIST_FLOOR = 1e-40
 def run(opt: str, start: tuple[float, float], mu: float = 0.0, bar_steps: int = 0) -> np.ndarray:
     """(x_t, y_t), t = 0..STEPS: ``opt`` (μ linear to 0 over ``bar_steps``, or constant if 0), then GD."""
     first = bar_steps if bar_steps else STEPS
-    r = simulate(toy2d_problem(*start), opt, mu=mu, schedule="linear" if bar_steps else "constant",
-                 lr=LR, steps=first, record_every=1)
+    r = simulate(
+        toy2d_problem(*start),
+        opt,
+        mu=mu,
+        schedule="linear" if bar_steps else "constant",
+        lr=LR,
+        steps=first,
+        record_every=1,
+    )
     xy = np.stack([r.x[0, :, 0, 0, 0], r.y[0, :, 0, 0, 0]], axis=1)
     if first < STEPS:
         g = simulate(toy2d_problem(*xy[-1]), "sgd", lr=LR, steps=STEPS - first, record_every=1)
@@ -56,9 +63,20 @@ def trajectories() -> list[dict]:
     out = []
     for label, opt, start, mu, bar_steps, ls in specs:
         xy = run("sgd" if opt == "gd" else opt, start, mu, bar_steps)
-        out.append({"label": label, "optimizer": opt, "start": start, "mu0": mu, "bar_steps": bar_steps, "ls": ls,
-                    "xy": xy, "end": xy[-1], "line_distance": np.abs(xy[:, 0] + xy[:, 1]) / np.sqrt(2),
-                    "min_dist_to_saddle": float(np.hypot(xy[:, 0], xy[:, 1]).min())})
+        out.append(
+            {
+                "label": label,
+                "optimizer": opt,
+                "start": start,
+                "mu0": mu,
+                "bar_steps": bar_steps,
+                "ls": ls,
+                "xy": xy,
+                "end": xy[-1],
+                "line_distance": np.abs(xy[:, 0] + xy[:, 1]) / np.sqrt(2),
+                "min_dist_to_saddle": float(np.hypot(xy[:, 0], xy[:, 1]).min()),
+            }
+        )
     return out
 
 
@@ -86,17 +104,38 @@ def build(cfg: FigureConfig):
     ax, axD = axes[0]
     draw_contours(ax)
     trajs = trajectories()
-    colors = [style.OPTIMIZER_COLORS["gd"], "#1f77b4", style.OPTIMIZER_COLORS["obar"],
-              style.OPTIMIZER_COLORS["nbar"], style.OPTIMIZER_COLORS["obar"]]
+    colors = [
+        style.OPTIMIZER_COLORS["gd"],
+        "#1f77b4",
+        style.OPTIMIZER_COLORS["obar"],
+        style.OPTIMIZER_COLORS["nbar"],
+        style.OPTIMIZER_COLORS["obar"],
+    ]
     widths = [4.0, 1.8, 3.2, 1.4, 1.2]  # wide lines under narrow ones: GD and BAR share the line x = −y
     for c, lw, tr in zip(colors, widths, trajs):
         xy = tr["xy"]
         faint = tr["ls"] == ":"
-        ax.plot(xy[:, 0], xy[:, 1], color=c, ls=tr["ls"], lw=lw, marker=None if faint else "o", ms=2.2,
-                markevery=10, alpha=0.8 if faint else 1.0, label=tr["label"])
+        ax.plot(
+            xy[:, 0],
+            xy[:, 1],
+            color=c,
+            ls=tr["ls"],
+            lw=lw,
+            marker=None if faint else "o",
+            ms=2.2,
+            markevery=10,
+            alpha=0.8 if faint else 1.0,
+            label=tr["label"],
+        )
         ax.plot(*xy[0], "o", color=c, ms=6, mfc="white")
-        axD.plot(np.arange(len(xy)), np.maximum(tr["line_distance"], DIST_FLOOR), color=c, ls=tr["ls"], lw=lw,
-                 label=tr["label"])
+        axD.plot(
+            np.arange(len(xy)),
+            np.maximum(tr["line_distance"], DIST_FLOOR),
+            color=c,
+            ls=tr["ls"],
+            lw=lw,
+            label=tr["label"],
+        )
     style.panel_label(ax, "(a) f = 30000(xy − 0.005)², trajectories (○ start)")
     ax.legend(loc="upper left", fontsize=7)
     axD.set_yscale("log")
@@ -109,7 +148,9 @@ def build(cfg: FigureConfig):
     style.panel_label(axD, f"(b) leaving the line (exact 0 drawn at {DIST_FLOOR:g})")
     fig.suptitle(f"Fig. 4: GD (η = {LR:g}) on the 2-D example; the hard constraint |x| = |y| contains the trap x = −y")
     ends = "; ".join(f"{t['label']}: ends at ({t['end'][0]:.3g}, {t['end'][1]:.3g})" for t in trajs)
-    data = {"settings": {"lr": LR, "steps": STEPS, "bar_mu0": BAR_MU, "bar_steps": BAR_STEPS, "base": "GD (SGD, no noise)"},
-            "trajectories": [{k: v for k, v in t.items() if k != "ls"} for t in trajs],
-            "caption": f"Fig. 4. Contours of f = 30000(xy − 0.005)² with |x| = |y| dashed. {ends}."}
+    data = {
+        "settings": {"lr": LR, "steps": STEPS, "bar_mu0": BAR_MU, "bar_steps": BAR_STEPS, "base": "GD (SGD, no noise)"},
+        "trajectories": [{k: v for k, v in t.items() if k != "ls"} for t in trajs],
+        "caption": f"Fig. 4. Contours of f = 30000(xy − 0.005)² with |x| = |y| dashed. {ends}.",
+    }
     return fig, data

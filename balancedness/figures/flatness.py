@@ -49,13 +49,29 @@ def curves(kind: str, cfg: FigureConfig) -> list[dict]:
     p, out = toy_problem(kind), []
     for method in METHODS:
         kw = hyper(method, kind)
-        run = simulate(p, method, alpha=list(ALPHAS), seeds=cfg.seeds, lr=cfg.lr, steps=cfg.steps,
-                       record_every=cfg.record_every, progress=cfg.progress, **kw)
+        run = simulate(
+            p,
+            method,
+            alpha=list(ALPHAS),
+            seeds=cfg.seeds,
+            lr=cfg.lr,
+            steps=cfg.steps,
+            record_every=cfg.record_every,
+            progress=cfg.progress,
+            **kw,
+        )
         flow = solve_flow(p, method, t_end=cfg.horizon, t_eval=run.t * cfg.lr, **kw)
-        out.append({"method": method, "hyper": kw, "t": run.t,
-                    "two_abs_B": {f"{a:g}": style.summarize(two_abs_b(run, run.select(alpha=a))) for a in ALPHAS},
-                    "flow_two_abs_B": 2 * np.abs(flow.balancedness[0]), "flow_status": flow.settings["status"],
-                    "two_abs_B0": float(2 * abs(run.balancedness[0, 0]))})
+        out.append(
+            {
+                "method": method,
+                "hyper": kw,
+                "t": run.t,
+                "two_abs_B": {f"{a:g}": style.summarize(two_abs_b(run, run.select(alpha=a))) for a in ALPHAS},
+                "flow_two_abs_B": 2 * np.abs(flow.balancedness[0]),
+                "flow_status": flow.settings["status"],
+                "two_abs_B0": float(2 * abs(run.balancedness[0, 0])),
+            }
+        )
     return out
 
 
@@ -92,14 +108,22 @@ def draw_row(axes, kind: str, rows: list[dict], label: str) -> None:
 def build(cfg: FigureConfig):
     """The 2×2 figure and its data."""
     fig, axes = style.new_figure(2, 3, width=15.0, height=3.9)
-    data = {"settings": settings_of(cfg, alphas=list(ALPHAS), hyper={k: {m: hyper(m, k) for m in METHODS}
-                                                                     for k in RHO}, log_floor=style.LOG_FLOOR)}
+    data = {
+        "settings": settings_of(
+            cfg,
+            alphas=list(ALPHAS),
+            hyper={k: {m: hyper(m, k) for m in METHODS} for k in RHO},
+            log_floor=style.LOG_FLOOR,
+        )
+    }
     for row, (kind, label) in enumerate((("nop", "a"), ("op", "b"))):
         rows = curves(kind, cfg)
         draw_row(axes[row], kind, rows, label)
         data[kind] = rows
-    fig.suptitle(f"Which flatness methods balance? 2|B_t| beside the theory (η = {cfg.lr:g}, T = {cfg.steps:g}, "
-                 f"{cfg.seeds} seeds)")
+    fig.suptitle(
+        f"Which flatness methods balance? 2|B_t| beside the theory (η = {cfg.lr:g}, T = {cfg.steps:g}, "
+        f"{cfg.seeds} seeds)"
+    )
     data["caption"] = caption(data)
     return fig, data
 
@@ -108,14 +132,24 @@ def caption(data: dict) -> str:
     """2|B_T|/2|B_0| of each method at α = 1 and its flow's at α = 0, per toy."""
     parts = []
     for kind in ("nop", "op"):
-        cells = [f"{c['method']} {c['two_abs_B']['1']['mean'][-1] / c['two_abs_B0']:.3f}"
-                 f" (flow α=0 {c['flow_two_abs_B'][-1] / c['two_abs_B0']:.3f})" for c in data[kind]]
+        cells = [
+            f"{c['method']} {c['two_abs_B']['1']['mean'][-1] / c['two_abs_B0']:.3f}"
+            f" (flow α=0 {c['flow_two_abs_B'][-1] / c['two_abs_B0']:.3f})"
+            for c in data[kind]
+        ]
         parts.append(f"{kind.upper()}: " + ", ".join(cells))
     gaps = []
     for kind in ("nop", "op"):
         sgd = next(c for c in data[kind] if c["method"] == "sgd")["two_abs_B"]["1"]["mean"]
-        gaps += [f"{kind.upper()} {c['method']} {np.max(np.abs(c['two_abs_B']['1']['mean'] - sgd)):.1e}"
-                 for c in data[kind] if c["method"] in ("flat-lora", "bi-lora", "asam")]
-    return ("2|B_T|/2|B_0| at α = 1 (the α = 0 flow's in brackets): " + "; ".join(parts)
-            + ". Largest |2|B_t| − 2|B_t|(SGD)| at α = 1, same draws: " + ", ".join(gaps)
-            + ". On OP, nBAR and oBAR take the same sign (‖g_x‖ ≥ ‖g_y‖ ⇔ ‖y‖ ≥ ‖x‖), so their curves coincide.")
+        gaps += [
+            f"{kind.upper()} {c['method']} {np.max(np.abs(c['two_abs_B']['1']['mean'] - sgd)):.1e}"
+            for c in data[kind]
+            if c["method"] in ("flat-lora", "bi-lora", "asam")
+        ]
+    return (
+        "2|B_T|/2|B_0| at α = 1 (the α = 0 flow's in brackets): "
+        + "; ".join(parts)
+        + ". Largest |2|B_t| − 2|B_t|(SGD)| at α = 1, same draws: "
+        + ", ".join(gaps)
+        + ". On OP, nBAR and oBAR take the same sign (‖g_x‖ ≥ ‖g_y‖ ⇔ ‖y‖ ≥ ‖x‖), so their curves coincide."
+    )

@@ -41,18 +41,37 @@ def compute(cfg: FigureConfig) -> dict:
         steps = int(round(t_end / lr))
         d = simulate(p, "sam", rho=rho, lr=lr, steps=steps, record_every=steps // N_RECORDS, progress=cfg.progress)
         gap = np.abs(d.balancedness[0] - B_flow)
-        runs.append({"lr": lr, "steps": steps, "t": d.t * lr, "B": d.balancedness[0], "gap": gap,
-                     "max_gap": float(gap[smooth].max()), "max_gap_all_t": float(gap.max())})
+        runs.append(
+            {
+                "lr": lr,
+                "steps": steps,
+                "t": d.t * lr,
+                "B": d.balancedness[0],
+                "gap": gap,
+                "max_gap": float(gap[smooth].max()),
+                "max_gap_all_t": float(gap.max()),
+            }
+        )
     ratios = [runs[i]["max_gap"] / runs[i + 1]["max_gap"] for i in range(len(runs) - 1)]
-    return {"t": flow.t, "B_flow": B_flow, "flow_status": flow.settings["status"], "sliding_from": sliding_from,
-            "runs": runs, "ratio_per_decade": ratios, "t_end": t_end, "rho": rho}
+    return {
+        "t": flow.t,
+        "B_flow": B_flow,
+        "flow_status": flow.settings["status"],
+        "sliding_from": sliding_from,
+        "runs": runs,
+        "ratio_per_decade": ratios,
+        "t_end": t_end,
+        "rho": rho,
+    }
 
 
 def build(cfg: FigureConfig):
     fig, axes = style.new_figure(1, 3, width=13.5, height=3.8)
     axB, axG, axE = axes[0]
     d = compute(cfg)
-    axB.plot(d["t"], 2 * np.abs(d["B_flow"]), color=style.OPTIMIZER_COLORS["flow"], lw=3, alpha=0.35, label="flow (DOP853)")
+    axB.plot(
+        d["t"], 2 * np.abs(d["B_flow"]), color=style.OPTIMIZER_COLORS["flow"], lw=3, alpha=0.35, label="flow (DOP853)"
+    )
     for i, r in enumerate(d["runs"]):
         c = style.series_color(i)
         axB.plot(r["t"], 2 * np.abs(r["B"]), color=c, ls="--", label=f"SAM, η={r['lr']:g}")
@@ -81,8 +100,11 @@ def build(cfg: FigureConfig):
     axE.legend()
     rat = ", ".join(f"{x:.1f}" for x in d["ratio_per_decade"])
     fig.suptitle(f"Flow vs discrete SAM up to t = {d['t_end']:g}: the gap shrinks ×{rat} per decade of η")
-    d["caption"] = ("Flow. SAM's limiting flow (DOP853) and discrete SAM at η = 1e-2, 1e-3, 1e-4 on the deterministic "
-                    f"NOP toy up to t = {d['t_end']:g}: max gap before the flow reaches the minimizer " + ", ".join(f"{g:.2e}" for g in gaps)
-                    + f" (×{rat} per decade; O(η) Euler error).")
+    d["caption"] = (
+        "Flow. SAM's limiting flow (DOP853) and discrete SAM at η = 1e-2, 1e-3, 1e-4 on the deterministic "
+        f"NOP toy up to t = {d['t_end']:g}: max gap before the flow reaches the minimizer "
+        + ", ".join(f"{g:.2e}" for g in gaps)
+        + f" (×{rat} per decade; O(η) Euler error)."
+    )
     d["settings"] = {"rho": d["rho"], "t_end": d["t_end"], "lrs": list(LRS), "alpha": 0.0}
     return fig, d

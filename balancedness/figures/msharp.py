@@ -10,7 +10,7 @@ stronger regularization. Mean over seeds, min–max band.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -27,11 +27,22 @@ def steps_of(cfg: FigureConfig) -> int:
     return 2_000 if cfg.quick else 10_000
 
 
-@lru_cache(maxsize=None)
+@cache
 def run_m(m: int, cfg: FigureConfig):
     steps = steps_of(cfg)
-    return simulate(toy_problem("op"), "msam", rho=RHO["op"], m=m, batch=BATCH, alpha=ALPHA, seeds=cfg.seeds,
-                    lr=LR, steps=steps, record_every=steps // 200, progress=cfg.progress)
+    return simulate(
+        toy_problem("op"),
+        "msam",
+        rho=RHO["op"],
+        m=m,
+        batch=BATCH,
+        alpha=ALPHA,
+        seeds=cfg.seeds,
+        lr=LR,
+        steps=steps,
+        record_every=steps // 200,
+        progress=cfg.progress,
+    )
 
 
 def build(cfg: FigureConfig):
@@ -45,9 +56,18 @@ def build(cfg: FigureConfig):
         style.plot_band(axB, r.t, B, color=c, label=f"m = {m}", floor=style.LOG_FLOOR)
         style.plot_band(axL, r.t, loss, color=c, label=f"m = {m}", floor=1e-8)
         half = int(np.argmax(B["mean"] <= 0.5 * B["mean"][0])) if np.any(B["mean"] <= 0.5 * B["mean"][0]) else None
-        rows.append({"m": m, "t": r.t, "two_abs_B": B, "excess_loss": loss, "final_two_abs_B": float(B["mean"][-1]),
-                     "mid_two_abs_B": float(B["mean"][len(r.t) // 2]), "final_excess_loss": float(loss["mean"][-1]),
-                     "halving_iteration": None if half is None else float(r.t[half])})
+        rows.append(
+            {
+                "m": m,
+                "t": r.t,
+                "two_abs_B": B,
+                "excess_loss": loss,
+                "final_two_abs_B": float(B["mean"][-1]),
+                "mid_two_abs_B": float(B["mean"][len(r.t) // 2]),
+                "final_excess_loss": float(loss["mean"][-1]),
+                "halving_iteration": None if half is None else float(r.t[half]),
+            }
+        )
     for ax in (axB, axL):
         ax.set_yscale("log")
         style.iteration_axis(ax)
@@ -60,9 +80,21 @@ def build(cfg: FigureConfig):
     axL.legend(loc="lower left")
     fig.suptitle(f"m-sharpness (Lemma 3): larger m balances faster; {cfg.seeds} seeds, mean and min–max band")
     mid = ", ".join(f"m={r['m']}: {r['mid_two_abs_B']:.3g}" for r in rows)
-    data = {"rows": rows,
-            "settings": {"ms": list(MS), "batch": BATCH, "alpha": ALPHA, "lr": LR, "steps": steps_of(cfg),
-                         "rho": RHO["op"], "seeds": cfg.seeds, "band": "min-max over seeds"},
-            "caption": (f"m-sharpness. 2|B_t| of m-SAM on the OP toy at mid-run (t = {steps_of(cfg) // 2}): {mid}; "
-                        "final excess loss " + ", ".join(f"{r['final_excess_loss']:.2g}" for r in rows) + ".")}
+    data = {
+        "rows": rows,
+        "settings": {
+            "ms": list(MS),
+            "batch": BATCH,
+            "alpha": ALPHA,
+            "lr": LR,
+            "steps": steps_of(cfg),
+            "rho": RHO["op"],
+            "seeds": cfg.seeds,
+            "band": "min-max over seeds",
+        },
+        "caption": (
+            f"m-sharpness. 2|B_t| of m-SAM on the OP toy at mid-run (t = {steps_of(cfg) // 2}): {mid}; "
+            "final excess loss " + ", ".join(f"{r['final_excess_loss']:.2g}" for r in rows) + "."
+        ),
+    }
     return fig, data

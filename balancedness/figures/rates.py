@@ -48,15 +48,31 @@ def along_flow(kind: str, t_end: float) -> dict:
     keep = f.t < (np.inf if sliding_from is None else sliding_from)
     with np.errstate(all="ignore"):
         ratio = np.where(bound > 0, np.abs(measured - lead) / bound, 0.0)
-    return {"t": f.t[keep], "measured": measured[keep], "leading": lead[keep], "A_bound": bound[keep],
-            "A_over_bound": ratio[keep], "max_A_over_bound": float(np.nanmax(ratio[keep])), "rho": rho,
-            "t_end": t_end, "sliding_from": sliding_from, "flow_status": f.settings["status"]}
+    return {
+        "t": f.t[keep],
+        "measured": measured[keep],
+        "leading": lead[keep],
+        "A_bound": bound[keep],
+        "A_over_bound": ratio[keep],
+        "max_A_over_bound": float(np.nanmax(ratio[keep])),
+        "rho": rho,
+        "t_end": t_end,
+        "sliding_from": sliding_from,
+        "flow_status": f.settings["status"],
+    }
 
 
 def draw(ax, d: dict, label: str, theorem: str) -> None:
     t = d["t"]
-    ax.fill_between(t, d["leading"] - d["A_bound"], d["leading"] + d["A_bound"], color=style.OPTIMIZER_COLORS["sam"],
-                    alpha=0.18, lw=0, label=f"{theorem} leading term ± explicit |A_t| bound")
+    ax.fill_between(
+        t,
+        d["leading"] - d["A_bound"],
+        d["leading"] + d["A_bound"],
+        color=style.OPTIMIZER_COLORS["sam"],
+        alpha=0.18,
+        lw=0,
+        label=f"{theorem} leading term ± explicit |A_t| bound",
+    )
     ax.plot(t, d["leading"], color=style.OPTIMIZER_COLORS["sam"], lw=1.4, label=f"{theorem} leading term")
     ax.plot(t, d["measured"], color="k", ls="--", lw=1.2, label="measured dB/dt (exact SAM field)")
     scale = float(np.nanmax(np.abs(d["measured"]))) * 1e-3
@@ -76,9 +92,15 @@ def build(cfg: FigureConfig):
     draw(axes[0, 0], nop, f"(a) NOP toy, ρ={nop['rho']:g}: Thm 2 (5)", "Thm 2")
     draw(axes[0, 1], op, f"(b) OP toy, ρ={op['rho']:g}: Lemma 2 (32)", "Lemma 2")
     fig.suptitle("dB/dt along the SAM flow: measured vs leading term, band = ± the explicit A_t bound (spec §3)")
-    data = {"nop": nop, "op": op, "settings": {"t_end": T_END, "alpha": 0.0, "rho": RHO},
-            "caption": ("Rates. Measured dB/dt along the SAM flow against the leading term of Thm 2 (NOP) and Lemma 2 (OP); "
-                        f"max |measured − leading| / bound = {nop['max_A_over_bound']:.2f} (NOP), "
-                        f"{op['max_A_over_bound']:.2f} (OP), i.e. inside the band, up to where the flows reach their minimizers "
-                        f"(t = {nop['sliding_from'] or T_END['nop']:.3g} NOP, {op['sliding_from'] or T_END['op']:.3g} OP).")}
+    data = {
+        "nop": nop,
+        "op": op,
+        "settings": {"t_end": T_END, "alpha": 0.0, "rho": RHO},
+        "caption": (
+            "Rates. Measured dB/dt along the SAM flow against the leading term of Thm 2 (NOP) and Lemma 2 (OP); "
+            f"max |measured − leading| / bound = {nop['max_A_over_bound']:.2f} (NOP), "
+            f"{op['max_A_over_bound']:.2f} (OP), i.e. inside the band, up to where the flows reach their minimizers "
+            f"(t = {nop['sliding_from'] or T_END['nop']:.3g} NOP, {op['sliding_from'] or T_END['op']:.3g} OP)."
+        ),
+    }
     return fig, data

@@ -9,7 +9,7 @@ Fig. 1 and Fig. 2 use the same SGD/SAM runs, so ``figures all`` simulates them o
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -54,7 +54,9 @@ class FigureConfig:
     progress: bool = False
 
     @classmethod
-    def make(cls, *, quick: bool = False, seeds: int | None = None, alphas=None, progress: bool = False) -> "FigureConfig":
+    def make(
+        cls, *, quick: bool = False, seeds: int | None = None, alphas=None, progress: bool = False
+    ) -> FigureConfig:
         """Paper scale, or ``quick``; ``seeds``/``alphas`` override the defaults (validated here)."""
         base = cls(steps=QUICK_STEPS, seeds=QUICK_SEEDS, quick=True) if quick else cls()
         if seeds is not None:
@@ -80,11 +82,21 @@ def toy_problem(kind: str) -> Problem:
     return nop_problem() if kind == "nop" else op_problem()
 
 
-@lru_cache(maxsize=None)
+@cache
 def toy_run(kind: str, optimizer: str, cfg: FigureConfig, alphas: tuple[float, ...], mu: float = 0.0) -> SimResult:
     """One discrete run of ``optimizer`` on a toy at the config's scale, all α × seeds at once (cached)."""
-    return simulate(toy_problem(kind), optimizer, rho=RHO[kind], mu=mu, alpha=list(alphas), seeds=cfg.seeds,
-                    lr=cfg.lr, steps=cfg.steps, record_every=cfg.record_every, progress=cfg.progress)
+    return simulate(
+        toy_problem(kind),
+        optimizer,
+        rho=RHO[kind],
+        mu=mu,
+        alpha=list(alphas),
+        seeds=cfg.seeds,
+        lr=cfg.lr,
+        steps=cfg.steps,
+        record_every=cfg.record_every,
+        progress=cfg.progress,
+    )
 
 
 def two_abs_b(res: SimResult, mask: np.ndarray) -> np.ndarray:
@@ -94,5 +106,13 @@ def two_abs_b(res: SimResult, mask: np.ndarray) -> np.ndarray:
 
 def settings_of(cfg: FigureConfig, **more) -> dict:
     """The run settings written beside every figure's data."""
-    return {"steps": cfg.steps, "lr": cfg.lr, "record_every": cfg.record_every, "seeds": cfg.seeds,
-            "alphas": list(cfg.alphas), "quick": cfg.quick, "band": "min-max over seeds", **more}
+    return {
+        "steps": cfg.steps,
+        "lr": cfg.lr,
+        "record_every": cfg.record_every,
+        "seeds": cfg.seeds,
+        "alphas": list(cfg.alphas),
+        "quick": cfg.quick,
+        "band": "min-max over seeds",
+        **more,
+    }

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -43,9 +44,18 @@ OPTIMIZER_COLORS = Derived(_optimizer_colors)
 _ALPHA_COLORS = ("#1f77b4", "#ff7f0e", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2")
 
 RC = {
-    "figure.dpi": 110, "savefig.dpi": 150, "font.size": 9.5, "axes.titlesize": 10, "axes.labelsize": 9.5,
-    "legend.fontsize": 8, "legend.framealpha": 0.85, "axes.grid": True, "grid.alpha": 0.3,
-    "axes.spines.top": False, "axes.spines.right": False, "lines.linewidth": 1.6,
+    "figure.dpi": 110,
+    "savefig.dpi": 150,
+    "font.size": 9.5,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9.5,
+    "legend.fontsize": 8,
+    "legend.framealpha": 0.85,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "lines.linewidth": 1.6,
     "figure.constrained_layout.use": True,
 }
 
@@ -94,8 +104,18 @@ def summarize(values: np.ndarray) -> dict[str, np.ndarray]:
     return {"mean": values.mean(0), "lo": values.min(0), "hi": values.max(0)}
 
 
-def plot_band(ax, t: np.ndarray, summary: dict[str, np.ndarray], *, color: str, label: str,
-              floor: float | None = None, ls: str = "-", lw: float | None = None, band: bool = True) -> None:
+def plot_band(
+    ax,
+    t: np.ndarray,
+    summary: dict[str, np.ndarray],
+    *,
+    color: str,
+    label: str,
+    floor: float | None = None,
+    ls: str = "-",
+    lw: float | None = None,
+    band: bool = True,
+) -> None:
     """Draw the seed mean as a line and the min–max band shaded; clip at ``floor`` on log axes."""
     clip = (lambda v: np.maximum(v, floor)) if floor else (lambda v: v)
     ax.plot(t, clip(summary["mean"]), color=color, ls=ls, lw=lw, label=label)

@@ -22,14 +22,23 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from balancedness.methods import METHODS, method, unregister_method
 
-__all__ = ["Binding", "BINDINGS", "register_binding", "unregister_binding", "binding", "trainer_class",
-           "load_plugin", "loaded_plugins"]
+__all__ = [
+    "Binding",
+    "BINDINGS",
+    "register_binding",
+    "unregister_binding",
+    "binding",
+    "trainer_class",
+    "load_plugin",
+    "loaded_plugins",
+]
 
 TrainerKwargs = Callable[[Mapping[str, Any]], dict[str, Any]]
 
@@ -50,8 +59,14 @@ BINDINGS: dict[str, Binding] = {}
 _PLUGINS: dict[str, tuple[str, ...]] = {}  # resolved path -> the methods it registered
 
 
-def register_binding(name: str, trainer: type | Callable[[], type], kwargs: TrainerKwargs | None = None, *,
-                     micro_batches: str | None = None, replace: bool = False) -> Binding:
+def register_binding(
+    name: str,
+    trainer: type | Callable[[], type],
+    kwargs: TrainerKwargs | None = None,
+    *,
+    micro_batches: str | None = None,
+    replace: bool = False,
+) -> Binding:
     """Bind the registered method ``name`` (``methods.register_method`` first) to ``trainer`` and ``kwargs``
     (default: none). ValueError for an unknown method, a taken name (unless ``replace``), or a
     ``micro_batches`` that is not an int hyper-parameter of the method's row."""
@@ -63,8 +78,10 @@ def register_binding(name: str, trainer: type | Callable[[], type], kwargs: Trai
     if micro_batches is not None:
         hyper = row.hyper_named(micro_batches)
         if hyper is None or hyper.type is not int:
-            raise ValueError(f"binding of {name!r}: micro_batches {micro_batches!r} is not an int hyper-parameter "
-                             f"of its row ({', '.join(h.name for h in row.hyper) or 'none'})")
+            raise ValueError(
+                f"binding of {name!r}: micro_batches {micro_batches!r} is not an int hyper-parameter "
+                f"of its row ({', '.join(h.name for h in row.hyper) or 'none'})"
+            )
     BINDINGS[name] = Binding(trainer, kwargs or (lambda hp: {}), micro_batches)
     return BINDINGS[name]
 
@@ -79,8 +96,10 @@ def binding(name: str) -> Binding:
     """The binding of method ``name``; ValueError when the method is unknown or has no binding."""
     method(name)
     if name not in BINDINGS:
-        raise ValueError(f"method {name!r} has a row but no binding: register_binding({name!r}, TrainerClass, ...) "
-                         "(balancedness/finetune/bindings.py)")
+        raise ValueError(
+            f"method {name!r} has a row but no binding: register_binding({name!r}, TrainerClass, ...) "
+            "(balancedness/finetune/bindings.py)"
+        )
     return BINDINGS[name]
 
 
@@ -130,10 +149,12 @@ register_binding("msam", _sam_trainer, lambda hp: dict(rho=hp["rho"], msharpness
 register_binding("nbar", _bar_trainer, _bar("nbar"))
 register_binding("obar", _bar_trainer, _bar("obar"))
 register_binding("asam", _sam_trainer, lambda hp: dict(rho=hp["rho"], adaptive=True))
-register_binding("flat-lora", _flat_lora_trainer,
-                 lambda hp: dict(flat_sigma=hp["sigma"], flat_noise_schedule=hp["noise_schedule"]))
-register_binding("bi-lora", _bilora_trainer,
-                 lambda hp: dict(bilora_rho=hp["rho"], bilora_kappa=hp["kappa"], bilora_rank=hp["rank2"]))
+register_binding(
+    "flat-lora", _flat_lora_trainer, lambda hp: dict(flat_sigma=hp["sigma"], flat_noise_schedule=hp["noise_schedule"])
+)
+register_binding(
+    "bi-lora", _bilora_trainer, lambda hp: dict(bilora_rho=hp["rho"], bilora_kappa=hp["kappa"], bilora_rank=hp["rank2"])
+)
 
 
 # ------------------------------------------------------------------------------------------------ plugins
@@ -154,11 +175,15 @@ def load_plugin(path: str | Path) -> tuple[str, ...]:
         added = tuple(n for n in METHODS if n not in rows)
         unbound = [n for n in added if n not in BINDINGS]
         if unbound:
-            raise ValueError(f"plugin {str(path)!r} registers the method(s) {', '.join(unbound)} without a binding: "
-                             "call register_binding(name, TrainerClass, kwargs) for each")
+            raise ValueError(
+                f"plugin {str(path)!r} registers the method(s) {', '.join(unbound)} without a binding: "
+                "call register_binding(name, TrainerClass, kwargs) for each"
+            )
         if not added:
-            raise ValueError(f"plugin {str(path)!r} registers no method: call register_method(Method(...)) and "
-                             "register_binding(...) in it (docs/architecture.md)")
+            raise ValueError(
+                f"plugin {str(path)!r} registers no method: call register_method(Method(...)) and "
+                "register_binding(...) in it (docs/architecture.md)"
+            )
     except BaseException:
         for name in [n for n in BINDINGS if n not in bound]:
             BINDINGS.pop(name)

@@ -30,15 +30,28 @@ from __future__ import annotations
 import json
 import math
 import re
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from balancedness.io import write_json, write_text
 
-__all__ = ["COMPLETE", "LOSSES", "NEVER_LOADED", "REQUIRED", "RunRecorder", "UnsafeCheckpointError", "checkpoint_step",
-           "last_complete_checkpoint", "prune_checkpoints", "read_losses", "recording_trainer", "required_files",
-           "safe_torch_load", "validate_checkpoint"]
+__all__ = [
+    "COMPLETE",
+    "LOSSES",
+    "NEVER_LOADED",
+    "REQUIRED",
+    "RunRecorder",
+    "UnsafeCheckpointError",
+    "checkpoint_step",
+    "last_complete_checkpoint",
+    "prune_checkpoints",
+    "read_losses",
+    "recording_trainer",
+    "required_files",
+    "safe_torch_load",
+    "validate_checkpoint",
+]
 
 COMPLETE = "COMPLETE"
 LOSSES = "losses.json"
@@ -98,7 +111,8 @@ def safe_torch_load(file: str | Path) -> Any:
         what = found.group(1) if found else "an object that is not a tensor"
         raise UnsafeCheckpointError(
             f"checkpoint file {str(file)!r} needs code to load ({what}); a run folder is data, never code, "
-            "so it was not loaded: delete the file's run, or start over with overwrite (--overwrite)") from None
+            "so it was not loaded: delete the file's run, or start over with overwrite (--overwrite)"
+        ) from None
 
 
 def prune_checkpoints(keep: str | Path) -> None:
@@ -123,15 +137,22 @@ def read_losses(checkpoint: str | Path) -> list[float]:
     ValueError naming the file otherwise."""
     file = Path(checkpoint) / LOSSES
     losses = json.loads(file.read_text(encoding="utf-8"))
-    bad = [v for v in (losses if isinstance(losses, list) else [losses])
-           if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)]
+    bad = [
+        v
+        for v in (losses if isinstance(losses, list) else [losses])
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+    ]
     if not isinstance(losses, list) or bad:
-        raise ValueError(f"checkpoint file {str(file)!r} is damaged: expected a list of finite step losses, found "
-                         f"{bad[0] if bad else losses!r}; start over with overwrite (--overwrite)")
+        raise ValueError(
+            f"checkpoint file {str(file)!r} is damaged: expected a list of finite step losses, found "
+            f"{bad[0] if bad else losses!r}; start over with overwrite (--overwrite)"
+        )
     if len(losses) != checkpoint_step(checkpoint):
-        raise ValueError(f"checkpoint file {str(file)!r} holds {len(losses)} step losses for checkpoint step "
-                         f"{checkpoint_step(checkpoint)}: the checkpoint is damaged; start over with overwrite "
-                         "(--overwrite)")
+        raise ValueError(
+            f"checkpoint file {str(file)!r} holds {len(losses)} step losses for checkpoint step "
+            f"{checkpoint_step(checkpoint)}: the checkpoint is damaged; start over with overwrite "
+            "(--overwrite)"
+        )
     return [float(v) for v in losses]
 
 
@@ -147,9 +168,12 @@ def validate_checkpoint(path: str | Path, world_size: int = 1) -> None:
     path = Path(path)
     missing = [name for name in required_files(world_size) if not (path / name).is_file()]
     if missing:
-        raise ValueError(f"checkpoint {str(path)!r} lacks {missing[0]}" + (f" (and {', '.join(missing[1:])})"
-                         if missing[1:] else "") + ": a resume from it would not continue the run exactly; "
-                         "start over with overwrite (--overwrite)")
+        raise ValueError(
+            f"checkpoint {str(path)!r} lacks {missing[0]}"
+            + (f" (and {', '.join(missing[1:])})" if missing[1:] else "")
+            + ": a resume from it would not continue the run exactly; "
+            "start over with overwrite (--overwrite)"
+        )
     for file in sorted(path.iterdir()):
         if file.name in NEVER_LOADED:
             continue
@@ -165,12 +189,14 @@ def validate_checkpoint(path: str | Path, world_size: int = 1) -> None:
         except UnsafeCheckpointError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure to read means the file is damaged
-            raise ValueError(f"checkpoint file {str(file)!r} is damaged ({type(exc).__name__}: {exc}); "
-                             "the run cannot resume from it: start over with overwrite (--overwrite)") from None
+            raise ValueError(
+                f"checkpoint file {str(file)!r} is damaged ({type(exc).__name__}: {exc}); "
+                "the run cannot resume from it: start over with overwrite (--overwrite)"
+            ) from None
     read_losses(path)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _recorder_class():
     from transformers import TrainerCallback
 
@@ -190,7 +216,7 @@ def _recorder_class():
             self.diverged: dict[str, Any] | None = None
 
         @classmethod
-        def resume(cls, checkpoint: str | Path | None) -> "RunRecorder":
+        def resume(cls, checkpoint: str | Path | None) -> RunRecorder:
             return cls() if checkpoint is None else cls(read_losses(checkpoint))
 
         def add(self, loss: Any) -> None:
@@ -225,7 +251,7 @@ def _non_finite(loss: float, model: Any) -> str | None:
 
     if not math.isfinite(loss):
         return f"the training loss is {loss}"
-    for name, param in (model.named_parameters() if model is not None else ()):
+    for name, param in model.named_parameters() if model is not None else ():
         if param.requires_grad and not bool(torch.isfinite(param).all()):
             return f"parameter {name} is not finite"
     return None

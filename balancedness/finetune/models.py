@@ -29,8 +29,8 @@ import torch
 from balancedness.validation import integer
 
 from .data import TaskData
-from .provenance import VOCABULARY_FILES
 from .prompts import prompt_for
+from .provenance import VOCABULARY_FILES
 from .tasks import TaskHead, label_word_ids, make_head
 
 ModelFamily = Literal["encoder", "causal"]
@@ -39,8 +39,19 @@ ModelFamily = Literal["encoder", "causal"]
 SHORT_NAMES = ("minilm", "smollm2")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "BALANCEDNESS_CACHE"
-ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "deberta", "deberta-v2", "distilbert", "electra",
-                 "mpnet", "albert", "camembert", "modernbert"}
+ENCODER_TYPES = {
+    "bert",
+    "roberta",
+    "xlm-roberta",
+    "deberta",
+    "deberta-v2",
+    "distilbert",
+    "electra",
+    "mpnet",
+    "albert",
+    "camembert",
+    "modernbert",
+}
 DEFAULT_TARGETS: dict[ModelFamily, list[str]] = {"encoder": ["query", "value"], "causal": ["q_proj", "v_proj"]}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -109,11 +120,15 @@ def resolve_model(name_or_path: str) -> str:
             raise ValueError(f"model folder {key!r} has no config.json; expected a Hugging Face model folder")
         return str(path)
     if path.exists():
-        raise ValueError(f"model {key!r} is a file, not a model folder; give a folder, a hub id or one of {SHORT_NAMES}")
+        raise ValueError(
+            f"model {key!r} is a file, not a model folder; give a folder, a hub id or one of {SHORT_NAMES}"
+        )
     if _HUB_ID.match(key):
         return key
-    raise ValueError(f"unknown model {name_or_path!r}: not one of {SHORT_NAMES}, not an existing folder, "
-                     f"and not a hub id of the form owner/name")
+    raise ValueError(
+        f"unknown model {name_or_path!r}: not one of {SHORT_NAMES}, not an existing folder, "
+        f"and not a hub id of the form owner/name"
+    )
 
 
 def model_config(path: str):
@@ -122,8 +137,10 @@ def model_config(path: str):
     try:
         return AutoConfig.from_pretrained(path)
     except OSError as exc:
-        raise OSError(f"could not load model {path!r}: {exc}. There is no internet here: use 'minilm', "
-                      f"'smollm2' or a local folder (HF_HUB_OFFLINE=1 needs the model in the HF cache)") from exc
+        raise OSError(
+            f"could not load model {path!r}: {exc}. There is no internet here: use 'minilm', "
+            f"'smollm2' or a local folder (HF_HUB_OFFLINE=1 needs the model in the HF cache)"
+        ) from exc
 
 
 #: A sentence every usable English-capable tokenizer splits into known tokens.
@@ -140,14 +157,21 @@ def check_tokenizer(path: str) -> None:
     """
     folder = Path(path)
     if folder.is_dir() and not any((folder / name).is_file() for name in VOCABULARY_FILES):
-        raise ValueError(f"model folder {path!r} has no tokenizer (none of {', '.join(VOCABULARY_FILES)}); save the "
-                         "tokenizer of the model it came from into it (tokenizer.save_pretrained(folder))")
-    stamps = tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()
-                          if p.is_file())) if folder.is_dir() else ()
+        raise ValueError(
+            f"model folder {path!r} has no tokenizer (none of {', '.join(VOCABULARY_FILES)}); save the "
+            "tokenizer of the model it came from into it (tokenizer.save_pretrained(folder))"
+        )
+    stamps = (
+        tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()))
+        if folder.is_dir()
+        else ()
+    )
     size, unknown = _probe_tokenizer(path, stamps)
     if unknown:
-        raise ValueError(f"the tokenizer of model {path!r} ({size} tokens) turns every word of {TOKENIZER_PROBE!r} "
-                         "into its unknown token: its vocabulary files are missing or wrong")
+        raise ValueError(
+            f"the tokenizer of model {path!r} ({size} tokens) turns every word of {TOKENIZER_PROBE!r} "
+            "into its unknown token: its vocabulary files are missing or wrong"
+        )
 
 
 @functools.lru_cache(maxsize=8)
@@ -191,15 +215,18 @@ def model_family(config) -> ModelFamily:
 
     if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return "causal"
-    raise ValueError(f"model type {config.model_type!r} is neither a known encoder ({sorted(ENCODER_TYPES)}) "
-                     f"nor a causal LM")
+    raise ValueError(
+        f"model type {config.model_type!r} is neither a known encoder ({sorted(ENCODER_TYPES)}) nor a causal LM"
+    )
 
 
 def check_compatible(family: ModelFamily, task: TaskData, model_name: str) -> None:
     """Reject an encoder for a generation task, before any weights load."""
     if family == "encoder" and task.kind == "generation":
-        raise ValueError(f"task {task.name!r} is a generation task ({task.metric}), but model {model_name!r} is an "
-                         f"encoder without a language-model head; use a causal LM such as 'smollm2'")
+        raise ValueError(
+            f"task {task.name!r} is a generation task ({task.metric}), but model {model_name!r} is an "
+            f"encoder without a language-model head; use a causal LM such as 'smollm2'"
+        )
 
 
 def _check_targets(model: torch.nn.Module, targets: list[str]) -> None:
@@ -207,8 +234,9 @@ def _check_targets(model: torch.nn.Module, targets: list[str]) -> None:
     linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
     hits = [t for t in targets if any(n == t or n.endswith("." + t) for n, _ in model.named_modules())]
     if not hits:
-        raise ValueError(f"target_modules {targets} match no module of the model; "
-                         f"Linear modules available: {linear[:20]}")
+        raise ValueError(
+            f"target_modules {targets} match no module of the model; Linear modules available: {linear[:20]}"
+        )
 
 
 @dataclass(frozen=True)
@@ -244,9 +272,18 @@ def model_spec(name: str, target_modules: Sequence[str] = ()) -> ModelSpec:
     return ModelSpec(name, path, family, tuple(target_modules) or tuple(DEFAULT_TARGETS[family]))
 
 
-def load_for_task(model: str | ModelSpec, task: TaskData, lora: LoraSpec | None = None, *, lora_r: int = 8,
-                  lora_alpha: int = 16, lora_dropout: float = 0.0, target_modules: list[str] | None = None,
-                  dtype: torch.dtype = torch.float32, max_length: int | None = None):
+def load_for_task(
+    model: str | ModelSpec,
+    task: TaskData,
+    lora: LoraSpec | None = None,
+    *,
+    lora_r: int = 8,
+    lora_alpha: int = 16,
+    lora_dropout: float = 0.0,
+    target_modules: list[str] | None = None,
+    dtype: torch.dtype = torch.float32,
+    max_length: int | None = None,
+):
     """Load ``model`` for ``task`` and wrap it with LoRA; returns ``(model, tokenizer, head)``.
 
     Args:
@@ -299,6 +336,19 @@ def _wrap(spec: ModelSpec, task: TaskData, lora: LoraSpec, targets: list[str]):
     return model, tokenizer, make_head(model, tokenizer, task, family=spec.family, max_length=lora.max_length)
 
 
-__all__ = ["SHORT_NAMES", "TOKENIZER_PROBE", "LoraSpec", "ModelSpec", "TaskHead", "cache_dir", "check_compatible",
-           "check_label_words", "check_tokenizer", "load_for_task", "model_config", "model_family", "model_spec",
-           "resolve_model"]
+__all__ = [
+    "SHORT_NAMES",
+    "TOKENIZER_PROBE",
+    "LoraSpec",
+    "ModelSpec",
+    "TaskHead",
+    "cache_dir",
+    "check_compatible",
+    "check_label_words",
+    "check_tokenizer",
+    "load_for_task",
+    "model_config",
+    "model_family",
+    "model_spec",
+    "resolve_model",
+]

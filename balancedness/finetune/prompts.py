@@ -55,8 +55,9 @@ PROMPTS: dict[str, Prompt] = {
     "bbc-news": Prompt("Article: {0}\nTopic:", (" business", " entertainment", " politics", " sports", " technology")),
     "sst2": Prompt("{0} It was", (" terrible", " great")),
     "sst5": Prompt("{0} It was", (" terrible", " bad", " okay", " good", " great")),
-    "trec": Prompt("Question: {0}\nAnswer type:",
-                   (" description", " entity", " abbreviation", " person", " location", " number")),
+    "trec": Prompt(
+        "Question: {0}\nAnswer type:", (" description", " entity", " abbreviation", " person", " location", " number")
+    ),
     "rte": Prompt('{0}\nDoes this mean that "{1}" is true? Yes or No?\nAnswer:', (" Yes", " No")),
     "snli": Prompt(_NLI, (" Yes", " Maybe", " No")),
     "mnli": Prompt(_NLI, (" Yes", " Maybe", " No")),
@@ -72,8 +73,11 @@ def prompt_for(task: TaskData) -> Prompt:
     :data:`PROMPTS`, else (the user's own files) ``"<texts>\\nLabel:"`` → ``" <label name>"``."""
     if task.prompt is not None:
         return Prompt(task.prompt, task.label_words)
-    if task.name in PROMPTS and (task.kind == "generation" or PROMPTS[task.name].choices
-                                 or len(PROMPTS[task.name].label_words) == task.num_labels):
+    if task.name in PROMPTS and (
+        task.kind == "generation"
+        or PROMPTS[task.name].choices
+        or len(PROMPTS[task.name].label_words) == task.num_labels
+    ):
         return PROMPTS[task.name]
     fields = "\n".join(f"{{{i}}}" for i in range(len(task.text_fields)))
     return Prompt(fields + "\nLabel:", tuple(" " + name for name in task.label_names))

@@ -27,23 +27,47 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from balancedness.io import read_json_object
 
-__all__ = ["RUN_FILE", "TOKENIZER_FILES", "VOCABULARY_FILES", "fingerprint", "fingerprint_id",
-           "differences", "read_run_file", "model_digest", "tokenizer_digest", "examples_digest"]
+__all__ = [
+    "RUN_FILE",
+    "TOKENIZER_FILES",
+    "VOCABULARY_FILES",
+    "fingerprint",
+    "fingerprint_id",
+    "differences",
+    "read_run_file",
+    "model_digest",
+    "tokenizer_digest",
+    "examples_digest",
+]
 
 RUN_FILE = "run.json"
 FORMAT = 1
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 #: The files a transformers tokenizer is saved as and read from (those holding the vocabulary first).
-VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model",
-                    "sentencepiece.bpe.model")
-TOKENIZER_FILES = (*VOCABULARY_FILES, "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "chat_template.jinja", "chat_template.json")
+VOCABULARY_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+TOKENIZER_FILES = (
+    *VOCABULARY_FILES,
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
 
 
 def examples_digest(examples: Iterable[Any]) -> str:
@@ -104,16 +128,25 @@ def _versions() -> dict[str, str]:
 def fingerprint(options: Mapping[str, Any], task: Any, model_path: str, world_size: int) -> dict[str, Any]:
     """The fingerprint of a run: ``options`` is ``FinetuneConfig.result_options()`` (the options that count),
     ``task`` the loaded TaskData."""
-    return json.loads(json.dumps({  # JSON-normal form: tuples are lists, as when read back from run.json
-        "format": FORMAT,
-        "options": dict(sorted(options.items())),
-        "data": {"task": task.name, "train_sha256": examples_digest(task.train),
-                 "eval_sha256": examples_digest(task.eval), "dev_sha256": examples_digest(task.dev),
-                 "label_names": list(task.label_names), **_prompt(task)},
-        "model": {"sha256": model_digest(model_path), "tokenizer_sha256": tokenizer_digest(model_path)},
-        "packages": _versions(),
-        "world_size": world_size,
-    }))
+    return json.loads(
+        json.dumps(
+            {  # JSON-normal form: tuples are lists, as when read back from run.json
+                "format": FORMAT,
+                "options": dict(sorted(options.items())),
+                "data": {
+                    "task": task.name,
+                    "train_sha256": examples_digest(task.train),
+                    "eval_sha256": examples_digest(task.eval),
+                    "dev_sha256": examples_digest(task.dev),
+                    "label_names": list(task.label_names),
+                    **_prompt(task),
+                },
+                "model": {"sha256": model_digest(model_path), "tokenizer_sha256": tokenizer_digest(model_path)},
+                "packages": _versions(),
+                "world_size": world_size,
+            }
+        )
+    )
 
 
 def _prompt(task: Any) -> dict[str, Any]:

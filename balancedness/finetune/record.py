@@ -18,9 +18,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from balancedness.io import read_json_object, write_json
 from balancedness.optim import LOG_NAME
@@ -40,9 +41,29 @@ class RunFolderError(ValueError):
 
 #: The keys of ``metrics.json`` in the order a run writes them; ``<metric>`` (the task metric, named by
 #: ``metric``) and ``dev_<metric>`` are :attr:`RunRecord.value` and :attr:`RunRecord.dev`.
-_BEFORE_VALUE = ("task", "method", "model", "seed", "metric", "steps", "trainable_params", "total_params",
-                 "world_size", "n_train", "n_eval", "n_dev", "source", "notes", "fingerprint_id", "config", "majority",
-                 "zero_shot", "train_seconds", "seconds_per_step", "train_loss")
+_BEFORE_VALUE = (
+    "task",
+    "method",
+    "model",
+    "seed",
+    "metric",
+    "steps",
+    "trainable_params",
+    "total_params",
+    "world_size",
+    "n_train",
+    "n_eval",
+    "n_dev",
+    "source",
+    "notes",
+    "fingerprint_id",
+    "config",
+    "majority",
+    "zero_shot",
+    "train_seconds",
+    "seconds_per_step",
+    "train_loss",
+)
 _AFTER_VALUE = ("n",)
 _AFTER_DEV = ("status", "step_reached", "checkpoint", "error", "diverged_at")
 #: Keys written even when null: each goes with the key named (``seconds_per_step`` with the timing,
@@ -118,7 +139,7 @@ class RunRecord:
         return out
 
     @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> "RunRecord":
+    def from_json(cls, obj: Mapping[str, Any]) -> RunRecord:
         """The record of a ``metrics.json`` object; ValueError naming a missing key."""
         missing = [key for key in _REQUIRED if key not in obj]
         if missing:
@@ -137,7 +158,7 @@ class RunRecord:
                 extra[key] = value
         return cls(**values, extra=extra)
 
-    def replace(self, **changes: Any) -> "RunRecord":
+    def replace(self, **changes: Any) -> RunRecord:
         """A copy with ``changes`` (``dataclasses.replace``)."""
         return dataclasses.replace(self, **changes)
 

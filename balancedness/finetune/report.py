@@ -13,22 +13,48 @@ import csv
 import io
 import json
 import statistics
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from balancedness.finetune.record import RunFolder, RunRecord
 from balancedness.finetune.select import Selected, selected_options
 from balancedness.methods import METHODS as ROWS
 from balancedness.methods import Derived
 
-__all__ = ["Cell", "MixedSettingsError", "write_tables", "paired_rows", "check_settings", "settings_text", "collect", "summarize", "markdown_tables", "csv_text", "selected_csv", "METHOD_LABELS", "TASK_LABELS"]
+__all__ = [
+    "Cell",
+    "MixedSettingsError",
+    "write_tables",
+    "paired_rows",
+    "check_settings",
+    "settings_text",
+    "collect",
+    "summarize",
+    "markdown_tables",
+    "csv_text",
+    "selected_csv",
+    "METHOD_LABELS",
+    "TASK_LABELS",
+]
 
 #: ``{method: its label in tables}``, and its colour in plots: from the method table (``balancedness.methods``).
 METHOD_LABELS = Derived(lambda: {name: row.label for name, row in ROWS.items()})
 _COLOURS = Derived(lambda: {name: row.colour for name, row in ROWS.items()})
-TASK_LABELS = {"sst2": "SST-2", "sst5": "SST-5", "trec": "TREC", "rte": "RTE", "snli": "SNLI", "mnli": "MNLI",
-               "cb": "CB", "copa": "COPA", "boolq": "BoolQ", "webnlg": "WebNLG", "bbc-news": "BBC News"}
+TASK_LABELS = {
+    "sst2": "SST-2",
+    "sst5": "SST-5",
+    "trec": "TREC",
+    "rte": "RTE",
+    "snli": "SNLI",
+    "mnli": "MNLI",
+    "cb": "CB",
+    "copa": "COPA",
+    "boolq": "BoolQ",
+    "webnlg": "WebNLG",
+    "bbc-news": "BBC News",
+}
 
 
 @dataclass
@@ -104,8 +130,11 @@ def check_settings(runs: Iterable[RunRecord], varying: Iterable[str] = ()) -> No
             differing = sorted(k for k in set(seen[1]) | set(mine) if seen[1].get(k) != mine.get(k))
             if differing:
                 where = "column " + key[0] if len(key) == 1 else f"cell {key[0]} × {key[1]}"
-                detail = "; ".join(f"{k}: {seen[1].get(k)!r} (seed {seen[0].seed}, {seen[0].method}) vs "
-                                   f"{mine.get(k)!r} (seed {r.seed}, {r.method})" for k in differing)
+                detail = "; ".join(
+                    f"{k}: {seen[1].get(k)!r} (seed {seen[0].seed}, {seen[0].method}) vs "
+                    f"{mine.get(k)!r} (seed {r.seed}, {r.method})"
+                    for k in differing
+                )
                 raise MixedSettingsError(f"refusing to mix runs made with different settings in the {where}: {detail}")
 
 
@@ -118,7 +147,9 @@ def settings_text(runs: Sequence[RunRecord], varying: Iterable[str] = ()) -> str
     protocols = [_settings(r, varying)[0] for r in runs]
     shared = {k: v for k, v in protocols[0].items() if k != "task" and all(p.get(k) == v for p in protocols)}
     per_task = sorted({k for p in protocols for k in p if k != "task" and k not in shared})
-    text = "Settings of every run: " + ", ".join(f"{k} {v}" for k, v in sorted(shared.items()) if v not in (None, (), []))
+    text = "Settings of every run: " + ", ".join(
+        f"{k} {v}" for k, v in sorted(shared.items()) if v not in (None, (), [])
+    )
     if per_task:
         text += f"; per task: {', '.join(per_task)}"
     own = {}
@@ -135,8 +166,9 @@ def summarize(runs: Iterable[RunRecord], varying: Iterable[str] = ()) -> dict[tu
     cells: dict[tuple[str, str], Cell] = {}
     for r in runs:
         key = (r.task, r.method)
-        cell = cells.setdefault(key, Cell(r.task, r.method, r.metric, [], [],
-                                          100.0 * r.majority if r.majority is not None else None))
+        cell = cells.setdefault(
+            key, Cell(r.task, r.method, r.metric, [], [], 100.0 * r.majority if r.majority is not None else None)
+        )
         cell.values.append(_display(r))
         if r.seconds_per_step:
             cell.seconds_per_step.append(float(r.seconds_per_step))
@@ -154,16 +186,20 @@ def _row(label: str, cells: list[str]) -> str:
     return "| " + " | ".join([label, *cells]) + " |"
 
 
-def markdown_tables(cells: dict[tuple[str, str], Cell], tasks: Sequence[str] | None = None,
-                    methods: Sequence[str] | None = None) -> str:
+def markdown_tables(
+    cells: dict[tuple[str, str], Cell], tasks: Sequence[str] | None = None, methods: Sequence[str] | None = None
+) -> str:
     """The accuracy table (mean ± std over seeds, avg of the means, the majority-class row)."""
     tasks = _order((t for t, _ in cells), tasks)
     methods = _order((m for _, m in cells), methods)
     labels = [TASK_LABELS.get(t, t) for t in tasks]
     n_seeds = sorted({len(c.values) for c in cells.values()})
-    lines = [f"Task metric in % (accuracy; BLEU for WebNLG), mean ± std over seeds (n = "
-             f"{', '.join(map(str, n_seeds))}).", "", _row("method", [*labels, "avg"]),
-             _row("---", ["---"] * (len(tasks) + 1))]
+    lines = [
+        f"Task metric in % (accuracy; BLEU for WebNLG), mean ± std over seeds (n = {', '.join(map(str, n_seeds))}).",
+        "",
+        _row("method", [*labels, "avg"]),
+        _row("---", ["---"] * (len(tasks) + 1)),
+    ]
     for method in methods:
         row, means = [], []
         for task in tasks:
@@ -173,14 +209,19 @@ def markdown_tables(cells: dict[tuple[str, str], Cell], tasks: Sequence[str] | N
                 means.append(cell.mean)
         avg = f"{statistics.fmean(means):.1f}" if len(means) == len(tasks) else "–"
         lines.append(_row(METHOD_LABELS.get(method, method), [*row, avg]))
-    majority = [next((c.majority for (t, _), c in cells.items() if t == task and c.majority is not None), None)
-                for task in tasks]
+    majority = [
+        next((c.majority for (t, _), c in cells.items() if t == task and c.majority is not None), None)
+        for task in tasks
+    ]
     if any(v is not None for v in majority):
         avg = f"{statistics.fmean(majority):.1f}" if all(v is not None for v in majority) else "–"
         lines.append(_row("majority class", [f"{v:.1f}" if v is not None else "–" for v in majority] + [avg]))
-    lines += ["", "Runtime is not compared here: the runs of a sweep are timed minutes apart on a shared machine. "
-              "Overheads measured with the methods' steps interleaved on the same batches: "
-              "`benchmarks/overhead.py` (docs/results.md)."]
+    lines += [
+        "",
+        "Runtime is not compared here: the runs of a sweep are timed minutes apart on a shared machine. "
+        "Overheads measured with the methods' steps interleaved on the same batches: "
+        "`benchmarks/overhead.py` (docs/results.md).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -190,14 +231,24 @@ def csv_text(cells: dict[tuple[str, str], Cell]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["task", "method", "metric", "n", "mean", "std", "majority"])
     for (task, method), c in cells.items():
-        writer.writerow([task, method, c.metric, len(c.values), f"{c.mean:.4f}", f"{c.std:.4f}",
-                         f"{c.majority:.4f}" if c.majority is not None else ""])
+        writer.writerow(
+            [
+                task,
+                method,
+                c.metric,
+                len(c.values),
+                f"{c.mean:.4f}",
+                f"{c.std:.4f}",
+                f"{c.majority:.4f}" if c.majority is not None else "",
+            ]
+        )
     return buf.getvalue()
 
 
 # --------------------------------------------------------------------------------------------- sweep tables
-def paired_rows(runs: Sequence[RunRecord], tasks: Sequence[str], methods: Sequence[str],
-                baseline: str = "lora") -> list[dict[str, Any]]:
+def paired_rows(
+    runs: Sequence[RunRecord], tasks: Sequence[str], methods: Sequence[str], baseline: str = "lora"
+) -> list[dict[str, Any]]:
     """Per (method ≠ baseline, task or "avg"): the paired statistics of method − baseline over shared seeds.
 
     ``avg`` pairs, per seed, the mean over the tasks where both ran on that seed.
@@ -219,20 +270,30 @@ def paired_rows(runs: Sequence[RunRecord], tasks: Sequence[str], methods: Sequen
                 per_seed.setdefault(seed, []).append(d)
             rows.append({"method": method, "task": task, "stats": paired(diffs)})
         if per_seed and len(tasks) > 1:
-            rows.append({"method": method, "task": "avg",
-                         "stats": paired([statistics.fmean(v) for _, v in sorted(per_seed.items())])})
+            rows.append(
+                {
+                    "method": method,
+                    "task": "avg",
+                    "stats": paired([statistics.fmean(v) for _, v in sorted(per_seed.items())]),
+                }
+            )
     return rows
 
 
 def paired_markdown(rows: list[dict[str, Any]], tasks: Sequence[str]) -> str:
     columns = [*tasks, "avg"] if any(r["task"] == "avg" for r in rows) else list(tasks)
-    lines = ["Difference to LoRA on the same seeds, points: mean [bootstrap 95% interval] wins/ties/losses, "
-             "sign-test p (with n seeds p cannot go below 2/2^n).", "",
-             _row("method", [TASK_LABELS.get(t, t) for t in columns]), _row("---", ["---"] * len(columns))]
+    lines = [
+        "Difference to LoRA on the same seeds, points: mean [bootstrap 95% interval] wins/ties/losses, "
+        "sign-test p (with n seeds p cannot go below 2/2^n).",
+        "",
+        _row("method", [TASK_LABELS.get(t, t) for t in columns]),
+        _row("---", ["---"] * len(columns)),
+    ]
     for method in dict.fromkeys(r["method"] for r in rows):
         by_task = {r["task"]: r["stats"] for r in rows if r["method"] == method}
-        lines.append(_row(METHOD_LABELS.get(method, method),
-                          [by_task[t].text() if t in by_task else "–" for t in columns]))
+        lines.append(
+            _row(METHOD_LABELS.get(method, method), [by_task[t].text() if t in by_task else "–" for t in columns])
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -242,8 +303,20 @@ def paired_csv(rows: list[dict[str, Any]]) -> str:
     writer.writerow(["method", "task", "n", "mean", "ci_low", "ci_high", "wins", "ties", "losses", "p_sign"])
     for r in rows:
         st = r["stats"]
-        writer.writerow([r["method"], r["task"], st.n, f"{st.mean:.4f}", f"{st.low:.4f}", f"{st.high:.4f}",
-                         st.wins, st.ties, st.losses, f"{st.p_sign:.4g}"])
+        writer.writerow(
+            [
+                r["method"],
+                r["task"],
+                st.n,
+                f"{st.mean:.4f}",
+                f"{st.low:.4f}",
+                f"{st.high:.4f}",
+                st.wins,
+                st.ties,
+                st.losses,
+                f"{st.p_sign:.4g}",
+            ]
+        )
     return buf.getvalue()
 
 
@@ -256,33 +329,50 @@ def selected_csv(selected: Sequence[Selected], space: Any) -> str:
     writer.writerow(["task", "method", "seed", "metric", "dev", "test", "candidates", "options", "run"])
     for chosen in selected:
         r = chosen.record
-        writer.writerow([r.task, r.method, r.seed, r.metric, "" if r.dev is None else f"{float(r.dev):.4f}",
-                         f"{float(r.value):.4f}", chosen.candidates,  # type: ignore[arg-type]
-                         json.dumps(selected_options(r, space.searched(r.method)), sort_keys=True), r.run])
+        writer.writerow(
+            [
+                r.task,
+                r.method,
+                r.seed,
+                r.metric,
+                "" if r.dev is None else f"{float(r.dev):.4f}",
+                f"{float(r.value):.4f}",
+                chosen.candidates,  # type: ignore[arg-type]
+                json.dumps(selected_options(r, space.searched(r.method)), sort_keys=True),
+                r.run,
+            ]
+        )
     return buf.getvalue()
 
 
-def selected_markdown(selected: Sequence[RunRecord], space: Any, tasks: Sequence[str],
-                      methods: Sequence[str]) -> str:
+def selected_markdown(selected: Sequence[RunRecord], space: Any, tasks: Sequence[str], methods: Sequence[str]) -> str:
     """Which configuration dev selection chose, per task and method (value: number of seeds)."""
     from collections import Counter
 
     if not space.searched():
         return ""
-    lines = ["Selected hyper-parameters (best dev metric per seed; value ×seeds):", "",
-             _row("method", [TASK_LABELS.get(t, t) for t in tasks]), _row("---", ["---"] * len(tasks))]
+    lines = [
+        "Selected hyper-parameters (best dev metric per seed; value ×seeds):",
+        "",
+        _row("method", [TASK_LABELS.get(t, t) for t in tasks]),
+        _row("---", ["---"] * len(tasks)),
+    ]
     for method in methods:
         cells = []
         for task in tasks:
-            chosen = Counter(", ".join(f"{k} {v}" for k, v in selected_options(r, space.searched(method)).items())
-                             for r in selected if r.task == task and r.method == method)
+            chosen = Counter(
+                ", ".join(f"{k} {v}" for k, v in selected_options(r, space.searched(method)).items())
+                for r in selected
+                if r.task == task and r.method == method
+            )
             cells.append("; ".join(f"{k} ×{n}" for k, n in sorted(chosen.items())) or "–")
         lines.append(_row(METHOD_LABELS.get(method, method), cells))
     return "\n".join(lines) + "\n"
 
 
-def paired_figure(selected: Sequence[RunRecord], rows: list[dict[str, Any]], tasks: Sequence[str],
-                  methods: Sequence[str], path: Path) -> None:
+def paired_figure(
+    selected: Sequence[RunRecord], rows: list[dict[str, Any]], tasks: Sequence[str], methods: Sequence[str], path: Path
+) -> None:
     """One PNG: (a) each method's test metric per task (seed mean, bootstrap 95% interval, the seeds as dots,
     the majority class dashed); (b) method − LoRA with its paired interval."""
     import matplotlib
@@ -305,14 +395,22 @@ def paired_figure(selected: Sequence[RunRecord], rows: list[dict[str, Any]], tas
             x = j + (i - (len(methods) - 1) / 2) * width
             lo, hi = bootstrap_interval(vals)
             mean = float(np.mean(vals))
-            ax_a.errorbar([x], [mean], yerr=[[mean - lo], [hi - mean]], fmt="o", color=colors.get(method, "k"),
-                          capsize=3, label=METHOD_LABELS.get(method, method) if j == 0 else None)
+            ax_a.errorbar(
+                [x],
+                [mean],
+                yerr=[[mean - lo], [hi - mean]],
+                fmt="o",
+                color=colors.get(method, "k"),
+                capsize=3,
+                label=METHOD_LABELS.get(method, method) if j == 0 else None,
+            )
             ax_a.scatter([x] * len(vals), vals, s=8, color=colors.get(method, "k"), alpha=0.4)
     for j, task in enumerate(tasks):
         maj = next((100.0 * r.majority for r in selected if r.task == task and r.majority is not None), None)
         if maj is not None:
-            ax_a.hlines(maj, j - 0.45, j + 0.45, colors="0.5", linestyles="--", lw=1,
-                        label="majority class" if j == 0 else None)
+            ax_a.hlines(
+                maj, j - 0.45, j + 0.45, colors="0.5", linestyles="--", lw=1, label="majority class" if j == 0 else None
+            )
     ax_a.set_xticks(range(len(tasks)), [TASK_LABELS.get(t, t) for t in tasks])
     ax_a.set_ylabel("test accuracy (%)")
     ax_a.set_title("(a) dev-selected runs (dots: seeds)", fontsize=9)
@@ -326,9 +424,15 @@ def paired_figure(selected: Sequence[RunRecord], rows: list[dict[str, Any]], tas
             if st is None:
                 continue
             x = j + (i - (len(others) - 1) / 2) * width_b
-            ax_b.errorbar([x], [st.mean], yerr=[[st.mean - st.low], [st.high - st.mean]], fmt="s",
-                          color=colors.get(method, "k"), capsize=3,
-                          label=METHOD_LABELS.get(method, method) if j == 0 else None)
+            ax_b.errorbar(
+                [x],
+                [st.mean],
+                yerr=[[st.mean - st.low], [st.high - st.mean]],
+                fmt="s",
+                color=colors.get(method, "k"),
+                capsize=3,
+                label=METHOD_LABELS.get(method, method) if j == 0 else None,
+            )
     ax_b.axhline(0.0, color="0.3", lw=0.8)
     ax_b.set_xticks(range(len(columns)), [TASK_LABELS.get(t, t) for t in columns])
     ax_b.set_ylabel("method − LoRA (points)")
@@ -340,8 +444,9 @@ def paired_figure(selected: Sequence[RunRecord], rows: list[dict[str, Any]], tas
     plt.close(fig)
 
 
-def write_tables(out: str | Path, selected: Sequence[Selected], space: Any, tasks: Sequence[str],
-                 methods: Sequence[str]) -> str:
+def write_tables(
+    out: str | Path, selected: Sequence[Selected], space: Any, tasks: Sequence[str], methods: Sequence[str]
+) -> str:
     """Write the tables of the dev-selected runs (``select.select_runs``): ``table.md``, ``table.csv``,
     ``selected.csv``, ``paired.csv``, ``paired.png`` into ``out``.
 
@@ -361,9 +466,13 @@ def write_tables(out: str | Path, selected: Sequence[Selected], space: Any, task
     tasks = _order((r.task for r in records), tasks)
     methods = _order((r.method for r in records), methods)
     rows = paired_rows(records, tasks, methods) if "lora" in methods else []
-    parts = [settings_text(records, searched), space.describe(methods) + ("; selection on the dev split, test "
-             "metric reported." if searched else "."), "", markdown_tables(cells, tasks, methods),
-             selected_markdown(records, space, tasks, methods)]
+    parts = [
+        settings_text(records, searched),
+        space.describe(methods) + ("; selection on the dev split, test metric reported." if searched else "."),
+        "",
+        markdown_tables(cells, tasks, methods),
+        selected_markdown(records, space, tasks, methods),
+    ]
     if rows:
         parts += [paired_markdown(rows, tasks), "![paired](paired.png)"]
         write_text(out / "paired.csv", paired_csv(rows))

@@ -36,16 +36,24 @@ import signal
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from balancedness.finetune.bindings import binding, trainer_class
 from balancedness.finetune.data import TaskData, TaskOptions
 from balancedness.finetune.provenance import fingerprint, fingerprint_id
 from balancedness.finetune.record import RunFolder, RunRecord, Status
-from balancedness.finetune.runfolder import (RunFailedError, RunFolderError, RunPlan, begin_run, hold_run_folder,
-                                             plan_run, read_metrics)
+from balancedness.finetune.runfolder import (
+    RunFailedError,
+    RunFolderError,
+    RunPlan,
+    begin_run,
+    hold_run_folder,
+    plan_run,
+    read_metrics,
+)
 from balancedness.io import make_temp_dir, umask, write_json
 from balancedness.methods import METHODS as ROWS
 from balancedness.methods import MU, RHO, SCHEDULE, SHARED, Derived, M, method, names
@@ -54,9 +62,27 @@ from balancedness.validation import choice, integer, number
 if TYPE_CHECKING:
     from balancedness.finetune.models import ModelSpec
 
-__all__ = ["METHODS", "TABLE_METHODS", "PRECISIONS", "METHOD_FIELDS", "NOT_COUNTED", "FinetuneConfig", "PreparedRun",
-           "RunRecord", "RunFolderError", "RunFailedError", "check_config", "prepare", "fit_batch", "run_finetune",
-           "read_metrics", "world_size", "micro_batch", "hyper_values", "parse_hparams"]
+__all__ = [
+    "METHODS",
+    "TABLE_METHODS",
+    "PRECISIONS",
+    "METHOD_FIELDS",
+    "NOT_COUNTED",
+    "FinetuneConfig",
+    "PreparedRun",
+    "RunRecord",
+    "RunFolderError",
+    "RunFailedError",
+    "check_config",
+    "prepare",
+    "fit_batch",
+    "run_finetune",
+    "read_metrics",
+    "world_size",
+    "micro_batch",
+    "hyper_values",
+    "parse_hparams",
+]
 
 #: The built-in methods' names (``balancedness.methods`` is the table; methods registered later are not here).
 METHODS = names()
@@ -67,8 +93,9 @@ PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
 #: whose row declares it. A method's other hyper-parameters live in ``FinetuneConfig.hparams``.
 METHOD_FIELDS = ("rho", "m", "mu", "schedule")
 #: ``{method: the config fields it reads}``, from the rows (they do not count in other methods' fingerprints).
-METHOD_OPTIONS = Derived(lambda: {n: tuple(h.name for h in row.hyper if h.name in METHOD_FIELDS)
-                                  for n, row in ROWS.items()})
+METHOD_OPTIONS = Derived(
+    lambda: {n: tuple(h.name for h in row.hyper if h.name in METHOD_FIELDS) for n, row in ROWS.items()}
+)
 LR_SCHEDULE = "linear"  # HF Trainer's linear decay to 0, no warm-up (few-shot, ≤ a few hundred steps)
 #: The metadata of a FinetuneConfig field that does not count in the run's fingerprint.
 NOT_COUNTED_FIELD = {"counted": False}
@@ -148,7 +175,7 @@ class FinetuneConfig:
         extra = {k: values[k] for k in values if k not in METHOD_FIELDS}
         return {**options, "hparams": extra} if extra else options
 
-    def with_options(self, **options: Any) -> "FinetuneConfig":
+    def with_options(self, **options: Any) -> FinetuneConfig:
         """A copy with ``options`` set: config fields by name, any other name into ``hparams`` (a search point)."""
         known = {f.name for f in dataclasses.fields(self)}
         extra = {k: v for k, v in options.items() if k not in known}
@@ -157,8 +184,18 @@ class FinetuneConfig:
 
     def task_options(self) -> TaskOptions:
         """The options of ``data.load_task`` (which task, where its data lives, the K-shot draw, the eval subset)."""
-        return TaskOptions(self.task, self.data_root, self.seed, self.shots, self.train_file, self.eval_file,
-                           tuple(self.text_columns), self.label_column, self.max_eval, self.task_file)
+        return TaskOptions(
+            self.task,
+            self.data_root,
+            self.seed,
+            self.shots,
+            self.train_file,
+            self.eval_file,
+            tuple(self.text_columns),
+            self.label_column,
+            self.max_eval,
+            self.task_file,
+        )
 
 
 _CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(FinetuneConfig))
@@ -168,8 +205,10 @@ def hyper_values(config: FinetuneConfig) -> dict[str, Any]:
     """``{name: value}`` of every hyper-parameter of the config's method (its row): a config field, or
     ``hparams``' value, or the row's default."""
     row = method(config.method)
-    return {h.name: getattr(config, h.name) if h.name in METHOD_FIELDS else config.hparams.get(h.name, h.default)
-            for h in row.hyper}
+    return {
+        h.name: getattr(config, h.name) if h.name in METHOD_FIELDS else config.hparams.get(h.name, h.default)
+        for h in row.hyper
+    }
 
 
 def parse_hparams(method_name: str, texts: Sequence[str]) -> dict[str, Any]:
@@ -180,8 +219,10 @@ def parse_hparams(method_name: str, texts: Sequence[str]) -> dict[str, Any]:
         name, sep, value = text.partition("=")
         hyper = row.hyper_named(name.strip())
         if not sep or hyper is None or hyper.name in METHOD_FIELDS:
-            raise ValueError(f"hparam {text!r}: expected NAME=VALUE with NAME a hyper-parameter of method "
-                             f"{method_name} that is no option of its own ({_hparam_names(row) or 'it has none'})")
+            raise ValueError(
+                f"hparam {text!r}: expected NAME=VALUE with NAME a hyper-parameter of method "
+                f"{method_name} that is no option of its own ({_hparam_names(row) or 'it has none'})"
+            )
         out[hyper.name] = hyper.parse(value)
     return out
 
@@ -195,13 +236,17 @@ def _check_hyper(config: FinetuneConfig) -> None:
     row = method(config.method)
     taken = [h.name for h in row.hyper if h.name in _CONFIG_FIELDS and h.name not in METHOD_FIELDS]
     if taken:
-        raise ValueError(f"method {config.method!r} declares the hyper-parameter(s) {', '.join(taken)}, which are "
-                         "options of every method; give its own hyper-parameters other names")
+        raise ValueError(
+            f"method {config.method!r} declares the hyper-parameter(s) {', '.join(taken)}, which are "
+            "options of every method; give its own hyper-parameters other names"
+        )
     for name in config.hparams:
         hyper = row.hyper_named(name)
         if hyper is None or name in METHOD_FIELDS:
-            raise ValueError(f"hparams names {name!r}, which is no hyper-parameter of method {config.method} apart "
-                             f"from its options ({_hparam_names(row) or 'it has none'})")
+            raise ValueError(
+                f"hparams names {name!r}, which is no hyper-parameter of method {config.method} apart "
+                f"from its options ({_hparam_names(row) or 'it has none'})"
+            )
     for hyper in row.hyper:
         if hyper.name in METHOD_FIELDS:
             hyper.check(getattr(config, hyper.name))
@@ -258,24 +303,33 @@ def check_config(config: FinetuneConfig) -> None:
     if config.dropout is not None:
         number("dropout", config.dropout, maximum=1.0, strict_max=True)
     if config.task_file is not None:
-        given = [f"{name} ({value!r})" for name in ("task", "train_file", "eval_file", "text_columns", "label_column")
-                 if (value := getattr(config, name))]
+        given = [
+            f"{name} ({value!r})"
+            for name in ("task", "train_file", "eval_file", "text_columns", "label_column")
+            if (value := getattr(config, name))
+        ]
         if given:
-            raise ValueError(f"task_file (--task-file) {config.task_file!r} names the task, its files and columns; "
-                             f"drop {', '.join(given)}")
+            raise ValueError(
+                f"task_file (--task-file) {config.task_file!r} names the task, its files and columns; "
+                f"drop {', '.join(given)}"
+            )
     world = world_size()
     per_device, accum = micro_batch(config, world)
     if per_device < 1 or per_device * world * accum != config.batch_size:
         factor, value = _micro_batch_factor(config)
         parts = f"{world} worker(s) × grad-accum {config.grad_accum}" + (f" × {factor} {value}" if factor else "")
-        raise ValueError(f"batch-size {config.batch_size} is not divisible into {parts} micro-batches; "
-                         f"choose a batch size that is a multiple of {world * accum}")
+        raise ValueError(
+            f"batch-size {config.batch_size} is not divisible into {parts} micro-batches; "
+            f"choose a batch size that is a multiple of {world * accum}"
+        )
     if config.precision == "fp16":
         import torch
 
         if not torch.cuda.is_available():
-            raise ValueError("precision 'fp16' needs a GPU: on CPU the HF Trainer/accelerate silently train in fp32 "
-                             "(no autocast, no GradScaler); use --precision bf16 or fp32 on CPU")
+            raise ValueError(
+                "precision 'fp16' needs a GPU: on CPU the HF Trainer/accelerate silently train in fp32 "
+                "(no autocast, no GradScaler); use --precision bf16 or fp32 on CPU"
+            )
 
 
 def fit_batch(config: FinetuneConfig, n_train: int) -> FinetuneConfig:
@@ -287,8 +341,10 @@ def fit_batch(config: FinetuneConfig, n_train: int) -> FinetuneConfig:
     unit = world_size() * micro_batch(config)[1]
     used = n_train // unit * unit
     if used < 1:
-        raise ValueError(f"batch-size {config.batch_size}: the training set has only {n_train} examples, fewer than "
-                         f"the {unit} micro-batches of one optimizer step; use more --shots or less --grad-accum")
+        raise ValueError(
+            f"batch-size {config.batch_size}: the training set has only {n_train} examples, fewer than "
+            f"the {unit} micro-batches of one optimizer step; use more --shots or less --grad-accum"
+        )
     return dataclasses.replace(config, batch_size=used)
 
 
@@ -308,7 +364,7 @@ class PreparedRun:
     def fingerprint_id(self) -> str:
         return fingerprint_id(self.fingerprint)
 
-    def with_config(self, config: FinetuneConfig) -> "PreparedRun":
+    def with_config(self, config: FinetuneConfig) -> PreparedRun:
         """This run's task and model under ``config`` (another method or hyper-parameter; the same task, data and
         model options), fitted and fingerprinted without loading anything again."""
         return _fitted(config, self.task, self.model)
@@ -378,6 +434,7 @@ def _sigint_handler(stop: Any) -> Callable[[int, Any], None]:
             raise KeyboardInterrupt
         stop.requested = True
         print("\ninterrupt: finishing this step and saving a checkpoint (Ctrl-C again to abort now)", flush=True)
+
     return handler
 
 
@@ -389,23 +446,45 @@ def _training_args(config: FinetuneConfig, ckpt_dir: Path):
     per_device, accum = micro_batch(config)
     on_gpu = torch.cuda.is_available()
     return TrainingArguments(
-        output_dir=str(ckpt_dir), per_device_train_batch_size=per_device, gradient_accumulation_steps=accum,
-        max_steps=config.steps, learning_rate=config.lr, lr_scheduler_type=LR_SCHEDULE, warmup_steps=0,
-        weight_decay=config.weight_decay, optim="adamw_torch", seed=config.seed, data_seed=config.seed,
-        bf16=config.precision == "bf16", fp16=config.precision == "fp16", use_cpu=not on_gpu,
-        ddp_backend="gloo" if world_size() > 1 and not on_gpu else None, ddp_find_unused_parameters=False,
-        save_strategy="steps" if config.save_every else "no", save_steps=config.save_every or 500,
-        logging_strategy="no", report_to=[], disable_tqdm=not (config.progress and is_main_process()),
-        dataloader_num_workers=0, remove_unused_columns=False)
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accum,
+        max_steps=config.steps,
+        learning_rate=config.lr,
+        lr_scheduler_type=LR_SCHEDULE,
+        warmup_steps=0,
+        weight_decay=config.weight_decay,
+        optim="adamw_torch",
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=config.precision == "bf16",
+        fp16=config.precision == "fp16",
+        use_cpu=not on_gpu,
+        ddp_backend="gloo" if world_size() > 1 and not on_gpu else None,
+        ddp_find_unused_parameters=False,
+        save_strategy="steps" if config.save_every else "no",
+        save_steps=config.save_every or 500,
+        logging_strategy="no",
+        report_to=[],
+        disable_tqdm=not (config.progress and is_main_process()),
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
 
 
-def _make_trainer(config: FinetuneConfig, head: Any, train_dataset: Any, args: Any, callbacks: list[Any],
-                  recorder: Any):
+def _make_trainer(
+    config: FinetuneConfig, head: Any, train_dataset: Any, args: Any, callbacks: list[Any], recorder: Any
+):
     """The method's Trainer (its binding, ``bindings.py``) with its keyword arguments, recording checkpoints."""
     from balancedness.finetune.checkpoints import recording_trainer
 
-    common = dict(model=head.module, args=args, train_dataset=train_dataset, data_collator=head.collator,
-                  callbacks=[*callbacks, recorder])  # the recorder last: its checkpoint marker follows all else
+    common = dict(
+        model=head.module,
+        args=args,
+        train_dataset=train_dataset,
+        data_collator=head.collator,
+        callbacks=[*callbacks, recorder],
+    )  # the recorder last: its checkpoint marker follows all else
     extra = binding(config.method).kwargs(hyper_values(config))
     trainer = recording_trainer(trainer_class(config.method), recorder)(**extra, **common)
     if not config.progress:
@@ -470,11 +549,20 @@ def run_finetune(run: FinetuneConfig | PreparedRun) -> RunRecord | None:
     prepared = run if isinstance(run, PreparedRun) else prepare(run)
     config = prepared.config
     if config.batch_size != prepared.requested_batch_size and is_main_process():
-        print(f"batch-size {prepared.requested_batch_size} is larger than the {len(prepared.task.train)} training "
-              f"examples: each step uses {config.batch_size}, and that is recorded", file=sys.stderr)
+        print(
+            f"batch-size {prepared.requested_batch_size} is larger than the {len(prepared.task.train)} training "
+            f"examples: each step uses {config.batch_size}, and that is recorded",
+            file=sys.stderr,
+        )
     with hold_run_folder(config.out, enabled=is_main_process()) as lock:  # only rank 0 writes
-        plan = plan_run(prepared.fingerprint, out=config.out, resume=config.resume, overwrite=config.overwrite,
-                        world_size=world_size(), main=is_main_process())
+        plan = plan_run(
+            prepared.fingerprint,
+            out=config.out,
+            resume=config.resume,
+            overwrite=config.overwrite,
+            world_size=world_size(),
+            main=is_main_process(),
+        )
         if plan.action == "skip":
             return plan.previous.replace(skipped=True)
         return _train(prepared, plan, lock)
@@ -505,8 +593,9 @@ def _train(prepared: PreparedRun, plan: RunPlan, lock: Any) -> RunRecord | None:
     StepTimer, GracefulStop = _callback_classes()
     timer, stop = StepTimer(), GracefulStop()
     callbacks = [BalancednessCallback(every=config.log_every, path=folder.log), timer, stop, *config.extra_callbacks]
-    trainer = _make_trainer(config, head, head.dataset(task.train), _training_args(config, out / "checkpoints"),
-                            callbacks, recorder)
+    trainer = _make_trainer(
+        config, head, head.dataset(task.train), _training_args(config, out / "checkpoints"), callbacks, recorder
+    )
     record = _base_record(prepared, head)
     if config.zero_shot and main:
         with _writing(out):
@@ -530,7 +619,8 @@ def _lora_spec(config: FinetuneConfig):
     from balancedness.finetune.models import LoraSpec
 
     dtype = {"fp64": torch.float64, "bf16": torch.bfloat16 if torch.cuda.is_available() else torch.float32}.get(
-        config.precision, torch.float32)
+        config.precision, torch.float32
+    )
     return LoraSpec(config.lora_r, config.lora_alpha, tuple(config.target_modules), dtype, config.max_length)
 
 
@@ -541,12 +631,25 @@ def _base_record(prepared: PreparedRun, head: Any) -> RunRecord:
     config, task = prepared.config, prepared.task
     parameters = list(head.module.parameters())
     return RunRecord(
-        task=task.name, method=config.method, model=config.model, seed=config.seed, metric=task.metric,
-        steps=config.steps, status="running", config=config.to_json(), fingerprint_id=prepared.fingerprint_id,
+        task=task.name,
+        method=config.method,
+        model=config.model,
+        seed=config.seed,
+        metric=task.metric,
+        steps=config.steps,
+        status="running",
+        config=config.to_json(),
+        fingerprint_id=prepared.fingerprint_id,
         trainable_params=sum(p.numel() for p in parameters if p.requires_grad),
-        total_params=sum(p.numel() for p in parameters), world_size=world_size(), n_train=len(task.train),
-        n_eval=len(task.eval), n_dev=len(task.dev), source=task.source, notes=task.notes,
-        majority=majority_accuracy(task) if task.kind == "classification" else None)
+        total_params=sum(p.numel() for p in parameters),
+        world_size=world_size(),
+        n_train=len(task.train),
+        n_eval=len(task.eval),
+        n_dev=len(task.dev),
+        source=task.source,
+        notes=task.notes,
+        majority=majority_accuracy(task) if task.kind == "classification" else None,
+    )
 
 
 def _fit(out: Path, trainer: Any, plan: RunPlan, record: RunRecord, timer: Any, stop: Any, main: bool) -> float:
@@ -566,16 +669,32 @@ def _fit(out: Path, trainer: Any, plan: RunPlan, record: RunRecord, timer: Any, 
     except Exception as exc:
         if not _write_failed(exc):
             raise
-        _fail_writing(out, exc, lambda error: main and _write_partial(
-            out, record, trainer, timer, prior_seconds + time.perf_counter() - t0, status="failed", error=error))
+        _fail_writing(
+            out,
+            exc,
+            lambda error: (
+                main
+                and _write_partial(
+                    out, record, trainer, timer, prior_seconds + time.perf_counter() - t0, status="failed", error=error
+                )
+            ),
+        )
     finally:
         if use_handler:
             signal.signal(signal.SIGINT, old_handler)
     return prior_seconds + time.perf_counter() - t0
 
 
-def _complete(prepared: PreparedRun, head: Any, plan: RunPlan, record: RunRecord, trainer: Any, timer: Any,
-              train_seconds: float, train_loss: float) -> RunRecord:
+def _complete(
+    prepared: PreparedRun,
+    head: Any,
+    plan: RunPlan,
+    record: RunRecord,
+    trainer: Any,
+    timer: Any,
+    train_seconds: float,
+    train_loss: float,
+) -> RunRecord:
     """Evaluate the trained run, save its adapter and write its complete ``metrics.json`` (main process)."""
     config, task = prepared.config, prepared.task
     folder = RunFolder(config.out)
@@ -586,8 +705,10 @@ def _complete(prepared: PreparedRun, head: Any, plan: RunPlan, record: RunRecord
     # the held-out split hyper-parameter selection reads (sweep): never the test metric
     dev = _eval_sorted(head, task.dev, config.eval_batch_size)[task.metric] if task.dev else None
     record = record.replace(**timing, train_loss=train_loss, value=result[task.metric], n=result["n"], dev=dev)
-    with _writing(folder.path, lambda error: _write_partial(folder.path, record, trainer, timer, train_seconds,
-                                                            status="failed", error=error)):
+    with _writing(
+        folder.path,
+        lambda error: _write_partial(folder.path, record, trainer, timer, train_seconds, status="failed", error=error),
+    ):
         _save_adapter(head.model, folder.adapter)
         record = record.replace(status="complete")
         folder.write(record)
@@ -620,31 +741,54 @@ def _timing(timer: Any, train_seconds: float) -> dict[str, float | None]:
     return {"train_seconds": train_seconds, "seconds_per_step": statistics.median(times) if times else None}
 
 
-def _write_partial(out: Path, record: RunRecord, trainer: Any, timer: Any, seconds: float,
-                   status: Status = "interrupted", error: str | None = None, diverged_at: int | None = None) -> None:
+def _write_partial(
+    out: Path,
+    record: RunRecord,
+    trainer: Any,
+    timer: Any,
+    seconds: float,
+    status: Status = "interrupted",
+    error: str | None = None,
+    diverged_at: int | None = None,
+) -> None:
     """``metrics.json`` of a run that stopped before its end: ``status``, the step reached, the checkpoint."""
     from balancedness.finetune.checkpoints import last_complete_checkpoint
 
     ckpt = last_complete_checkpoint(out / "checkpoints")
-    RunFolder(out).write(record.replace(**_timing(timer, seconds), status=status,
-                                        step_reached=trainer.state.global_step,
-                                        checkpoint=None if ckpt is None else str(ckpt), error=error,
-                                        diverged_at=diverged_at))
+    RunFolder(out).write(
+        record.replace(
+            **_timing(timer, seconds),
+            status=status,
+            step_reached=trainer.state.global_step,
+            checkpoint=None if ckpt is None else str(ckpt),
+            error=error,
+            diverged_at=diverged_at,
+        )
+    )
 
 
-def _diverged(config: FinetuneConfig, out: Path, record: RunRecord, trainer: Any, timer: Any, seconds: float,
-              diverged: dict[str, Any], main: bool) -> None:
+def _diverged(
+    config: FinetuneConfig,
+    out: Path,
+    record: RunRecord,
+    trainer: Any,
+    timer: Any,
+    seconds: float,
+    diverged: dict[str, Any],
+    main: bool,
+) -> None:
     """End a run whose loss or parameters stopped being finite: ``status`` failed, the step, RunFailedError."""
     if not main:
         return None
     error = f"training diverged at step {diverged['step']}: {diverged['found']}"
     with _writing(out):
-        _write_partial(out, record, trainer, timer, seconds, status="failed", error=error,
-                       diverged_at=diverged["step"])
+        _write_partial(out, record, trainer, timer, seconds, status="failed", error=error, diverged_at=diverged["step"])
     if not config.keep_checkpoints:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    raise RunFailedError(f"{error}; {str(out / 'metrics.json')!r} records the run as failed (nothing of it is "
-                         "reported); try a smaller learning rate")
+    raise RunFailedError(
+        f"{error}; {str(out / 'metrics.json')!r} records the run as failed (nothing of it is "
+        "reported); try a smaller learning rate"
+    )
 
 
 #: Words of the errors torch and safetensors raise when a write fails (they are not OSErrors).
@@ -667,8 +811,9 @@ def _fail_writing(out: Path, exc: BaseException, record_failure: Callable[[str],
         except Exception:  # noqa: BLE001 - the folder takes no write at all: say so, below
             recorded = False
     where = "metrics.json records it as failed" if recorded else "no status could be written"
-    raise RunFailedError(f"{error}; {where}: free space or make the folder writable, then continue the run "
-                         "with resume (--resume)") from None
+    raise RunFailedError(
+        f"{error}; {where}: free space or make the folder writable, then continue the run with resume (--resume)"
+    ) from None
 
 
 @contextlib.contextmanager

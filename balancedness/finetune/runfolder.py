@@ -38,17 +38,32 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 from balancedness.finetune.checkpoints import COMPLETE, checkpoint_step, last_complete_checkpoint, validate_checkpoint
 from balancedness.finetune.provenance import RUN_FILE, differences, fingerprint_id, read_run_file
 from balancedness.finetune.record import LOG, METRICS, RunFolder, RunFolderError, RunRecord, is_complete
 from balancedness.io import make_temp_dir, write_json
 
-__all__ = ["RunFolderError", "RunFailedError", "RunFolderLock", "RunPlan", "plan_run", "begin_run", "read_metrics",
-           "read_complete", "is_complete", "hold_run_folder", "check_overwrite", "METRICS", "RunFolder", "RunRecord"]
+__all__ = [
+    "RunFolderError",
+    "RunFailedError",
+    "RunFolderLock",
+    "RunPlan",
+    "plan_run",
+    "begin_run",
+    "read_metrics",
+    "read_complete",
+    "is_complete",
+    "hold_run_folder",
+    "check_overwrite",
+    "METRICS",
+    "RunFolder",
+    "RunRecord",
+]
 
 
 class RunFailedError(RuntimeError):
@@ -82,8 +97,15 @@ def read_metrics(out: str | os.PathLike[str]) -> RunRecord | None:
     return RunFolder(out).record
 
 
-def plan_run(fp: dict[str, Any], *, out: str | os.PathLike[str], resume: bool, overwrite: bool, world_size: int,
-             main: bool = True) -> RunPlan:
+def plan_run(
+    fp: dict[str, Any],
+    *,
+    out: str | os.PathLike[str],
+    resume: bool,
+    overwrite: bool,
+    world_size: int,
+    main: bool = True,
+) -> RunPlan:
     """Decide what to do with ``out`` for the run of fingerprint ``fp`` (``provenance.fingerprint``; see the
     table above). Writes nothing.
 
@@ -91,8 +113,9 @@ def plan_run(fp: dict[str, Any], *, out: str | os.PathLike[str], resume: bool, o
     only follow: skip a complete run, resume from the last complete checkpoint, or start fresh.
     """
     if resume and overwrite:
-        raise RunFolderError("resume and overwrite exclude each other: resume continues the run in the folder, "
-                             "overwrite deletes it")
+        raise RunFolderError(
+            "resume and overwrite exclude each other: resume continues the run in the folder, overwrite deletes it"
+        )
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"out {str(out)!r} is a file, not a folder")
@@ -113,26 +136,34 @@ def plan_run(fp: dict[str, Any], *, out: str | os.PathLike[str], resume: bool, o
         return RunPlan("resume", fp, checkpoint)
     record = read_run_file(out)
     if record is None:
-        raise RunFolderError(f"out {str(out)!r} holds files that no run of this version recorded (no {RUN_FILE}); "
-                             "nothing was changed: choose another out folder (overwrite deletes only a run or "
-                             "sweep folder of this project)")
+        raise RunFolderError(
+            f"out {str(out)!r} holds files that no run of this version recorded (no {RUN_FILE}); "
+            "nothing was changed: choose another out folder (overwrite deletes only a run or "
+            "sweep folder of this project)"
+        )
     changed = differences(record["fingerprint"], fp)
     if changed:
-        raise RunFolderError(f"out {str(out)!r} holds a run with other settings ({'; '.join(changed)}); nothing was "
-                             "changed: choose another out folder, or replace that run with overwrite (--overwrite)")
+        raise RunFolderError(
+            f"out {str(out)!r} holds a run with other settings ({'; '.join(changed)}); nothing was "
+            "changed: choose another out folder, or replace that run with overwrite (--overwrite)"
+        )
     metrics = read_metrics(out)
     if is_complete(metrics):
         return RunPlan("skip", fp, previous=metrics)
     if _diverged(metrics):
-        raise RunFailedError(f"out {str(out)!r} holds this run, failed: {metrics.error}; training it again "
-                             "diverges again: change the settings (e.g. a smaller --lr), or replace it with "
-                             "overwrite (--overwrite)")
+        raise RunFailedError(
+            f"out {str(out)!r} holds this run, failed: {metrics.error}; training it again "
+            "diverges again: change the settings (e.g. a smaller --lr), or replace it with "
+            "overwrite (--overwrite)"
+        )
     checkpoint = last_complete_checkpoint(out / "checkpoints")
     if not resume:
         where = f"checkpoint at step {checkpoint_step(checkpoint)}" if checkpoint else "no complete checkpoint"
         failed = f", failed: {metrics.error}" if metrics and metrics.status == "failed" else ""
-        raise RunFolderError(f"out {str(out)!r} holds an unfinished run with these settings ({where}{failed}); "
-                             "continue it with resume (--resume), or replace it with overwrite (--overwrite)")
+        raise RunFolderError(
+            f"out {str(out)!r} holds an unfinished run with these settings ({where}{failed}); "
+            "continue it with resume (--resume), or replace it with overwrite (--overwrite)"
+        )
     if checkpoint is not None:
         validate_checkpoint(checkpoint, world_size)
     _check_log(out, checkpoint)
@@ -146,7 +177,7 @@ def _check_log(out: Path, checkpoint: Path | None) -> None:
     kept_log_lines(out / LOG, 0 if checkpoint is None else checkpoint_step(checkpoint))
 
 
-def begin_run(plan: RunPlan, out: str | os.PathLike[str], lock: "RunFolderLock | None" = None) -> None:
+def begin_run(plan: RunPlan, out: str | os.PathLike[str], lock: RunFolderLock | None = None) -> None:
     """Make ``out`` ready for ``plan`` (main process only): replace, create, record the fingerprint, tidy.
 
     ``overwrite`` (``plan.replace``): an empty folder, locked by ``lock`` before anyone can see it, takes the
@@ -180,8 +211,10 @@ def check_overwrite(out: str | os.PathLike[str]) -> None:
     what = _contents(real)
 
     def refuse(why: str) -> None:
-        raise RunFolderError(f"overwrite refused: out {str(out)!r} {why}; overwrite would delete {what}. Nothing "
-                             "was changed: overwrite deletes only a run or sweep folder of this project")
+        raise RunFolderError(
+            f"overwrite refused: out {str(out)!r} {why}; overwrite would delete {what}. Nothing "
+            "was changed: overwrite deletes only a run or sweep folder of this project"
+        )
 
     if out.is_symlink():
         refuse(f"is a symbolic link to {str(real)!r} (give that folder itself to replace it)")
@@ -216,7 +249,7 @@ def _exchange(a: Path, b: Path) -> bool:
     return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
-def _replace_folder(out: Path, lock: "RunFolderLock | None") -> None:
+def _replace_folder(out: Path, lock: RunFolderLock | None) -> None:
     fresh = make_temp_dir(prefix=f".{out.name}.new-", dir=out.parent)
     new_lock = RunFolderLock.take(fresh) if lock is not None else None
     if _exchange(fresh, out):
@@ -239,7 +272,7 @@ class RunFolderLock:
         self.fd, self.path = fd, path
 
     @classmethod
-    def take(cls, path: str | os.PathLike[str]) -> "RunFolderLock":
+    def take(cls, path: str | os.PathLike[str]) -> RunFolderLock:
         """Lock the folder ``path`` without waiting; RunFolderError naming the holder when another process has it."""
         import fcntl
 
@@ -250,11 +283,13 @@ class RunFolderLock:
         except BlockingIOError:
             holder = _holder(fd)
             os.close(fd)
-            raise RunFolderError(f"out {str(path)!r} is in use by {holder}: a run folder has one writer at a time; "
-                                 "wait until it ends, or choose another out folder") from None
+            raise RunFolderError(
+                f"out {str(path)!r} is in use by {holder}: a run folder has one writer at a time; "
+                "wait until it ends, or choose another out folder"
+            ) from None
         return cls(fd, path)
 
-    def adopt(self, other: "RunFolderLock", path: Path) -> None:
+    def adopt(self, other: RunFolderLock, path: Path) -> None:
         """Hold ``other``'s lock (now at ``path``) instead of this one."""
         os.close(self.fd)
         self.fd, self.path = other.fd, path

@@ -46,8 +46,9 @@ with r₂ = 8 and η₂ = η₁ (``--hparam rank2=…``, ``--hparam kappa=…``)
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from balancedness.methods import METHODS as ROWS
 from balancedness.methods import SEARCH_PRESETS, SHARED, Derived, Hyper
@@ -66,8 +67,10 @@ def _hypers() -> dict[str, Hyper]:
 
 def _searchable() -> dict[str, tuple[str, ...] | None]:
     shared = {h.name for h in SHARED}
-    return {name: None if name in shared else tuple(n for n, row in ROWS.items() if row.hyper_named(name))
-            for name in _hypers()}
+    return {
+        name: None if name in shared else tuple(n for n, row in ROWS.items() if row.hyper_named(name))
+        for name in _hypers()
+    }
 
 
 #: Options a grid may vary, and the methods that read each one (None: every method); from the rows.

@@ -10,8 +10,9 @@ independent of run order. A task without a dev split can only run a search space
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from balancedness.finetune.record import RunRecord
 

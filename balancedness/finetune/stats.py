@@ -11,8 +11,8 @@ go below 2/2^n (0.25 for 3 seeds, 0.0625 for 5): say so rather than read p alone
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -33,8 +33,10 @@ class Paired:
     p_sign: float
 
     def text(self) -> str:
-        return (f"{self.mean:+.2f} [{self.low:+.2f}, {self.high:+.2f}] "
-                f"{self.wins}/{self.ties}/{self.losses} p={self.p_sign:.2g}")
+        return (
+            f"{self.mean:+.2f} [{self.low:+.2f}, {self.high:+.2f}] "
+            f"{self.wins}/{self.ties}/{self.losses} p={self.p_sign:.2g}"
+        )
 
 
 def sign_test(wins: int, losses: int) -> float:
@@ -43,11 +45,12 @@ def sign_test(wins: int, losses: int) -> float:
     if n == 0:
         return 1.0
     k = min(wins, losses)
-    return min(1.0, 2.0 * sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n)
+    return min(1.0, 2.0 * sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n)
 
 
-def bootstrap_interval(values: Sequence[float], n_boot: int = 10_000, level: float = 0.95,
-                       seed: int = 0) -> tuple[float, float]:
+def bootstrap_interval(
+    values: Sequence[float], n_boot: int = 10_000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values``."""
     x = np.asarray(values, dtype=float)
     if len(x) == 1:
@@ -66,5 +69,4 @@ def paired(differences: Sequence[float], n_boot: int = 10_000, seed: int = 0) ->
     wins = sum(v > TIE for v in d)
     losses = sum(v < -TIE for v in d)
     low, high = bootstrap_interval(d, n_boot, seed=seed)
-    return Paired(len(d), float(np.mean(d)), low, high, wins, len(d) - wins - losses, losses,
-                  sign_test(wins, losses))
+    return Paired(len(d), float(np.mean(d)), low, high, wins, len(d) - wins - losses, losses, sign_test(wins, losses))

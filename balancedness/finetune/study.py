@@ -25,13 +25,22 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from balancedness.finetune.record import RunFolder, RunRecord
 
-__all__ = ["open_study", "run_cells", "cell_lock", "study_name", "storage_for", "start_workers", "repair_journal",
-           "StorageError"]
+__all__ = [
+    "open_study",
+    "run_cells",
+    "cell_lock",
+    "study_name",
+    "storage_for",
+    "start_workers",
+    "repair_journal",
+    "StorageError",
+]
 
 _RDB = ("sqlite:", "postgresql", "mysql", "oracle", "mssql")
 
@@ -46,13 +55,16 @@ def storage_for(out: Path, storage: str | None):
         return _rdb_storage(storage)
     path = Path(storage) if storage else out / "study.journal"
     if path.is_dir():
-        raise StorageError(f"storage (--storage) {str(path)!r} is a folder; expected a journal file path or an RDB "
-                           "URL (postgresql://…, mysql://…, sqlite:///…)")
+        raise StorageError(
+            f"storage (--storage) {str(path)!r} is a folder; expected a journal file path or an RDB "
+            "URL (postgresql://…, mysql://…, sqlite:///…)"
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise StorageError(f"storage (--storage) {str(path)!r}: its folder cannot be created "
-                           f"({exc.strerror})") from None
+        raise StorageError(
+            f"storage (--storage) {str(path)!r}: its folder cannot be created ({exc.strerror})"
+        ) from None
     repair_journal(path)
     from optuna.storages.journal import JournalFileBackend
 
@@ -76,15 +88,19 @@ def _rdb_storage(url: str):
     if url.startswith("sqlite:///"):
         folder = Path(url.removeprefix("sqlite:///").split("?")[0]).parent
         if not folder.is_dir():
-            raise StorageError(f"storage (--storage) {shown!r}: the folder {str(folder)!r} of the database file does "
-                               "not exist; create it first")
+            raise StorageError(
+                f"storage (--storage) {shown!r}: the folder {str(folder)!r} of the database file does "
+                "not exist; create it first"
+            )
     try:
         return _create_rdb(url)
     except ImportError as exc:  # optuna re-raises sqlalchemy's ImportError without the module's name
         driver = getattr(exc.__cause__, "name", None) or exc.name or "its driver"
-        raise StorageError(f"storage (--storage) {shown!r} needs the database driver module {driver!r}, which is not "
-                           "installed (PostgreSQL: pip install 'psycopg[binary]'; MySQL: pip install pymysql and "
-                           "write mysql+pymysql://…)") from None
+        raise StorageError(
+            f"storage (--storage) {shown!r} needs the database driver module {driver!r}, which is not "
+            "installed (PostgreSQL: pip install 'psycopg[binary]'; MySQL: pip install pymysql and "
+            "write mysql+pymysql://…)"
+        ) from None
     except sqlalchemy.exc.SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         password = re.search(r"://[^:/@]*:([^@/]*)@", url)
@@ -133,16 +149,21 @@ def repair_journal(path: Path) -> int:
             try:
                 json.loads(line)
             except ValueError:
-                raise StorageError(f"the study journal {str(path)!r} is damaged: line {number} is not a JSON record; "
-                                   "move the file aside and run again (the run folders keep every result: complete "
-                                   "runs are skipped, unfinished ones resume)") from None
+                raise StorageError(
+                    f"the study journal {str(path)!r} is damaged: line {number} is not a JSON record; "
+                    "move the file aside and run again (the run folders keep every result: complete "
+                    "runs are skipped, unfinished ones resume)"
+                ) from None
         torn = len(data) - len(complete)
         if torn:
             with open(path, "r+b") as fh:
                 fh.truncate(len(complete))
                 os.fsync(fh.fileno())
-            print(f"repaired the study journal {str(path)!r}: dropped its torn last record ({torn} bytes), left by a "
-                  "worker killed while writing it", file=sys.stderr)
+            print(
+                f"repaired the study journal {str(path)!r}: dropped its torn last record ({torn} bytes), left by a "
+                "worker killed while writing it",
+                file=sys.stderr,
+            )
         return torn
     finally:
         lock.release()
@@ -163,8 +184,13 @@ def open_study(out: str | os.PathLike[str], fids: Sequence[str], storage: str | 
     name = study_name(fids)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.GridSampler({"cell": list(fids)}, seed=0)
-    return optuna.create_study(study_name=name, storage=storage_for(Path(out), storage), sampler=sampler,
-                               direction="maximize", load_if_exists=True)
+    return optuna.create_study(
+        study_name=name,
+        storage=storage_for(Path(out), storage),
+        sampler=sampler,
+        direction="maximize",
+        load_if_exists=True,
+    )
 
 
 @contextlib.contextmanager
@@ -180,9 +206,14 @@ def cell_lock(out: str | os.PathLike[str], fid: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def run_cells(cells: dict[str, Any], out: str | os.PathLike[str], run: Callable[[Any], RunRecord | None],
-              score: Callable[[RunRecord], float], storage: str | None = None,
-              on_done: Callable[[str, RunRecord], None] | None = None) -> None:
+def run_cells(
+    cells: dict[str, Any],
+    out: str | os.PathLike[str],
+    run: Callable[[Any], RunRecord | None],
+    score: Callable[[RunRecord], float],
+    storage: str | None = None,
+    on_done: Callable[[str, RunRecord], None] | None = None,
+) -> None:
     """Work through the study's cells in this process until none is left; ``run(config) -> RunRecord``."""
     import optuna
 
@@ -190,7 +221,7 @@ def run_cells(cells: dict[str, Any], out: str | os.PathLike[str], run: Callable[
     study = open_study(out, fids, storage)
     _quiet_interrupts()
 
-    def objective(trial: "optuna.Trial") -> float:
+    def objective(trial: optuna.Trial) -> float:
         fid = trial.suggest_categorical("cell", fids)
         config = cells[fid]
         trial.set_user_attr("run", str(config.out))
@@ -274,9 +305,10 @@ def start_workers(n: int, cells: dict[str, Any], out: str | os.PathLike[str], st
 
     threads = max(1, (os.cpu_count() or 1) // (n + 1))
     context = multiprocessing.get_context("spawn")
-    procs = [context.Process(target=_worker, args=(cells, str(out), storage, threads, loaded_plugins()),
-                             daemon=False)
-             for _ in range(n)]
+    procs = [
+        context.Process(target=_worker, args=(cells, str(out), storage, threads, loaded_plugins()), daemon=False)
+        for _ in range(n)
+    ]
     for proc in procs:
         proc.start()
     return procs

@@ -20,9 +20,10 @@ seeds (mean, bootstrap 95% interval, wins/ties/losses, sign test).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from balancedness.finetune.record import RunFolder, RunRecord
 from balancedness.finetune.run import FinetuneConfig, check_config, prepare, run_finetune
@@ -49,8 +50,14 @@ def run_dir(out: str | Path, task: str, method: str, seed: int, fingerprint_id: 
     return Path(out) / task / method / f"seed{seed}-{fingerprint_id[:8]}"
 
 
-def _check_grid(base: FinetuneConfig, tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
-                space: SearchSpace, task_files: Sequence[str] = ()) -> None:
+def _check_grid(
+    base: FinetuneConfig,
+    tasks: Sequence[str],
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    space: SearchSpace,
+    task_files: Sequence[str] = (),
+) -> None:
     from balancedness.finetune.data import known_tasks
 
     for name, values in (("tasks", [*tasks, *task_files]), ("methods", methods), ("seeds", seeds)):
@@ -58,8 +65,10 @@ def _check_grid(base: FinetuneConfig, tasks: Sequence[str], methods: Sequence[st
             raise ValueError(f"{name} is empty")
         repeated = sorted({v for v in values if list(values).count(v) > 1}, key=list(values).index)
         if repeated:  # a repeated task or method would repeat a table row or column
-            raise ValueError(f"{name} lists {', '.join(map(repr, repeated))} more than once "
-                             f"({', '.join(map(str, values))}); give each once")
+            raise ValueError(
+                f"{name} lists {', '.join(map(repr, repeated))} more than once "
+                f"({', '.join(map(str, values))}); give each once"
+            )
     unknown = [t for t in tasks if t not in known_tasks()]
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; expected some of {', '.join(known_tasks())}")
@@ -68,9 +77,15 @@ def _check_grid(base: FinetuneConfig, tasks: Sequence[str], methods: Sequence[st
             check_config(base.with_options(method=method, **point))
 
 
-def plan_cells(base: FinetuneConfig, tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
-               out: str | Path, space: SearchSpace = PRESETS["fixed"],
-               task_files: Sequence[str] = ()) -> dict[str, FinetuneConfig]:
+def plan_cells(
+    base: FinetuneConfig,
+    tasks: Sequence[str],
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    out: str | Path,
+    space: SearchSpace = PRESETS["fixed"],
+    task_files: Sequence[str] = (),
+) -> dict[str, FinetuneConfig]:
     """``{fingerprint id: config}`` for every cell, in grid order; loads every task's data (errors early).
     ``task_files``: TOML task files (``taskfile.py``) run beside the built-in ``tasks``, named by their ``name``."""
     _check_grid(base, tasks, methods, seeds, space, task_files)
@@ -84,12 +99,15 @@ def plan_cells(base: FinetuneConfig, tasks: Sequence[str], methods: Sequence[str
             for method in methods:
                 points = space.points(method)
                 if len(points) > 1 and not prepared.task.dev:
-                    raise ValueError(f"task {name!r} has no dev split, so the {len(points)} configurations of "
-                                     f"{method} cannot be selected without the test set; use --space fixed"
-                                     + ("" if "task" in fields else " or give the task file a dev file"))
+                    raise ValueError(
+                        f"task {name!r} has no dev split, so the {len(points)} configurations of "
+                        f"{method} cannot be selected without the test set; use --space fixed"
+                        + ("" if "task" in fields else " or give the task file a dev file")
+                    )
                 for point in points:
-                    cell = prepared.with_config(base.with_options(**fields, method=method, seed=seed, resume=True,
-                                                                  progress=False, **point))
+                    cell = prepared.with_config(
+                        base.with_options(**fields, method=method, seed=seed, resume=True, progress=False, **point)
+                    )
                     fid = cell.fingerprint_id
                     cells[fid] = dataclasses.replace(cell.config, out=str(run_dir(out, name, method, seed, fid)))
     return cells
@@ -100,9 +118,11 @@ def _claim(claimed: dict[str, dict[str, str]], name: str, fields: dict[str, str]
     share a table column and run folders, so a second one is a ValueError."""
     other = claimed.setdefault(name, fields)
     if other != fields:
-        raise ValueError(f"task file {fields['task_file']!r} is named {name!r}, like "
-                         f"{'task file ' + repr(other['task_file']) if 'task_file' in other else 'the built-in task'};"
-                         " every task of a sweep needs its own name (it names a table column and run folders)")
+        raise ValueError(
+            f"task file {fields['task_file']!r} is named {name!r}, like "
+            f"{'task file ' + repr(other['task_file']) if 'task_file' in other else 'the built-in task'};"
+            " every task of a sweep needs its own name (it names a table column and run folders)"
+        )
 
 
 def task_name(config: FinetuneConfig) -> str:
@@ -111,9 +131,19 @@ def task_name(config: FinetuneConfig) -> str:
     return config.task or Path(config.out).parents[1].name
 
 
-def run_sweep(base: FinetuneConfig, *, tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
-              out: str | Path, space: SearchSpace = PRESETS["fixed"], workers: int = 1, storage: str | None = None,
-              progress: bool = True, task_files: Sequence[str] = ()) -> SweepResult:
+def run_sweep(
+    base: FinetuneConfig,
+    *,
+    tasks: Sequence[str],
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    out: str | Path,
+    space: SearchSpace = PRESETS["fixed"],
+    workers: int = 1,
+    storage: str | None = None,
+    progress: bool = True,
+    task_files: Sequence[str] = (),
+) -> SweepResult:
     """Run every cell not yet complete (on ``workers`` local processes sharing one study), select on dev,
     write the tables; returns a :class:`SweepResult`. ``task_files``: TOML task files run beside the built-in
     ``tasks`` (``taskfile.py``). Bad grid values, a missing data root or task file, a bad task file raise before
@@ -145,9 +175,17 @@ def run_sweep(base: FinetuneConfig, *, tasks: Sequence[str], methods: Sequence[s
     result.runs, missing = _collect(cells, out)
     complete = {str(Path(out) / r.run) for r in result.runs}  # type: ignore[operator]
     result.failed = [f for f in result.failed if f["out"] not in complete]  # a retry may have finished it
-    result.failed += [{"task": task_name(c), "method": c.method, "seed": c.seed, "out": c.out,
-                       "error": "not complete after the sweep (see the run folder)"}
-                      for c in missing if not any(f["out"] == c.out for f in result.failed)]
+    result.failed += [
+        {
+            "task": task_name(c),
+            "method": c.method,
+            "seed": c.seed,
+            "out": c.out,
+            "error": "not complete after the sweep (see the run folder)",
+        }
+        for c in missing
+        if not any(f["out"] == c.out for f in result.failed)
+    ]
     if result.failed:
         write_json(Path(out) / "failures.json", result.failed)
     else:  # an earlier sweep's failures must not outlive it
@@ -165,9 +203,16 @@ def _recording(result: SweepResult):
         try:
             record = run_finetune(config)
         except Exception as exc:
-            result.failed.append({"task": task_name(config), "method": config.method, "seed": config.seed,
-                                  "out": config.out, "error": f"{type(exc).__name__}: {exc}",
-                                  "traceback": traceback.format_exc(limit=5)})
+            result.failed.append(
+                {
+                    "task": task_name(config),
+                    "method": config.method,
+                    "seed": config.seed,
+                    "out": config.out,
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "traceback": traceback.format_exc(limit=5),
+                }
+            )
             raise
         assert record is not None  # a sweep's workers are main processes
         result.skipped += record.skipped

@@ -33,9 +33,10 @@ import os
 import re
 import string
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from balancedness.validation import integer
 
@@ -103,8 +104,9 @@ def parse(path: str | os.PathLike[str], *, taken: Sequence[str] = ()) -> TaskFil
     """
     file = Path(path).expanduser()
     if not file.is_file():
-        raise FileNotFoundError(f"task file {str(file)!r} does not exist" if not file.exists()
-                                else f"task file {str(file)!r} is not a file")
+        raise FileNotFoundError(
+            f"task file {str(file)!r} does not exist" if not file.exists() else f"task file {str(file)!r} is not a file"
+        )
     try:
         raw = tomllib.loads(file.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -113,8 +115,10 @@ def parse(path: str | os.PathLike[str], *, taken: Sequence[str] = ()) -> TaskFil
     at = functools.partial(_at, file)
     name = _string(raw, "name", at)
     if not _NAME.fullmatch(name):
-        raise ValueError(f"{at('name')}: {name!r} is not a usable name (it names run folders): use letters, digits, "
-                         "'.', '_' and '-', starting with a letter or digit")
+        raise ValueError(
+            f"{at('name')}: {name!r} is not a usable name (it names run folders): use letters, digits, "
+            "'.', '_' and '-', starting with a letter or digit"
+        )
     if name.lower() in taken:
         raise ValueError(f"{at('name')}: {name!r} is a built-in task; give your task another name")
     text = _columns(raw, at)
@@ -126,23 +130,42 @@ def parse(path: str | os.PathLike[str], *, taken: Sequence[str] = ()) -> TaskFil
         raise ValueError(f"{at('metric')}: {metric!r} is not a metric of a task file; expected one of {list(METRICS)}")
     prompt, words = _prompt(raw, text, at)
     files = {key: _data_file(file, raw, key, at) for key in ("train", "test", "dev") if key in raw}
-    return TaskFile(file.resolve(), name, files["train"], files["test"], text, label, metric, files.get("dev"),
-                    prompt, None if prompt is None else _positional(prompt, text), words)
+    return TaskFile(
+        file.resolve(),
+        name,
+        files["train"],
+        files["test"],
+        text,
+        label,
+        metric,
+        files.get("dev"),
+        prompt,
+        None if prompt is None else _positional(prompt, text),
+        words,
+    )
 
 
 def _check_keys(file: Path, raw: dict[str, Any]) -> None:
     unknown = [k for k in raw if k not in KEYS]
     if unknown:
-        raise ValueError(f"task file {str(file)!r}: unknown key(s) {unknown}; a task file has the keys "
-                         f"{', '.join(KEYS)} (docs/data.md)")
+        raise ValueError(
+            f"task file {str(file)!r}: unknown key(s) {unknown}; a task file has the keys "
+            f"{', '.join(KEYS)} (docs/data.md)"
+        )
     missing = [k for k in REQUIRED if k not in raw]
     if missing:
         raise ValueError(f"task file {str(file)!r}: missing key(s) {missing}; required are {', '.join(REQUIRED)}")
 
 
 def _type_name(value: Any) -> str:
-    return {str: "a string", list: "a list", dict: "a table", bool: "a boolean", int: "an integer",
-            float: "a number"}.get(type(value), type(value).__name__)
+    return {
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+    }.get(type(value), type(value).__name__)
 
 
 def _string(raw: dict[str, Any], key: str, at: Any) -> str:
@@ -155,10 +178,15 @@ def _string(raw: dict[str, Any], key: str, at: Any) -> str:
 
 def _columns(raw: dict[str, Any], at: Any) -> tuple[str, ...]:
     value = raw["text"]
-    if (not isinstance(value, list) or not 1 <= len(value) <= 2
-            or not all(isinstance(c, str) and c.strip() for c in value)):
-        raise ValueError(f"{at('text')}: expected a list of one or two column names (text = [\"sentence\"] or "
-                         f"[\"sentence1\", \"sentence2\"]), got {_type_name(value)} ({value!r})")
+    if (
+        not isinstance(value, list)
+        or not 1 <= len(value) <= 2
+        or not all(isinstance(c, str) and c.strip() for c in value)
+    ):
+        raise ValueError(
+            f'{at("text")}: expected a list of one or two column names (text = ["sentence"] or '
+            f'["sentence1", "sentence2"]), got {_type_name(value)} ({value!r})'
+        )
     if len(set(value)) != len(value):
         raise ValueError(f"{at('text')}: column {value[0]!r} is listed twice")
     return tuple(value)
@@ -168,17 +196,21 @@ def _prompt(raw: dict[str, Any], text: tuple[str, ...], at: Any) -> tuple[str | 
     """(prompt, label words) of the file; both or neither."""
     if ("prompt" in raw) != ("label_words" in raw):
         given, absent = ("prompt", "label_words") if "prompt" in raw else ("label_words", "prompt")
-        raise ValueError(f"{at(given)} needs the key {absent!r} too: a causal LM scores one word per label value "
-                         "after the prompt (leave both out for the generic prompt)")
+        raise ValueError(
+            f"{at(given)} needs the key {absent!r} too: a causal LM scores one word per label value "
+            "after the prompt (leave both out for the generic prompt)"
+        )
     if "prompt" not in raw:
         return None, ()
     prompt = _string(raw, "prompt", at)
     _positional(prompt, text, at("prompt"))
     words = raw["label_words"]
     if not isinstance(words, dict) or len(words) < 2:
-        raise ValueError(f"{at('label_words')}: expected a table of at least two label values and their words "
-                         f"(label_words = {{ \"0\" = \" terrible\", \"1\" = \" great\" }}), got {_type_name(words)} "
-                         f"({words!r})")
+        raise ValueError(
+            f"{at('label_words')}: expected a table of at least two label values and their words "
+            f'(label_words = {{ "0" = " terrible", "1" = " great" }}), got {_type_name(words)} '
+            f"({words!r})"
+        )
     bad = {k: v for k, v in words.items() if not isinstance(v, str) or not v.strip()}
     if bad:
         raise ValueError(f"{at('label_words')}: the word of every label value must be a non-empty string; got {bad}")
@@ -190,22 +222,28 @@ def _positional(prompt: str, text: tuple[str, ...], where: str = "prompt") -> st
     try:
         parts = list(string.Formatter().parse(prompt))
     except ValueError as exc:
-        raise ValueError(f"{where}: {prompt!r} is not a valid template ({exc}); write a literal brace as '{{{{' or "
-                         "'}}}}'") from None
+        raise ValueError(
+            f"{where}: {prompt!r} is not a valid template ({exc}); write a literal brace as '{{{{' or '}}}}}}}}'"
+        ) from None
     out, used = [], 0
     for literal, field, spec, conversion in parts:
         out.append(literal.replace("{", "{{").replace("}", "}}"))
         if field is None:
             continue
         if field not in text:
-            raise ValueError(f"{where}: the placeholder {{{field}}} names no text column; the text columns are "
-                             f"{', '.join('{' + c + '}' for c in text)}")
+            raise ValueError(
+                f"{where}: the placeholder {{{field}}} names no text column; the text columns are "
+                f"{', '.join('{' + c + '}' for c in text)}"
+            )
         used += 1
-        out.append("{" + str(text.index(field)) + (f"!{conversion}" if conversion else "")
-                   + (f":{spec}" if spec else "") + "}")
+        out.append(
+            "{" + str(text.index(field)) + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        )
     if not used:
-        raise ValueError(f"{where}: {prompt!r} holds no {{column}} placeholder, so the model would never see the "
-                         f"text; use {', '.join('{' + c + '}' for c in text)}")
+        raise ValueError(
+            f"{where}: {prompt!r} holds no {{column}} placeholder, so the model would never see the "
+            f"text; use {', '.join('{' + c + '}' for c in text)}"
+        )
     return "".join(out)
 
 
@@ -213,14 +251,21 @@ def _data_file(file: Path, raw: dict[str, Any], key: str, at: Any) -> Path:
     path = (file.parent / Path(_string(raw, key, at)).expanduser()).resolve()
     if not path.is_file():
         state = "is a folder" if path.is_dir() else "does not exist"
-        raise FileNotFoundError(f"{at(key)}: the {key} file {str(path)!r} {state} (paths are relative to the task "
-                                "file's folder)")
+        raise FileNotFoundError(
+            f"{at(key)}: the {key} file {str(path)!r} {state} (paths are relative to the task file's folder)"
+        )
     return path
 
 
 # --------------------------------------------------------------------------------------------- load
-def load(task_file: str | os.PathLike[str] | TaskFile, *, seed: int = 42, shots: int | None = None,
-         max_eval: int | None = None, taken: Sequence[str] = ()) -> TaskData:
+def load(
+    task_file: str | os.PathLike[str] | TaskFile,
+    *,
+    seed: int = 42,
+    shots: int | None = None,
+    max_eval: int | None = None,
+    taken: Sequence[str] = (),
+) -> TaskData:
     """The task file's data as a :class:`TaskData` (train, test as ``eval``, dev), shots and max_eval applied.
 
     Labels: with ``label_words``, label id i is the i-th label value of the table, and a row whose label has
@@ -244,9 +289,22 @@ def load(task_file: str | os.PathLike[str] | TaskFile, *, seed: int = 42, shots:
     if max_eval is not None and max_eval < len(test):
         notes.append(f"evaluating on a fixed subset of {max_eval} of {len(test)} examples")
         test = eval_subset(test, max_eval)
-    return TaskData(spec.name, "classification", train, test, list(values), spec.text, "accuracy",
-                    source=" | ".join(str(p) for p in spec.files.values()), seed=seed, shots=shots, notes=notes,
-                    dev=split.get("dev", []), prompt=spec.template, label_words=tuple(w for _, w in spec.label_words))
+    return TaskData(
+        spec.name,
+        "classification",
+        train,
+        test,
+        list(values),
+        spec.text,
+        "accuracy",
+        source=" | ".join(str(p) for p in spec.files.values()),
+        seed=seed,
+        shots=shots,
+        notes=notes,
+        dev=split.get("dev", []),
+        prompt=spec.template,
+        label_words=tuple(w for _, w in spec.label_words),
+    )
 
 
 def _read(spec: TaskFile, key: str, path: Path) -> Table:
@@ -265,19 +323,27 @@ def _check_labels(spec: TaskFile, tables: dict[str, Table], labels: dict[str, li
         if bad is None:
             continue
         if spec.label_words:
-            raise ValueError(f"{tables[key].where(bad)}: label value {cells[bad]!r} (column {spec.label!r}) has no "
-                             f"word in label_words of task file {str(spec.path)!r}, which gives words for "
-                             f"{', '.join(map(repr, values))}")
-        raise ValueError(f"{tables[key].where(bad)}: label {cells[bad]!r} (column {spec.label!r}) never occurs in "
-                         f"the training file; training labels are {values}")
+            raise ValueError(
+                f"{tables[key].where(bad)}: label value {cells[bad]!r} (column {spec.label!r}) has no "
+                f"word in label_words of task file {str(spec.path)!r}, which gives words for "
+                f"{', '.join(map(repr, values))}"
+            )
+        raise ValueError(
+            f"{tables[key].where(bad)}: label {cells[bad]!r} (column {spec.label!r}) never occurs in "
+            f"the training file; training labels are {values}"
+        )
     trained = set(labels["train"])
     if len(trained) < 2:
-        raise ValueError(f"{str(spec.train)!r}: column {spec.label!r} holds a single class {sorted(trained)}; a "
-                         "classifier needs at least two")
+        raise ValueError(
+            f"{str(spec.train)!r}: column {spec.label!r} holds a single class {sorted(trained)}; a "
+            "classifier needs at least two"
+        )
     unused = [v for v in values if v not in trained]
     if unused:
-        raise ValueError(f"{spec.where('label_words')}: label value(s) {unused} occur in no row of the training "
-                         f"file {str(spec.train)!r} (column {spec.label!r}); check the values or drop their words")
+        raise ValueError(
+            f"{spec.where('label_words')}: label value(s) {unused} occur in no row of the training "
+            f"file {str(spec.train)!r} (column {spec.label!r}); check the values or drop their words"
+        )
 
 
 def _examples(table: Table, text: tuple[str, ...], labels: list[str], values: list[str]) -> list[Example]:

@@ -62,8 +62,10 @@ def label_word_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
         ids.append(tokens[0])
     clashes = [w for w, i in zip(words, ids) if ids.count(i) > 1]
     if clashes:
-        raise ValueError(f"label words {clashes} start with the same token for this tokenizer; choose words "
-                         f"whose first tokens differ (or use an encoder with a classification head)")
+        raise ValueError(
+            f"label words {clashes} start with the same token for this tokenizer; choose words "
+            f"whose first tokens differ (or use an encoder with a classification head)"
+        )
     return ids
 
 
@@ -83,8 +85,13 @@ class ChoiceScorer(nn.Module):
         self.model = model
         self.register_buffer("word_ids", torch.tensor(list(word_ids or []), dtype=torch.long), persistent=False)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None,
-                choice_start: torch.Tensor | None = None) -> SequenceClassifierOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        choice_start: torch.Tensor | None = None,
+    ) -> SequenceClassifierOutput:
         """Return ``loss`` (when ``labels`` is given) and ``logits`` of shape [B, C]."""
         if choice_start is None:
             logits = self._label_word_logits(input_ids, attention_mask)
@@ -98,8 +105,9 @@ class ChoiceScorer(nn.Module):
         last = attention_mask.sum(dim=1) - 1  # right padding: the last real token
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last][:, self.word_ids]
 
-    def _choice_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                       choice_start: torch.Tensor) -> torch.Tensor:
+    def _choice_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, choice_start: torch.Tensor
+    ) -> torch.Tensor:
         b, c, length = input_ids.shape
         flat = lambda t: t.reshape(b * c, length)  # noqa: E731
         ids, mask = flat(input_ids), flat(attention_mask)
@@ -137,7 +145,7 @@ class TaskHead:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         bos = self.tokenizer.bos_token_id
         prefix = [bos] if bos is not None and getattr(self.tokenizer, "add_bos_token", False) else []
-        return prefix + ids[max(0, len(ids) - (budget - len(prefix))):]
+        return prefix + ids[max(0, len(ids) - (budget - len(prefix))) :]
 
     def features(self, example: Example, *, train: bool = True) -> list[dict[str, Any]]:
         """Feature dicts for one example (generation training: one per reference)."""
@@ -178,8 +186,10 @@ class TaskHead:
         from transformers import DataCollatorForMultipleChoice, DataCollatorForSeq2Seq, DataCollatorWithPadding
 
         if self.tokenizer.padding_side != "right":
-            raise ValueError(f"the tokenizer pads on the {self.tokenizer.padding_side!r}; training batches need "
-                             "right padding (set tokenizer.padding_side = 'right')")
+            raise ValueError(
+                f"the tokenizer pads on the {self.tokenizer.padding_side!r}; training batches need "
+                "right padding (set tokenizer.padding_side = 'right')"
+            )
         if self.mode == "choices":
             return DataCollatorForMultipleChoice(self.tokenizer)
         if self.mode == "generation":
@@ -201,8 +211,9 @@ class TaskHead:
 
     # ---- prediction ---------------------------------------------------------------------------
     @torch.no_grad()
-    def predict(self, examples: Sequence[Example], *, batch_size: int = 16,
-                max_new_tokens: int = 64) -> list[int] | list[str]:
+    def predict(
+        self, examples: Sequence[Example], *, batch_size: int = 16, max_new_tokens: int = 64
+    ) -> list[int] | list[str]:
         """Class ids (classification) or greedy generations (generation) for ``examples``."""
         was_training = self.module.training
         self.module.eval()
@@ -210,7 +221,7 @@ class TaskHead:
         out: list = []
         try:
             for start in range(0, len(examples), batch_size):
-                chunk = examples[start:start + batch_size]
+                chunk = examples[start : start + batch_size]
                 feats = [f for ex in chunk for f in self.features(ex, train=False)]
                 if self.mode == "generation":
                     out.extend(self._generate(feats, device, max_new_tokens))
@@ -225,14 +236,21 @@ class TaskHead:
 
     def _generate(self, feats: list[dict[str, Any]], device: torch.device, max_new_tokens: int) -> list[str]:
         batch = {k: v.to(device) for k, v in self.collate(feats, left=True).items()}
-        gen = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                  pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
-        texts = self.tokenizer.batch_decode(gen[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        gen = self.model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+        texts = self.tokenizer.batch_decode(gen[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
         return [" ".join(t.strip().split("\n")[0].split()) for t in texts]
 
 
-def make_head(model: nn.Module, tokenizer: Any, task: TaskData, *, family: str,
-              max_length: int | None = None) -> TaskHead:
+def make_head(
+    model: nn.Module, tokenizer: Any, task: TaskData, *, family: str, max_length: int | None = None
+) -> TaskHead:
     """The :class:`TaskHead` for ``model`` (``family`` "encoder" or "causal") on ``task``."""
     n = max_length or default_max_length(task)
     if family == "encoder":
@@ -255,8 +273,14 @@ def bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> floa
     return float(sacrebleu.corpus_bleu(list(hypotheses), streams).score)
 
 
-def evaluate(head: TaskHead, examples: Sequence[Example] | None = None, *, batch_size: int = 16,
-             max_examples: int | None = None, max_new_tokens: int = 64) -> dict[str, float]:
+def evaluate(
+    head: TaskHead,
+    examples: Sequence[Example] | None = None,
+    *,
+    batch_size: int = 16,
+    max_examples: int | None = None,
+    max_new_tokens: int = 64,
+) -> dict[str, float]:
     """The task metric on ``examples`` (default: the task's eval set).
 
     Returns ``{"metric": name, name: value, "n": count}`` with accuracy in [0, 1] for classification

@@ -13,7 +13,7 @@ run only once per optimizer step, and belongs to the descent pass):
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 

@@ -20,7 +20,8 @@ overflow that GradScaler is about to skip) the nBAR rescaling of that step is sk
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,8 +40,11 @@ VARIANTS = ("nbar", "obar")
 def check_bar_args(mu: float, variant: str, schedule: str, *, prefix: str = "") -> tuple[float, str, str]:
     """(μ₀, variant, schedule) validated: μ₀ finite and ≥ 0, variant in ``VARIANTS``, schedule in
     ``SCHEDULES``. Errors name the parameter as ``prefix + "mu"`` etc. (``BARTrainer``: ``bar_mu``)."""
-    return (number(prefix + "mu", mu), choice(prefix + "variant", variant, VARIANTS),
-            check_schedule(schedule, prefix + "schedule"))
+    return (
+        number(prefix + "mu", mu),
+        choice(prefix + "variant", variant, VARIANTS),
+        check_schedule(schedule, prefix + "schedule"),
+    )
 
 
 class BAROptimizerMixin:
@@ -63,9 +67,17 @@ class BAROptimizerMixin:
     _bar_base_step: Callable[..., Any]
     bar_scheduler: BARScheduler  # set by BARScheduler itself
 
-    def __init__(self, params: Any, *, pairs: Sequence[LoraPair] | None = None, mu: float | None = None,
-                 variant: str = "nbar", schedule: str = "constant", total_steps: Any = None,
-                 **optimizer_kwargs: Any) -> None:
+    def __init__(
+        self,
+        params: Any,
+        *,
+        pairs: Sequence[LoraPair] | None = None,
+        mu: float | None = None,
+        variant: str = "nbar",
+        schedule: str = "constant",
+        total_steps: Any = None,
+        **optimizer_kwargs: Any,
+    ) -> None:
         name = type(self).__name__
         if pairs is None or mu is None:
             raise TypeError(
@@ -188,8 +200,11 @@ def bar_optimizer_class(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
     base_step = optimizer_cls.step
     if getattr(base_step, "hooked", False):  # skip torch's profiling wrapper: our own step carries it
         base_step = base_step.__wrapped__
-    return type(f"BAR{optimizer_cls.__name__}", (BAROptimizerMixin, optimizer_cls),
-                {"_bar_base_step": base_step, "__module__": __name__})
+    return type(
+        f"BAR{optimizer_cls.__name__}",
+        (BAROptimizerMixin, optimizer_cls),
+        {"_bar_base_step": base_step, "__module__": __name__},
+    )
 
 
 def create_bar_optimizer(
@@ -234,9 +249,20 @@ def create_bar_optimizer(
     lr = number("lr", lr, strict=True)
     cls = bar_optimizer_class(optimizer_cls)
     if params is None:
-        params = ([p for p in model.parameters() if p.requires_grad] if weight_decay is None
-                  else decay_groups(model, number("weight_decay", weight_decay)))
+        params = (
+            [p for p in model.parameters() if p.requires_grad]
+            if weight_decay is None
+            else decay_groups(model, number("weight_decay", weight_decay))
+        )
     elif weight_decay is not None:
         optimizer_kwargs["weight_decay"] = weight_decay
-    return cls(params, pairs=lora_pairs(model), lr=lr, mu=mu, variant=variant, schedule=schedule,
-               total_steps=total_steps, **optimizer_kwargs)
+    return cls(
+        params,
+        pairs=lora_pairs(model),
+        lr=lr,
+        mu=mu,
+        variant=variant,
+        schedule=schedule,
+        total_steps=total_steps,
+        **optimizer_kwargs,
+    )

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -56,7 +57,7 @@ def bilora_norm(adapters: Sequence[AuxAdapter]) -> torch.Tensor:
     for a in adapters:
         dtype = torch.promote_types(torch.float32, a.lora_A.dtype)
         A, B = a.lora_A.to(dtype), a.lora_B.to(dtype)
-        term = a.scaling ** 2 * ((B.T @ B) * (A @ A.T)).sum()
+        term = a.scaling**2 * ((B.T @ B) * (A @ A.T)).sum()
         total = term if total is None else total + term
     return torch.sqrt(total) if total is not None else torch.zeros(())
 
@@ -88,8 +89,9 @@ class BiLoRA:
     loop: ``bilora = BiLoRA(model); bilora.attach(optimizer, lr)`` before ``accelerator.prepare``; nothing else.
     """
 
-    def __init__(self, model: nn.Module, rank: int = 8, rho: float = 0.05, *, aux_init: float | None = None,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, model: nn.Module, rank: int = 8, rho: float = 0.05, *, aux_init: float | None = None, seed: int = 0
+    ) -> None:
         self.rank, self.rho = integer("rank2", rank), number("rho", rho)
         self.aux_init = None if aux_init is None else number("aux_init", aux_init)
         generator = torch.Generator().manual_seed(integer("seed", seed, minimum=0))
@@ -102,8 +104,9 @@ class BiLoRA:
             self.adapters.append(adapter)
             self._handles.append(module.register_forward_hook(self._hook(module, adapter)))
 
-    def _new_adapter(self, name: str, primary: tuple[torch.Tensor, torch.Tensor, float],
-                     generator: torch.Generator) -> AuxAdapter:
+    def _new_adapter(
+        self, name: str, primary: tuple[torch.Tensor, torch.Tensor, float], generator: torch.Generator
+    ) -> AuxAdapter:
         lora_A, lora_B, scaling = primary
         A = torch.empty(self.rank, lora_A.shape[1], dtype=lora_A.dtype)
         if self.aux_init is None:
@@ -112,8 +115,7 @@ class BiLoRA:
             A.normal_(0.0, self.aux_init, generator=generator)
         B = torch.zeros(lora_B.shape[0], self.rank, dtype=lora_B.dtype)
         alpha = scaling * lora_A.shape[0]  # peft: s = α/r
-        return AuxAdapter(name, nn.Parameter(A.to(lora_A.device)), nn.Parameter(B.to(lora_B.device)),
-                          alpha / self.rank)
+        return AuxAdapter(name, nn.Parameter(A.to(lora_A.device)), nn.Parameter(B.to(lora_B.device)), alpha / self.rank)
 
     @staticmethod
     def _hook(module: nn.Module, adapter: AuxAdapter) -> Any:
@@ -162,8 +164,10 @@ class BiLoRA:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         expected = set(self.state_dict())
         if set(state) != expected:
-            raise ValueError(f"the Bi-LoRA auxiliary state has keys {sorted(set(state) ^ expected)[:4]} that do "
-                             "not match this model's LoRA layers (another model or rank?)")
+            raise ValueError(
+                f"the Bi-LoRA auxiliary state has keys {sorted(set(state) ^ expected)[:4]} that do "
+                "not match this model's LoRA layers (another model or rank?)"
+            )
         for a in self.adapters:
             a.lora_A.copy_(state[f"{a.name}.lora_A"])
             a.lora_B.copy_(state[f"{a.name}.lora_B"])
@@ -196,8 +200,16 @@ class _BiLoRAMixin:
     ``bilora_seed`` (None: ``args.seed``).
     """
 
-    def __init__(self, *args: Any, bilora_rank: int = 8, bilora_rho: float = 0.05, bilora_kappa: float = 1.0,
-                 bilora_aux_init: float | None = None, bilora_seed: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        bilora_rank: int = 8,
+        bilora_rho: float = 0.05,
+        bilora_kappa: float = 1.0,
+        bilora_aux_init: float | None = None,
+        bilora_seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.bilora_kappa = number("bilora_kappa", bilora_kappa, strict=True)
         super().__init__(*args, **kwargs)
         seed = self.args.seed if bilora_seed is None else bilora_seed
@@ -214,15 +226,18 @@ class _BiLoRAMixin:
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         if not self.bilora._handles:
-            raise RuntimeError("BiLoRATrainer.train() ran before: its auxiliary adapter was discarded at the end of "
-                               "that run; make a new BiLoRATrainer to train again")
+            raise RuntimeError(
+                "BiLoRATrainer.train() ran before: its auxiliary adapter was discarded at the end of "
+                "that run; make a new BiLoRATrainer to train again"
+            )
         try:
             return super().train(*args, **kwargs)
         finally:
             self.bilora.remove()
 
-    def training_step(self, model: nn.Module, inputs: dict[str, Any],
-                      num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
         if self._bilora_step != self.state.global_step:  # the Trainer zeroes the model's grads only
             self.bilora.zero_grad()
             self._bilora_step = self.state.global_step
@@ -233,7 +248,9 @@ class _BiLoRAMixin:
 
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
             tmp = os.path.join(folder, AUX_FILE + ".tmp")
             torch.save(self.bilora.state_dict(), tmp)
             os.replace(tmp, os.path.join(folder, AUX_FILE))

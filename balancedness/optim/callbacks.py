@@ -52,8 +52,9 @@ class BalancednessCallback(TrainerCallback):
     and logs; each record is one full line, written in append mode and flushed.
     """
 
-    def __init__(self, every: int | None = None, path: str | os.PathLike[str] | bool = False, *,
-                 trainer: Any = None) -> None:
+    def __init__(
+        self, every: int | None = None, path: str | os.PathLike[str] | bool = False, *, trainer: Any = None
+    ) -> None:
         self.every = None if every is None else integer("every", every)
         if not isinstance(path, (bool, str, os.PathLike)):
             raise TypeError(f"path must be True (<output_dir>/{LOG_NAME}), False (no file) or a path, got {path!r}")
@@ -65,8 +66,11 @@ class BalancednessCallback(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._every = self.every if self.every is not None else max(1, int(state.logging_steps or 1))
         self._record = None
-        self._file = None if self.path is False else (
-            os.path.join(args.output_dir, LOG_NAME) if self.path is True else os.fspath(self.path))
+        self._file = (
+            None
+            if self.path is False
+            else (os.path.join(args.output_dir, LOG_NAME) if self.path is True else os.fspath(self.path))
+        )
         if self._file is not None and state.is_world_process_zero:
             trim_log(self._file, state.global_step)
 
@@ -92,9 +96,12 @@ class BalancednessCallback(TrainerCallback):
             control.should_log = should_log
             return
         if args.report_to and not self._warned:
-            logger.warning("BalancednessCallback is not linked to its Trainer, so its values reach "
-                           "state.log_history and trainer_state.json but not report_to=%s: pass "
-                           "BalancednessCallback(trainer=trainer), or train with SAMTrainer/BARTrainer", args.report_to)
+            logger.warning(
+                "BalancednessCallback is not linked to its Trainer, so its values reach "
+                "state.log_history and trainer_state.json but not report_to=%s: pass "
+                "BalancednessCallback(trainer=trainer), or train with SAMTrainer/BARTrainer",
+                args.report_to,
+            )
             self._warned = True
         state.log_history.append({**logs, "epoch": state.epoch, "step": state.global_step})
 
@@ -140,7 +147,9 @@ def kept_log_lines(path: str | os.PathLike[str], max_step: int) -> list[str]:
         except (ValueError, KeyError, TypeError):
             if number == len(lines):
                 break
-            raise ValueError(f"balancedness log {os.fspath(path)!r} is damaged at line {number}: {line[:80]!r}") from None
+            raise ValueError(
+                f"balancedness log {os.fspath(path)!r} is damaged at line {number}: {line[:80]!r}"
+            ) from None
         if step <= max_step:
             keep.append(line + "\n")
     return keep

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -34,8 +35,17 @@ from torch import nn
 from balancedness.optim.pairs import compute_dtype
 from balancedness.validation import choice, integer, number
 
-__all__ = ["NOISE_SCHEDULES", "FlatLayer", "FlatLoRA", "flat_lora_layers", "flat_lora_perturb_", "flat_lora_restore_",
-           "noise_factor", "step_seed", "FlatLoRATrainer"]
+__all__ = [
+    "NOISE_SCHEDULES",
+    "FlatLayer",
+    "FlatLoRA",
+    "flat_lora_layers",
+    "flat_lora_perturb_",
+    "flat_lora_restore_",
+    "noise_factor",
+    "step_seed",
+    "FlatLoRATrainer",
+]
 
 #: f_t of the noise strength σ_t = f_t σ: the official cosine ramp from 0 to 1, or a constant 1.
 NOISE_SCHEDULES = ("cosine", "constant")
@@ -62,11 +72,18 @@ def flat_lora_layers(model: nn.Module) -> list[FlatLayer]:
         base = module.get_base_layer()
         active = [a for a in getattr(module, "active_adapters", ()) if a in module.lora_A]
         if isinstance(base, nn.Linear) and active:
-            layers.append(FlatLayer(name, base.weight, tuple(
-                (module.lora_A[a].weight, module.lora_B[a].weight, float(module.scaling[a])) for a in active)))
+            layers.append(
+                FlatLayer(
+                    name,
+                    base.weight,
+                    tuple((module.lora_A[a].weight, module.lora_B[a].weight, float(module.scaling[a])) for a in active),
+                )
+            )
     if not layers:
-        raise ValueError("Flat-LoRA found no peft LoRA layer over an nn.Linear in the model: wrap it with "
-                         "peft.get_peft_model(model, LoraConfig(...)) first")
+        raise ValueError(
+            "Flat-LoRA found no peft LoRA layer over an nn.Linear in the model: wrap it with "
+            "peft.get_peft_model(model, LoraConfig(...)) first"
+        )
     return layers
 
 
@@ -86,8 +103,9 @@ def step_seed(seed: int, step: int) -> int:
 
 
 @torch.no_grad()
-def flat_lora_perturb_(layers: Sequence[FlatLayer], sigma_t: float, *, generator: torch.Generator | None = None,
-                       noise: Noise | None = None) -> list[torch.Tensor]:
+def flat_lora_perturb_(
+    layers: Sequence[FlatLayer], sigma_t: float, *, generator: torch.Generator | None = None, noise: Noise | None = None
+) -> list[torch.Tensor]:
     """Point every layer's weight at W0 + E (module docstring; σ_t = f_t σ, already ramped) and return the
     original W0 tensors, for :func:`flat_lora_restore_`. W0 itself is not written. Standard normal draws from
     ``generator`` (on W0's device), or ``noise(i, shape)`` for layer i."""
@@ -97,15 +115,19 @@ def flat_lora_perturb_(layers: Sequence[FlatLayer], sigma_t: float, *, generator
         dtype = compute_dtype([w0])
         w = w0.to(dtype)
         std = (sigma_t / math.sqrt(w0.shape[1])) * _row_norms(w, layer.factors, dtype)
-        xi = (noise(i, w0.shape) if noise is not None
-              else torch.randn(w0.shape, generator=generator, device=w0.device, dtype=dtype))
+        xi = (
+            noise(i, w0.shape)
+            if noise is not None
+            else torch.randn(w0.shape, generator=generator, device=w0.device, dtype=dtype)
+        )
         originals.append(w0)
         layer.weight.data = torch.addcmul(w, std, xi.to(device=w0.device, dtype=dtype)).to(w0.dtype)
     return originals
 
 
-def _row_norms(w: torch.Tensor, factors: Sequence[tuple[torch.Tensor, torch.Tensor, float]],
-               dtype: torch.dtype) -> torch.Tensor:
+def _row_norms(
+    w: torch.Tensor, factors: Sequence[tuple[torch.Tensor, torch.Tensor, float]], dtype: torch.dtype
+) -> torch.Tensor:
     """‖W′_{i,:}‖ (out × 1) of W′ = W + Σ s·B·A without forming W′ (one read of W, r-sized products):
     ‖W_i‖² + 2⟨(W Aᵀ)_i, B̃_i⟩ + B̃_i (A Aᵀ) B̃_iᵀ, with B̃ = [s·B …] and A = [A …] over the adapters."""
     A = torch.cat([a.detach().to(dtype) for a, _, _ in factors], dim=0)
@@ -131,8 +153,15 @@ class FlatLoRA:
     (for ``cosine``); ``seed`` of the draws (:func:`step_seed`).
     """
 
-    def __init__(self, model: nn.Module | Sequence[FlatLayer], sigma: float = 0.05, *, noise_schedule: str = "cosine",
-                 total_steps: int | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        model: nn.Module | Sequence[FlatLayer],
+        sigma: float = 0.05,
+        *,
+        noise_schedule: str = "cosine",
+        total_steps: int | None = None,
+        seed: int = 0,
+    ) -> None:
         self.sigma = number("sigma", sigma)
         self.noise_schedule = choice("noise_schedule", noise_schedule, NOISE_SCHEDULES)
         self.total_steps = None if total_steps is None else integer("total_steps", total_steps, minimum=1)
@@ -152,8 +181,10 @@ class FlatLoRA:
     def perturb(self, step: int, noise: Noise | None = None) -> bool:
         """W0 → W0 + E for optimizer step ``step`` (nothing when σ_t = 0); True when perturbed."""
         if self._originals is not None:
-            raise RuntimeError("FlatLoRA.perturb() was called while the weights are still perturbed: call "
-                               "restore() after the step's last backward")
+            raise RuntimeError(
+                "FlatLoRA.perturb() was called while the weights are still perturbed: call "
+                "restore() after the step's last backward"
+            )
         sigma_t = self.sigma_at(step)
         if sigma_t == 0.0:
             return False
@@ -191,8 +222,9 @@ def __getattr__(name: str) -> Any:
 def _flat_lora_trainer() -> type:
     from balancedness.optim.trainer import LoRATrainer
 
-    cls = type("FlatLoRATrainer", (_FlatLoRAMixin, LoRATrainer),
-               {"__module__": __name__, "__doc__": _FlatLoRAMixin.__doc__})
+    cls = type(
+        "FlatLoRATrainer", (_FlatLoRAMixin, LoRATrainer), {"__module__": __name__, "__doc__": _FlatLoRAMixin.__doc__}
+    )
     cls.__qualname__ = "FlatLoRATrainer"
     return cls
 
@@ -207,8 +239,14 @@ class _FlatLoRAMixin:
     ``args.seed``). The logged training loss is the loss at the perturbed weight.
     """
 
-    def __init__(self, *args: Any, flat_sigma: float = 0.05, flat_noise_schedule: str = "cosine",
-                 flat_seed: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        flat_sigma: float = 0.05,
+        flat_noise_schedule: str = "cosine",
+        flat_seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         number("flat_sigma", flat_sigma)
         choice("flat_noise_schedule", flat_noise_schedule, NOISE_SCHEDULES)
         super().__init__(*args, **kwargs)
@@ -222,8 +260,9 @@ class _FlatLoRAMixin:
         finally:
             self.flat_lora.restore()  # an interrupted accumulation leaves no noise behind
 
-    def training_step(self, model: nn.Module, inputs: dict[str, Any],
-                      num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
         flat = self.flat_lora
         if not flat.is_perturbed:
             flat.total_steps = self.state.max_steps or None

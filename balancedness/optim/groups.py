@@ -10,7 +10,8 @@ one. Written here with torch alone (``balancedness.optim`` needs no transformers
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from torch import nn
 
@@ -21,11 +22,15 @@ _NO_DECAY = re.compile(r"bias|layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\
 
 def decay_parameter_names(model: nn.Module) -> set[str]:
     """Names (as in ``model.named_parameters()``) of the parameters weight decay applies to."""
-    in_norm_layer = {f"{module_name}.{name}" if module_name else name
-                     for module_name, module in model.named_modules() if module_name and isinstance(module, nn.LayerNorm)
-                     for name, _ in module.named_parameters()}
-    return {name for name, _ in model.named_parameters()
-            if name not in in_norm_layer and not _NO_DECAY.search(name.lower())}
+    in_norm_layer = {
+        f"{module_name}.{name}" if module_name else name
+        for module_name, module in model.named_modules()
+        if module_name and isinstance(module, nn.LayerNorm)
+        for name, _ in module.named_parameters()
+    }
+    return {
+        name for name, _ in model.named_parameters() if name not in in_norm_layer and not _NO_DECAY.search(name.lower())
+    }
 
 
 def decay_groups(model: nn.Module, weight_decay: float, decay: Iterable[str] | None = None) -> list[dict[str, Any]]:
@@ -33,5 +38,7 @@ def decay_groups(model: nn.Module, weight_decay: float, decay: Iterable[str] | N
     (default ``decay_parameter_names(model)``), 0 for the rest (the Trainer's ``create_optimizer`` groups)."""
     decay = decay_parameter_names(model) if decay is None else set(decay)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    return [{"params": [p for n, p in named if n in decay], "weight_decay": weight_decay},
-            {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
+    return [
+        {"params": [p for n, p in named if n in decay], "weight_decay": weight_decay},
+        {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
+    ]

@@ -26,8 +26,9 @@ NaN-filled so that it skips the step and lowers the scale (``amp.py``).
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,9 +55,18 @@ def unstash_grads(params: Sequence[nn.Parameter], saved: Sequence[torch.Tensor |
         p.grad = g
 
 
-def sam_micro_batch(batch: Any, pending: list[Any], *, run_pass: RunPass, params: list[nn.Parameter],
-                    climb: Callable[[], bool], restore: Callable[[], None], msharpness: bool, last: bool,
-                    scaled: bool) -> torch.Tensor:
+def sam_micro_batch(
+    batch: Any,
+    pending: list[Any],
+    *,
+    run_pass: RunPass,
+    params: list[nn.Parameter],
+    climb: Callable[[], bool],
+    restore: Callable[[], None],
+    msharpness: bool,
+    last: bool,
+    scaled: bool,
+) -> torch.Tensor:
     """The passes of one micro-batch of a SAM step (module docstring). Returns its loss at w.
 
     ``run_pass(batch, local)`` runs one forward/backward; ``local=True`` must keep the gradient out of the DDP
@@ -101,8 +111,15 @@ def sam_micro_batch(batch: Any, pending: list[Any], *, run_pass: RunPass, params
 _PENDING: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
 
 
-def sam_backward(accelerator: Any, model: nn.Module, optimizer: Any, batch: Any, *,
-                 loss_fn: Callable[[Any], torch.Tensor] | None = None, msharpness: bool = False) -> torch.Tensor:
+def sam_backward(
+    accelerator: Any,
+    model: nn.Module,
+    optimizer: Any,
+    batch: Any,
+    *,
+    loss_fn: Callable[[Any], torch.Tensor] | None = None,
+    msharpness: bool = False,
+) -> torch.Tensor:
     """SAM's passes for one micro-batch of an ``accelerate`` loop: call it where a plain loop calls
     ``accelerator.backward(loss)``, inside ``accelerator.accumulate(model)``, then ``optimizer.step()`` as usual.
 
@@ -132,9 +149,17 @@ def sam_backward(accelerator: Any, model: nn.Module, optimizer: Any, batch: Any,
         return loss.detach()
 
     params = [p for group in sam.param_groups for p in group["params"]]
-    return sam_micro_batch(batch, _PENDING.setdefault(sam, []), run_pass=run_pass, params=params,
-                           climb=sam.first_step, restore=sam.restore, msharpness=msharpness,
-                           last=accelerator.sync_gradients, scaled=accelerator.scaler is not None)
+    return sam_micro_batch(
+        batch,
+        _PENDING.setdefault(sam, []),
+        run_pass=run_pass,
+        params=params,
+        climb=sam.first_step,
+        restore=sam.restore,
+        msharpness=msharpness,
+        last=accelerator.sync_gradients,
+        scaled=accelerator.scaler is not None,
+    )
 
 
 def _unwrap_sam(optimizer: Any) -> Any:
@@ -144,8 +169,10 @@ def _unwrap_sam(optimizer: Any) -> Any:
     while not _is_sam(sam) and hasattr(sam, "optimizer"):
         sam = sam.optimizer
     if not _is_sam(sam):
-        raise TypeError(f"sam_backward needs the SAM optimizer (as returned by accelerator.prepare(SAM(...))), got "
-                        f"{type(optimizer).__name__}")
+        raise TypeError(
+            f"sam_backward needs the SAM optimizer (as returned by accelerator.prepare(SAM(...))), got "
+            f"{type(optimizer).__name__}"
+        )
     return sam
 
 

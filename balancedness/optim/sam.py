@@ -30,8 +30,9 @@ the update) it is refused, and ``microbatch.sam_backward`` is the way in.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
-from typing import Any, Callable, ContextManager, Iterable, Sequence
+from typing import Any, ContextManager
 
 import torch
 from torch import nn
@@ -42,8 +43,19 @@ from balancedness.optim.microbatch import sam_micro_batch, stash_grads, unstash_
 from balancedness.optim.pairs import compute_dtype, norms
 from balancedness.validation import boolean, number
 
-__all__ = ["SAM", "Perturbation", "RadiusGroup", "check_sam_args", "climb_", "climb_groups_", "restore_",
-           "stash_grads", "unstash_grads", "sam_step_accumulated", "sam_step_msharpness"]
+__all__ = [
+    "SAM",
+    "Perturbation",
+    "RadiusGroup",
+    "check_sam_args",
+    "climb_",
+    "climb_groups_",
+    "restore_",
+    "stash_grads",
+    "unstash_grads",
+    "sam_step_accumulated",
+    "sam_step_msharpness",
+]
 
 Backups = list[torch.Tensor]
 RadiusGroup = tuple[Sequence[nn.Parameter], float, bool]  # (parameters, ρ, adaptive): one param group's radius
@@ -54,7 +66,9 @@ def check_sam_args(rho: float, adaptive: bool = False) -> tuple[float, bool]:
     return number("rho", rho), boolean("adaptive", adaptive)
 
 
-def climb_(params: Iterable[nn.Parameter], rho: float, adaptive: bool = False) -> tuple[list[nn.Parameter], Backups] | None:
+def climb_(
+    params: Iterable[nn.Parameter], rho: float, adaptive: bool = False
+) -> tuple[list[nn.Parameter], Backups] | None:
     """w ← w + e(w) for every parameter with a gradient, one radius for all (``climb_groups_``)."""
     return climb_groups_([(list(params), rho, adaptive)])
 
@@ -156,8 +170,15 @@ class SAM(Optimizer):
     accelerate's calls after ``microbatch.sam_backward``); without a pending ``first_step()`` it raises.
     """
 
-    def __init__(self, params: Any, base_optimizer_cls: type[Optimizer], *, rho: float, adaptive: bool = False,
-                 **base_kwargs: Any) -> None:
+    def __init__(
+        self,
+        params: Any,
+        base_optimizer_cls: type[Optimizer],
+        *,
+        rho: float,
+        adaptive: bool = False,
+        **base_kwargs: Any,
+    ) -> None:
         rho, adaptive = check_sam_args(rho, adaptive)
         if not (isinstance(base_optimizer_cls, type) and issubclass(base_optimizer_cls, Optimizer)):
             raise TypeError(f"base_optimizer_cls must be a torch.optim.Optimizer subclass, got {base_optimizer_cls!r}")
@@ -180,8 +201,10 @@ class SAM(Optimizer):
         """Climb to w + e(w) with the current gradients, each group with its ρ. Returns False (and changes
         nothing) on an overflow: the step is then skipped by ``second_step`` and the descent pass may be left out."""
         if self._perturbation is not None and self._perturbation.climbed:
-            raise RuntimeError("SAM.first_step() was called while the weights are still at w + e: call "
-                               "second_step() (or restore()) before climbing again")
+            raise RuntimeError(
+                "SAM.first_step() was called while the weights are still at w + e: call "
+                "second_step() (or restore()) before climbing again"
+            )
         self._perturbation = Perturbation.of_param_groups(self.param_groups)
         self._overflow = not self._perturbation.climb()
         self._in_step = True
@@ -205,8 +228,10 @@ class SAM(Optimizer):
         without a preceding ``first_step`` (the descent gradient would be taken at w, silently plain descent).
         """
         if not self._in_step:
-            raise RuntimeError("SAM.second_step() needs a preceding first_step(): compute the gradient at w, call "
-                               "first_step() to climb to w + e, compute the gradient there, then second_step()")
+            raise RuntimeError(
+                "SAM.second_step() needs a preceding first_step(): compute the gradient at w, call "
+                "first_step() to climb to w + e, compute the gradient there, then second_step()"
+            )
         self._in_step = False
         self.restore()
         if self._overflow:
@@ -221,8 +246,9 @@ class SAM(Optimizer):
         if zero_grad:
             self.zero_grad()
 
-    def step(self, closure: Callable[[], torch.Tensor] | None = None, *,
-             scaler: torch.amp.GradScaler | None = None) -> torch.Tensor | None:
+    def step(
+        self, closure: Callable[[], torch.Tensor] | None = None, *, scaler: torch.amp.GradScaler | None = None
+    ) -> torch.Tensor | None:
         """One SAM step, the passes of ``microbatch.sam_micro_batch`` for one micro-batch: ascent pass,
         climb, descent pass, restore; then the base step. Returns the loss at w.
 
@@ -250,8 +276,17 @@ class SAM(Optimizer):
                 return closure()
 
         self.zero_grad()
-        loss = sam_micro_batch(None, [], run_pass=run_pass, params=self._params(), climb=self.first_step,
-                               restore=self.restore, msharpness=False, last=True, scaled=scaler is not None)
+        loss = sam_micro_batch(
+            None,
+            [],
+            run_pass=run_pass,
+            params=self._params(),
+            climb=self.first_step,
+            restore=self.restore,
+            msharpness=False,
+            last=True,
+            scaled=scaler is not None,
+        )
         self.second_step(scaler=scaler)
         return loss
 
@@ -279,9 +314,14 @@ LossFn = Callable[[Any], torch.Tensor]
 NoSync = Callable[[], ContextManager[Any]]
 
 
-def sam_step_accumulated(sam: SAM, loss_fn: LossFn, micro_batches: Sequence[Any], *,
-                         scaler: torch.amp.GradScaler | None = None,
-                         no_sync: NoSync | None = None) -> torch.Tensor:
+def sam_step_accumulated(
+    sam: SAM,
+    loss_fn: LossFn,
+    micro_batches: Sequence[Any],
+    *,
+    scaler: torch.amp.GradScaler | None = None,
+    no_sync: NoSync | None = None,
+) -> torch.Tensor:
     """SAM over k micro-batches, equal to SAM on their concatenation (for a mean loss and equal sizes).
 
     g_asc = (1/k) Σ_j ∇L_j(w);  w̃ = w + ρ g_asc/‖g_asc‖;  g = (1/k) Σ_j ∇L_j(w̃);  base step with g at w.
@@ -295,9 +335,14 @@ def sam_step_accumulated(sam: SAM, loss_fn: LossFn, micro_batches: Sequence[Any]
     return _loop(sam, loss_fn, micro_batches, msharpness=False, scaler=scaler, no_sync=no_sync)
 
 
-def sam_step_msharpness(sam: SAM, loss_fn: LossFn, chunks: Sequence[Any], *,
-                        scaler: torch.amp.GradScaler | None = None,
-                        no_sync: NoSync | None = None) -> torch.Tensor:
+def sam_step_msharpness(
+    sam: SAM,
+    loss_fn: LossFn,
+    chunks: Sequence[Any],
+    *,
+    scaler: torch.amp.GradScaler | None = None,
+    no_sync: NoSync | None = None,
+) -> torch.Tensor:
     """m-sharpness (eq. (38a–c)) with m = len(chunks): each chunk climbs with its own gradient
     w̃_i = w + ρ g_i(w)/‖g_i(w)‖, the base optimizer steps with (1/m) Σ_i g_i(w̃_i) at w.
 
@@ -309,8 +354,15 @@ def sam_step_msharpness(sam: SAM, loss_fn: LossFn, chunks: Sequence[Any], *,
     return _loop(sam, loss_fn, chunks, msharpness=True, scaler=scaler, no_sync=no_sync)
 
 
-def _loop(sam: SAM, loss_fn: LossFn, batches: Sequence[Any], *, msharpness: bool,
-          scaler: torch.amp.GradScaler | None, no_sync: NoSync | None) -> torch.Tensor:
+def _loop(
+    sam: SAM,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    *,
+    msharpness: bool,
+    scaler: torch.amp.GradScaler | None,
+    no_sync: NoSync | None,
+) -> torch.Tensor:
     """One SAM step over ``batches``: ``sam_micro_batch`` for each, as the Trainer's loop feeds them (its sync
     context: ``no_sync`` on every micro-batch but the last), then the base step. Stops at an overflow."""
     k = _check_batches(batches)
@@ -325,9 +377,17 @@ def _loop(sam: SAM, loss_fn: LossFn, batches: Sequence[Any], *, msharpness: bool
             with no_sync() if local or not last else nullcontext():
                 return _backward_of(loss_fn, micro, k, scaler)
 
-        loss = loss + sam_micro_batch(batch, pending, run_pass=run_pass, params=sam._params(), climb=sam.first_step,
-                                      restore=sam.restore, msharpness=msharpness, last=last,
-                                      scaled=scaler is not None)
+        loss = loss + sam_micro_batch(
+            batch,
+            pending,
+            run_pass=run_pass,
+            params=sam._params(),
+            climb=sam.first_step,
+            restore=sam.restore,
+            msharpness=msharpness,
+            last=last,
+            scaled=scaler is not None,
+        )
         if sam._overflow:
             break
     sam.second_step(scaler=scaler)
@@ -345,12 +405,16 @@ def _backward_of(loss_fn: LossFn, batch: Any, k: int, scaler: torch.amp.GradScal
     that returns no tensor or has already called backward itself."""
     loss = loss_fn(batch)
     if not isinstance(loss, torch.Tensor):
-        raise TypeError(f"loss_fn must return the loss as a tensor (and not call backward: the helper does), got "
-                        f"{type(loss).__name__}")
+        raise TypeError(
+            f"loss_fn must return the loss as a tensor (and not call backward: the helper does), got "
+            f"{type(loss).__name__}"
+        )
     try:
         return backward(loss / k, scaler)
     except RuntimeError as exc:
         if "second time" not in str(exc):
             raise
-        raise RuntimeError("loss_fn must return the loss without calling backward itself: the SAM helpers call "
-                           "backward on it (SAM.step's closure is the one that calls backward)") from exc
+        raise RuntimeError(
+            "loss_fn must return the loss without calling backward itself: the SAM helpers call "
+            "backward on it (SAM.step's closure is the one that calls backward)"
+        ) from exc

@@ -34,8 +34,12 @@ def scheduled_mu(mu0: float, schedule: str, t: int, total_steps: int | None) -> 
 
 
 # T of torch's own schedulers, by the attribute that holds it
-_TOTAL_ATTRS = {"OneCycleLR": "total_steps", "CosineAnnealingLR": "T_max", "LinearLR": "total_iters",
-                "PolynomialLR": "total_iters"}
+_TOTAL_ATTRS = {
+    "OneCycleLR": "total_steps",
+    "CosineAnnealingLR": "T_max",
+    "LinearLR": "total_iters",
+    "PolynomialLR": "total_iters",
+}
 
 
 def scheduler_total_steps(scheduler: Any) -> int:
@@ -50,8 +54,10 @@ def scheduler_total_steps(scheduler: Any) -> int:
     attr = _TOTAL_ATTRS.get(type(inner).__name__)
     if attr is not None:
         return integer(attr, getattr(inner, attr))
-    raise TypeError(f"cannot read the number of training steps off {type(inner).__name__} (a schedule without an "
-                    "end, or an unknown scheduler class): pass total_steps=T to the BAR optimizer instead")
+    raise TypeError(
+        f"cannot read the number of training steps off {type(inner).__name__} (a schedule without an "
+        "end, or an unknown scheduler class): pass total_steps=T to the BAR optimizer instead"
+    )
 
 
 class BARScheduler:
@@ -73,8 +79,10 @@ class BARScheduler:
     def __init__(self, optimizer: Any, schedule: str = "constant", total_steps: Any = None) -> None:
         optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer
         if "bar_mu" not in getattr(optimizer, "defaults", {}):
-            raise TypeError(f"BARScheduler needs a BAR optimizer (create_bar_optimizer, bar_optimizer_class), got "
-                            f"{type(optimizer).__name__}")
+            raise TypeError(
+                f"BARScheduler needs a BAR optimizer (create_bar_optimizer, bar_optimizer_class), got "
+                f"{type(optimizer).__name__}"
+            )
         self.schedule = check_schedule(schedule)
         self.awaits_total_steps = total_steps == "scheduler" and self.schedule != "constant"
         if total_steps == "scheduler":
@@ -93,12 +101,19 @@ class BARScheduler:
     def step(self) -> None:
         """t ← t + 1 and μ_t into the groups: run by the optimizer after each of its steps (not by the loop).
         Warns once on the first step past T (μ stays 0 from there on for linear/cosine)."""
-        if self.total_steps is not None and self.schedule != "constant" and self.step_count >= self.total_steps \
-                and not self._warned:
-            warnings.warn(f"BAR step {self.step_count + 1} is past total_steps={self.total_steps}, the T of its "
-                          f"{self.schedule!r} μ schedule: μ stays 0 from here. Give the optimizer the number of "
-                          "training steps (BARTrainer does), or take it from the LR scheduler "
-                          "(BARScheduler(opt, schedule, total_steps=lr_scheduler))", stacklevel=2)
+        if (
+            self.total_steps is not None
+            and self.schedule != "constant"
+            and self.step_count >= self.total_steps
+            and not self._warned
+        ):
+            warnings.warn(
+                f"BAR step {self.step_count + 1} is past total_steps={self.total_steps}, the T of its "
+                f"{self.schedule!r} μ schedule: μ stays 0 from here. Give the optimizer the number of "
+                "training steps (BARTrainer does), or take it from the LR scheduler "
+                "(BARScheduler(opt, schedule, total_steps=lr_scheduler))",
+                stacklevel=2,
+            )
             self._warned = True
         self.step_count += 1
         self.apply()
@@ -109,8 +124,9 @@ class BARScheduler:
         default = self.optimizer.defaults.get("bar_mu")
         for group in self.optimizer.param_groups:
             mu0 = group.setdefault("initial_bar_mu", group.get("bar_mu", default))
-            group["bar_mu"] = (None if self.awaits_total_steps
-                               else scheduled_mu(mu0, self.schedule, self.step_count, self.total_steps))
+            group["bar_mu"] = (
+                None if self.awaits_total_steps else scheduled_mu(mu0, self.schedule, self.step_count, self.total_steps)
+            )
 
     def sync_total_steps(self, lr_scheduler: Any) -> int:
         """Take T from the LR scheduler the optimizer runs with (``scheduler_total_steps``), or, when T is already
@@ -120,8 +136,10 @@ class BARScheduler:
         if self.schedule == "constant":
             return total
         if self.total_steps is not None and self.total_steps != total:
-            raise ValueError(f"the BAR optimizer's μ schedule runs over total_steps={self.total_steps} but the LR "
-                             f"scheduler over {total} steps; they must agree")
+            raise ValueError(
+                f"the BAR optimizer's μ schedule runs over total_steps={self.total_steps} but the LR "
+                f"scheduler over {total} steps; they must agree"
+            )
         self.total_steps, self.awaits_total_steps = total, False
         self.apply()
         return total

@@ -64,15 +64,18 @@ class SAMTrainer(LoRATrainer):
     training step, so a ``SAM`` optimizer is refused.
     """
 
-    def __init__(self, *args: Any, rho: float = 0.05, adaptive: bool = False, msharpness: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, rho: float = 0.05, adaptive: bool = False, msharpness: bool = False, **kwargs: Any
+    ) -> None:
         rho, adaptive = check_sam_args(rho, adaptive)
         msharpness = boolean("msharpness", msharpness)
         optimizer = (kwargs.get("optimizers") or (None, None))[0]
         cls = (kwargs.get("optimizer_cls_and_kwargs") or (None, None))[0]
         if isinstance(_unwrap(optimizer), SAM) or (isinstance(cls, type) and issubclass(cls, SAM)):
-            raise TypeError("SAMTrainer runs SAM's two passes itself, around the Trainer's optimizer: give it the "
-                            "base optimizer (e.g. AdamW, or nothing for args.optim), not a SAM optimizer")
+            raise TypeError(
+                "SAMTrainer runs SAM's two passes itself, around the Trainer's optimizer: give it the "
+                "base optimizer (e.g. AdamW, or nothing for args.optim), not a SAM optimizer"
+            )
         super().__init__(*args, **kwargs)
         self.sam_rho, self.sam_adaptive, self.sam_msharpness = rho, adaptive, msharpness
         self._sam_pending: list[tuple[dict[str, Any], Any]] = []
@@ -81,8 +84,9 @@ class SAMTrainer(LoRATrainer):
         self._sam_pending.clear()  # micro-batches left by an interrupted accumulation
         return super().train(*args, **kwargs)
 
-    def training_step(self, model: nn.Module, inputs: dict[str, Any],
-                      num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
         params = [p for p in model.parameters() if p.requires_grad]
         perturbation = Perturbation(params, self.sam_rho, self.sam_adaptive)
 
@@ -91,10 +95,17 @@ class SAMTrainer(LoRATrainer):
             with self.accelerator.no_sync(model) if local else nullcontext():
                 return super(SAMTrainer, self).training_step(model, *item)
 
-        return sam_micro_batch((inputs, num_items_in_batch), self._sam_pending, run_pass=run_pass, params=params,
-                               climb=perturbation.climb, restore=perturbation.restore,
-                               msharpness=self.sam_msharpness, last=self.accelerator.sync_gradients,
-                               scaled=self.accelerator.scaler is not None)
+        return sam_micro_batch(
+            (inputs, num_items_in_batch),
+            self._sam_pending,
+            run_pass=run_pass,
+            params=params,
+            climb=perturbation.climb,
+            restore=perturbation.restore,
+            msharpness=self.sam_msharpness,
+            last=self.accelerator.sync_gradients,
+            scaled=self.accelerator.scaler is not None,
+        )
 
 
 def _unwrap(optimizer: Any) -> Any:
@@ -126,12 +137,19 @@ class BARTrainer(LoRATrainer):
     them. An optimizer passed in through ``optimizers=(...)`` must already be a BAR optimizer.
     """
 
-    def __init__(self, *args: Any, bar_mu: float | None = None, bar_variant: str = "nbar",
-                 bar_schedule: str = "constant", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        bar_mu: float | None = None,
+        bar_variant: str = "nbar",
+        bar_schedule: str = "constant",
+        **kwargs: Any,
+    ) -> None:
         if bar_mu is None:
             raise TypeError(NO_DEFAULT_BAR_MU)
-        self.bar_mu, self.bar_variant, self.bar_schedule = check_bar_args(bar_mu, bar_variant, bar_schedule,
-                                                                          prefix="bar_")
+        self.bar_mu, self.bar_variant, self.bar_schedule = check_bar_args(
+            bar_mu, bar_variant, bar_schedule, prefix="bar_"
+        )
         super().__init__(*args, **kwargs)
         if self.optimizer is not None and not isinstance(_unwrap(self.optimizer), BAROptimizerMixin):
             raise TypeError(
@@ -163,13 +181,22 @@ class BARTrainer(LoRATrainer):
         optimizer_kwargs = dict(optimizer_kwargs)
         special = sorted({"params", "model", "optimizer_dict"} & optimizer_kwargs.keys())
         if special:
-            raise ValueError(f"BARTrainer cannot use optim={self.args.optim!r}: it builds its own parameter list "
-                             f"({', '.join(special)}); choose a plain torch optimizer such as 'adamw_torch'")
+            raise ValueError(
+                f"BARTrainer cannot use optim={self.args.optim!r}: it builds its own parameter list "
+                f"({', '.join(special)}); choose a plain torch optimizer such as 'adamw_torch'"
+            )
         groups = decay_groups(model, self.args.weight_decay, self.get_decay_parameter_names(model))
         return create_bar_optimizer(
-            model, optimizer_cls, params=groups, lr=optimizer_kwargs.pop("lr", self.args.learning_rate),
-            mu=self.bar_mu, variant=self.bar_variant, schedule=self.bar_schedule, total_steps="scheduler",
-            **optimizer_kwargs)
+            model,
+            optimizer_cls,
+            params=groups,
+            lr=optimizer_kwargs.pop("lr", self.args.learning_rate),
+            mu=self.bar_mu,
+            variant=self.bar_variant,
+            schedule=self.bar_schedule,
+            total_steps="scheduler",
+            **optimizer_kwargs,
+        )
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
         bar = _unwrap(optimizer if optimizer is not None else self.optimizer)

@@ -7,18 +7,43 @@ from a user's file); ``simulate`` steps it, ``solve_flow`` integrates it, ``theo
 closed forms to compare against.
 """
 
-from balancedness.sims.directions import (DIRECTIONS, Direction, HyperParams, batch_target, observed,
-                                          register_direction, replaced_directions, unregister_direction)
+from balancedness.sims.directions import (
+    DIRECTIONS,
+    Direction,
+    HyperParams,
+    batch_target,
+    observed,
+    register_direction,
+    replaced_directions,
+    unregister_direction,
+)
 from balancedness.sims.discrete import simulate
 from balancedness.sims.optimizers import FLATNESS_OPTIMIZERS, OPTIMIZERS, Optimizer, make_optimizer
 from balancedness.sims.problems import PROBLEMS, Problem, make_problem, nop_problem, op_problem, toy2d_problem
 from balancedness.sims.results import SimResult
 
 __all__ = [
-    "simulate", "solve_flow", "Optimizer", "make_optimizer", "OPTIMIZERS", "FLATNESS_OPTIMIZERS", "Problem", "PROBLEMS",
-    "make_problem", "nop_problem", "op_problem", "toy2d_problem", "SimResult",
-    "DIRECTIONS", "Direction", "HyperParams", "batch_target", "observed", "register_direction",
-    "replaced_directions", "unregister_direction",
+    "simulate",
+    "solve_flow",
+    "Optimizer",
+    "make_optimizer",
+    "OPTIMIZERS",
+    "FLATNESS_OPTIMIZERS",
+    "Problem",
+    "PROBLEMS",
+    "make_problem",
+    "nop_problem",
+    "op_problem",
+    "toy2d_problem",
+    "SimResult",
+    "DIRECTIONS",
+    "Direction",
+    "HyperParams",
+    "batch_target",
+    "observed",
+    "register_direction",
+    "replaced_directions",
+    "unregister_direction",
 ]
 
 

@@ -27,16 +27,15 @@ obar   d = −g + s μ_t (X, −Y), s_l = −1 if ‖X_l‖² ≥ ‖Y_l‖² el
 
 from __future__ import annotations
 
+import importlib.util
 import os
-from typing import Callable, Optional
+from collections.abc import Callable
+from functools import cache
 
 import numpy as np
 
 from balancedness.sims import directions as _d
 from balancedness.sims.directions import DIRECTIONS, Observed
-
-import importlib.util
-from functools import lru_cache
 
 #: The built-in direction functions the kernel implements, by the opcode it dispatches on.
 OPCODES: dict[Callable, int] = {_d.sgd: 0, _d.sngd: 1, _d.sam: 2, _d.msam: 3, _d.nbar: 4, _d.obar: 5}
@@ -55,7 +54,7 @@ def available() -> bool:
         return False
 
 
-def kernel_for(name: str) -> tuple[Optional[int], list[Callable[[], None]]]:
+def kernel_for(name: str) -> tuple[int | None, list[Callable[[], None]]]:
     """(opcode, notes) of the registered optimizer ``name``: the opcode if its field is a built-in function,
     or :class:`~balancedness.sims.directions.Observed` wrappers of one (their notes, outermost first, to
     call for each stretch of steps); (None, []) for any other field (numpy runs it)."""
@@ -77,6 +76,7 @@ def kernel_for(name: str) -> tuple[Optional[int], list[Callable[[], None]]]:
 # x[(l·d1 + a)·r + q, i] and Y[l, b, q] being y[(l·d2 + b)·r + q, i]; the chunk targets of a step are
 # C[row, j] (d1·d2, n) (OP: (1, n)), C[a, b] at a·d2 + b. Sizes: dims = (L, d1, d2, r).
 
+
 def _dot(out, o, u, ou, v, ov, cnt, w0, w1):
     """out[o, i] = Σ_k u[ou + k, i]·v[ov + k, i] (k < cnt) for every i, in the order of numpy's einsum
     kernel for a contiguous reduction (``sum_of_products_contig_contig_outstride0_two``, x86-64 baseline):
@@ -91,10 +91,12 @@ def _dot(out, o, u, ou, v, ov, cnt, w0, w1):
     while cnt - k >= 8:
         a, b = ou + k, ov + k
         for i in range(n):
-            w0[i] = u[a, i] * v[b, i] + (u[a + 2, i] * v[b + 2, i] + (u[a + 4, i] * v[b + 4, i] + (
-                u[a + 6, i] * v[b + 6, i] + w0[i])))
-            w1[i] = u[a + 1, i] * v[b + 1, i] + (u[a + 3, i] * v[b + 3, i] + (u[a + 5, i] * v[b + 5, i] + (
-                u[a + 7, i] * v[b + 7, i] + w1[i])))
+            w0[i] = u[a, i] * v[b, i] + (
+                u[a + 2, i] * v[b + 2, i] + (u[a + 4, i] * v[b + 4, i] + (u[a + 6, i] * v[b + 6, i] + w0[i]))
+            )
+            w1[i] = u[a + 1, i] * v[b + 1, i] + (
+                u[a + 3, i] * v[b + 3, i] + (u[a + 5, i] * v[b + 5, i] + (u[a + 7, i] * v[b + 7, i] + w1[i]))
+            )
         k += 8
     while k < cnt:
         a, b = ou + k, ov + k
@@ -275,8 +277,16 @@ def _advance(op, nop, dims, x, y, C, stride, k0, n_steps, lr, k2, rho, mus, rec,
     n = x.shape[1]
     tx, hx, dx, gx = np.empty_like(x), np.empty_like(x), np.empty_like(x), np.empty_like(x)
     ty, hy, dy, gy = np.empty_like(y), np.empty_like(y), np.empty_like(y), np.empty_like(y)
-    scratch = (np.empty(n), np.empty(n), np.empty(n), np.empty(n), np.empty(n), np.ones(n), np.empty((2, n)),
-               np.empty((C.shape[2], n)))
+    scratch = (
+        np.empty(n),
+        np.empty(n),
+        np.empty(n),
+        np.empty(n),
+        np.empty(n),
+        np.ones(n),
+        np.empty((2, n)),
+        np.empty((C.shape[2], n)),
+    )
     q = 0
     for j in range(max(n_steps, 1)):
         mu = mus[j] if mus.shape[0] > 1 else mus[0]
@@ -297,7 +307,7 @@ def _advance(op, nop, dims, x, y, C, stride, k0, n_steps, lr, k2, rho, mus, rec,
                 y[k, i] = y[k, i] + lr * dy[k, i]
 
 
-@lru_cache(maxsize=None)
+@cache
 def kernel() -> Callable:
     """``_advance`` compiled (numba imported and the helpers jitted on first use; numba's on-disk cache
     makes that a load after the first process). The helpers that are called with constant arguments get
@@ -308,8 +318,9 @@ def kernel() -> Callable:
     A1, A2, A4 = T.float64[::1], T.float64[:, ::1], T.float64[:, :, :, ::1]
     fixed = {
         "_dot": T.void(A2, T.int64, A2, T.int64, A2, T.int64, T.int64, A1, A1),
-        "_grads": T.void(T.boolean, T.UniTuple(T.int64, 4), A2, A2, A4, T.int64, T.int64, T.float64, A2, A2, A2,
-                         A1, A1, A1, A1),
+        "_grads": T.void(
+            T.boolean, T.UniTuple(T.int64, 4), A2, A2, A4, T.int64, T.int64, T.float64, A2, A2, A2, A1, A1, A1, A1
+        ),
     }
     module = globals()
     for name in ("_dot", "_grads", "_scale", "_axpy", "_field", "_advance"):  # callees first
@@ -324,8 +335,26 @@ def kernel() -> Callable:
 def warm() -> None:
     """Compile the kernel now (into numba's cache), e.g. at install time: one field evaluation at a point."""
     x, y, out = np.zeros((1, 1)), np.zeros((1, 1)), np.empty((1, 1, 1))
-    kernel()(0, False, (1, 1, 1, 1), x, y, np.zeros((1, 1, 1, 1)), 0, 0, 0, 1.0, 2.0, np.zeros(1), np.zeros(1),
-             np.zeros(1, dtype=np.int64), out, out.copy(), out.copy(), out.copy())
+    kernel()(
+        0,
+        False,
+        (1, 1, 1, 1),
+        x,
+        y,
+        np.zeros((1, 1, 1, 1)),
+        0,
+        0,
+        0,
+        1.0,
+        2.0,
+        np.zeros(1),
+        np.zeros(1),
+        np.zeros(1, dtype=np.int64),
+        out,
+        out.copy(),
+        out.copy(),
+        out.copy(),
+    )
 
 
 class Stepper:
@@ -339,7 +368,7 @@ class Stepper:
         self.csize = problem.d1 * problem.d2 if self.nop else 1
         self.problem = problem
 
-    def targets(self, targets: Optional[np.ndarray], n: int) -> tuple[np.ndarray, int]:
+    def targets(self, targets: np.ndarray | None, n: int) -> tuple[np.ndarray, int]:
         """The kernel's (K, m, d1·d2, n) copy of the chunk targets (K, m, n, …) and its step stride
         (0: noise-free, C = A for every step)."""
         if targets is None:
@@ -357,8 +386,26 @@ class Stepper:
         R = len(rec)
         xr, gxr = np.empty((R,) + x.shape), np.empty((R,) + x.shape)
         yr, gyr = np.empty((R,) + y.shape), np.empty((R,) + y.shape)
-        kernel()(self.op, self.nop, self.dims, x, y, C, stride, k0, n_steps, self.lr, self.k2, self.rho, mus,
-                 np.array(rec, dtype=np.int64), xr, yr, gxr, gyr)
+        kernel()(
+            self.op,
+            self.nop,
+            self.dims,
+            x,
+            y,
+            C,
+            stride,
+            k0,
+            n_steps,
+            self.lr,
+            self.k2,
+            self.rho,
+            mus,
+            np.array(rec, dtype=np.int64),
+            xr,
+            yr,
+            gxr,
+            gyr,
+        )
         if n_steps:
             X[...] = x.T.reshape(X.shape)
             Y[...] = y.T.reshape(Y.shape)

@@ -77,9 +77,10 @@ restores the built-in afterwards, even on error::
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable, Iterator, Mapping, NamedTuple, Optional, Protocol, Union
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -98,24 +99,25 @@ class HyperParams(NamedTuple):
     methods also σ_t (Flat-LoRA's noise scale, already ramped), η_a (ASAM), κ = η₂/η₁ (Bi-LoRA), the step's
     perturbation draws ξ (None: the expectation over them) and the auxiliary state (None: at its start)."""
 
-    rho: Union[float, np.ndarray]
+    rho: float | np.ndarray
     m: int
     mu: float
     progress: float
     sigma: float = 0.0
     eta_a: float = 0.0
     kappa: float = 1.0
-    xi: Optional[np.ndarray] = None
-    aux: Optional[tuple] = None
+    xi: np.ndarray | None = None
+    aux: tuple | None = None
 
 
 class DirectionFn(Protocol):
-    def __call__(self, problem: Problem, X: np.ndarray, Y: np.ndarray, targets: Optional[np.ndarray],
-                 hp: HyperParams) -> Field: ...
+    def __call__(
+        self, problem: Problem, X: np.ndarray, Y: np.ndarray, targets: np.ndarray | None, hp: HyperParams
+    ) -> Field: ...
 
 
 #: Signature of a switching function: same arguments as a direction, returns (n, k) or None.
-SwitchingFn = Callable[[Problem, np.ndarray, np.ndarray, Optional[np.ndarray], HyperParams], Optional[np.ndarray]]
+SwitchingFn = Callable[[Problem, np.ndarray, np.ndarray, np.ndarray | None, HyperParams], np.ndarray | None]
 #: The shape of one trajectory's perturbation draws ξ of one step, for a problem.
 DrawsFn = Callable[[Problem], tuple]
 
@@ -157,18 +159,24 @@ class Direction:
     name: str
     field: DirectionFn
     uses: frozenset = frozenset()
-    switching: Optional[SwitchingFn] = None
-    draws: Optional[DrawsFn] = None
-    carry: Optional[Carry] = None
+    switching: SwitchingFn | None = None
+    draws: DrawsFn | None = None
+    carry: Carry | None = None
 
 
 #: The registry: optimizer name → :class:`Direction`, in registration order.
 DIRECTIONS: dict[str, Direction] = {}
 
 
-def register_direction(name: str, *, uses: Iterable[str] = (), switching: Optional[SwitchingFn] = None,
-                       replace: bool = False, draws: Optional[DrawsFn] = None,
-                       carry: Optional[Carry] = None) -> Callable[[DirectionFn], DirectionFn]:
+def register_direction(
+    name: str,
+    *,
+    uses: Iterable[str] = (),
+    switching: SwitchingFn | None = None,
+    replace: bool = False,
+    draws: DrawsFn | None = None,
+    carry: Carry | None = None,
+) -> Callable[[DirectionFn], DirectionFn]:
     """Decorator: register ``field`` as the optimizer ``name`` (``replace=True`` to override one); ``draws`` and
     ``carry``: see the module docstring."""
     used = frozenset(choice("uses", u, HYPER_PARAMETERS) for u in uses)
@@ -243,7 +251,7 @@ def lookup(name: str) -> Direction:
 
 
 # -- helpers of the contract ---------------------------------------------------------------
-def batch_target(problem: Problem, targets: Optional[np.ndarray]) -> np.ndarray:
+def batch_target(problem: Problem, targets: np.ndarray | None) -> np.ndarray:
     """The effective target of the whole batch: the mean of the m chunk targets (A when noise-free)."""
     if targets is None:
         return problem.target
@@ -285,7 +293,7 @@ def bar_sign(variant: str, X: np.ndarray, Y: np.ndarray, gX: np.ndarray, gY: np.
 
 
 # -- where the built-in fields are discontinuous ---------------------------------------------
-def op_fprime(problem: Problem, X, Y, targets, hp: HyperParams) -> Optional[np.ndarray]:
+def op_fprime(problem: Problem, X, Y, targets, hp: HyperParams) -> np.ndarray | None:
     """f′ of each chunk on OP, shape (n, m): SAM and SNGD carry sgn f′ (eq. (7)). None on NOP."""
     if problem.kind != "op":
         return None
@@ -391,7 +399,11 @@ def flat_lora_perturbation(problem: Problem, X: np.ndarray, Y: np.ndarray, sigma
 def flat_lora_ramp(schedule: str, progress: float) -> float:
     """f_t of Flat-LoRA's noise strength σ_t = f_t σ: ``cosine`` (the official code's ramp ½(1 − cos πt/T), from 0
     up to 1; [FM] §2.1 item 1) or ``constant`` (f_t = 1)."""
-    return 1.0 if choice("noise_schedule", schedule, NOISE_SCHEDULES) == "constant" else 0.5 * (1 - np.cos(np.pi * progress))
+    return (
+        1.0
+        if choice("noise_schedule", schedule, NOISE_SCHEDULES) == "constant"
+        else 0.5 * (1 - np.cos(np.pi * progress))
+    )
 
 
 #: Flat-LoRA's noise schedules (:func:`flat_lora_ramp`).
@@ -411,7 +423,9 @@ def flat_lora(problem: Problem, X, Y, targets, hp: HyperParams) -> Field:
     gX, gY = problem.factor_grads(X, Y, problem.outer_grad_at(W, C))
     if hp.xi is None or not hp.sigma:
         return -gX, -gY, gX, gY
-    gXt, gYt = problem.factor_grads(X, Y, problem.outer_grad_at(W + flat_lora_perturbation(problem, X, Y, hp.sigma, hp.xi), C))
+    gXt, gYt = problem.factor_grads(
+        X, Y, problem.outer_grad_at(W + flat_lora_perturbation(problem, X, Y, hp.sigma, hp.xi), C)
+    )
     return -gXt, -gYt, gX, gY
 
 
@@ -425,8 +439,12 @@ def bilora_init(problem: Problem, seeds, settings: Mapping) -> tuple[np.ndarray,
     """Bi-LoRA's auxiliary at the start ([FM] §3.3, [ASSUMED]): X₂ ∼ N(0, aux_init²) of shape (L, d1, r₂) drawn
     from the trajectory's seed, Y₂ = 0 (so the perturbation X₂Y₂ᵀ starts at 0, as B₂ = 0 does in peft)."""
     rank2, aux_init = int(settings["rank2"]), float(settings["aux_init"])
-    X2 = np.stack([aux_init * np.random.default_rng([AUX_SALT, int(s)]).standard_normal(
-        (problem.layers, problem.d1, rank2)) for s in seeds])
+    X2 = np.stack(
+        [
+            aux_init * np.random.default_rng([AUX_SALT, int(s)]).standard_normal((problem.layers, problem.d1, rank2))
+            for s in seeds
+        ]
+    )
     return X2, np.zeros((len(seeds), problem.layers, problem.d2, rank2))
 
 
@@ -460,9 +478,12 @@ def bilora_summary(problem: Problem, aux: tuple) -> dict:
     """What the runners record of the auxiliary: its norm c, its own balancedness B₂ = ½(‖X₂‖² − ‖Y₂‖²) and the
     factors themselves, flattened (``x2`` (n, L·d1·r₂), ``y2`` (n, L·d2·r₂))."""
     n = aux[0].shape[0]
-    return {"norm": bilora_norm(problem, aux),
-            "balancedness": 0.5 * (layer_sq_norms(aux[0]).sum(axis=1) - layer_sq_norms(aux[1]).sum(axis=1)),
-            "x2": aux[0].reshape(n, -1), "y2": aux[1].reshape(n, -1)}
+    return {
+        "norm": bilora_norm(problem, aux),
+        "balancedness": 0.5 * (layer_sq_norms(aux[0]).sum(axis=1) - layer_sq_norms(aux[1]).sum(axis=1)),
+        "x2": aux[0].reshape(n, -1),
+        "y2": aux[1].reshape(n, -1),
+    }
 
 
 def bi_lora(problem: Problem, X, Y, targets, hp: HyperParams):

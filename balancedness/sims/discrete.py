@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from typing import Callable, Iterator, Optional, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -33,8 +33,9 @@ def validate_run(steps: int, lr: float, record_every: int, batch: int, opt: Opti
     check_batch(batch, opt.m)
 
 
-def memory_estimate(problem: Problem, trajectories: int, seeds: int, records: int, batch: int = 1, m: int = 1,
-                    text_output: bool = False) -> int:
+def memory_estimate(
+    problem: Problem, trajectories: int, seeds: int, records: int, batch: int = 1, m: int = 1, text_output: bool = False
+) -> int:
     """Bytes a run of ``trajectories`` (α × seeds × ρ values) needs at its peak, estimated from what it holds.
 
     The noise of one block of :data:`~balancedness.sims.problems.NOISE_BLOCK` steps (drawn per seed: the draws
@@ -97,8 +98,11 @@ def simulate(
     An interrupt (Ctrl-C) returns the records made so far, with ``settings["interrupted"]``.
     """
     rhos = values("rho", rho)
-    opt = optimizer if isinstance(optimizer, Optimizer) else make_optimizer(
-        optimizer, rho=rhos[0], m=m, mu=mu, schedule=schedule, **flatness)
+    opt = (
+        optimizer
+        if isinstance(optimizer, Optimizer)
+        else make_optimizer(optimizer, rho=rhos[0], m=m, mu=mu, schedule=schedule, **flatness)
+    )
     if len(rhos) > 1 and "rho" not in lookup(opt.name).uses:
         raise ValueError(f"several rho values {rhos} only apply to optimizers that use rho, not {opt.name!r}")
     validate_run(steps, lr, record_every, batch, opt)
@@ -117,11 +121,22 @@ def simulate(
     rec = Recorder(problem, n, len(t_rec))
     stream = NoiseStream(problem, unique, batch) if problem.noisy else None
     settings = {
-        "kind": "discrete", "problem": problem.name, "problem_kind": problem.kind,
-        "layers": problem.layers, "rank": problem.rank, "scale": problem.scale,
-        "optimizer": opt.settings(), "lr": lr, "steps": steps, "record_every": record_every,
-        "batch": batch, "alpha": alphas, "seeds": seed_ids, "rho_grid": rhos if len(rhos) > 1 else None,
-        "x0": problem.x0.tolist(), "y0": problem.y0.tolist(),
+        "kind": "discrete",
+        "problem": problem.name,
+        "problem_kind": problem.kind,
+        "layers": problem.layers,
+        "rank": problem.rank,
+        "scale": problem.scale,
+        "optimizer": opt.settings(),
+        "lr": lr,
+        "steps": steps,
+        "record_every": record_every,
+        "batch": batch,
+        "alpha": alphas,
+        "seeds": seed_ids,
+        "rho_grid": rhos if len(rhos) > 1 else None,
+        "x0": problem.x0.tolist(),
+        "y0": problem.y0.tolist(),
     }
     stepper = _stepper(backend, opt, problem, lr, steps, traj_rho, n, traj_seed)
     settings["backend"] = stepper.backend
@@ -135,7 +150,7 @@ def simulate(
                     stepper.targets(_chunk_targets(problem, stream.next_block(), seed_idx, traj_alpha, opt.m))
                     if bar is not None and t0:
                         bar.update(NOISE_BLOCK)
-                here = rec_steps[bisect_left(rec_steps, t0):bisect_left(rec_steps, t0 + max(count, 1))]
+                here = rec_steps[bisect_left(rec_steps, t0) : bisect_left(rec_steps, t0 + max(count, 1))]
                 stepper.run(X, Y, t0, count, here, rec)
     except KeyboardInterrupt:
         settings["interrupted"] = True
@@ -164,16 +179,23 @@ class NumpyStepper:
 
     backend = "numpy"
 
-    def __init__(self, opt: Optimizer, problem: Problem, lr: float, steps: int, rho: Optional[np.ndarray],
-                 seeds: Optional[np.ndarray] = None):
+    def __init__(
+        self,
+        opt: Optimizer,
+        problem: Problem,
+        lr: float,
+        steps: int,
+        rho: np.ndarray | None,
+        seeds: np.ndarray | None = None,
+    ):
         self.opt, self.problem, self.lr, self.steps, self.rho = opt, problem, lr, steps, rho
-        self.block: Optional[np.ndarray] = None
+        self.block: np.ndarray | None = None
         entry = lookup(opt.name)
         self.draws, self.carry = entry.draws, entry.carry
         self.seeds = np.zeros(0, dtype=int) if seeds is None else np.asarray(seeds)
         unique = sorted(set(self.seeds.tolist()))
         self.unique, self.seed_idx = unique, np.array([unique.index(s) for s in self.seeds.tolist()], dtype=int)
-        self.xi_block: Optional[np.ndarray] = None
+        self.xi_block: np.ndarray | None = None
         self.aux = None if self.carry is None else self.carry.init(problem, self.seeds, opt.settings())
         self.aux_records: dict = {}
 
@@ -181,7 +203,7 @@ class NumpyStepper:
         """The chunk targets of the next NOISE_BLOCK steps, (K, m, n, *noise_shape)."""
         self.block = block
 
-    def _xi(self, t: int) -> Optional[np.ndarray]:
+    def _xi(self, t: int) -> np.ndarray | None:
         """The perturbation draws of step t, (n, *shape), from the block of its seeds (drawn once per block)."""
         if self.draws is None:
             return None
@@ -200,8 +222,9 @@ class NumpyStepper:
             if self.carry is None:
                 dX, dY, gX, gY = self.opt.field(self.problem, X, Y, C, t / self.steps, self.rho, self._xi(t))
             else:
-                (dX, dY, gX, gY), d_aux = self.opt.field_with_aux(self.problem, X, Y, C, t / self.steps, self.rho,
-                                                                  self._xi(t), self.aux)
+                (dX, dY, gX, gY), d_aux = self.opt.field_with_aux(
+                    self.problem, X, Y, C, t / self.steps, self.rho, self._xi(t), self.aux
+                )
             if t in records:
                 rec.add(X, Y, gX, gY)
                 if self.carry is not None:
@@ -221,8 +244,17 @@ class CompiledStepper:
 
     backend = "numba"
 
-    def __init__(self, op: int, opt: Optimizer, problem: Problem, lr: float, steps: int,
-                 rho: Optional[np.ndarray], n: int, notes: Sequence[Callable[[], None]] = ()):
+    def __init__(
+        self,
+        op: int,
+        opt: Optimizer,
+        problem: Problem,
+        lr: float,
+        steps: int,
+        rho: np.ndarray | None,
+        n: int,
+        notes: Sequence[Callable[[], None]] = (),
+    ):
         self.opt, self.steps, self.n, self.notes = opt, steps, n, tuple(notes)
         self.kernel = compiled.Stepper(op, problem, lr, np.full(n, opt.rho) if rho is None else rho)
         self.C, self.stride = self.kernel.targets(None, n)
@@ -249,16 +281,27 @@ class CompiledStepper:
 BACKENDS = ("auto", "numpy", "numba")
 
 
-def _stepper(backend: str, opt: Optimizer, problem: Problem, lr: float, steps: int,
-             rho: Optional[np.ndarray], n: int, seeds: Optional[np.ndarray] = None):
+def _stepper(
+    backend: str,
+    opt: Optimizer,
+    problem: Problem,
+    lr: float,
+    steps: int,
+    rho: np.ndarray | None,
+    n: int,
+    seeds: np.ndarray | None = None,
+):
     """The compiled stepper where it applies (``auto``: numba installed and the field a built-in of the paper's
     six, ``compiled.OPCODES``), else numpy (every other field: a user's, a variant, a mutant, a flatness method)."""
     choice("backend", backend, BACKENDS)
     op, notes = compiled.kernel_for(opt.name) if backend != "numpy" and compiled.available() else (None, [])
     if op is None and backend == "numba":
-        why = ("numba is not installed (pip install 'balancedness[fast]') or $BALANCEDNESS_BACKEND=numpy"
-               if not compiled.available() else f"the field of {opt.name!r} is not a built-in direction function "
-               f"it compiles ({', '.join(f.__name__ for f in compiled.OPCODES)})")
+        why = (
+            "numba is not installed (pip install 'balancedness[fast]') or $BALANCEDNESS_BACKEND=numpy"
+            if not compiled.available()
+            else f"the field of {opt.name!r} is not a built-in direction function "
+            f"it compiles ({', '.join(f.__name__ for f in compiled.OPCODES)})"
+        )
         raise ValueError(f"backend 'numba' cannot run: {why}; use backend 'auto' or 'numpy'")
     if op is None:
         return NumpyStepper(opt, problem, lr, steps, rho, seeds)

@@ -32,12 +32,10 @@ remaining records are that point, the run's ``status`` is ``"stopped"`` and ``st
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
-from scipy.integrate import DOP853, RK23, RK45, Radau, LSODA, BDF
-
-from typing import Optional
+from scipy.integrate import BDF, DOP853, LSODA, RK23, RK45, Radau
 
 from balancedness.sims.directions import lookup
 from balancedness.sims.grid import check_batch, noise_levels, seed_list
@@ -61,8 +59,9 @@ class _Field:
         self.nx = problem.x0.size
         self.shape_x, self.shape_y = (1,) + problem.x0.shape, (1,) + problem.y0.shape
         self.nfev = 0
-        self.targets = None if self.noise is None else np.stack(
-            [problem.effective_target(self.alpha, c) for c in self.noise])
+        self.targets = (
+            None if self.noise is None else np.stack([problem.effective_target(self.alpha, c) for c in self.noise])
+        )
         self.carry = lookup(opt.name).carry
         self.aux_shapes: list = []
 
@@ -77,15 +76,15 @@ class _Field:
 
     def unpack(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ny = int(np.prod(self.shape_y))
-        return v[: self.nx].reshape(self.shape_x), v[self.nx: self.nx + ny].reshape(self.shape_y)
+        return v[: self.nx].reshape(self.shape_x), v[self.nx : self.nx + ny].reshape(self.shape_y)
 
-    def unpack_aux(self, v: np.ndarray) -> Optional[tuple]:
+    def unpack_aux(self, v: np.ndarray) -> tuple | None:
         if not self.aux_shapes:
             return None
         out, k = [], self.nx + int(np.prod(self.shape_y))
         for shape in self.aux_shapes:
             size = int(np.prod(shape))
-            out.append(v[k: k + size].reshape(shape))
+            out.append(v[k : k + size].reshape(shape))
             k += size
         return tuple(out)
 
@@ -129,8 +128,19 @@ def _at_rest(fun: _Field, solver, t_end: float) -> bool:
     return not np.any(f) and not np.any(fun(t_end, solver.y))
 
 
-def _integrate_one(fun: _Field, v0: np.ndarray, t_rec: np.ndarray, *, method: str, rtol: float, atol: float,
-                   max_step: float, stall_step: float, patience: int, sliding_step: float) -> tuple[np.ndarray, dict]:
+def _integrate_one(
+    fun: _Field,
+    v0: np.ndarray,
+    t_rec: np.ndarray,
+    *,
+    method: str,
+    rtol: float,
+    atol: float,
+    max_step: float,
+    stall_step: float,
+    patience: int,
+    sliding_step: float,
+) -> tuple[np.ndarray, dict]:
     """Values at ``t_rec`` (R, dim) and diagnostics (status, switches, sliding_from, stopped_at, nfev)."""
     t_end = float(t_rec[-1])
     out = np.full((len(t_rec), v0.size), np.nan)
@@ -219,8 +229,11 @@ def solve_flow(
     is solved as the flow of its expected direction, one with auxiliary state on the point and the state
     (module docstring); the state's summary at each record goes to ``settings["auxiliary"]``.
     """
-    opt = optimizer if isinstance(optimizer, Optimizer) else make_optimizer(
-        optimizer, rho=rho, m=m, mu=mu, schedule=schedule, **flatness)
+    opt = (
+        optimizer
+        if isinstance(optimizer, Optimizer)
+        else make_optimizer(optimizer, rho=rho, m=m, mu=mu, schedule=schedule, **flatness)
+    )
     t_end = number("t_end", t_end, strict=True)
     choice("method", method, METHODS)
     check_batch(batch, opt.m)
@@ -244,8 +257,18 @@ def solve_flow(
         fun = _Field(problem, opt, a, noise, t_end)
         v0 = fun.start(s)
         with np.errstate(all="ignore"):
-            rows, info = _integrate_one(fun, v0, t_rec, method=method, rtol=rtol, atol=atol, max_step=max_step,
-                                        stall_step=stall_step, patience=patience, sliding_step=sliding_step)
+            rows, info = _integrate_one(
+                fun,
+                v0,
+                t_rec,
+                method=method,
+                rtol=rtol,
+                atol=atol,
+                max_step=max_step,
+                stall_step=stall_step,
+                patience=patience,
+                sliding_step=sliding_step,
+            )
         infos.append(info)
         all_rows.append((fun, rows))
     for k in range(len(t_rec)):
@@ -259,12 +282,24 @@ def solve_flow(
                 auxiliary.setdefault(k, []).append([np.asarray(p[k][0]).tolist() for p in per])
     statuses = {i["status"] for i in infos}
     settings = {
-        "kind": "flow", "problem": problem.name, "problem_kind": problem.kind, "layers": problem.layers,
-        "rank": problem.rank, "scale": problem.scale, "optimizer": opt.settings(), "t_end": t_end,
-        "batch": batch, "alpha": alphas, "seeds": seed_ids, "method": method, "rtol": rtol, "atol": atol,
+        "kind": "flow",
+        "problem": problem.name,
+        "problem_kind": problem.kind,
+        "layers": problem.layers,
+        "rank": problem.rank,
+        "scale": problem.scale,
+        "optimizer": opt.settings(),
+        "t_end": t_end,
+        "batch": batch,
+        "alpha": alphas,
+        "seeds": seed_ids,
+        "method": method,
+        "rtol": rtol,
+        "atol": atol,
         "status": next((st for st in ("failed", "sliding", "stopped") if st in statuses), "ok"),
         "runs": [{"alpha": a, "seed": s, **i} for (a, s), i in zip(traj, infos)],
-        "x0": problem.x0.tolist(), "y0": problem.y0.tolist(),
+        "x0": problem.x0.tolist(),
+        "y0": problem.y0.tolist(),
         "seconds": time.perf_counter() - started,
     }
     if auxiliary:

@@ -7,7 +7,7 @@ of ``balancedness.validation`` (errors name the Python parameter, never a comman
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 

@@ -8,7 +8,6 @@ into effective targets and the progress t/T into μ_t, and calls the registered 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -23,8 +22,14 @@ OPTIMIZERS = ("sgd", "sngd", "sam", "msam", "nbar", "obar")
 #: The built-in flatness methods of spec/flatness-methods.md (they step with numpy).
 FLATNESS_OPTIMIZERS = ("flat-lora", "bi-lora", "asam")
 #: The flatness hyper-parameters, their defaults, and the neutral value an optimizer that does not use one gets.
-FLATNESS_DEFAULTS = {"sigma": (0.05, 0.0), "noise_schedule": ("cosine", "cosine"), "eta_a": (0.01, 0.0),
-                     "kappa": (1.0, 1.0), "rank2": (1, 1), "aux_init": (0.01, 0.01)}
+FLATNESS_DEFAULTS = {
+    "sigma": (0.05, 0.0),
+    "noise_schedule": ("cosine", "cosine"),
+    "eta_a": (0.01, 0.0),
+    "kappa": (1.0, 1.0),
+    "rank2": (1, 1),
+    "aux_init": (0.01, 0.01),
+}
 
 
 @dataclass(frozen=True)
@@ -68,26 +73,38 @@ class Optimizer:
         number("aux_init", self.aux_init)
         choice("noise_schedule", self.noise_schedule, NOISE_SCHEDULES)
         if self.m != 1 and "m" not in uses:
-            raise ValueError(f"m={self.m} does not apply to optimizer {self.name!r} (it uses: "
-                             f"{', '.join(sorted(uses)) or 'no hyper-parameter'})")
+            raise ValueError(
+                f"m={self.m} does not apply to optimizer {self.name!r} (it uses: "
+                f"{', '.join(sorted(uses)) or 'no hyper-parameter'})"
+            )
         check_schedule(self.schedule)
 
     def settings(self) -> dict:
         """The hyper-parameters: name, ρ, m, μ₀ and schedule always; a flatness hyper-parameter where it is used."""
         uses = lookup(self.name).uses
-        return {k: v for k, v in asdict(self).items()
-                if k not in FLATNESS_DEFAULTS or k in uses or (k == "noise_schedule" and "sigma" in uses)}
+        return {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in FLATNESS_DEFAULTS or k in uses or (k == "noise_schedule" and "sigma" in uses)
+        }
 
     def mu_t(self, progress: float) -> float:
         return mu_at(self.mu, self.schedule, progress)
 
-    def hyper(self, progress: float = 0.0, rho: Optional[np.ndarray] = None, xi: Optional[np.ndarray] = None,
-              aux: Optional[tuple] = None) -> HyperParams:
+    def hyper(
+        self,
+        progress: float = 0.0,
+        rho: np.ndarray | None = None,
+        xi: np.ndarray | None = None,
+        aux: tuple | None = None,
+    ) -> HyperParams:
         """What the direction function is told: ρ (or per-trajectory radii), m, μ_t, t/T, σ_t = f_t σ, η_a, κ, the
         step's perturbation draws and the auxiliary state."""
         mu = self.mu_t(progress) if self.mu else 0.0  # every schedule keeps μ₀ = 0 at 0
         sigma = self.sigma * flat_lora_ramp(self.noise_schedule, progress) if self.sigma else 0.0
-        return HyperParams(self.rho if rho is None else rho, self.m, mu, progress, sigma, self.eta_a, self.kappa, xi, aux)
+        return HyperParams(
+            self.rho if rho is None else rho, self.m, mu, progress, sigma, self.eta_a, self.kappa, xi, aux
+        )
 
     # ------------------------------------------------------------------------------------
     def direction(
@@ -96,10 +113,10 @@ class Optimizer:
         X: np.ndarray,
         Y: np.ndarray,
         alpha: np.ndarray,
-        chunk_means: Optional[np.ndarray],
+        chunk_means: np.ndarray | None,
         progress: float = 0.0,
-        xi: Optional[np.ndarray] = None,
-        aux: Optional[tuple] = None,
+        xi: np.ndarray | None = None,
+        aux: tuple | None = None,
     ) -> Field:
         """(d_X, d_Y, g_X, g_Y) for noise level(s) α and the chunk means N̄_i of the step's noise.
 
@@ -113,11 +130,11 @@ class Optimizer:
         problem: Problem,
         X: np.ndarray,
         Y: np.ndarray,
-        targets: Optional[np.ndarray],
+        targets: np.ndarray | None,
         progress: float = 0.0,
-        rho: Optional[np.ndarray] = None,
-        xi: Optional[np.ndarray] = None,
-        aux: Optional[tuple] = None,
+        rho: np.ndarray | None = None,
+        xi: np.ndarray | None = None,
+        aux: tuple | None = None,
     ) -> Field:
         """The registered field for effective targets C_i = A + α N̄_i of the m chunks, shape (m, n, …).
 
@@ -128,17 +145,25 @@ class Optimizer:
         """
         return self.field_with_aux(problem, X, Y, targets, progress, rho, xi, aux)[0]
 
-    def field_with_aux(self, problem: Problem, X: np.ndarray, Y: np.ndarray, targets: Optional[np.ndarray],
-                       progress: float = 0.0, rho: Optional[np.ndarray] = None, xi: Optional[np.ndarray] = None,
-                       aux: Optional[tuple] = None) -> tuple[Field, Optional[tuple]]:
+    def field_with_aux(
+        self,
+        problem: Problem,
+        X: np.ndarray,
+        Y: np.ndarray,
+        targets: np.ndarray | None,
+        progress: float = 0.0,
+        rho: np.ndarray | None = None,
+        xi: np.ndarray | None = None,
+        aux: tuple | None = None,
+    ) -> tuple[Field, tuple | None]:
         """(the four arrays of :meth:`field`, the auxiliary state's direction or None)."""
         entry = DIRECTIONS.get(self.name) or lookup(self.name)  # unregistered since construction: a clear error
         out = entry.field(problem, X, Y, targets, self.hyper(progress, rho, xi, aux))
         return tuple(out[:4]), (out[4] if len(out) > 4 else None)
 
     def switching(
-        self, problem: Problem, X: np.ndarray, Y: np.ndarray, alpha: np.ndarray, chunk_means: Optional[np.ndarray]
-    ) -> Optional[np.ndarray]:
+        self, problem: Problem, X: np.ndarray, Y: np.ndarray, alpha: np.ndarray, chunk_means: np.ndarray | None
+    ) -> np.ndarray | None:
         """Functions whose sign changes are the field's discontinuities, shape (n, k), or None.
 
         SAM/SNGD on OP switch where f′ = 0 (u_t carries sgn f′, eq. (7)); nBAR where
@@ -151,15 +176,16 @@ class Optimizer:
         return switching(problem, X, Y, _targets(problem, alpha, chunk_means), self.hyper())
 
 
-def _targets(problem: Problem, alpha: np.ndarray, chunk_means: Optional[np.ndarray]) -> Optional[np.ndarray]:
+def _targets(problem: Problem, alpha: np.ndarray, chunk_means: np.ndarray | None) -> np.ndarray | None:
     """C_i = A + α N̄_i per chunk, shape (m, n, *noise_shape), or None (noise-free)."""
     if chunk_means is None:
         return None
     return np.stack([problem.effective_target(alpha, c) for c in chunk_means])
 
 
-def make_optimizer(name: str, *, rho: float = 0.0, m: int = 1, mu: float = 0.0, schedule: str = "constant",
-                   **flatness) -> Optimizer:
+def make_optimizer(
+    name: str, *, rho: float = 0.0, m: int = 1, mu: float = 0.0, schedule: str = "constant", **flatness
+) -> Optimizer:
     """Build an :class:`Optimizer`, keeping only the hyper-parameters ``name`` uses.
 
     ``flatness``: any of ``sigma``, ``noise_schedule``, ``eta_a``, ``kappa``, ``rank2``, ``aux_init``

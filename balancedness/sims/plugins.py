@@ -81,8 +81,12 @@ def load_field(path: Path, attr: str) -> DirectionFn:
 
 
 def _instances() -> list[tuple[str, Problem]]:
-    return [("NOP toy (11)", nop_problem()), ("NOP, 2 layers of rank 2", nop_problem(2, 2)),
-            ("OP toy (12)", op_problem()), ("OP, 2 layers", op_problem(2))]
+    return [
+        ("NOP toy (11)", nop_problem()),
+        ("NOP, 2 layers of rank 2", nop_problem(2, 2)),
+        ("OP toy (12)", op_problem()),
+        ("OP, 2 layers", op_problem(2)),
+    ]
 
 
 def check_contract(name: str, field: DirectionFn, n: int = 2) -> None:
@@ -104,9 +108,11 @@ def check_contract(name: str, field: DirectionFn, n: int = 2) -> None:
         aux = None if aux is None else (aux[0], aux[1] + 0.05 * rng.standard_normal(aux[1].shape))
         for targets, rho, xi in itertools.product((noisy, None), radii, xis):
             hp = HyperParams(rho, m, 0.5, 0.25, 0.1, 0.01, 1.0, xi, aux)
-            where = (f"{name} replacement on the {what} ({'noisy minibatch' if targets is not None else 'noise-free'}"
-                     f"{f', one radius per trajectory (rho of shape ({n},))' if np.ndim(rho) else ''}"
-                     f"{', expected over the perturbation (xi None)' if entry.draws is not None and xi is None else ''})")
+            where = (
+                f"{name} replacement on the {what} ({'noisy minibatch' if targets is not None else 'noise-free'}"
+                f"{f', one radius per trajectory (rho of shape ({n},))' if np.ndim(rho) else ''}"
+                f"{', expected over the perturbation (xi None)' if entry.draws is not None and xi is None else ''})"
+            )
             X0, Y0 = X.copy(), Y.copy()
             try:
                 out = field(p, X, Y, targets, hp)
@@ -114,14 +120,18 @@ def check_contract(name: str, field: DirectionFn, n: int = 2) -> None:
                 raise ContractError(f"{where} raised {type(e).__name__}: {e}") from e
             want = 4 if entry.carry is None else 5
             if not isinstance(out, (tuple, list)) or len(out) != want:
-                raise ContractError(f"{where} returned {type(out).__name__}"
-                                    f"{f' of length {len(out)}' if isinstance(out, (tuple, list)) else ''}; "
-                                    "expected the tuple (d_X, d_Y, g_X, g_Y" + (", d_aux)" if want == 5 else ")"))
+                raise ContractError(
+                    f"{where} returned {type(out).__name__}"
+                    f"{f' of length {len(out)}' if isinstance(out, (tuple, list)) else ''}; "
+                    "expected the tuple (d_X, d_Y, g_X, g_Y" + (", d_aux)" if want == 5 else ")")
+                )
             if want == 5:
                 d_aux = out[4]
                 if not isinstance(d_aux, (tuple, list)) or [np.shape(d) for d in d_aux] != [a.shape for a in aux]:
-                    raise ContractError(f"{where} returned d_aux {type(d_aux).__name__}; expected arrays shaped like "
-                                        f"the auxiliary state {[a.shape for a in aux]}")
+                    raise ContractError(
+                        f"{where} returned d_aux {type(d_aux).__name__}; expected arrays shaped like "
+                        f"the auxiliary state {[a.shape for a in aux]}"
+                    )
                 if not all(np.all(np.isfinite(d)) for d in d_aux):
                     raise ContractError(f"{where} returned non-finite values in d_aux")
             for label, arr, like in zip(("d_X", "d_Y", "g_X", "g_Y"), out, (X, Y, X, Y)):

@@ -183,8 +183,14 @@ def perturbation_block(seeds, block: int, shape: tuple) -> np.ndarray:
     independent stream per (seed, block): shape (len(seeds), K, *shape). Step t's draw depends only on the seed
     and t (row t mod K of block t // K): the same seed gives the same draws bit for bit, another seed or step
     other draws, whichever trajectories share the run."""
-    return np.stack([np.random.default_rng([PERTURBATION_SALT, int(s), int(block)]).standard_normal(
-        (NOISE_BLOCK,) + tuple(shape)) for s in seeds])
+    return np.stack(
+        [
+            np.random.default_rng([PERTURBATION_SALT, int(s), int(block)]).standard_normal(
+                (NOISE_BLOCK,) + tuple(shape)
+            )
+            for s in seeds
+        ]
+    )
 
 
 def perturbation_sequence(seed: int, steps: int, shape: tuple) -> np.ndarray:
@@ -281,8 +287,9 @@ def op_problem(
     Y0 = _as_init(y0, (layers, dim, 1), "y0")
     Y0 = -3.0 * X0 if Y0 is None else Y0
     name = name or ("op" if layers == 1 else "op-layered")
-    return Problem("op", name, np.asarray(float(target)), None, float(scale), X0, Y0, noisy=noisy,
-                   meta={"layers": layers})
+    return Problem(
+        "op", name, np.asarray(float(target)), None, float(scale), X0, Y0, noisy=noisy, meta={"layers": layers}
+    )
 
 
 def toy2d_problem(x0: float = 0.1, y0: float = -0.1) -> Problem:
@@ -293,8 +300,9 @@ def toy2d_problem(x0: float = 0.1, y0: float = -0.1) -> Problem:
 PROBLEMS = ("nop", "op", "nop-layered", "op-layered", "toy2d")
 
 
-def make_problem(name: str, *, rank: int = 1, layers: int | None = None,
-                 x0: np.ndarray | None = None, y0: np.ndarray | None = None) -> Problem:
+def make_problem(
+    name: str, *, rank: int = 1, layers: int | None = None, x0: np.ndarray | None = None, y0: np.ndarray | None = None
+) -> Problem:
     """Build a problem by its CLI name (one of ``PROBLEMS``)."""
     if name not in PROBLEMS:
         raise ValueError(f"unknown problem {name!r}; expected one of {', '.join(PROBLEMS)}")

@@ -49,11 +49,11 @@ class Recorder:
             return
         flat = [np.ascontiguousarray(a).reshape((R * n,) + a.shape[2:]) for a in (Xs, Ys, gXs, gYs)]
         i = self.count
-        self.x[:, i:i + R] = np.swapaxes(Xs, 0, 1)
-        self.y[:, i:i + R] = np.swapaxes(Ys, 0, 1)
-        self.bl[:, i:i + R] = np.swapaxes(balancedness_layers(flat[0], flat[1]).reshape(R, n, -1), 0, 1)
-        self.gap[:, i:i + R] = grad_gap(flat[2], flat[3]).reshape(R, n).T
-        self.loss[:, i:i + R] = self.problem.excess_loss(flat[0], flat[1]).reshape(R, n).T
+        self.x[:, i : i + R] = np.swapaxes(Xs, 0, 1)
+        self.y[:, i : i + R] = np.swapaxes(Ys, 0, 1)
+        self.bl[:, i : i + R] = np.swapaxes(balancedness_layers(flat[0], flat[1]).reshape(R, n, -1), 0, 1)
+        self.gap[:, i : i + R] = grad_gap(flat[2], flat[3]).reshape(R, n).T
+        self.loss[:, i : i + R] = self.problem.excess_loss(flat[0], flat[1]).reshape(R, n).T
         self.count += R
 
     def diverged(self) -> int:
@@ -64,9 +64,15 @@ class Recorder:
         """The records made so far as a :class:`SimResult`."""
         k = self.count
         return SimResult(
-            t=np.asarray(t[:k], dtype=float), x=self.x[:, :k], y=self.y[:, :k],
-            balancedness=self.bl[:, :k].sum(axis=2), balancedness_layers=self.bl[:, :k],
-            grad_gap=self.gap[:, :k], loss=self.loss[:, :k],
-            alpha=np.asarray(alpha, dtype=float), seed=np.asarray(seed, dtype=int), settings=settings,
+            t=np.asarray(t[:k], dtype=float),
+            x=self.x[:, :k],
+            y=self.y[:, :k],
+            balancedness=self.bl[:, :k].sum(axis=2),
+            balancedness_layers=self.bl[:, :k],
+            grad_gap=self.gap[:, :k],
+            loss=self.loss[:, :k],
+            alpha=np.asarray(alpha, dtype=float),
+            seed=np.asarray(seed, dtype=int),
+            settings=settings,
             rho=None if rho is None else np.asarray(rho, dtype=float),
         )

@@ -60,14 +60,23 @@ class SimResult:
             mask &= self.seed == seed
         return mask
 
-    def subset(self, mask: np.ndarray) -> "SimResult":
+    def subset(self, mask: np.ndarray) -> SimResult:
         """The trajectories selected by ``mask`` (boolean or indices, e.g. from :meth:`select`) as a SimResult of
         their own, with the same record times and settings."""
         rows = np.arange(self.n_runs)[mask]
-        return SimResult(t=self.t, x=self.x[rows], y=self.y[rows], balancedness=self.balancedness[rows],
-                         balancedness_layers=self.balancedness_layers[rows], grad_gap=self.grad_gap[rows],
-                         loss=self.loss[rows], alpha=self.alpha[rows], seed=self.seed[rows], settings=self.settings,
-                         rho=self.rho[rows])
+        return SimResult(
+            t=self.t,
+            x=self.x[rows],
+            y=self.y[rows],
+            balancedness=self.balancedness[rows],
+            balancedness_layers=self.balancedness_layers[rows],
+            grad_gap=self.grad_gap[rows],
+            loss=self.loss[rows],
+            alpha=self.alpha[rows],
+            seed=self.seed[rows],
+            settings=self.settings,
+            rho=self.rho[rows],
+        )
 
     # -- (de)serialization ----------------------------------------------------------------
     def to_json_dict(self) -> dict:
@@ -100,7 +109,7 @@ class SimResult:
         raise ValueError(f"cannot save to {str(path)!r}: expected a .json or .npz file name")
 
     @classmethod
-    def load(cls, path: str | Path) -> "SimResult":
+    def load(cls, path: str | Path) -> SimResult:
         path = Path(path)
         if path.suffix == ".npz":
             with np.load(path) as z:
@@ -113,13 +122,17 @@ class SimResult:
 
             def arr(key: str) -> np.ndarray:
                 return np.array([[np.nan if v is None else v for v in np.ravel(r[key])] for r in runs]).reshape(
-                    (len(runs),) + np.shape(runs[0][key]))
+                    (len(runs),) + np.shape(runs[0][key])
+                )
 
             return cls(
                 t=np.asarray(obj["t"], dtype=float),
-                x=arr("x"), y=arr("y"),
-                balancedness=arr("balancedness"), balancedness_layers=arr("balancedness_layers"),
-                grad_gap=arr("grad_gap"), loss=arr("loss"),
+                x=arr("x"),
+                y=arr("y"),
+                balancedness=arr("balancedness"),
+                balancedness_layers=arr("balancedness_layers"),
+                grad_gap=arr("grad_gap"),
+                loss=arr("loss"),
                 alpha=np.array([r["alpha"] for r in runs], dtype=float),
                 seed=np.array([r["seed"] for r in runs], dtype=int),
                 settings=obj["settings"],

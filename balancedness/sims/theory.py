@@ -24,30 +24,34 @@ def field_rate_layers(X: np.ndarray, Y: np.ndarray, dX: np.ndarray, dY: np.ndarr
     return np.einsum("nlij,nlij->nl", X, dX) - np.einsum("nlij,nlij->nl", Y, dY)
 
 
-def dB_dt_layers(problem: Problem, opt: Optimizer, X, Y, alpha, chunk_means=None, progress: float = 0.0,
-                 xi=None, aux=None) -> np.ndarray:
+def dB_dt_layers(
+    problem: Problem, opt: Optimizer, X, Y, alpha, chunk_means=None, progress: float = 0.0, xi=None, aux=None
+) -> np.ndarray:
     """Exact dB_l/dt = ⟨X_l, Ẋ_l⟩ − ⟨Y_l, Ẏ_l⟩ along the flow of ``opt``, shape (n, L) (``xi``: perturbation draws,
     None for the expected field; ``aux``: the auxiliary state, None for none)."""
     dX, dY, _, _ = opt.direction(problem, X, Y, np.atleast_1d(alpha), chunk_means, progress, xi=xi, aux=aux)
     return field_rate_layers(X, Y, dX, dY)
 
 
-def dB_dt(problem: Problem, opt: Optimizer, X, Y, alpha, chunk_means=None, progress: float = 0.0, xi=None,
-          aux=None) -> np.ndarray:
+def dB_dt(
+    problem: Problem, opt: Optimizer, X, Y, alpha, chunk_means=None, progress: float = 0.0, xi=None, aux=None
+) -> np.ndarray:
     """Exact dB/dt = Σ_l ⟨X_l, Ẋ_l⟩ − ⟨Y_l, Ẏ_l⟩ along the flow of ``opt``, shape (n,)."""
     return dB_dt_layers(problem, opt, X, Y, alpha, chunk_means, progress, xi, aux).sum(axis=1)
 
 
 # -- SAM: the exact rate identities (16a), (27a), (33), (41) -----------------------------------
-def sam_nop_rate_layers(X: np.ndarray, Y: np.ndarray, G: np.ndarray, G_tilde: np.ndarray, grad_norm: np.ndarray,
-                        rho) -> np.ndarray:
+def sam_nop_rate_layers(
+    X: np.ndarray, Y: np.ndarray, G: np.ndarray, G_tilde: np.ndarray, grad_norm: np.ndarray, rho
+) -> np.ndarray:
     """(27a): dB_l/dt = ρu [tr(Y_lᵀG̃ᵀG Y_l) − tr(X_lᵀG̃ GᵀX_l)], u = 1/‖g‖ global, shape (n, L).
 
     One layer of rank 1 is (16a), ρu[yᵀG̃ᵀGy − xᵀG̃Gᵀx]; rank r is spec §7.1.11.
     """
     u = 1.0 / grad_norm
-    return (rho * u)[:, None] * (np.einsum("nlir,nji,njk,nlkr->nl", Y, G_tilde, G, Y)
-                                 - np.einsum("nlir,nij,nkj,nlkr->nl", X, G_tilde, G, X))
+    return (rho * u)[:, None] * (
+        np.einsum("nlir,nji,njk,nlkr->nl", Y, G_tilde, G, Y) - np.einsum("nlir,nij,nkj,nlkr->nl", X, G_tilde, G, X)
+    )
 
 
 def sam_nop_rate(X, Y, G, G_tilde, grad_norm, rho) -> np.ndarray:
@@ -55,8 +59,9 @@ def sam_nop_rate(X, Y, G, G_tilde, grad_norm, rho) -> np.ndarray:
     return sam_nop_rate_layers(X, Y, G, G_tilde, grad_norm, rho).sum(axis=1)
 
 
-def sam_op_rate_layers(X: np.ndarray, Y: np.ndarray, fprime: np.ndarray, fprime_tilde: np.ndarray,
-                       grad_norm: np.ndarray, rho) -> np.ndarray:
+def sam_op_rate_layers(
+    X: np.ndarray, Y: np.ndarray, fprime: np.ndarray, fprime_tilde: np.ndarray, grad_norm: np.ndarray, rho
+) -> np.ndarray:
     """(41), exact [DERIVED]: dB_l/dt = −ρu f′ f̃′ (‖x_l‖² − ‖y_l‖²), u = 1/‖g‖, shape (n, L)."""
     return -rho * (fprime * fprime_tilde / grad_norm)[:, None] * 2 * balancedness_layers(X, Y)
 
@@ -250,15 +255,17 @@ def bar_signs(variant: str, X: np.ndarray, Y: np.ndarray, gX_sq: np.ndarray, gY_
     raise ValueError(f"variant must be 'nbar' or 'obar', got {variant!r}")
 
 
-def bar_flow_rate(variant: str, X: np.ndarray, Y: np.ndarray, gX_sq: np.ndarray, gY_sq: np.ndarray,
-                  mu: float) -> np.ndarray:
+def bar_flow_rate(
+    variant: str, X: np.ndarray, Y: np.ndarray, gX_sq: np.ndarray, gY_sq: np.ndarray, mu: float
+) -> np.ndarray:
     """dB/dt of nBAR/oBAR with an SGD base (spec §4.5.5), summed over layers: Σ_l s_l μ_t(‖x_l‖² + ‖y_l‖²)
     with s_l of :func:`bar_signs` (the SGD part adds 0, Thm 1)."""
     return (bar_signs(variant, X, Y, gX_sq, gY_sq) * mu * (layer_sq_norms(X) + layer_sq_norms(Y))).sum(1)
 
 
-def bar_text_flow_rate(variant: str, X: np.ndarray, Y: np.ndarray, gX_sq: np.ndarray, gY_sq: np.ndarray,
-                       mu: float) -> np.ndarray:
+def bar_text_flow_rate(
+    variant: str, X: np.ndarray, Y: np.ndarray, gX_sq: np.ndarray, gY_sq: np.ndarray, mu: float
+) -> np.ndarray:
     """dB/dt with the regularizer as §5.2's *text* states it, added to the loss of an SGD flow: nBAR
     μ(xᵀx − yᵀy) if ‖g_x‖ < ‖g_y‖ else μ(yᵀy − xᵀx), oBAR μ|xᵀx − yᵀy|. Its gradient is ∓2μx, ±2μy, so
     this is 2 Σ_l s_l μ(‖x_l‖² + ‖y_l‖²): twice what Algs. 2/3 do with (1 ± μη) (spec §4.5.3, §8.3)."""
@@ -278,8 +285,9 @@ def obar_flow_rate(X: np.ndarray, Y: np.ndarray, mu: float) -> np.ndarray:
     return -np.sign(balancedness(X, Y)) * mu * (sq_norms(X) + sq_norms(Y))
 
 
-def nop_noise_sq_norms(problem: Problem, X: np.ndarray, Y: np.ndarray, alpha, batch: int = 1
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def nop_noise_sq_norms(
+    problem: Problem, X: np.ndarray, Y: np.ndarray, alpha, batch: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """The noise parts of E_ξ‖g_X‖² and E_ξ‖g_Y‖² on NOP (spec §1.5, §7.3 (c)), shape (n,) each:
     4k²α² tr(D²) ‖Y‖²/b and 4k²α² d2 Σ_i D_i² ‖X_{i,:}‖²/b (the gradient's noise is 2kα N̄, N = D U)."""
     D2 = problem.noise_rows**2
@@ -287,16 +295,18 @@ def nop_noise_sq_norms(problem: Problem, X: np.ndarray, Y: np.ndarray, alpha, ba
     return c * D2.sum() * sq_norms(Y), c * problem.d2 * np.einsum("nlir,i->n", X * X, D2)
 
 
-def nop_expected_grad_sq_norms(problem: Problem, X: np.ndarray, Y: np.ndarray, alpha, batch: int = 1
-                               ) -> tuple[np.ndarray, np.ndarray]:
+def nop_expected_grad_sq_norms(
+    problem: Problem, X: np.ndarray, Y: np.ndarray, alpha, batch: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """E_ξ‖g_X‖², E_ξ‖g_Y‖² on NOP: ‖G₀Y‖² + noise, ‖G₀ᵀX‖² + noise, G₀ = 2k(W − A) (:func:`nop_noise_sq_norms`)."""
     gX, gY, _ = problem.grads(X, Y, np.zeros(len(X)), None)
     nx, ny = nop_noise_sq_norms(problem, X, Y, alpha, batch)
     return sq_norms(gX) + nx, sq_norms(gY) + ny
 
 
-def sgd_expected_drift_nop(problem: Problem, X: np.ndarray, Y: np.ndarray, alpha: float, lr: float,
-                           batch: int = 1) -> np.ndarray:
+def sgd_expected_drift_nop(
+    problem: Problem, X: np.ndarray, Y: np.ndarray, alpha: float, lr: float, batch: int = 1
+) -> np.ndarray:
     """E[B_{t+1} − B_t] for SGD on NOP (spec §7.3 (c)): (η²/2)(E‖g_x‖² − E‖g_y‖²), i.e.
     (η²/2)(‖G₀y‖² − ‖G₀ᵀx‖²) + 2η²k²α²(tr(D²)‖y‖² − d2·xᵀD²x)/b for one layer of rank 1."""
     ex, ey = nop_expected_grad_sq_norms(problem, X, Y, alpha, batch)
@@ -338,8 +348,9 @@ def flat_lora_expected_drift_nop(X: np.ndarray, Y: np.ndarray, sigma_t: float, l
     return 2 * k**2 * lr**2 * sigma_t**2 * x2 * (y4 - x2 * y2 / X.shape[-2])
 
 
-def asam_op_rate(X: np.ndarray, Y: np.ndarray, fprime: np.ndarray, fprime_tilde: np.ndarray, rho: float,
-                 eta_a: float) -> np.ndarray:
+def asam_op_rate(
+    X: np.ndarray, Y: np.ndarray, fprime: np.ndarray, fprime_tilde: np.ndarray, rho: float, eta_a: float
+) -> np.ndarray:
     """[FM] §4.4, OP, exact: dB/dt = ρu_a f̃′[2η_a Σ_i |x_i y_i|(|y_i| − |x_i|) − 2η_a² B] with
     u_a = sgn f′/√(‖T_x⊙y‖² + ‖T_y⊙x‖²), T = |·| + η_a (sums over all entries of all layers); 0 at η_a = 0."""
     TX, TY = np.abs(X) + eta_a, np.abs(Y) + eta_a

@@ -8,5 +8,18 @@ CSV/TSV/JSONL files.
 from .core import DATA_ENV, Example, TaskData, default_data_root, sample_shots
 from .registry import LMBFF_SEEDS, TASKS, TaskOptions, TaskSpec, get_spec, known_tasks, load_task, validate_task
 
-__all__ = ["DATA_ENV", "Example", "LMBFF_SEEDS", "TASKS", "TaskData", "TaskOptions", "TaskSpec", "default_data_root",
-           "get_spec", "known_tasks", "load_task", "sample_shots", "validate_task"]
+__all__ = [
+    "DATA_ENV",
+    "Example",
+    "LMBFF_SEEDS",
+    "TASKS",
+    "TaskData",
+    "TaskOptions",
+    "TaskSpec",
+    "default_data_root",
+    "get_spec",
+    "known_tasks",
+    "load_task",
+    "sample_shots",
+    "validate_task",
+]

