@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from balancedness.cli import app
+from balancedness.io import umask
 
 runner = CliRunner()
 
@@ -31,6 +32,8 @@ def test_every_format_and_data_file_exists(figs):
             assert (figs / f"{name}.{ext}").stat().st_size > 0, f"{name}.{ext}"
         assert load(figs, name)["caption"]
     assert not list(figs.glob(".*.tmp")), "temporary files left behind"
+    # images and data files get the usual permissions (mkstemp's 0600 would hide them from a group/web server)
+    assert {p.stat().st_mode & 0o777 for p in figs.iterdir()} == {0o666 & ~umask()}
 
 
 def _final(curve):

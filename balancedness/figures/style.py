@@ -8,7 +8,6 @@ temporary name in the same folder, then ``os.replace`` (a reader never sees a ha
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from balancedness.io import write_json  # noqa: E402
+from balancedness.io import atomic_write, write_json  # noqa: E402
 from balancedness.methods import METHODS, Derived, method  # noqa: E402
 
 #: Image formats ``save_figure`` accepts.
@@ -144,15 +143,7 @@ def check_formats(formats: Iterable[str]) -> list[str]:
 
 
 def _atomic_savefig(fig, path: Path, fmt: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format=fmt)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda fh: fig.savefig(fh, format=fmt), mode="wb")
 
 
 def to_jsonable(obj: Any) -> Any:
