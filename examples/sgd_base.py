@@ -112,8 +112,9 @@ def train(prepared: PreparedRun, method_name: str, lr: float, steps: int, out: P
     )
     t0 = time.perf_counter()
     record = run_finetune(prepared.with_config(config))
-    assert record is not None and recorder.end, "the run recorded no M_l"
-    return Run(method_name, lr, steps, recorder.start, recorder.end, float(record.train_loss), time.perf_counter() - t0)
+    if record is None or record.train_loss is None or not recorder.end:
+        raise RuntimeError(f"the {method_name} run at lr {lr:g} recorded no training loss or no M_l")
+    return Run(method_name, lr, steps, recorder.start, recorder.end, record.train_loss, time.perf_counter() - t0)
 
 
 def _fro(t: torch.Tensor) -> float:
