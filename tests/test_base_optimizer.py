@@ -127,7 +127,7 @@ def test_every_trainer_steps_with_plain_sgd(tmp_path, name):
     assert isinstance(optimizer, torch.optim.SGD), type(optimizer).__mro__
     assert not isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW)
     assert {g["momentum"] for g in optimizer.param_groups} == {0}
-    assert {g["initial_lr"] for g in optimizer.param_groups} == ({0.05} if name != "bi-lora" else {0.05})
+    assert {g["initial_lr"] for g in optimizer.param_groups} == {0.05}  # Bi-LoRA's ascent group too (κ = 1)
     if name == "nbar":
         assert type(optimizer).__name__ == "BARSGD" and optimizer.bar_step_count == 2
     if name == "bi-lora":
