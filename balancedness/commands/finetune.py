@@ -43,6 +43,11 @@ PLUGIN = typer.Option(
 BATCH_SIZE = typer.Option(16, help="global examples per optimizer step (split over workers/micro-batches)")
 MAX_EVAL = typer.Option(None, help="evaluate on a fixed subset of at most N examples")
 LOG_EVERY = typer.Option(10, help="write per-layer balancedness every K steps")
+BASE_OPTIMIZER = typer.Option(
+    "adamw",
+    help="the optimizer every method steps with: adamw (torch AdamW) | sgd (plain SGD, no momentum: the spec's "
+    "exact predictions; docs/finetune.md)",
+)
 TASK_FILE_HELP = (
     "your own task: a TOML task file (files, text/label columns, metric, optional prompt and label "
     "words, optional dev file; docs/data.md)"
@@ -90,6 +95,7 @@ def finetune(
     m: int = M,
     mu: float = MU,
     schedule: str = SCHEDULE,
+    base_optimizer: str = BASE_OPTIMIZER,
     batch_size: int = BATCH_SIZE,
     grad_accum: int = typer.Option(1, help="micro-batches per optimizer step per worker"),
     precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (fp16 needs a GPU) | fp64 (exactness tests)"),
@@ -147,6 +153,7 @@ def finetune(
         m=m,
         mu=mu,
         schedule=schedule,
+        base_optimizer=base_optimizer,
         batch_size=batch_size,
         grad_accum=grad_accum,
         precision=precision,
@@ -238,6 +245,7 @@ def sweep(
     m: int = M,
     mu: float = MU,
     schedule: str = SCHEDULE,
+    base_optimizer: str = BASE_OPTIMIZER,
     batch_size: int = BATCH_SIZE,
     max_eval: int | None = MAX_EVAL,
     log_every: int = LOG_EVERY,
@@ -261,6 +269,7 @@ def sweep(
         m=m,
         mu=mu,
         schedule=schedule,
+        base_optimizer=base_optimizer,
         batch_size=batch_size,
         max_eval=max_eval,
         log_every=log_every,

@@ -5,7 +5,8 @@ training starts. The fingerprint is a JSON object of
 
 * ``options``: every :class:`~balancedness.finetune.run.FinetuneConfig` field that changes the computation
   or an output file (method, seed, steps, lr, batch size, accumulation, precision, LoRA shape and targets,
-  dropout, max length, eval subset and batch, zero-shot, log_every, weight decay, model name, task name and
+  dropout, max length, eval subset and batch, zero-shot, log_every, weight decay, the base optimizer (only when
+  not the default AdamW: older fingerprints stay valid), model name, task name and
   text/label columns, and the hyper-parameters of the run's own method: ρ for SAM, ρ and m for m-SAM, μ and
   schedule for BAR): ``FinetuneConfig.result_options()``. Not counted (each such field of ``FinetuneConfig`` says
   so in its metadata, ``{"counted": False}``): where outputs go (``out``), how the command behaves

@@ -66,6 +66,7 @@ __all__ = [
     "METHODS",
     "TABLE_METHODS",
     "PRECISIONS",
+    "BASE_OPTIMIZERS",
     "METHOD_FIELDS",
     "NOT_COUNTED",
     "FinetuneConfig",
@@ -89,6 +90,10 @@ METHODS = names()
 #: The methods of the paper's Table 1, in its column order: what ``sweep`` and the demo compare by default.
 TABLE_METHODS = names(table=True)
 PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
+#: ``--base-optimizer``: the optimizer every method steps with (SAM's descent, BAR's base step, Flat-LoRA's and
+#: Bi-LoRA's update), as the HF Trainer's ``optim`` name: torch AdamW (the default), or plain SGD (no momentum),
+#: under which the flatness spec's §5 predictions are exact (docs/finetune.md "Base optimizer").
+BASE_OPTIMIZERS = {"adamw": "adamw_torch", "sgd": "sgd"}
 #: The config fields that are some method's hyper-parameter: each counts in the fingerprint only of the methods
 #: whose row declares it. A method's other hyper-parameters live in ``FinetuneConfig.hparams``.
 METHOD_FIELDS = ("rho", "m", "mu", "schedule")
@@ -99,8 +104,9 @@ METHOD_OPTIONS = Derived(
 LR_SCHEDULE = "linear"  # HF Trainer's linear decay to 0, no warm-up (few-shot, ≤ a few hundred steps)
 #: The metadata of a FinetuneConfig field that does not count in the run's fingerprint.
 NOT_COUNTED_FIELD = {"counted": False}
-#: The metadata of a FinetuneConfig field that a record (``to_json``) holds only when it is set: the fields added
-#: after records existed, so the records of runs that do not use them are as they were.
+#: The metadata of a FinetuneConfig field that a record (``to_json``) and so the fingerprint hold only when it is
+#: set (differs from its default): the fields added after records existed, so the records and fingerprints of runs
+#: that do not use them are as they were.
 WHEN_SET = {"json": "when set"}
 
 
@@ -137,6 +143,7 @@ class FinetuneConfig:
     lora_alpha: int = 16
     target_modules: tuple[str, ...] = ()
     weight_decay: float = SHARED[1].default
+    base_optimizer: str = field(default="adamw", metadata=WHEN_SET)  # a key of BASE_OPTIMIZERS
     dropout: float | None = None  # None: the model's own (MiniLM 0.1); a value overrides every nn.Dropout
     max_length: int | None = None
     max_eval: int | None = None
@@ -156,12 +163,13 @@ class FinetuneConfig:
 
     def to_json(self) -> dict[str, Any]:
         """The fields as JSON values (tuples as lists), exactly as ``metrics.json`` reads back: not the fields whose
-        metadata says ``{"json": False}``, and those marked :data:`WHEN_SET` only when set (``hparams``, ``task_file``)."""
+        metadata says ``{"json": False}``, and those marked :data:`WHEN_SET` only when they differ from their default
+        (``hparams``, ``task_file``, ``base_optimizer``)."""
         import json
 
         d = asdict(self)
         for f in dataclasses.fields(self):
-            if not f.metadata.get("json", True) or (f.metadata.get("json") == "when set" and not d[f.name]):
+            if not f.metadata.get("json", True) or (f.metadata.get("json") == "when set" and d[f.name] == _default(f)):
                 d.pop(f.name)
         return json.loads(json.dumps(d))
 
@@ -199,6 +207,11 @@ class FinetuneConfig:
 
 
 _CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(FinetuneConfig))
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    """The default value of a dataclass field (its ``default_factory``'s value, if it has one)."""
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def hyper_values(config: FinetuneConfig) -> dict[str, Any]:
@@ -294,6 +307,7 @@ def check_config(config: FinetuneConfig) -> None:
     choice("method", config.method, ROWS)
     binding(config.method)
     choice("precision", config.precision, PRECISIONS)
+    choice("base_optimizer", config.base_optimizer, BASE_OPTIMIZERS)
     for name in ("steps", "batch_size", "grad_accum", "lora_r", "lora_alpha", "log_every", "eval_batch_size"):
         integer(name, getattr(config, name))
     integer("save_every", config.save_every, minimum=0)
@@ -454,7 +468,7 @@ def _training_args(config: FinetuneConfig, ckpt_dir: Path):
         lr_scheduler_type=LR_SCHEDULE,
         warmup_steps=0,
         weight_decay=config.weight_decay,
-        optim="adamw_torch",
+        optim=BASE_OPTIMIZERS[config.base_optimizer],
         seed=config.seed,
         data_seed=config.seed,
         bf16=config.precision == "bf16",

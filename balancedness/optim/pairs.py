@@ -23,7 +23,15 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-__all__ = ["LoraPair", "lora_pairs", "lora_balancedness", "lora_grad_gap", "norms", "squared_norms"]
+__all__ = [
+    "LoraPair",
+    "lora_pairs",
+    "lora_balancedness",
+    "lora_balancedness_matrices",
+    "lora_grad_gap",
+    "norms",
+    "squared_norms",
+]
 
 _MARKERS = ((".lora_A.", ".lora_B."), (".lora_embedding_A.", ".lora_embedding_B."))
 
@@ -117,6 +125,20 @@ def lora_balancedness(model: nn.Module) -> dict[str, float]:
         sq_b = squared_norms([p.lora_B for p in pairs])
         values = (0.5 * (sq_a - sq_b)).tolist()
     return {pair.name: value for pair, value in zip(pairs, values)}
+
+
+def lora_balancedness_matrices(model: nn.Module) -> dict[str, torch.Tensor]:
+    """{layer: M_l = A_l A_lᵀ − B_lᵀ B_l} (r × r, detached, on the CPU, in ≥ fp32) for every LoRA pair: the rank-r
+    form of B_l (tr M_l = 2 B_l; spec flatness-methods.md, Notation), which a step whose two factor gradients come
+    from one matrix changes only at O(η²) (its §1 Lemma)."""
+    out = {}
+    with torch.no_grad():
+        for pair in lora_pairs(model):
+            dtype = compute_dtype([pair.lora_A])
+            A = pair.lora_A.detach().to(dtype).reshape(pair.lora_A.shape[0], -1)
+            B = pair.lora_B.detach().to(dtype).reshape(pair.lora_B.shape[0], -1)
+            out[pair.name] = (A @ A.T - B.T @ B).cpu()
+    return out
 
 
 def lora_grad_gap(model: nn.Module) -> dict[str, float]:
