@@ -68,7 +68,7 @@ def matched_rows(root: str | Path) -> list[dict]:
                 st = paired([100.0 * (a.value - b.value) for a, b in pairs])
                 b = [
                     (x, y)
-                    for x, y in ((final_two_abs_b(root, a), final_two_abs_b(root, l)) for a, l in pairs)
+                    for x, y in ((final_two_abs_b(root, a), final_two_abs_b(root, c)) for a, c in pairs)
                     if x is not None and y is not None
                 ]
                 rows.append(

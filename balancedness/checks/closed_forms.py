@@ -90,7 +90,8 @@ def lemma1_lambda_max(ctx: Context) -> Measurement:
         y *= c / (x @ y)  # put the point on W*: x'y = c, where f'(w) = 0
         lam = float(th.lemma1_lambda_max(x[None, None, :, None], y[None, None, :, None], 2 * k)[0])
         H = hessian(
-            lambda v: float(p.excess_loss(v[None, None, :3, None], v[None, None, 3:, None])[0]), np.concatenate([x, y])
+            lambda v, p=p: float(p.excess_loss(v[None, None, :3, None], v[None, None, 3:, None])[0]),
+            np.concatenate([x, y]),
         )
         errs.append(abs(np.linalg.eigvalsh(H)[-1] - lam) / lam)
     v = float(np.max(errs))

@@ -299,8 +299,8 @@ def _aux(run: SimResult, name: str) -> np.ndarray:
 @check(
     "bi-lora-aux-clip",
     "[FM] §3.1 eq. (10), §5 item 4, Prop. 2",
-    "bi-lora on the noise-free NOP toy (rho = 0.02): |X2 Y2'| <= rho after every step, the clip is active, and the auxiliary "
-    "is an ascent: f(W + X2 Y2') > f(W) at >= 90% of the records",
+    "bi-lora on the noise-free NOP toy (rho = 0.02): |X2 Y2'| <= rho after every step, the clip is active, "
+    "and the auxiliary is an ascent: f(W + X2 Y2') > f(W) at >= 90% of the records",
     IMPL,
     runs=("bi-lora",),
 )

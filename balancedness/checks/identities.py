@@ -205,7 +205,8 @@ def msam_discrete_op(ctx: Context) -> Measurement:
 
 def msam_step_errors(ctx: Context, p, X, Y, layers: bool = False) -> tuple[float, float]:
     """One m-SAM step (ρ = 0.2, m = 4 random chunks) on OP against §7.1.9 (every B_l by the same factor if
-    ``layers``, u_i global over the layers): (max rel. error, that of the returned g against the whole batch's gradient)."""
+    ``layers``, u_i global over the layers): (max rel. error, that of the returned g against the whole batch's
+    gradient)."""
     lr, rho, m = 0.05, 0.2, 4
     chunks = ctx.rng.standard_normal((m, len(X)))
     B, B1, out = one_step(Optimizer("msam", rho=rho, m=m), p, X, Y, lr, chunks, layers)

@@ -30,14 +30,13 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Union
 
 import numpy as np
 
 from balancedness.sims.directions import DIRECTIONS, DirectionFn, observed, replaced_directions
 from balancedness.validation import InvalidValue, choice, integer
 
-Bound = Union[float, tuple[float, float]]
+Bound = float | tuple[float, float]
 
 
 class Kind(str, Enum):

@@ -41,7 +41,7 @@ __all__ = [
     "LOSSES",
     "NEVER_LOADED",
     "REQUIRED",
-    "RunRecorder",
+    "RunRecorder",  # noqa: F822 -- made on first use by the module's __getattr__
     "UnsafeCheckpointError",
     "checkpoint_step",
     "last_complete_checkpoint",

@@ -266,7 +266,7 @@ def paired_rows(
             if not seeds:
                 continue
             diffs = [value[(task, method, s)] - value[(task, baseline, s)] for s in seeds]
-            for seed, d in zip(seeds, diffs):
+            for seed, d in zip(seeds, diffs, strict=True):
                 per_seed.setdefault(seed, []).append(d)
             rows.append({"method": method, "task": task, "stats": paired(diffs)})
         if per_seed and len(tasks) > 1:

@@ -156,7 +156,8 @@ class FinetuneConfig:
 
     def to_json(self) -> dict[str, Any]:
         """The fields as JSON values (tuples as lists), exactly as ``metrics.json`` reads back: not the fields whose
-        metadata says ``{"json": False}``, and those marked :data:`WHEN_SET` only when set (``hparams``, ``task_file``)."""
+        metadata says ``{"json": False}``, and those marked :data:`WHEN_SET` only when set (``hparams``,
+        ``task_file``)."""
         import json
 
         d = asdict(self)

@@ -60,7 +60,7 @@ def label_word_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
         if not tokens:
             raise ValueError(f"label word {word!r} encodes to no token")
         ids.append(tokens[0])
-    clashes = [w for w, i in zip(words, ids) if ids.count(i) > 1]
+    clashes = [w for w, i in zip(words, ids, strict=True) if ids.count(i) > 1]
     if clashes:
         raise ValueError(
             f"label words {clashes} start with the same token for this tokenizer; choose words "
@@ -294,7 +294,7 @@ def evaluate(
     if head.task.kind == "generation":
         value = bleu(preds, [ex.references or [""] for ex in examples])
     else:
-        value = sum(int(p == ex.label) for p, ex in zip(preds, examples)) / len(examples)
+        value = sum(int(p == ex.label) for p, ex in zip(preds, examples, strict=True)) / len(examples)
     return {"metric": head.task.metric, head.task.metric: value, "n": len(examples)}  # type: ignore[dict-item]
 
 

@@ -35,7 +35,7 @@ from torch.nn import functional as F
 from balancedness.optim.flatlora import flat_lora_layers
 from balancedness.validation import integer, number
 
-__all__ = ["AuxAdapter", "BiLoRA", "bilora_norm", "bilora_clip_", "bilora_ascent_group", "BiLoRATrainer", "AUX_FILE"]
+__all__ = ["AuxAdapter", "BiLoRA", "bilora_norm", "bilora_clip_", "bilora_ascent_group", "BiLoRATrainer", "AUX_FILE"]  # noqa: F822 -- made on first use by the module's __getattr__
 
 #: The file of the auxiliary's state in a Trainer checkpoint folder.
 AUX_FILE = "bilora_aux.pt"

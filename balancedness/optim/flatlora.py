@@ -18,7 +18,8 @@ order: the same seed gives the same run, a resumed run the same draws, and the g
 ``noise=`` replaces the draws by given standard normal ones (the numpy cross-check feeds the simulator's ξ).
 
 Cost: one forward and one backward per step, as LoRA; per step one N(0, 1) draw and one copy of each adapted W0
-(transient, freed at restore); the filter norms come from r-sized products (W′ is never formed). Under DDP every worker draws the same E (same seed and step).
+(transient, freed at restore); the filter norms come from r-sized products (W′ is never formed). Under DDP every worker
+draws the same E (same seed and step).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ __all__ = [
     "flat_lora_restore_",
     "noise_factor",
     "step_seed",
-    "FlatLoRATrainer",
+    "FlatLoRATrainer",  # noqa: F822 -- made on first use by the module's __getattr__
 ]
 
 #: f_t of the noise strength σ_t = f_t σ: the official cosine ramp from 0 to 1, or a constant 1.
@@ -140,7 +141,7 @@ def _row_norms(
 @torch.no_grad()
 def flat_lora_restore_(layers: Sequence[FlatLayer], originals: Sequence[torch.Tensor]) -> None:
     """Point every layer's weight back at its original W0 (bit-exact: the original was never written)."""
-    for layer, w0 in zip(layers, originals):
+    for layer, w0 in zip(layers, originals, strict=True):
         layer.weight.data = w0
 
 

@@ -116,7 +116,7 @@ def lora_balancedness(model: nn.Module) -> dict[str, float]:
         sq_a = squared_norms([p.lora_A for p in pairs])
         sq_b = squared_norms([p.lora_B for p in pairs])
         values = (0.5 * (sq_a - sq_b)).tolist()
-    return {pair.name: value for pair, value in zip(pairs, values)}
+    return {pair.name: value for pair, value in zip(pairs, values, strict=True)}
 
 
 def lora_grad_gap(model: nn.Module) -> dict[str, float]:
@@ -131,4 +131,4 @@ def lora_grad_gap(model: nn.Module) -> dict[str, float]:
         sq_a = squared_norms([p.lora_A.grad for p in pairs])
         sq_b = squared_norms([p.lora_B.grad for p in pairs])
         values = (sq_a - sq_b).tolist()
-    return {pair.name: value for pair, value in zip(pairs, values)}
+    return {pair.name: value for pair, value in zip(pairs, values, strict=True)}

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
-from typing import Any, ContextManager
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import torch
 from torch import nn
@@ -92,12 +92,12 @@ def climb_groups_(groups: Sequence[RadiusGroup]) -> tuple[list[nn.Parameter], Ba
     if not torch.isfinite(grad_norm):  # the one host sync of a SAM step
         return None
     backups = [p.detach().clone() for p in params]
-    for (group_params, rho, adaptive), group_grads in zip(groups, grads):
+    for (group_params, rho, adaptive), group_grads in zip(groups, grads, strict=True):
         coef = torch.where(grad_norm > 0, rho / grad_norm, torch.zeros_like(grad_norm))
         step = torch._foreach_mul(group_grads, coef)  # ρ g/‖g‖, or ρ |w|⊙g/‖|w|⊙g‖ ...
         if adaptive:
             step = torch._foreach_mul(step, torch._foreach_abs([p.to(dtype) for p in group_params]))  # ... ⊙ |w|
-        for p, e in zip(group_params, step):
+        for p, e in zip(group_params, step, strict=True):
             p.add_(e)
     return params, backups
 
@@ -113,7 +113,7 @@ def _ascent_gradients(params: list[nn.Parameter], adaptive: bool, dtype: torch.d
 @torch.no_grad()
 def restore_(params: Sequence[nn.Parameter], backups: Backups) -> None:
     """w + e → w, bit-exactly (copies back the saved values)."""
-    for p, b in zip(params, backups):
+    for p, b in zip(params, backups, strict=True):
         p.copy_(b)
 
 
@@ -311,7 +311,7 @@ def _accelerate_accumulates() -> bool:
 
 
 LossFn = Callable[[Any], torch.Tensor]
-NoSync = Callable[[], ContextManager[Any]]
+NoSync = Callable[[], AbstractContextManager[Any]]
 
 
 def sam_step_accumulated(
@@ -373,7 +373,7 @@ def _loop(
     for j, batch in enumerate(batches):
         last = j == k - 1
 
-        def run_pass(micro: Any, local: bool) -> torch.Tensor:
+        def run_pass(micro: Any, local: bool, last: bool = last) -> torch.Tensor:  # this micro-batch's `last`
             with no_sync() if local or not last else nullcontext():
                 return _backward_of(loss_fn, micro, k, scaler)
 

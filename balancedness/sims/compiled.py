@@ -127,16 +127,16 @@ def _grads(nop, dims, x, y, C, row, j, k2, gx, gy, w, p, acc, w0, w1):
     if nop:
         for a in range(d1):
             for b in range(d2):
-                for l in range(L):
+                for layer in range(L):
                     for q in range(r):
-                        ia, ib = (l * d1 + a) * r + q, (l * d2 + b) * r + q
+                        ia, ib = (layer * d1 + a) * r + q, (layer * d2 + b) * r + q
                         if q == 0:
                             for i in range(n):
                                 p[i] = x[ia, i] * y[ib, i]
                         else:
                             for i in range(n):
                                 p[i] += x[ia, i] * y[ib, i]
-                    if l == 0:
+                    if layer == 0:
                         for i in range(n):
                             acc[i] = p[i]
                     else:
@@ -145,26 +145,26 @@ def _grads(nop, dims, x, y, C, row, j, k2, gx, gy, w, p, acc, w0, w1):
                 e = a * d2 + b
                 for i in range(n):
                     w[e, i] = k2 * (acc[i] - C[row, j, e, i])
-        for l in range(L):
+        for layer in range(L):
             for a in range(d1):
                 for q in range(r):
-                    o = (l * d1 + a) * r + q
+                    o = (layer * d1 + a) * r + q
                     if r == 1:
-                        _dot(gx, o, w, a * d2, y, l * d2, d2, w0, w1)
+                        _dot(gx, o, w, a * d2, y, layer * d2, d2, w0, w1)
                     else:
                         for i in range(n):
                             gx[o, i] = 0.0
                         for b in range(d2):
                             for i in range(n):
-                                gx[o, i] += w[a * d2 + b, i] * y[(l * d2 + b) * r + q, i]
+                                gx[o, i] += w[a * d2 + b, i] * y[(layer * d2 + b) * r + q, i]
             for b in range(d2):
                 for q in range(r):
-                    o = (l * d2 + b) * r + q
+                    o = (layer * d2 + b) * r + q
                     for i in range(n):
                         gy[o, i] = 0.0
                     for a in range(d1):
                         for i in range(n):
-                            gy[o, i] += w[a * d2 + b, i] * x[(l * d1 + a) * r + q, i]
+                            gy[o, i] += w[a * d2 + b, i] * x[(layer * d1 + a) * r + q, i]
     else:
         _dot(w, 0, x, 0, y, 0, x.shape[0], w0, w1)
         for i in range(n):
@@ -250,18 +250,18 @@ def _field(op, nop, dims, x, y, C, row, k2, rho, mu, dx, dy, gx, gy, tx, ty, hx,
     else:  # nbar (4), obar (5): c = μ_t s_l per layer
         L, d1, d2, r = dims
         ax, ay = (gx, gy) if op == 4 else (x, y)
-        for l in range(L):
-            _dot(nn, 0, ax, l * d1 * r, ax, l * d1 * r, d1 * r, w0, w1)
-            _dot(nn, 1, ay, l * d2 * r, ay, l * d2 * r, d2 * r, w0, w1)
+        for layer in range(L):
+            _dot(nn, 0, ax, layer * d1 * r, ax, layer * d1 * r, d1 * r, w0, w1)
+            _dot(nn, 1, ay, layer * d2 * r, ay, layer * d2 * r, d2 * r, w0, w1)
             for i in range(n):
                 if op == 4:
                     s[i] = mu * (1.0 if nn[0, i] >= nn[1, i] else -1.0)
                 else:
                     s[i] = mu * (-1.0 if nn[0, i] >= nn[1, i] else 1.0)
-            for k in range(l * d1 * r, (l + 1) * d1 * r):
+            for k in range(layer * d1 * r, (layer + 1) * d1 * r):
                 for i in range(n):
                     dx[k, i] = s[i] * x[k, i] - gx[k, i]
-            for k in range(l * d2 * r, (l + 1) * d2 * r):
+            for k in range(layer * d2 * r, (layer + 1) * d2 * r):
                 for i in range(n):
                     dy[k, i] = -s[i] * y[k, i] - gy[k, i]
 

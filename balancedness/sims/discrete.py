@@ -9,6 +9,7 @@ registered direction function; for a built-in optimizer with numba installed, th
 
 from __future__ import annotations
 
+import itertools
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
@@ -168,7 +169,7 @@ def segments(steps: int) -> Iterator[tuple[int, int]]:
     """(t₀, count): the steps t₀ … t₀ + count − 1 of one noise block, block after block; the last is
     (T, 0): the field at the last point, for its record, and no step."""
     cuts = sorted(set(range(0, steps + 1, NOISE_BLOCK)) | {steps})
-    for a, b in zip(cuts, cuts[1:]):
+    for a, b in itertools.pairwise(cuts):
         yield a, b - a
     yield steps, 0
 
@@ -235,7 +236,7 @@ class NumpyStepper:
             X += self.lr * dX
             Y += self.lr * dY
             if self.carry is not None:
-                stepped = tuple(a + self.lr * d for a, d in zip(self.aux, d_aux))
+                stepped = tuple(a + self.lr * d for a, d in zip(self.aux, d_aux, strict=True))
                 self.aux = self.carry.project(self.problem, stepped, rho)
 
 

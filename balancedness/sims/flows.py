@@ -272,7 +272,7 @@ def solve_flow(
         infos.append(info)
         all_rows.append((fun, rows))
     for k in range(len(t_rec)):
-        Xs, Ys, gXs, gYs = zip(*(fun.grads(rows[k]) for fun, rows in all_rows))
+        Xs, Ys, gXs, gYs = zip(*(fun.grads(rows[k]) for fun, rows in all_rows), strict=True)
         rec.add(np.concatenate(Xs), np.concatenate(Ys), np.concatenate(gXs), np.concatenate(gYs))
     auxiliary: dict = {}
     for fun, rows in all_rows:
@@ -297,7 +297,7 @@ def solve_flow(
         "rtol": rtol,
         "atol": atol,
         "status": next((st for st in ("failed", "sliding", "stopped") if st in statuses), "ok"),
-        "runs": [{"alpha": a, "seed": s, **i} for (a, s), i in zip(traj, infos)],
+        "runs": [{"alpha": a, "seed": s, **i} for (a, s), i in zip(traj, infos, strict=True)],
         "x0": problem.x0.tolist(),
         "y0": problem.y0.tolist(),
         "seconds": time.perf_counter() - started,

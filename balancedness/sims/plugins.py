@@ -134,7 +134,7 @@ def check_contract(name: str, field: DirectionFn, n: int = 2) -> None:
                     )
                 if not all(np.all(np.isfinite(d)) for d in d_aux):
                     raise ContractError(f"{where} returned non-finite values in d_aux")
-            for label, arr, like in zip(("d_X", "d_Y", "g_X", "g_Y"), out, (X, Y, X, Y)):
+            for label, arr, like in zip(("d_X", "d_Y", "g_X", "g_Y"), out, (X, Y, X, Y), strict=True):
                 shape = np.shape(arr)
                 if shape != like.shape:
                     raise ContractError(f"{where} returned {label} of shape {shape}; expected {like.shape}")

@@ -225,9 +225,9 @@ def _default_init(layers: int, d1: int, rank: int) -> np.ndarray:
     X = np.zeros((layers, d1, rank))
     extra = np.random.default_rng(1234).standard_normal((d1, rank))
     extra *= 0.3 * np.linalg.norm(base) / np.linalg.norm(extra, axis=0, keepdims=True)
-    for l in range(layers):
-        X[l, :, 0] = (1.0 + l / layers) * base
-        X[l, :, 1:] = (1.0 + l / layers) * extra[:, 1:]
+    for layer in range(layers):
+        X[layer, :, 0] = (1.0 + layer / layers) * base
+        X[layer, :, 1:] = (1.0 + layer / layers) * extra[:, 1:]
     return X
 
 

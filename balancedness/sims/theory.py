@@ -111,7 +111,7 @@ def msam_op_step_factor(fprime_tildes: np.ndarray, us: np.ndarray, rho: float, l
     B_l takes the same factor [DERIVED: x_l⁺ = (1 − ηb)x_l − ηa y_l, y_l⁺ = (1 − ηb)y_l − ηa x_l]."""
     m = len(fprime_tildes)
     a = b = 0.0
-    for ft, u in zip(fprime_tildes, us):
+    for ft, u in zip(fprime_tildes, us, strict=True):
         a, b = a + ft / m, b + rho * u * ft / m
     return (1 - lr * b) ** 2 - lr**2 * a**2
 

@@ -289,8 +289,8 @@ def _examples(table: Table, spec: FileSpec, label_values: Sequence[str], fold_ca
     fold = str.lower if fold_case else str
     raw = [fold(cell(v).strip()) for v in table.column(spec.label_column)]
     labels = map_labels(raw, [fold(v) for v in label_values], f"{table.path} column {spec.label_column!r}")
-    texts = zip(*(map(cell, table.column(c)) for c in spec.text_columns))
-    return [Example(tuple(t), y) for t, y in zip(texts, labels)]
+    texts = zip(*(map(cell, table.column(c)) for c in spec.text_columns), strict=True)
+    return [Example(tuple(t), y) for t, y in zip(texts, labels, strict=True)]
 
 
 def _lmbff_folder(root: Path, spec: TaskSpec, seed: int, notes: list[str]) -> Path:
@@ -324,7 +324,7 @@ def _drop_kshot_overlap(spec: TaskSpec, folder: Path, eval_ex: list[Example], no
     for f in sorted(folder.parent.glob("16-*/*.tsv")):
         table = read_delimited(f, label_last=spec.train.reader == "tsv-label-last")
         if all(c in table.columns for c in spec.train.text_columns):
-            seen.update(_pair_key(t) for t in zip(*(table.column(c) for c in spec.train.text_columns)))
+            seen.update(_pair_key(t) for t in zip(*(table.column(c) for c in spec.train.text_columns), strict=True))
     kept = [ex for ex in eval_ex if _pair_key(ex.texts) not in seen]
     notes.append(f"dropped {len(eval_ex) - len(kept)} eval pair(s) that also appear in the k-shot splits")
     return kept
