@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from data_fixtures import data_root_or_skip  # first: sets HF_HUB_OFFLINE before transformers loads
+
+# isort: split
+
 from balancedness.finetune.data import known_tasks, load_task
 from balancedness.finetune.tasks import majority_accuracy
-from data_fixtures import data_root_or_skip  # first: sets HF_HUB_OFFLINE before transformers loads
 
 # (task, seed) -> (train, eval, classes); SNLI 16-42 has 18/14/16 by gold_label (see docs/data.md).
 EXPECTED = {

@@ -5,13 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
+from data_fixtures import data_root_or_skip  # first: sets HF_HUB_OFFLINE before transformers loads
+
+# isort: split
 import torch
 
 from balancedness.finetune.data import load_task
 from balancedness.finetune.models import load_for_task, resolve_model
 from balancedness.finetune.prompts import prompt_for
 from balancedness.finetune.tasks import ChoiceScorer, bleu, evaluate, label_word_ids
-from data_fixtures import data_root_or_skip  # first: sets HF_HUB_OFFLINE before transformers loads
 
 LORA_MINILM_R8 = 6 * 2 * (8 * 384 + 384 * 8)  # 6 layers x {query, value} x (A + B) = 73,728
 

@@ -17,7 +17,6 @@ Each check has a :class:`Kind`: ``implementation`` (it runs an optimizer, so a b
 it), ``math`` (a closed form or inequality on its own) or ``finding``.
 """
 
-from balancedness.checks import bounds, closed_forms, findings, flatness, flows, identities, toys  # noqa: E402,F401  (registration order)
 from balancedness.checks.registry import (
     CHECKS,
     Check,
@@ -31,6 +30,11 @@ from balancedness.checks.registry import (
     run_checks,
     select,
 )
+
+# isort: off
+# The import order is the checks' registration (and report) order.
+from balancedness.checks import flows, identities, closed_forms, bounds, toys, findings, flatness  # noqa: E402,F401
+# isort: on
 
 __all__ = [
     "CHECKS",
