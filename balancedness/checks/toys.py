@@ -178,7 +178,7 @@ def toy_grad_gap(ctx: Context) -> Measurement:
             s = paper_for(p)(p, grid.x[i], grid.y[i], p.target + a * noise, 0.0)
             gx, gy = sq_norms(s.gX), sq_norms(s.gY)
             err.append(np.abs(grid.grad_gap[i] - (gx - gy)) / (gx + gy))
-            if grid.rho[i] > 0 and 0 < grid.alpha[i] < 2:  # what Fig. 1's right panels plot
+            if grid.radii[i] > 0 and 0 < grid.alpha[i] < 2:  # what Fig. 1's right panels plot
                 rel.append(np.abs(grid.grad_gap[i] / (gx - gy) - 1))
         worst[kind], typical[kind] = float(np.max(err)), float(np.median(rel))  # NaN propagates
     v = max(worst.values())
