@@ -114,7 +114,7 @@ class Optimizer:
         problem: Problem,
         X: FloatArray,
         Y: FloatArray,
-        alpha: FloatArray,
+        alpha: float | FloatArray,
         chunk_means: FloatArray | None,
         progress: float = 0.0,
         xi: FloatArray | None = None,
@@ -164,7 +164,7 @@ class Optimizer:
         return (out[0], out[1], out[2], out[3]), (out[4] if len(out) > 4 else None)
 
     def switching(
-        self, problem: Problem, X: FloatArray, Y: FloatArray, alpha: FloatArray, chunk_means: FloatArray | None
+        self, problem: Problem, X: FloatArray, Y: FloatArray, alpha: float | FloatArray, chunk_means: FloatArray | None
     ) -> FloatArray | None:
         """Functions whose sign changes are the field's discontinuities, shape (n, k), or None.
 
@@ -178,7 +178,7 @@ class Optimizer:
         return switching(problem, X, Y, _targets(problem, alpha, chunk_means), self.hyper())
 
 
-def _targets(problem: Problem, alpha: FloatArray, chunk_means: FloatArray | None) -> FloatArray | None:
+def _targets(problem: Problem, alpha: float | FloatArray, chunk_means: FloatArray | None) -> FloatArray | None:
     """C_i = A + α N̄_i per chunk, shape (m, n, *noise_shape), or None (noise-free)."""
     if chunk_means is None:
         return None

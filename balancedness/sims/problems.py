@@ -121,7 +121,7 @@ class Problem:
         out = np.einsum("nlir,nlir->n", X, Y)
         return out
 
-    def effective_target(self, alpha: FloatArray, noise_mean: FloatArray | None) -> FloatArray:
+    def effective_target(self, alpha: float | FloatArray, noise_mean: FloatArray | None) -> FloatArray:
         """C_t = A + α N̄ (NOP) or a + α n̄ (OP): the target the minibatch gradient sees."""
         if noise_mean is None:
             return self.target
@@ -129,7 +129,7 @@ class Problem:
         out: FloatArray = self.target + a * noise_mean
         return out
 
-    def outer_grad(self, W: FloatArray, alpha: FloatArray, noise_mean: FloatArray | None) -> FloatArray:
+    def outer_grad(self, W: FloatArray, alpha: float | FloatArray, noise_mean: FloatArray | None) -> FloatArray:
         """∇f_t at the product: G = 2k(W − A − α N̄) (NOP) or f′ = 2k(w − a − α n̄) (OP)."""
         return self.outer_grad_at(W, self.effective_target(alpha, noise_mean))
 
@@ -150,7 +150,7 @@ class Problem:
         return self.factor_grads(X, Y, self.outer_grad_at(self.product(X, Y), C))
 
     def grads(
-        self, X: FloatArray, Y: FloatArray, alpha: FloatArray, noise_mean: FloatArray | None
+        self, X: FloatArray, Y: FloatArray, alpha: float | FloatArray, noise_mean: FloatArray | None
     ) -> tuple[FloatArray, FloatArray, FloatArray]:
         """(g_X, g_Y, G) of the minibatch loss whose mean noise is ``noise_mean``."""
         G = self.outer_grad(self.product(X, Y), alpha, noise_mean)
@@ -163,7 +163,7 @@ class Problem:
         out: FloatArray = self.scale * (resid**2).reshape(resid.shape[0], -1).sum(axis=1)
         return out
 
-    def population_loss(self, X: FloatArray, Y: FloatArray, alpha: FloatArray) -> FloatArray:
+    def population_loss(self, X: FloatArray, Y: FloatArray, alpha: float | FloatArray) -> FloatArray:
         """E_ξ f(x, y) = excess loss + k α² E‖N‖² (E‖DU‖²_F = d2·ΣD², E n² = 1); spec §1.5."""
         floor = float(self.d2 * np.sum(self.nop_noise_rows() ** 2)) if self.kind == "nop" else 1.0
         return self.excess_loss(X, Y) + self.scale * np.asarray(alpha) ** 2 * (floor if self.noisy else 0.0)

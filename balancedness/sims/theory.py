@@ -217,12 +217,12 @@ def cor2_threshold_paper(x: FloatArray, y: FloatArray, G: FloatArray) -> float:
     return out
 
 
-def cor2_h(z: FloatArray, a: float, b: float) -> FloatArray:
+def cor2_h(z: FloatArray, a: float | FloatArray, b: float | FloatArray) -> FloatArray:
     """h(z) = (a z − b/z)/sqrt(a z + b/z) from the proof of Cor. 2."""
     return (a * z - b / z) / np.sqrt(a * z + b / z)
 
 
-def cor2_h_prime(z: FloatArray, a: float, b: float) -> FloatArray:
+def cor2_h_prime(z: FloatArray, a: float | FloatArray, b: float | FloatArray) -> FloatArray:
     """The paper's h′(z) = (a² z + 6ab/z + b²/z³)/(2(az + b/z)^{3/2})."""
     return (a**2 * z + 6 * a * b / z + b**2 / z**3) / (2 * (a * z + b / z) ** 1.5)
 
