@@ -40,7 +40,7 @@ from torch.optim import Optimizer
 
 from balancedness.optim.amp import backward, poison_grads_
 from balancedness.optim.microbatch import sam_micro_batch, stash_grads, unstash_grads
-from balancedness.optim.pairs import compute_dtype, norms
+from balancedness.optim.pairs import compute_dtype, grad_of, norms
 from balancedness.validation import boolean, number
 
 __all__ = [
@@ -102,11 +102,11 @@ def climb_groups_(groups: Sequence[RadiusGroup]) -> tuple[list[nn.Parameter], Ba
     return params, backups
 
 
-def _ascent_gradients(params: list[nn.Parameter], adaptive: bool, dtype: torch.dtype) -> list[torch.Tensor]:
+def _ascent_gradients(params: Sequence[nn.Parameter], adaptive: bool, dtype: torch.dtype) -> list[torch.Tensor]:
     """g in ``dtype``, or |w| ⊙ g for ASAM: the vectors whose global norm normalizes the perturbation."""
-    grads = [p.grad.to(dtype) for p in params]
+    grads = [grad_of(p).to(dtype) for p in params]
     if adaptive:
-        grads = torch._foreach_mul(torch._foreach_abs([p.to(dtype) for p in params]), grads)
+        grads = list(torch._foreach_mul(torch._foreach_abs([p.to(dtype) for p in params]), grads))
     return grads
 
 
@@ -246,7 +246,7 @@ class SAM(Optimizer):
         if zero_grad:
             self.zero_grad()
 
-    def step(
+    def step(  # type: ignore[override]  # needs the loss closure (a tensor) and takes the GradScaler
         self, closure: Callable[[], torch.Tensor] | None = None, *, scaler: torch.amp.GradScaler | None = None
     ) -> torch.Tensor | None:
         """One SAM step, the passes of ``microbatch.sam_micro_batch`` for one micro-batch: ascent pass,
@@ -307,7 +307,7 @@ def _accelerate_accumulates() -> bool:
     if state is None or not state.GradientState._shared_state:
         return False
     gradient_state = state.GradientState()
-    return gradient_state.num_steps > 1 and gradient_state.in_dataloader
+    return bool(gradient_state.num_steps > 1 and gradient_state.in_dataloader)
 
 
 LossFn = Callable[[Any], torch.Tensor]
@@ -391,7 +391,8 @@ def _loop(
         if sam._overflow:
             break
     sam.second_step(scaler=scaler)
-    return loss
+    out: torch.Tensor = loss
+    return out
 
 
 def _check_batches(batches: Sequence[Any]) -> int:
