@@ -102,7 +102,7 @@ def _quiet_datasets() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def _cache_failure(exc: BaseException) -> OSError | None:
+def _cache_failure(exc: BaseException | None) -> OSError | None:
     """The OSError behind ``exc`` (``datasets`` wraps it) when writing the cache failed: no space, quota,
     read-only or no permission; None for anything else."""
     import errno
