@@ -96,7 +96,7 @@ def collect(root: str | Path) -> list[RunRecord]:
 
 
 def _display(record: RunRecord) -> float:
-    value = float(record.value)  # type: ignore[arg-type]
+    value = float(record.value)  # type: ignore[arg-type]  # a reported run is complete: its value is set
     return 100.0 * value if record.metric == "accuracy" else value
 
 

@@ -175,7 +175,7 @@ def run_sweep(
         for proc in procs:
             proc.join()
     result.runs, missing = _collect(cells, out)
-    complete = {str(Path(out) / r.run) for r in result.runs}  # type: ignore[operator]
+    complete = {str(Path(out) / r.run) for r in result.runs}  # type: ignore[operator]  # a collected run's folder
     result.failed = [f for f in result.failed if f["out"] not in complete]  # a retry may have finished it
     result.failed += [
         {

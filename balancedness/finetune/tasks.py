@@ -303,7 +303,7 @@ def evaluate(
         value = bleu([str(p) for p in preds], [ex.references or [""] for ex in examples])
     else:
         value = sum(int(p == ex.label) for p, ex in zip(preds, examples, strict=True)) / len(examples)
-    return {"metric": head.task.metric, head.task.metric: value, "n": len(examples)}  # type: ignore[dict-item]
+    return {"metric": head.task.metric, head.task.metric: value, "n": len(examples)}  # type: ignore[dict-item]  # keyed by the metric
 
 
 def majority_accuracy(task: TaskData) -> float:

@@ -523,4 +523,4 @@ def _load(options: TaskOptions) -> TaskData:
 
 def validate_task(name: str | None = None, **kwargs: object) -> TaskData:
     """Alias of :func:`load_task` for the CLI's pre-flight check (loading is cheap)."""
-    return load_task(name, **kwargs)  # type: ignore[arg-type]
+    return load_task(name, **kwargs)  # type: ignore[arg-type]  # the CLI's TaskOptions fields, by name
