@@ -67,8 +67,8 @@ wheel: install
 	$(BIN)/python -m build --outdir dist
 	$(BIN)/python -m twine check --strict dist/*
 
-# ruff (rules and width in pyproject.toml), ruff's formatter, mypy (strict on the public library modules).
-# Not yet in .ci/run: the code is not clean yet (issue 24: the fix pass comes after the open branches merge).
+# ruff (rules and width in pyproject.toml), ruff's formatter, mypy (strict on the public library modules);
+# .ci/run runs it before make test. The [lint] extra is installed into the venv on first use.
 lint: $(VENV)/.lint-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

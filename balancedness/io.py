@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "w") -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Any], None], mode: str = "w") -> Path:
     """Call ``write(fh)`` on a temp file beside ``path``, fsync, then ``os.replace`` it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,13 +44,13 @@ def json_text(obj: Any, indent: int | None = None) -> str:
     return json.dumps(_finite(obj), indent=indent, allow_nan=False)
 
 
-def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> Path:
+def write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 1) -> Path:
     """Atomically write ``obj`` as strict JSON (:func:`json_text`)."""
     text = json_text(obj, indent=indent)
     return atomic_write(path, lambda fh: fh.write(text + "\n"))
 
 
-def make_temp_dir(prefix: str, dir: str | os.PathLike) -> Path:
+def make_temp_dir(prefix: str, dir: str | os.PathLike[str]) -> Path:
     """A new empty folder in ``dir`` (``tempfile.mkdtemp``) with the permissions ``mkdir`` gives (0777 minus
     the umask) instead of mkdtemp's 0700, for folders that are renamed into place as outputs."""
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=dir))
@@ -58,7 +58,7 @@ def make_temp_dir(prefix: str, dir: str | os.PathLike) -> Path:
     return path
 
 
-def write_text(path: str | os.PathLike, text: str) -> Path:
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write(path, lambda fh: fh.write(text))
 
 
@@ -72,7 +72,7 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def read_json_object(path: str | os.PathLike, remedy: str) -> dict[str, Any] | None:
+def read_json_object(path: str | os.PathLike[str], remedy: str) -> dict[str, Any] | None:
     """The JSON object in ``path``; None when the file is absent; ValueError naming the file and ``remedy``
     when it is unreadable, not UTF-8, not JSON or not an object."""
     path = Path(path)

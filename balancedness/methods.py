@@ -206,6 +206,8 @@ class Derived(Mapping[str, Any]):
 
 
 # ------------------------------------------------------------------------------------------------ the rows
+#: A row's search values: {preset: {shared option: values}}.
+Search = dict[str, dict[str, tuple[float, ...]]]
 _PAPER_LR = (1e-4, 3e-4, 5e-4)  # spec §4.6 / Table 6, every method
 _CPU_LR = (1e-3, 2e-3)  # the shared CPU axis: 2 learning rates × 2 values of the method's own axis
 RHO = Hyper(
@@ -248,10 +250,10 @@ _BILORA_RHO = dataclasses.replace(
 )
 KAPPA = Hyper("kappa", float, 1.0, "Bi-LoRA ascent step η₂/η₁ of the auxiliary adapter", strict=True)
 RANK2 = Hyper("rank2", int, 8, "Bi-LoRA rank r₂ of the auxiliary adapter", minimum=1)
-_SEARCH_LR = {"paper": {"lr": _PAPER_LR}, "cpu": {"lr": _CPU_LR}, "cpu-2024": {"lr": _CPU_LR}}
-_NEW_SEARCH_LR = {"paper": {"lr": _PAPER_LR}, "cpu": {"lr": _CPU_LR}}  # methods newer than cpu-2024
+_SEARCH_LR: Search = {"paper": {"lr": _PAPER_LR}, "cpu": {"lr": _CPU_LR}, "cpu-2024": {"lr": _CPU_LR}}
+_NEW_SEARCH_LR: Search = {"paper": {"lr": _PAPER_LR}, "cpu": {"lr": _CPU_LR}}  # methods newer than cpu-2024
 # LoRA's second CPU axis: AdamW weight decay {0, 0.01} (search.py's docstring says why).
-_LORA_SEARCH = {
+_LORA_SEARCH: Search = {
     "paper": {"lr": _PAPER_LR},
     "cpu": {"lr": _CPU_LR, "weight_decay": (0.0, 0.01)},
     "cpu-2024": {"lr": (5e-4, 1e-3, 2e-3, 4e-3)},

@@ -10,34 +10,45 @@ Shapes: X (n, L, d1, r), Y (n, L, d2, r), a batch of n points with L layers of r
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
+
+#: An array of float64 values: the points, gradients and measurements of the simulators and the checks.
+FloatArray = npt.NDArray[np.float64]
+#: An array of integers (seeds, record steps, indices).
+IntArray = npt.NDArray[np.int_]
+#: A boolean mask.
+BoolArray = npt.NDArray[np.bool_]
 
 
-def sq_norms(Z: np.ndarray) -> np.ndarray:
+def sq_norms(Z: FloatArray) -> FloatArray:
     """‖Z_i‖² summed over all axes but the first, shape (n,)."""
     flat = Z.reshape(Z.shape[0], -1)
-    return np.einsum("ij,ij->i", flat, flat)
+    out: FloatArray = np.einsum("ij,ij->i", flat, flat)  # einsum's stub returns Any
+    return out
 
 
-def layer_sq_norms(Z: np.ndarray) -> np.ndarray:
+def layer_sq_norms(Z: FloatArray) -> FloatArray:
     """‖Z_l‖²_F per point and layer for Z of shape (n, L, d, r): shape (n, L)."""
-    return np.einsum("nlij,nlij->nl", Z, Z)
+    out: FloatArray = np.einsum("nlij,nlij->nl", Z, Z)
+    return out
 
 
-def global_norm(gX: np.ndarray, gY: np.ndarray) -> np.ndarray:
+def global_norm(gX: FloatArray, gY: FloatArray) -> FloatArray:
     """‖g‖ = sqrt(Σ_l ‖g_{X_l}‖² + ‖g_{Y_l}‖²) per point, shape (n,): u_t⁻¹ of eqs. (4) and (22)."""
     return np.sqrt(sq_norms(gX) + sq_norms(gY))
 
 
-def balancedness_layers(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+def balancedness_layers(X: FloatArray, Y: FloatArray) -> FloatArray:
     """B_l = ½(‖X_l‖² − ‖Y_l‖²) for X (n, L, d1, r), Y (n, L, d2, r): shape (n, L)."""
     return 0.5 * (layer_sq_norms(X) - layer_sq_norms(Y))
 
 
-def balancedness(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+def balancedness(X: FloatArray, Y: FloatArray) -> FloatArray:
     """B = Σ_l B_l, shape (n,)."""
-    return balancedness_layers(X, Y).sum(axis=1)
+    out: FloatArray = balancedness_layers(X, Y).sum(axis=1)
+    return out
 
 
-def grad_gap(gX: np.ndarray, gY: np.ndarray) -> np.ndarray:
+def grad_gap(gX: FloatArray, gY: FloatArray) -> FloatArray:
     """Σ_l ‖g_{X_l}‖² − ‖g_{Y_l}‖², shape (n,): the numerator of Thm 2 (5)."""
     return sq_norms(gX) - sq_norms(gY)

@@ -74,7 +74,7 @@ def choice(param: str, value: Any, choices: Iterable[str]) -> str:
     options = tuple(choices)
     if value not in options:
         raise InvalidValue(param, "one of " + ", ".join(map(str, options)), value)
-    return value
+    return options[options.index(value)]
 
 
 def boolean(param: str, value: Any) -> bool:

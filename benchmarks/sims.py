@@ -94,9 +94,10 @@ class Regime:
         ]
 
 
-def timed(fn) -> tuple[float, object]:
+def timed(fn, *args) -> tuple[float, object]:
+    """Seconds of ``fn(*args)``, and its result."""
     t0 = time.perf_counter()
-    out = fn()
+    out = fn(*args)
     return time.perf_counter() - t0, out
 
 
@@ -105,7 +106,7 @@ def loop_seconds(regime: Regime, loop_steps: int) -> float:
     per_traj = len(regime.alphas) * regime.seeds
     total = 0.0
     for kind, opt, rho in regime.loop_configs():
-        s, _ = timed(lambda: plain_loop(kind, opt, loop_steps, 1.0, 0, rho))
+        s, _ = timed(plain_loop, kind, opt, loop_steps, 1.0, 0, rho)
         total += s / loop_steps * per_traj * regime.steps
     return total
 
@@ -137,12 +138,13 @@ def main() -> None:
         for reg in regimes:
             for b in backends:
                 steps = reg.steps if b == "numba" else min(reg.steps, args.numpy_steps)
-                s, res = timed(lambda: reg.run(b, steps))
+                s, res = timed(reg.run, b, steps)
                 times.setdefault((reg.name, b), []).append(s * reg.steps / steps)
                 if rep == 0 and b == "numpy" and "numba" in backends:
                     same = reg.run("numba", steps)
                     identical[reg.name] = all(
-                        np.array_equal(a.x, c.x) and np.array_equal(a.grad_gap, c.grad_gap) for a, c in zip(res, same)
+                        np.array_equal(a.x, c.x) and np.array_equal(a.grad_gap, c.grad_gap)
+                        for a, c in zip(res, same, strict=True)
                     )
             times.setdefault((reg.name, "loop"), []).append(loop_seconds(reg, args.loop_steps))
 
@@ -157,7 +159,8 @@ def main() -> None:
         )
     )
     print(
-        f"{'regime (runs x trajectories x steps)':36s} {'backend':8s} {'seconds':>9s} {'us/step/traj':>13s} {'x plain loop':>13s}"
+        f"{'regime (runs x trajectories x steps)':36s} {'backend':8s} {'seconds':>9s} "
+        f"{'us/step/traj':>13s} {'x plain loop':>13s}"
     )
     for reg in regimes:
         runs = len(reg.rhos)

@@ -32,7 +32,6 @@ def main() -> None:
 
     original_hook = BalancednessCallback.on_pre_optimizer_step
     original_save = torch.save
-    state = {"saves": 0}
 
     def hook(self, args_, trainer_state, control, **kw):
         if trainer_state.global_step + 1 == step and fault == "pause":

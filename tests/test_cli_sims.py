@@ -42,7 +42,7 @@ def test_simulate_paper_nop_setting_sam_balances_sgd_does_not(tmp_path):
     for r in sgd["runs"]:
         assert r["balancedness"][0] == pytest.approx(-0.56)
         assert abs(r["balancedness"][-1] + 0.56) <= 0.01 * 0.56
-    for r_sam, r_sgd in zip(sam["runs"], sgd["runs"]):
+    for r_sam, r_sgd in zip(sam["runs"], sgd["runs"], strict=True):
         assert abs(r_sam["balancedness"][-1]) < 0.3 * abs(r_sgd["balancedness"][-1])
     assert sam["settings"]["optimizer"]["rho"] == 0.1
     assert sam["settings"]["lr"] == 1e-4

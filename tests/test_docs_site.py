@@ -3,8 +3,8 @@
 Strict: a broken internal link or anchor, a page left out of the nav, or a docstring mkdocstrings cannot
 render fails the build. The reference pages hold the public API rendered from the docstrings, the math is
 typeset by the KaTeX bundled in docs/assets (no CDN), and no page loads a script, a style sheet or a font
-from the network. ``make test`` runs it (``[all]`` holds the ``[docs]`` extra); so does ``make docs``. Without mkdocs it skips,
-except under CI, where it fails.
+from the network. ``make test`` runs it (``[all]`` holds the ``[docs]`` extra); so does ``make docs``. Without mkdocs it
+skips, except under CI, where it fails.
 """
 
 from __future__ import annotations

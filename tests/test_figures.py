@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -51,7 +52,7 @@ def test_fig1_sgd_flat_sam_falls_noisier_faster(figs, kind):
     for a in alphas:
         assert sam[a][-1] < 0.9 * sam[a][0], f"SAM α={a} does not fall"
     ends = [sam[a][-1] for a in alphas]
-    assert all(x > y for x, y in zip(ends, ends[1:])), f"noisier data must balance faster: {ends}"
+    assert all(x > y for x, y in itertools.pairwise(ends)), f"noisier data must balance faster: {ends}"
 
 
 def test_fig2_bar_falls_and_threshold_matches_sam(figs):
@@ -95,7 +96,7 @@ def test_rates_inside_explicit_bound(figs):
 def test_msharp_larger_m_balances_at_least_as_fast(figs):
     rows = load(figs, "msharp")["rows"]
     mid = [r["mid_two_abs_B"] for r in sorted(rows, key=lambda r: r["m"])]
-    assert all(x >= y for x, y in zip(mid, mid[1:])), mid
+    assert all(x >= y for x, y in itertools.pairwise(mid)), mid
     assert mid[-1] < 0.8 * mid[0]
 
 

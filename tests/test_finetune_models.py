@@ -199,7 +199,7 @@ def test_padded_batches_score_like_each_example_alone(root: Path, smollm2_path: 
                 alone = model(input_ids=torch.tensor([f["input_ids"]])).logits[0, -1, head.module.word_ids]
                 torch.testing.assert_close(logits[b], alone, atol=1e-4, rtol=1e-4)
                 continue
-            for c, (ids, start) in enumerate(zip(f["input_ids"], f["choice_start"])):
+            for c, (ids, start) in enumerate(zip(f["input_ids"], f["choice_start"], strict=True)):
                 logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1].float(), dim=-1)
                 alone = sum(logp[t - 1, ids[t]] for t in range(start, len(ids)))
                 torch.testing.assert_close(logits[b, c], alone, atol=1e-4, rtol=1e-4)

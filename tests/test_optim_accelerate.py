@@ -64,16 +64,16 @@ def _hand_sam(model, batches):
     model = copy.deepcopy(model)
     params = list(model.parameters())
     for batch in batches:
-        loss = lambda: _loss(model, batch)
+        loss = lambda batch=batch: _loss(model, batch)
         g = torch.autograd.grad(loss(), params)
         norm = torch.sqrt(sum(t.square().sum() for t in g))
         w = [p.detach().clone() for p in params]
         with torch.no_grad():
-            for p, t in zip(params, g):
+            for p, t in zip(params, g, strict=True):
                 p.add_(RHO * t / norm)
         g_tilde = torch.autograd.grad(loss(), params)
         with torch.no_grad():
-            for p, wi, t in zip(params, w, g_tilde):
+            for p, wi, t in zip(params, w, g_tilde, strict=True):
                 p.copy_(wi - LR * t)
     return model.x.detach(), model.y.detach()
 
@@ -177,11 +177,11 @@ def test_sam_step_with_closure_through_accelerate_fails_loudly():
         model, SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR), DataLoader(_data(), batch_size=1)
     )
     with pytest.raises(AttributeError):
-        opt.first_step  # accelerate's wrapper hides SAM's halves
+        _ = opt.first_step  # accelerate's wrapper hides SAM's halves
     with pytest.raises(RuntimeError, match="sam_backward"):
         for batch in loader:
             with accelerator.accumulate(model):
-                opt.step(lambda: _loss(model, batch).backward())
+                opt.step(lambda batch=batch: _loss(model, batch).backward())
     assert all(torch.equal(p, before[n]) for n, p in trainable(model).items())
 
 
@@ -262,9 +262,12 @@ def test_minilm_accelerate_loop_equals_sam_step_accumulated():
     reference = copy.deepcopy(base)
     ref_sam = SAM([p for p in reference.parameters() if p.requires_grad], torch.optim.SGD, rho=0.05, lr=0.5)
     sam_step_accumulated(ref_sam, lambda b: batch_loss(reference, b), halves)
-    for (n, p), q in zip(trainable(model).items(), trainable(reference).values()):
+    for (n, p), q in zip(trainable(model).items(), trainable(reference).values(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-12, msg=n)
-    assert max((p - q).abs().max() for p, q in zip(trainable(model).values(), trainable(base).values())) > 1e-4
+    assert (
+        max((p - q).abs().max() for p, q in zip(trainable(model).values(), trainable(base).values(), strict=True))
+        > 1e-4
+    )
 
 
 def test_bar_save_state_load_state_resumes_bit_identically(tmp_path):
@@ -312,7 +315,7 @@ def test_sam_step_with_closure_through_accelerate_without_accumulation():
         model, SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR), DataLoader(_data(), batch_size=2)
     )
     for batch in loader:
-        opt.step(lambda: accelerator.backward(_loss(model, batch)))
+        opt.step(lambda batch=batch: accelerator.backward(_loss(model, batch)))
         opt.zero_grad()
     data = _data()
     x, y = _hand_sam(_toy(), [_concat(data, [0, 1]), _concat(data, [2, 3])])

@@ -151,7 +151,7 @@ def test_adam_moments_untouched_and_minilm_step_matches_manual():
     reference = copy.deepcopy(model)
     opt = create_bar_optimizer(model, torch.optim.AdamW, lr=1e-3, mu=5.0, weight_decay=0.01)
     ref_opt = torch.optim.AdamW([p for p in reference.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.01)
-    for step in range(2):
+    for _ in range(2):
         for m in (model, reference):
             m.zero_grad()
             batch_loss(m, batch).backward()
@@ -162,10 +162,12 @@ def test_adam_moments_untouched_and_minilm_step_matches_manual():
                 pair.lora_B.mul_(1 - s * 5.0 * 1e-3)
         opt.step()
         ref_opt.step()
-    for (n, p), q in zip(trainable(model).items(), trainable(reference).values()):
+    for (n, p), q in zip(trainable(model).items(), trainable(reference).values(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=n)
     for p, q in zip(
-        [p for p in model.parameters() if p.requires_grad], [p for p in reference.parameters() if p.requires_grad]
+        [p for p in model.parameters() if p.requires_grad],
+        [p for p in reference.parameters() if p.requires_grad],
+        strict=True,
     ):
         torch.testing.assert_close(opt.state[p]["exp_avg_sq"], ref_opt.state[q]["exp_avg_sq"], rtol=1e-5, atol=1e-12)
     assert type(opt).__name__ == "BARAdamW"

@@ -121,7 +121,7 @@ def test_flat_lora_perturbation_follows_the_filter_norms():
     flat = FlatLoRA(model, 0.1, noise_schedule="constant")
     layer = flat.layers[0]
     w0 = layer.weight.detach().clone()
-    xi = {i: torch.randn(l.weight.shape) for i, l in enumerate(flat.layers)}
+    xi = {i: torch.randn(fl.weight.shape) for i, fl in enumerate(flat.layers)}
     with flat.perturbed(0, noise=lambda i, shape: xi[i]):
         A, B, s = layer.factors[0]
         merged = w0 + s * B.detach() @ A.detach()
@@ -245,8 +245,8 @@ def test_bilora_under_a_grad_scaler_takes_the_unscaled_step():
         results.append((trainable(model), [p.detach().clone() for p in bilora.parameters()], before))
     (plain, aux, _), (scaled_, aux_s, _), (over, aux_o, before_o) = results
     assert max((plain[k] - scaled_[k]).abs().max() for k in plain) < 1e-6
-    assert max((a - b).abs().max() for a, b in zip(aux, aux_s)) < 1e-6
-    assert all(torch.equal(a, b) for a, b in zip(aux_o, before_o))  # skipped: no ascent, no clip
+    assert max((a - b).abs().max() for a, b in zip(aux, aux_s, strict=True)) < 1e-6
+    assert all(torch.equal(a, b) for a, b in zip(aux_o, before_o, strict=True))  # skipped: no ascent, no clip
 
 
 def test_flat_lora_and_bi_lora_need_torch_alone():

@@ -87,7 +87,7 @@ def test_samtrainer_tensorboard_event_file_holds_per_layer_balancedness(tmp_path
     # logging reads, never changes, the training computation
     plain = copy.deepcopy(base_model)
     SAMTrainer(model=plain, args=_args(tmp_path / "plain", max_steps=3), train_dataset=_dataset(12), rho=0.05).train()
-    assert all(torch.equal(p, q) for p, q in zip(trainable(model).values(), trainable(plain).values()))
+    assert all(torch.equal(p, q) for p, q in zip(trainable(model).values(), trainable(plain).values(), strict=True))
 
 
 def test_stock_trainer_links_by_argument_and_falls_back_to_log_history(tmp_path, base_model):

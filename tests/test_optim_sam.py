@@ -37,10 +37,10 @@ def _hand_sam(model, loss_fn, rho, lr):
     g = _grad(ref, loss_fn)
     norm = torch.sqrt(sum(t.square().sum() for t in g))
     with torch.no_grad():
-        for p, t in zip(params, g):
+        for p, t in zip(params, g, strict=True):
             p.add_(rho / norm * t)
     g_tilde = _grad(ref, loss_fn)
-    return [wi - lr * gi for wi, gi in zip(w, g_tilde)]
+    return [wi - lr * gi for wi, gi in zip(w, g_tilde, strict=True)]
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +55,9 @@ def test_sam_step_equals_hand_computed_update_on_minilm(minilm64):
     expected = _hand_sam(model, loss_fn, rho=0.05, lr=0.1)
     sam = SAM(_params(model), torch.optim.SGD, rho=0.05, lr=0.1)
     sam.step(lambda: batch_loss(model, batch).backward() or 0.0)
-    for p, e in zip(_params(model), expected):
+    for p, e in zip(_params(model), expected, strict=True):
         torch.testing.assert_close(p, e, rtol=0, atol=1e-12)
-    assert max((p - e).abs().max() for p, e in zip(_params(minilm64), expected)) > 1e-4  # it did move
+    assert max((p - e).abs().max() for p, e in zip(_params(minilm64), expected, strict=True)) > 1e-4  # it did move
 
 
 def test_first_second_step_api_and_zero_gradient():
@@ -80,12 +80,12 @@ def test_asam_perturbation_formula():
     sam = SAM(model.parameters(), torch.optim.SGD, rho=0.3, adaptive=True, lr=0.1)
     model.product().sin().sum().backward()
     g = [p.grad.clone() for p in model.parameters()]
-    norm = torch.sqrt(sum((wi.abs() * gi).square().sum() for wi, gi in zip(w, g)))
+    norm = torch.sqrt(sum((wi.abs() * gi).square().sum() for wi, gi in zip(w, g, strict=True)))
     sam.first_step()
-    for p, wi, gi in zip(model.parameters(), w, g):
+    for p, wi, gi in zip(model.parameters(), w, g, strict=True):
         torch.testing.assert_close(p.detach(), wi + 0.3 * wi.square() * gi / norm, rtol=0, atol=1e-14)
     sam.restore()
-    for p, wi in zip(model.parameters(), w):
+    for p, wi in zip(model.parameters(), w, strict=True):
         assert torch.equal(p, wi)
 
 
@@ -98,11 +98,11 @@ def test_msharpness_matches_eq38():
     model = ToyLoRA(x0, y0)
     expected = [torch.zeros_like(p) for p in model.parameters()]
     for c in targets:
-        for e, h in zip(expected, _hand_sam(model, lambda m: loss(m, c), rho=0.2, lr=0.05)):
+        for e, h in zip(expected, _hand_sam(model, lambda m, c=c: loss(m, c), rho=0.2, lr=0.05), strict=True):
             e += h / 2
     sam = SAM(model.parameters(), torch.optim.SGD, rho=0.2, lr=0.05)
     sam_step_msharpness(sam, lambda c: loss(model, c), targets)
-    for p, e in zip(model.parameters(), expected):
+    for p, e in zip(model.parameters(), expected, strict=True):
         torch.testing.assert_close(p.detach(), e, rtol=0, atol=1e-14)
 
 
@@ -115,8 +115,8 @@ def test_accumulation_equals_concatenated_batch(minilm64):
     for _ in range(2):
         sam_step_accumulated(sam1, lambda b: batch_loss(one, b), [batch])
         sam_step_accumulated(sam2, lambda b: batch_loss(two, b), halves)
-    diff = max((p - q).abs().max().item() for p, q in zip(_params(one), _params(two)))
-    moved = max((p - q).abs().max().item() for p, q in zip(_params(one), _params(minilm64)))
+    diff = max((p - q).abs().max().item() for p, q in zip(_params(one), _params(two), strict=True))
+    moved = max((p - q).abs().max().item() for p, q in zip(_params(one), _params(minilm64), strict=True))
     assert diff < 1e-10
     assert moved > 1e-3
 
@@ -222,12 +222,12 @@ def test_fp16_and_bf16_steps_close_to_fp32():
         scaler = torch.amp.GradScaler("cpu") if mode == "fp16" else None
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
 
-        def loss_fn(b):
+        def loss_fn(b, model=model, dtype=dtype):
             with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
                 return batch_loss(model, b)
 
         sam_step_accumulated(sam, loss_fn, [batch], scaler=scaler)
-        results[mode] = torch.cat([(p - q).flatten() for p, q in zip(_params(model), _params(base))])
+        results[mode] = torch.cat([(p - q).flatten() for p, q in zip(_params(model), _params(base), strict=True)])
     ref = results["fp32"]
     for mode in ("bf16", "fp16"):
         rel = ((results[mode] - ref).norm() / ref.norm()).item()
@@ -251,7 +251,7 @@ def test_ddp_each_worker_perturbs_with_its_own_gradient(tmp_path):
     expected_x, expected_y = torch.zeros_like(x0), torch.zeros_like(x0)
     for r, target in enumerate(ddp_targets(world)):
         model = ToyLoRA(x0, -3 * x0)
-        local_loss = lambda m: (m.product() - target).square().sum()
+        local_loss = lambda m, target=target: (m.product() - target).square().sum()
         x_new, y_new = _hand_sam(model, local_loss, rho=rho, lr=lr)  # parameters: lora_A (= xᵀ), lora_B (= y)
         expected_x += x_new.T / world
         expected_y += y_new / world

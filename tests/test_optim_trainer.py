@@ -80,9 +80,12 @@ def test_bartrainer_equals_explicit_bar_optimizer(tmp_path, base_model):
         two, torch.optim.AdamW, lr=1e-3, mu=4.0, schedule="linear", total_steps=2, weight_decay=0.0
     )
     Trainer(model=two, args=training_args(tmp_path, max_steps=2), train_dataset=data, optimizers=(bar, None)).train()
-    for (n, p), q in zip(trainable(one).items(), trainable(two).values()):
+    for (n, p), q in zip(trainable(one).items(), trainable(two).values(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-7, msg=n)
-    assert max((p - q).abs().max() for p, q in zip(trainable(one).values(), trainable(base_model).values())) > 1e-4
+    assert (
+        max((p - q).abs().max() for p, q in zip(trainable(one).values(), trainable(base_model).values(), strict=True))
+        > 1e-4
+    )
 
 
 def test_balancedness_callback_writes_jsonl(tmp_path, base_model):
@@ -176,7 +179,7 @@ def test_checkpoint_resume_is_bit_identical(tmp_path, kind):
     resumed.train(resume_from_checkpoint=str(tmp_path / "cut" / "checkpoint-2"))
     if kind == "bar":
         assert resumed.optimizer.optimizer.bar_step_count == 4
-    for (n, p), q in zip(trainable(full.model).items(), trainable(resumed.model).values()):
+    for (n, p), q in zip(trainable(full.model).items(), trainable(resumed.model).values(), strict=True):
         assert torch.equal(p, q), n
 
 
@@ -194,7 +197,9 @@ def test_mixed_precision_trainer_runs(tmp_path, base_model, precision):
     if precision == "fp16":  # documented: on CPU, accelerate silently drops fp16 (no autocast, no GradScaler)
         assert trainer.accelerator.scaler is None
         assert not trainer.accelerator.native_amp
-    moved = [not torch.equal(p, q) for p, q in zip(trainable(model).values(), trainable(base_model).values())]
+    moved = [
+        not torch.equal(p, q) for p, q in zip(trainable(model).values(), trainable(base_model).values(), strict=True)
+    ]
     assert any(moved)
     assert all(torch.isfinite(p).all() for p in trainable(model).values())
 
@@ -218,7 +223,7 @@ def test_stock_trainer_takes_a_bar_class_through_its_own_hook(tmp_path, base_mod
     BARTrainer(
         model=two, args=training_args(tmp_path / "bar", **args), train_dataset=data, bar_mu=4.0, bar_schedule="linear"
     ).train()
-    for (n, p), q in zip(trainable(one).items(), trainable(two).values()):
+    for (n, p), q in zip(trainable(one).items(), trainable(two).values(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-7, msg=n)
     with pytest.raises(TypeError, match=r"needs pairs=lora_pairs\(model\) and mu"):
         Trainer(

@@ -113,7 +113,7 @@ def test_two_sweep_processes_on_one_postgres_study_train_each_cell_once(postgres
         subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)
     ]
     outputs = [p.communicate(timeout=900) for p in procs]
-    for p, (out, err) in zip(procs, outputs):
+    for p, (out, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, out + err
     assert not (tmp_path / "study.journal").exists()  # the study lives in PostgreSQL
     [summary] = optuna.get_all_study_summaries(postgres_url)

@@ -257,7 +257,7 @@ def test_reduced_grid_selects_on_dev(reduced_sweep, method, label):
     selected = list(csv.DictReader((reduced_sweep / "selected.csv").open()))
     assert len(selected) == 3 * 2
     listed = {int(row["seed"]): row for row in selected if row["method"] == method}
-    for seed, run in zip((13, 21), chosen):
+    for seed, run in zip((13, 21), chosen, strict=True):
         assert listed[seed]["run"] == run.run  # relative to the sweep folder
         assert int(listed[seed]["candidates"]) == (2 if method == "lora" else 4)
         assert json.loads(listed[seed]["options"])["lr"] == run.config["lr"]

@@ -46,7 +46,7 @@ def write_movie_task(folder: Path, raw: str = "", swap_dev: bool = False, **keys
     folder.mkdir(parents=True, exist_ok=True)
     pos, neg = _reviews(POSITIVE, "positive"), _reviews(NEGATIVE, "negative")
     for name, start, stop in (("train", 0, 8), ("dev", 8, 16), ("test", 16, 32)):
-        rows = [r for pair in zip(pos[start:stop], neg[start:stop]) for r in pair]
+        rows = [r for pair in zip(pos[start:stop], neg[start:stop], strict=True) for r in pair]
         if swap_dev and name == "dev":
             rows = [(text, "negative" if label == "positive" else "positive") for text, label in rows]
         with open(folder / f"{name}.tsv", "w", encoding="utf-8", newline="") as fh:

@@ -9,50 +9,88 @@ problem's gradients alone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from balancedness.checks.instances import CHUNK_NOISE, paper_op, random_nop, random_op
 from balancedness.checks.registry import Context, Kind, Measurement, all_hold, at_most, check, within
-from balancedness.metrics import balancedness, layer_sq_norms
+from balancedness.metrics import FloatArray, balancedness, layer_sq_norms
 from balancedness.sims import theory as th
 from balancedness.sims.optimizers import Optimizer
-from balancedness.sims.problems import nop_problem
+from balancedness.sims.problems import Problem, nop_problem
 
 IMPL, MATH = Kind.IMPLEMENTATION, Kind.MATH
+#: A term of ρ: the leading part of dB/dt, or a bound on the rest.
+Leading = Callable[[float], FloatArray]
 
 
 def sam_remainder(
-    p, X, Y, leading, rho: float, layers: bool = False, opt: str = "sam", m: int = 1, alpha=0.0, chunks=None
-) -> np.ndarray:
+    p: Problem,
+    X: FloatArray,
+    Y: FloatArray,
+    leading: Leading,
+    rho: float,
+    layers: bool = False,
+    opt: str = "sam",
+    m: int = 1,
+    alpha: float | FloatArray = 0.0,
+    chunks: FloatArray | None = None,
+) -> FloatArray:
     """A_t = exact dB/dt of the ``opt`` field − ``leading(ρ)`` (per layer if ``layers``)."""
     rate = th.dB_dt_layers if layers else th.dB_dt
-    return rate(p, Optimizer(opt, rho=rho, m=m), X, Y, alpha, chunks) - leading(rho)
+    out: FloatArray = rate(p, Optimizer(opt, rho=rho, m=m), X, Y, alpha, chunks) - leading(rho)
+    return out
 
 
-def a_order_ratio(p, X, Y, leading, layers: bool = False, **kw) -> np.ndarray:
-    """A_t(ρ)/A_t(ρ/10) for ρ = 1e-2 (≈ 100 when A_t = O(ρ²))."""
-    A1, A2 = (sam_remainder(p, X, Y, leading, rho, layers, **kw) for rho in (1e-2, 1e-3))
+def a_order_ratio(
+    p: Problem,
+    X: FloatArray,
+    Y: FloatArray,
+    leading: Leading,
+    layers: bool = False,
+    opt: str = "sam",
+    m: int = 1,
+    alpha: float | FloatArray = 0.0,
+    chunks: FloatArray | None = None,
+) -> FloatArray:
+    """A_t(ρ)/A_t(ρ/10) for ρ = 1e-2 (≈ 100 when A_t = O(ρ²)); ``opt`` … ``chunks`` as for :func:`sam_remainder`."""
+    A1, A2 = (sam_remainder(p, X, Y, leading, rho, layers, opt, m, alpha, chunks) for rho in (1e-2, 1e-3))
     return np.ravel(A1 / A2)
 
 
-def a_bound_ratio(p, X, Y, leading, bound, **kw) -> float:
-    """max |A_t| / bound(ρ) over the points and ρ ∈ {0.01, 0.1, 0.5} (NaN if any is not finite)."""
-    r = [np.abs(sam_remainder(p, X, Y, leading, rho, **kw)) / bound(rho) for rho in (0.01, 0.1, 0.5)]
+def a_bound_ratio(
+    p: Problem,
+    X: FloatArray,
+    Y: FloatArray,
+    leading: Leading,
+    bound: Leading,
+    opt: str = "sam",
+    m: int = 1,
+    alpha: float | FloatArray = 0.0,
+    chunks: FloatArray | None = None,
+) -> float:
+    """max |A_t| / bound(ρ) over the points and ρ ∈ {0.01, 0.1, 0.5} (NaN if any is not finite); ``opt`` …
+    ``chunks`` as for :func:`sam_remainder`."""
+    r = [
+        np.abs(sam_remainder(p, X, Y, leading, rho, False, opt, m, alpha, chunks)) / bound(rho)
+        for rho in (0.01, 0.1, 0.5)
+    ]
     return float(np.max(r)) if all(np.all(np.isfinite(v)) for v in r) else float("nan")
 
 
-def order_measurement(r: np.ndarray, detail: str = "") -> Measurement:
+def order_measurement(r: FloatArray, detail: str = "") -> Measurement:
     """The median of the ratios A_t(ρ)/A_t(ρ/10), judged in [98, 102]."""
     v = float(np.median(r))
     return within(v, (98, 102), f"median ratio {v:.2f} " + (detail or f"(range {np.min(r):.1f}..{np.max(r):.1f})"))
 
 
-def chain_violations(lo: np.ndarray, mid: np.ndarray, hi: np.ndarray) -> int:
+def chain_violations(lo: FloatArray, mid: FloatArray, hi: FloatArray) -> int:
     """How many entries break lo ≤ mid ≤ hi (relative slack 1e-12 for round-off; NaN counts as broken)."""
     return int(np.sum(~((lo <= mid * (1 + 1e-12)) & (mid <= hi * (1 + 1e-12)))))
 
 
-def op_chunks(ctx: Context, p, X, Y, m: int) -> tuple[np.ndarray, np.ndarray]:
+def op_chunks(ctx: Context, p: Problem, X: FloatArray, Y: FloatArray, m: int) -> tuple[FloatArray, FloatArray]:
     """m random minibatch chunks (effective noise α·n_i, shape (m, n), for ``alpha = 1``) and f′_i of each
     chunk from (14), shape (m, n)."""
     chunks = CHUNK_NOISE * ctx.rng.standard_normal((m, len(X)))

@@ -11,9 +11,9 @@ import numpy as np
 
 from balancedness.checks.instances import hessian, random_nop, rel_error
 from balancedness.checks.registry import Context, Kind, Measurement, at_most, check
-from balancedness.metrics import balancedness, sq_norms
+from balancedness.metrics import FloatArray, balancedness, sq_norms
 from balancedness.sims import theory as th
-from balancedness.sims.problems import op_problem
+from balancedness.sims.problems import Problem, op_problem
 
 MATH = Kind.MATH
 
@@ -89,9 +89,11 @@ def lemma1_lambda_max(ctx: Context) -> Measurement:
         x, y = ctx.rng.standard_normal((2, 3))
         y *= c / (x @ y)  # put the point on W*: x'y = c, where f'(w) = 0
         lam = float(th.lemma1_lambda_max(x[None, None, :, None], y[None, None, :, None], 2 * k)[0])
-        H = hessian(
-            lambda v: float(p.excess_loss(v[None, None, :3, None], v[None, None, 3:, None])[0]), np.concatenate([x, y])
-        )
+
+        def loss(v: FloatArray, p: Problem = p) -> float:
+            return float(p.excess_loss(v[None, None, :3, None], v[None, None, 3:, None])[0])
+
+        H = hessian(loss, np.concatenate([x, y]))
         errs.append(abs(np.linalg.eigvalsh(H)[-1] - lam) / lam)
     v = float(np.max(errs))
     return at_most(

@@ -8,7 +8,7 @@ import numpy as np
 from balancedness.checks.instances import op_hessian, paper_nop, paper_op, random_minibatch, random_nop, random_op
 from balancedness.checks.registry import Context, Kind, Measurement, above, all_hold, at_most, check, within
 from balancedness.checks.toys import rates_along_sam, toy_run
-from balancedness.metrics import balancedness, layer_sq_norms, sq_norms
+from balancedness.metrics import FloatArray, balancedness, layer_sq_norms, sq_norms
 from balancedness.sims import theory as th
 from balancedness.sims.optimizers import Optimizer
 
@@ -108,7 +108,7 @@ def obar_sign_only(ctx: Context) -> Measurement:
     f = p.outer_grad(p.product(X, Y), np.zeros(ctx.n), None)
     per_mu = th.dB_dt(p, Optimizer("obar", mu=1.0), X, Y, 0.0)  # oBAR's rate is linear in μ (the SGD part adds 0)
 
-    def gap(rho):
+    def gap(rho: float) -> tuple[FloatArray, FloatArray, FloatArray]:
         obar = th.obar_mu_matching_sam(f, X, Y, rho) * per_mu
         sam = th.dB_dt(p, Optimizer("sam", rho=rho), X, Y, 0.0)
         return obar, sam, obar - sam

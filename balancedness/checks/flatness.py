@@ -15,46 +15,60 @@ draws) is as clear at this horizon.
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
 
 from balancedness.checks.instances import pair_error, random_minibatch, random_nop, random_op
 from balancedness.checks.registry import Context, Kind, Measurement, all_hold, at_most, check, within
-from balancedness.metrics import balancedness_layers
+from balancedness.metrics import FloatArray, balancedness_layers
 from balancedness.sims import theory as th
-from balancedness.sims.directions import lookup
+from balancedness.sims.directions import Field, lookup
 from balancedness.sims.discrete import simulate
 from balancedness.sims.optimizers import Optimizer
-from balancedness.sims.problems import nop_problem, op_problem
+from balancedness.sims.problems import Problem, nop_problem, op_problem
 from balancedness.sims.results import SimResult
 
 IMPL, MATH, FINDING = Kind.IMPLEMENTATION, Kind.MATH, Kind.FINDING
 #: The toy settings of these checks: Flat-LoRA's σ (constant: the effect is then there from the first step),
 #: Bi-LoRA's clip radius and auxiliary init (large enough that the auxiliary matters within ηT = 2).
-FLAT = {"sigma": 0.5, "noise_schedule": "constant"}
-BILORA = {"rho": 0.05, "aux_init": 0.1}
+
+
+class ToyOptions(TypedDict, total=False):
+    """The hyper-parameters of a flatness method's toy run (:func:`flat_toy`)."""
+
+    rho: float
+    sigma: float
+    noise_schedule: str
+    aux_init: float
+
+
+FLAT: ToyOptions = {"sigma": 0.5, "noise_schedule": "constant"}
+BILORA: ToyOptions = {"rho": 0.05, "aux_init": 0.1}
 TOY_ALPHAS = [0.0, 0.5, 1.0, 2.0]
 HORIZON = 2.0
 
 
 # -- the spec's rules, written again ---------------------------------------------------------------
-def _outer(p, W, C):
+def _outer(p: Problem, W: FloatArray, C: FloatArray) -> FloatArray:
     """∇f = 2k(W − C) of the loss k‖W − C‖² (NOP) or k(w − C)² (OP)."""
     return 2 * p.scale * (W - C)
 
 
-def _products(p, X, Y):
+def _products(p: Problem, X: FloatArray, Y: FloatArray) -> FloatArray:
     """Per layer: X_l Y_lᵀ (n, L, d1, d2) (NOP) or ⟨X_l, Y_l⟩ (n, L) (OP)."""
-    return np.einsum("nlir,nljr->nlij", X, Y) if p.kind == "nop" else np.einsum("nlir,nlir->nl", X, Y)
+    out: FloatArray = np.einsum("nlir,nljr->nlij", X, Y) if p.kind == "nop" else np.einsum("nlir,nlir->nl", X, Y)
+    return out
 
 
-def _chain(p, X, Y, G):
+def _chain(p: Problem, X: FloatArray, Y: FloatArray, G: FloatArray) -> tuple[FloatArray, FloatArray]:
     """(G Y_l, Gᵀ X_l) per layer (NOP) or (f′ y_l, f′ x_l) (OP): the chain rule at the factors (X, Y)."""
     if p.kind == "nop":
         return np.einsum("nij,nljr->nlir", G, Y), np.einsum("nij,nlir->nljr", G, X)
     return G[:, None, None, None] * Y, G[:, None, None, None] * X
 
 
-def paper_flat_lora(p, X, Y, C, sigma_t: float, xi: np.ndarray):
+def paper_flat_lora(p: Problem, X: FloatArray, Y: FloatArray, C: FloatArray, sigma_t: float, xi: FloatArray) -> Field:
     """[FM] §2.1 eq. (7), §2.3: E_l[i, j] = σ_t·‖(X_l Y_lᵀ)[:, j]‖/√d1·ξ_l[i, j] (OP: e_l = σ_t|w_l|ξ_l), G̃ at
     W + Σ_l E_l, d = −(G̃ Y_l, G̃ᵀ X_l). Returns (d_X, d_Y, the gradient at z)."""
     Wl = _products(p, X, Y)
@@ -68,7 +82,9 @@ def paper_flat_lora(p, X, Y, C, sigma_t: float, xi: np.ndarray):
     return -dX, -dY, gX, gY
 
 
-def paper_bi_lora(p, X, Y, C, X2, Y2, kappa: float):
+def paper_bi_lora(
+    p: Problem, X: FloatArray, Y: FloatArray, C: FloatArray, X2: FloatArray, Y2: FloatArray, kappa: float
+) -> Field:
     """[FM] §3.1 eq. (9), §3.3: G at W + Σ_l X₂_l Y₂_lᵀ; the primary −(GY, GᵀX), the auxiliary +κ(GY₂, GᵀX₂)."""
     G = _outer(p, _products(p, X, Y).sum(axis=1) + _products(p, X2, Y2).sum(axis=1), C)
     dX, dY = _chain(p, X, Y, G)
@@ -76,7 +92,9 @@ def paper_bi_lora(p, X, Y, C, X2, Y2, kappa: float):
     return -dX, -dY, kappa * aX, kappa * aY
 
 
-def paper_asam(p, X, Y, C, rho: float, eta_a: float):
+def paper_asam(
+    p: Problem, X: FloatArray, Y: FloatArray, C: FloatArray, rho: float, eta_a: float
+) -> tuple[FloatArray, FloatArray, FloatArray]:
     """[FM] §4.3: T = |z| + η_a, z̃ = z + ρ T²⊙g/‖T⊙g‖ (global), d = −(chain rule at z̃). Returns (d_X, d_Y, the
     outer gradient G̃ (NOP) or f̃′ (OP) at z̃)."""
     W = _products(p, X, Y).sum(axis=1)
@@ -89,16 +107,25 @@ def paper_asam(p, X, Y, C, rho: float, eta_a: float):
     return -dX, -dY, Gt
 
 
-def _rate_layers(X, Y, dX, dY) -> np.ndarray:
+def _rate_layers(X: FloatArray, Y: FloatArray, dX: FloatArray, dY: FloatArray) -> FloatArray:
     """⟨X_l, Ẋ_l⟩ − ⟨Y_l, Ẏ_l⟩ per point and layer, relative to ‖X_l‖‖Ẋ_l‖ + ‖Y_l‖‖Ẏ_l‖ (the size of each term)."""
     rate = np.einsum("nlir,nlir->nl", X, dX) - np.einsum("nlir,nlir->nl", Y, dY)
     scale = np.sqrt(np.einsum("nlir,nlir->nl", X, X) * np.einsum("nlir,nlir->nl", dX, dX)) + np.sqrt(
         np.einsum("nlir,nlir->nl", Y, Y) * np.einsum("nlir,nlir->nl", dY, dY)
     )
-    return np.abs(rate) / np.maximum(scale, 1e-300)
+    out: FloatArray = np.abs(rate) / np.maximum(scale, 1e-300)
+    return out
 
 
-def _instances(ctx: Context):
+def _flat_lora_draws(p: Problem) -> tuple[int, ...]:
+    """The shape of the registered flat-lora's per-step draws ξ on ``p``."""
+    draws = lookup("flat-lora").draws
+    if draws is None:
+        raise ValueError("flat-lora is registered without perturbation draws")
+    return draws(p)
+
+
+def _instances(ctx: Context) -> list[tuple[Problem, FloatArray, FloatArray, FloatArray, FloatArray]]:
     """Random NOP (2 layers of rank 2) and OP (2 layers) problems, points and minibatches: [(p, X, Y, N, C)]."""
     out = []
     for p, X, Y in (random_nop(ctx.rng, ctx.n, layers=2, rank=2), random_op(ctx.rng, ctx.n, layers=2)):
@@ -193,7 +220,7 @@ def factor_space_noise_balances(ctx: Context) -> Measurement:
 def flat_lora_field(ctx: Context) -> Measurement:
     errs, rates, means, grads = [], [], [], []
     for p, X, Y, N, C in _instances(ctx):
-        xi = ctx.rng.standard_normal((ctx.n,) + lookup("flat-lora").draws(p))
+        xi = ctx.rng.standard_normal((ctx.n,) + _flat_lora_draws(p))
         for progress in (0.25, 0.5, 0.9):
             opt = Optimizer("flat-lora", sigma=0.3, noise_schedule="cosine")
             out = opt.direction(p, X, Y, 1.0, N[None], progress, xi=xi)
@@ -228,7 +255,7 @@ def flat_lora_eta2_drift(ctx: Context) -> Measurement:
     X = np.broadcast_to(p.x0, (draws,) + p.x0.shape)
     Y = np.broadcast_to(p.y0, (draws,) + p.y0.shape)
     N = np.broadcast_to(ctx.rng.standard_normal(p.noise_shape), (draws,) + p.noise_shape)
-    half = ctx.rng.standard_normal((draws // 2,) + lookup("flat-lora").draws(p))
+    half = ctx.rng.standard_normal((draws // 2,) + _flat_lora_draws(p))
     xi = np.concatenate([half, -half])  # antithetic pairs: the zero-mean O(xi) part of dB cancels in each pair
     opt = Optimizer("flat-lora", sigma=sigma, noise_schedule="constant")
     dX, dY, gX, gY = opt.direction(p, X, Y, 1.0, N[None], 0.5, xi=xi)
@@ -262,9 +289,11 @@ def bi_lora_field(ctx: Context) -> Measurement:
         X2 = 0.3 * ctx.rng.standard_normal((ctx.n, p.layers, p.d1, 1))
         Y2 = 0.3 * ctx.rng.standard_normal((ctx.n, p.layers, p.d2, 1))
         opt = Optimizer("bi-lora", rho=0.05, kappa=0.7)
-        (dX, dY, gX, gY), (aX, aY) = opt.field_with_aux(
+        (dX, dY, gX, gY), aux_rate = opt.field_with_aux(
             p, X, Y, p.effective_target(np.ones(1), N)[None], 0.3, aux=(X2, Y2)
         )
+        assert aux_rate is not None, "bi-lora returns its auxiliary's rate when it has one"
+        aX, aY = aux_rate
         rX, rY, rX2, rY2 = paper_bi_lora(p, X, Y, C, X2, Y2, 0.7)
         g = _chain(p, X, Y, _outer(p, _products(p, X, Y).sum(axis=1), C))
         errs.append(pair_error(dX, dY, rX, rY))
@@ -284,23 +313,25 @@ def bi_lora_field(ctx: Context) -> Measurement:
 def bilora_clip_run(ctx: Context) -> SimResult:
     """Bi-LoRA on the noise-free NOP toy with a small clip radius ρ = 0.02 (aux_init 0.1, η = 2e-2, T = 500, every
     5th step recorded), where the clip is active for most of the run; shared by a check and a finding."""
-    return ctx.cached(
+    out: SimResult = ctx.cached(
         ("bilora-clip",),
         lambda: simulate(
             nop_problem(), "bi-lora", rho=0.02, aux_init=0.1, alpha=0.0, seeds=[0], lr=2e-2, steps=500, record_every=5
         ),
     )
+    return out
 
 
-def _aux(run: SimResult, name: str) -> np.ndarray:
-    return np.asarray(run.settings["auxiliary"][name])[0]
+def _aux(run: SimResult, name: str) -> FloatArray:
+    out: FloatArray = np.asarray(run.settings["auxiliary"][name])[0]
+    return out
 
 
 @check(
     "bi-lora-aux-clip",
     "[FM] §3.1 eq. (10), §5 item 4, Prop. 2",
-    "bi-lora on the noise-free NOP toy (rho = 0.02): |X2 Y2'| <= rho after every step, the clip is active, and the auxiliary "
-    "is an ascent: f(W + X2 Y2') > f(W) at >= 90% of the records",
+    "bi-lora on the noise-free NOP toy (rho = 0.02): |X2 Y2'| <= rho after every step, the clip is active, "
+    "and the auxiliary is an ascent: f(W + X2 Y2') > f(W) at >= 90% of the records",
     IMPL,
     runs=("bi-lora",),
 )
@@ -333,7 +364,9 @@ def bi_lora_aux_clip(ctx: Context) -> Measurement:
     exact=True,
 )
 def asam_field(ctx: Context) -> Measurement:
-    errs, op_rate, zero = [], [], []
+    errs: list[float] = []
+    op_rate: list[float] = []
+    zero: list[float] = []
     for p, X, Y, N, C in _instances(ctx):
         for eta_a in (0.0, 0.01, 0.3):
             opt = Optimizer("asam", rho=0.2, eta_a=eta_a)
@@ -414,16 +447,17 @@ def flat_toy(ctx: Context, kind: str, name: str, lr: float) -> SimResult:
     """``name`` (sgd, flat-lora with :data:`FLAT`, bi-lora with :data:`BILORA`) on a toy at ηT = 2, one trajectory
     per α in ``TOY_ALPHAS``, seed 0 (made once per ``run_checks``)."""
 
-    def run():
+    def run() -> SimResult:
         p = nop_problem() if kind == "nop" else op_problem()
-        kw = FLAT if name == "flat-lora" else BILORA if name == "bi-lora" else {}
+        kw: ToyOptions = FLAT if name == "flat-lora" else BILORA if name == "bi-lora" else {}
         steps = int(round(HORIZON / lr))
         return simulate(p, name, alpha=TOY_ALPHAS, seeds=[0], lr=lr, steps=steps, record_every=steps, **kw)
 
-    return ctx.cached(("flat-toy", kind, name, lr), run)
+    out: SimResult = ctx.cached(("flat-toy", kind, name, lr), run)
+    return out
 
 
-def _ratio(run: SimResult) -> np.ndarray:
+def _ratio(run: SimResult) -> FloatArray:
     return np.abs(run.balancedness[:, -1]) / np.abs(run.balancedness[:, 0])
 
 

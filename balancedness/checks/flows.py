@@ -8,6 +8,7 @@ from scipy.integrate import cumulative_simpson
 
 from balancedness.checks.instances import paper_op
 from balancedness.checks.registry import Context, Kind, Measurement, all_hold, at_most, check
+from balancedness.metrics import BoolArray
 from balancedness.sims import theory as th
 from balancedness.sims.discrete import simulate
 from balancedness.sims.flows import solve_flow
@@ -102,10 +103,13 @@ def discrete_to_flow(ctx: Context) -> Measurement:
 
 def op_sam_flow(ctx: Context) -> SimResult:
     """The SAM flow on the noise-free OP toy (ρ = 0.2) to t = 5, dense records (shared by two checks)."""
-    return ctx.cached(("op-sam-flow",), lambda: solve_flow(op_problem(), "sam", rho=0.2, t_end=5.0, n_records=1001))
+    out: SimResult = ctx.cached(
+        ("op-sam-flow",), lambda: solve_flow(op_problem(), "sam", rho=0.2, t_end=5.0, n_records=1001)
+    )
+    return out
 
 
-def classical_part(r: SimResult) -> np.ndarray:
+def classical_part(r: SimResult) -> BoolArray:
     """Mask of the records before the flow reached f′ = 0 and began to slide, or stopped at a point where its field
     vanishes identically (``solve_flow``: a field computed in float32 is exactly 0 in a band around f′ = 0)."""
     run = r.settings["runs"][0]
@@ -130,7 +134,7 @@ def lemma2_no_sign_change(ctx: Context) -> Measurement:
     exact = B[0] * np.exp(-cumulative_simpson(rate[k], x=r.t[k], initial=0))
     err = float(np.max(np.abs(B[k] - exact) / np.abs(exact)))
     flips = int(np.sum(np.sign(B[1:]) != np.sign(B[:-1])))
-    ok = err <= 1e-6 and flips == 0 and np.all(np.isfinite(B))
+    ok = err <= 1e-6 and flips == 0 and bool(np.all(np.isfinite(B)))
     status = r.settings["runs"][0]["status"]
     then = f" (then f' = 0: {status})" if status in ("sliding", "stopped") else ""
     return all_hold(

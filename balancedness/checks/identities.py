@@ -16,6 +16,8 @@ evaluates BAR's rate at several t/T of each μ_t schedule.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from balancedness.checks.instances import (
@@ -32,14 +34,16 @@ from balancedness.checks.instances import (
     rel_error,
 )
 from balancedness.checks.registry import Context, Kind, Measurement, at_most, check
-from balancedness.metrics import balancedness, balancedness_layers, layer_sq_norms
+from balancedness.metrics import FloatArray, balancedness, balancedness_layers, layer_sq_norms
 from balancedness.sims import theory as th
+from balancedness.sims.directions import Field
 from balancedness.sims.optimizers import Optimizer
+from balancedness.sims.problems import Problem
 
 IMPL = Kind.IMPLEMENTATION
 
 
-def gradient_error(field: tuple, s: PaperSam) -> float:
+def gradient_error(field: Field, s: PaperSam) -> float:
     """How far the whole-batch gradient g at z that a field returned (``field[2:]``) is from the paper's ``s``."""
     return pair_error(field[2], field[3], s.gX, s.gY)
 
@@ -50,7 +54,15 @@ def with_gradient(error: float, g_error: float, bound: float, text: str) -> Meas
     return at_most(v, bound, f"{text}; returned g: rel. error {g_error:.1e}")
 
 
-def sam_rate_error(ctx: Context, p, X, Y, rho: float, identity, layers: bool = False) -> tuple[float, float]:
+def sam_rate_error(
+    ctx: Context,
+    p: Problem,
+    X: FloatArray,
+    Y: FloatArray,
+    rho: float,
+    identity: Callable[[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray, float], FloatArray],
+    layers: bool = False,
+) -> tuple[float, float]:
     """(max relative error of the SAM field's exact dB/dt (dB_l/dt if ``layers``) on a random minibatch against
     ``identity(X, Y, G, G̃, ‖g‖, ρ)`` of ``theory`` with G, G̃ from the paper's equations, that of its returned g)."""
     N, C = random_minibatch(ctx.rng, p, len(X))
@@ -63,7 +75,9 @@ def sam_rate_error(ctx: Context, p, X, Y, rho: float, identity, layers: bool = F
     )
 
 
-def one_step(opt: Optimizer, p, X, Y, lr: float, chunks: np.ndarray, layers: bool = False):
+def one_step(
+    opt: Optimizer, p: Problem, X: FloatArray, Y: FloatArray, lr: float, chunks: FloatArray, layers: bool = False
+) -> tuple[FloatArray, FloatArray, Field]:
     """(B, B⁺, field): B (B_l if ``layers``) before and after one step z⁺ = z + η d(z) of ``opt`` on the minibatch
     whose chunks have the noise ``chunks`` (shape (m, n, …)), and the field's four arrays at z."""
     out = opt.direction(p, X, Y, np.ones(len(X)), chunks)
@@ -117,7 +131,9 @@ def sgd_discrete_nop(ctx: Context) -> Measurement:
     )
 
 
-def sgd_sngd_step_errors(p, X, Y, N: np.ndarray, lr: float, layers: bool = False) -> tuple[float, float, list]:
+def sgd_sngd_step_errors(
+    p: Problem, X: FloatArray, Y: FloatArray, N: FloatArray, lr: float, layers: bool = False
+) -> tuple[float, float, list[float]]:
     """One SGD and one SNGD step on the minibatch with noise N against §7.1.5, with the global ‖g‖ for SNGD:
     (max error, max error of the returned g, [SGD's error, SNGD's error]). The error is relative to the drift; per
     layer (``layers``) it is relative to the drift's scale (η²/2)(‖g_{x_l}‖² + ‖g_{y_l}‖²), as a layer's drift may
@@ -203,9 +219,12 @@ def msam_discrete_op(ctx: Context) -> Measurement:
     return with_gradient(v, g, 1e-10, f"max rel. error {v:.1e} (m = 4, each chunk its own minibatch)")
 
 
-def msam_step_errors(ctx: Context, p, X, Y, layers: bool = False) -> tuple[float, float]:
+def msam_step_errors(
+    ctx: Context, p: Problem, X: FloatArray, Y: FloatArray, layers: bool = False
+) -> tuple[float, float]:
     """One m-SAM step (ρ = 0.2, m = 4 random chunks) on OP against §7.1.9 (every B_l by the same factor if
-    ``layers``, u_i global over the layers): (max rel. error, that of the returned g against the whole batch's gradient)."""
+    ``layers``, u_i global over the layers): (max rel. error, that of the returned g against the whole batch's
+    gradient)."""
     lr, rho, m = 0.05, 0.2, 4
     chunks = ctx.rng.standard_normal((m, len(X)))
     B, B1, out = one_step(Optimizer("msam", rho=rho, m=m), p, X, Y, lr, chunks, layers)
@@ -261,7 +280,13 @@ def rank_r_sam_identity(ctx: Context) -> Measurement:
 
 
 def bar_rate_error(
-    ctx: Context, variant: str, p, X, Y, schedule: str = "constant", progress: tuple[float, ...] = (0.0,)
+    ctx: Context,
+    variant: str,
+    p: Problem,
+    X: FloatArray,
+    Y: FloatArray,
+    schedule: str = "constant",
+    progress: tuple[float, ...] = (0.0,),
 ) -> tuple[float, float]:
     """(max rel. error of the exact dB/dt of the nBAR/oBAR field (μ₀ = 0.7, ``schedule``) on a random minibatch at each
     t/T in ``progress`` against ``theory.bar_flow_rate`` with μ_t = ``paper_mu`` (the sign rule of Alg. 2/3 written
@@ -351,8 +376,16 @@ RHO_GRID = (0.0, 0.05, 0.1, 0.2)
 
 
 def grid_errors(
-    name: str, p, X, Y, targets: np.ndarray, rhos: np.ndarray, direction, whole: PaperSam, m: int = 1
-) -> tuple[np.ndarray, float]:
+    name: str,
+    p: Problem,
+    X: FloatArray,
+    Y: FloatArray,
+    targets: FloatArray,
+    rhos: FloatArray,
+    direction: tuple[FloatArray, FloatArray],
+    whole: PaperSam,
+    m: int = 1,
+) -> tuple[FloatArray, float]:
     """(per point: ‖d − d_paper‖/‖d_paper‖ of the ``name`` field with one radius per trajectory, the returned g's
     error against ``whole``); ``direction`` = (d_X, d_Y) of the paper for each row's own ρ."""
     out = Optimizer(name, m=m).field(p, X, Y, targets, 0.0, rhos)

@@ -12,15 +12,17 @@ cannot agree with itself. ``paper_mu`` writes the μ_t schedules of spec §4.5.7
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from balancedness.metrics import sq_norms
+from balancedness.metrics import FloatArray, sq_norms
 from balancedness.sims.problems import Problem, nop_problem, op_problem
 
 
-def rel_error(a, b) -> float:
+def rel_error(a: ArrayLike, b: ArrayLike) -> float:
     """max |a − b| / |b| over all entries."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300)))
@@ -31,7 +33,7 @@ def rel_error(a, b) -> float:
 CHUNK_NOISE = 3.0
 
 
-def pair_error(aX: np.ndarray, aY: np.ndarray, bX: np.ndarray, bY: np.ndarray) -> float:
+def pair_error(aX: FloatArray, aY: FloatArray, bX: FloatArray, bY: FloatArray) -> float:
     """max over points of ‖(a_X, a_Y) − (b_X, b_Y)‖ / ‖(b_X, b_Y)‖ (a direction or a gradient against the paper's; NaN
     propagates)."""
     diff = sq_norms(aX - bX) + sq_norms(aY - bY)
@@ -41,12 +43,17 @@ def pair_error(aX: np.ndarray, aY: np.ndarray, bX: np.ndarray, bY: np.ndarray) -
 def paper_mu(mu0: float, schedule: str, progress: float) -> float:
     """μ_t of spec §4.5.7, written again (apart from ``balancedness.schedules``): constant μ₀, linear μ₀(1 − t/T),
     cosine μ₀·½(1 + cos(π t/T))."""
-    return {"constant": mu0, "linear": mu0 * (1 - progress), "cosine": mu0 * 0.5 * (1 + np.cos(np.pi * progress))}[
-        schedule
-    ]
+    out: float = {
+        "constant": mu0,
+        "linear": mu0 * (1 - progress),
+        "cosine": mu0 * 0.5 * (1 + np.cos(np.pi * progress)),
+    }[schedule]
+    return out
 
 
-def random_nop(rng: np.random.Generator, n: int, layers: int = 1, rank: int = 1, d1: int = 3, d2: int = 3):
+def random_nop(
+    rng: np.random.Generator, n: int, layers: int = 1, rank: int = 1, d1: int = 3, d2: int = 3
+) -> tuple[Problem, FloatArray, FloatArray]:
     """A NOP problem with a random target, and n random points: (problem, X, Y)."""
     p = nop_problem(
         rank,
@@ -62,13 +69,15 @@ def random_nop(rng: np.random.Generator, n: int, layers: int = 1, rank: int = 1,
     return p, X, Y
 
 
-def random_op(rng: np.random.Generator, n: int, layers: int = 1, dim: int = 3):
+def random_op(
+    rng: np.random.Generator, n: int, layers: int = 1, dim: int = 3
+) -> tuple[Problem, FloatArray, FloatArray]:
     """An OP problem with a random target, and n random points: (problem, X, Y)."""
     p = op_problem(layers, dim=dim, target=float(rng.standard_normal()))
     return p, rng.standard_normal((n, layers, dim, 1)), rng.standard_normal((n, layers, dim, 1))
 
 
-def random_minibatch(rng: np.random.Generator, p: Problem, n: int) -> tuple[np.ndarray, np.ndarray]:
+def random_minibatch(rng: np.random.Generator, p: Problem, n: int) -> tuple[FloatArray, FloatArray]:
     """A random minibatch for n points: (noise N of shape (n, *noise), the target C = A + N it gives).
 
     An optimizer sees it as ``alpha = 1`` and ``chunk_means = N[None]``."""
@@ -80,23 +89,24 @@ class PaperSam(NamedTuple):
     """At a point, for the minibatch target C: g at z, the outer gradient G (NOP) or f′ (OP) at z and at
     the SAM point z̃, ‖g‖ (global over layers), z̃ itself and the gradient g̃ at z̃."""
 
-    gX: np.ndarray
-    gY: np.ndarray
-    G: np.ndarray
-    G_tilde: np.ndarray
-    grad_norm: np.ndarray
-    X_tilde: np.ndarray
-    Y_tilde: np.ndarray
-    gX_tilde: np.ndarray
-    gY_tilde: np.ndarray
+    gX: FloatArray
+    gY: FloatArray
+    G: FloatArray
+    G_tilde: FloatArray
+    grad_norm: FloatArray
+    X_tilde: FloatArray
+    Y_tilde: FloatArray
+    gX_tilde: FloatArray
+    gY_tilde: FloatArray
 
 
-def _nop_G(p: Problem, X: np.ndarray, Y: np.ndarray, C) -> np.ndarray:
+def _nop_G(p: Problem, X: FloatArray, Y: FloatArray, C: FloatArray) -> FloatArray:
     """∇f = 2k(Σ_l X_l Y_lᵀ − C) of the loss k‖W − C‖²."""
-    return 2 * p.scale * (np.einsum("nlir,nljr->nij", X, Y) - C)
+    out: FloatArray = 2 * p.scale * (np.einsum("nlir,nljr->nij", X, Y) - C)
+    return out
 
 
-def paper_nop(p: Problem, X: np.ndarray, Y: np.ndarray, C, rho: float) -> PaperSam:
+def paper_nop(p: Problem, X: FloatArray, Y: FloatArray, C: FloatArray, rho: float | FloatArray) -> PaperSam:
     """(3), (22a–b) (one layer: (4a–b)): g_{x_l} = G y_l, g_{y_l} = Gᵀx_l, u = 1/sqrt(Σ_l ‖g_{x_l}‖² + ‖g_{y_l}‖²),
     x̃_l = x_l + ρu G y_l, ỹ_l = y_l + ρu Gᵀx_l, g_{x̃_l} = G̃ ỹ_l, g_{ỹ_l} = G̃ᵀ x̃_l (rank r: columns alike)."""
     G = _nop_G(p, X, Y, C)
@@ -109,7 +119,7 @@ def paper_nop(p: Problem, X: np.ndarray, Y: np.ndarray, C, rho: float) -> PaperS
     return PaperSam(gX, gY, G, Gt, norm, Xt, Yt, gXt, gYt)
 
 
-def paper_op(p: Problem, X: np.ndarray, Y: np.ndarray, c, rho: float) -> PaperSam:
+def paper_op(p: Problem, X: FloatArray, Y: FloatArray, c: float | FloatArray, rho: float | FloatArray) -> PaperSam:
     """(14), (41a–b) (one layer: (7a–b), u = sgn f′/sqrt(‖x‖² + ‖y‖²)): f′ = 2k(Σ_l x_lᵀy_l − c),
     u = 1/sqrt(Σ_l f′²(‖x_l‖² + ‖y_l‖²)), x̃_l = x_l + ρu f′ y_l, ỹ_l = y_l + ρu f′ x_l, g_{x̃_l} = f̃′ ỹ_l."""
     f = 2 * p.scale * (np.einsum("nlir,nlir->n", X, Y) - c)
@@ -123,12 +133,16 @@ def paper_op(p: Problem, X: np.ndarray, Y: np.ndarray, c, rho: float) -> PaperSa
     return PaperSam(fe * Y, fe * X, f, ft, norm, Xt, Yt, fte * Yt, fte * Xt)
 
 
-def paper_for(p: Problem):
+#: The paper's SAM quantities at a point (``paper_nop``, ``paper_op``): (problem, X, Y, target, ρ) → PaperSam.
+PaperFn = Callable[[Problem, FloatArray, FloatArray, FloatArray, float | FloatArray], PaperSam]
+
+
+def paper_for(p: Problem) -> PaperFn:
     """The paper's update rule for the kind of ``p``: :func:`paper_nop` or :func:`paper_op`."""
     return paper_nop if p.kind == "nop" else paper_op
 
 
-def hessian(f, z: np.ndarray, h: float = 1e-4) -> np.ndarray:
+def hessian(f: Callable[[FloatArray], float | FloatArray], z: FloatArray, h: float = 1e-4) -> FloatArray:
     """Central finite-difference Hessian of the scalar function f at z."""
     n = len(z)
     E = np.eye(n) * h
@@ -139,6 +153,6 @@ def hessian(f, z: np.ndarray, h: float = 1e-4) -> np.ndarray:
     return H
 
 
-def op_hessian(z: np.ndarray, c: float, dim: int = 3, h: float = 1e-4) -> np.ndarray:
+def op_hessian(z: FloatArray, c: float, dim: int = 3, h: float = 1e-4) -> FloatArray:
     """Central finite-difference Hessian of (xᵀy − c)² at z = (x, y)."""
     return hessian(lambda v: (v[:dim] @ v[dim:] - c) ** 2, z, h)

@@ -27,17 +27,18 @@ from __future__ import annotations
 import time
 import traceback
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Union
+from typing import Any, TypeVar
 
 import numpy as np
 
 from balancedness.sims.directions import DIRECTIONS, DirectionFn, observed, replaced_directions
 from balancedness.validation import InvalidValue, choice, integer
 
-Bound = Union[float, tuple[float, float]]
+Bound = float | tuple[float, float]
+T = TypeVar("T")
 
 
 class Kind(str, Enum):
@@ -63,21 +64,33 @@ class Comparison(str, Enum):
         """Whether ``value`` satisfies the comparison (never for a non-finite value)."""
         if not np.isfinite(value):
             return False
-        if self is Comparison.AT_MOST:
-            return value <= bound
-        if self is Comparison.ABOVE:
-            return value > bound
         if self is Comparison.WITHIN:
-            return bound[0] <= value <= bound[1]
-        return value == bound
+            lo, hi = self._pair(bound)
+            return lo <= value <= hi
+        if self is Comparison.AT_MOST:
+            return value <= self._one(bound)
+        if self is Comparison.ABOVE:
+            return value > self._one(bound)
+        return value == self._one(bound)
+
+    def _pair(self, bound: Bound) -> tuple[float, float]:
+        if not isinstance(bound, tuple):
+            raise ValueError(f"comparison {self.value!r} takes a (low, high) bound, got {bound!r}")
+        return bound
+
+    def _one(self, bound: Bound) -> float:
+        if isinstance(bound, tuple):
+            raise ValueError(f"comparison {self.value!r} takes one number as its bound, got {bound!r}")
+        return bound
 
     def describe(self, bound: Bound) -> str:
         """The tolerance as the report shows it."""
         if self is Comparison.WITHIN:
-            return f"in [{bound[0]:g}, {bound[1]:g}]"
+            lo, hi = self._pair(bound)
+            return f"in [{lo:g}, {hi:g}]"
         if self is Comparison.ALL_HOLD:
             return "all hold"
-        return f"{self.value} {bound:g}"
+        return f"{self.value} {self._one(bound):g}"
 
 
 @dataclass(frozen=True)
@@ -146,7 +159,7 @@ class Verdict:
     def status(self) -> str:
         return "PASS" if self.passed else "FAIL"
 
-    def as_json(self) -> dict:
+    def as_json(self) -> dict[str, Any]:
         """A JSON object of plain values (``status`` included)."""
         bound = list(self.bound) if isinstance(self.bound, tuple) else self.bound
         return {
@@ -184,14 +197,14 @@ class Context:
     quick: bool
     n: int
     rng: np.random.Generator
-    cache: dict = field(default_factory=dict)
-    calls: list = field(default_factory=lambda: [set()])
+    cache: dict[Hashable, tuple[Any, set[str]]] = field(default_factory=dict)
+    calls: list[set[str]] = field(default_factory=lambda: [set()])
 
-    def cached(self, key, compute: Callable[[], object]):
+    def cached(self, key: Hashable, compute: Callable[[], T]) -> T:
         """``cache[key]``, computed once per run by ``compute()``. The optimizers the computation called
         count as called by every check that uses the result."""
         if key not in self.cache:
-            names: set = set()
+            names: set[str] = set()
             self.calls.append(names)
             try:
                 self.cache[key] = (compute(), names)
@@ -200,7 +213,8 @@ class Context:
         value, names = self.cache[key]
         for called in self.calls:  # the check, and any computation of a cached result that uses this one
             called.update(names)
-        return value
+        out: T = value  # what compute() returned for this key
+        return out
 
 
 CheckFn = Callable[[Context], Measurement]
@@ -230,13 +244,13 @@ class Check:
         """ "finding" where PASS means our counter-evidence reproduces, else "claim"."""
         return "finding" if self.kind is Kind.FINDING else "claim"
 
-    def _row(self) -> tuple:
+    def _row(self) -> tuple[str, str, str, str, CheckFn]:
         return (self.id, self.ref, self.claim, self.role, self.fn)
 
-    def __iter__(self) -> Iterator:
+    def __iter__(self) -> Iterator[str | CheckFn]:
         return iter(self._row())
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> str | CheckFn:
         return self._row()[i]
 
     def run(self, ctx: Context) -> Verdict:
@@ -272,7 +286,7 @@ class Check:
         )
 
 
-def _recording(name: str, fn: DirectionFn, calls: list) -> DirectionFn:
+def _recording(name: str, fn: DirectionFn, calls: list[set[str]]) -> DirectionFn:
     """``fn`` under :func:`~balancedness.sims.directions.observed`, noting ``name`` in every set of ``calls``
     whenever it runs (a watcher that leaves the math alone, so a built-in still steps compiled)."""
 
@@ -367,7 +381,7 @@ def run_checks(
         if not callable(fn):
             raise InvalidValue(f"the replacement of {name}", "a callable direction function", fn)
     chosen = select(only, replace.keys() if replace else None)
-    cache: dict = {}
+    cache: dict[Hashable, tuple[Any, set[str]]] = {}
     out = []
     with replaced_directions(replace):
         for c in chosen:
@@ -378,6 +392,6 @@ def run_checks(
     return out
 
 
-def results_as_json(results: Sequence[Verdict]) -> list[dict]:
+def results_as_json(results: Sequence[Verdict]) -> list[dict[str, Any]]:
     """The verdicts as a JSON list, one object per check."""
     return [r.as_json() for r in results]

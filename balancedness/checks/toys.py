@@ -11,11 +11,13 @@ the ρ = 0 rows to the SGD run, bit for bit.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from balancedness.checks.instances import paper_for
 from balancedness.checks.registry import Context, Kind, Measurement, above, all_hold, at_most, check
-from balancedness.metrics import sq_norms
+from balancedness.metrics import FloatArray, sq_norms
 from balancedness.sims import theory as th
 from balancedness.sims.discrete import simulate
 from balancedness.sims.optimizers import Optimizer
@@ -33,18 +35,19 @@ def toy_steps(ctx: Context) -> int:
     return 20_000 if ctx.quick else 100_000
 
 
-def toy_simulation(ctx: Context, kind: str, optimizer: str, rho) -> SimResult:
+def toy_simulation(ctx: Context, kind: str, optimizer: str, rho: float | list[float]) -> SimResult:
     """``optimizer`` on the NOP or OP toy with radius (or radii) ``rho``, one trajectory per α in ``TOY_ALPHAS``
     (per ρ and α for several radii), made once per ``run_checks``."""
 
-    def run():
+    def run() -> SimResult:
         p = nop_problem() if kind == "nop" else op_problem()
         steps = toy_steps(ctx)
         return simulate(
             p, optimizer, rho=rho, alpha=TOY_ALPHAS, seeds=[0], lr=1e-4, steps=steps, record_every=steps // 1000
         )
 
-    return ctx.cached(("toy", kind, optimizer, str(rho)), run)
+    out: SimResult = ctx.cached(("toy", kind, optimizer, str(rho)), run)
+    return out
 
 
 def toy_rho_grid(ctx: Context, kind: str) -> SimResult:
@@ -71,7 +74,7 @@ def balance_limit(ctx: Context) -> float:
     return 0.5 if not ctx.quick else 0.8
 
 
-def end_fractions(run: SimResult, rows=(1, 2)) -> list[float]:
+def end_fractions(run: SimResult, rows: Sequence[int] = (1, 2)) -> list[float]:
     """2|B_T|/2|B_0| of the trajectories ``rows`` (α = 0.5, 1 by default)."""
     return [abs(run.balancedness[i, -1]) / abs(run.balancedness[i, 0]) for i in rows]
 
@@ -178,7 +181,7 @@ def toy_grad_gap(ctx: Context) -> Measurement:
             s = paper_for(p)(p, grid.x[i], grid.y[i], p.target + a * noise, 0.0)
             gx, gy = sq_norms(s.gX), sq_norms(s.gY)
             err.append(np.abs(grid.grad_gap[i] - (gx - gy)) / (gx + gy))
-            if grid.rho[i] > 0 and 0 < grid.alpha[i] < 2:  # what Fig. 1's right panels plot
+            if grid.radii[i] > 0 and 0 < grid.alpha[i] < 2:  # what Fig. 1's right panels plot
                 rel.append(np.abs(grid.grad_gap[i] / (gx - gy) - 1))
         worst[kind], typical[kind] = float(np.max(err)), float(np.median(rel))  # NaN propagates
     v = max(worst.values())
@@ -216,18 +219,19 @@ def toy_op_noisier_faster(ctx: Context) -> Measurement:
     return noisier_balances_faster(ctx, "op")
 
 
-def rates_along_sam(ctx: Context) -> dict:
+def rates_along_sam(ctx: Context) -> dict[str, FloatArray]:
     """Along the NOP toy's SAM run (every record, each with the minibatch of its step, the f_t the limiting flow
     freezes): |dB/dt| of the SAM field, the two sides of Thm 2 (6) without their O(ρ²L) terms, the no-√
     reading's upper side ρ|‖g_x‖² − ‖g_y‖²|, and the explicit A_t bound (shared by a check and a finding)."""
-    return ctx.cached(("thm2-along-sam",), lambda: _rates_along_sam(ctx))
+    out: dict[str, FloatArray] = ctx.cached(("thm2-along-sam",), lambda: _rates_along_sam(ctx))
+    return out
 
 
-def _rates_along_sam(ctx: Context) -> dict:
+def _rates_along_sam(ctx: Context) -> dict[str, FloatArray]:
     sam, steps = toy_run(ctx, "nop", "sam"), toy_steps(ctx)
     p, rho = nop_problem(), TOY_RHO["nop"]
     noise = p.noise_sequence(0, steps + 1)[sam.t.astype(int), 0]
-    out = {k: [] for k in ("rate", "lo", "hi", "no_sqrt", "slack")}
+    out: dict[str, list[FloatArray]] = {k: [] for k in ("rate", "lo", "hi", "no_sqrt", "slack")}
     for i, a in enumerate(sam.alpha):
         X, Y, alpha = sam.x[i], sam.y[i], np.full(len(sam.t), a)
         gX, gY, _ = p.grads(X, Y, alpha, noise)
@@ -339,8 +343,10 @@ def toy_sgd_drift_op(ctx: Context) -> Measurement:
 def toy_bar_balances(ctx: Context) -> Measurement:
     p = nop_problem()
     steps, lr = (20_000, 5e-4) if ctx.quick else (100_000, 1e-4)  # same horizon eta*T = 10
-    kw = dict(alpha=1.0, seeds=[0], lr=lr, steps=steps, record_every=steps)
-    res = {o: simulate(p, o, mu=1.0, **kw) for o in ("sgd", "nbar", "obar")}
+    res = {
+        o: simulate(p, o, mu=1.0, alpha=1.0, seeds=[0], lr=lr, steps=steps, record_every=steps)
+        for o in ("sgd", "nbar", "obar")
+    }
     b = {o: 2 * abs(r.balancedness[0, -1]) for o, r in res.items()}
     loss = {o: r.loss[0, -1] for o, r in res.items()}
     ok = all(b[o] < 0.5 * b["sgd"] and loss[o] < loss["sgd"] for o in ("nbar", "obar"))

@@ -13,6 +13,8 @@ from balancedness.commands.common import ensure_writable_folder, fail_usage
 from balancedness.figures import FIGURES, SEPARATE, FigureConfig, check_names, render
 from balancedness.figures.runs import DEFAULT_ALPHAS, DEFAULT_SEEDS, QUICK_SEEDS
 
+_ALPHAS = ", ".join(map(str, DEFAULT_ALPHAS))  # for --alpha's help
+
 
 def figures(
     name: str = typer.Argument(
@@ -28,8 +30,7 @@ def figures(
     alpha: list[float] | None = typer.Option(
         None,
         "--alpha",
-        help="Noise level α of Fig. 1/2(a) (repeatable; "
-        f"default {', '.join(map(str, DEFAULT_ALPHAS))}; the paper's are unknown).",
+        help=f"Noise level α of Fig. 1/2(a) (repeatable; default {_ALPHAS}; the paper's are unknown).",
     ),
     quick: bool = typer.Option(False, "--quick", help="Small runs for tests: T = 2e4 steps, 2 seeds, short flows."),
     log: list[Path] | None = typer.Option(

@@ -19,6 +19,9 @@ from balancedness.commands.common import ensure_writable_folder, err_console, fa
 from balancedness.finetune.run import TABLE_METHODS
 
 DEFAULT_SWEEP_TASKS = ("sst2", "sst5", "trec", "rte", "snli", "mnli")
+_SWEEP_METHODS = list(TABLE_METHODS)  # sweep's default --methods (the option's default value, made once)
+_DEFAULT_TASKS = ",".join(DEFAULT_SWEEP_TASKS)
+_METHOD_NAMES = ", ".join(table.METHODS)
 MODEL_HELP = "minilm | smollm2 | a local model folder | a hub id (must be in the local HF cache: no internet)"
 
 # Options shared by `finetune` and `sweep` (typer reads the same OptionInfo in both signatures).
@@ -180,12 +183,12 @@ def finetune(
             record = run_finetune(prepared)
     except KeyboardInterrupt:
         typer.echo(f"interrupted: checkpoint and partial metrics in {out}; continue with --resume", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     except ValueError as exc:  # target modules matching nothing: raised after the weights load, before training
         fail_usage(exc)
     except RunFailedError as exc:  # diverged, or its files could not be written: status failed, exit 1
         err_console.print(f"[bold red]Run failed:[/] {escape(str(exc))}")
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     if record is None:  # a non-zero torchrun rank
         return
     if record.skipped:
@@ -208,12 +211,10 @@ def finetune(
 
 def sweep(
     tasks: list[str] | None = typer.Option(
-        None, help=f"built-in tasks, repeat or comma (default {','.join(DEFAULT_SWEEP_TASKS)}, unless --task-file)"
+        None, help=f"built-in tasks, repeat or comma (default {_DEFAULT_TASKS}, unless --task-file)"
     ),
     task_file: list[Path] | None = typer.Option(None, help=TASK_FILE_HELP + "; repeatable, beside --tasks"),
-    methods: list[str] = typer.Option(
-        list(TABLE_METHODS), help="methods (repeat or comma): " + ", ".join(table.METHODS)
-    ),
+    methods: list[str] = typer.Option(_SWEEP_METHODS, help="methods (repeat or comma): " + _METHOD_NAMES),
     seeds: list[str] = typer.Option(["13", "21", "42", "87", "100"], help="seeds (repeat or comma)"),
     out: Path = typer.Option(
         Path("runs/sweep"),
@@ -305,7 +306,7 @@ def sweep(
             "again to resume",
             err=True,
         )
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     typer.echo(result.markdown)
     if result.failed:
         typer.echo(f"{len(result.failed)} run(s) failed: see {out / 'failures.json'}", err=True)

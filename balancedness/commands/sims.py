@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from balancedness.sims.directions import DirectionFn
+
 from enum import Enum
 from pathlib import Path
 
@@ -63,7 +68,8 @@ def _load_replacements(texts: list[str] | None) -> tuple[dict, dict]:
     checked against the contract (ValueError naming the bad value)."""
     from balancedness.sims.plugins import load_replacement
 
-    fields, labels = {}, {}
+    fields: dict[str, DirectionFn] = {}
+    labels: dict[str, str] = {}
     for text in texts or []:
         name, field, label = load_replacement(text)
         if name in fields:

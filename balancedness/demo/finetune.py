@@ -93,7 +93,7 @@ def finetune_section(out_dir: str | Path, quick: bool = False) -> str:
             root / s.record.run
             for m in ("lora", "sam")
             for s in result.selected
-            if s.record.method == m and s.record.seed == seeds[0]
+            if s.record.method == m and s.record.seed == seeds[0] and s.record.run is not None
         ]
         paths = make_fig3(root, logs=logs)
         lines += [

@@ -9,6 +9,8 @@ bands min–max over seeds; log y axes (values below ``LOG_FLOOR`` sit on the fl
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from balancedness.figures import style
@@ -69,7 +71,9 @@ def draw_row(axes, kind: str, rows: list[dict], alphas, label: str) -> None:
 def build(cfg: FigureConfig):
     """The 2×2 figure and its data (rows (a) NOP and (b) OP)."""
     fig, axes = style.new_figure(2, 2, width=10.5, height=3.6)
-    data = {"settings": settings_of(cfg, rho=RHO, gap_window_records=GAP_WINDOW, log_floor=style.LOG_FLOOR)}
+    data: dict[str, Any] = {
+        "settings": settings_of(cfg, rho=RHO, gap_window_records=GAP_WINDOW, log_floor=style.LOG_FLOOR)
+    }
     for row, (kind, label) in enumerate((("nop", "a"), ("op", "b"))):
         rows = curves(kind, cfg)
         draw_row(axes[row], kind, rows, cfg.alphas, label)

@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from balancedness.figures import style
@@ -45,7 +47,7 @@ def panel_a(ax, cfg: FigureConfig) -> list[dict]:
     rows = []
     for a in cfg.alphas:
         idx = np.flatnonzero(res.select(alpha=a))
-        thr = [thresholds(res, i, cfg.steps) for i in idx]
+        thr = [thresholds(res, int(i), cfg.steps) for i in idx]
         avg = {k: float(np.nanmean([np.nanmean(t[k]) for t in thr])) for k in thr[0]}
         curve = style.summarize(two_abs_b(res, res.select(alpha=a)))
         color = style.alpha_color(a, cfg.alphas)
@@ -115,7 +117,7 @@ def panel_b(axB, axL, cfg: FigureConfig) -> list[dict]:
 def build(cfg: FigureConfig):
     """The three-panel figure ((a), (b) balancedness, (b) loss) and its data."""
     fig, axes = style.new_figure(1, 3, width=14.0, height=4.0)
-    data = {
+    data: dict[str, Any] = {
         "settings": settings_of(
             cfg,
             rho=RHO["nop"],

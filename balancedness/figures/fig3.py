@@ -123,7 +123,7 @@ def make_fig3(out_dir: str | Path, logs: Sequence[str | Path], formats: Sequence
     apply_style()
     fig, axes = new_figure(1, len(panels), width=3.3 * len(panels), height=3.0)
     rows = []
-    for i, (ax, (task, layer)) in enumerate(zip(axes.ravel(), panels)):
+    for i, (ax, (task, layer)) in enumerate(zip(axes.ravel(), panels, strict=True)):
         labelled = set()
         panel_runs = [r for r in runs if r["task"] == task and layer in r["layers"]]
         seeds = sorted({r["seed"] for r in panel_runs}, key=str)
@@ -140,7 +140,7 @@ def make_fig3(out_dir: str | Path, logs: Sequence[str | Path], formats: Sequence
                 label=None if run["method"] in labelled else label,
             )
             labelled.add(run["method"])
-            rows += [(task, run["method"], run["seed"], layer, s, v) for s, v in zip(run["steps"], values)]
+            rows += [(task, run["method"], run["seed"], layer, s, v) for s, v in zip(run["steps"], values, strict=True)]
         ax.set_title(f"{task}: query layer {layer}")
         ax.set_xlabel("step t")
         ax.set_ylabel(r"$2|B_{t,l}|$")
@@ -157,7 +157,7 @@ def make_fig3(out_dir: str | Path, logs: Sequence[str | Path], formats: Sequence
     writer.writerows(rows)
     write_text(out_dir / "fig3.csv", buf.getvalue())
     data = {
-        "panels": [{"task": t, "layer": l} for t, l in panels],
+        "panels": [{"task": task, "layer": layer} for task, layer in panels],
         "runs": [
             {k: v for k, v in r.items() if k != "layers"} | {"layers": {str(k): v for k, v in r["layers"].items()}}
             for r in runs

@@ -112,7 +112,7 @@ def build(cfg: FigureConfig):
         style.OPTIMIZER_COLORS["obar"],
     ]
     widths = [4.0, 1.8, 3.2, 1.4, 1.2]  # wide lines under narrow ones: GD and BAR share the line x = −y
-    for c, lw, tr in zip(colors, widths, trajs):
+    for c, lw, tr in zip(colors, widths, trajs, strict=True):
         xy = tr["xy"]
         faint = tr["ls"] == ":"
         ax.plot(

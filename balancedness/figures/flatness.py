@@ -16,6 +16,8 @@ the paper's scale and is not part of ``figures all`` (``balancedness figures fla
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from balancedness.figures import style
@@ -108,7 +110,7 @@ def draw_row(axes, kind: str, rows: list[dict], label: str) -> None:
 def build(cfg: FigureConfig):
     """The 2×2 figure and its data."""
     fig, axes = style.new_figure(2, 3, width=15.0, height=3.9)
-    data = {
+    data: dict[str, Any] = {
         "settings": settings_of(
             cfg,
             alphas=list(ALPHAS),

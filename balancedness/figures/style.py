@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -19,6 +19,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from balancedness.io import atomic_write, write_json  # noqa: E402
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
 from balancedness.methods import METHODS, Derived, method  # noqa: E402
 
 #: Image formats ``save_figure`` accepts.
@@ -42,7 +45,7 @@ OPTIMIZER_COLORS = Derived(_optimizer_colors)
 
 _ALPHA_COLORS = ("#1f77b4", "#ff7f0e", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2")
 
-RC = {
+RC: dict[RcKeyType, Any] = {  # matplotlib's stubs check the names
     "figure.dpi": 110,
     "savefig.dpi": 150,
     "font.size": 9.5,

@@ -4,7 +4,8 @@ A :class:`Binding` says how ``run_finetune`` trains a method: its Trainer class 
 backend's ``SAMTrainer``, ``BARTrainer``, ``FlatLoRATrainer`` or ``BiLoRATrainer``, or a user's own), the
 keyword arguments the class takes beside the Trainer's own, computed from the method's hyper-parameter values
 (``{name: value}`` for every ``Hyper`` of its row), and the hyper-parameter, if any, that multiplies the
-micro-batches of a step (m-SAM: ``m``, one m-sharpness chunk per micro-batch). ``run.py`` reads nothing else about a method.
+micro-batches of a step (m-SAM: ``m``, one m-sharpness chunk per micro-batch). ``run.py`` reads nothing else about a
+method.
 
 A method from outside the package is a Python file that registers a row and a binding
 (``balancedness finetune --plugin FILE.py``, :func:`load_plugin`; docs/architecture.md):

@@ -41,7 +41,7 @@ __all__ = [
     "LOSSES",
     "NEVER_LOADED",
     "REQUIRED",
-    "RunRecorder",
+    "RunRecorder",  # noqa: F822 -- made on first use by the module's __getattr__
     "UnsafeCheckpointError",
     "checkpoint_step",
     "last_complete_checkpoint",
@@ -89,7 +89,8 @@ def _safe_numpy_globals() -> list[Any]:
     """The numpy objects the Trainer's ``rng_state.pth`` holds (what transformers allowlists, no more)."""
     import numpy as np
 
-    return [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    reconstruct = np._core.multiarray._reconstruct  # type: ignore[attr-defined]  # numpy 2's private module
+    return [reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def safe_torch_load(file: str | Path) -> Any:
@@ -266,7 +267,7 @@ def __getattr__(name: str) -> Any:
 def recording_trainer(base: type, recorder: Any) -> type:
     """A subclass of the Trainer class ``base`` that hands each micro-batch's loss to ``recorder.add``."""
 
-    class Recording(base):  # type: ignore[misc, valid-type]
+    class Recording(base):
         def training_step(self, *args: Any, **kwargs: Any):
             loss = super().training_step(*args, **kwargs)
             recorder.add(loss.detach())

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -81,7 +81,7 @@ def _convert_smollm2(gguf: Path, target: Path) -> None:
 
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model.hf_quantizer = None  # the gguf quantizer makes save_pretrained refuse
+    model.hf_quantizer = None  # type: ignore[assignment]  # the gguf quantizer makes save_pretrained refuse
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -321,7 +321,9 @@ def _wrap(spec: ModelSpec, task: TaskData, lora: LoraSpec, targets: list[str]):
     path = spec.path
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "right"  # training batches: ChoiceScorer reads the last real token of each row
-    shape = dict(r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout, target_modules=targets)
+    shape: dict[str, Any] = dict(
+        r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout, target_modules=targets
+    )
     if spec.family == "encoder":
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=task.num_labels, dtype=lora.dtype)
         config = LoraConfig(**shape, task_type="SEQ_CLS")  # SEQ_CLS keeps the new classifier head trainable

@@ -172,6 +172,9 @@ def is_complete(record: RunRecord | Mapping[str, Any] | None) -> bool:
     are finite numbers (a run recorded complete with a NaN loss, by an older version, is not)."""
     if record is None:
         return False
+    status: object
+    loss: object
+    value: object
     if isinstance(record, RunRecord):
         status, loss, value = record.status, record.train_loss, record.value
     else:

@@ -96,7 +96,7 @@ def collect(root: str | Path) -> list[RunRecord]:
 
 
 def _display(record: RunRecord) -> float:
-    value = float(record.value)  # type: ignore[arg-type]
+    value = float(record.value)  # type: ignore[arg-type]  # a reported run is complete: its value is set
     return 100.0 * value if record.metric == "accuracy" else value
 
 
@@ -152,7 +152,7 @@ def settings_text(runs: Sequence[RunRecord], varying: Iterable[str] = ()) -> str
     )
     if per_task:
         text += f"; per task: {', '.join(per_task)}"
-    own = {}
+    own: dict[str, dict[str, Any]] = {}
     for r in runs:
         own.setdefault(r.method, _settings(r, varying)[1])
     extras = [f"{METHOD_LABELS.get(m, m)}: " + ", ".join(f"{k} {v}" for k, v in o.items()) for m, o in own.items() if o]
@@ -214,7 +214,11 @@ def markdown_tables(
         for task in tasks
     ]
     if any(v is not None for v in majority):
-        avg = f"{statistics.fmean(majority):.1f}" if all(v is not None for v in majority) else "–"
+        avg = (
+            f"{statistics.fmean(v for v in majority if v is not None):.1f}"
+            if all(v is not None for v in majority)
+            else "–"
+        )
         lines.append(_row("majority class", [f"{v:.1f}" if v is not None else "–" for v in majority] + [avg]))
     lines += [
         "",
@@ -266,7 +270,7 @@ def paired_rows(
             if not seeds:
                 continue
             diffs = [value[(task, method, s)] - value[(task, baseline, s)] for s in seeds]
-            for seed, d in zip(seeds, diffs):
+            for seed, d in zip(seeds, diffs, strict=True):
                 per_seed.setdefault(seed, []).append(d)
             rows.append({"method": method, "task": task, "stats": paired(diffs)})
         if per_seed and len(tasks) > 1:
@@ -336,8 +340,8 @@ def selected_csv(selected: Sequence[Selected], space: Any) -> str:
                 r.seed,
                 r.metric,
                 "" if r.dev is None else f"{float(r.dev):.4f}",
-                f"{float(r.value):.4f}",
-                chosen.candidates,  # type: ignore[arg-type]
+                "" if r.value is None else f"{float(r.value):.4f}",
+                chosen.candidates,
                 json.dumps(selected_options(r, space.searched(r.method)), sort_keys=True),
                 r.run,
             ]

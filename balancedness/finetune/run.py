@@ -188,7 +188,9 @@ class FinetuneConfig:
         known = {f.name for f in dataclasses.fields(self)}
         extra = {k: v for k, v in options.items() if k not in known}
         own = {k: v for k, v in options.items() if k in known}
-        return dataclasses.replace(self, **own, **({"hparams": {**self.hparams, **extra}} if extra else {}))
+        if extra:
+            own["hparams"] = {**self.hparams, **extra}
+        return dataclasses.replace(self, **own)
 
     def task_options(self) -> TaskOptions:
         """The options of ``data.load_task`` (which task, where its data lives, the K-shot draw, the eval subset)."""
@@ -578,6 +580,7 @@ def run_finetune(run: FinetuneConfig | PreparedRun) -> RunRecord | None:
             main=is_main_process(),
         )
         if plan.action == "skip":
+            assert plan.previous is not None, "a skipped run has its complete record"
             return plan.previous.replace(skipped=True)
         return _train(prepared, plan, lock)
 
@@ -616,7 +619,10 @@ def _train(prepared: PreparedRun, plan: RunPlan, lock: Any) -> RunRecord | None:
             record = record.replace(zero_shot=_zero_shot(out, head, task, config.eval_batch_size))
     train_seconds = _fit(out, trainer, plan, record, timer, stop, main)
     if recorder.diverged:
-        return _diverged(config, out, record, trainer, timer, train_seconds, recorder.diverged, main)
+        _diverged(
+            config, out, record, trainer, timer, train_seconds, recorder.diverged, main
+        )  # raises on the main rank
+        return None
     if stop.requested:
         if main:
             _write_partial(out, record, trainer, timer, train_seconds)
@@ -687,10 +693,11 @@ def _fit(out: Path, trainer: Any, plan: RunPlan, record: RunRecord, timer: Any, 
             out,
             exc,
             lambda error: (
-                main
-                and _write_partial(
+                _write_partial(
                     out, record, trainer, timer, prior_seconds + time.perf_counter() - t0, status="failed", error=error
                 )
+                if main
+                else None
             ),
         )
     finally:

@@ -150,7 +150,7 @@ def plan_run(
     metrics = read_metrics(out)
     if is_complete(metrics):
         return RunPlan("skip", fp, previous=metrics)
-    if _diverged(metrics):
+    if metrics is not None and _diverged(metrics):
         raise RunFailedError(
             f"out {str(out)!r} holds this run, failed: {metrics.error}; training it again "
             "diverges again: change the settings (e.g. a smaller --lr), or replace it with "
@@ -258,7 +258,7 @@ def _replace_folder(out: Path, lock: RunFolderLock | None) -> None:
         old = make_temp_dir(prefix=f".{out.name}.replaced-", dir=out.parent)
         out.rename(old / out.name)
         fresh.rename(out)
-    if lock is not None:
+    if lock is not None and new_lock is not None:
         lock.adopt(new_lock, out)
     shutil.rmtree(old)
 

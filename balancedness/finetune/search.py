@@ -2,11 +2,11 @@
 
 Every value below is read from the method table (``balancedness/methods.py``): a row's ``search`` gives the
 shared options' values (``lr``) per preset, each of its ``Hyper``'s ``search`` its own; what a grid may vary,
-and for which methods, is what the rows declare. A :class:`SearchSpace` maps each method to a grid ``{option: values}``; a method's configurations are the
-Cartesian product in the order the options and values are given (that order also breaks ties in
-:func:`~balancedness.finetune.select.select_runs`). Options a method does not read cannot be searched for it
-(ρ only for SAM/m-SAM/ASAM/Bi-LoRA, σ only for Flat-LoRA, μ₀ and the μ schedule only for BAR, a plugin method's own hyper-parameters only
-for it); ``lr`` and ``weight_decay`` apply to all.
+and for which methods, is what the rows declare. A :class:`SearchSpace` maps each method to a grid ``{option: values}``;
+a method's configurations are the Cartesian product in the order the options and values are given (that order also
+breaks ties in :func:`~balancedness.finetune.select.select_runs`). Options a method does not read cannot be searched for
+it (ρ only for SAM/m-SAM/ASAM/Bi-LoRA, σ only for Flat-LoRA, μ₀ and the μ schedule only for BAR, a plugin method's own
+hyper-parameters only for it); ``lr`` and ``weight_decay`` apply to all.
 
 Presets (``balancedness sweep --space NAME``):
 
@@ -21,9 +21,9 @@ Presets (``balancedness sweep --space NAME``):
   so its second axis is AdamW's weight decay ∈ {0, 0.01}: the only knob it has besides lr, and nearly
   neutral for balancedness at this size (decoupled decay multiplies B_l by (1 − lr·λ)^{2t}, a 0.16% shrink
   over 40 steps at lr 2e-3; weight decay does balance by itself, spec flatness-methods §1, so a larger λ
-  would confound the comparison), and better than repeating a configuration (a repeat is the same run, same fingerprint, and would leave LoRA 2 configurations). Before
-  this axis was shared, LoRA searched lr ∈ {5e-4, 1e-3, 2e-3, 4e-3} while the others spent their four on ρ/μ₀,
-  which confounded the committed CPU result on TREC (LoRA alone reached lr 4e-3);
+  would confound the comparison), and better than repeating a configuration (a repeat is the same run, same fingerprint,
+  and would leave LoRA 2 configurations). Before this axis was shared, LoRA searched lr ∈ {5e-4, 1e-3, 2e-3, 4e-3} while
+  the others spent their four on ρ/μ₀, which confounded the committed CPU result on TREC (LoRA alone reached lr 4e-3);
 * ``cpu-2024``: that earlier ``cpu`` grid, kept so that the committed docs/results-cpu stays reproducible
   (LoRA lr ∈ {5e-4, 1e-3, 2e-3, 4e-3}; the others as in ``cpu``; Flat-LoRA and Bi-LoRA, newer than it, have
   no grid there and run one configuration).
@@ -89,7 +89,7 @@ class SearchSpace:
         """The configurations of ``method``: ``[{option: value}]``, in grid order (``[{}]`` without a grid)."""
         grid = self.grids.get(method, {})
         names = list(grid)
-        return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+        return [dict(zip(names, values, strict=True)) for values in itertools.product(*(grid[n] for n in names))]
 
     def searched(self, method: str | None = None) -> set[str]:
         """Every option ``method``'s grid varies (with more than one value); without ``method``, any grid's."""

@@ -29,7 +29,7 @@ class Selected:
 
 def score(record: RunRecord) -> float:
     """The number selection maximizes: the dev metric, or the test metric when the task has no dev split."""
-    return float(record.dev if record.dev is not None else record.value)  # type: ignore[arg-type]
+    return float(record.dev if record.dev is not None else record.value)  # type: ignore[arg-type]  # complete: set
 
 
 def select_runs(runs: Sequence[RunRecord], order: dict[str, int]) -> list[Selected]:
@@ -40,7 +40,7 @@ def select_runs(runs: Sequence[RunRecord], order: dict[str, int]) -> list[Select
         groups[(run.task, run.method, run.seed)].append(run)
     chosen = []
     for key in sorted(groups, key=lambda k: (k[0], k[1], k[2])):
-        best = max(groups[key], key=lambda r: (score(r), -order[r.run]))  # type: ignore[index]
+        best = max(groups[key], key=lambda r: (score(r), -order[r.run]))  # type: ignore[index]  # collected: run set
         chosen.append(Selected(best, len(groups[key])))
     return chosen
 

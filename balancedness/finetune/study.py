@@ -8,11 +8,11 @@ fingerprint and Optuna hands each cell to one worker. ``--workers N`` starts N l
 ``sqlite:///…``; anything else is a path to an Optuna journal file, which also works on a shared
 filesystem). The default storage is the journal file ``<out>/study.journal``: embedded, nothing to start.
 
-The study is named by its cells (:func:`study_name`). A cell is computed once: its run folder is keyed by the fingerprint and guarded by an exclusive lock
-(``<out>/.locks/<id>.lock``, ``fcntl.flock``, released by the OS when a worker dies), and a complete run is
-skipped (``run_finetune``'s own rule). Interrupted trials are retried: a trial left RUNNING by a dead worker
-is handed out again once every other cell has started (``GridSampler`` does that), and after the grid is
-exhausted every cell whose run is not complete is enqueued once more and resumes from its last complete
+The study is named by its cells (:func:`study_name`). A cell is computed once: its run folder is keyed by the
+fingerprint and guarded by an exclusive lock (``<out>/.locks/<id>.lock``, ``fcntl.flock``, released by the OS when a
+worker dies), and a complete run is skipped (``run_finetune``'s own rule). Interrupted trials are retried: a trial left
+RUNNING by a dead worker is handed out again once every other cell has started (``GridSampler`` does that), and after
+the grid is exhausted every cell whose run is not complete is enqueued once more and resumes from its last complete
 checkpoint.
 """
 

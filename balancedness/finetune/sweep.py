@@ -91,9 +91,11 @@ def plan_cells(
     _check_grid(base, tasks, methods, seeds, space, task_files)
     cells: dict[str, FinetuneConfig] = {}
     claimed: dict[str, dict[str, str]] = {}
+    fields: dict[str, Any]
     for fields in [*({"task": t} for t in tasks), *({"task_file": str(f)} for f in task_files)]:
         for seed in seeds:
-            prepared = prepare(dataclasses.replace(base, seed=seed, **fields))
+            options: dict[str, Any] = {"seed": seed, **fields}
+            prepared = prepare(dataclasses.replace(base, **options))
             name = prepared.task.name
             _claim(claimed, name, fields)
             for method in methods:
@@ -173,7 +175,7 @@ def run_sweep(
         for proc in procs:
             proc.join()
     result.runs, missing = _collect(cells, out)
-    complete = {str(Path(out) / r.run) for r in result.runs}  # type: ignore[operator]
+    complete = {str(Path(out) / r.run) for r in result.runs}  # type: ignore[operator]  # a collected run's folder
     result.failed = [f for f in result.failed if f["out"] not in complete]  # a retry may have finished it
     result.failed += [
         {

@@ -348,5 +348,5 @@ def _check_labels(spec: TaskFile, tables: dict[str, Table], labels: dict[str, li
 
 def _examples(table: Table, text: tuple[str, ...], labels: list[str], values: list[str]) -> list[Example]:
     index = {v: i for i, v in enumerate(values)}
-    texts = zip(*(map(cell, table.column(c)) for c in text))
-    return [Example(tuple(t), index[y]) for t, y in zip(texts, labels)]
+    texts = zip(*(map(cell, table.column(c)) for c in text), strict=True)
+    return [Example(tuple(t), index[y]) for t, y in zip(texts, labels, strict=True)]

@@ -60,7 +60,7 @@ def label_word_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
         if not tokens:
             raise ValueError(f"label word {word!r} encodes to no token")
         ids.append(tokens[0])
-    clashes = [w for w, i in zip(words, ids) if ids.count(i) > 1]
+    clashes = [w for w, i in zip(words, ids, strict=True) if ids.count(i) > 1]
     if clashes:
         raise ValueError(
             f"label words {clashes} start with the same token for this tokenizer; choose words "
@@ -147,18 +147,26 @@ class TaskHead:
         prefix = [bos] if bos is not None and getattr(self.tokenizer, "add_bos_token", False) else []
         return prefix + ids[max(0, len(ids) - (budget - len(prefix))) :]
 
+    def _prompt(self) -> Prompt:
+        if self.prompt is None:
+            raise ValueError(f"a {self.mode!r} task head needs a prompt")
+        return self.prompt
+
     def features(self, example: Example, *, train: bool = True) -> list[dict[str, Any]]:
         """Feature dicts for one example (generation training: one per reference)."""
         tok, n = self.tokenizer, self.max_length
         if self.mode == "classifier":
             enc = tok(*encoder_texts(self.task, example), truncation=True, max_length=n)
             return [{**{k: list(v) for k, v in enc.items()}, "labels": example.label}]
-        prompt_text = self.prompt.render(example)
+        prompt = self._prompt()
+        prompt_text = prompt.render(example)
         if self.mode == "label-words":
             return [{"input_ids": self._ids(prompt_text, n), "labels": example.label}]
         if self.mode == "choices":
             rows, starts = [], []
-            for choice in self.prompt.choices(example):
+            if prompt.choices is None:
+                raise ValueError(f"task {self.task.name!r}: a 'choices' head needs a prompt with choices")
+            for choice in prompt.choices(example):
                 cont = tok.encode(choice, add_special_tokens=False)[: n // 2]
                 ids = self._ids(prompt_text, n - len(cont)) + cont
                 rows.append(ids)
@@ -236,7 +244,7 @@ class TaskHead:
 
     def _generate(self, feats: list[dict[str, Any]], device: torch.device, max_new_tokens: int) -> list[str]:
         batch = {k: v.to(device) for k, v in self.collate(feats, left=True).items()}
-        gen = self.model.generate(
+        gen = self.model.generate(  # type: ignore[operator]  # a causal LM's (nn.Module.__getattr__ is untyped)
             **batch,
             max_new_tokens=max_new_tokens,
             do_sample=False,
@@ -270,7 +278,7 @@ def bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> floa
 
     width = max(len(r) for r in references)
     streams = [[refs[i] if i < len(refs) else None for refs in references] for i in range(width)]
-    return float(sacrebleu.corpus_bleu(list(hypotheses), streams).score)
+    return float(sacrebleu.corpus_bleu(list(hypotheses), streams).score)  # type: ignore[arg-type]  # None: no ref
 
 
 def evaluate(
@@ -292,10 +300,10 @@ def evaluate(
         raise ValueError("evaluate() got no examples")
     preds = head.predict(examples, batch_size=batch_size, max_new_tokens=max_new_tokens)
     if head.task.kind == "generation":
-        value = bleu(preds, [ex.references or [""] for ex in examples])
+        value = bleu([str(p) for p in preds], [ex.references or [""] for ex in examples])
     else:
-        value = sum(int(p == ex.label) for p, ex in zip(preds, examples)) / len(examples)
-    return {"metric": head.task.metric, head.task.metric: value, "n": len(examples)}  # type: ignore[dict-item]
+        value = sum(int(p == ex.label) for p, ex in zip(preds, examples, strict=True)) / len(examples)
+    return {"metric": head.task.metric, head.task.metric: value, "n": len(examples)}  # type: ignore[dict-item]  # keyed by the metric
 
 
 def majority_accuracy(task: TaskData) -> float:

@@ -6,8 +6,8 @@ built on it, never the reverse. Math for each method lives in one module: ``pair
 accelerate's accumulation loops), ``bar`` (Algs. 2/3), ``groups`` (the weight-decay split), ``schedules``
 (μ_t by step, spec §4.5.7), ``amp`` (GradScaler semantics), ``flatlora`` and ``bilora`` (flatness-methods
 §2, §3; their Trainers are built on first use); ``trainer`` and ``callbacks`` plug them into the
-HF ``Trainer`` and are the only modules that import transformers (none imports accelerate). Everything else needs torch alone (peft models are found by their
-parameter names, not by importing peft).
+HF ``Trainer`` and are the only modules that import transformers (none imports accelerate). Everything else needs torch
+alone (peft models are found by their parameter names, not by importing peft).
 
 Every name is loaded on first use, so ``import balancedness.optim`` is free and commands that need no torch
 start without it.

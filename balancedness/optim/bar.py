@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.optim import Optimizer
 
 from balancedness.optim.groups import decay_groups
-from balancedness.optim.pairs import LoraPair, compute_dtype, lora_pairs, norms
+from balancedness.optim.pairs import LoraPair, compute_dtype, grad_of, lora_pairs, norms
 from balancedness.optim.schedules import BARScheduler, check_schedule
 from balancedness.validation import choice, number
 
@@ -47,7 +47,13 @@ def check_bar_args(mu: float, variant: str, schedule: str, *, prefix: str = "") 
     )
 
 
-class BAROptimizerMixin:
+if TYPE_CHECKING:  # the mixin is always combined with a torch optimizer (bar_optimizer_class)
+    _OptimizerBase = Optimizer
+else:
+    _OptimizerBase = object
+
+
+class BAROptimizerMixin(_OptimizerBase):
     """Adds Alg. 2/3 in front of the base optimizer's ``step``. Mixed into a subclass of the user's class by
     ``bar_optimizer_class``; its constructor takes the base class's arguments plus the BAR ones:
 
@@ -134,7 +140,7 @@ class BAROptimizerMixin:
             return
         dtype = compute_dtype(a + b)
         if self.bar_variant == "nbar":
-            n_a, n_b = norms([p.grad for p in a], dtype), norms([p.grad for p in b], dtype)
+            n_a, n_b = norms([grad_of(p) for p in a], dtype), norms([grad_of(p) for p in b], dtype)
             sign = torch.where(n_a >= n_b, 1.0, -1.0).to(dtype)  # +1: grow A, shrink B
             finite = torch.isfinite(n_a).all() & torch.isfinite(n_b).all()
             sign = sign * finite  # overflowed step: factors become exactly 1
@@ -190,7 +196,7 @@ def _scale_(params: list[nn.Parameter], factors: torch.Tensor) -> None:
 
 
 @functools.cache
-def bar_optimizer_class(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
+def bar_optimizer_class(optimizer_cls: type[Optimizer]) -> type[BAROptimizerMixin]:
     """The subclass ``BAR<optimizer_cls>`` of the user's optimizer class, the class ``create_bar_optimizer``
     instantiates (cached: one per base class). Its constructor is documented on ``BAROptimizerMixin``."""
     if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, Optimizer)):
@@ -199,7 +205,7 @@ def bar_optimizer_class(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
         return optimizer_cls
     base_step = optimizer_cls.step
     if getattr(base_step, "hooked", False):  # skip torch's profiling wrapper: our own step carries it
-        base_step = base_step.__wrapped__
+        base_step = base_step.__wrapped__  # type: ignore[attr-defined]  # torch's profiling wrapper (functools.wraps)
     return type(
         f"BAR{optimizer_cls.__name__}",
         (BAROptimizerMixin, optimizer_cls),
@@ -247,7 +253,7 @@ def create_bar_optimizer(
         ``state_dict`` carries the schedule position t (``opt.bar_scheduler.state_dict()``).
     """
     lr = number("lr", lr, strict=True)
-    cls = bar_optimizer_class(optimizer_cls)
+    cls = bar_optimizer_class(optimizer_cls)  # type: ignore[arg-type]  # functools.cache wants Hashable: a class is
     if params is None:
         params = (
             [p for p in model.parameters() if p.requires_grad]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import torch
 from torch import nn
@@ -35,7 +35,7 @@ from torch.nn import functional as F
 from balancedness.optim.flatlora import flat_lora_layers
 from balancedness.validation import integer, number
 
-__all__ = ["AuxAdapter", "BiLoRA", "bilora_norm", "bilora_clip_", "bilora_ascent_group", "BiLoRATrainer", "AUX_FILE"]
+__all__ = ["AuxAdapter", "BiLoRA", "bilora_norm", "bilora_clip_", "bilora_ascent_group", "BiLoRATrainer", "AUX_FILE"]  # noqa: F822 -- made on first use by the module's __getattr__
 
 #: The file of the auxiliary's state in a Trainer checkpoint folder.
 AUX_FILE = "bilora_aux.pt"
@@ -120,7 +120,8 @@ class BiLoRA:
     @staticmethod
     def _hook(module: nn.Module, adapter: AuxAdapter) -> Any:
         adapters = getattr(module, "active_adapters", ())
-        dropout = module.lora_dropout[adapters[0]] if adapters and hasattr(module, "lora_dropout") else nn.Identity()
+        dropouts = cast(nn.ModuleDict, module.lora_dropout) if hasattr(module, "lora_dropout") else None  # peft's
+        dropout = dropouts[adapters[0]] if adapters and dropouts is not None else nn.Identity()
 
         def hook(_module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
             x = dropout(args[0].to(adapter.lora_A.dtype))
@@ -140,7 +141,11 @@ class BiLoRA:
     def attach(self, optimizer: torch.optim.Optimizer, lr: float) -> None:
         """Add :meth:`param_group` to ``optimizer`` and clip (:meth:`clip_`) after each of its steps."""
         optimizer.add_param_group(self.param_group(lr))
-        self._handles.append(optimizer.register_step_post_hook(lambda *_: self.clip_()))
+
+        def clip_after_step(*_: Any) -> None:
+            self.clip_()
+
+        self._handles.append(optimizer.register_step_post_hook(clip_after_step))
 
     def clip_(self) -> float:
         """:func:`bilora_clip_` at radius ρ."""
@@ -189,7 +194,13 @@ def _bilora_trainer() -> type:
     return cls
 
 
-class _BiLoRAMixin:
+if TYPE_CHECKING:  # the mixin is only ever combined with LoRATrainer (built on first use, below)
+    from balancedness.optim.trainer import LoRATrainer as _TrainerBase
+else:
+    _TrainerBase = object
+
+
+class _BiLoRAMixin(_TrainerBase):
     """``Trainer`` with Bi-LoRA: the auxiliary (:class:`BiLoRA`) is made with the Trainer, joins the Trainer's own
     optimizer as an ascent group at lr κ·``args.learning_rate`` (the Trainer's LR schedule drives both), is clipped
     after every optimizer step, its gradients dropped at the first micro-batch of every step (the Trainer's
@@ -213,7 +224,7 @@ class _BiLoRAMixin:
         self.bilora_kappa = number("bilora_kappa", bilora_kappa, strict=True)
         super().__init__(*args, **kwargs)
         seed = self.args.seed if bilora_seed is None else bilora_seed
-        self.bilora = BiLoRA(self.model, bilora_rank, bilora_rho, aux_init=bilora_aux_init, seed=seed)
+        self.bilora = BiLoRA(self._trained_model(), bilora_rank, bilora_rho, aux_init=bilora_aux_init, seed=seed)
         self._bilora_attached: Any = None
         self._bilora_step: int | None = None
 

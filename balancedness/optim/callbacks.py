@@ -60,7 +60,9 @@ class BalancednessCallback(TrainerCallback):
             raise TypeError(f"path must be True (<output_dir>/{LOG_NAME}), False (no file) or a path, got {path!r}")
         self.path = path
         self.trainer = trainer
-        self._every, self._file, self._record = 1, None, None
+        self._every = 1
+        self._file: str | None = None
+        self._record: dict[str, Any] | None = None
         self._warned = False
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

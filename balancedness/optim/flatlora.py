@@ -18,7 +18,8 @@ order: the same seed gives the same run, a resumed run the same draws, and the g
 ``noise=`` replaces the draws by given standard normal ones (the numpy cross-check feeds the simulator's ξ).
 
 Cost: one forward and one backward per step, as LoRA; per step one N(0, 1) draw and one copy of each adapted W0
-(transient, freed at restore); the filter norms come from r-sized products (W′ is never formed). Under DDP every worker draws the same E (same seed and step).
+(transient, freed at restore); the filter norms come from r-sized products (W′ is never formed). Under DDP every worker
+draws the same E (same seed and step).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import hashlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
@@ -44,7 +45,7 @@ __all__ = [
     "flat_lora_restore_",
     "noise_factor",
     "step_seed",
-    "FlatLoRATrainer",
+    "FlatLoRATrainer",  # noqa: F822 -- made on first use by the module's __getattr__
 ]
 
 #: f_t of the noise strength σ_t = f_t σ: the official cosine ramp from 0 to 1, or a constant 1.
@@ -58,7 +59,7 @@ class FlatLayer(NamedTuple):
     ``factors`` the ``(lora_A, lora_B, scaling)`` of its active adapters (W′ = W0 + Σ s·B·A)."""
 
     name: str
-    weight: nn.Parameter
+    weight: torch.Tensor
     factors: tuple[tuple[torch.Tensor, torch.Tensor, float], ...]
 
 
@@ -134,13 +135,14 @@ def _row_norms(
     B = torch.cat([s * b.detach().to(dtype) for _, b, s in factors], dim=1)
     sq = torch.linalg.vector_norm(w, dim=1).square()
     sq = sq + 2 * ((w @ A.T) * B).sum(dim=1) + ((B @ (A @ A.T)) * B).sum(dim=1)
-    return sq.clamp_min(0).sqrt().unsqueeze(1)
+    out: torch.Tensor = sq.clamp_min(0).sqrt().unsqueeze(1)
+    return out
 
 
 @torch.no_grad()
 def flat_lora_restore_(layers: Sequence[FlatLayer], originals: Sequence[torch.Tensor]) -> None:
     """Point every layer's weight back at its original W0 (bit-exact: the original was never written)."""
-    for layer, w0 in zip(layers, originals):
+    for layer, w0 in zip(layers, originals, strict=True):
         layer.weight.data = w0
 
 
@@ -229,7 +231,13 @@ def _flat_lora_trainer() -> type:
     return cls
 
 
-class _FlatLoRAMixin:
+if TYPE_CHECKING:  # the mixin is only ever combined with LoRATrainer (built on first use, below)
+    from balancedness.optim.trainer import LoRATrainer as _TrainerBase
+else:
+    _TrainerBase = object
+
+
+class _FlatLoRAMixin(_TrainerBase):
     """``Trainer`` with Flat-LoRA: E is drawn in the first micro-batch's ``training_step`` of every optimizer step
     (t = ``state.global_step``, T = ``state.max_steps``), kept for all micro-batches of the accumulation, and
     removed after the last one's backward, before the Trainer's ``optimizer.step()``. The Trainer's own optimizer,
@@ -251,7 +259,7 @@ class _FlatLoRAMixin:
         choice("flat_noise_schedule", flat_noise_schedule, NOISE_SCHEDULES)
         super().__init__(*args, **kwargs)
         seed = self.args.seed if flat_seed is None else integer("flat_seed", flat_seed, minimum=0)
-        self.flat_lora = FlatLoRA(self.model, flat_sigma, noise_schedule=flat_noise_schedule, seed=seed)
+        self.flat_lora = FlatLoRA(self._trained_model(), flat_sigma, noise_schedule=flat_noise_schedule, seed=seed)
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         self.flat_lora.restore()

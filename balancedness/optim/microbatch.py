@@ -51,7 +51,7 @@ def stash_grads(params: Sequence[nn.Parameter]) -> list[torch.Tensor | None]:
 
 def unstash_grads(params: Sequence[nn.Parameter], saved: Sequence[torch.Tensor | None]) -> None:
     """Put stashed gradients back (discarding whatever ``.grad`` holds now)."""
-    for p, g in zip(params, saved):
+    for p, g in zip(params, saved, strict=True):
         p.grad = g
 
 

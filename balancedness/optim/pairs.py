@@ -31,6 +31,7 @@ __all__ = [
     "lora_grad_gap",
     "norms",
     "squared_norms",
+    "grad_of",
 ]
 
 _MARKERS = ((".lora_A.", ".lora_B."), (".lora_embedding_A.", ".lora_embedding_B."))
@@ -95,6 +96,13 @@ def lora_pairs(model: nn.Module) -> list[LoraPair]:
     return pairs
 
 
+def grad_of(p: torch.Tensor) -> torch.Tensor:
+    """``p.grad`` of a parameter the caller has checked has one (a RuntimeError names the shape otherwise)."""
+    if p.grad is None:
+        raise RuntimeError(f"a parameter of shape {tuple(p.shape)} has no gradient")
+    return p.grad
+
+
 def compute_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
     """The dtype the math runs in: fp32, or fp64 when any tensor is fp64 (bf16/fp16 are upcast)."""
     dtype = torch.float32
@@ -124,7 +132,7 @@ def lora_balancedness(model: nn.Module) -> dict[str, float]:
         sq_a = squared_norms([p.lora_A for p in pairs])
         sq_b = squared_norms([p.lora_B for p in pairs])
         values = (0.5 * (sq_a - sq_b)).tolist()
-    return {pair.name: value for pair, value in zip(pairs, values)}
+    return {pair.name: value for pair, value in zip(pairs, values, strict=True)}
 
 
 def lora_balancedness_matrices(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -150,7 +158,7 @@ def lora_grad_gap(model: nn.Module) -> dict[str, float]:
     if not pairs:
         return {}
     with torch.no_grad():
-        sq_a = squared_norms([p.lora_A.grad for p in pairs])
-        sq_b = squared_norms([p.lora_B.grad for p in pairs])
+        sq_a = squared_norms([grad_of(p.lora_A) for p in pairs])
+        sq_b = squared_norms([grad_of(p.lora_B) for p in pairs])
         values = (sq_a - sq_b).tolist()
-    return {pair.name: value for pair, value in zip(pairs, values)}
+    return {pair.name: value for pair, value in zip(pairs, values, strict=True)}

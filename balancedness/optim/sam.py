@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
-from typing import Any, ContextManager
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,7 +40,7 @@ from torch.optim import Optimizer
 
 from balancedness.optim.amp import backward, poison_grads_
 from balancedness.optim.microbatch import sam_micro_batch, stash_grads, unstash_grads
-from balancedness.optim.pairs import compute_dtype, norms
+from balancedness.optim.pairs import compute_dtype, grad_of, norms
 from balancedness.validation import boolean, number
 
 __all__ = [
@@ -92,28 +92,28 @@ def climb_groups_(groups: Sequence[RadiusGroup]) -> tuple[list[nn.Parameter], Ba
     if not torch.isfinite(grad_norm):  # the one host sync of a SAM step
         return None
     backups = [p.detach().clone() for p in params]
-    for (group_params, rho, adaptive), group_grads in zip(groups, grads):
+    for (group_params, rho, adaptive), group_grads in zip(groups, grads, strict=True):
         coef = torch.where(grad_norm > 0, rho / grad_norm, torch.zeros_like(grad_norm))
         step = torch._foreach_mul(group_grads, coef)  # ρ g/‖g‖, or ρ |w|⊙g/‖|w|⊙g‖ ...
         if adaptive:
             step = torch._foreach_mul(step, torch._foreach_abs([p.to(dtype) for p in group_params]))  # ... ⊙ |w|
-        for p, e in zip(group_params, step):
+        for p, e in zip(group_params, step, strict=True):
             p.add_(e)
     return params, backups
 
 
-def _ascent_gradients(params: list[nn.Parameter], adaptive: bool, dtype: torch.dtype) -> list[torch.Tensor]:
+def _ascent_gradients(params: Sequence[nn.Parameter], adaptive: bool, dtype: torch.dtype) -> list[torch.Tensor]:
     """g in ``dtype``, or |w| ⊙ g for ASAM: the vectors whose global norm normalizes the perturbation."""
-    grads = [p.grad.to(dtype) for p in params]
+    grads = [grad_of(p).to(dtype) for p in params]
     if adaptive:
-        grads = torch._foreach_mul(torch._foreach_abs([p.to(dtype) for p in params]), grads)
+        grads = list(torch._foreach_mul(torch._foreach_abs([p.to(dtype) for p in params]), grads))
     return grads
 
 
 @torch.no_grad()
 def restore_(params: Sequence[nn.Parameter], backups: Backups) -> None:
     """w + e → w, bit-exactly (copies back the saved values)."""
-    for p, b in zip(params, backups):
+    for p, b in zip(params, backups, strict=True):
         p.copy_(b)
 
 
@@ -246,7 +246,7 @@ class SAM(Optimizer):
         if zero_grad:
             self.zero_grad()
 
-    def step(
+    def step(  # type: ignore[override]  # needs the loss closure (a tensor) and takes the GradScaler
         self, closure: Callable[[], torch.Tensor] | None = None, *, scaler: torch.amp.GradScaler | None = None
     ) -> torch.Tensor | None:
         """One SAM step, the passes of ``microbatch.sam_micro_batch`` for one micro-batch: ascent pass,
@@ -307,11 +307,11 @@ def _accelerate_accumulates() -> bool:
     if state is None or not state.GradientState._shared_state:
         return False
     gradient_state = state.GradientState()
-    return gradient_state.num_steps > 1 and gradient_state.in_dataloader
+    return bool(gradient_state.num_steps > 1 and gradient_state.in_dataloader)
 
 
 LossFn = Callable[[Any], torch.Tensor]
-NoSync = Callable[[], ContextManager[Any]]
+NoSync = Callable[[], AbstractContextManager[Any]]
 
 
 def sam_step_accumulated(
@@ -373,7 +373,7 @@ def _loop(
     for j, batch in enumerate(batches):
         last = j == k - 1
 
-        def run_pass(micro: Any, local: bool) -> torch.Tensor:
+        def run_pass(micro: Any, local: bool, last: bool = last) -> torch.Tensor:  # this micro-batch's `last`
             with no_sync() if local or not last else nullcontext():
                 return _backward_of(loss_fn, micro, k, scaler)
 
@@ -391,7 +391,8 @@ def _loop(
         if sam._overflow:
             break
     sam.second_step(scaler=scaler)
-    return loss
+    out: torch.Tensor = loss
+    return out
 
 
 def _check_batches(batches: Sequence[Any]) -> int:

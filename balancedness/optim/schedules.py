@@ -30,7 +30,10 @@ def check_total_steps(schedule: str, total_steps: int | None, param: str = "tota
 
 def scheduled_mu(mu0: float, schedule: str, t: int, total_steps: int | None) -> float:
     """μ_t = mu_at(μ₀, schedule, t/T) (T is not used by, and may be None for, the constant schedule)."""
-    return mu_at(mu0, schedule, 0.0 if schedule == "constant" else t / check_total_steps(schedule, total_steps))
+    if schedule == "constant":
+        return mu_at(mu0, schedule, 0.0)
+    total = check_total_steps(schedule, total_steps)  # an int >= 1 for the other schedules (else InvalidValue)
+    return mu_at(mu0, schedule, t / total if total else 0.0)
 
 
 # T of torch's own schedulers, by the attribute that holds it

@@ -55,6 +55,12 @@ class LoRATrainer(Trainer):
                 callback.trainer = self
         return super().train(*args, **kwargs)
 
+    def _trained_model(self) -> nn.Module:
+        """``self.model``; a RuntimeError where there is none yet."""
+        if self.model is None:
+            raise RuntimeError(f"{type(self).__name__} has no model (give the Trainer model= or model_init=)")
+        return self.model
+
 
 class SAMTrainer(LoRATrainer):
     """``Trainer`` with SAM (``rho``, ``adaptive`` = ASAM) and optional m-sharpness over micro-batches.
@@ -159,7 +165,7 @@ class BARTrainer(LoRATrainer):
 
     def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
         if self.optimizer is None:  # T comes with the scheduler, next
-            self.optimizer = self._bar_optimizer(self.model)
+            self.optimizer = self._bar_optimizer(self._trained_model())
         super().create_optimizer_and_scheduler(num_training_steps)
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
@@ -170,14 +176,15 @@ class BARTrainer(LoRATrainer):
                     "learns it in train() or create_optimizer_and_scheduler(num_training_steps); a bare "
                     "create_optimizer() call does not know it"
                 )
-            self.optimizer = self._bar_optimizer(self.model if model is None else model)
+            self.optimizer = self._bar_optimizer(self._trained_model() if model is None else model)
         return super().create_optimizer(model)
 
     def _bar_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         if self.optimizer_cls_and_kwargs is not None:
             optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
         else:
-            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            # a peft model is an nn.Module; transformers annotates the argument as PreTrainedModel
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)  # type: ignore[arg-type]
         optimizer_kwargs = dict(optimizer_kwargs)
         special = sorted({"params", "model", "optimizer_dict"} & optimizer_kwargs.keys())
         if special:

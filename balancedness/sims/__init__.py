@@ -7,6 +7,8 @@ from a user's file); ``simulate`` steps it, ``solve_flow`` integrates it, ``theo
 closed forms to compare against.
 """
 
+from collections.abc import Callable
+
 from balancedness.sims.directions import (
     DIRECTIONS,
     Direction,
@@ -47,7 +49,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Callable[..., SimResult]:
     if name == "solve_flow":
         from balancedness.sims.flows import solve_flow
 

@@ -29,16 +29,21 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cache
 
 import numpy as np
 
+from balancedness.metrics import FloatArray, IntArray
 from balancedness.sims import directions as _d
-from balancedness.sims.directions import DIRECTIONS, Observed
+from balancedness.sims.directions import DIRECTIONS, DirectionFn, Observed
+from balancedness.sims.problems import Problem
+
+#: The sizes (L, d1, d2, r) of a problem's factors.
+Dims = tuple[int, int, int, int]
 
 #: The built-in direction functions the kernel implements, by the opcode it dispatches on.
-OPCODES: dict[Callable, int] = {_d.sgd: 0, _d.sngd: 1, _d.sam: 2, _d.msam: 3, _d.nbar: 4, _d.obar: 5}
+OPCODES: dict[DirectionFn, int] = {_d.sgd: 0, _d.sngd: 1, _d.sam: 2, _d.msam: 3, _d.nbar: 4, _d.obar: 5}
 
 #: ``BALANCEDNESS_BACKEND=numpy`` in the environment turns the compiled path off (as if numba were absent).
 ENV = "BALANCEDNESS_BACKEND"
@@ -64,7 +69,7 @@ def kernel_for(name: str) -> tuple[int | None, list[Callable[[], None]]]:
         notes.append(field.note)
         field = field.field
     try:
-        op = OPCODES.get(field)
+        op = None if field is None else OPCODES.get(field)
     except TypeError:  # an unhashable callable is no built-in
         op = None
     return op, (notes if op is not None else [])
@@ -77,7 +82,9 @@ def kernel_for(name: str) -> tuple[int | None, list[Callable[[], None]]]:
 # C[row, j] (d1·d2, n) (OP: (1, n)), C[a, b] at a·d2 + b. Sizes: dims = (L, d1, d2, r).
 
 
-def _dot(out, o, u, ou, v, ov, cnt, w0, w1):
+def _dot(
+    out: FloatArray, o: int, u: FloatArray, ou: int, v: FloatArray, ov: int, cnt: int, w0: FloatArray, w1: FloatArray
+) -> None:
     """out[o, i] = Σ_k u[ou + k, i]·v[ov + k, i] (k < cnt) for every i, in the order of numpy's einsum
     kernel for a contiguous reduction (``sum_of_products_contig_contig_outstride0_two``, x86-64 baseline):
     two SIMD lanes, lane j taking the terms j, j+2, …, per block of eight adding its four products
@@ -113,7 +120,23 @@ def _dot(out, o, u, ou, v, ov, cnt, w0, w1):
         out[o, i] = 0.0 + (w0[i] + w1[i])
 
 
-def _grads(nop, dims, x, y, C, row, j, k2, gx, gy, w, p, acc, w0, w1):
+def _grads(
+    nop: bool,
+    dims: Dims,
+    x: FloatArray,
+    y: FloatArray,
+    C: FloatArray,
+    row: int,
+    j: int,
+    k2: float,
+    gx: FloatArray,
+    gy: FloatArray,
+    w: FloatArray,
+    p: FloatArray,
+    acc: FloatArray,
+    w0: FloatArray,
+    w1: FloatArray,
+) -> None:
     """(g_X, g_Y) of k‖Σ_l X_l Y_lᵀ − C‖² (nop) or k(Σ_l ⟨X_l, Y_l⟩ − C)² into gx, gy, C = C[row, j].
 
     The sums follow numpy's (``Problem.product``, ``outer_grad_at``, ``factor_grads``): W_l = X_l Y_lᵀ
@@ -127,16 +150,16 @@ def _grads(nop, dims, x, y, C, row, j, k2, gx, gy, w, p, acc, w0, w1):
     if nop:
         for a in range(d1):
             for b in range(d2):
-                for l in range(L):
+                for layer in range(L):
                     for q in range(r):
-                        ia, ib = (l * d1 + a) * r + q, (l * d2 + b) * r + q
+                        ia, ib = (layer * d1 + a) * r + q, (layer * d2 + b) * r + q
                         if q == 0:
                             for i in range(n):
                                 p[i] = x[ia, i] * y[ib, i]
                         else:
                             for i in range(n):
                                 p[i] += x[ia, i] * y[ib, i]
-                    if l == 0:
+                    if layer == 0:
                         for i in range(n):
                             acc[i] = p[i]
                     else:
@@ -145,26 +168,26 @@ def _grads(nop, dims, x, y, C, row, j, k2, gx, gy, w, p, acc, w0, w1):
                 e = a * d2 + b
                 for i in range(n):
                     w[e, i] = k2 * (acc[i] - C[row, j, e, i])
-        for l in range(L):
+        for layer in range(L):
             for a in range(d1):
                 for q in range(r):
-                    o = (l * d1 + a) * r + q
+                    o = (layer * d1 + a) * r + q
                     if r == 1:
-                        _dot(gx, o, w, a * d2, y, l * d2, d2, w0, w1)
+                        _dot(gx, o, w, a * d2, y, layer * d2, d2, w0, w1)
                     else:
                         for i in range(n):
                             gx[o, i] = 0.0
                         for b in range(d2):
                             for i in range(n):
-                                gx[o, i] += w[a * d2 + b, i] * y[(l * d2 + b) * r + q, i]
+                                gx[o, i] += w[a * d2 + b, i] * y[(layer * d2 + b) * r + q, i]
             for b in range(d2):
                 for q in range(r):
-                    o = (l * d2 + b) * r + q
+                    o = (layer * d2 + b) * r + q
                     for i in range(n):
                         gy[o, i] = 0.0
                     for a in range(d1):
                         for i in range(n):
-                            gy[o, i] += w[a * d2 + b, i] * x[(l * d1 + a) * r + q, i]
+                            gy[o, i] += w[a * d2 + b, i] * x[(layer * d1 + a) * r + q, i]
     else:
         _dot(w, 0, x, 0, y, 0, x.shape[0], w0, w1)
         for i in range(n):
@@ -175,7 +198,9 @@ def _grads(nop, dims, x, y, C, row, j, k2, gx, gy, w, p, acc, w0, w1):
                 gy[k, i] = acc[i] * x[k, i]
 
 
-def _scale(s, num, gx, gy, nn, w0, w1):
+def _scale(
+    s: FloatArray, num: FloatArray, gx: FloatArray, gy: FloatArray, nn: FloatArray, w0: FloatArray, w1: FloatArray
+) -> None:
     """s[i] = num[i]/‖g_i‖ where ‖g_i‖ > 0, else num[i]/∞ = 0 (``directions._safe_scale`` of ``global_norm``);
     nn (2, n) is scratch."""
     _dot(nn, 0, gx, 0, gx, 0, gx.shape[0], w0, w1)
@@ -185,14 +210,34 @@ def _scale(s, num, gx, gy, nn, w0, w1):
         s[i] = num[i] / (nrm if nrm > 0 else np.inf)
 
 
-def _axpy(out, z, s, g):
+def _axpy(out: FloatArray, z: FloatArray, s: FloatArray, g: FloatArray) -> None:
     """out = z + s_i·g entrywise, s (n,) per trajectory."""
     for k in range(out.shape[0]):
         for i in range(out.shape[1]):
             out[k, i] = z[k, i] + s[i] * g[k, i]
 
 
-def _field(op, nop, dims, x, y, C, row, k2, rho, mu, dx, dy, gx, gy, tx, ty, hx, hy, scratch):
+def _field(
+    op: int,
+    nop: bool,
+    dims: Dims,
+    x: FloatArray,
+    y: FloatArray,
+    C: FloatArray,
+    row: int,
+    k2: float,
+    rho: FloatArray,
+    mu: float,
+    dx: FloatArray,
+    dy: FloatArray,
+    gx: FloatArray,
+    gy: FloatArray,
+    tx: FloatArray,
+    ty: FloatArray,
+    hx: FloatArray,
+    hy: FloatArray,
+    scratch: tuple[FloatArray, ...],
+) -> None:
     """d(z) into dx, dy and the batch gradient into gx, gy at the step's targets C[row] (m, ·, n).
 
     ``scratch``: the lane sums w0, w1, p, acc, the scale s, ones (n,); the norms nn (2, n); G in w (d1·d2, n)
@@ -250,23 +295,42 @@ def _field(op, nop, dims, x, y, C, row, k2, rho, mu, dx, dy, gx, gy, tx, ty, hx,
     else:  # nbar (4), obar (5): c = μ_t s_l per layer
         L, d1, d2, r = dims
         ax, ay = (gx, gy) if op == 4 else (x, y)
-        for l in range(L):
-            _dot(nn, 0, ax, l * d1 * r, ax, l * d1 * r, d1 * r, w0, w1)
-            _dot(nn, 1, ay, l * d2 * r, ay, l * d2 * r, d2 * r, w0, w1)
+        for layer in range(L):
+            _dot(nn, 0, ax, layer * d1 * r, ax, layer * d1 * r, d1 * r, w0, w1)
+            _dot(nn, 1, ay, layer * d2 * r, ay, layer * d2 * r, d2 * r, w0, w1)
             for i in range(n):
                 if op == 4:
                     s[i] = mu * (1.0 if nn[0, i] >= nn[1, i] else -1.0)
                 else:
                     s[i] = mu * (-1.0 if nn[0, i] >= nn[1, i] else 1.0)
-            for k in range(l * d1 * r, (l + 1) * d1 * r):
+            for k in range(layer * d1 * r, (layer + 1) * d1 * r):
                 for i in range(n):
                     dx[k, i] = s[i] * x[k, i] - gx[k, i]
-            for k in range(l * d2 * r, (l + 1) * d2 * r):
+            for k in range(layer * d2 * r, (layer + 1) * d2 * r):
                 for i in range(n):
                     dy[k, i] = -s[i] * y[k, i] - gy[k, i]
 
 
-def _advance(op, nop, dims, x, y, C, stride, k0, n_steps, lr, k2, rho, mus, rec, xr, yr, gxr, gyr):
+def _advance(
+    op: int,
+    nop: bool,
+    dims: Dims,
+    x: FloatArray,
+    y: FloatArray,
+    C: FloatArray,
+    stride: int,
+    k0: int,
+    n_steps: int,
+    lr: float,
+    k2: float,
+    rho: FloatArray,
+    mus: FloatArray,
+    rec: IntArray,
+    xr: FloatArray,
+    yr: FloatArray,
+    gxr: FloatArray,
+    gyr: FloatArray,
+) -> None:
     """Step the trajectories x (L·d1·r, n), y (L·d2·r, n) in place ``n_steps`` times from row k0 of C.
 
     C (K, m, d1·d2, n) holds the chunk targets, row k0 + j·stride those of step j (stride 0: one row for
@@ -308,7 +372,7 @@ def _advance(op, nop, dims, x, y, C, stride, k0, n_steps, lr, k2, rho, mus, rec,
 
 
 @cache
-def kernel() -> Callable:
+def kernel() -> Callable[..., None]:
     """``_advance`` compiled (numba imported and the helpers jitted on first use; numba's on-disk cache
     makes that a load after the first process). The helpers that are called with constant arguments get
     one explicit signature each, so that numba compiles each helper once."""
@@ -324,12 +388,13 @@ def kernel() -> Callable:
     }
     module = globals()
     for name in ("_dot", "_grads", "_scale", "_axpy", "_field", "_advance"):  # callees first
-        sig = ([fixed[name]],) if name in fixed else ()  # (an empty list would forbid compiling at all)
+        sig = [fixed[name]] if name in fixed else None  # None: per call signature (an empty list forbids all)
         try:
-            module[name] = numba.njit(*sig, cache=True, error_model="numpy")(module[name])
+            module[name] = numba.njit(sig, cache=True, error_model="numpy")(module[name])
         except RuntimeError:  # no writable cache location (read-only install, no user cache): compile each run
-            module[name] = numba.njit(*sig, error_model="numpy")(module[name])
-    return module["_advance"]
+            module[name] = numba.njit(sig, error_model="numpy")(module[name])
+    out: Callable[..., None] = module["_advance"]
+    return out
 
 
 def warm() -> None:
@@ -360,7 +425,7 @@ def warm() -> None:
 class Stepper:
     """Steps the n trajectories of one ``simulate`` run with the compiled kernel of a built-in optimizer."""
 
-    def __init__(self, op: int, problem, lr: float, rho: np.ndarray):
+    def __init__(self, op: int, problem: Problem, lr: float, rho: FloatArray) -> None:
         self.op, self.nop, self.lr = op, problem.kind == "nop", float(lr)
         self.k2 = 2.0 * problem.scale
         self.rho = np.array(rho, dtype=float, order="C")  # a fresh writable copy: one compiled signature
@@ -368,7 +433,7 @@ class Stepper:
         self.csize = problem.d1 * problem.d2 if self.nop else 1
         self.problem = problem
 
-    def targets(self, targets: np.ndarray | None, n: int) -> tuple[np.ndarray, int]:
+    def targets(self, targets: FloatArray | None, n: int) -> tuple[FloatArray, int]:
         """The kernel's (K, m, d1·d2, n) copy of the chunk targets (K, m, n, …) and its step stride
         (0: noise-free, C = A for every step)."""
         if targets is None:
@@ -377,7 +442,17 @@ class Stepper:
         K, m = targets.shape[:2]
         return np.array(np.swapaxes(targets.reshape((K, m, n, self.csize)), 2, 3), order="C"), 1
 
-    def run(self, X, Y, C, stride: int, k0: int, n_steps: int, mus: np.ndarray, rec: np.ndarray):
+    def run(
+        self,
+        X: FloatArray,
+        Y: FloatArray,
+        C: FloatArray,
+        stride: int,
+        k0: int,
+        n_steps: int,
+        mus: FloatArray,
+        rec: Sequence[int],
+    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
         """``n_steps`` steps of X, Y (n, L, d, r) in place from row k0 of C; returns (X, Y, g_X, g_Y) at the
         local steps ``rec``, each (len(rec), n, L, d, r)."""
         n = X.shape[0]
@@ -409,4 +484,5 @@ class Stepper:
         if n_steps:
             X[...] = x.T.reshape(X.shape)
             Y[...] = y.T.reshape(Y.shape)
-        return tuple(np.swapaxes(a, 1, 2).reshape((R,) + Z.shape) for a, Z in ((xr, X), (yr, Y), (gxr, X), (gyr, Y)))
+        kept = [np.swapaxes(a, 1, 2).reshape((R,) + Z.shape) for a, Z in ((xr, X), (yr, Y), (gxr, X), (gyr, Y))]
+        return kept[0], kept[1], kept[2], kept[3]

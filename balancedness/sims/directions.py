@@ -77,18 +77,24 @@ restores the built-in afterwards, even on error::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from balancedness.metrics import global_norm, layer_sq_norms
+from balancedness.metrics import FloatArray, IntArray, global_norm, layer_sq_norms
 from balancedness.sims.problems import Problem
 from balancedness.validation import InvalidValue, choice
 
-Field = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+Field = tuple[FloatArray, FloatArray, FloatArray, FloatArray]
+#: The seeds of a run's trajectories, one per trajectory.
+Seeds = Sequence[int] | IntArray
+#: The auxiliary state of a direction that keeps one (``Carry``): a tuple of arrays with n rows.
+Aux = tuple[FloatArray, ...]
+#: What a direction with a ``Carry`` returns: the contract's four arrays and the auxiliary's direction (or None).
+FieldWithAux = tuple[FloatArray, FloatArray, FloatArray, FloatArray, Aux | None]
 
 #: The hyper-parameters an optimizer may use (μ comes with its schedule, σ with its ramp).
 HYPER_PARAMETERS = ("rho", "m", "mu", "sigma", "eta_a", "kappa", "rank2", "aux_init")
@@ -99,27 +105,27 @@ class HyperParams(NamedTuple):
     methods also σ_t (Flat-LoRA's noise scale, already ramped), η_a (ASAM), κ = η₂/η₁ (Bi-LoRA), the step's
     perturbation draws ξ (None: the expectation over them) and the auxiliary state (None: at its start)."""
 
-    rho: float | np.ndarray
+    rho: float | FloatArray
     m: int
     mu: float
     progress: float
     sigma: float = 0.0
     eta_a: float = 0.0
     kappa: float = 1.0
-    xi: np.ndarray | None = None
-    aux: tuple | None = None
+    xi: FloatArray | None = None
+    aux: Aux | None = None
 
 
 class DirectionFn(Protocol):
     def __call__(
-        self, problem: Problem, X: np.ndarray, Y: np.ndarray, targets: np.ndarray | None, hp: HyperParams
-    ) -> Field: ...
+        self, problem: Problem, X: FloatArray, Y: FloatArray, targets: FloatArray | None, hp: HyperParams
+    ) -> Field | FieldWithAux: ...
 
 
 #: Signature of a switching function: same arguments as a direction, returns (n, k) or None.
-SwitchingFn = Callable[[Problem, np.ndarray, np.ndarray, np.ndarray | None, HyperParams], np.ndarray | None]
+SwitchingFn = Callable[[Problem, FloatArray, FloatArray, FloatArray | None, HyperParams], FloatArray | None]
 #: The shape of one trajectory's perturbation draws ξ of one step, for a problem.
-DrawsFn = Callable[[Problem], tuple]
+DrawsFn = Callable[[Problem], tuple[int, ...]]
 
 
 @dataclass(frozen=True)
@@ -135,10 +141,10 @@ class Carry:
         summary: ``summary(problem, aux) -> {name: (n,) array}``: what the runners record of the state.
     """
 
-    init: Callable
-    project: Callable
-    flow: Callable
-    summary: Callable
+    init: Callable[[Problem, Seeds, Mapping[str, float | str]], Aux]
+    project: Callable[[Problem, Aux, float | FloatArray], Aux]
+    flow: Callable[[Problem, Aux, Aux, float | FloatArray], Aux]
+    summary: Callable[[Problem, Aux], dict[str, FloatArray]]
 
 
 @dataclass(frozen=True)
@@ -158,7 +164,7 @@ class Direction:
 
     name: str
     field: DirectionFn
-    uses: frozenset = frozenset()
+    uses: frozenset[str] = frozenset()
     switching: SwitchingFn | None = None
     draws: DrawsFn | None = None
     carry: Carry | None = None
@@ -230,7 +236,9 @@ class Observed:
     field: DirectionFn
     note: Callable[[], None]
 
-    def __call__(self, problem: Problem, X, Y, targets, hp: HyperParams) -> Field:
+    def __call__(
+        self, problem: Problem, X: FloatArray, Y: FloatArray, targets: FloatArray | None, hp: HyperParams
+    ) -> Field | FieldWithAux:
         self.note()
         return self.field(problem, X, Y, targets, hp)
 
@@ -251,19 +259,23 @@ def lookup(name: str) -> Direction:
 
 
 # -- helpers of the contract ---------------------------------------------------------------
-def batch_target(problem: Problem, targets: np.ndarray | None) -> np.ndarray:
+def batch_target(problem: Problem, targets: FloatArray | None) -> FloatArray:
     """The effective target of the whole batch: the mean of the m chunk targets (A when noise-free)."""
     if targets is None:
         return problem.target
-    return targets[0] if len(targets) == 1 else targets.mean(axis=0)
+    out: FloatArray = targets[0] if len(targets) == 1 else targets.mean(axis=0)
+    return out
 
 
-def _safe_scale(num, nrm: np.ndarray) -> np.ndarray:
+def _safe_scale(num: float | FloatArray, nrm: FloatArray) -> FloatArray:
     """num/‖g‖ where ‖g‖ > 0, else 0 (no perturbation at a zero gradient, never NaN)."""
-    return (num / np.where(nrm > 0, nrm, np.inf))[:, None, None, None]
+    out: FloatArray = (num / np.where(nrm > 0, nrm, np.inf))[:, None, None, None]
+    return out
 
 
-def sam_perturbation(problem: Problem, X: np.ndarray, Y: np.ndarray, C: np.ndarray, rho) -> tuple[np.ndarray, ...]:
+def sam_perturbation(
+    problem: Problem, X: FloatArray, Y: FloatArray, C: FloatArray, rho: float | FloatArray
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
     """(X̃, Ỹ, g_X, g_Y, ‖g‖): the SAM point z̃ = z + ρ g/‖g‖ (Alg. 1 line 5; (4a), (7a), (22a), (41a)), with
     g = ∇f(z) for the target C and ‖g‖ its global norm over all layers (z̃ = z where g = 0)."""
     gX, gY = problem.grads_at(X, Y, C)
@@ -272,14 +284,14 @@ def sam_perturbation(problem: Problem, X: np.ndarray, Y: np.ndarray, C: np.ndarr
     return X + s * gX, Y + s * gY, gX, gY, nrm
 
 
-def sam_gradients(problem: Problem, X: np.ndarray, Y: np.ndarray, C: np.ndarray, rho) -> Field:
+def sam_gradients(problem: Problem, X: FloatArray, Y: FloatArray, C: FloatArray, rho: float | FloatArray) -> Field:
     """(∇_X f(z̃), ∇_Y f(z̃), g_X, g_Y): SAM's descent gradient (Alg. 1 line 6) and the gradient at z."""
     Xt, Yt, gX, gY, _ = sam_perturbation(problem, X, Y, C, rho)
     gXt, gYt = problem.grads_at(Xt, Yt, C)
     return gXt, gYt, gX, gY
 
 
-def bar_sign(variant: str, X: np.ndarray, Y: np.ndarray, gX: np.ndarray, gY: np.ndarray) -> np.ndarray:
+def bar_sign(variant: str, X: FloatArray, Y: FloatArray, gX: FloatArray, gY: FloatArray) -> FloatArray:
     """s_l of BAR per point and layer, shape (n, L), in Ẋ_l = −g_{X_l} + s_l μ_t X_l, Ẏ_l = −g_{Y_l} − s_l μ_t Y_l.
 
     nBAR (Alg. 2) grows the factor with the larger gradient: s_l = +1 if ‖g_{X_l}‖ ≥ ‖g_{Y_l}‖ else −1.
@@ -293,7 +305,9 @@ def bar_sign(variant: str, X: np.ndarray, Y: np.ndarray, gX: np.ndarray, gY: np.
 
 
 # -- where the built-in fields are discontinuous ---------------------------------------------
-def op_fprime(problem: Problem, X, Y, targets, hp: HyperParams) -> np.ndarray | None:
+def op_fprime(
+    problem: Problem, X: FloatArray, Y: FloatArray, targets: FloatArray | None, hp: HyperParams
+) -> FloatArray | None:
     """f′ of each chunk on OP, shape (n, m): SAM and SNGD carry sgn f′ (eq. (7)). None on NOP."""
     if problem.kind != "op":
         return None
@@ -302,27 +316,31 @@ def op_fprime(problem: Problem, X, Y, targets, hp: HyperParams) -> np.ndarray | 
     return np.stack([problem.outer_grad_at(w, C) for C in chunks], axis=1)
 
 
-def nbar_surface(problem: Problem, X, Y, targets, hp: HyperParams) -> np.ndarray:
+def nbar_surface(
+    problem: Problem, X: FloatArray, Y: FloatArray, targets: FloatArray | None, hp: HyperParams
+) -> FloatArray:
     """‖g_{X_l}‖² − ‖g_{Y_l}‖², shape (n, L): where nBAR's sign flips."""
     gX, gY = problem.grads_at(X, Y, batch_target(problem, targets))
     return layer_sq_norms(gX) - layer_sq_norms(gY)
 
 
-def obar_surface(problem: Problem, X, Y, targets, hp: HyperParams) -> np.ndarray:
+def obar_surface(
+    problem: Problem, X: FloatArray, Y: FloatArray, targets: FloatArray | None, hp: HyperParams
+) -> FloatArray:
     """‖X_l‖² − ‖Y_l‖², shape (n, L): where oBAR's sign flips."""
     return layer_sq_norms(X) - layer_sq_norms(Y)
 
 
 # -- the built-in optimizers -------------------------------------------------------------------
 @register_direction("sgd")
-def sgd(problem: Problem, X, Y, targets, hp: HyperParams) -> Field:
+def sgd(problem: Problem, X: FloatArray, Y: FloatArray, targets: FloatArray | None, hp: HyperParams) -> Field:
     """(2): d = −g."""
     gX, gY = problem.grads_at(X, Y, batch_target(problem, targets))
     return -gX, -gY, gX, gY
 
 
 @register_direction("sngd", switching=op_fprime)
-def sngd(problem: Problem, X, Y, targets, hp: HyperParams) -> Field:
+def sngd(problem: Problem, X: FloatArray, Y: FloatArray, targets: FloatArray | None, hp: HyperParams) -> Field:
     """(15): d = −g/‖g‖ (0 at g = 0)."""
     gX, gY = problem.grads_at(X, Y, batch_target(problem, targets))
     s = _safe_scale(1.0, global_norm(gX, gY))
@@ -330,14 +348,14 @@ def sngd(problem: Problem, X, Y, targets, hp: HyperParams) -> Field:
 
 
 @register_direction("sam", uses={"rho"}, switching=op_fprime)
-def sam(problem: Problem, X, Y, targets, hp: HyperParams) -> Field:
+def sam(problem: Problem, X: FloatArray, Y: FloatArray, targets: FloatArray | None, hp: HyperParams) -> Field:
     """(4), (7), (22), (41): d = −∇f_t(z + ρ g/‖g‖), the same minibatch for both gradients (Alg. 1)."""
     gXt, gYt, gX, gY = sam_gradients(problem, X, Y, batch_target(problem, targets), hp.rho)
     return -gXt, -gYt, gX, gY
 
 
 @register_direction("msam", uses={"rho", "m"}, switching=op_fprime)
-def msam(problem: Problem, X, Y, targets, hp: HyperParams) -> Field:
+def msam(problem: Problem, X: FloatArray, Y: FloatArray, targets: FloatArray | None, hp: HyperParams) -> Field:
     """(38): each chunk i perturbs with its own gradient; the descent gradients are averaged."""
     chunks = [problem.target] if targets is None else targets
     dX, dY = np.zeros_like(X), np.zeros_like(Y)
@@ -352,38 +370,42 @@ def msam(problem: Problem, X, Y, targets, hp: HyperParams) -> Field:
     return dX / k, dY / k, gX / k, gY / k
 
 
-def _bar(variant: str, problem: Problem, X, Y, targets, hp: HyperParams) -> Field:
+def _bar(
+    variant: str, problem: Problem, X: FloatArray, Y: FloatArray, targets: FloatArray | None, hp: HyperParams
+) -> Field:
     gX, gY = problem.grads_at(X, Y, batch_target(problem, targets))
     c = (hp.mu * bar_sign(variant, X, Y, gX, gY))[:, :, None, None]
     return c * X - gX, -c * Y - gY, gX, gY
 
 
 @register_direction("nbar", uses={"mu"}, switching=nbar_surface)
-def nbar(problem: Problem, X, Y, targets, hp: HyperParams) -> Field:
+def nbar(problem: Problem, X: FloatArray, Y: FloatArray, targets: FloatArray | None, hp: HyperParams) -> Field:
     """Alg. 2 with an SGD base: d = −g + s μ_t (X, −Y), s from the gradient norms (:func:`bar_sign`)."""
     return _bar("nbar", problem, X, Y, targets, hp)
 
 
 @register_direction("obar", uses={"mu"}, switching=obar_surface)
-def obar(problem: Problem, X, Y, targets, hp: HyperParams) -> Field:
+def obar(problem: Problem, X: FloatArray, Y: FloatArray, targets: FloatArray | None, hp: HyperParams) -> Field:
     """Alg. 3 with an SGD base: d = −g + s μ_t (X, −Y), s from the factor norms (:func:`bar_sign`)."""
     return _bar("obar", problem, X, Y, targets, hp)
 
 
 # -- the flatness methods ([FM] = spec/flatness-methods.md) -----------------------------------------
-def layer_products(problem: Problem, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+def layer_products(problem: Problem, X: FloatArray, Y: FloatArray) -> FloatArray:
     """Each layer's merged weight: W_l = X_l Y_lᵀ, shape (n, L, d1, d2) (NOP), or w_l = ⟨X_l, Y_l⟩, (n, L) (OP)."""
     if problem.kind == "nop":
-        return np.matmul(X, np.swapaxes(Y, -1, -2))
-    return np.einsum("nlir,nlir->nl", X, Y)
+        out: FloatArray = np.matmul(X, np.swapaxes(Y, -1, -2))
+        return out
+    out = np.einsum("nlir,nlir->nl", X, Y)
+    return out
 
 
-def flat_lora_draws(problem: Problem) -> tuple:
+def flat_lora_draws(problem: Problem) -> tuple[int, ...]:
     """The shape of one step's Flat-LoRA draws ξ per trajectory: one per entry of each layer's merged weight."""
     return (problem.layers, problem.d1, problem.d2) if problem.kind == "nop" else (problem.layers,)
 
 
-def flat_lora_perturbation(problem: Problem, X: np.ndarray, Y: np.ndarray, sigma: float, xi: np.ndarray) -> np.ndarray:
+def flat_lora_perturbation(problem: Problem, X: FloatArray, Y: FloatArray, sigma: float, xi: FloatArray) -> FloatArray:
     """Σ_l E_l, the Flat-LoRA draw added to the product ([FM] §2.1 eq. (7), §2.3), shaped like ``problem.product``.
 
     A filter (one output unit) of ΔW_l = Y_l X_lᵀ is a column j of X_l Y_lᵀ and its fan-in is d1, so
@@ -392,8 +414,10 @@ def flat_lora_perturbation(problem: Problem, X: np.ndarray, Y: np.ndarray, sigma
     W = layer_products(problem, X, Y)
     if problem.kind == "nop":
         std = sigma * np.linalg.norm(W, axis=-2, keepdims=True) / np.sqrt(problem.d1)
-        return (std * xi).sum(axis=1)
-    return (sigma * np.abs(W) * xi).sum(axis=1)
+        out: FloatArray = (std * xi).sum(axis=1)
+        return out
+    out = (sigma * np.abs(W) * xi).sum(axis=1)
+    return out
 
 
 def flat_lora_ramp(schedule: str, progress: float) -> float:
@@ -411,7 +435,7 @@ NOISE_SCHEDULES = ("cosine", "constant")
 
 
 @register_direction("flat-lora", uses={"sigma"}, draws=flat_lora_draws)
-def flat_lora(problem: Problem, X, Y, targets, hp: HyperParams) -> Field:
+def flat_lora(problem: Problem, X: FloatArray, Y: FloatArray, targets: FloatArray | None, hp: HyperParams) -> Field:
     """[FM] §2.3: d = −(G̃Y, G̃ᵀX), G̃ = ∇f_t(W + E): the chain rule at the *unperturbed* factors, with the gradient
     of the loss taken at the weight perturbed by the step's draw E (:func:`flat_lora_perturbation`, σ_t = hp.sigma).
 
@@ -435,7 +459,7 @@ AUX_SALT = 0xB1
 BILORA_CLIP_BAND = 1e-9
 
 
-def bilora_init(problem: Problem, seeds, settings: Mapping) -> tuple[np.ndarray, np.ndarray]:
+def bilora_init(problem: Problem, seeds: Seeds, settings: Mapping[str, float | str]) -> Aux:
     """Bi-LoRA's auxiliary at the start ([FM] §3.3, [ASSUMED]): X₂ ∼ N(0, aux_init²) of shape (L, d1, r₂) drawn
     from the trajectory's seed, Y₂ = 0 (so the perturbation X₂Y₂ᵀ starts at 0, as B₂ = 0 does in peft)."""
     rank2, aux_init = int(settings["rank2"]), float(settings["aux_init"])
@@ -448,20 +472,21 @@ def bilora_init(problem: Problem, seeds, settings: Mapping) -> tuple[np.ndarray,
     return X2, np.zeros((len(seeds), problem.layers, problem.d2, rank2))
 
 
-def bilora_norm(problem: Problem, aux: tuple) -> np.ndarray:
+def bilora_norm(problem: Problem, aux: Aux) -> FloatArray:
     """c = √(Σ_l ‖X₂_l Y₂_lᵀ‖²_F) (OP: √(Σ_l ⟨X₂_l, Y₂_l⟩²)), the global norm of eq. (10), shape (n,)."""
     P = layer_products(problem, *aux)
-    return np.sqrt((P**2).reshape(P.shape[0], -1).sum(axis=1))
+    out: FloatArray = np.sqrt((P**2).reshape(P.shape[0], -1).sum(axis=1))
+    return out
 
 
-def bilora_project(problem: Problem, aux: tuple, rho) -> tuple:
+def bilora_project(problem: Problem, aux: Aux, rho: float | FloatArray) -> Aux:
     """Eq. (10), after every step: if c > ρ, multiply X₂ and Y₂ by √(ρ/c) (then c = ρ)."""
     c = bilora_norm(problem, aux)
     k = np.where(c > rho, np.sqrt(rho / np.where(c > 0, c, 1.0)), 1.0)[:, None, None, None]
     return aux[0] * k, aux[1] * k
 
 
-def bilora_flow(problem: Problem, aux: tuple, d_aux: tuple, rho) -> tuple:
+def bilora_flow(problem: Problem, aux: Aux, d_aux: Aux, rho: float | FloatArray) -> Aux:
     """The clip in the flow ([FM] §3.3): while c = ρ, (Ẋ₂, Ẏ₂) −= λ(X₂, Y₂) with λ = max(0, ⟨P, Ṗ⟩)/(2c²), which
     keeps d‖P‖²/dt = 0 (P = X₂Y₂ᵀ per layer, Ṗ its rate under the ascent d_aux)."""
     X2, Y2 = aux
@@ -474,7 +499,7 @@ def bilora_flow(problem: Problem, aux: tuple, d_aux: tuple, rho) -> tuple:
     return d_aux[0] - lam * X2, d_aux[1] - lam * Y2
 
 
-def bilora_summary(problem: Problem, aux: tuple) -> dict:
+def bilora_summary(problem: Problem, aux: Aux) -> dict[str, FloatArray]:
     """What the runners record of the auxiliary: its norm c, its own balancedness B₂ = ½(‖X₂‖² − ‖Y₂‖²) and the
     factors themselves, flattened (``x2`` (n, L·d1·r₂), ``y2`` (n, L·d2·r₂))."""
     n = aux[0].shape[0]
@@ -486,7 +511,9 @@ def bilora_summary(problem: Problem, aux: tuple) -> dict:
     }
 
 
-def bi_lora(problem: Problem, X, Y, targets, hp: HyperParams):
+def bi_lora(
+    problem: Problem, X: FloatArray, Y: FloatArray, targets: FloatArray | None, hp: HyperParams
+) -> FieldWithAux:
     """[FM] §3.1 eq. (9), §3.3: one gradient G = ∇f_t(W + X₂Y₂ᵀ) at the full weight; the primary descends,
     d = −(GY, GᵀX), and the auxiliary ascends, d_aux = +κ(GY₂, GᵀX₂) (κ = η₂/η₁). Returns five values: the
     contract's four and d_aux. ``hp.aux = None``: no auxiliary (X₂Y₂ᵀ = 0; d_aux None)."""
@@ -507,7 +534,7 @@ register_direction("bi-lora", uses={"rho", "kappa", "rank2", "aux_init"}, carry=
 
 
 @register_direction("asam", uses={"rho", "eta_a"}, switching=op_fprime)
-def asam(problem: Problem, X, Y, targets, hp: HyperParams) -> Field:
+def asam(problem: Problem, X: FloatArray, Y: FloatArray, targets: FloatArray | None, hp: HyperParams) -> Field:
     """[FM] §4.1 [AS-C], §4.3: d = −∇f_t(z̃), z̃ = z + ρ T²⊙g/‖T⊙g‖ with T = |z| + η_a elementwise on both factors
     and ‖T⊙g‖ global over all layers; the same minibatch for both gradients (z̃ = z where T⊙g = 0)."""
     C = batch_target(problem, targets)

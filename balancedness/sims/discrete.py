@@ -9,14 +9,17 @@ registered direction function; for a built-in optimizer with numba installed, th
 
 from __future__ import annotations
 
+import itertools
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
+from balancedness.metrics import FloatArray, IntArray
 from balancedness.sims import compiled
-from balancedness.sims.directions import lookup
+from balancedness.sims.directions import Seeds, lookup
 from balancedness.sims.grid import check_batch, noise_levels, seed_list, values
 from balancedness.sims.optimizers import Optimizer, make_optimizer
 from balancedness.sims.problems import NOISE_BLOCK, NoiseStream, Problem, perturbation_block
@@ -56,19 +59,19 @@ def simulate(
     problem: Problem,
     optimizer: Optimizer | str = "sgd",
     *,
-    alpha: float | Sequence[float] = 0.0,
+    alpha: float | Iterable[float] = 0.0,
     seeds: int | Sequence[int] = 1,
     lr: float = 1e-4,
     steps: int = 100_000,
     record_every: int = 100,
     batch: int = 1,
-    rho: float | Sequence[float] = 0.0,
+    rho: float | Iterable[float] = 0.0,
     m: int = 1,
     mu: float = 0.0,
     schedule: str = "constant",
     progress: bool = False,
     backend: str = "auto",
-    **flatness,
+    **flatness: float | str | None,
 ) -> SimResult:
     """Run the discrete stochastic optimizer on every (α, seed) pair at once.
 
@@ -159,7 +162,7 @@ def simulate(
             bar.close()
     settings["seconds"] = time.perf_counter() - started
     settings["diverged"] = rec.diverged()
-    if getattr(stepper, "aux_records", None):
+    if isinstance(stepper, NumpyStepper) and stepper.aux_records:
         settings["auxiliary"] = {k: np.stack(v, axis=1).tolist() for k, v in stepper.aux_records.items()}
     return rec.result(t_rec, traj_alpha, traj_seed, settings, traj_rho)
 
@@ -168,7 +171,7 @@ def segments(steps: int) -> Iterator[tuple[int, int]]:
     """(t₀, count): the steps t₀ … t₀ + count − 1 of one noise block, block after block; the last is
     (T, 0): the field at the last point, for its record, and no step."""
     cuts = sorted(set(range(0, steps + 1, NOISE_BLOCK)) | {steps})
-    for a, b in zip(cuts, cuts[1:]):
+    for a, b in itertools.pairwise(cuts):
         yield a, b - a
     yield steps, 0
 
@@ -185,37 +188,38 @@ class NumpyStepper:
         problem: Problem,
         lr: float,
         steps: int,
-        rho: np.ndarray | None,
-        seeds: np.ndarray | None = None,
-    ):
+        rho: FloatArray | None,
+        seeds: Seeds | None = None,
+    ) -> None:
         self.opt, self.problem, self.lr, self.steps, self.rho = opt, problem, lr, steps, rho
-        self.block: np.ndarray | None = None
+        self.block: FloatArray | None = None
         entry = lookup(opt.name)
         self.draws, self.carry = entry.draws, entry.carry
-        self.seeds = np.zeros(0, dtype=int) if seeds is None else np.asarray(seeds)
+        self.seeds: IntArray = np.zeros(0, dtype=int) if seeds is None else np.asarray(seeds)
         unique = sorted(set(self.seeds.tolist()))
         self.unique, self.seed_idx = unique, np.array([unique.index(s) for s in self.seeds.tolist()], dtype=int)
-        self.xi_block: np.ndarray | None = None
+        self.xi_block: FloatArray | None = None
         self.aux = None if self.carry is None else self.carry.init(problem, self.seeds, opt.settings())
-        self.aux_records: dict = {}
+        self.aux_records: dict[str, list[FloatArray]] = {}
 
-    def targets(self, block: np.ndarray) -> None:
+    def targets(self, block: FloatArray) -> None:
         """The chunk targets of the next NOISE_BLOCK steps, (K, m, n, *noise_shape)."""
         self.block = block
 
-    def _xi(self, t: int) -> np.ndarray | None:
+    def _xi(self, t: int) -> FloatArray | None:
         """The perturbation draws of step t, (n, *shape), from the block of its seeds (drawn once per block)."""
         if self.draws is None:
             return None
         if t % NOISE_BLOCK == 0 or self.xi_block is None:
             block = perturbation_block(self.unique, t // NOISE_BLOCK, self.draws(self.problem))  # (S, K, *shape)
             self.xi_block = np.moveaxis(block[self.seed_idx], 1, 0)  # (K, n, *shape)
-        return self.xi_block[t % NOISE_BLOCK]
+        out: FloatArray | None = self.xi_block[t % NOISE_BLOCK]
+        return out
 
-    def run(self, X: np.ndarray, Y: np.ndarray, t0: int, count: int, records: Sequence[int], rec: Recorder) -> None:
+    def run(self, X: FloatArray, Y: FloatArray, t0: int, count: int, records: Sequence[int], rec: Recorder) -> None:
         """Steps t₀ … t₀ + count − 1 in place (count = 0: only the field at t₀); at the steps ``records`` the
         point and its stochastic gradient go to ``rec`` before the step."""
-        records = set(records)
+        wanted = set(records)
         for t in range(t0, t0 + max(count, 1)):
             C = None if self.block is None else self.block[t % NOISE_BLOCK]
             rho = self.rho if self.rho is not None else self.opt.rho
@@ -225,9 +229,9 @@ class NumpyStepper:
                 (dX, dY, gX, gY), d_aux = self.opt.field_with_aux(
                     self.problem, X, Y, C, t / self.steps, self.rho, self._xi(t), self.aux
                 )
-            if t in records:
+            if t in wanted:
                 rec.add(X, Y, gX, gY)
-                if self.carry is not None:
+                if self.carry is not None and self.aux is not None:
                     for k, v in self.carry.summary(self.problem, self.aux).items():
                         self.aux_records.setdefault(k, []).append(v)
             if count == 0:
@@ -235,7 +239,8 @@ class NumpyStepper:
             X += self.lr * dX
             Y += self.lr * dY
             if self.carry is not None:
-                stepped = tuple(a + self.lr * d for a, d in zip(self.aux, d_aux))
+                assert self.aux is not None and d_aux is not None, "a field with an auxiliary state returns its rate"
+                stepped = tuple(a + self.lr * d for a, d in zip(self.aux, d_aux, strict=True))
                 self.aux = self.carry.project(self.problem, stepped, rho)
 
 
@@ -251,7 +256,7 @@ class CompiledStepper:
         problem: Problem,
         lr: float,
         steps: int,
-        rho: np.ndarray | None,
+        rho: FloatArray | None,
         n: int,
         notes: Sequence[Callable[[], None]] = (),
     ):
@@ -259,16 +264,16 @@ class CompiledStepper:
         self.kernel = compiled.Stepper(op, problem, lr, np.full(n, opt.rho) if rho is None else rho)
         self.C, self.stride = self.kernel.targets(None, n)
 
-    def targets(self, block: np.ndarray) -> None:
+    def targets(self, block: FloatArray) -> None:
         self.C, self.stride = self.kernel.targets(block, self.n)
 
-    def mus(self, t0: int, count: int) -> np.ndarray:
+    def mus(self, t0: int, count: int) -> FloatArray:
         """μ_t of steps t₀ … t₀ + count − 1 as ``Optimizer.hyper`` gives it (one value if it is constant)."""
         if not self.opt.mu or self.opt.schedule == "constant":
             return np.array([self.opt.hyper(t0 / self.steps).mu])
         return np.array([self.opt.hyper(t / self.steps).mu for t in range(t0, t0 + max(count, 1))])
 
-    def run(self, X: np.ndarray, Y: np.ndarray, t0: int, count: int, records: Sequence[int], rec: Recorder) -> None:
+    def run(self, X: FloatArray, Y: FloatArray, t0: int, count: int, records: Sequence[int], rec: Recorder) -> None:
         """Steps t₀ … t₀ + count − 1 in place in one kernel call, then the records of those steps (the points and
         gradients the kernel kept) to ``rec``. The notes of an observed field are called once per call."""
         for note in self.notes:
@@ -287,10 +292,10 @@ def _stepper(
     problem: Problem,
     lr: float,
     steps: int,
-    rho: np.ndarray | None,
+    rho: FloatArray | None,
     n: int,
-    seeds: np.ndarray | None = None,
-):
+    seeds: Seeds | None = None,
+) -> NumpyStepper | CompiledStepper:
     """The compiled stepper where it applies (``auto``: numba installed and the field a built-in of the paper's
     six, ``compiled.OPCODES``), else numpy (every other field: a user's, a variant, a mutant, a flatness method)."""
     choice("backend", backend, BACKENDS)
@@ -300,7 +305,7 @@ def _stepper(
             "numba is not installed (pip install 'balancedness[fast]') or $BALANCEDNESS_BACKEND=numpy"
             if not compiled.available()
             else f"the field of {opt.name!r} is not a built-in direction function "
-            f"it compiles ({', '.join(f.__name__ for f in compiled.OPCODES)})"
+            f"it compiles ({', '.join(getattr(f, '__name__', str(f)) for f in compiled.OPCODES)})"
         )
         raise ValueError(f"backend 'numba' cannot run: {why}; use backend 'auto' or 'numpy'")
     if op is None:
@@ -308,7 +313,7 @@ def _stepper(
     return CompiledStepper(op, opt, problem, lr, steps, rho, n, notes)
 
 
-def _chunk_targets(problem: Problem, block: np.ndarray, seed_idx: np.ndarray, alpha: np.ndarray, m: int) -> np.ndarray:
+def _chunk_targets(problem: Problem, block: FloatArray, seed_idx: IntArray, alpha: FloatArray, m: int) -> FloatArray:
     """(S, K, b, *s) noise → effective targets A + α N̄_i per step and chunk, (K, m, n, *s), C-contiguous.
 
     Done once per block of K steps, so the per-step work is only the optimizer's field. The chunk means
@@ -324,7 +329,7 @@ def _chunk_targets(problem: Problem, block: np.ndarray, seed_idx: np.ndarray, al
     return out
 
 
-def _progress(total: int, enabled: bool, desc: str):
+def _progress(total: int, enabled: bool, desc: str) -> Any:  # a tqdm bar, or None
     if not enabled:
         return None
     from tqdm.auto import tqdm

@@ -32,12 +32,14 @@ remaining records are that point, the run's ``status`` is ``"stopped"`` and ``st
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
-from scipy.integrate import BDF, DOP853, LSODA, RK23, RK45, Radau
+from scipy.integrate import BDF, DOP853, LSODA, RK23, RK45, OdeSolver, Radau
 
-from balancedness.sims.directions import lookup
+from balancedness.metrics import FloatArray
+from balancedness.sims.directions import Aux, Field, lookup
 from balancedness.sims.grid import check_batch, noise_levels, seed_list
 from balancedness.sims.optimizers import Optimizer, make_optimizer
 from balancedness.sims.problems import Problem
@@ -51,7 +53,7 @@ METHODS = {"DOP853": DOP853, "RK45": RK45, "RK23": RK23, "Radau": Radau, "BDF": 
 class _Field:
     """ż = d(z) for one trajectory, packed into a flat vector for the solver."""
 
-    def __init__(self, problem: Problem, opt: Optimizer, alpha: float, noise: np.ndarray | None, t_end: float):
+    def __init__(self, problem: Problem, opt: Optimizer, alpha: float, noise: FloatArray | None, t_end: float):
         self.problem, self.opt, self.t_end = problem, opt, t_end
         self.alpha = np.array([alpha])
         # chunk means of the frozen sample, shape (m, 1, *noise_shape)
@@ -63,9 +65,9 @@ class _Field:
             None if self.noise is None else np.stack([problem.effective_target(self.alpha, c) for c in self.noise])
         )
         self.carry = lookup(opt.name).carry
-        self.aux_shapes: list = []
+        self.aux_shapes: list[tuple[int, ...]] = []
 
-    def start(self, seed: int) -> np.ndarray:
+    def start(self, seed: int) -> FloatArray:
         """The initial vector: the problem's point, and the auxiliary state of ``seed`` where the field keeps one."""
         parts = [self.problem.x0.ravel(), self.problem.y0.ravel()]
         if self.carry is not None:
@@ -74,11 +76,11 @@ class _Field:
             parts += [a.ravel() for a in aux]
         return np.concatenate(parts)
 
-    def unpack(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def unpack(self, v: FloatArray) -> tuple[FloatArray, FloatArray]:
         ny = int(np.prod(self.shape_y))
         return v[: self.nx].reshape(self.shape_x), v[self.nx : self.nx + ny].reshape(self.shape_y)
 
-    def unpack_aux(self, v: np.ndarray) -> tuple | None:
+    def unpack_aux(self, v: FloatArray) -> Aux | None:
         if not self.aux_shapes:
             return None
         out, k = [], self.nx + int(np.prod(self.shape_y))
@@ -88,39 +90,41 @@ class _Field:
             k += size
         return tuple(out)
 
-    def _field(self, v: np.ndarray, progress: float):
+    def _field(self, v: FloatArray, progress: float) -> tuple[FloatArray, FloatArray, Aux | None, Field, Aux | None]:
         X, Y = self.unpack(v)
         aux = self.unpack_aux(v)
         (dX, dY, gX, gY), d_aux = self.opt.field_with_aux(self.problem, X, Y, self.targets, progress, aux=aux)
         return X, Y, aux, (dX, dY, gX, gY), d_aux
 
-    def __call__(self, t: float, v: np.ndarray) -> np.ndarray:
+    def __call__(self, t: float, v: FloatArray) -> FloatArray:
         self.nfev += 1
         _, _, aux, (dX, dY, _, _), d_aux = self._field(v, t / self.t_end)
         parts = [dX.ravel(), dY.ravel()]
         if aux is not None:
+            assert self.carry is not None and d_aux is not None, "a field with an auxiliary state returns its rate"
             parts += [d.ravel() for d in self.carry.flow(self.problem, aux, d_aux, self.opt.rho)]
         return np.concatenate(parts)
 
-    def grads(self, v: np.ndarray):
+    def grads(self, v: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
         X, Y, _, (_, _, gX, gY), _ = self._field(v, 0.0)
         return X, Y, gX, gY
 
-    def switching(self, v: np.ndarray) -> np.ndarray | None:
+    def switching(self, v: FloatArray) -> FloatArray | None:
         X, Y = self.unpack(v)
         s = self.opt.switching(self.problem, X, Y, self.alpha, self.noise)
         return None if s is None else s[0]
 
 
-def _rk4(fun: _Field, t: float, v: np.ndarray, h: float) -> np.ndarray:
+def _rk4(fun: _Field, t: float, v: FloatArray, h: float) -> FloatArray:
     k1 = fun(t, v)
     k2 = fun(t + h / 2, v + h / 2 * k1)
     k3 = fun(t + h / 2, v + h / 2 * k2)
     k4 = fun(t + h, v + h * k3)
-    return v + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    out: FloatArray = v + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    return out
 
 
-def _at_rest(fun: _Field, solver, t_end: float) -> bool:
+def _at_rest(fun: _Field, solver: OdeSolver, t_end: float) -> bool:
     """Whether the field vanishes identically at the solver's point, at its time and at t_end (a field that
     depends on t, like BAR's scheduled μ_t, must vanish at both to be at rest; the RK solvers keep f)."""
     f = getattr(solver, "f", None)
@@ -130,8 +134,8 @@ def _at_rest(fun: _Field, solver, t_end: float) -> bool:
 
 def _integrate_one(
     fun: _Field,
-    v0: np.ndarray,
-    t_rec: np.ndarray,
+    v0: FloatArray,
+    t_rec: FloatArray,
     *,
     method: str,
     rtol: float,
@@ -140,13 +144,13 @@ def _integrate_one(
     stall_step: float,
     patience: int,
     sliding_step: float,
-) -> tuple[np.ndarray, dict]:
+) -> tuple[FloatArray, dict[str, Any]]:
     """Values at ``t_rec`` (R, dim) and diagnostics (status, switches, sliding_from, stopped_at, nfev)."""
     t_end = float(t_rec[-1])
     out = np.full((len(t_rec), v0.size), np.nan)
     out[0] = v0
     solver = METHODS[method](fun, 0.0, v0, t_end, rtol=rtol, atol=atol, max_step=max_step)
-    info: dict = {"status": "ok", "switches": 0, "sliding_from": None, "stopped_at": None, "message": ""}
+    info: dict[str, Any] = {"status": "ok", "switches": 0, "sliding_from": None, "stopped_at": None, "message": ""}
     sw_prev = fun.switching(v0)
     nxt = 1
     window = [0.0]
@@ -191,11 +195,11 @@ def solve_flow(
     optimizer: Optimizer | str = "sgd",
     *,
     t_end: float = 10.0,
-    alpha: float | Sequence[float] = 0.0,
+    alpha: float | Iterable[float] = 0.0,
     seeds: int | Sequence[int] = 1,
     batch: int = 1,
     n_records: int = 201,
-    t_eval: np.ndarray | None = None,
+    t_eval: FloatArray | None = None,
     rho: float = 0.0,
     m: int = 1,
     mu: float = 0.0,
@@ -207,7 +211,7 @@ def solve_flow(
     stall_step: float | None = None,
     patience: int = 200,
     sliding_step: float | None = None,
-    **flatness,
+    **flatness: float | str | None,
 ) -> SimResult:
     """Solve the limiting flow ż = d(z) for each (α, seed): a deterministic loss per trajectory.
 
@@ -272,14 +276,14 @@ def solve_flow(
         infos.append(info)
         all_rows.append((fun, rows))
     for k in range(len(t_rec)):
-        Xs, Ys, gXs, gYs = zip(*(fun.grads(rows[k]) for fun, rows in all_rows))
+        Xs, Ys, gXs, gYs = zip(*(fun.grads(rows[k]) for fun, rows in all_rows), strict=True)
         rec.add(np.concatenate(Xs), np.concatenate(Ys), np.concatenate(gXs), np.concatenate(gYs))
-    auxiliary: dict = {}
+    auxiliary: dict[str, list[list[Any]]] = {}
     for fun, rows in all_rows:
         if fun.carry is not None:
-            per = [fun.carry.summary(problem, fun.unpack_aux(row)) for row in rows]
-            for k in per[0]:
-                auxiliary.setdefault(k, []).append([np.asarray(p[k][0]).tolist() for p in per])
+            per = [fun.carry.summary(problem, aux) for row in rows if (aux := fun.unpack_aux(row)) is not None]
+            for name in per[0]:
+                auxiliary.setdefault(name, []).append([np.asarray(p[name][0]).tolist() for p in per])
     statuses = {i["status"] for i in infos}
     settings = {
         "kind": "flow",
@@ -297,7 +301,7 @@ def solve_flow(
         "rtol": rtol,
         "atol": atol,
         "status": next((st for st in ("failed", "sliding", "stopped") if st in statuses), "ok"),
-        "runs": [{"alpha": a, "seed": s, **i} for (a, s), i in zip(traj, infos)],
+        "runs": [{"alpha": a, "seed": s, **i} for (a, s), i in zip(traj, infos, strict=True)],
         "x0": problem.x0.tolist(),
         "y0": problem.y0.tolist(),
         "seconds": time.perf_counter() - started,

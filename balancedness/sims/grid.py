@@ -17,7 +17,12 @@ from balancedness.validation import InvalidValue, integer, number
 
 def values(name: str, v: float | Iterable[float]) -> list[float]:
     """One or several finite numbers ≥ 0 (a radius or noise-level grid) as a list of floats."""
-    raw = list(v) if isinstance(v, (list, tuple)) else list(np.atleast_1d(v))
+    if isinstance(v, np.ndarray):
+        raw = list(np.atleast_1d(v))
+    elif isinstance(v, Iterable) and not isinstance(v, (str, bytes)):
+        raw = list(v)  # any iterable: a list, a tuple, a range, a generator, a set
+    else:
+        raw = [v]
     if not raw:
         raise InvalidValue(name, "one or more numbers", v)
     return [number(f"{name} values", a) for a in raw]
@@ -27,6 +32,8 @@ def seed_list(seeds: int | Sequence[int]) -> list[int]:
     """A count n (seeds 0..n−1) or explicit non-negative integer seeds."""
     if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
         return list(range(integer("seeds", seeds)))
+    if isinstance(seeds, bool):
+        raise InvalidValue("seeds", "a positive count or a non-empty list of seeds", seeds)
     out = [integer("seeds", s, minimum=0) for s in seeds]
     if not out:
         raise InvalidValue("seeds", "a positive count or a non-empty list of seeds", seeds)

@@ -8,11 +8,13 @@ into effective targets and the progress t/T into μ_t, and calls the registered 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
+from balancedness.metrics import FloatArray
 from balancedness.schedules import check_schedule, mu_at
-from balancedness.sims.directions import DIRECTIONS, NOISE_SCHEDULES, Field, HyperParams, flat_lora_ramp, lookup
+from balancedness.sims.directions import DIRECTIONS, NOISE_SCHEDULES, Aux, Field, HyperParams, flat_lora_ramp, lookup
 from balancedness.sims.problems import Problem
 from balancedness.validation import choice, integer, number
 
@@ -79,7 +81,7 @@ class Optimizer:
             )
         check_schedule(self.schedule)
 
-    def settings(self) -> dict:
+    def settings(self) -> dict[str, float | str]:
         """The hyper-parameters: name, ρ, m, μ₀ and schedule always; a flatness hyper-parameter where it is used."""
         uses = lookup(self.name).uses
         return {
@@ -94,9 +96,9 @@ class Optimizer:
     def hyper(
         self,
         progress: float = 0.0,
-        rho: np.ndarray | None = None,
-        xi: np.ndarray | None = None,
-        aux: tuple | None = None,
+        rho: FloatArray | None = None,
+        xi: FloatArray | None = None,
+        aux: Aux | None = None,
     ) -> HyperParams:
         """What the direction function is told: ρ (or per-trajectory radii), m, μ_t, t/T, σ_t = f_t σ, η_a, κ, the
         step's perturbation draws and the auxiliary state."""
@@ -110,13 +112,13 @@ class Optimizer:
     def direction(
         self,
         problem: Problem,
-        X: np.ndarray,
-        Y: np.ndarray,
-        alpha: np.ndarray,
-        chunk_means: np.ndarray | None,
+        X: FloatArray,
+        Y: FloatArray,
+        alpha: float | FloatArray,
+        chunk_means: FloatArray | None,
         progress: float = 0.0,
-        xi: np.ndarray | None = None,
-        aux: tuple | None = None,
+        xi: FloatArray | None = None,
+        aux: Aux | None = None,
     ) -> Field:
         """(d_X, d_Y, g_X, g_Y) for noise level(s) α and the chunk means N̄_i of the step's noise.
 
@@ -128,13 +130,13 @@ class Optimizer:
     def field(
         self,
         problem: Problem,
-        X: np.ndarray,
-        Y: np.ndarray,
-        targets: np.ndarray | None,
+        X: FloatArray,
+        Y: FloatArray,
+        targets: FloatArray | None,
         progress: float = 0.0,
-        rho: np.ndarray | None = None,
-        xi: np.ndarray | None = None,
-        aux: tuple | None = None,
+        rho: FloatArray | None = None,
+        xi: FloatArray | None = None,
+        aux: Aux | None = None,
     ) -> Field:
         """The registered field for effective targets C_i = A + α N̄_i of the m chunks, shape (m, n, …).
 
@@ -148,22 +150,22 @@ class Optimizer:
     def field_with_aux(
         self,
         problem: Problem,
-        X: np.ndarray,
-        Y: np.ndarray,
-        targets: np.ndarray | None,
+        X: FloatArray,
+        Y: FloatArray,
+        targets: FloatArray | None,
         progress: float = 0.0,
-        rho: np.ndarray | None = None,
-        xi: np.ndarray | None = None,
-        aux: tuple | None = None,
-    ) -> tuple[Field, tuple | None]:
+        rho: FloatArray | None = None,
+        xi: FloatArray | None = None,
+        aux: Aux | None = None,
+    ) -> tuple[Field, Aux | None]:
         """(the four arrays of :meth:`field`, the auxiliary state's direction or None)."""
         entry = DIRECTIONS.get(self.name) or lookup(self.name)  # unregistered since construction: a clear error
         out = entry.field(problem, X, Y, targets, self.hyper(progress, rho, xi, aux))
-        return tuple(out[:4]), (out[4] if len(out) > 4 else None)
+        return (out[0], out[1], out[2], out[3]), (out[4] if len(out) > 4 else None)
 
     def switching(
-        self, problem: Problem, X: np.ndarray, Y: np.ndarray, alpha: np.ndarray, chunk_means: np.ndarray | None
-    ) -> np.ndarray | None:
+        self, problem: Problem, X: FloatArray, Y: FloatArray, alpha: float | FloatArray, chunk_means: FloatArray | None
+    ) -> FloatArray | None:
         """Functions whose sign changes are the field's discontinuities, shape (n, k), or None.
 
         SAM/SNGD on OP switch where f′ = 0 (u_t carries sgn f′, eq. (7)); nBAR where
@@ -176,7 +178,7 @@ class Optimizer:
         return switching(problem, X, Y, _targets(problem, alpha, chunk_means), self.hyper())
 
 
-def _targets(problem: Problem, alpha: np.ndarray, chunk_means: np.ndarray | None) -> np.ndarray | None:
+def _targets(problem: Problem, alpha: float | FloatArray, chunk_means: FloatArray | None) -> FloatArray | None:
     """C_i = A + α N̄_i per chunk, shape (m, n, *noise_shape), or None (noise-free)."""
     if chunk_means is None:
         return None
@@ -184,7 +186,13 @@ def _targets(problem: Problem, alpha: np.ndarray, chunk_means: np.ndarray | None
 
 
 def make_optimizer(
-    name: str, *, rho: float = 0.0, m: int = 1, mu: float = 0.0, schedule: str = "constant", **flatness
+    name: str,
+    *,
+    rho: float = 0.0,
+    m: int = 1,
+    mu: float = 0.0,
+    schedule: str = "constant",
+    **flatness: float | str | None,
 ) -> Optimizer:
     """Build an :class:`Optimizer`, keeping only the hyper-parameters ``name`` uses.
 
@@ -196,7 +204,7 @@ def make_optimizer(
     unknown = sorted(set(flatness) - set(FLATNESS_DEFAULTS))
     if unknown:
         raise ValueError(f"unknown hyper-parameter {unknown[0]!r}; expected one of {', '.join(FLATNESS_DEFAULTS)}")
-    extra = {}
+    extra: dict[str, Any] = {}  # each value checked by Optimizer.__post_init__
     for key, (default, neutral) in FLATNESS_DEFAULTS.items():
         used = key in uses or (key == "noise_schedule" and "sigma" in uses)
         value = flatness.get(key)

@@ -66,6 +66,8 @@ _loaded = itertools.count()
 def load_field(path: Path, attr: str) -> DirectionFn:
     """Import ``path`` as a fresh module and return its callable ``attr``."""
     spec = importlib.util.spec_from_file_location(f"balancedness_user_field_{next(_loaded)}", path)
+    if spec is None or spec.loader is None:  # load_replacement let only .py files through
+        raise ValueError(f"replace: {str(path)!r} cannot be imported as a Python file")
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
@@ -77,7 +79,8 @@ def load_field(path: Path, attr: str) -> DirectionFn:
         raise ValueError(f"replace: {str(path)!r} has no function {attr!r} (it defines: {', '.join(found) or 'none'})")
     if not callable(field):
         raise ValueError(f"replace: {str(path)!r}:{attr} is not a function (it is {type(field).__name__} {field!r})")
-    return field
+    out: DirectionFn = field
+    return out
 
 
 def _instances() -> list[tuple[str, Problem]]:
@@ -115,7 +118,7 @@ def check_contract(name: str, field: DirectionFn, n: int = 2) -> None:
             )
             X0, Y0 = X.copy(), Y.copy()
             try:
-                out = field(p, X, Y, targets, hp)
+                out: object = field(p, X, Y, targets, hp)  # the user's: checked below
             except Exception as e:
                 raise ContractError(f"{where} raised {type(e).__name__}: {e}") from e
             want = 4 if entry.carry is None else 5
@@ -125,7 +128,7 @@ def check_contract(name: str, field: DirectionFn, n: int = 2) -> None:
                     f"{f' of length {len(out)}' if isinstance(out, (tuple, list)) else ''}; "
                     "expected the tuple (d_X, d_Y, g_X, g_Y" + (", d_aux)" if want == 5 else ")")
                 )
-            if want == 5:
+            if want == 5 and aux is not None:
                 d_aux = out[4]
                 if not isinstance(d_aux, (tuple, list)) or [np.shape(d) for d in d_aux] != [a.shape for a in aux]:
                     raise ContractError(
@@ -134,7 +137,9 @@ def check_contract(name: str, field: DirectionFn, n: int = 2) -> None:
                     )
                 if not all(np.all(np.isfinite(d)) for d in d_aux):
                     raise ContractError(f"{where} returned non-finite values in d_aux")
-            for label, arr, like in zip(("d_X", "d_Y", "g_X", "g_Y"), out, (X, Y, X, Y)):
+            for label, arr, like in zip(
+                ("d_X", "d_Y", "g_X", "g_Y"), out[:4], (X, Y, X, Y), strict=True
+            ):  # d_aux: above
                 shape = np.shape(arr)
                 if shape != like.shape:
                     raise ContractError(f"{where} returned {label} of shape {shape}; expected {like.shape}")

@@ -22,11 +22,14 @@ for OP. The gradient only needs the mean noise of the batch (or of an m-sharpnes
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+from numpy.typing import ArrayLike
 
+from balancedness.metrics import FloatArray
 from balancedness.validation import InvalidValue, integer, number
 
 Kind = Literal["nop", "op"]
@@ -55,30 +58,40 @@ class Problem:
 
     kind: Kind
     name: str
-    target: np.ndarray
-    noise_rows: np.ndarray | None
+    target: FloatArray
+    noise_rows: FloatArray | None
     scale: float
-    x0: np.ndarray
-    y0: np.ndarray
+    x0: FloatArray
+    y0: FloatArray
     noisy: bool = True
-    meta: dict = field(default_factory=dict)
+    meta: dict[str, int] = field(default_factory=dict)
 
     # -- sizes -----------------------------------------------------------------------------
     @property
     def layers(self) -> int:
-        return self.x0.shape[0]
+        out: int = self.x0.shape[0]
+        return out
 
     @property
     def d1(self) -> int:
-        return self.x0.shape[1]
+        out: int = self.x0.shape[1]
+        return out
 
     @property
     def d2(self) -> int:
-        return self.y0.shape[1]
+        out: int = self.y0.shape[1]
+        return out
 
     @property
     def rank(self) -> int:
-        return self.x0.shape[2]
+        out: int = self.x0.shape[2]
+        return out
+
+    def nop_noise_rows(self) -> FloatArray:
+        """D, the row scale of the NOP noise; a ValueError for a problem without one (OP)."""
+        if self.noise_rows is None:
+            raise ValueError(f"problem {self.name!r} has no noise rows D (only NOP problems do)")
+        return self.noise_rows
 
     @property
     def lipschitz(self) -> float:
@@ -90,7 +103,7 @@ class Problem:
         return (self.d1, self.d2) if self.kind == "nop" else ()
 
     # -- noise -----------------------------------------------------------------------------
-    def noise_sequence(self, seed: int, steps: int, batch: int = 1) -> np.ndarray:
+    def noise_sequence(self, seed: int, steps: int, batch: int = 1) -> FloatArray:
         """The exact standard noise the simulator uses for ``seed``: shape (steps, batch, *noise_shape).
 
         NOP rows are already multiplied by D. The gradient uses the target A + α·noise.
@@ -99,55 +112,60 @@ class Problem:
         return np.concatenate([stream.next_block()[0] for _ in range(-(-steps // NOISE_BLOCK))])[:steps]
 
     # -- the loss through the product ------------------------------------------------------
-    def product(self, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    def product(self, X: FloatArray, Y: FloatArray) -> FloatArray:
         """W = Σ_l X_l Y_lᵀ, shape (n, d1, d2) (NOP), or w = Σ_l ⟨X_l, Y_l⟩, shape (n,) (OP)."""
         if self.kind == "nop":
             W = np.matmul(X, np.swapaxes(Y, -1, -2))
-            return W[:, 0] if W.shape[1] == 1 else W.sum(axis=1)
-        return np.einsum("nlir,nlir->n", X, Y)
+            out: FloatArray = W[:, 0] if W.shape[1] == 1 else W.sum(axis=1)
+            return out
+        out = np.einsum("nlir,nlir->n", X, Y)
+        return out
 
-    def effective_target(self, alpha: np.ndarray, noise_mean: np.ndarray | None) -> np.ndarray:
+    def effective_target(self, alpha: float | FloatArray, noise_mean: FloatArray | None) -> FloatArray:
         """C_t = A + α N̄ (NOP) or a + α n̄ (OP): the target the minibatch gradient sees."""
         if noise_mean is None:
             return self.target
         a = np.asarray(alpha).reshape((-1,) + (1,) * (noise_mean.ndim - 1))
-        return self.target + a * noise_mean
+        out: FloatArray = self.target + a * noise_mean
+        return out
 
-    def outer_grad(self, W: np.ndarray, alpha: np.ndarray, noise_mean: np.ndarray | None) -> np.ndarray:
+    def outer_grad(self, W: FloatArray, alpha: float | FloatArray, noise_mean: FloatArray | None) -> FloatArray:
         """∇f_t at the product: G = 2k(W − A − α N̄) (NOP) or f′ = 2k(w − a − α n̄) (OP)."""
         return self.outer_grad_at(W, self.effective_target(alpha, noise_mean))
 
-    def outer_grad_at(self, W: np.ndarray, C: np.ndarray) -> np.ndarray:
+    def outer_grad_at(self, W: FloatArray, C: FloatArray) -> FloatArray:
         """G = 2k(W − C) (NOP) or f′ = 2k(w − C) (OP) for an effective target C."""
-        return (2.0 * self.scale) * (W - C)
+        out: FloatArray = (2.0 * self.scale) * (W - C)
+        return out
 
-    def factor_grads(self, X: np.ndarray, Y: np.ndarray, G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def factor_grads(self, X: FloatArray, Y: FloatArray, G: FloatArray) -> tuple[FloatArray, FloatArray]:
         """g_X = G Y, g_Y = Gᵀ X for each layer (eq. (3)); g_X = f′ Y, g_Y = f′ X for OP (eq. (14))."""
         if self.kind == "nop":
             return np.einsum("nij,nljr->nlir", G, Y), np.einsum("nij,nlir->nljr", G, X)
         f = G[:, None, None, None]
         return f * Y, f * X
 
-    def grads_at(self, X: np.ndarray, Y: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def grads_at(self, X: FloatArray, Y: FloatArray, C: FloatArray) -> tuple[FloatArray, FloatArray]:
         """(g_X, g_Y) of k‖W − C‖² (or k(w − C)²) for an effective target C (the hot path)."""
         return self.factor_grads(X, Y, self.outer_grad_at(self.product(X, Y), C))
 
     def grads(
-        self, X: np.ndarray, Y: np.ndarray, alpha: np.ndarray, noise_mean: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self, X: FloatArray, Y: FloatArray, alpha: float | FloatArray, noise_mean: FloatArray | None
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
         """(g_X, g_Y, G) of the minibatch loss whose mean noise is ``noise_mean``."""
         G = self.outer_grad(self.product(X, Y), alpha, noise_mean)
         gX, gY = self.factor_grads(X, Y, G)
         return gX, gY, G
 
-    def excess_loss(self, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    def excess_loss(self, X: FloatArray, Y: FloatArray) -> FloatArray:
         """k‖W − A‖² (or k(w − a)²): the population loss minus its noise floor k·α²·E‖N‖²."""
         resid = self.product(X, Y) - self.target
-        return self.scale * (resid**2).reshape(resid.shape[0], -1).sum(axis=1)
+        out: FloatArray = self.scale * (resid**2).reshape(resid.shape[0], -1).sum(axis=1)
+        return out
 
-    def population_loss(self, X: np.ndarray, Y: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    def population_loss(self, X: FloatArray, Y: FloatArray, alpha: float | FloatArray) -> FloatArray:
         """E_ξ f(x, y) = excess loss + k α² E‖N‖² (E‖DU‖²_F = d2·ΣD², E n² = 1); spec §1.5."""
-        floor = float(self.d2 * np.sum(self.noise_rows**2)) if self.kind == "nop" else 1.0
+        floor = float(self.d2 * np.sum(self.nop_noise_rows() ** 2)) if self.kind == "nop" else 1.0
         return self.excess_loss(X, Y) + self.scale * np.asarray(alpha) ** 2 * (floor if self.noisy else 0.0)
 
 
@@ -164,13 +182,13 @@ class NoiseStream:
         self.batch = batch
         self.rngs = [np.random.default_rng(int(s)) for s in seeds]
 
-    def next_block(self) -> np.ndarray:
+    def next_block(self) -> FloatArray:
         """Noise of the next NOISE_BLOCK steps: shape (n_seeds, NOISE_BLOCK, batch, *noise_shape)."""
         p = self.problem
         shape = (NOISE_BLOCK, self.batch) + p.noise_shape
         out = np.stack([rng.standard_normal(shape) for rng in self.rngs])
         if p.kind == "nop":
-            out *= p.noise_rows[:, None]
+            out *= p.nop_noise_rows()[:, None]
         return out
 
 
@@ -178,7 +196,7 @@ class NoiseStream:
 PERTURBATION_SALT = 0xF1A7
 
 
-def perturbation_block(seeds, block: int, shape: tuple) -> np.ndarray:
+def perturbation_block(seeds: Iterable[int], block: int, shape: tuple[int, ...]) -> FloatArray:
     """Standard normal perturbation draws ξ of the steps block·K … block·K + K − 1 (K = NOISE_BLOCK), one
     independent stream per (seed, block): shape (len(seeds), K, *shape). Step t's draw depends only on the seed
     and t (row t mod K of block t // K): the same seed gives the same draws bit for bit, another seed or step
@@ -193,16 +211,14 @@ def perturbation_block(seeds, block: int, shape: tuple) -> np.ndarray:
     )
 
 
-def perturbation_sequence(seed: int, steps: int, shape: tuple) -> np.ndarray:
+def perturbation_sequence(seed: int, steps: int, shape: tuple[int, ...]) -> FloatArray:
     """The perturbation draws the simulator uses for ``seed`` at steps 0 … steps − 1: shape (steps, *shape)."""
     blocks = [perturbation_block([seed], b, shape)[0] for b in range(-(-steps // NOISE_BLOCK))]
     return np.concatenate(blocks)[:steps]
 
 
 # -- factories --------------------------------------------------------------------------------
-def _as_init(v: np.ndarray | list | None, shape: tuple[int, ...], name: str) -> np.ndarray | None:
-    if v is None:
-        return None
+def _as_init(v: ArrayLike, shape: tuple[int, ...], name: str) -> FloatArray:
     arr = np.asarray(v, dtype=float)
     if arr.size != int(np.prod(shape)):
         raise ValueError(f"{name} has {arr.size} entries (shape {arr.shape}); expected shape {shape}")
@@ -212,7 +228,7 @@ def _as_init(v: np.ndarray | list | None, shape: tuple[int, ...], name: str) -> 
     return arr
 
 
-def _default_init(layers: int, d1: int, rank: int) -> np.ndarray:
+def _default_init(layers: int, d1: int, rank: int) -> FloatArray:
     """The paper's x₀ in column 0 of layer 0; more layers/columns are deterministic variations.
 
     Layer l is (1 + l/L)·x₀ so the layers are not symmetric copies; columns j ≥ 1 are a fixed
@@ -225,9 +241,9 @@ def _default_init(layers: int, d1: int, rank: int) -> np.ndarray:
     X = np.zeros((layers, d1, rank))
     extra = np.random.default_rng(1234).standard_normal((d1, rank))
     extra *= 0.3 * np.linalg.norm(base) / np.linalg.norm(extra, axis=0, keepdims=True)
-    for l in range(layers):
-        X[l, :, 0] = (1.0 + l / layers) * base
-        X[l, :, 1:] = (1.0 + l / layers) * extra[:, 1:]
+    for layer in range(layers):
+        X[layer, :, 0] = (1.0 + layer / layers) * base
+        X[layer, :, 1:] = (1.0 + layer / layers) * extra[:, 1:]
     return X
 
 
@@ -237,10 +253,10 @@ def nop_problem(
     *,
     d1: int = 3,
     d2: int = 3,
-    target: np.ndarray | None = None,
-    noise_rows: np.ndarray | None = None,
-    x0: np.ndarray | None = None,
-    y0: np.ndarray | None = None,
+    target: ArrayLike | None = None,
+    noise_rows: ArrayLike | None = None,
+    x0: ArrayLike | None = None,
+    y0: ArrayLike | None = None,
 ) -> Problem:
     """Matrix fitting ‖Σ_l X_l Y_lᵀ − (A + αN)‖²: toy (11) by default (spec §1.5).
 
@@ -257,13 +273,13 @@ def nop_problem(
     D = np.full(d1, 0.5)
     D[: min(3, d1)] = PAPER_NOISE_ROWS[: min(3, d1)]
     D = D if noise_rows is None else _as_init(noise_rows, (d1,), "noise_rows")
-    X0 = _as_init(x0, (layers, d1, rank), "x0")
-    X0 = _default_init(layers, d1, rank) if X0 is None else X0
-    Y0 = _as_init(y0, (layers, d2, rank), "y0")
-    if Y0 is None:
+    X0 = _default_init(layers, d1, rank) if x0 is None else _as_init(x0, (layers, d1, rank), "x0")
+    if y0 is None:
         if d1 != d2:
             raise ValueError(f"give y0 explicitly when d1 != d2 (d1={d1}, d2={d2}); the default is y0 = -3 x0")
         Y0 = -3.0 * X0
+    else:
+        Y0 = _as_init(y0, (layers, d2, rank), "y0")
     name = "nop" if layers == 1 else "nop-layered"
     return Problem("nop", name, A, D, 1.0, X0, Y0, meta={"rank": rank, "layers": layers})
 
@@ -275,17 +291,15 @@ def op_problem(
     target: float = 0.5,
     scale: float = 1.0,
     noisy: bool = True,
-    x0: np.ndarray | None = None,
-    y0: np.ndarray | None = None,
+    x0: ArrayLike | None = None,
+    y0: ArrayLike | None = None,
     name: str | None = None,
 ) -> Problem:
     """Scalar fitting (Σ_l x_lᵀ y_l − (a + α n))²: toy (12) by default (a = 0.5, x, y ∈ ℝ³)."""
     layers, dim = integer("layers", layers), integer("dim", dim)
     target, scale = number("target", target, minimum=None), number("scale", scale, strict=True)
-    X0 = _as_init(x0, (layers, dim, 1), "x0")
-    X0 = _default_init(layers, dim, 1) if X0 is None else X0
-    Y0 = _as_init(y0, (layers, dim, 1), "y0")
-    Y0 = -3.0 * X0 if Y0 is None else Y0
+    X0 = _default_init(layers, dim, 1) if x0 is None else _as_init(x0, (layers, dim, 1), "x0")
+    Y0 = -3.0 * X0 if y0 is None else _as_init(y0, (layers, dim, 1), "y0")
     name = name or ("op" if layers == 1 else "op-layered")
     return Problem(
         "op", name, np.asarray(float(target)), None, float(scale), X0, Y0, noisy=noisy, meta={"layers": layers}
@@ -301,7 +315,7 @@ PROBLEMS = ("nop", "op", "nop-layered", "op-layered", "toy2d")
 
 
 def make_problem(
-    name: str, *, rank: int = 1, layers: int | None = None, x0: np.ndarray | None = None, y0: np.ndarray | None = None
+    name: str, *, rank: int = 1, layers: int | None = None, x0: ArrayLike | None = None, y0: ArrayLike | None = None
 ) -> Problem:
     """Build a problem by its CLI name (one of ``PROBLEMS``)."""
     if name not in PROBLEMS:
@@ -320,4 +334,5 @@ def make_problem(
         return op_problem(3 if layers is None else layers, x0=x0, y0=y0)
     if layers not in (None, 1):
         raise ValueError(f"toy2d has one layer, got layers={layers}")
-    return toy2d_problem() if x0 is None else toy2d_problem(float(np.ravel(x0)[0]), float(np.ravel(y0)[0]))
+    given = {k: float(np.ravel(v)[0]) for k, v in (("x0", x0), ("y0", y0)) if v is not None}
+    return toy2d_problem(**given)  # either one alone keeps the other's default

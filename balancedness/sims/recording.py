@@ -6,14 +6,17 @@ gap of the stochastic gradient at the point, the excess loss), through one :clas
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Any
 
-from balancedness.metrics import balancedness_layers, grad_gap
+import numpy as np
+from numpy.typing import ArrayLike
+
+from balancedness.metrics import FloatArray, IntArray, balancedness_layers, grad_gap
 from balancedness.sims.problems import Problem
 from balancedness.sims.results import SimResult
 
 
-def record_times(steps: int, record_every: int) -> np.ndarray:
+def record_times(steps: int, record_every: int) -> IntArray:
     """0, k, 2k, … and always the last step."""
     t = np.arange(0, steps + 1, record_every)
     return t if t[-1] == steps else np.append(t, steps)
@@ -32,7 +35,7 @@ class Recorder:
         self.loss = np.full((n, n_rec), np.nan)
         self.count = 0
 
-    def add(self, X: np.ndarray, Y: np.ndarray, gX: np.ndarray, gY: np.ndarray) -> None:
+    def add(self, X: FloatArray, Y: FloatArray, gX: FloatArray, gY: FloatArray) -> None:
         """Record the point (X, Y) and its stochastic gradient (g_X, g_Y) as the next record."""
         i = self.count
         self.x[:, i], self.y[:, i] = X, Y
@@ -41,7 +44,7 @@ class Recorder:
         self.loss[:, i] = self.problem.excess_loss(X, Y)
         self.count += 1
 
-    def add_many(self, Xs: np.ndarray, Ys: np.ndarray, gXs: np.ndarray, gYs: np.ndarray) -> None:
+    def add_many(self, Xs: FloatArray, Ys: FloatArray, gXs: FloatArray, gYs: FloatArray) -> None:
         """Record R points at once, each array shaped (R, n, …): the same numbers as R calls of :meth:`add` (the
         metrics of the R·n points computed together, each point's sums over its own contiguous entries)."""
         R, n = Xs.shape[:2]
@@ -60,7 +63,14 @@ class Recorder:
         """How many trajectories recorded a non-finite B at some point."""
         return int(np.sum(~np.all(np.isfinite(self.bl[:, : self.count]), axis=(1, 2))))
 
-    def result(self, t, alpha, seed, settings: dict, rho=None) -> SimResult:
+    def result(
+        self,
+        t: IntArray | FloatArray,
+        alpha: ArrayLike,
+        seed: ArrayLike,
+        settings: dict[str, Any],
+        rho: ArrayLike | None = None,
+    ) -> SimResult:
         """The records made so far as a :class:`SimResult`."""
         k = self.count
         return SimResult(

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from balancedness.io import atomic_write, write_json
+from balancedness.metrics import BoolArray, FloatArray, IntArray
 
 ARRAYS = ("t", "x", "y", "balancedness", "balancedness_layers", "grad_gap", "loss", "alpha", "seed", "rho")
 
@@ -28,17 +30,17 @@ class SimResult:
         settings: everything that produced the run (problem, optimizer, lr, …).
     """
 
-    t: np.ndarray
-    x: np.ndarray
-    y: np.ndarray
-    balancedness: np.ndarray
-    balancedness_layers: np.ndarray
-    grad_gap: np.ndarray
-    loss: np.ndarray
-    alpha: np.ndarray
-    seed: np.ndarray
-    settings: dict = field(default_factory=dict)
-    rho: np.ndarray | None = None
+    t: FloatArray
+    x: FloatArray
+    y: FloatArray
+    balancedness: FloatArray
+    balancedness_layers: FloatArray
+    grad_gap: FloatArray
+    loss: FloatArray
+    alpha: FloatArray
+    seed: IntArray
+    settings: dict[str, Any] = field(default_factory=dict)  # the run's settings, as JSON
+    rho: FloatArray | None = None  # None: the settings' ρ for every trajectory (set by __post_init__)
 
     def __post_init__(self) -> None:
         if self.rho is None:
@@ -46,21 +48,29 @@ class SimResult:
             self.rho = np.full(len(self.alpha), rho)
 
     @property
-    def n_runs(self) -> int:
-        return self.balancedness.shape[0]
+    def radii(self) -> FloatArray:
+        """ρ per trajectory, shape (n,): ``rho``, which ``__post_init__`` always sets."""
+        if self.rho is None:
+            raise ValueError("SimResult.rho is unset (construct it through the dataclass)")
+        return self.rho
 
-    def select(self, alpha: float | None = None, seed: int | None = None, rho: float | None = None) -> np.ndarray:
+    @property
+    def n_runs(self) -> int:
+        out: int = self.balancedness.shape[0]
+        return out
+
+    def select(self, alpha: float | None = None, seed: int | None = None, rho: float | None = None) -> BoolArray:
         """Boolean mask of the trajectories with this α, seed and/or ρ."""
         mask = np.ones(self.n_runs, dtype=bool)
         if rho is not None:
-            mask &= np.isclose(self.rho, rho)
+            mask &= np.isclose(self.radii, rho)
         if alpha is not None:
             mask &= np.isclose(self.alpha, alpha)
         if seed is not None:
             mask &= self.seed == seed
         return mask
 
-    def subset(self, mask: np.ndarray) -> SimResult:
+    def subset(self, mask: BoolArray | IntArray) -> SimResult:
         """The trajectories selected by ``mask`` (boolean or indices, e.g. from :meth:`select`) as a SimResult of
         their own, with the same record times and settings."""
         rows = np.arange(self.n_runs)[mask]
@@ -75,18 +85,18 @@ class SimResult:
             alpha=self.alpha[rows],
             seed=self.seed[rows],
             settings=self.settings,
-            rho=self.rho[rows],
+            rho=self.radii[rows],
         )
 
     # -- (de)serialization ----------------------------------------------------------------
-    def to_json_dict(self) -> dict:
+    def to_json_dict(self) -> dict[str, Any]:
         """``settings``, ``t`` and one object per trajectory in ``runs`` (the CLI's JSON)."""
         runs = []
         for i in range(self.n_runs):
             run = {
                 "alpha": float(self.alpha[i]),
                 "seed": int(self.seed[i]),
-                "rho": float(self.rho[i]),
+                "rho": float(self.radii[i]),
                 "balancedness": self.balancedness[i].tolist(),
                 "grad_gap": self.grad_gap[i].tolist(),
                 "loss": self.loss[i].tolist(),
@@ -120,10 +130,11 @@ class SimResult:
             obj = json.loads(path.read_text())
             runs = obj["runs"]
 
-            def arr(key: str) -> np.ndarray:
-                return np.array([[np.nan if v is None else v for v in np.ravel(r[key])] for r in runs]).reshape(
-                    (len(runs),) + np.shape(runs[0][key])
-                )
+            def arr(key: str) -> FloatArray:
+                out: FloatArray = np.array(
+                    [[np.nan if v is None else v for v in np.ravel(r[key])] for r in runs]
+                ).reshape((len(runs),) + np.shape(runs[0][key]))
+                return out
 
             return cls(
                 t=np.asarray(obj["t"], dtype=float),

@@ -102,7 +102,7 @@ def _quiet_datasets() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def _cache_failure(exc: BaseException) -> OSError | None:
+def _cache_failure(exc: BaseException | None) -> OSError | None:
     """The OSError behind ``exc`` (``datasets`` wraps it) when writing the cache failed: no space, quota,
     read-only or no permission; None for anything else."""
     import errno
@@ -203,7 +203,7 @@ def read_delimited(
     if len(set(names)) != len(names):
         raise ValueError(f"{str(path)!r}: the header repeats a column name ({', '.join(names)})")
     widths = [len(fields) for _, fields in records]
-    for (line, fields), width in zip(records, widths):
+    for (line, _), width in zip(records, widths, strict=True):
         if width != len(names) and not (label_last and width > len(names)):
             sep = "tab" if tsv else "comma"
             raise ValueError(
@@ -353,8 +353,8 @@ def bbc_news_root() -> Path:
 def read_bbc_news(root: Path) -> tuple[list[str], list[Example], list[Example]]:
     """(topics, train, test) of the BBC News corpus with a fixed stratified held-out test set.
 
-    Topics are the sorted folder names. Within each topic the texts (sorted by file name, duplicates dropped) are shuffled with
-    ``random.Random(BBC_SPLIT_SEED)`` and the first ``round(0.2 * n)`` form the test set, so the split
+    Topics are the sorted folder names. Within each topic the texts (sorted by file name, duplicates dropped) are
+    shuffled with ``random.Random(BBC_SPLIT_SEED)`` and the first ``round(0.2 * n)`` form the test set, so the split
     never depends on ``--seed``. The text is the title and body, whitespace-joined; the 100 articles
     the corpus holds twice are kept once (so no article is in both splits).
     """

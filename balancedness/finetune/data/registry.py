@@ -289,13 +289,20 @@ def _examples(table: Table, spec: FileSpec, label_values: Sequence[str], fold_ca
     fold = str.lower if fold_case else str
     raw = [fold(cell(v).strip()) for v in table.column(spec.label_column)]
     labels = map_labels(raw, [fold(v) for v in label_values], f"{table.path} column {spec.label_column!r}")
-    texts = zip(*(map(cell, table.column(c)) for c in spec.text_columns))
-    return [Example(tuple(t), y) for t, y in zip(texts, labels)]
+    texts = zip(*(map(cell, table.column(c)) for c in spec.text_columns), strict=True)
+    return [Example(tuple(t), y) for t, y in zip(texts, labels, strict=True)]
+
+
+def _train_spec(spec: TaskSpec) -> FileSpec:
+    """The training file of a built-in task from the shared data (every LM-BFF and FewGLUE task has one)."""
+    if spec.train is None:
+        raise ValueError(f"task {spec.name!r} has no training file in its registry row")
+    return spec.train
 
 
 def _lmbff_folder(root: Path, spec: TaskSpec, seed: int, notes: list[str]) -> Path:
     base = root / "lm-bff" / "k-shot" / spec.folder
-    usable = lambda s: (base / f"16-{s}" / spec.train.path).is_file()  # noqa: E731
+    usable = lambda s: (base / f"16-{s}" / _train_spec(spec).path).is_file()  # noqa: E731
     if seed in LMBFF_SEEDS and usable(seed):
         return base / f"16-{seed}"
     for s in LMBFF_FALLBACK:
@@ -303,13 +310,13 @@ def _lmbff_folder(root: Path, spec: TaskSpec, seed: int, notes: list[str]) -> Pa
             why = (
                 ("is not an LM-BFF split seed " + str(LMBFF_SEEDS))
                 if seed not in LMBFF_SEEDS
-                else f"has no split folder with {spec.train.path} in this data"
+                else f"has no split folder with {_train_spec(spec).path} in this data"
             )
             notes.append(f"seed {seed} {why}: using split folder 16-{s}; seed {seed} drives sampling and training")
             return base / f"16-{s}"
     raise FileNotFoundError(
         f"no LM-BFF split folder for task {spec.name!r} under {str(base)!r} holds "
-        f"{spec.train.path} (looked for 16-<seed> with seed in {LMBFF_SEEDS}); check --data-root "
+        f"{_train_spec(spec).path} (looked for 16-<seed> with seed in {LMBFF_SEEDS}); check --data-root "
         f"or BALANCEDNESS_DATA (expected the layout of shared/data, see docs/data.md)"
     )
 
@@ -322,9 +329,11 @@ def _drop_kshot_overlap(spec: TaskSpec, folder: Path, eval_ex: list[Example], no
     """Drop eval pairs that appear in any k-shot file of the task (every seed, train and dev)."""
     seen: set[tuple[str, ...]] = set()
     for f in sorted(folder.parent.glob("16-*/*.tsv")):
-        table = read_delimited(f, label_last=spec.train.reader == "tsv-label-last")
-        if all(c in table.columns for c in spec.train.text_columns):
-            seen.update(_pair_key(t) for t in zip(*(table.column(c) for c in spec.train.text_columns)))
+        table = read_delimited(f, label_last=_train_spec(spec).reader == "tsv-label-last")
+        if all(c in table.columns for c in _train_spec(spec).text_columns):
+            seen.update(
+                _pair_key(t) for t in zip(*(table.column(c) for c in _train_spec(spec).text_columns), strict=True)
+            )
     kept = [ex for ex in eval_ex if _pair_key(ex.texts) not in seen]
     notes.append(f"dropped {len(eval_ex) - len(kept)} eval pair(s) that also appear in the k-shot splits")
     return kept
@@ -346,7 +355,7 @@ def _load_builtin(
         notes.append("train: one example per entry (all lexicalizations as references); eval: test split")
         return read_webnlg(base / "train"), read_webnlg(base / "test"), [], [], str(base)
     folder = _lmbff_folder(root, spec, seed, notes) if spec.family == "lm-bff" else root / "fewglue" / spec.folder
-    out = []
+    out: list[list[Example]] = []
     for fs, what in ((spec.train, "training file"), (spec.eval, "evaluation file"), (spec.dev, "dev file")):
         if fs is None:
             out.append([])
@@ -354,7 +363,7 @@ def _load_builtin(
         path = require_file((folder / fs.path).resolve(), f"{spec.name} {what}")
         out.append(_examples(_read(fs, path), fs, spec.label_values))
     train, eval_ex, dev = out
-    if spec.eval.reader == "json-dict":
+    if spec.eval is not None and spec.eval.reader == "json-dict":
         eval_ex = _drop_kshot_overlap(spec, folder, eval_ex, notes)
     return train, eval_ex, dev, list(spec.label_names), str(folder)
 
@@ -493,7 +502,10 @@ def _load(options: TaskOptions) -> TaskData:
         train, eval_ex, labels, fields, source = _load_files(
             train_file, eval_file, list(options.text_columns) or None, options.label_column
         )
-        task_name, kind, metric, dev = name or "custom", "classification", "accuracy", []
+        task_name = name or "custom"
+        dev: list[Example] = []
+        kind: TaskKind = "classification"
+        metric: Metric = "accuracy"
     else:
         spec = get_spec(name or "bbc-news")
         train, eval_ex, dev, labels, source = _load_builtin(spec, options.data_root, seed, notes)
@@ -511,4 +523,4 @@ def _load(options: TaskOptions) -> TaskData:
 
 def validate_task(name: str | None = None, **kwargs: object) -> TaskData:
     """Alias of :func:`load_task` for the CLI's pre-flight check (loading is cheap)."""
-    return load_task(name, **kwargs)  # type: ignore[arg-type]
+    return load_task(name, **kwargs)  # type: ignore[arg-type]  # the CLI's TaskOptions fields, by name
