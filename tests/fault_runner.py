@@ -23,9 +23,11 @@ import signal
 import sys
 
 
-def main() -> None:
-    fault, step = sys.argv[1], int(sys.argv[2])
-    args = sys.argv[sys.argv.index("--") + 1 :]
+def main(argv: list[str] | None = None) -> None:
+    """Run ``FAULT STEP -- finetune options`` (``argv``, by default the command line's) in this process."""
+    argv = sys.argv[1:] if argv is None else argv
+    fault, step = argv[0], int(argv[1])
+    args = argv[argv.index("--") + 1 :]
     import torch
 
     from balancedness.optim.callbacks import BalancednessCallback

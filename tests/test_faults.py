@@ -3,18 +3,17 @@
 Every interrupted run here is resumed with ``--resume`` and must end *bit-identical* to an uninterrupted
 run of the same options (LoRA weights, ``balancedness.jsonl``, ``train_loss``, the metric), or be refused
 (exit 2) with a sentence naming the damaged file, touching nothing. Faults are real signals sent by the
-process to itself at chosen moments (``tests/fault_runner.py``) or a SIGKILL from outside at a random one.
+process to itself at chosen moments (``tests/fault_runner.py``) or a SIGKILL from outside at a random one; each
+faulty run is a process of its own, forked from one that imported torch once (``tests/prewarmed.py``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,12 +21,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import copy_of
+from conftest import copy_of, invoke
 from data_fixtures import data_root_or_skip
+from prewarmed import Run, run_fault
 
 pytestmark = pytest.mark.slow
 
-RUNNER = Path(__file__).with_name("fault_runner.py")
 STEPS = 6
 
 
@@ -58,33 +57,15 @@ def _args(out: Path, *extra: str, method: str = "nbar", steps: int = STEPS) -> l
 
 
 def _run(fault: str, step: int, args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, str(RUNNER), fault, str(step), "--", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    """``tests/fault_runner.py FAULT STEP -- ARGS`` in a process of its own, forked from one that imported torch,
+    transformers and peft once (``tests/prewarmed.py``)."""
+    return run_fault(fault, step, args)
 
 
 def _finetune(args: list[str]) -> subprocess.CompletedProcess:
-    """``balancedness finetune ARGS`` with no fault, in this process (the real CLI app through typer's runner:
-    torch, transformers and peft are imported once per worker, not once per call). Faults need their own process
-    (:func:`_run`). An exception that escapes the command is written into ``stderr`` as its traceback, as the
-    console script would print it, so the tests' "no traceback" asserts keep their power."""
-    import traceback
-
-    from typer.testing import CliRunner
-
-    from balancedness.cli import app
-
-    result = CliRunner().invoke(app, ["finetune", *args])
-    stderr = result.stderr
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        stderr += "Traceback (most recent call last):\n" + "".join(traceback.format_exception(result.exception))
-    code = 130 if isinstance(result.exception, KeyboardInterrupt) else result.exit_code
-    return subprocess.CompletedProcess(["balancedness", "finetune", *args], code, result.stdout, stderr)
+    """``balancedness finetune ARGS`` with no fault, in this process (``conftest.invoke``). Faults need their own
+    process (:func:`_run`)."""
+    return invoke(["finetune", *args])
 
 
 def _outcome(out: Path) -> dict:
@@ -118,16 +99,10 @@ def _tree(folder: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict[str, dict]:
-    """Uninterrupted runs (nBAR and SAM), the yardstick of every resume."""
-    refs = {}
-    for method in ("nbar", "sam"):
-        out = tmp_path_factory.mktemp("ref") / method
-        proc = _finetune(_args(out, method=method))
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        refs[method] = _outcome(out)
-    return refs
+@pytest.fixture
+def reference(reference_runs) -> dict[str, dict]:
+    """Uninterrupted runs (nBAR and SAM), the yardstick of every resume (``conftest.reference_runs``: made once)."""
+    return {method: _outcome(reference_runs(method)) for method in ("nbar", "sam")}
 
 
 def _interrupt_then_resume(tmp_path, fault, step, *extra, method="nbar") -> tuple[subprocess.CompletedProcess, Path]:
@@ -194,13 +169,7 @@ def test_sigkill_after_the_last_step_resumes_without_training(tmp_path, referenc
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sigkill_at_a_random_moment(tmp_path, reference, seed):
     out = tmp_path / "run"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, str(RUNNER), "none", "0", "--", *_args(out, "--save-every", "1")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
+    proc = Run(["none", "0", "--", *_args(out, "--save-every", "1")])
     log = out / "balancedness.jsonl"
     deadline = time.monotonic() + 300
     while not (log.exists() and log.stat().st_size) and proc.poll() is None and time.monotonic() < deadline:

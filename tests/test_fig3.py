@@ -53,32 +53,18 @@ def test_fig3_from_logs(tmp_path):
 
 @pytest.mark.slow
 def test_fig3_cli_from_real_runs(tmp_path):
-    """Two real short MiniLM finetunes (AdamW LoRA and SAM) logged by BalancednessCallback, then the CLI."""
-    import os
-    import subprocess
-    import sys
-
+    """Two real short MiniLM finetunes (AdamW LoRA and SAM) logged by BalancednessCallback, then the CLI (all in
+    this process: ``conftest.invoke``)."""
+    from conftest import invoke
     from data_fixtures import data_root_or_skip
 
     root = data_root_or_skip()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     for method in ("lora", "sam"):
-        subprocess.run(
+        args = ["--model", "minilm", "--task", "rte", "--data-root", str(root), "--method", method, "--steps", "6"]
+        done = invoke(
             [
-                sys.executable,
-                "-m",
-                "balancedness",
                 "finetune",
-                "--model",
-                "minilm",
-                "--task",
-                "rte",
-                "--data-root",
-                str(root),
-                "--method",
-                method,
-                "--steps",
-                "6",
+                *args,
                 "--batch-size",
                 "8",
                 "--log-every",
@@ -87,30 +73,11 @@ def test_fig3_cli_from_real_runs(tmp_path):
                 "16",
                 "--out",
                 str(tmp_path / method),
-            ],
-            check=True,
-            capture_output=True,
-            env=env,
+            ]
         )
+        assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "fig"
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "balancedness",
-            "figures",
-            "fig3",
-            "--log",
-            str(tmp_path / "lora"),
-            "--log",
-            str(tmp_path / "sam"),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    p = invoke(["figures", "fig3", "--log", str(tmp_path / "lora"), "--log", str(tmp_path / "sam"), "--out", str(out)])
     assert p.returncode == 0, p.stderr
     data = json.loads((out / "fig3.json").read_text())
     assert [pnl["layer"] for pnl in data["panels"]] == [0, 3, 5]

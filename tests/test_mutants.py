@@ -2,33 +2,39 @@
 
 Each mutant runs in its own ``run_checks(replace=...)`` call (its own cache: no toy run of one mutant is
 reused for another), with the implementation checks that run the mutated optimizer. A mutant is caught
-when at least one of them FAILs on its numbers (not by raising). The quick test is in the default suite;
-the same at full scale is marked slow (CI runs both).
+when at least one of them FAILs on its numbers (not by raising). The quick tests are in the default suite;
+the same at full scale is marked slow (CI runs both). Both are one test per mutant, so xdist spreads them; a
+quick run is made once per session and read by its test and by the idle-check test.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from balancedness.checks import CHECKS, Kind, run_checks
 from balancedness.sims import DIRECTIONS
+from conftest import built_once
 from mutants import MUTANTS, VARIANTS, catchers, documented
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "sims.md"
 
 
-def _run_all(quick: bool) -> dict[str, tuple[list[str], list]]:
-    built_in = dict(DIRECTIONS)
-    out = {m.id: catchers(m, quick) for m in MUTANTS}
-    assert DIRECTIONS == built_in, "a mutant was left installed"
-    return out
+def _quick(tmp_path_factory: pytest.TempPathFactory, mutant) -> dict[str, list[str]]:
+    """The quick-mode result of ``mutant`` (its own ``run_checks`` call): the implementation checks that fail it
+    and those that raised. Computed once per session for all xdist workers (``conftest.built_once``): its own test
+    and the idle-check test below read the same record."""
 
+    def build(folder: Path) -> None:
+        built_in = dict(DIRECTIONS)
+        caught, verdicts = catchers(mutant, quick=True)
+        assert DIRECTIONS == built_in, "a mutant was left installed"
+        record = {"caught": caught, "errors": [v.id for v in verdicts if v.error]}
+        (folder / "quick.json").write_text(json.dumps(record))
 
-@pytest.fixture(scope="module")
-def quick_runs():
-    return _run_all(quick=True)
+    return json.loads((built_once(tmp_path_factory, f"mutant-quick-{mutant.id}", build) / "quick.json").read_text())
 
 
 def _assert_documented_mutants() -> None:
@@ -36,9 +42,9 @@ def _assert_documented_mutants() -> None:
     assert set(table) == {m.id for m in MUTANTS}, "docs/sims.md's mutant table does not list every mutant"
 
 
-def _assert_caught_as_documented_one(m, caught: list[str], verdicts: list, column: int) -> None:
+def _assert_caught_as_documented(m, caught: list[str], failed_by_error: list[str], column: int) -> None:
+    _assert_documented_mutants()
     expected = documented(DOCS)[m.id][column]
-    failed_by_error = [v.id for v in verdicts if v.error]
     assert caught, f"mutant {m.id} ({m.bug}) survives every implementation check"
     assert not failed_by_error, f"mutant {m.id}: checks raised instead of measuring: {failed_by_error}"
     assert caught == expected, (
@@ -47,19 +53,16 @@ def _assert_caught_as_documented_one(m, caught: list[str], verdicts: list, colum
     )
 
 
-def _assert_caught_as_documented(runs: dict, column: int) -> None:
-    _assert_documented_mutants()
-    for m in MUTANTS:
-        _assert_caught_as_documented_one(m, *runs[m.id], column)
+@pytest.mark.parametrize("mutant", MUTANTS, ids=[m.id for m in MUTANTS])
+def test_every_mutant_is_caught_in_quick_mode_as_documented(tmp_path_factory, mutant):
+    """One test per mutant (each its own ``run_checks`` call), so xdist spreads them."""
+    run = _quick(tmp_path_factory, mutant)
+    _assert_caught_as_documented(mutant, run["caught"], run["errors"], 0)
 
 
-def test_every_mutant_is_caught_in_quick_mode_as_documented(quick_runs):
-    _assert_caught_as_documented(quick_runs, 0)
-
-
-def test_every_implementation_check_catches_some_mutant(quick_runs):
+def test_every_implementation_check_catches_some_mutant(tmp_path_factory):
     """An implementation check that no mutant fails guards nothing: strengthen it or make it a math check."""
-    caught = {cid for ids, _ in quick_runs.values() for cid in ids}
+    caught = {cid for m in MUTANTS for cid in _quick(tmp_path_factory, m)["caught"]}
     idle = [c.id for c in CHECKS if c.kind is Kind.IMPLEMENTATION and c.id not in caught]
     assert not idle, f"implementation checks that no mutant fails: {idle}"
 
@@ -85,11 +88,10 @@ def test_runs_do_not_share_results_across_replacements():
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[m.id for m in MUTANTS])
 def test_every_mutant_is_caught_at_full_scale_as_documented(mutant):
     """One test per mutant (each its own ``run_checks`` call, as in quick mode), so xdist spreads them."""
-    _assert_documented_mutants()
     built_in = dict(DIRECTIONS)
     caught, verdicts = catchers(mutant, quick=False)
     assert DIRECTIONS == built_in, "a mutant was left installed"
-    _assert_caught_as_documented_one(mutant, caught, verdicts, 1)
+    _assert_caught_as_documented(mutant, caught, [v.id for v in verdicts if v.error], 1)
 
 
 @pytest.mark.parametrize("variant,behaviour", VARIANTS, ids=[v.id for v, _ in VARIANTS])

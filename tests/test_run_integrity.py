@@ -4,11 +4,13 @@ and the smaller promises (usage errors before ``run.json``, the batch actually u
 strict JSON, failed writes, clean ``figures fig3 --log`` errors).
 
 The runs are real (MiniLM, SST-2 4-shot, a few steps) through ``tests/fault_runner.py``, as in
-``tests/test_faults.py``; faults are real signals and real resource limits.
+``tests/test_faults.py`` (forked from a process that imported torch once: ``tests/prewarmed.py``, except the run
+under a file size limit, which gets a fresh process); faults are real signals and real resource limits.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -22,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import invoke
+from prewarmed import Run, run_fault
 from test_faults import _args, _assert_identical, _finetune, _outcome, _run, _tree
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -31,18 +35,6 @@ RUNNER = Path(__file__).with_name("fault_runner.py")
 def _flat(text: str) -> str:
     """stderr without rich's line wrapping (it wraps inside paths too)."""
     return " ".join(text.split())
-
-
-def _cli(*args: str, cwd: Path | None = None, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "balancedness", *args],
-        capture_output=True,
-        text=True,
-        env={**ENV, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **(env or {})},
-        cwd=cwd,
-        timeout=600,
-        **kw,
-    )
 
 
 def _strict(text: str):
@@ -98,7 +90,7 @@ def test_overwrite_deletes_only_run_or_sweep_folders(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_overwrite_of_a_folder_that_is_not_a_run_is_refused_by_the_cli(tmp_path):
+def test_overwrite_of_a_folder_that_is_not_a_run_is_refused_by_the_cli(tmp_path, monkeypatch):
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("years of work")
@@ -114,7 +106,8 @@ def test_overwrite_of_a_folder_that_is_not_a_run_is_refused_by_the_cli(tmp_path)
     assert refused.returncode == 2
     assert "--overwrite" not in _flat(refused.stderr)
     here = _run_folder(tmp_path / "cwd")
-    dot = _cli("finetune", *_args(Path("."), "--overwrite", steps=2), cwd=here)
+    monkeypatch.chdir(here)
+    dot = _finetune(_args(Path("."), "--overwrite", steps=2))
     assert dot.returncode == 2
     assert "working directory" in _flat(dot.stderr)
     assert "Traceback" not in dot.stderr
@@ -127,18 +120,12 @@ def test_overwrite_of_a_folder_that_is_not_a_run_is_refused_by_the_cli(tmp_path)
 def test_one_writer_per_run_folder_and_no_stale_lock_after_a_kill(tmp_path):
     out = tmp_path / "run"
     marker = tmp_path / "paused"
-    first = subprocess.Popen(
-        [sys.executable, str(RUNNER), "pause", "2", "--", *_args(out, "--save-every", "1")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**ENV, "FAULT_MARKER": str(marker)},
-    )
+    first = Run(["pause", "2", "--", *_args(out, "--save-every", "1")], env={"FAULT_MARKER": str(marker)})
     try:
         deadline = time.monotonic() + 300
         while not marker.exists() and first.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert marker.exists(), first.stderr.read()[-2000:] if first.poll() is not None else "no pause"
+        assert marker.exists(), first.output()[1][-2000:] if first.poll() is not None else "no pause"
         before = _tree(out)
         for extra, method in (((), "sam"), (("--resume",), "nbar")):  # another method; an identical resume
             second = _finetune(_args(out, *extra, method=method))
@@ -209,30 +196,32 @@ def test_a_sweep_never_selects_or_tabulates_a_diverged_run(tmp_path):
     from data_fixtures import data_root_or_skip
 
     out = tmp_path / "sweep"
-    proc = _cli(
-        "sweep",
-        "--tasks",
-        "sst2",
-        "--methods",
-        "lora",
-        "--seeds",
-        "42",
-        "--shots",
-        "4",
-        "--steps",
-        "2",
-        "--batch-size",
-        "4",
-        "--max-eval",
-        "8",
-        "--grid",
-        "all:lr=1e30,1e-3",
-        "--space",
-        "fixed",
-        "--data-root",
-        str(data_root_or_skip()),
-        "--out",
-        str(out),
+    proc = invoke(
+        [
+            "sweep",
+            "--tasks",
+            "sst2",
+            "--methods",
+            "lora",
+            "--seeds",
+            "42",
+            "--shots",
+            "4",
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--max-eval",
+            "8",
+            "--grid",
+            "all:lr=1e30,1e-3",
+            "--space",
+            "fixed",
+            "--data-root",
+            str(data_root_or_skip()),
+            "--out",
+            str(out),
+        ]
     )
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     failures = json.loads((out / "failures.json").read_text())
@@ -288,12 +277,10 @@ def test_losses_that_are_not_finite_numbers_are_refused(interrupted, tmp_path, l
 
 
 # ------------------------------------------------------------------------------------------ checkpoint rotation
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("ref") / "nbar"
-    proc = _finetune(_args(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return _outcome(out)
+@pytest.fixture
+def reference(reference_runs) -> dict:
+    """The uninterrupted nBAR run of test_faults' options (``conftest.reference_runs``: made once per session)."""
+    return _outcome(reference_runs("nbar"))
 
 
 @pytest.mark.slow
@@ -327,14 +314,7 @@ def test_a_usage_error_found_while_wiring_the_model_leaves_no_run_behind(tmp_pat
 @pytest.mark.slow
 def test_the_batch_actually_used_is_recorded_and_outputs_have_the_usual_permissions(tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, str(RUNNER), "none", "0", "--", *_args(out, "--batch-size", "16", steps=2)],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=600,
-        preexec_fn=lambda: os.umask(0o022),
-    )
+    proc = run_fault("none", 0, _args(out, "--batch-size", "16", steps=2), setup=functools.partial(os.umask, 0o022))
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_train"] == 8
@@ -391,7 +371,7 @@ def test_fig3_log_that_is_not_a_log_exits_2(tmp_path):
     (run / "balancedness.jsonl").write_text('{"step": 1, "balancedness": {"layer.0.query": 0.1}}\n')
     (run / "metrics.json").write_text("{not json")
     for log, name in ((text_file, "notes.txt"), (run, "metrics.json")):
-        proc = _cli("figures", "fig3", "--log", str(log), "--out", str(tmp_path / "fig"))
+        proc = invoke(["figures", "fig3", "--log", str(log), "--out", str(tmp_path / "fig")])
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert name in "".join(proc.stderr.split())
         assert "Traceback" not in proc.stderr
