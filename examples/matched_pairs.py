@@ -28,7 +28,7 @@ from pathlib import Path
 
 from balancedness.finetune.record import RunFolder, RunRecord
 from balancedness.finetune.report import collect
-from balancedness.finetune.stats import paired
+from balancedness.finetune.stats import Paired, paired
 from balancedness.io import write_text
 from balancedness.methods import METHODS, SHARED
 
@@ -136,42 +136,17 @@ def main() -> None:
     if args.csv:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(
-            [
-                "method",
-                "option",
-                "value",
-                "task",
-                "n",
-                "mean",
-                "ci_low",
-                "ci_high",
-                "wins",
-                "ties",
-                "losses",
-                "p_sign",
-                "b_ratio",
-                "b_lower",
-                "b_pairs",
-            ]
-        )
+        writer.writerow(["method", "option", "value", "task", *Paired.COLUMNS, "b_ratio", "b_lower", "b_pairs"])
         for r in rows:
-            st = r["stats"]
+            ratio = "" if r["b_ratio"] is None else f"{r['b_ratio']:.4f}"
             writer.writerow(
                 [
                     r["method"],
                     r["option"],
                     r["value"],
                     r["task"],
-                    st.n,
-                    f"{st.mean:.4f}",
-                    f"{st.low:.4f}",
-                    f"{st.high:.4f}",
-                    st.wins,
-                    st.ties,
-                    st.losses,
-                    f"{st.p_sign:.4g}",
-                    "" if r["b_ratio"] is None else f"{r['b_ratio']:.4f}",
+                    *r["stats"].cells(),
+                    ratio,
                     r["b_lower"],
                     r["b_pairs"],
                 ]

@@ -302,25 +302,13 @@ def paired_markdown(rows: list[dict[str, Any]], tasks: Sequence[str]) -> str:
 
 
 def paired_csv(rows: list[dict[str, Any]]) -> str:
+    from balancedness.finetune.stats import Paired
+
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["method", "task", "n", "mean", "ci_low", "ci_high", "wins", "ties", "losses", "p_sign"])
+    writer.writerow(["method", "task", *Paired.COLUMNS])
     for r in rows:
-        st = r["stats"]
-        writer.writerow(
-            [
-                r["method"],
-                r["task"],
-                st.n,
-                f"{st.mean:.4f}",
-                f"{st.low:.4f}",
-                f"{st.high:.4f}",
-                st.wins,
-                st.ties,
-                st.losses,
-                f"{st.p_sign:.4g}",
-            ]
-        )
+        writer.writerow([r["method"], r["task"], *r["stats"].cells()])
     return buf.getvalue()
 
 

@@ -32,11 +32,27 @@ class Paired:
     losses: int
     p_sign: float
 
+    #: The CSV columns of :meth:`cells`.
+    COLUMNS = ("n", "mean", "ci_low", "ci_high", "wins", "ties", "losses", "p_sign")
+
     def text(self) -> str:
         return (
             f"{self.mean:+.2f} [{self.low:+.2f}, {self.high:+.2f}] "
             f"{self.wins}/{self.ties}/{self.losses} p={self.p_sign:.2g}"
         )
+
+    def cells(self) -> list[int | str]:
+        """The CSV cells of :attr:`COLUMNS` (means and interval to 4 decimals, p to 4 significant digits)."""
+        return [
+            self.n,
+            f"{self.mean:.4f}",
+            f"{self.low:.4f}",
+            f"{self.high:.4f}",
+            self.wins,
+            self.ties,
+            self.losses,
+            f"{self.p_sign:.4g}",
+        ]
 
 
 def sign_test(wins: int, losses: int) -> float:
