@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
@@ -17,6 +18,9 @@ from rich.markup import escape
 from balancedness import methods as table
 from balancedness.commands.common import ensure_writable_folder, err_console, fail_usage, split_values
 from balancedness.finetune.run import TABLE_METHODS
+
+if TYPE_CHECKING:
+    from balancedness.finetune.record import RunRecord
 
 DEFAULT_SWEEP_TASKS = ("sst2", "sst5", "trec", "rte", "snli", "mnli")
 _SWEEP_METHODS = list(TABLE_METHODS)  # sweep's default --methods (the option's default value, made once)
@@ -55,6 +59,31 @@ TASK_FILE_HELP = (
     "your own task: a TOML task file (files, text/label columns, metric, optional prompt and label "
     "words, optional dev file; docs/data.md)"
 )
+
+
+#: The options `finetune` and `sweep` both take, each named as its :class:`FinetuneConfig` field.
+SHARED_FIELDS = (
+    "model",
+    "shots",
+    "steps",
+    "lr",
+    "rho",
+    "m",
+    "mu",
+    "schedule",
+    "base_optimizer",
+    "batch_size",
+    "max_eval",
+    "log_every",
+)
+
+
+def shared_fields(options: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`FinetuneConfig` fields of the options both commands take (``options``: the command's
+    arguments by name), ``data_root`` as a string."""
+    fields = {name: options[name] for name in SHARED_FIELDS}
+    fields["data_root"] = str(options["data_root"]) if options["data_root"] else None
+    return fields
 
 
 def require_finetune_extra() -> None:
@@ -129,9 +158,9 @@ def finetune(
 ) -> None:
     """Finetune a model with LoRA and SAM / m-SAM / nBAR / oBAR / ASAM (or a --plugin's method) on one task;
     writes metrics.json, balancedness.jsonl and the adapter into --out."""
+    options = dict(locals())  # the arguments by name, before any other local exists
     require_finetune_extra()
     from balancedness.finetune.run import FinetuneConfig, RunFailedError, parse_hparams, prepare, run_finetune
-    from balancedness.io import json_text
 
     try:
         load_plugins(plugin)
@@ -139,34 +168,22 @@ def finetune(
     except ValueError as exc:
         fail_usage(exc)
     config = FinetuneConfig(
-        model=model,
+        **shared_fields(options),
         task=task,
-        data_root=str(data_root) if data_root else None,
         train_file=str(train_file) if train_file else None,
         eval_file=str(eval_file) if eval_file else None,
         text_columns=split_values(text_column),
         label_column=label_column,
         task_file=str(task_file) if task_file else None,
         method=method,
-        shots=shots,
         seed=seed,
-        steps=steps,
-        lr=lr,
-        rho=rho,
-        m=m,
-        mu=mu,
-        schedule=schedule,
-        base_optimizer=base_optimizer,
-        batch_size=batch_size,
         grad_accum=grad_accum,
         precision=precision,
         lora_r=lora_r,
         lora_alpha=lora_alpha,
         target_modules=split_values(target_modules),
         dropout=dropout,
-        max_eval=max_eval,
         zero_shot=zero_shot,
-        log_every=log_every,
         save_every=save_every,
         out=str(out),
         resume=resume,
@@ -189,8 +206,14 @@ def finetune(
     except RunFailedError as exc:  # diverged, or its files could not be written: status failed, exit 1
         err_console.print(f"[bold red]Run failed:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
-    if record is None:  # a non-zero torchrun rank
-        return
+    if record is not None:  # None: a non-zero torchrun rank
+        _report(record, out, as_json)
+
+
+def _report(record: RunRecord, out: Path, as_json: bool) -> None:
+    """The run's outcome on the terminal: metrics.json with ``--json``, else one line (and a note when skipped)."""
+    from balancedness.io import json_text
+
     if record.skipped:
         err_console.print(
             f"skipped: {out} already holds this run, complete (fingerprint {record.fingerprint_id}); "
@@ -254,28 +277,14 @@ def sweep(
 ) -> None:
     """Run tasks × methods × seeds × each method's search space (resumable, shareable), select each
     method's configuration on the dev split, and write table.md / table.csv / paired.csv / paired.png."""
+    options = dict(locals())  # the arguments by name, before any other local exists
     require_finetune_extra()
     from balancedness.finetune.run import FinetuneConfig
     from balancedness.finetune.search import make_space
     from balancedness.finetune.sweep import run_sweep
     from balancedness.validation import integer
 
-    base = FinetuneConfig(
-        model=model,
-        data_root=str(data_root) if data_root else None,
-        shots=shots,
-        steps=steps,
-        lr=lr,
-        rho=rho,
-        m=m,
-        mu=mu,
-        schedule=schedule,
-        base_optimizer=base_optimizer,
-        batch_size=batch_size,
-        max_eval=max_eval,
-        log_every=log_every,
-        progress=False,
-    )
+    base = FinetuneConfig(**shared_fields(options), progress=False)
     try:
         seed_values = [int(s) for s in split_values(seeds)]
     except ValueError:

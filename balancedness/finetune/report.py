@@ -362,22 +362,14 @@ def selected_markdown(selected: Sequence[RunRecord], space: Any, tasks: Sequence
     return "\n".join(lines) + "\n"
 
 
-def paired_figure(
-    selected: Sequence[RunRecord], rows: list[dict[str, Any]], tasks: Sequence[str], methods: Sequence[str], path: Path
-) -> None:
-    """One PNG: (a) each method's test metric per task (seed mean, bootstrap 95% interval, the seeds as dots,
-    the majority class dashed); (b) method − LoRA with its paired interval."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _panel_selected(ax: Any, selected: Sequence[RunRecord], tasks: Sequence[str], methods: Sequence[str]) -> None:
+    """Panel (a): each method's test metric per task (seed mean, bootstrap 95% interval, seeds as dots), the
+    majority class dashed."""
     import numpy as np
 
     from balancedness.finetune.stats import bootstrap_interval
-    from balancedness.io import atomic_write
 
-    colors = dict(_COLOURS)
-    fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(max(7.0, 2.2 * len(tasks) + 3), 3.6))
+    colours = dict(_COLOURS)
     width = 0.8 / max(1, len(methods))
     for i, method in enumerate(methods):
         for j, task in enumerate(tasks):
@@ -387,50 +379,59 @@ def paired_figure(
             x = j + (i - (len(methods) - 1) / 2) * width
             lo, hi = bootstrap_interval(vals)
             mean = float(np.mean(vals))
-            ax_a.errorbar(
-                [x],
-                [mean],
-                yerr=[[mean - lo], [hi - mean]],
-                fmt="o",
-                color=colors.get(method, "k"),
-                capsize=3,
-                label=METHOD_LABELS.get(method, method) if j == 0 else None,
-            )
-            ax_a.scatter([x] * len(vals), vals, s=8, color=colors.get(method, "k"), alpha=0.4)
+            color = colours.get(method, "k")
+            label = METHOD_LABELS.get(method, method) if j == 0 else None
+            ax.errorbar([x], [mean], yerr=[[mean - lo], [hi - mean]], fmt="o", color=color, capsize=3, label=label)
+            ax.scatter([x] * len(vals), vals, s=8, color=color, alpha=0.4)
     for j, task in enumerate(tasks):
         maj = next((100.0 * r.majority for r in selected if r.task == task and r.majority is not None), None)
         if maj is not None:
-            ax_a.hlines(
-                maj, j - 0.45, j + 0.45, colors="0.5", linestyles="--", lw=1, label="majority class" if j == 0 else None
-            )
-    ax_a.set_xticks(range(len(tasks)), [TASK_LABELS.get(t, t) for t in tasks])
-    ax_a.set_ylabel("test accuracy (%)")
-    ax_a.set_title("(a) dev-selected runs (dots: seeds)", fontsize=9)
-    ax_a.legend(fontsize=7, loc="best")
+            label = "majority class" if j == 0 else None
+            ax.hlines(maj, j - 0.45, j + 0.45, colors="0.5", linestyles="--", lw=1, label=label)
+    ax.set_xticks(range(len(tasks)), [TASK_LABELS.get(t, t) for t in tasks])
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("(a) dev-selected runs (dots: seeds)", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+
+
+def _panel_paired(ax: Any, rows: list[dict[str, Any]], tasks: Sequence[str], methods: Sequence[str]) -> None:
+    """Panel (b): method − LoRA per task (and the average) with its paired interval."""
     columns = [*tasks, "avg"] if any(r["task"] == "avg" for r in rows) else list(tasks)
     others = [m for m in methods if m != "lora"]
-    width_b = 0.8 / max(1, len(others))
+    colours = dict(_COLOURS)
+    width = 0.8 / max(1, len(others))
     for i, method in enumerate(others):
         for j, task in enumerate(columns):
             st = next((r["stats"] for r in rows if r["method"] == method and r["task"] == task), None)
             if st is None:
                 continue
-            x = j + (i - (len(others) - 1) / 2) * width_b
-            ax_b.errorbar(
-                [x],
-                [st.mean],
-                yerr=[[st.mean - st.low], [st.high - st.mean]],
-                fmt="s",
-                color=colors.get(method, "k"),
-                capsize=3,
-                label=METHOD_LABELS.get(method, method) if j == 0 else None,
-            )
-    ax_b.axhline(0.0, color="0.3", lw=0.8)
-    ax_b.set_xticks(range(len(columns)), [TASK_LABELS.get(t, t) for t in columns])
-    ax_b.set_ylabel("method − LoRA (points)")
-    ax_b.set_title("(b) method − LoRA, same seeds", fontsize=9)
+            x = j + (i - (len(others) - 1) / 2) * width
+            label = METHOD_LABELS.get(method, method) if j == 0 else None
+            yerr = [[st.mean - st.low], [st.high - st.mean]]
+            ax.errorbar([x], [st.mean], yerr=yerr, fmt="s", color=colours.get(method, "k"), capsize=3, label=label)
+    ax.axhline(0.0, color="0.3", lw=0.8)
+    ax.set_xticks(range(len(columns)), [TASK_LABELS.get(t, t) for t in columns])
+    ax.set_ylabel("method − LoRA (points)")
+    ax.set_title("(b) method − LoRA, same seeds", fontsize=9)
     if others:
-        ax_b.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="best")
+
+
+def paired_figure(
+    selected: Sequence[RunRecord], rows: list[dict[str, Any]], tasks: Sequence[str], methods: Sequence[str], path: Path
+) -> None:
+    """One PNG: (a) each method's test metric per task (seed mean, bootstrap 95% interval, the seeds as dots,
+    the majority class dashed); (b) method − LoRA with its paired interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from balancedness.io import atomic_write
+
+    fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(max(7.0, 2.2 * len(tasks) + 3), 3.6))
+    _panel_selected(ax_a, selected, tasks, methods)
+    _panel_paired(ax_b, rows, tasks, methods)
     fig.tight_layout()
     atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=130), mode="wb")
     plt.close(fig)

@@ -124,16 +124,25 @@ def plan_run(
     if overwrite:
         check_overwrite(out)
         return RunPlan("fresh", fp, replace=True)
-    if not main:
-        metrics = RunFolder(out).complete_record()
-        if metrics is not None and metrics.fingerprint_id == fingerprint_id(fp):
-            return RunPlan("skip", fp, previous=metrics)
-        if not resume:
-            return RunPlan("fresh", fp)
-        checkpoint = last_complete_checkpoint(out / "checkpoints")
-        if checkpoint is not None:  # every rank reads it: every rank refuses a file that needs code
-            validate_checkpoint(checkpoint, world_size)
-        return RunPlan("resume", fp, checkpoint)
+    return _main_plan(out, fp, resume, world_size) if main else _follower_plan(out, fp, resume, world_size)
+
+
+def _follower_plan(out: Path, fp: dict[str, Any], resume: bool, world_size: int) -> RunPlan:
+    """A non-main rank's plan for a non-empty ``out``: skip a complete run, resume, or start fresh."""
+    metrics = RunFolder(out).complete_record()
+    if metrics is not None and metrics.fingerprint_id == fingerprint_id(fp):
+        return RunPlan("skip", fp, previous=metrics)
+    if not resume:
+        return RunPlan("fresh", fp)
+    checkpoint = last_complete_checkpoint(out / "checkpoints")
+    if checkpoint is not None:  # every rank reads it: every rank refuses a file that needs code
+        validate_checkpoint(checkpoint, world_size)
+    return RunPlan("resume", fp, checkpoint)
+
+
+def _main_plan(out: Path, fp: dict[str, Any], resume: bool, world_size: int) -> RunPlan:
+    """The main rank's plan for a non-empty ``out``: refuse a foreign or other-settings folder and a diverged
+    run, skip a complete one, resume (with ``resume``) or refuse an unfinished one."""
     record = read_run_file(out)
     if record is None:
         raise RunFolderError(

@@ -174,6 +174,15 @@ def run_sweep(
     finally:
         for proc in procs:
             proc.join()
+    _collect_outcomes(result, cells, out)
+    result.selected = select_runs(result.runs, order)
+    result.markdown = write_tables(out, result.selected, space, tasks, methods)
+    return result
+
+
+def _collect_outcomes(result: SweepResult, cells: dict[str, FinetuneConfig], out: str | Path) -> None:
+    """The complete runs into ``result.runs``; the failures (a cell recorded failed and not finished by a retry,
+    or not complete after the sweep) into ``result.failed`` and ``failures.json`` (removed when there are none)."""
     result.runs, missing = _collect(cells, out)
     complete = {str(Path(out) / r.run) for r in result.runs}  # type: ignore[operator]  # a collected run's folder
     result.failed = [f for f in result.failed if f["out"] not in complete]  # a retry may have finished it
@@ -192,9 +201,6 @@ def run_sweep(
         write_json(Path(out) / "failures.json", result.failed)
     else:  # an earlier sweep's failures must not outlive it
         (Path(out) / "failures.json").unlink(missing_ok=True)
-    result.selected = select_runs(result.runs, order)
-    result.markdown = write_tables(out, result.selected, space, tasks, methods)
-    return result
 
 
 def _recording(result: SweepResult):

@@ -180,18 +180,9 @@ class BiLoRA:
 
 def __getattr__(name: str) -> Any:
     """``BiLoRATrainer`` is built on first use, so that this module needs torch alone (not transformers)."""
-    if name == "BiLoRATrainer":
-        globals()[name] = _bilora_trainer()
-        return globals()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from balancedness.optim.lazy import trainer_on_first_use
 
-
-def _bilora_trainer() -> type:
-    from balancedness.optim.trainer import LoRATrainer
-
-    cls = type("BiLoRATrainer", (_BiLoRAMixin, LoRATrainer), {"__module__": __name__, "__doc__": _BiLoRAMixin.__doc__})
-    cls.__qualname__ = "BiLoRATrainer"
-    return cls
+    return trainer_on_first_use(__name__, name, "BiLoRATrainer", _BiLoRAMixin)
 
 
 if TYPE_CHECKING:  # the mixin is only ever combined with LoRATrainer (built on first use, below)

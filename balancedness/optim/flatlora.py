@@ -215,20 +215,9 @@ class FlatLoRA:
 
 def __getattr__(name: str) -> Any:
     """``FlatLoRATrainer`` is built on first use, so that this module needs torch alone (not transformers)."""
-    if name == "FlatLoRATrainer":
-        globals()[name] = _flat_lora_trainer()
-        return globals()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from balancedness.optim.lazy import trainer_on_first_use
 
-
-def _flat_lora_trainer() -> type:
-    from balancedness.optim.trainer import LoRATrainer
-
-    cls = type(
-        "FlatLoRATrainer", (_FlatLoRAMixin, LoRATrainer), {"__module__": __name__, "__doc__": _FlatLoRAMixin.__doc__}
-    )
-    cls.__qualname__ = "FlatLoRATrainer"
-    return cls
+    return trainer_on_first_use(__name__, name, "FlatLoRATrainer", _FlatLoRAMixin)
 
 
 if TYPE_CHECKING:  # the mixin is only ever combined with LoRATrainer (built on first use, below)

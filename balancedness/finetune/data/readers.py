@@ -162,18 +162,8 @@ def cell(value: object) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-def read_delimited(
-    path: Path, *, header: bool = True, columns: Sequence[str] | None = None, label_last: bool = False
-) -> Table:
-    """A CSV (``.csv``) or TSV (any other suffix) file as a :class:`Table` of strings.
-
-    TSV files are read without quote handling (GLUE/SNLI text holds bare quotes); CSV files with
-    standard, strict quoting. Without a header, ``columns`` names the fields by position. A row with
-    another number of fields than the header (or ``columns``), bad quoting and non-UTF-8 bytes raise a
-    ValueError naming the file and line; empty lines are skipped. ``label_last``: a row with *more* fields
-    than the header gives its last field to the last column (GLUE SNLI/MNLI's extra annotator labels).
-    """
-    tsv = path.suffix.lower() != ".csv"
+def _scan_records(path: Path, tsv: bool) -> list[tuple[int, list[str]]]:
+    """The non-empty rows of a CSV/TSV file with the line each starts on (bad quoting, non-UTF-8: ValueError)."""
     kwargs = dict(delimiter="\t", quoting=csv.QUOTE_NONE) if tsv else dict(strict=True)
     records: list[tuple[int, list[str]]] = []
     try:
@@ -192,6 +182,13 @@ def read_delimited(
                 ) from None
     except UnicodeDecodeError as exc:
         raise _not_utf8(path, exc) from None
+    return records
+
+
+def _column_names(
+    path: Path, records: list[tuple[int, list[str]]], header: bool, columns: Sequence[str] | None
+) -> list[str]:
+    """The header row (popped from ``records``) or ``columns``; a repeated name raises."""
     if header:
         if not records:
             raise ValueError(f"{str(path)!r} is empty (expected a header row)")
@@ -202,16 +199,40 @@ def read_delimited(
         names = list(columns)
     if len(set(names)) != len(names):
         raise ValueError(f"{str(path)!r}: the header repeats a column name ({', '.join(names)})")
-    widths = [len(fields) for _, fields in records]
-    for (line, _), width in zip(records, widths, strict=True):
-        if width != len(names) and not (label_last and width > len(names)):
+    return names
+
+
+def _check_widths(
+    path: Path, records: list[tuple[int, list[str]]], names: list[str], tsv: bool, label_last: bool
+) -> None:
+    """Every row as wide as the header (or wider under ``label_last``), and at least one row."""
+    for line, fields in records:
+        if len(fields) != len(names) and not (label_last and len(fields) > len(names)):
             sep = "tab" if tsv else "comma"
             raise ValueError(
-                f"{str(path)!r} line {line} has {width} {sep}-separated fields, expected "
+                f"{str(path)!r} line {line} has {len(fields)} {sep}-separated fields, expected "
                 f"{len(names)} ({', '.join(names)})"
             )
     if not records:
         raise ValueError(f"{str(path)!r} holds no data rows (empty file or header only)")
+
+
+def read_delimited(
+    path: Path, *, header: bool = True, columns: Sequence[str] | None = None, label_last: bool = False
+) -> Table:
+    """A CSV (``.csv``) or TSV (any other suffix) file as a :class:`Table` of strings.
+
+    TSV files are read without quote handling (GLUE/SNLI text holds bare quotes); CSV files with
+    standard, strict quoting. Without a header, ``columns`` names the fields by position. A row with
+    another number of fields than the header (or ``columns``), bad quoting and non-UTF-8 bytes raise a
+    ValueError naming the file and line; empty lines are skipped. ``label_last``: a row with *more* fields
+    than the header gives its last field to the last column (GLUE SNLI/MNLI's extra annotator labels).
+    """
+    tsv = path.suffix.lower() != ".csv"
+    records = _scan_records(path, tsv)
+    names = _column_names(path, records, header, columns)
+    _check_widths(path, records, names, tsv, label_last)
+    widths = [len(fields) for _, fields in records]
     from datasets import Features, Value
 
     # label_last: read every row as wide as the widest, then give each row's last field to the last column
