@@ -84,6 +84,7 @@ class ChoiceScorer(nn.Module):
         super().__init__()
         self.model = model
         self.register_buffer("word_ids", torch.tensor(list(word_ids or []), dtype=torch.long), persistent=False)
+        self.keeps_logits = _takes_logits_to_keep(model)
 
     def forward(
         self,
@@ -101,9 +102,17 @@ class ChoiceScorer(nn.Module):
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
     def _label_word_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # [B, L, V]
+        """z_T[w_c] at each row's last real position T. The LM head runs only at the batch's distinct last
+        positions (``logits_to_keep``; a [B, L, V] logit tensor at 49k words costs a fifth of SmolLM2's forward),
+        or at every position for a model whose forward does not take ``logits_to_keep``."""
         last = attention_mask.sum(dim=1) - 1  # right padding: the last real token
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last][:, self.word_ids]
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        if not self.keeps_logits:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # [B, L, V]
+            return logits[rows, last][:, self.word_ids]
+        keep, column = torch.unique(last, return_inverse=True)  # the distinct last positions; each row's among them
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits  # [B, K, V]
+        return logits[rows, column][:, self.word_ids]
 
     def _choice_logits(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, choice_start: torch.Tensor
@@ -116,6 +125,14 @@ class ChoiceScorer(nn.Module):
         logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1]
         token_logp = torch.log_softmax(_at_least_fp32(logits), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
         return (token_logp * in_choice[:, 1:].to(token_logp.dtype)).sum(dim=1).reshape(b, c)
+
+
+def _takes_logits_to_keep(model: nn.Module) -> bool:
+    """Whether the causal LM under ``model`` (a peft model or the LM itself) takes ``logits_to_keep``."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
