@@ -203,3 +203,27 @@ def test_padded_batches_score_like_each_example_alone(root: Path, smollm2_path: 
                 logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1].float(), dim=-1)
                 alone = sum(logp[t - 1, ids[t]] for t in range(start, len(ids)))
                 torch.testing.assert_close(logits[b, c], alone, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_label_words_run_the_lm_head_only_at_the_last_positions(root: Path, smollm2_path: str) -> None:
+    """SmolLM2 takes ``logits_to_keep``, so the label-word head projects only the batch's distinct last positions
+    onto the vocabulary; on a padded batch of rows of different lengths its logits and LoRA gradients equal, bit for
+    bit, those of the full [B, L, V] projection (the path of a model without ``logits_to_keep``)."""
+    task = load_task("sst2", data_root=root, shots=4, max_eval=2)
+    model, _, head = load_for_task("smollm2", task)
+    scorer = head.module
+    assert scorer.keeps_logits
+    batch = head.collator([head.features(ex)[0] for ex in task.train[:6]])
+    assert len(set(batch["attention_mask"].sum(dim=1).tolist())) > 2, "the check needs rows of different lengths"
+
+    def logits_and_grads(keep: bool):
+        scorer.keeps_logits = keep
+        model.zero_grad(set_to_none=True)
+        out = scorer(**batch)
+        out.loss.backward()
+        return out.logits.detach(), [p.grad.clone() for n, p in model.named_parameters() if ".lora_" in n]
+
+    kept, full = logits_and_grads(True), logits_and_grads(False)
+    assert torch.equal(kept[0], full[0])
+    assert all(torch.equal(a, b) for a, b in zip(kept[1], full[1], strict=True))
