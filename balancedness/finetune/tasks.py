@@ -131,7 +131,8 @@ def _takes_logits_to_keep(model: nn.Module) -> bool:
     """Whether the causal LM under ``model`` (a peft model or the LM itself) takes ``logits_to_keep``."""
     import inspect
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_base = getattr(model, "get_base_model", None)
+    base = get_base() if callable(get_base) else model
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
