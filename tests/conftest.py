@@ -32,6 +32,7 @@ SLOW_FIRST = (
     "test_demo.py",
     "test_fig3.py",
     "test_faults.py",
+    "test_label_word_checkpoints.py",
     "test_run_integrity.py",
     "test_sweep.py",
     "test_hostile_inputs.py",

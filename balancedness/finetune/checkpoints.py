@@ -48,6 +48,7 @@ __all__ = [
     "prune_checkpoints",
     "read_losses",
     "recording_trainer",
+    "wrapped_peft",
     "required_files",
     "safe_torch_load",
     "validate_checkpoint",
@@ -264,14 +265,46 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def wrapped_peft(module: Any) -> Any:
+    """The peft model a head module wraps (``tasks.ChoiceScorer``: label words, choices), or None for a peft
+    model itself or anything else."""
+    inner = getattr(module, "model", None)
+    if hasattr(module, "peft_config") or not (hasattr(inner, "peft_config") and hasattr(inner, "load_adapter")):
+        return None
+    return inner
+
+
 def recording_trainer(base: type, recorder: Any) -> type:
-    """A subclass of the Trainer class ``base`` that hands each micro-batch's loss to ``recorder.add``."""
+    """A subclass of the Trainer class ``base`` that hands each micro-batch's loss to ``recorder.add``, and whose
+    checkpoints of a head module wrapping the peft model hold that model's adapter, as a peft model's do.
+
+    (The Trainer saves a module that is neither a ``PreTrainedModel`` nor a peft model as its whole state dict:
+    every frozen base weight, and an error on a model whose input and output embeddings are tied, as SmolLM2's
+    are; nor can it resume from an adapter into such a module.)"""
+    import os
 
     class Recording(base):
         def training_step(self, *args: Any, **kwargs: Any):
             loss = super().training_step(*args, **kwargs)
             recorder.add(loss.detach())
             return loss
+
+        def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+            inner = wrapped_peft(self.model)
+            if inner is None:
+                return super()._save(output_dir, state_dict)
+            output_dir = output_dir if output_dir is not None else self.args.output_dir
+            if self.args.should_save:
+                os.makedirs(output_dir, exist_ok=True)
+                inner.save_pretrained(output_dir)  # adapter_model.safetensors, adapter_config.json
+            return None
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+            inner = wrapped_peft(self.model if model is None else model)
+            if inner is None:
+                return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            inner.load_adapter(resume_from_checkpoint, inner.active_adapter, is_trainable=True)
+            return None
 
     Recording.__name__ = Recording.__qualname__ = base.__name__
     return Recording
