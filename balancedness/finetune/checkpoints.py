@@ -266,12 +266,11 @@ def __getattr__(name: str) -> Any:
 
 
 def wrapped_peft(module: Any) -> Any:
-    """The peft model a head module wraps (``tasks.ChoiceScorer``: label words, choices), or None for a peft
-    model itself or anything else."""
-    inner = getattr(module, "model", None)
-    if hasattr(module, "peft_config") or not (hasattr(inner, "peft_config") and hasattr(inner, "load_adapter")):
-        return None
-    return inner
+    """The peft model inside a ``tasks.ChoiceScorer`` (the label-word and choice heads), or None for any other
+    module (a peft model the Trainer saves and loads itself)."""
+    from balancedness.finetune.tasks import ChoiceScorer
+
+    return module.model if isinstance(module, ChoiceScorer) else None
 
 
 def recording_trainer(base: type, recorder: Any) -> type:

@@ -106,13 +106,12 @@ class ChoiceScorer(nn.Module):
         positions (``logits_to_keep``; a [B, L, V] logit tensor at 49k words costs a fifth of SmolLM2's forward),
         or at every position for a model whose forward does not take ``logits_to_keep``."""
         last = attention_mask.sum(dim=1) - 1  # right padding: the last real token
-        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-        if not self.keeps_logits:
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # [B, L, V]
-            return logits[rows, last][:, self.word_ids]
-        keep, column = torch.unique(last, return_inverse=True)  # the distinct last positions; each row's among them
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits  # [B, K, V]
-        return logits[rows, column][:, self.word_ids]
+        at, extra = last, {}
+        if self.keeps_logits:  # the distinct last positions, and where each row's is among them
+            keep, at = torch.unique(last, return_inverse=True)
+            extra = {"logits_to_keep": keep}
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits  # [B, K or L, V]
+        return logits[torch.arange(input_ids.shape[0], device=input_ids.device), at][:, self.word_ids]
 
     def _choice_logits(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, choice_start: torch.Tensor
