@@ -173,42 +173,46 @@ def test_paired_statistics():
 _LRS, _SECOND = [1e-3, 4e-3], {"sam": ("rho", [0.05, 0.2]), "nbar": ("mu", [1.0, 20.0])}
 
 
+def _reduced_args(out: Path) -> list[str]:
+    """The command line of the reduced sweep (``reduced_sweep``) into ``out``."""
+    return [
+        "sweep",
+        "--tasks",
+        "sst2",
+        "--methods",
+        "lora,sam,nbar",
+        "--seeds",
+        "13,21",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--shots",
+        "2",
+        "--max-eval",
+        "16",
+        "--data-root",
+        str(data_root_or_skip()),
+        "--grid",
+        "all:lr=1e-3,4e-3",
+        "--grid",
+        "sam:rho=0.05,0.2",
+        "--grid",
+        "nbar:mu=1,20",
+        "--log-every",
+        "1",
+        "--out",
+        str(out),
+    ]
+
+
 @pytest.fixture(scope="session")
 def reduced_sweep(tmp_path_factory) -> Path:
     """Two values per axis, two steps, a small eval subset (lora, sam, nbar × seeds 13, 21 on SST-2): a finished
     sweep folder, built once for the tests below (conftest.built_once), which only read it."""
 
     def build(out: Path) -> None:
-        args = [
-            "sweep",
-            "--tasks",
-            "sst2",
-            "--methods",
-            "lora,sam,nbar",
-            "--seeds",
-            "13,21",
-            "--steps",
-            "2",
-            "--batch-size",
-            "4",
-            "--shots",
-            "2",
-            "--max-eval",
-            "16",
-            "--data-root",
-            str(data_root_or_skip()),
-            "--grid",
-            "all:lr=1e-3,4e-3",
-            "--grid",
-            "sam:rho=0.05,0.2",
-            "--grid",
-            "nbar:mu=1,20",
-            "--log-every",
-            "1",
-            "--out",
-            str(out),
-        ]
-        result = CliRunner().invoke(app, args)
+        result = CliRunner().invoke(app, _reduced_args(out))
         assert result.exit_code == 0, result.output
 
     return built_once(tmp_path_factory, "reduced-sweep", build)
@@ -294,6 +298,67 @@ def test_matched_pairs_compares_each_run_with_lora_at_its_seed_and_lr(reduced_sw
         if r.method == "sam" and r.config["rho"] == 0.2
     ]
     assert float(matched[("sam", 0.2, "sst2")]["mean"]) == pytest.approx(statistics.fmean(diffs), abs=1e-4)
+
+
+def _example(name: str):
+    """A module of ``examples/`` (they are scripts, not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_an_archive_of_the_complete_runs_resumes_the_sweep_on_another_machine(reduced_sweep, tmp_path):
+    """examples/archive_runs.py: the complete runs' records without their adapters; the analysis reads the
+    archive as it reads the sweep, and the same sweep into a copy of it trains nothing."""
+    import shutil
+
+    from balancedness.finetune.report import collect
+
+    archived = _example("archive_runs").archive(reduced_sweep, tmp_path / "archive")
+    assert len(archived) == 2 * (2 + 4 + 4)
+    assert {p.name for p in (tmp_path / "archive").rglob("*") if p.is_file()} == {
+        "run.json",
+        "metrics.json",
+        "balancedness.jsonl",
+    }
+    assert [r.to_json() | {"run": r.run} for r in collect(tmp_path / "archive")] == [
+        r.to_json() | {"run": r.run} for r in collect(reduced_sweep)
+    ]
+
+    elsewhere = shutil.copytree(tmp_path / "archive", tmp_path / "elsewhere")
+    records = {p: p.read_bytes() for p in elsewhere.rglob("metrics.json")}
+    result = CliRunner().invoke(app, _reduced_args(elsewhere))
+    assert result.exit_code == 0, result.output
+    assert not list(elsewhere.rglob("adapter")), "a run already complete in the archive was trained again"
+    assert {p: p.read_bytes() for p in elsewhere.rglob("metrics.json")} == records
+    assert list(csv.DictReader((elsewhere / "selected.csv").open())) == list(
+        csv.DictReader((reduced_sweep / "selected.csv").open())
+    )
+
+
+@pytest.mark.slow
+def test_an_archive_leaves_out_runs_that_are_not_complete(reduced_sweep, tmp_path):
+    """A failed or unfinished run is not archived: copied back, it would stand for a result it never reached."""
+    import shutil
+
+    runs = sorted(p.parent for p in reduced_sweep.rglob("metrics.json"))[:2]
+    for run in runs:
+        shutil.copytree(run, tmp_path / "sweep" / run.relative_to(reduced_sweep))
+    failed = tmp_path / "sweep" / runs[1].relative_to(reduced_sweep) / "metrics.json"
+    text = failed.read_text()
+    assert '"status": "complete"' in text
+    failed.write_text(text.replace('"status": "complete"', '"status": "failed"'))
+    archived = _example("archive_runs").archive(tmp_path / "sweep", tmp_path / "archive")
+    assert archived == [runs[0].relative_to(reduced_sweep)]
+    for inside in (tmp_path / "sweep", tmp_path / "sweep" / "archive"):
+        with pytest.raises(ValueError, match="inside the sweep folder"):
+            _example("archive_runs").archive(tmp_path / "sweep", inside)
 
 
 @pytest.mark.slow
